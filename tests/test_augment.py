@@ -11,7 +11,9 @@ from napari_unet.augment import AugmentConfig, augment, elastic_displacement
 
 torch.set_num_threads(1)
 
-OFF = dict(elastic=False, rotate90=False, flip=False, shift=0, brightness=0.0, contrast=0.0, gamma=0.0)
+OFF = dict(
+    elastic=False, rotate90=False, flip=False, shift=0, brightness=0.0, contrast=0.0, gamma=0.0
+)
 
 
 def config(**changes: object) -> AugmentConfig:
@@ -165,8 +167,12 @@ def test_shift_is_an_integer_translation_with_mirrored_borders():
 def test_warp_path_agrees_with_exact_path_for_tiny_displacements():
     image, labels, weights = batch(b=6, h=16, w=16, seed=11)
     kwargs = dict(rotate90=True, flip=True, shift=4, elastic=True, interpolation="bilinear")
-    exact = augment(image, labels, weights, config(sigma=0.0, **kwargs), torch.Generator().manual_seed(11))
-    warped = augment(image, labels, weights, config(sigma=1e-4, **kwargs), torch.Generator().manual_seed(11))
+    exact = augment(
+        image, labels, weights, config(sigma=0.0, **kwargs), torch.Generator().manual_seed(11)
+    )
+    warped = augment(
+        image, labels, weights, config(sigma=1e-4, **kwargs), torch.Generator().manual_seed(11)
+    )
     torch.testing.assert_close(warped[0], exact[0], atol=2e-3, rtol=0)
     torch.testing.assert_close(warped[2], exact[2], atol=1e-2, rtol=0)
     assert torch.equal(warped[1], exact[1])
@@ -195,7 +201,9 @@ def test_bicubic_image_warp_runs_and_keeps_dtype():
 
 def test_brightness_adds_a_constant_per_sample():
     image, labels, _ = batch(b=8, seed=14)
-    out, out_l, _ = augment(image, labels, None, config(brightness=0.1), torch.Generator().manual_seed(14))
+    out, out_l, _ = augment(
+        image, labels, None, config(brightness=0.1), torch.Generator().manual_seed(14)
+    )
     assert torch.equal(out_l, labels)
     diff = (out - image).reshape(8, -1)
     value_range = image.reshape(8, -1).amax(1) - image.reshape(8, -1).amin(1)
@@ -206,7 +214,9 @@ def test_brightness_adds_a_constant_per_sample():
 
 def test_contrast_scales_around_the_mean():
     image, labels, _ = batch(b=8, seed=15)
-    out, _, _ = augment(image, labels, None, config(contrast=0.1), torch.Generator().manual_seed(15))
+    out, _, _ = augment(
+        image, labels, None, config(contrast=0.1), torch.Generator().manual_seed(15)
+    )
     flat_in, flat_out = image.reshape(8, -1), out.reshape(8, -1)
     torch.testing.assert_close(flat_out.mean(1), flat_in.mean(1), atol=1e-5, rtol=0)
     ratio = flat_out.std(1) / flat_in.std(1)
@@ -228,7 +238,9 @@ def test_gamma_keeps_the_range_and_the_order():
     assert order_out.shape == order_in.shape
     # a constant image stays constant (no division by a zero range)
     flat = torch.full((1, 1, 4, 4), 0.5)
-    assert torch.equal(augment(flat, torch.ones(1, 4, 4, dtype=torch.long), None, config(gamma=0.2))[0], flat)
+    assert torch.equal(
+        augment(flat, torch.ones(1, 4, 4, dtype=torch.long), None, config(gamma=0.2))[0], flat
+    )
 
 
 def test_bad_inputs_are_refused():
