@@ -1,0 +1,36 @@
+"""napari-unet: the U-Net of Ronneberger et al. (2015) for electron-microscopy stacks.
+
+The public API is imported lazily so that napari can read the plugin manifest without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "UNet": "model",
+    "predict": "inference",
+    "predict_tiles": "inference",
+    "TileResult": "inference",
+    "save_model": "checkpoint",
+    "load_model": "checkpoint",
+    "UserInputError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .checkpoint import load_model, save_model
+    from .errors import UserInputError
+    from .model import UNet
+    from .inference import TileResult, predict, predict_tiles
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_unet' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,102 @@
+"""Checkpoints: weights in safetensors, architecture and metadata in its JSON header; never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import UserInputError
+from .model import UNet
+
+#: Key of the JSON document inside the safetensors header.
+HEADER_KEY = "napari_unet"
+FORMAT_VERSION = 1
+
+
+def save_model(model: UNet, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``path`` (.safetensors) atomically; ``metadata`` is merged into its own.
+
+    The header holds the architecture, class names, normalisation and training metadata as JSON, so
+    a checkpoint can be inspected with any safetensors reader and loaded without unpickling.
+    """
+    path = Path(path)
+    meta = {**model.metadata, **(metadata or {})}
+    doc = {"format_version": FORMAT_VERSION, "architecture": model.config, "metadata": meta}
+    try:
+        header = json.dumps(doc)
+    except TypeError as exc:
+        raise UserInputError(f"model metadata cannot be stored as JSON: {exc}") from None
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={HEADER_KEY: header})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON document stored in a checkpoint's header (architecture and metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"model file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(HEADER_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserInputError(f"model file {path} is not a valid safetensors checkpoint ({exc})") from None
+    if raw is None:
+        raise UserInputError(f"model file {path} is a safetensors file but not a napari-unet model")
+    try:
+        doc = json.loads(raw)
+        arch = doc["architecture"]
+        if not isinstance(arch, dict):
+            raise TypeError("architecture is not a mapping")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserInputError(f"model file {path} has a damaged header ({exc})") from None
+    return doc
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
+    """Rebuild the network stored at ``path`` and load its weights; metadata lands in ``.metadata``.
+
+    Missing or corrupt files and weights that do not fit the stored architecture raise
+    UserInputError naming the file.
+    """
+    path = Path(path)
+    doc = read_header(path)
+    arch = doc["architecture"]
+    try:
+        model = UNet(**arch)
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(f"model file {path} describes an invalid network ({exc})") from None
+    try:
+        state: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+                state[key] = fh.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserInputError(f"model file {path} is corrupt ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise UserInputError(
+            f"model file {path}: weights do not fit the stored architecture ({detail})"
+        ) from None
+    model.metadata = dict(doc.get("metadata") or {})
+    return model.to(device)

@@ -1,0 +1,179 @@
+"""The U-Net of Ronneberger et al. (2015): valid 3x3 convolutions, 2x2 max-pooling, skip connections."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
+    """Two unpadded 3x3 convolutions, each followed by ReLU (one U-Net level)."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=0),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_ch, out_ch, kernel_size=3, padding=0),
+        nn.ReLU(inplace=True),
+    )
+
+
+def center_crop_2d(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Crop the centre ``height`` x ``width`` of the last two axes (the skip-connection crop)."""
+    dy = (x.shape[-2] - height) // 2
+    dx = (x.shape[-1] - width) // 2
+    return x[..., dy : dy + height, dx : dx + width]
+
+
+class UNet(nn.Module):
+    """The paper's U-Net; the defaults build the network of Fig. 1 (572x572 in, 388x388 out).
+
+    Every convolution is unpadded, so the output is smaller than the input by a fixed margin
+    (184 px per axis at depth 4) and the network sees real (or mirrored) context for every output
+    pixel. ``metadata`` travels with the model into checkpoints (class names, normalisation, training).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        n_classes: int = 2,
+        depth: int = 4,
+        base_channels: int = 64,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2 for a softmax output, got {n_classes}")
+        self.in_channels = in_channels
+        self.n_classes = n_classes
+        self.depth = depth
+        self.base_channels = base_channels
+        self.dropout_p = dropout
+        self.metadata: dict[str, Any] = {}
+
+        chans = [base_channels * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        prev = in_channels
+        for c in chans[:-1]:
+            self.down.append(_double_conv(prev, c))
+            prev = c
+        self.pool = nn.MaxPool2d(2, 2)
+        self.bottom = _double_conv(chans[-2], chans[-1])
+        # The paper: "Drop-out layers at the end of the contracting path".
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.up = nn.ModuleList()
+        self.up_conv = nn.ModuleList()
+        for level in reversed(range(depth)):
+            self.up.append(nn.ConvTranspose2d(chans[level + 1], chans[level], 2, stride=2))
+            self.up_conv.append(_double_conv(chans[level] * 2, chans[level]))
+        self.head = nn.Conv2d(chans[0], n_classes, kernel_size=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation: weights from N(0, sqrt(2/N)), N = incoming connections of a unit."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                if isinstance(m, nn.ConvTranspose2d):
+                    # Each output pixel of a stride-2 2x2 up-convolution sees one input pixel.
+                    fan_in = m.in_channels
+                else:
+                    fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_in))
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, enough to rebuild the architecture."""
+        return {
+            "in_channels": self.in_channels,
+            "n_classes": self.n_classes,
+            "depth": self.depth,
+            "base_channels": self.base_channels,
+            "dropout": self.dropout_p,
+        }
+
+    @property
+    def margin(self) -> int:
+        """Pixels lost per axis by the valid convolutions: 12 * 2**depth - 8 (184 at depth 4)."""
+        return 12 * 2**self.depth - 8
+
+    @property
+    def stride_multiple(self) -> int:
+        """2**depth: the network is shift-equivariant only for shifts that are multiples of this."""
+        return 2**self.depth
+
+    def output_size(self, size: int) -> int:
+        """Output length for an input length, or ValueError if a pooled map would be odd."""
+        s = size
+        for _ in range(self.depth):
+            s -= 4
+            if s <= 0 or s % 2:
+                raise ValueError(
+                    f"input size {size} is not valid for a depth-{self.depth} U-Net: every feature "
+                    f"map before pooling must be even; try {self.valid_input_size(size)}"
+                )
+            s //= 2
+        s -= 4
+        for _ in range(self.depth):
+            s = 2 * s - 4
+        if s <= 0:
+            raise ValueError(f"input size {size} is too small for a depth-{self.depth} U-Net")
+        return s
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Output shape (H, W) for an input shape (H, W): ``output_shape((572, 572)) == (388, 388)``."""
+        return tuple(self.output_size(int(s)) for s in shape)
+
+    def _bottom_for_output(self, size: int) -> int:
+        """Smallest bottom-level size b (before its two convs) whose output is >= ``size``."""
+        m = self.stride_multiple
+        # input = m*b + 4(m-1) and output = m*(b-4) - 4(m-1) for every valid input.
+        return max(5, 4 + math.ceil((max(size, 1) + 4 * (m - 1)) / m))
+
+    def valid_output_size(self, size: int) -> int:
+        """Smallest valid output length >= ``size`` (valid outputs step by 2**depth)."""
+        m = self.stride_multiple
+        return m * (self._bottom_for_output(size) - 4) - 4 * (m - 1)
+
+    def input_size_for_output(self, size: int) -> int:
+        """Smallest valid input length whose output is at least ``size`` pixels (388 -> 572)."""
+        m = self.stride_multiple
+        return m * self._bottom_for_output(size) + 4 * (m - 1)
+
+    def valid_input_size(self, size: int) -> int:
+        """Smallest valid input length >= ``size``."""
+        m = self.stride_multiple
+        b = max(self._bottom_for_output(1), math.ceil((size - 4 * (m - 1)) / m))
+        return m * b + 4 * (m - 1)
+
+    def valid_input_shape(self, output_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Smallest valid input shape whose output covers ``output_shape``."""
+        return tuple(self.input_size_for_output(int(s)) for s in output_shape)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_classes, H - margin, W - margin) for input (B, in_channels, H, W)."""
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottom(x)
+        x = self.dropout(x)
+        for up, conv, skip in zip(self.up, self.up_conv, reversed(skips), strict=True):
+            x = up(x)
+            x = torch.cat([center_crop_2d(skip, x.shape[-2], x.shape[-1]), x], dim=1)
+            x = conv(x)
+        return self.head(x)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config.items())
+
+
+def count_conv_layers(model: UNet) -> int:
+    """Number of convolution layers, counting up-convolutions and the final 1x1 (23 in the paper)."""
+    return sum(isinstance(m, nn.Conv2d | nn.ConvTranspose2d) for m in model.modules())

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny networks, the ISBI data folder, repeatable torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+#: ISBI 2012 data beside the repository (never committed); tests that need it skip without it.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("NAPARI_UNET_DATA_DIR", str(SHARED_DATA))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_model():
+    """A depth-4 U-Net with 4 base channels: the paper's geometry at a fraction of the cost."""
+    from napari_unet import UNet
+
+    torch.manual_seed(0)
+    return UNet(base_channels=4, depth=4).eval()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def isbi_dir() -> Path:
+    """The local ISBI 2012 folder, or a skip that says why."""
+    path = SHARED_DATA / "isbi2012"
+    if not (path / "train" / "images" / "00.png").is_file():
+        pytest.skip(f"ISBI 2012 data not found at {path}")
+    return path

@@ -1,0 +1,69 @@
+"""The network: the paper's architecture and its geometry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_unet import UNet
+from napari_unet.model import count_conv_layers
+
+
+def test_paper_network_layers_and_shape():
+    model = UNet()
+    assert count_conv_layers(model) == 23
+    assert model.output_shape((572, 572)) == (388, 388)
+    assert model.margin == 184
+    assert model.valid_input_shape((388, 388)) == (572, 572)
+
+
+def test_paper_network_forward_shape_on_real_tensor():
+    # The paper network at a reduced width has the same geometry; width does not change shapes.
+    model = UNet(base_channels=2).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 572, 572))
+    assert out.shape == (1, 2, 388, 388)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_valid_sizes_match_forward(depth):
+    model = UNet(base_channels=2, depth=depth).eval()
+    for want in (1, 17, 100):
+        n = model.input_size_for_output(want)
+        out = model.output_size(n)
+        assert out >= want
+        # the next smaller valid input would not reach the wanted output
+        assert n - model.stride_multiple < 0 or out - model.stride_multiple < want or (
+            model.valid_output_size(want) == out
+        )
+        with torch.no_grad():
+            y = model(torch.zeros(1, 1, n, n + model.stride_multiple))
+        assert tuple(y.shape[-2:]) == (out, out + model.stride_multiple)
+
+
+def test_invalid_input_size_is_refused_with_suggestion():
+    model = UNet(base_channels=2)
+    with pytest.raises(ValueError, match="try 588"):
+        model.output_size(573)
+
+
+def test_he_initialisation_std():
+    torch.manual_seed(0)
+    model = UNet(base_channels=16)
+    conv = model.down[1][0]  # 16 -> 32 channels, 3x3: N = 9 * 16
+    expected = (2.0 / (9 * 16)) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert torch.all(conv.bias == 0)
+
+
+def test_dropout_sits_at_end_of_contracting_path():
+    model = UNet(base_channels=2, dropout=0.5)
+    assert isinstance(model.dropout, torch.nn.Dropout2d)
+    assert model.dropout.p == 0.5
+    assert isinstance(UNet(base_channels=2, dropout=0.0).dropout, torch.nn.Identity)
+
+
+def test_channels_double_per_level():
+    model = UNet()
+    assert [blk[0].out_channels for blk in model.down] == [64, 128, 256, 512]
+    assert model.bottom[0].out_channels == 1024

@@ -1,0 +1,152 @@
+"""Overlap-tile prediction: tile-exactness, every size, dtypes, normalisation edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import UserInputError, predict, predict_tiles
+from napari_unet.normalize import compute_normalizer
+from napari_unet.inference import labels_from_probabilities
+from napari_unet.tiling import mirror_indices, plan_tiles, read_mirrored
+
+
+def whole_image_pass(model, image2d):
+    """Reference: one forward pass over the whole mirror-padded image, cropped to the image."""
+    norm = compute_normalizer(image2d)
+    h, w = image2d.shape
+    c = model.margin // 2
+    x = norm(read_mirrored(image2d, -c, -c, model.input_size_for_output(h), model.input_size_for_output(w)))
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(x)[None, None])
+    return torch.softmax(logits, 1)[0, :, :h, :w].numpy()
+
+
+def test_mirror_indices_reflect_like_numpy():
+    a = np.arange(7)
+    padded = np.pad(a, (20, 25), mode="reflect")
+    assert np.array_equal(a[mirror_indices(-20, 52, 7)], padded)
+    assert np.array_equal(mirror_indices(-3, 5, 1), np.zeros(5, dtype=int))
+
+
+def test_tiled_equals_whole_image_on_odd_size(tiny_model, rng):
+    image = rng.integers(0, 256, (700, 515), dtype=np.uint8)
+    tiles = list(predict_tiles(tiny_model, image, tile_shape=380, precision="fp32"))
+    assert len(tiles) >= 4
+    tiled = predict(tiny_model, image, tile_shape=380, precision="fp32")
+    reference = whole_image_pass(tiny_model, image)
+    assert np.abs(tiled - reference).max() <= 1e-4
+    # regions tile the image exactly once
+    cover = np.zeros(image.shape, dtype=int)
+    for t in tiles:
+        cover[t.region] += 1
+    assert np.all(cover == 1)
+
+
+def test_stride_not_multiple_of_16_breaks_exactness(tiny_model, rng):
+    """Why the stride matters: a tile shifted by 388 (not a multiple of 16) gives other values."""
+    image = rng.integers(0, 256, (600, 600), dtype=np.uint8)
+    reference = whole_image_pass(tiny_model, image)
+    norm = compute_normalizer(image)
+    x = norm(read_mirrored(image, 388 - 92, 388 - 92, 204, 204))  # output [388, 408)
+    with torch.no_grad():
+        p = torch.softmax(tiny_model(torch.from_numpy(x)[None, None]), 1)[0].numpy()
+    assert np.abs(p - reference[:, 388:408, 388:408]).max() > 1e-3
+    x = norm(read_mirrored(image, 384 - 92, 384 - 92, 204, 204))  # output [384, 404): 384 = 24 * 16
+    with torch.no_grad():
+        p = torch.softmax(tiny_model(torch.from_numpy(x)[None, None]), 1)[0].numpy()
+    assert np.abs(p - reference[:, 384:404, 384:404]).max() <= 1e-5
+
+
+def test_plan_strides_are_multiples_of_2_pow_depth():
+    plan = plan_tiles((1000, 777), (572, 572), margin=184, multiple=16)
+    for starts in plan.starts:
+        assert all(s % 16 == 0 for s in starts)
+    assert plan.starts[0][1] == 384
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (37, 200), (16, 16)])
+def test_any_small_or_odd_size(tiny_model, rng, shape):
+    image = rng.random(shape).astype(np.float32)
+    p = predict(tiny_model, image, precision="fp32")
+    assert p.shape == (2, *shape)
+    assert np.allclose(p.sum(0), 1, atol=1e-5)
+    reference = whole_image_pass(tiny_model, image)
+    assert np.abs(p - reference).max() <= 1e-4
+
+
+def test_stack_is_segmented_slice_by_slice(tiny_model, rng):
+    stack = rng.integers(0, 256, (3, 120, 90), dtype=np.uint8)
+    p = predict(tiny_model, stack, tile_shape=252, precision="fp32", batch_size=2)
+    assert p.shape == (2, 3, 120, 90)
+    one = predict(tiny_model, stack[1:2], tile_shape=252, precision="fp32")
+    # same normalisation only when computed on the same data, so compare a slice run on its own data
+    norm_stack = compute_normalizer(stack)
+    tiles = list(
+        predict_tiles(tiny_model, stack, tile_shape=252, precision="fp32", z_order=[2, 0], normalizer=norm_stack)
+    )
+    assert [t.region[0].start for t in tiles][0] == 2
+    assert {t.region[0].start for t in tiles} == {0, 2}
+    assert one.shape == (2, 1, 120, 90)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64, bool])
+def test_dtypes(tiny_model, rng, dtype):
+    image = (rng.random((64, 80)) * (200 if dtype is not bool else 1)).astype(dtype)
+    p = predict(tiny_model, image, precision="fp32")
+    assert p.dtype == np.float32 and np.isfinite(p).all()
+
+
+def test_uint16_and_uint8_of_same_scene_agree(tiny_model, rng):
+    image = rng.integers(0, 256, (100, 100), dtype=np.uint8)
+    p8 = predict(tiny_model, image, precision="fp32")
+    p16 = predict(tiny_model, image.astype(np.uint16) * 257, precision="fp32")
+    assert np.abs(p8 - p16).max() < 1e-4
+
+
+def test_constant_and_nonfinite_images_give_finite_output(tiny_model):
+    for image in (
+        np.full((50, 60), 7, dtype=np.uint8),
+        np.zeros((50, 60), dtype=np.float32),
+        np.full((50, 60), np.nan, dtype=np.float32),
+    ):
+        p = predict(tiny_model, image, precision="fp32")
+        assert np.isfinite(p).all()
+    image = np.random.default_rng(1).random((50, 60)).astype(np.float32)
+    image[3, 4] = np.nan
+    image[10, 10] = np.inf
+    image[20, 20] = -np.inf
+    p = predict(tiny_model, image, precision="fp32")
+    assert np.isfinite(p).all()
+
+
+def test_bf16_close_to_fp32(tiny_model, rng):
+    image = rng.integers(0, 256, (128, 128), dtype=np.uint8)
+    p32 = predict(tiny_model, image, precision="fp32")
+    p16 = predict(tiny_model, image, precision="bf16")
+    assert np.abs(p32 - p16).max() < 0.1
+
+
+def test_bad_shapes_and_tiles_are_refused(tiny_model):
+    with pytest.raises(UserInputError, match="shape"):
+        predict(tiny_model, np.zeros((2, 3, 40, 40)))
+    with pytest.raises(UserInputError, match="empty"):
+        predict(tiny_model, np.zeros((0, 40)))
+    with pytest.raises(UserInputError, match="nearest valid size is 252"):
+        predict(tiny_model, np.zeros((40, 40)), tile_shape=250)
+
+
+def test_stopping_between_tiles_leaves_model_state(tiny_model, rng):
+    tiny_model.train()
+    image = rng.integers(0, 256, (500, 500), dtype=np.uint8)
+    gen = predict_tiles(tiny_model, image, tile_shape=252, precision="fp32")
+    first = next(gen)
+    assert first.total > 1 and first.index == 0
+    gen.close()
+    assert tiny_model.training
+
+
+def test_labels_from_probabilities():
+    p = np.array([[[0.9, 0.2]], [[0.1, 0.8]]], dtype=np.float32)
+    assert labels_from_probabilities(p).tolist() == [[1, 2]]
