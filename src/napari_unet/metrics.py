@@ -120,7 +120,8 @@ def variation_of_information(gt_cells, proposal) -> tuple[float, float]:
     if not gt.any():
         return float("nan"), float("nan")
     split, merge = _sk_variation_of_information(gt, seg, ignore_labels=(0,))
-    return float(split), float(merge)
+    # Clamp rounding residue (about 1e-17) so identical segmentations give exactly 0.
+    return (float(split) if split > 1e-12 else 0.0), (float(merge) if merge > 1e-12 else 0.0)
 
 
 def pixel_error(gt_binary, pred_binary) -> float:
