@@ -97,6 +97,21 @@ def test_generator_makes_it_repeatable():
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(first[0], other[0])
+    # the draws do not depend on the content: other data, same seed, same weights -> same moves
+    image2, labels2, _ = batch(seed=99)
+    third = augment(image2, labels2, weights, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(third[2], first[2])
+    # nor on which transforms are on: the grey values come out the same with or without a warp
+    grey = dict(brightness=0.1, contrast=0.1, gamma=0.2)
+    plain = augment(image, labels, None, config(**grey), torch.Generator().manual_seed(5))
+    still = augment(
+        image,
+        labels,
+        None,
+        config(elastic=True, sigma=0.0, **grey),
+        torch.Generator().manual_seed(5),
+    )
+    assert torch.equal(plain[0], still[0]) and not torch.equal(plain[0], image)
 
 
 def dihedral(t: torch.Tensor) -> list[torch.Tensor]:

@@ -228,13 +228,17 @@ def augment(
     device = image.device
 
     rows, cols = _discrete_coordinates(batch, (height, width), config, generator)
-    displacement = None
-    if config.elastic:
+    if config.elastic and config.sigma != 0:
         displacement = elastic_displacement(
             batch, (height, width), config.grid, config.sigma, generator, device=device
         )
-        if config.sigma == 0:
-            displacement = None
+    else:  # draw the lattice anyway, so the grey values get the same numbers either way
+        torch.randn(
+            (batch, 2, max(config.grid, 1), max(config.grid, 1)),
+            generator=generator,
+            device=_rand_device(generator),
+        )
+        displacement = None
 
     if displacement is None:
         identity = bool(
