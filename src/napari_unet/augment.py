@@ -91,8 +91,9 @@ def _discrete_coordinates(
     shape: tuple[int, int],
     config: AugmentConfig,
     generator: torch.Generator | None,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer source rows/columns (B, H, W) for random flips, rotations and shifts.
+    """Integer source rows/columns (B, H, W) on ``device`` for random flips, turns and shifts.
 
     Drawn per sample; all draws happen on the generator's device whatever is switched on, so a
     generator gives the same stream for every config.
@@ -103,9 +104,10 @@ def _discrete_coordinates(
     quarter = torch.randint(0, 4, (batch,), generator=generator, device=dev)
     span = max(int(config.shift), 0)
     shifts = torch.randint(-span, span + 1, (batch, 2), generator=generator, device=dev)
+    flips, quarter, shifts = flips.to(device), quarter.to(device), shifts.to(device)
 
-    rows = torch.arange(height, device=dev).view(1, height, 1).expand(batch, height, width)
-    cols = torch.arange(width, device=dev).view(1, 1, width).expand(batch, height, width)
+    rows = torch.arange(height, device=device).view(1, height, 1).expand(batch, height, width)
+    cols = torch.arange(width, device=device).view(1, 1, width).expand(batch, height, width)
     if span > 0:
         rows = rows - shifts[:, 0].view(batch, 1, 1)
         cols = cols - shifts[:, 1].view(batch, 1, 1)
@@ -227,7 +229,7 @@ def augment(
         )
     device = image.device
 
-    rows, cols = _discrete_coordinates(batch, (height, width), config, generator)
+    rows, cols = _discrete_coordinates(batch, (height, width), config, generator, device)
     if config.elastic and config.sigma != 0:
         displacement = elastic_displacement(
             batch, (height, width), config.grid, config.sigma, generator, device=device
@@ -246,15 +248,14 @@ def augment(
             and (cols == torch.arange(width, device=cols.device).view(1, 1, -1)).all()
         )
         if not identity:
-            flat = (_reflect(rows, height) * width + _reflect(cols, width)).to(device)
-            flat = flat.reshape(batch, -1)
+            flat = (_reflect(rows, height) * width + _reflect(cols, width)).reshape(batch, -1)
             image = _gather(image, flat)
             labels = _gather(labels, flat)
             weights = None if weights is None else _gather(weights, flat)
     else:
         work = torch.float64 if image.dtype == torch.float64 else torch.float32
-        source_rows = rows.to(device=device, dtype=work) + displacement[:, 0].to(work)
-        source_cols = cols.to(device=device, dtype=work) + displacement[:, 1].to(work)
+        source_rows = rows.to(work) + displacement[:, 0].to(work)
+        source_cols = cols.to(work) + displacement[:, 1].to(work)
         # grid_sample wants (x, y) normalised to [-1, 1], -1 and 1 being the end pixel centres
         grid = torch.stack(
             (
