@@ -1,0 +1,274 @@
+"""The napari docks, and the form pieces they share: a layer chooser and a model chooser.
+
+Docks are thin Qt shells over the Qt-free core: they read their inputs, start the core's generator
+with :mod:`._worker`, and paint what it yields. :class:`LayerComboBox` follows the viewer's layer
+list; :class:`ModelChooser` offers the shipped model, the models fine-tuned in this viewer
+(:mod:`._session`) and a model file, and loads the chosen one.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet.errors import UserInputError
+
+from ._session import Session, session_for
+
+__all__ = ["LayerComboBox", "ModelChooser", "layer_data"]
+
+
+def _alive(obj: Any) -> bool:
+    """False once the C++ side of a Qt object is gone (its dock was closed)."""
+    try:
+        obj.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
+def layer_data(layer: Any) -> Any:
+    """A layer's full-resolution array: the data, or level 0 of a multiscale pyramid."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+class LayerComboBox(QComboBox):
+    """A drop-down of the viewer's layers of one type, kept in step as layers come and go.
+
+    ``accept(layer)`` narrows the list further. The selection follows a layer through renames;
+    :meth:`layer` returns the selected layer or None.
+    """
+
+    def __init__(
+        self,
+        viewer: Any,
+        layer_type: type | tuple[type, ...],
+        parent: QWidget | None = None,
+        accept: Callable[[Any], bool] | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer_ref = weakref.ref(viewer)
+        self._type = layer_type
+        self._accept = accept
+        self._layers: list[weakref.ref] = []
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        for name in ("inserted", "removed", "moved", "reordered"):
+            getattr(events, name).connect(self._on_layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._on_layers_changed)
+        self.refresh()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if not _alive(self):
+            return
+        value = getattr(event, "value", None)
+        if getattr(event, "type", "") == "inserted" and value is not None:
+            value.events.name.connect(self._on_layers_changed)
+        self.refresh()
+
+    def layers(self) -> list[Any]:
+        """The layers currently offered, top of the layer list first."""
+        viewer = self._viewer_ref()
+        if viewer is None:
+            return []
+        found = [ly for ly in viewer.layers if isinstance(ly, self._type)]
+        if self._accept is not None:
+            found = [ly for ly in found if self._accept(ly)]
+        return found[::-1]
+
+    def refresh(self) -> None:
+        """Re-list the layers, keeping the selected one selected if it still exists."""
+        current = self.layer()
+        offered = self.layers()
+        self.blockSignals(True)
+        try:
+            self.clear()
+            self._layers = [weakref.ref(ly) for ly in offered]
+            for ly in offered:
+                self.addItem(ly.name)
+            if current is not None and current in offered:
+                self.setCurrentIndex(offered.index(current))
+        finally:
+            self.blockSignals(False)
+        if self.layer() is not current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self) -> Any | None:
+        """The selected layer, or None when there is none."""
+        i = self.currentIndex()
+        if 0 <= i < len(self._layers):
+            return self._layers[i]()
+        return None
+
+    def set_layer(self, layer: Any) -> None:
+        """Select ``layer`` (it must be one of the offered layers)."""
+        for i, ref in enumerate(self._layers):
+            if ref() is layer:
+                self.setCurrentIndex(i)
+                return
+        raise ValueError(f"layer {getattr(layer, 'name', layer)!r} is not offered here")
+
+
+# ---------------------------------------------------------------------------------- models
+
+#: (path, modification time, size) -> loaded model; a file is read again only when it changed
+_file_cache: dict[tuple[str, float, int], Any] = {}
+
+
+def _load_file(path: Path) -> Any:
+    """Load a model file, reusing the last load of the same unchanged file."""
+    from napari_unet.checkpoint import load_model
+
+    try:
+        st = path.stat()
+    except OSError:
+        raise UserInputError(f"model file {path} does not exist; choose an existing file") from None
+    key = (str(path.resolve()), st.st_mtime, st.st_size)
+    model = _file_cache.get(key)
+    if model is None:
+        model = load_model(path)
+        _file_cache.clear()  # keep one model in memory, not one per file ever chosen
+        _file_cache[key] = model
+    return model
+
+
+class ModelChooser(QWidget):
+    """Choose a model: the shipped default, one fine-tuned in this viewer, or a file.
+
+    Without a shipped model the first entry says so and a file must be chosen; an untrained network
+    is never used in its place. :meth:`load` returns the chosen model or raises UserInputError.
+    """
+
+    #: emitted when the choice changes
+    changed = Signal()
+
+    DEFAULT, NO_DEFAULT, SESSION, FILE = "default", "no-default", "session", "file"
+
+    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from napari_unet.models import default_model_path
+
+        self._session: Session = session_for(viewer)
+        self._default = default_model_path()
+        self.combo = QComboBox()
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("path to a .safetensors model")
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.clicked.connect(self._browse)
+        self.path_edit.textEdited.connect(self._on_path_edited)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.path_edit, 1)
+        row.addWidget(self.browse_button)
+        self._file_row = QWidget()
+        self._file_row.setLayout(row)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.combo)
+        layout.addWidget(self._file_row)
+        self.combo.currentIndexChanged.connect(self._on_choice)
+        self._session.models_changed.connect(self._on_session_changed)
+        self.refresh()
+        self._on_choice()
+
+    # -- listing
+    def refresh(self) -> None:
+        """List the shipped model, this viewer's fine-tuned models and "Model file…"."""
+        current = self.choice()
+        self.combo.blockSignals(True)
+        try:
+            self.combo.clear()
+            if self._default is not None:
+                self.combo.addItem(f"Shipped model: {self._default.stem}", (self.DEFAULT, ""))
+            else:
+                self.combo.addItem("No default model installed: choose a model file",
+                                   (self.NO_DEFAULT, ""))
+            for name in self._session.models:
+                self.combo.addItem(f"Fine-tuned: {name}", (self.SESSION, name))
+            self.combo.addItem("Model file…", (self.FILE, ""))
+            index = self.combo.findData(current) if current is not None else -1
+            self.combo.setCurrentIndex(max(index, 0))
+        finally:
+            self.combo.blockSignals(False)
+        self._on_choice()
+
+    def _on_session_changed(self) -> None:
+        if _alive(self):
+            self.refresh()
+
+    def _on_choice(self, *_: Any) -> None:
+        kind = self.choice()[0] if self.choice() else None
+        self._file_row.setVisible(kind in (self.FILE, self.NO_DEFAULT))
+        self.changed.emit()
+
+    def _on_path_edited(self, _text: str) -> None:
+        self.select_file(self.path_edit.text())
+
+    def _browse(self) -> None:
+        start = self.path_edit.text() or os.getcwd()
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a napari-unet model", start, "napari-unet models (*.safetensors)"
+        )
+        if path:
+            self.select_file(path)
+
+    # -- choosing
+    def choice(self) -> tuple[str, str] | None:
+        """(kind, value): ("default", ""), ("session", name), ("file", "") or ("no-default", "")."""
+        data = self.combo.currentData()
+        return tuple(data) if data is not None else None  # type: ignore[return-value]
+
+    def select_file(self, path: str | os.PathLike) -> None:
+        """Choose the model file at ``path``."""
+        text = os.fspath(path)
+        if self.path_edit.text() != text:
+            self.path_edit.setText(text)
+        self.combo.setCurrentIndex(self.combo.findData((self.FILE, "")))
+
+    def select_session(self, name: str) -> None:
+        """Choose the session model called ``name``."""
+        index = self.combo.findData((self.SESSION, name))
+        if index < 0:
+            raise ValueError(f"no fine-tuned model called {name!r} in this viewer")
+        self.combo.setCurrentIndex(index)
+
+    def select_default(self) -> None:
+        """Choose the shipped model (or the "no default model" entry)."""
+        self.combo.setCurrentIndex(0)
+
+    # -- loading
+    def load(self) -> tuple[Any, str]:
+        """The chosen model and a short name for it; UserInputError if there is none to load."""
+        kind, value = self.choice() or (self.NO_DEFAULT, "")
+        if kind == self.DEFAULT and self._default is not None:
+            return _load_file(self._default), self._default.stem
+        if kind == self.SESSION:
+            entry = self._session.get(value)
+            if entry is None:
+                raise UserInputError(f"the fine-tuned model {value!r} is no longer available")
+            return entry.model, entry.name
+        text = self.path_edit.text().strip()
+        if not text:
+            if kind == self.NO_DEFAULT:
+                raise UserInputError(
+                    "no default model is installed; choose a model file (.safetensors) first"
+                )
+            raise UserInputError("choose a model file (.safetensors) first")
+        path = Path(text).expanduser()
+        return _load_file(path), path.stem

@@ -1,0 +1,90 @@
+"""What the docks of one viewer share: the models fine-tuned in this viewer's session.
+
+A :class:`Session` belongs to one napari viewer and lives as long as it; :func:`session_for` finds
+it (the registry holds viewers weakly, so closing a viewer frees its models). The Fine-tune dock
+adds a model when training ends and the Segment dock lists it at once, through ``models_changed``.
+Nothing here imports Qt.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psygnal import Signal
+
+from napari_unet.model import UNet
+
+__all__ = ["Session", "SessionModel", "session_for"]
+
+
+@dataclass
+class SessionModel:
+    """A model made in this session, with the name shown in model choosers."""
+
+    name: str
+    model: UNet
+    #: where it came from, e.g. "fine-tuned from em_membrane on 'stack' (200 steps)"
+    description: str = ""
+    #: the checkpoint written when its training ended, if any
+    checkpoint: Path | None = None
+    #: the file it was last saved to by the user, if any
+    saved_to: Path | None = None
+
+
+@dataclass
+class Session:
+    """Models fine-tuned in one viewer, in the order they were made."""
+
+    models: dict[str, SessionModel] = field(default_factory=dict)
+    _checkpoint_dir: Path | None = None
+
+    #: emitted with no arguments whenever a model is added or removed
+    models_changed = Signal()
+
+    def unique_name(self, base: str) -> str:
+        """``base``, or ``base (2)``, ``base (3)``, ... whichever is not taken yet."""
+        name, n = base, 1
+        while name in self.models:
+            n += 1
+            name = f"{base} ({n})"
+        return name
+
+    def add_model(
+        self, name: str, model: UNet, description: str = "", checkpoint: Path | None = None
+    ) -> SessionModel:
+        """Keep ``model`` under a unique name derived from ``name`` and tell the choosers."""
+        entry = SessionModel(self.unique_name(name), model, description, checkpoint)
+        self.models[entry.name] = entry
+        self.models_changed.emit()
+        return entry
+
+    def remove_model(self, name: str) -> None:
+        """Forget a session model (its checkpoint file stays on disk)."""
+        if self.models.pop(name, None) is not None:
+            self.models_changed.emit()
+
+    def get(self, name: str) -> SessionModel | None:
+        """The session model called ``name``, or None."""
+        return self.models.get(name)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """A private temporary folder for this session's checkpoints, made on first use."""
+        if self._checkpoint_dir is None:
+            self._checkpoint_dir = Path(tempfile.mkdtemp(prefix="napari-unet-"))
+        return self._checkpoint_dir
+
+
+_sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+
+def session_for(viewer: Any) -> Session:
+    """The session of ``viewer``, created on first use and dropped when the viewer is gone."""
+    session = _sessions.get(viewer)
+    if session is None:
+        session = _sessions[viewer] = Session()
+    return session

@@ -1,0 +1,279 @@
+"""One way for every dock to run long work: a core generator in a napari worker thread.
+
+:func:`start_worker` runs a generator (or a plain function) in a thread with napari's
+``create_worker`` and calls back on the main thread for each yielded item, when it returns, fails
+or is cancelled. :class:`TaskPanel` is the dock-side face of it: a progress bar, a status line and
+a Cancel/Stop button that show while the work runs. Only the callbacks touch layers and widgets;
+the generator never does.
+
+Cancelling (``worker.quit()``) takes effect between two yields, and the generator is then closed in
+its own thread, so the core's cleanup (``finally`` blocks) runs there and an item is either yielded
+whole or not at all. A :class:`~napari_unet.errors.UserInputError` raised by the work ends it as
+"failed" with a notification of its message; any other exception is reported with its traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from napari.qt.threading import FunctionWorker, GeneratorWorker, create_worker
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from napari_unet.errors import UserInputError
+
+from ._notify import notify_error
+
+__all__ = ["DONE", "CANCELLED", "FAILED", "TaskPanel", "start_worker"]
+
+#: How a run ended, as passed to ``on_finish`` and :attr:`TaskPanel.finished`.
+DONE, CANCELLED, FAILED = "done", "cancelled", "failed"
+
+Worker = GeneratorWorker | FunctionWorker
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Returned in place of a result when the work raised a UserInputError."""
+
+    error: UserInputError
+
+
+def _guarded_generator(func: Callable[..., Generator], *args: Any, **kwargs: Any) -> Generator:
+    """Run ``func``'s generator, turning a UserInputError into a :class:`_Failure` return value."""
+    try:
+        return (yield from func(*args, **kwargs))
+    except UserInputError as exc:
+        return _Failure(exc)
+
+
+def _guarded_function(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``func``, turning a UserInputError into a :class:`_Failure` return value."""
+    try:
+        return func(*args, **kwargs)
+    except UserInputError as exc:
+        return _Failure(exc)
+
+
+class _ClosingGeneratorWorker(GeneratorWorker):
+    """A generator worker that closes its generator in the worker thread when it stops.
+
+    napari's worker stops iterating when asked to quit but leaves the generator suspended; closing
+    it here runs the core's cleanup in this thread instead of whenever it is garbage collected.
+    """
+
+    def work(self) -> Any:
+        try:
+            return super().work()
+        finally:
+            self._gen.close()
+
+
+def start_worker(
+    func: Callable[..., Any],
+    *args: Any,
+    on_yield: Callable[[Any], None] | None = None,
+    on_done: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_finish: Callable[[str], None] | None = None,
+    start: bool = True,
+    **kwargs: Any,
+) -> Worker:
+    """Run ``func(*args, **kwargs)`` in a worker thread; callbacks run on the main thread.
+
+    ``func`` is a generator function (each yielded item goes to ``on_yield``) or a plain function.
+    ``on_done(result)`` follows a normal end, ``on_error(exc)`` a failure (already notified), and
+    ``on_finish(outcome)`` always comes last with DONE, CANCELLED or FAILED. ``worker.quit()``
+    cancels between two yields.
+    """
+    outcome = {"value": DONE}
+    if inspect.isgeneratorfunction(func):
+        worker: Worker = create_worker(
+            _guarded_generator,
+            func,
+            *args,
+            _worker_class=_ClosingGeneratorWorker,
+            _ignore_errors=True,
+            **kwargs,
+        )
+        if on_yield is not None:
+            worker.yielded.connect(on_yield)
+    else:
+        worker = create_worker(_guarded_function, func, *args, _ignore_errors=True, **kwargs)
+
+    def returned(result: Any) -> None:
+        if isinstance(result, _Failure):
+            outcome["value"] = FAILED
+            notify_error(result.error)
+            if on_error is not None:
+                on_error(result.error)
+        elif on_done is not None:
+            on_done(result)
+
+    def errored(exc: BaseException) -> None:
+        # napari's worker already shows unexpected errors with their traceback
+        outcome["value"] = FAILED
+        if on_error is not None:
+            on_error(exc)
+
+    def aborted() -> None:
+        outcome["value"] = CANCELLED
+
+    def finished() -> None:
+        if on_finish is not None:
+            on_finish(outcome["value"])
+
+    worker.returned.connect(returned)
+    worker.errored.connect(errored)
+    worker.aborted.connect(aborted)
+    worker.finished.connect(finished)
+    if start:
+        worker.start()
+    return worker
+
+
+@dataclass
+class _RunState:
+    """The worker a panel is running and how to cancel it."""
+
+    worker: Worker | None = None
+    cancel: Callable[[], None] | None = None
+
+
+ProgressFn = Callable[[Any], "tuple[int, int] | tuple[int, int, str] | None"]
+
+
+class TaskPanel(QWidget):
+    """Progress bar, status line and Cancel/Stop button for one dock's long task.
+
+    :meth:`start` runs work through :func:`start_worker`; while it runs the progress bar and the
+    cancel button show and :attr:`running` is true. ``progress(item)`` maps each yielded item to
+    ``(done, total)`` or ``(done, total, text)``; total 0 shows a busy bar. ``cancel`` replaces the
+    default cancellation (``worker.quit()``), e.g. to let a trainer finish its step and checkpoint.
+    """
+
+    #: emitted on the main thread after the work's own callbacks, with DONE, CANCELLED or FAILED
+    finished = Signal(str)
+
+    def __init__(self, cancel_text: str = "Cancel", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._cancel_text = cancel_text
+        self._state = _RunState()
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
+        self.cancel_button = QPushButton(cancel_text)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.progress_bar, 1)
+        row.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        self._show_running(False)
+        self.destroyed.connect(_stop_on_destroy(self))
+
+    @property
+    def worker(self) -> Worker | None:
+        """The running worker, or None when idle."""
+        return self._state.worker
+
+    @property
+    def running(self) -> bool:
+        """True from :meth:`start` until the work has finished and its callbacks have run."""
+        return self._state.worker is not None
+
+    def _show_running(self, running: bool) -> None:
+        self.progress_bar.setVisible(running)
+        self.cancel_button.setVisible(running)
+        self.cancel_button.setEnabled(running)
+        self.cancel_button.setText(self._cancel_text)
+
+    def set_progress(self, done: int, total: int, text: str | None = None) -> None:
+        """Show ``done`` of ``total`` (total 0: busy) and, if given, a status text."""
+        if total <= 0:
+            self.progress_bar.setRange(0, 0)
+        else:
+            self.progress_bar.setRange(0, int(total))
+            self.progress_bar.setValue(min(int(done), int(total)))
+        if text is not None:
+            self.status.setText(text)
+
+    def start(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        on_yield: Callable[[Any], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        progress: ProgressFn | None = None,
+        cancel: Callable[[], None] | None = None,
+        message: str = "",
+        **kwargs: Any,
+    ) -> Worker:
+        """Run ``func`` as :func:`start_worker` does, showing progress here; one task at a time."""
+        if self._state.worker is not None:
+            raise RuntimeError("a task is already running in this panel")
+
+        def yielded(item: Any) -> None:
+            if on_yield is not None:
+                on_yield(item)
+            if progress is not None:
+                shown = progress(item)
+                if shown is not None:
+                    self.set_progress(*shown)
+
+        self.set_progress(0, 0, message)
+        self._show_running(True)
+        worker = start_worker(
+            func,
+            *args,
+            on_yield=yielded,
+            on_done=on_done,
+            on_error=on_error,
+            on_finish=self._finished,
+            start=False,
+            **kwargs,
+        )
+        self._state.worker, self._state.cancel = worker, cancel
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running work to stop (between two steps); a no-op when idle."""
+        state = self._state
+        if state.worker is None:
+            return
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setText("Stopping…")
+        if state.cancel is not None:
+            state.cancel()
+        else:
+            state.worker.quit()
+
+    def _finished(self, outcome: str) -> None:
+        self._state.worker = self._state.cancel = None
+        self._show_running(False)
+        self.finished.emit(outcome)
+
+
+def _stop_on_destroy(panel: TaskPanel) -> Callable[..., None]:
+    """A slot that stops the panel's work when the panel (its dock) is destroyed.
+
+    It holds only the panel's run state, not the panel, so it does not keep the dock alive.
+    """
+    state = panel._state
+
+    def stop(*_: Any) -> None:
+        if state.worker is not None:
+            if state.cancel is not None:
+                state.cancel()
+            state.worker.quit()
+
+    return stop

@@ -1,0 +1,246 @@
+"""Segment: tiles stream into a Labels layer, cancel keeps whole tiles, reruns swap at the end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.checkpoint import save_model
+from napari_unet.inference import labels_from_probabilities, predict
+from napari_unet.model import UNet
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 60_000
+
+
+@pytest.fixture
+def notes():
+    """Collects the napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+
+    class Notes:
+        @property
+        def all(self):
+            return notification_manager.records[start:]
+
+        def errors(self):
+            return [str(n.message) for n in self.all if n.severity == "error"]
+
+    return Notes()
+
+
+def tiny_unet(seed: int = 0) -> UNet:
+    """A depth-2, 4-channel U-Net: the paper's layout at a cost of milliseconds per tile."""
+    torch.manual_seed(seed)
+    return UNet(depth=2, base_channels=4, dropout=0.0).eval()
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    save_model(tiny_unet(), path, metadata={"classes": ["membrane", "cell"]})
+    return path
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 255, size=(3, 72, 80), dtype=np.uint8)
+
+
+@pytest.fixture
+def dock(make_napari_viewer, model_file):
+    """The Segment dock opened from the plugin manifest, with the tiny model file chosen."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    widget.model_chooser.select_file(model_file)
+    widget.device_combo.setCurrentText("cpu")
+    widget.precision_combo.setCurrentText("fp32")
+    return viewer, widget
+
+
+def reference(model_file, image):
+    from napari_unet.checkpoint import load_model
+
+    probs = predict(load_model(model_file), image, device="cpu", precision="fp32")
+    return labels_from_probabilities(probs)
+
+
+def wait_done(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+
+
+def test_segment_fills_labels_layer_with_the_prediction(qtbot, dock, model_file, image):
+    viewer, widget = dock
+    layer = viewer.add_image(image, name="em", scale=(40, 4, 4))
+    widget.image_combo.set_layer(layer)
+    widget.tile_spin.setValue(60)  # several tiles per slice
+    widget.segment()
+    assert "em segmentation" in viewer.layers
+    wait_done(qtbot, widget)
+    out = viewer.layers["em segmentation"]
+    assert out.data.shape == image.shape
+    np.testing.assert_array_equal(out.data, reference(model_file, image))
+    np.testing.assert_allclose(out.scale, layer.scale)
+    assert out.features["class"].tolist() == ["not segmented", "membrane", "cell"]
+    assert "running" not in " ".join(ly.name for ly in viewer.layers)
+
+
+def test_slice_on_screen_is_segmented_first(qtbot, dock, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    viewer.dims.set_current_step(0, 2)
+    widget.tile_spin.setValue(60)
+    seen = []
+    widget.segment()
+    widget.task.worker.yielded.connect(lambda t: seen.append(t.region[0].start))
+    wait_done(qtbot, widget)
+    per_slice = len(seen) // 3
+    assert seen[:per_slice] == [2] * per_slice
+    assert sorted(set(seen[per_slice:])) == [0, 1]
+
+
+def test_cancel_keeps_only_whole_finished_tiles(qtbot, dock, model_file, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    widget.tile_spin.setValue(60)
+    regions = []
+
+    def on_tile(tile):
+        regions.append(tile.region)
+        if len(regions) == 2:
+            widget.task.cancel()
+
+    widget.segment()
+    widget.task.worker.yielded.connect(on_tile)
+    wait_done(qtbot, widget)
+    out = viewer.layers["em segmentation"].data
+    painted = np.zeros(image.shape, bool)
+    for region in regions:
+        painted[region] = True
+    total = widget.task.progress_bar.maximum()
+    assert 2 <= len(regions) < total
+    ref = reference(model_file, image)
+    np.testing.assert_array_equal(out[painted], ref[painted])  # every finished tile, whole
+    assert not out[~painted].any()  # nothing else
+    assert "cancelled" in widget.task.status.text()
+
+
+def test_rerun_replaces_previous_result_only_when_it_finishes(qtbot, dock, tmp_path, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    widget.tile_spin.setValue(60)
+    widget.segment()
+    wait_done(qtbot, widget)
+    first = viewer.layers["em segmentation"].data.copy()
+
+    other = tmp_path / "other.safetensors"
+    save_model(tiny_unet(seed=5), other)
+    widget.model_chooser.select_file(other)
+    during = []
+
+    def check(_tile):
+        if not during:
+            during.append(
+                (
+                    viewer.layers["em segmentation"].data.copy(),
+                    "em segmentation (running)" in viewer.layers,
+                )
+            )
+
+    widget.segment()
+    widget.task.worker.yielded.connect(check)
+    wait_done(qtbot, widget)
+    old_during, running_layer = during[0]
+    np.testing.assert_array_equal(old_during, first)
+    assert running_layer
+    final = viewer.layers["em segmentation"].data
+    np.testing.assert_array_equal(final, reference(other, image))
+    assert not np.array_equal(final, first)
+    assert [ly.name for ly in viewer.layers] == ["em", "em segmentation"]
+
+
+def test_cancelled_rerun_keeps_previous_result_and_partial_tiles(qtbot, dock, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    widget.tile_spin.setValue(60)
+    widget.segment()
+    wait_done(qtbot, widget)
+    first = viewer.layers["em segmentation"].data.copy()
+    widget.segment()
+    widget.task.worker.yielded.connect(lambda _t: widget.task.cancel())
+    wait_done(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["em segmentation"].data, first)
+    partial = viewer.layers["em segmentation (partial)"].data
+    assert 0 < np.count_nonzero(partial) < partial.size
+
+
+def _snapshot(viewer):
+    return [(ly.name, type(ly).__name__, np.asarray(ly.data).copy()) for ly in viewer.layers]
+
+
+def _same(a, b):
+    if len(a) != len(b):
+        return False
+    return all(
+        x[:2] == y[:2] and np.array_equal(x[2], y[2]) for x, y in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "words"),
+    [
+        (np.zeros((24, 24, 3), np.uint8), {"rgb": True}, "RGB"),
+        (np.zeros((2, 2, 24, 24), np.uint8), {}, "shape (2, 2, 24, 24)"),
+    ],
+    ids=["rgb", "4d"],
+)
+def test_bad_image_notifies_and_changes_nothing(qtbot, dock, notes, data, kwargs, words):
+    viewer, widget = dock
+    viewer.add_image(data, name="bad", **kwargs)
+    before = _snapshot(viewer)
+    widget.segment()
+    assert not widget.running
+    assert any(words in m for m in notes.errors()), notes.errors()
+    assert _same(before, _snapshot(viewer))
+
+
+def test_corrupt_model_file_notifies_and_changes_nothing(qtbot, dock, notes, tmp_path, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"this is not a model")
+    widget.model_chooser.select_file(bad)
+    before = _snapshot(viewer)
+    widget.segment()
+    assert not widget.running
+    assert any("broken.safetensors" in m for m in notes.errors()), notes.errors()
+    assert _same(before, _snapshot(viewer))
+
+
+def test_no_default_model_is_said_and_never_replaced_by_an_untrained_net(qtbot, dock, notes, image):
+    from napari_unet.models import default_model_path
+
+    viewer, widget = dock
+    if default_model_path() is not None:
+        pytest.skip("this installation ships a default model")
+    viewer.add_image(image, name="em")
+    widget.model_chooser.select_default()
+    assert "No default model" in widget.model_chooser.combo.currentText()
+    widget.model_chooser.path_edit.setText("")
+    before = _snapshot(viewer)
+    widget.segment()
+    assert not widget.running
+    assert any("no default model" in m for m in notes.errors()), notes.errors()
+    assert _same(before, _snapshot(viewer))
+
+
+def test_no_image_layer_notifies(qtbot, dock, notes):
+    viewer, widget = dock
+    widget.segment()
+    assert any("no image layer" in m for m in notes.errors())
+    assert len(viewer.layers) == 0
