@@ -1,0 +1,138 @@
+"""napari reader: EM stacks from TIFF, PNG/TIFF slice folders, zarr, HDF5 and MRC, opened lazily.
+
+The reading itself is :func:`napari_unet.io.read_image`; this module only turns its result into
+napari layer data. Pixels stay a dask array, so napari reads the slice on screen and nothing more,
+and a voxel size stored in the file becomes the layer scale. Nothing here imports Qt or napari.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_unet import io
+from napari_unet.errors import UserInputError
+
+LayerData = tuple[Any, dict[str, Any], str]
+ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]
+
+#: Words in an HDF5/zarr dataset name that mark integer data as labels rather than an image.
+_LABEL_WORDS = ("label", "seg", "mask", "gt", "ground", "truth", "annot", "membrane")
+
+
+def _is_slice_folder(path: Path) -> bool:
+    """True for a folder holding at least one PNG or TIFF slice."""
+    try:
+        with os.scandir(path) as entries:
+            return any(
+                e.is_file() and Path(e.name).suffix.lower() in io.SLICE_SUFFIXES
+                for e in entries
+                if not e.name.startswith(".")
+            )
+    except OSError:
+        return False
+
+
+def _supported(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like something :func:`napari_unet.io.read_image` opens."""
+    text = os.fspath(path)
+    p = Path(text.rstrip("/\\") or text)
+    suffix = p.suffix.lower()
+    if p.is_dir():
+        return suffix in io.ZARR_SUFFIXES or _is_slice_folder(p) or any(
+            (p / name).exists() for name in ("zarr.json", ".zarray", ".zgroup")
+        )
+    return p.is_file() and suffix in io.READ_SUFFIXES
+
+
+def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
+    """Return :func:`read_stack` when napari-unet can open ``path`` (or every path in a list).
+
+    Declining (None) lets napari try other readers; a file that looks right but turns out to be
+    broken is reported by :func:`read_stack` with a message that says what is wrong.
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths or not all(_supported(p) for p in paths):
+        return None
+    return read_stack
+
+
+def _layer_kind(name: str, dtype: Any) -> str:
+    """"labels" for integer datasets whose name says they are labels, else "image"."""
+    import numpy as np
+
+    lowered = name.lower()
+    if np.dtype(dtype).kind in "iub" and any(w in lowered for w in _LABEL_WORDS):
+        return "labels"
+    return "image"
+
+
+def _layer(img: io.ImageData, kind: str, name: str) -> LayerData:
+    """One napari layer tuple: data, name, scale and units from the file, and where it came from."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "metadata": {
+            "path": img.path,
+            "dataset": img.dataset,
+            "voxel_size": img.voxel_size,
+            "unit": img.unit,
+        },
+    }
+    spatial = img.data.ndim
+    if kind == "image" and spatial >= 3 and img.data.shape[-1] in (3, 4):
+        spatial -= 1  # colour: the last axis is a channel axis, not space
+    if img.voxel_size:
+        scale = tuple(float(s) for s in img.voxel_size)[-spatial:]
+        if len(scale) == spatial:
+            meta["scale"] = scale
+            if img.unit:
+                meta["units"] = (img.unit,) * spatial
+    return img.data, meta, kind
+
+
+def _read_datasets(path: str, datasets: list[tuple[str, tuple[int, ...], str]]) -> list[LayerData]:
+    """One layer per array of at least two dimensions in an HDF5 file or zarr group."""
+    layers = []
+    for name, shape, dtype in datasets:
+        if len(shape) < 2:
+            continue
+        img = io.read_image(path, dataset=name)
+        layers.append(_layer(img, _layer_kind(name, dtype), f"{img.name} {name.strip('/')}"))
+    return layers
+
+
+def _read_one(path: str) -> list[LayerData]:
+    """The layers in one file or folder: one per array in an HDF5 file or a plain zarr group.
+
+    An OME-zarr pyramid opens as its full-resolution level, an HDF5 file with one image as that
+    image, and any other format as a single layer.
+    """
+    p = Path(path)
+    if p.suffix.lower() in io.HDF5_SUFFIXES:
+        datasets = [d for d in io.list_datasets(path) if len(d[1]) >= 2]
+        if len(datasets) > 1:
+            return _read_datasets(path, datasets)
+    try:
+        img = io.read_image(path)
+    except UserInputError:
+        if not p.is_dir():
+            raise
+        datasets = [d for d in io.list_datasets(path) if len(d[1]) >= 2]
+        if len(datasets) < 2:
+            raise
+        return _read_datasets(path, datasets)
+    return [_layer(img, "image", img.name)]
+
+
+def read_stack(path: str | Sequence[str]) -> list[LayerData]:
+    """Read each path into napari layer data (lazy dask arrays, scaled by the file's voxel size).
+
+    Raises UserInputError, with what to do, for a file that cannot be read.
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    layers: list[LayerData] = []
+    for p in paths:
+        layers.extend(_read_one(os.fspath(p)))
+    return layers

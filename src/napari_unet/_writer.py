@@ -1,0 +1,31 @@
+"""napari writer: a Labels layer to .tif/.tiff, .zarr, or a folder of PNG slices.
+
+The writing is :func:`napari_unet.io.write_labels` (atomic: the output appears only when complete).
+napari's save dialog has already asked before replacing an existing file, so this writer overwrites.
+A path ending in ``.png`` means "PNG slices": the folder is the path without ``.png``
+(``masks.png`` -> ``masks/0000.png, 0001.png, ...``). Nothing here imports Qt or napari.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from napari_unet import io
+
+
+def output_path(path: str | Path) -> Path:
+    """Where labels saved as ``path`` land: ``x.png`` becomes the PNG-slice folder ``x``."""
+    p = Path(path)
+    if p.suffix.lower() == ".png":
+        return p.with_suffix("")
+    return p
+
+
+def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write one Labels layer's data to ``path``; returns the written path (napari's contract).
+
+    Raises UserInputError for an unsupported suffix or data that cannot be stored as labels.
+    """
+    written = io.write_labels(output_path(path), data, overwrite=True)
+    return [str(written)]
