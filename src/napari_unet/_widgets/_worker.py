@@ -9,7 +9,8 @@ the generator never does.
 Cancelling (``worker.quit()``) takes effect between two yields, and the generator is then closed in
 its own thread, so the core's cleanup (``finally`` blocks) runs there and an item is either yielded
 whole or not at all. A :class:`~napari_unet.errors.UserInputError` raised by the work ends it as
-"failed" with a notification of its message; any other exception is reported with its traceback.
+"failed" with a notification of its message; any other exception (a bug) is shown with its
+traceback.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from napari.qt.threading import FunctionWorker, GeneratorWorker, create_worker
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from napari_unet.errors import UserInputError
-
 from ._notify import notify_error
 
 __all__ = ["DONE", "CANCELLED", "FAILED", "TaskPanel", "start_worker"]
@@ -37,24 +36,29 @@ Worker = GeneratorWorker | FunctionWorker
 
 @dataclass(frozen=True)
 class _Failure:
-    """Returned in place of a result when the work raised a UserInputError."""
+    """Returned in place of a result when the work raised an exception.
 
-    error: UserInputError
+    Returning it (rather than letting the worker see the exception) keeps every failure on one
+    path: superqt's worker would take a RuntimeError, such as a torch out-of-memory error, for a
+    deleted worker and end silently.
+    """
+
+    error: Exception
 
 
 def _guarded_generator(func: Callable[..., Generator], *args: Any, **kwargs: Any) -> Generator:
-    """Run ``func``'s generator, turning a UserInputError into a :class:`_Failure` return value."""
+    """Run ``func``'s generator, turning an exception into a :class:`_Failure` return value."""
     try:
         return (yield from func(*args, **kwargs))
-    except UserInputError as exc:
+    except Exception as exc:
         return _Failure(exc)
 
 
 def _guarded_function(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``func``, turning a UserInputError into a :class:`_Failure` return value."""
+    """Call ``func``, turning an exception into a :class:`_Failure` return value."""
     try:
         return func(*args, **kwargs)
-    except UserInputError as exc:
+    except Exception as exc:
         return _Failure(exc)
 
 
@@ -89,7 +93,8 @@ def start_worker(
     ``on_finish(outcome)`` always comes last with DONE, CANCELLED or FAILED. ``worker.quit()``
     cancels between two yields.
     """
-    outcome = {"value": DONE}
+    # set by returned/errored; a run that ends with neither was cancelled
+    outcome: dict[str, str | None] = {"value": None}
     if inspect.isgeneratorfunction(func):
         worker: Worker = create_worker(
             _guarded_generator,
@@ -105,8 +110,8 @@ def start_worker(
         worker = create_worker(_guarded_function, func, *args, _ignore_errors=True, **kwargs)
 
     def returned(result: Any) -> None:
+        outcome["value"] = FAILED if isinstance(result, _Failure) else DONE
         if isinstance(result, _Failure):
-            outcome["value"] = FAILED
             notify_error(result.error)
             if on_error is not None:
                 on_error(result.error)
@@ -114,21 +119,17 @@ def start_worker(
             on_done(result)
 
     def errored(exc: BaseException) -> None:
-        # napari's worker already shows unexpected errors with their traceback
+        # not reached for exceptions of the work itself (see _Failure); napari shows the rest
         outcome["value"] = FAILED
         if on_error is not None:
             on_error(exc)
 
-    def aborted() -> None:
-        outcome["value"] = CANCELLED
-
     def finished() -> None:
         if on_finish is not None:
-            on_finish(outcome["value"])
+            on_finish(outcome["value"] or CANCELLED)
 
     worker.returned.connect(returned)
     worker.errored.connect(errored)
-    worker.aborted.connect(aborted)
     worker.finished.connect(finished)
     if start:
         worker.start()
@@ -214,10 +215,15 @@ class TaskPanel(QWidget):
         on_error: Callable[[BaseException], None] | None = None,
         progress: ProgressFn | None = None,
         cancel: Callable[[], None] | None = None,
+        cancellable: bool = True,
         message: str = "",
         **kwargs: Any,
     ) -> Worker:
-        """Run ``func`` as :func:`start_worker` does, showing progress here; one task at a time."""
+        """Run ``func`` as :func:`start_worker` does, showing progress here; one task at a time.
+
+        ``cancellable=False`` hides the cancel button (for work that cannot stop halfway, such as
+        an atomic write).
+        """
         if self._state.worker is not None:
             raise RuntimeError("a task is already running in this panel")
 
@@ -231,6 +237,7 @@ class TaskPanel(QWidget):
 
         self.set_progress(0, 0, message)
         self._show_running(True)
+        self.cancel_button.setVisible(cancellable)
         worker = start_worker(
             func,
             *args,

@@ -1,0 +1,196 @@
+"""The "Save masks" dock: write a Labels layer to TIFF, zarr or a folder of PNG slices.
+
+The write is :func:`napari_unet.io.write_labels`, run in a worker thread: the file (or folder)
+appears only once complete, and an existing one is replaced only after the user confirmed it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet.errors import UserInputError
+
+from . import LayerComboBox
+from ._notify import notify_info, user_errors
+from ._worker import DONE, TaskPanel
+
+__all__ = ["FORMATS", "SaveMasksWidget", "target_path"]
+
+#: format shown in the dock -> suffix of the output ("" = a folder of PNG slices)
+FORMATS = {"TIFF (.tif)": ".tif", "zarr (.zarr)": ".zarr", "PNG slices (folder)": ""}
+_KNOWN_SUFFIXES = (".tif", ".tiff", ".zarr", ".png")
+
+
+def target_path(text: str, suffix: str) -> Path:
+    """The output for a typed path and a format suffix: a known suffix is swapped for ``suffix``.
+
+    ``masks`` with ".tif" gives ``masks.tif``; ``masks.tif`` with "" (PNG slices) gives ``masks``.
+    A ``.tiff`` path stays ``.tiff`` for the TIFF format.
+    """
+    p = Path(os.path.expanduser(text.strip()))
+    current = p.suffix.lower()
+    if suffix == ".tif" and current in (".tif", ".tiff"):
+        return p
+    if current in _KNOWN_SUFFIXES:
+        p = p.with_suffix("")
+    return p.with_name(p.name + suffix) if suffix else p
+
+
+def _safe_name(name: str) -> str:
+    """A file name from a layer name: letters, digits, '-', '_' and '.'; spaces become '_'."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "labels"
+
+
+class SaveMasksWidget(QWidget):
+    """Save a Labels layer to a file; an existing file is replaced only after confirmation."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.labels_combo = LayerComboBox(napari_viewer, Labels)
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("where to save, e.g. ~/masks.tif")
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.clicked.connect(self._browse)
+        self.format_combo = QComboBox()
+        self.format_combo.addItems(list(FORMATS))
+        self.target_label = QLabel("")
+        self.target_label.setWordWrap(True)
+        self.save_button = QPushButton("Save")
+        self.save_button.clicked.connect(self.save)
+        self.task = TaskPanel("Cancel")
+        self.task.finished.connect(self._on_finished)
+
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.path_edit, 1)
+        row.addWidget(self.browse_button)
+        form = QFormLayout()
+        form.addRow("Labels", self.labels_combo)
+        form.addRow("Path", row)
+        form.addRow("Format", self.format_combo)
+        form.addRow("", self.target_label)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.save_button)
+        layout.addWidget(self.task)
+        layout.addStretch(1)
+
+        self.labels_combo.currentIndexChanged.connect(self._suggest_path)
+        self.path_edit.textChanged.connect(self._show_target)
+        self.format_combo.currentIndexChanged.connect(self._show_target)
+        self._suggest_path()
+        self._show_target()
+        self._pending: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ inputs
+    def _suffix(self) -> str:
+        return FORMATS[self.format_combo.currentText()]
+
+    def target(self) -> Path | None:
+        """Where the chosen layer will be written, or None without a path."""
+        text = self.path_edit.text().strip()
+        return target_path(text, self._suffix()) if text else None
+
+    def _show_target(self, *_: Any) -> None:
+        target = self.target()
+        self.target_label.setText(f"writes {target}" if target else "")
+
+    def _suggest_path(self, *_: Any) -> None:
+        layer = self.labels_combo.layer()
+        if layer is not None and not self.path_edit.text().strip():
+            self.path_edit.setText(str(Path.cwd() / _safe_name(layer.name)))
+
+    def _browse(self) -> None:
+        start = self.path_edit.text() or str(Path.home())
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Save masks",
+            start,
+            options=QFileDialog.Option.DontConfirmOverwrite,  # the dock asks, for every format
+        )
+        if path:
+            self.path_edit.setText(path)
+
+    def _confirm_overwrite(self, target: Path) -> bool:
+        what = "folder" if target.is_dir() else "file"
+        answer = QMessageBox.question(
+            self,
+            "Replace existing output?",
+            f"The {what} {target} exists. Replace it?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    # ------------------------------------------------------------------ saving
+    @property
+    def running(self) -> bool:
+        """True while a write runs."""
+        return self.task.running
+
+    def save(self) -> None:
+        """Check the inputs, ask before replacing anything, and write in a worker thread."""
+        if self.task.running:
+            return
+        with user_errors():
+            self._start()
+
+    def _start(self) -> None:
+        from napari_unet import io
+
+        layer = self.labels_combo.layer()
+        if layer is None:
+            raise UserInputError("no Labels layer to save; segment or annotate an image first")
+        target = self.target()
+        if target is None:
+            raise UserInputError("choose where to save the masks first")
+        overwrite = False
+        if target.exists() or target.is_symlink():
+            if not self._confirm_overwrite(target):
+                self.task.status.setText(f"not saved: {target} exists")
+                return
+            overwrite = True
+        data = layer.data[0] if layer.multiscale else layer.data
+        if isinstance(data, np.ndarray):
+            data = data.copy()  # a snapshot: painting during the write cannot tear the file
+        self._pending = {"layer": layer.name, "target": target}
+        self.save_button.setEnabled(False)
+        self.task.start(
+            io.write_labels,
+            target,
+            data,
+            overwrite=overwrite,
+            cancellable=False,
+            message=f"saving '{layer.name}' to {target}…",
+        )
+
+    def _on_finished(self, outcome: str) -> None:
+        pending, self._pending = self._pending, None
+        self.save_button.setEnabled(True)
+        if pending is None:
+            return
+        if outcome == DONE:
+            text = f"saved '{pending['layer']}' to {pending['target']}"
+            self.task.status.setText(text)
+            notify_info(text)
+        else:
+            self.task.status.setText(f"not saved: writing {pending['target']} failed")

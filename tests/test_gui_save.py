@@ -1,0 +1,122 @@
+"""Save masks dock: writes that read back equal, and no overwrite without confirmation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtWidgets import QMessageBox
+
+from napari_unet import io
+from napari_unet._widgets.save import target_path
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 30_000
+
+
+@pytest.fixture
+def notes():
+    """Collects the napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+
+    class Notes:
+        def errors(self):
+            return [str(n.message) for n in notification_manager.records[start:]
+                    if n.severity == "error"]
+
+    return Notes()
+
+
+@pytest.fixture
+def dock(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Save masks")
+    return viewer, widget
+
+
+@pytest.fixture
+def labels():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 4, size=(3, 30, 40), dtype=np.uint8)
+
+
+def answer(monkeypatch, button):
+    """The user's answer to the overwrite question (the dialog itself is Qt's)."""
+    asked = []
+
+    def question(*args, **kwargs):
+        asked.append(args[2])
+        return button
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    return asked
+
+
+def save(qtbot, widget, path, fmt):
+    widget.path_edit.setText(str(path))
+    widget.format_combo.setCurrentText(fmt)
+    widget.save()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+
+
+def test_target_path_follows_the_format():
+    assert str(target_path("/d/masks", ".tif")) == "/d/masks.tif"
+    assert str(target_path("/d/masks.tiff", ".tif")) == "/d/masks.tiff"
+    assert str(target_path("/d/masks.tif", ".zarr")) == "/d/masks.zarr"
+    assert str(target_path("/d/masks.zarr", "")) == "/d/masks"
+    assert str(target_path("/d/v1.2", ".tif")) == "/d/v1.2.tif"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("TIFF (.tif)", "out.tif"), ("zarr (.zarr)", "out.zarr"), ("PNG slices (folder)", "out")],
+)
+def test_saved_file_reads_back_equal(qtbot, dock, labels, tmp_path, fmt, name):
+    viewer, widget = dock
+    viewer.add_labels(labels, name="em segmentation")
+    widget.labels_combo.set_layer(viewer.layers["em segmentation"])
+    save(qtbot, widget, tmp_path / "out", fmt)
+    assert widget.target_label.text() == f"writes {tmp_path / name}"
+    np.testing.assert_array_equal(io.read_labels(tmp_path / name), labels)
+    assert "saved 'em segmentation'" in widget.task.status.text()
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left behind
+
+
+def test_existing_file_is_kept_unless_confirmed(qtbot, dock, labels, tmp_path, monkeypatch):
+    viewer, widget = dock
+    viewer.add_labels(labels, name="seg")
+    target = tmp_path / "seg.tif"
+    io.write_labels(target, np.zeros((2, 5, 5), np.uint8))
+    before = target.read_bytes()
+
+    asked = answer(monkeypatch, QMessageBox.StandardButton.No)
+    save(qtbot, widget, target, "TIFF (.tif)")
+    assert len(asked) == 1 and str(target) in asked[0]
+    assert target.read_bytes() == before
+    assert "not saved" in widget.task.status.text()
+
+    asked = answer(monkeypatch, QMessageBox.StandardButton.Yes)
+    save(qtbot, widget, target, "TIFF (.tif)")
+    assert len(asked) == 1
+    np.testing.assert_array_equal(io.read_labels(target), labels)
+
+
+def test_write_error_notifies_and_leaves_nothing(qtbot, dock, tmp_path, notes):
+    viewer, widget = dock
+    big = np.zeros((2, 8, 8), np.uint32)
+    big[0, 0, 0] = 70_000  # more than a 16-bit PNG holds
+    viewer.add_labels(big, name="many")
+    save(qtbot, widget, tmp_path / "many", "PNG slices (folder)")
+    assert any("16-bit PNG" in m for m in notes.errors()), notes.errors()
+    assert not any(tmp_path.iterdir())
+    assert "not saved" in widget.task.status.text()
+
+
+def test_no_labels_layer_notifies(qtbot, dock, notes, tmp_path):
+    viewer, widget = dock
+    viewer.add_image(np.zeros((8, 8)), name="em")
+    save(qtbot, widget, tmp_path / "x", "TIFF (.tif)")
+    assert any("no Labels layer" in m for m in notes.errors())
+    assert not any(tmp_path.iterdir())
