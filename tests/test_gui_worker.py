@@ -1,0 +1,169 @@
+"""The shared worker helper: order of callbacks, cancel between yields, every failure reported."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from napari_unet._widgets._session import Session, session_for
+from napari_unet._widgets._worker import CANCELLED, DONE, FAILED, TaskPanel, start_worker
+from napari_unet.errors import UserInputError
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 20_000
+
+
+@pytest.fixture
+def notes():
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+    return lambda: [str(n.message) for n in notification_manager.records[start:]]
+
+
+def run(qtbot, func, *args, **callbacks):
+    """Start ``func`` with start_worker and wait for on_finish; returns what the callbacks saw."""
+    seen = {"yielded": [], "done": [], "error": [], "finish": []}
+    worker = start_worker(
+        func,
+        *args,
+        on_yield=seen["yielded"].append,
+        on_done=seen["done"].append,
+        on_error=seen["error"].append,
+        on_finish=seen["finish"].append,
+        start=False,
+    )
+    for name, cb in callbacks.items():
+        getattr(worker, name).connect(cb)
+    worker.start()
+    qtbot.waitUntil(lambda: bool(seen["finish"]), timeout=TIMEOUT)
+    return seen, worker
+
+
+def test_yields_then_result_then_finish(qtbot):
+    def count(n):
+        yield from range(n)
+        return "finished"
+
+    seen, _ = run(qtbot, count, 4)
+    assert seen == {"yielded": [0, 1, 2, 3], "done": ["finished"], "error": [], "finish": [DONE]}
+
+
+def test_plain_function_runs_in_a_thread(qtbot):
+    main = threading.get_ident()
+    seen, _ = run(qtbot, lambda: threading.get_ident())
+    assert seen["done"][0] != main and seen["finish"] == [DONE]
+
+
+def test_cancel_stops_between_yields_and_closes_the_generator_in_its_thread(qtbot):
+    cleanup = {}
+
+    def slow():
+        try:
+            for i in range(1000):
+                time.sleep(0.005)
+                yield i
+        finally:
+            cleanup["thread"] = threading.get_ident()
+
+    holder = {}
+
+    def first(_item):
+        holder["worker"].quit()
+
+    seen = {"yielded": [], "finish": []}
+    worker = start_worker(
+        slow, on_yield=seen["yielded"].append, on_finish=seen["finish"].append, start=False
+    )
+    holder["worker"] = worker
+    worker.yielded.connect(first)
+    worker.start()
+    qtbot.waitUntil(lambda: bool(seen["finish"]), timeout=TIMEOUT)
+    assert seen["finish"] == [CANCELLED]
+    assert 1 <= len(seen["yielded"]) < 1000
+    assert seen["yielded"] == list(range(len(seen["yielded"])))  # whole items, in order
+    assert cleanup["thread"] != threading.get_ident()  # the generator's finally ran there
+
+
+def test_user_error_is_a_notification_with_its_message(qtbot, notes):
+    def bad():
+        yield 1
+        raise UserInputError("the annotations have no labelled pixel; paint some labels first")
+
+    seen, _ = run(qtbot, bad)
+    assert seen["finish"] == [FAILED] and seen["yielded"] == [1] and not seen["done"]
+    assert isinstance(seen["error"][0], UserInputError)
+    assert "the annotations have no labelled pixel; paint some labels first" in notes()
+
+
+def test_runtime_error_is_reported_not_mistaken_for_a_cancel(qtbot, notes):
+    def oom():
+        yield 1
+        raise RuntimeError("CUDA out of memory")
+
+    seen, _ = run(qtbot, oom)
+    assert seen["finish"] == [FAILED]
+    assert any("CUDA out of memory" in m for m in notes())
+
+
+def test_task_panel_shows_progress_and_hides_when_done(qtbot):
+    panel = TaskPanel("Stop")
+    qtbot.addWidget(panel)
+    outcomes = []
+    panel.finished.connect(outcomes.append)
+    assert panel.progress_bar.isHidden() and panel.cancel_button.isHidden()
+
+    def steps():
+        for i in range(3):
+            time.sleep(0.01)
+            yield i
+
+    panel.start(steps, progress=lambda i: (i + 1, 3, f"step {i + 1}"))
+    assert panel.running and not panel.cancel_button.isHidden()
+    assert panel.cancel_button.text() == "Stop"
+    with pytest.raises(RuntimeError, match="already running"):
+        panel.start(steps)
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT)
+    assert outcomes == [DONE] and not panel.running
+    assert panel.progress_bar.value() == 3 and panel.status.text() == "step 3"
+    assert panel.progress_bar.isHidden()
+
+
+def test_task_panel_custom_cancel_is_called(qtbot):
+    panel = TaskPanel("Stop")
+    qtbot.addWidget(panel)
+    stop = threading.Event()
+    outcomes = []
+    panel.finished.connect(outcomes.append)
+
+    def until_stopped():
+        while not stop.is_set():
+            time.sleep(0.005)
+            yield 0
+        return "stopped cleanly"
+
+    done = []
+    panel.start(until_stopped, cancel=stop.set, on_done=done.append)
+    panel.cancel()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=TIMEOUT)
+    assert outcomes == [DONE] and done == ["stopped cleanly"]
+
+
+def test_sessions_are_per_viewer_and_name_models_uniquely():
+    class FakeViewer:  # any weak-referenceable object stands for a viewer here
+        pass
+
+    a, b = FakeViewer(), FakeViewer()
+    assert session_for(a) is session_for(a)
+    assert session_for(a) is not session_for(b)
+    s = Session()
+    changes = []
+    s.models_changed.connect(lambda: changes.append(1))
+    first = s.add_model("tuned", object())
+    second = s.add_model("tuned", object())
+    assert (first.name, second.name) == ("tuned", "tuned (2)")
+    s.remove_model("tuned")
+    assert list(s.models) == ["tuned (2)"] and len(changes) == 3
