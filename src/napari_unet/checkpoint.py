@@ -20,20 +20,38 @@ HEADER_KEY = "napari_unet"
 FORMAT_VERSION = 1
 
 
-def save_model(model: UNet, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+#: Prefix of the tensors that hold a trainer's optimiser state (for resuming), not weights.
+STATE_PREFIX = "__training_state__."
+
+
+def save_model(
+    model: UNet,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+    *,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
     """Write ``model`` to ``path`` (.safetensors) atomically; ``metadata`` is merged into its own.
 
     The header holds the architecture, class names, normalisation and training metadata as JSON, so
-    a checkpoint can be inspected with any safetensors reader and loaded without unpickling.
+    a checkpoint can be inspected with any safetensors reader and loaded without unpickling. A
+    trainer passes ``training_state`` (step, optimiser buffers) so that a run can be resumed.
     """
     path = Path(path)
     meta = {**model.metadata, **(metadata or {})}
-    doc = {"format_version": FORMAT_VERSION, "architecture": model.config, "metadata": meta}
+    doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "architecture": model.config, "metadata": meta}
+    extra: dict[str, torch.Tensor] = {}
+    if training_state is not None:
+        state = {k: v for k, v in training_state.items() if k != "buffers"}
+        doc["training_state"] = state
+        for key, value in training_state.get("buffers", {}).items():
+            extra[STATE_PREFIX + key] = value.detach().to("cpu").contiguous()
     try:
         header = json.dumps(doc)
     except TypeError as exc:
         raise UserInputError(f"model metadata cannot be stored as JSON: {exc}") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors.update(extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -87,7 +105,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
         state: dict[str, torch.Tensor] = {}
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
-                state[key] = fh.get_tensor(key)
+                if not key.startswith(STATE_PREFIX):
+                    state[key] = fh.get_tensor(key)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UserInputError(f"model file {path} is corrupt ({exc})") from None
     try:
@@ -100,3 +119,21 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
         ) from None
     model.metadata = dict(doc.get("metadata") or {})
     return model.to(device)
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The trainer state stored with a checkpoint (step, optimiser buffers), or None if it has none."""
+    path = Path(path)
+    doc = read_header(path)
+    state = doc.get("training_state")
+    if state is None:
+        return None
+    buffers: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            for key in fh.keys():  # noqa: SIM118
+                if key.startswith(STATE_PREFIX):
+                    buffers[key[len(STATE_PREFIX) :]] = fh.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserInputError(f"model file {path} is corrupt ({exc})") from None
+    return {**state, "buffers": buffers}

@@ -29,8 +29,9 @@ CPU_MAX_AUTO_TILE = 1212
 class TileResult:
     """A finished tile: where it goes in the output and its class probabilities."""
 
-    #: region of the image this tile covers: (y, x) slices for 2-D input, (z, y, x) for a stack
-    region: tuple[slice, ...]
+    #: where the tile goes: (y, x) slices for 2-D input, (z, y-slice, x-slice) for a stack, so that
+    #: ``labels[region] = ...`` and ``probs[(slice(None), *region)] = probabilities`` both work
+    region: tuple[int | slice, ...]
     #: float32 softmax probabilities, shape (n_classes, h, w) matching ``region``'s y and x extent
     probabilities: np.ndarray
     #: 0-based position in the run and the number of tiles in the run
@@ -201,7 +202,7 @@ def predict_tiles(
                 logits = model(x)
             probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
             for t, p in zip(batch, probs, strict=True):
-                region = ((slice(t.z, t.z + 1),) if is_stack else ()) + t.out
+                region = ((t.z,) if is_stack else ()) + t.out
                 yield TileResult(
                     region=region,
                     probabilities=np.ascontiguousarray(p[:, t.crop[0], t.crop[1]]),
@@ -221,6 +222,8 @@ def predict(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
+    *,
+    normalizer: Normalizer | None = None,
 ) -> np.ndarray:
     """Float32 softmax probabilities shaped (n_classes, *image.shape) by overlap-tile prediction.
 
@@ -228,11 +231,8 @@ def predict(
     """
     check_image(image)
     out = np.zeros((model.n_classes, *image.shape), dtype=np.float32)
-    for res in predict_tiles(model, image, tile_shape, batch_size, device, precision):
-        if len(res.region) == 3:
-            out[:, res.region[0].start, res.region[1], res.region[2]] = res.probabilities
-        else:
-            out[:, res.region[0], res.region[1]] = res.probabilities
+    for res in predict_tiles(model, image, tile_shape, batch_size, device, precision, normalizer=normalizer):
+        out[(slice(None), *res.region)] = res.probabilities
     return out
 
 

@@ -1,0 +1,57 @@
+"""From probabilities to masks: class labels, and cell instances (membranes stay 0)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import UserInputError
+
+INSTANCE_METHODS = ("components", "watershed")
+
+
+def _instances_2d(p_cell: np.ndarray, threshold: float, method: str, seed_threshold: float) -> np.ndarray:
+    mask = p_cell > threshold
+    if method == "components":
+        labels, _ = ndimage.label(mask)  # 4-connectivity, as the ISBI evaluation
+        return labels.astype(np.uint32)
+    from skimage.segmentation import watershed
+
+    # Seeds: confident cell cores; flooding the membrane probability splits cells that touch
+    # through a gap in a thin membrane, which plain components would merge.
+    seeds, _ = ndimage.label(p_cell > seed_threshold)
+    return watershed(1.0 - p_cell, markers=seeds, mask=mask).astype(np.uint32)
+
+
+def instances(
+    p_cell: np.ndarray,
+    threshold: float = 0.5,
+    method: str = "watershed",
+    seed_threshold: float = 0.9,
+) -> np.ndarray:
+    """Instance labels (uint32, 0 = membrane/background) from P(cell), per 2-D slice.
+
+    ``components``: connected components (4-connectivity) of P(cell) > threshold. ``watershed``:
+    seeds from P(cell) > seed_threshold flooded over 1 - P(cell) within the same mask. Ids are unique
+    across the whole stack.
+    """
+    if method not in INSTANCE_METHODS:
+        raise UserInputError(f"unknown instance method {method!r}; choose one of {INSTANCE_METHODS}")
+    p = np.asarray(p_cell, dtype=np.float32)
+    if p.ndim == 2:
+        return _instances_2d(p, threshold, method, seed_threshold)
+    if p.ndim != 3:
+        raise UserInputError(f"P(cell) has shape {p.shape}; expected (H, W) or (Z, H, W)")
+    out = np.zeros(p.shape, dtype=np.uint32)
+    offset = 0
+    for z in range(p.shape[0]):
+        lab = _instances_2d(p[z], threshold, method, seed_threshold)
+        out[z] = np.where(lab > 0, lab + offset, 0)
+        offset = max(offset, int(out[z].max()))
+    return out
+
+
+def cell_class_index(class_names: list[str] | None, n_classes: int) -> int:
+    """The 1-based class id of "cell" in a model's class names (the last class when unnamed)."""
+    names = [n.lower() for n in (class_names or [])]
+    return names.index("cell") + 1 if "cell" in names else n_classes

@@ -1,0 +1,190 @@
+"""The napari-unet command line end to end, and its one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet import UNet, predict, save_model
+from napari_unet.cli import main
+from napari_unet.data import synthetic_em
+from napari_unet.io import read_labels
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    m = UNet(base_channels=4)
+    m.metadata["classes"] = ["membrane", "cell"]
+    return save_model(m, tmp_path / "tiny.safetensors")
+
+
+@pytest.fixture
+def stack_tif(tmp_path):
+    images, labels = synthetic_em(n_slices=2, shape=(150, 130), seed=0)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, images)
+    tifffile.imwrite(tmp_path / "truth.tif", labels)
+    return path
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_segment_tif_with_probabilities(tmp_path, model_file, stack_tif, capsys):
+    out, probs = tmp_path / "masks.tif", tmp_path / "probs.tif"
+    code, _, err = run(["segment", stack_tif, "-o", out, "--model", model_file, "--probabilities", probs,
+                        "--precision", "fp32", "--tile", 252], capsys)
+    assert code == 0, err
+    labels = read_labels(out)
+    p = tifffile.imread(probs)
+    assert labels.shape == (2, 150, 130) and labels.dtype == np.uint8
+    assert p.shape == (2, 2, 150, 130) and p.dtype == np.float32
+    assert set(np.unique(labels)) <= {1, 2}
+    assert np.array_equal(labels, np.argmax(p, 0) + 1)
+    from napari_unet import load_model
+
+    expected = predict(load_model(model_file), tifffile.imread(stack_tif), precision="fp32")
+    assert np.abs(expected - p).max() < 1e-5
+
+
+def test_segment_single_image_to_png_folder_and_zarr(tmp_path, model_file, capsys):
+    image = synthetic_em(n_slices=1, shape=(100, 90))[0][0]
+    src = tmp_path / "one.png"
+    from PIL import Image
+
+    Image.fromarray(image).save(src)
+    code, _, err = run(["segment", src, "-o", tmp_path / "pngs", "--model", model_file,
+                        "--probabilities", tmp_path / "p.zarr"], capsys)
+    assert code == 0, err
+    assert read_labels(tmp_path / "pngs").shape in ((100, 90), (1, 100, 90))
+    import zarr
+
+    assert zarr.open_array(str(tmp_path / "p.zarr"), mode="r").shape == (2, 100, 90)
+
+
+def test_segment_folder_and_instances(tmp_path, model_file, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    images, _ = synthetic_em(n_slices=3, shape=(80, 80))
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"s{i + 1}.png")
+    code, _, err = run(["segment", folder, "-o", tmp_path / "inst.tif", "--model", model_file,
+                        "--instances", "components"], capsys)
+    assert code == 0, err
+    inst = read_labels(tmp_path / "inst.tif")
+    assert inst.shape == (3, 80, 80) and inst.dtype == np.uint32
+
+
+def test_existing_output_needs_overwrite(tmp_path, model_file, stack_tif, capsys):
+    out = tmp_path / "masks.tif"
+    out.write_bytes(b"precious")
+    code, _, err = run(["segment", stack_tif, "-o", out, "--model", model_file], capsys)
+    assert code == 2 and "--overwrite" in err and "Traceback" not in err
+    assert out.read_bytes() == b"precious"
+    code, _, err = run(["segment", stack_tif, "-o", out, "--model", model_file, "--overwrite"], capsys)
+    assert code == 0 and read_labels(out).shape == (2, 150, 130)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: tifffile.imwrite(p, np.zeros((2, 2, 30, 30), np.uint8), imagej=True), "2-D images"),
+        (lambda p: p.write_bytes(b"not a tiff"), "stack.tif"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(tmp_path, model_file, capsys, make, message):
+    src = tmp_path / "stack.tif"
+    make(src)
+    code, _, err = run(["segment", src, "-o", tmp_path / "o.tif", "--model", model_file], capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_rgb_is_converted_with_a_warning(tmp_path, model_file, capsys):
+    rgb = np.random.default_rng(0).integers(0, 255, (60, 70, 3), dtype=np.uint8)
+    src = tmp_path / "rgb.tif"
+    tifffile.imwrite(src, rgb, photometric="rgb")
+    with pytest.warns(UserWarning, match="grey"):
+        code, _, err = run(["segment", src, "-o", tmp_path / "o.tif", "--model", model_file], capsys)
+    assert code == 0, err
+    assert read_labels(tmp_path / "o.tif").shape == (60, 70)
+
+
+def test_corrupt_model_and_bad_tile(tmp_path, stack_tif, model_file, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    code, _, err = run(["segment", stack_tif, "-o", tmp_path / "o.tif", "--model", bad], capsys)
+    assert code == 2 and "bad.safetensors" in err
+    code, _, err = run(["segment", stack_tif, "-o", tmp_path / "o.tif", "--model", model_file, "--tile", 250],
+                       capsys)
+    assert code == 2 and "252" in err
+
+
+def test_train_then_evaluate(tmp_path, stack_tif, capsys):
+    truth = tmp_path / "truth.tif"
+    model = tmp_path / "trained.safetensors"
+    code, _, err = run(["train", "--images", stack_tif, "--labels", truth, "-o", model, "--from", "scratch",
+                        "--classes", "membrane,cell", "--base-channels", "4", "--steps", "3", "--tile", "252",
+                        "--precision", "fp32", "--optimizer", "adam"], capsys)
+    assert code == 0, err
+    from napari_unet import load_model
+    from napari_unet.checkpoint import load_training_state
+
+    m = load_model(model)
+    assert m.metadata["classes"] == ["membrane", "cell"]
+    assert load_training_state(model)["step"] == 3
+    # resume continues the count
+    code, _, err = run(["train", "--images", stack_tif, "--labels", truth, "-o", model, "--from", model,
+                        "--resume", "--steps", "5", "--tile", "252", "--precision", "fp32",
+                        "--optimizer", "adam"], capsys)
+    assert code == 0, err
+    assert load_training_state(model)["step"] == 5
+
+    pred = tmp_path / "pred.tif"
+    assert run(["segment", stack_tif, "-o", pred, "--model", model], capsys)[0] == 0
+    report = tmp_path / "m.json"
+    code, out, err = run(["evaluate", "--pred", pred, "--gt", truth, "--json", report], capsys)
+    assert code == 0, err
+    doc = json.loads(report.read_text())
+    assert len(doc["per_slice"]) == 2
+    assert 0 <= doc["mean"]["adapted_rand_error"] <= 1
+    assert "mean" in out.splitlines()[-1]
+    # evaluating the truth against itself is perfect
+    code, out, _ = run(["evaluate", "--pred", truth, "--gt", truth, "--json", report], capsys)
+    doc = json.loads(report.read_text())
+    assert doc["mean"]["adapted_rand_error"] == pytest.approx(0, abs=1e-9)
+    assert doc["mean"]["pixel_error"] == 0
+
+
+def test_train_errors(tmp_path, stack_tif, capsys):
+    empty = tmp_path / "empty.tif"
+    tifffile.imwrite(empty, np.zeros((2, 150, 130), np.uint8))
+    code, _, err = run(["train", "--images", stack_tif, "--labels", empty, "-o", tmp_path / "m.safetensors",
+                        "--from", "scratch"], capsys)
+    assert code == 2 and "no labelled pixel" in err
+    code, _, err = run(["train", "--images", stack_tif, "--labels", empty, "-o", tmp_path / "m.safetensors",
+                        "--from", "scratch", "--label-map", "0-1"], capsys)
+    assert code == 2 and "label-map" in err
+
+
+def test_console_script_runs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "napari_unet.cli", "segment", str(tmp_path / "missing.tif"),
+                        "-o", str(tmp_path / "o.tif"), "--model", "x.safetensors"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.startswith("napari-unet: error:")

@@ -1,0 +1,153 @@
+"""The trainer: learns from sparse labels, stops, checkpoints atomically and resumes exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import UNet, UserInputError, load_model, predict
+from napari_unet.checkpoint import load_training_state
+from napari_unet.data import synthetic_em
+from napari_unet.train import TrainConfig, Trainer
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    m = UNet(base_channels=8, depth=2, dropout=0.0)
+    m.metadata["classes"] = ["membrane", "cell"]
+    return m
+
+
+def pixel_error(model, images, labels):
+    p = predict(model, images, precision="fp32")
+    return float(np.mean((np.argmax(p, 0) + 1) != labels))
+
+
+def test_training_on_synthetic_em_lowers_loss_and_error():
+    images, labels = synthetic_em(n_slices=3, shape=(128, 128), seed=1)
+    model = small_model()
+    before = pixel_error(model, images, labels)
+    cfg = TrainConfig(steps=60, optimizer="adam", learning_rate=3e-3, tile_size=124, precision="fp32", seed=0)
+    events = [e for e in Trainer(model, images, labels, cfg).run() if e.kind == "step"]
+    losses = [e.loss for e in events]
+    assert len(events) == 60
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    after = pixel_error(model, images, labels)
+    assert after < before and after < 0.2
+
+
+def test_sparse_labels_only_annotated_pixels_count():
+    images, labels = synthetic_em(n_slices=1, shape=(96, 96), seed=2)
+    sparse = np.zeros_like(labels)
+    sparse[0, 40:50, :] = labels[0, 40:50, :]  # a stripe of annotation
+    model = small_model()
+    tr = Trainer(model, images, sparse, TrainConfig(steps=2, tile_size=124, precision="fp32", augment=None))
+    assert all(np.all(w[lb == 0] == 0) for (_, lb), w in zip(tr.train_slices, tr.weights, strict=True))
+    assert [e.kind for e in tr.run()][-1] == "done"
+
+
+def test_no_annotation_is_a_clear_error_before_training():
+    images = np.zeros((64, 64), dtype=np.uint8)
+    with pytest.raises(UserInputError, match="no labelled pixel"):
+        Trainer(small_model(), images, np.zeros((64, 64), dtype=np.uint8))
+
+
+def test_shape_mismatch_and_bad_class_are_refused():
+    with pytest.raises(UserInputError, match="differs"):
+        Trainer(small_model(), np.zeros((64, 64)), np.ones((64, 65), dtype=np.uint8))
+    with pytest.raises(UserInputError, match="classes 1..2"):
+        Trainer(small_model(), np.zeros((64, 64)), np.full((64, 64), 3, dtype=np.uint8))
+
+
+def test_stop_ends_after_current_step_and_checkpoints(tmp_path):
+    images, labels = synthetic_em(n_slices=1, shape=(96, 96), seed=3)
+    ckpt = tmp_path / "m.safetensors"
+    cfg = TrainConfig(steps=100, tile_size=124, precision="fp32", checkpoint_path=str(ckpt))
+    tr = Trainer(small_model(), images, labels, cfg)
+    kinds = []
+    for ev in tr.run():
+        kinds.append(ev.kind)
+        if ev.kind == "step" and ev.step == 3:
+            tr.stop()
+    assert tr.step == 3 and kinds[-1] == "done"
+    assert load_training_state(ckpt)["step"] == 3
+    assert load_model(ckpt).metadata["training"]["steps"] == 3
+
+
+def test_resume_continues_step_count_and_optimizer_exactly(tmp_path):
+    images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=4)
+    base = dict(tile_size=124, precision="fp32", seed=5, optimizer="sgd", learning_rate=0.01)
+    # straight run of 6 steps
+    straight = small_model()
+    list(Trainer(straight, images, labels, TrainConfig(steps=6, **base)).run())
+    # 3 steps, checkpoint, then resume for 3 more from the file
+    ckpt = tmp_path / "half.safetensors"
+    first = small_model()
+    list(Trainer(first, images, labels, TrainConfig(steps=3, checkpoint_path=str(ckpt), **base)).run())
+    resumed = load_model(ckpt)
+    tr = Trainer(resumed, images, labels, TrainConfig(steps=6, **base), resume_from=ckpt)
+    assert tr.step == 3
+    steps = [e.step for e in tr.run() if e.kind == "step"]
+    assert steps == [4, 5, 6]
+    assert load_training_state(ckpt)["buffers"]
+
+
+def test_resume_is_exact_without_augmentation(tmp_path):
+    images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=4)
+    base = dict(tile_size=124, precision="fp32", seed=5, augment=None, learning_rate=0.01)
+    straight = small_model()
+    list(Trainer(straight, images, labels, TrainConfig(steps=6, **base)).run())
+    ckpt = tmp_path / "half.safetensors"
+    first = small_model()
+    list(Trainer(first, images, labels, TrainConfig(steps=3, checkpoint_path=str(ckpt), **base)).run())
+    resumed = load_model(ckpt)
+    list(Trainer(resumed, images, labels, TrainConfig(steps=6, **base), resume_from=ckpt).run())
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_seed_makes_runs_repeatable():
+    images, labels = synthetic_em(n_slices=1, shape=(96, 96), seed=6)
+    cfg = TrainConfig(steps=4, tile_size=124, precision="fp32", seed=11)
+    a, b = small_model(), small_model()
+    la = [e.loss for e in Trainer(a, images, labels, cfg).run() if e.kind == "step"]
+    lb = [e.loss for e in Trainer(b, images, labels, cfg).run() if e.kind == "step"]
+    assert la == lb
+
+
+def test_validation_metrics_and_max_minutes():
+    images, labels = synthetic_em(n_slices=4, shape=(96, 96), seed=7)
+    cfg = TrainConfig(steps=4, tile_size=124, precision="fp32", val_fraction=0.25, val_every=2)
+    tr = Trainer(small_model(), images, labels, cfg)
+    assert len(tr.val_slices) == 1 and len(tr.train_slices) == 3
+    vals = [e.metrics for e in tr.run() if e.kind == "validation"]
+    assert len(vals) == 2
+    assert 0 <= vals[0]["val_pixel_error"] <= 1
+    assert "val_rand_error" in vals[0] and "val_iou_cell" in vals[0]
+    quick = Trainer(small_model(), images, labels, TrainConfig(steps=10_000, max_minutes=0.02, tile_size=124))
+    n = sum(e.kind == "step" for e in quick.run())
+    assert 1 <= n < 10_000
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A failure while writing leaves the previous checkpoint intact and no temporary file."""
+    import napari_unet.checkpoint as ck
+
+    images, labels = synthetic_em(n_slices=1, shape=(96, 96), seed=8)
+    ckpt = tmp_path / "m.safetensors"
+    cfg = TrainConfig(steps=2, tile_size=124, checkpoint_path=str(ckpt))
+    tr = Trainer(small_model(), images, labels, cfg)
+    list(tr.run())
+    good = ckpt.read_bytes()
+
+    def boom(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck, "save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save_checkpoint(ckpt)
+    assert ckpt.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
