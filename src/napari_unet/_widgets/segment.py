@@ -38,7 +38,7 @@ OUTPUTS = ("classes", "instances")
 class PaintTile:
     """A finished tile as the worker hands it to the main thread: where, what, how far along."""
 
-    region: tuple[slice, ...]
+    region: tuple[int | slice, ...]
     labels: np.ndarray
     index: int
     total: int
@@ -257,7 +257,7 @@ class SegmentWidget(QWidget):
         if live not in self.viewer.layers:
             return
         if run["is_stack"] and self.viewer.dims.ndisplay == 2:
-            if self._current_slice(live) != tile.region[0].start:
+            if self._current_slice(live) != tile.region[0]:
                 return  # painted into the array; napari shows it when that slice comes up
         live.refresh()
 
