@@ -97,7 +97,7 @@ def test_slice_on_screen_is_segmented_first(qtbot, dock, image):
     widget.tile_spin.setValue(60)
     seen = []
     widget.segment()
-    widget.task.worker.yielded.connect(lambda t: seen.append(t.region[0].start))
+    widget.task.worker.yielded.connect(lambda t: seen.append(t.region[0]))
     wait_done(qtbot, widget)
     per_slice = len(seen) // 3
     assert seen[:per_slice] == [2] * per_slice
