@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 # The CPU build of torch on this kind of machine; the code itself works with any torch >= 2.3.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Sample data: the ISBI 2012 files beside this checkout serve as an offline cache when present.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/isbi2012),)
+export NAPARI_UNET_DATA_DIR ?= $(SHARED_DATA)
+endif
 
 .PHONY: setup system-deps test demo lint bench clean
 
