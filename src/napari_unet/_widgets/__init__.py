@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import wrapt
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -29,7 +30,7 @@ from napari_unet.errors import UserInputError
 
 from ._session import Session, session_for
 
-__all__ = ["LayerComboBox", "ModelChooser", "layer_data"]
+__all__ = ["LayerComboBox", "ModelChooser", "layer_data", "unwrap"]
 
 
 def _alive(obj: Any) -> bool:
@@ -39,6 +40,17 @@ def _alive(obj: Any) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def unwrap(obj: Any) -> Any:
+    """The napari object behind the proxy napari hands to plugin docks (or ``obj`` itself).
+
+    napari passes docks a viewer proxy that forbids private attributes; the docks use public API
+    only and unwrap it, so that layers compare by identity and a viewer has one session.
+    """
+    while isinstance(obj, wrapt.ObjectProxy):
+        obj = obj.__wrapped__
+    return obj
 
 
 def layer_data(layer: Any) -> Any:
@@ -61,6 +73,7 @@ class LayerComboBox(QComboBox):
         accept: Callable[[Any], bool] | None = None,
     ) -> None:
         super().__init__(parent)
+        viewer = unwrap(viewer)
         self._viewer_ref = weakref.ref(viewer)
         self._type = layer_type
         self._accept = accept
@@ -118,6 +131,7 @@ class LayerComboBox(QComboBox):
 
     def set_layer(self, layer: Any) -> None:
         """Select ``layer`` (it must be one of the offered layers)."""
+        layer = unwrap(layer)
         for i, ref in enumerate(self._layers):
             if ref() is layer:
                 self.setCurrentIndex(i)
@@ -195,14 +209,15 @@ class ModelChooser(QWidget):
         try:
             self.combo.clear()
             if self._default is not None:
-                self.combo.addItem(f"Shipped model: {self._default.stem}", (self.DEFAULT, ""))
+                self.combo.addItem(f"Shipped model: {self._default.stem}", f"{self.DEFAULT}:")
             else:
-                self.combo.addItem("No default model installed: choose a model file",
-                                   (self.NO_DEFAULT, ""))
+                self.combo.addItem(
+                    "No default model installed: choose a model file", f"{self.NO_DEFAULT}:"
+                )
             for name in self._session.models:
-                self.combo.addItem(f"Fine-tuned: {name}", (self.SESSION, name))
-            self.combo.addItem("Model file…", (self.FILE, ""))
-            index = self.combo.findData(current) if current is not None else -1
+                self.combo.addItem(f"Fine-tuned: {name}", f"{self.SESSION}:{name}")
+            self.combo.addItem("Model file…", f"{self.FILE}:")
+            index = self.combo.findData(":".join(current)) if current is not None else -1
             self.combo.setCurrentIndex(max(index, 0))
         finally:
             self.combo.blockSignals(False)
@@ -232,18 +247,21 @@ class ModelChooser(QWidget):
     def choice(self) -> tuple[str, str] | None:
         """(kind, value): ("default", ""), ("session", name), ("file", "") or ("no-default", "")."""
         data = self.combo.currentData()
-        return tuple(data) if data is not None else None  # type: ignore[return-value]
+        if not isinstance(data, str):
+            return None
+        kind, _, value = data.partition(":")
+        return kind, value
 
     def select_file(self, path: str | os.PathLike) -> None:
         """Choose the model file at ``path``."""
         text = os.fspath(path)
         if self.path_edit.text() != text:
             self.path_edit.setText(text)
-        self.combo.setCurrentIndex(self.combo.findData((self.FILE, "")))
+        self.combo.setCurrentIndex(self.combo.findData(f"{self.FILE}:"))
 
     def select_session(self, name: str) -> None:
         """Choose the session model called ``name``."""
-        index = self.combo.findData((self.SESSION, name))
+        index = self.combo.findData(f"{self.SESSION}:{name}")
         if index < 0:
             raise ValueError(f"no fine-tuned model called {name!r} in this viewer")
         self.combo.setCurrentIndex(index)

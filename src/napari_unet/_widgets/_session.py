@@ -79,11 +79,25 @@ class Session:
         return self._checkpoint_dir
 
 
+def _is_proxy(obj: Any) -> bool:
+    """True for a wrapt object proxy (napari's PublicOnlyProxy is one)."""
+    try:
+        import wrapt
+    except ImportError:  # pragma: no cover - napari depends on wrapt
+        return False
+    return isinstance(obj, wrapt.ObjectProxy)
+
+
 _sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
 
 
 def session_for(viewer: Any) -> Session:
-    """The session of ``viewer``, created on first use and dropped when the viewer is gone."""
+    """The session of ``viewer``, created on first use and dropped when the viewer is gone.
+
+    A proxy of the viewer (as napari hands to plugin docks) finds the viewer's own session.
+    """
+    while _is_proxy(viewer):
+        viewer = viewer.__wrapped__
     session = _sessions.get(viewer)
     if session is None:
         session = _sessions[viewer] = Session()

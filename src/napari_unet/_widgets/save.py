@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 
 from napari_unet.errors import UserInputError
 
-from . import LayerComboBox
+from . import LayerComboBox, unwrap
 from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel
 
@@ -64,7 +64,7 @@ class SaveMasksWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unwrap(napari_viewer)
         self.labels_combo = LayerComboBox(napari_viewer, Labels)
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("where to save, e.g. ~/masks.tif")

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QPushButton, QSpinBox, QVBoxL
 from napari_unet.device import DEVICES, PRECISIONS, select_device
 from napari_unet.errors import UserInputError
 
-from . import LayerComboBox, ModelChooser, layer_data
+from . import LayerComboBox, ModelChooser, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
 from ._worker import CANCELLED, DONE, TaskPanel
 
@@ -98,7 +98,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unwrap(napari_viewer)
         self.image_combo = LayerComboBox(napari_viewer, Image)
         self.model_chooser = ModelChooser(napari_viewer)
         self.device_combo = QComboBox()

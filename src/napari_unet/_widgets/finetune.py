@@ -1,0 +1,558 @@
+"""The "Fine-tune" dock: train a model on the user's sparse annotations, with a live loss curve.
+
+Annotations are a Labels layer over the image: 0 = not annotated, 1..K = the model's classes.
+Clicking **Train** runs :class:`napari_unet.train.Trainer` in a worker thread (only the annotated
+slices of a stack are handed over) and plots each step's loss in the dock. **Stop** ends the run
+after the current step; the trainer then writes its checkpoint. The fine-tuned model joins this
+viewer's session, so the Segment dock can choose it, and it can be saved to a file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet.device import DEVICES, select_device
+from napari_unet.errors import UserInputError
+
+from . import LayerComboBox, ModelChooser, layer_data, unwrap
+from ._notify import notify_info, notify_warning, user_errors
+from ._session import SessionModel, session_for
+from ._worker import DONE, TaskPanel
+
+__all__ = ["FineTuneWidget", "LossCurve", "annotated_slices", "augmentation_preview"]
+
+PREVIEW_SAMPLES = 4
+PREVIEW_MAX_SIDE = 512
+
+
+def annotated_slices(image: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, list[int]]:
+    """The slices of a stack that hold annotations, as (images, labels, slice indices).
+
+    A 2-D image is returned as it is. For a stack only annotated slices are read, so a large lazy
+    stack with a few painted slices costs a few slices of memory.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return np.asarray(image), labels, [0]
+    zs = [z for z in range(labels.shape[0]) if labels[z].any()]
+    if not zs:
+        return np.asarray(image[:0]), labels[:0], []
+    images = np.stack([np.asarray(image[z]) for z in zs])
+    return images, labels[zs], zs
+
+
+def class_names_of(model: Any) -> list[str]:
+    """The model's class names, or "class 1".."class K" when it has none."""
+    k = int(model.n_classes)
+    names = list(model.metadata.get("classes") or [])
+    return names if len(names) == k else [f"class {i}" for i in range(1, k + 1)]
+
+
+def train_events(
+    model: Any, image: Any, labels: np.ndarray, config: Any, control: dict[str, Any]
+) -> Iterator[Any]:
+    """Run in the worker: build the trainer on the annotated slices and yield its events.
+
+    ``control`` is shared with the dock: the trainer is put there so that Stop can reach it, and a
+    Stop that came before the trainer existed is honoured as soon as it does.
+    """
+    from napari_unet.train import Trainer
+
+    images, labs, _zs = annotated_slices(image, labels)
+    if labs.shape[0] == 0 or not labs.any():
+        raise UserInputError("the annotations have no labelled pixel; paint some labels first")
+    trainer = Trainer(model, images, labs, config, class_names=class_names_of(model))
+    control["trainer"] = trainer
+    if control.get("stop"):
+        trainer.stop()
+    yield from trainer.run()
+    return trainer
+
+
+def augmentation_preview(
+    image2d: np.ndarray, labels2d: np.ndarray | None, n: int = PREVIEW_SAMPLES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` randomly augmented copies of a slice and its labels, as the trainer would see them.
+
+    The slice is cropped to at most 512 x 512 around its annotations (or its centre), normalised
+    like the trainer's input and sent through :func:`napari_unet.augment.augment`.
+    """
+    import torch
+
+    from napari_unet.augment import AugmentConfig, augment
+    from napari_unet.normalize import compute_normalizer
+
+    image2d = np.asarray(image2d)
+    h, w = image2d.shape
+    if labels2d is None:
+        labels2d = np.zeros((h, w), np.int64)
+    nz = np.argwhere(labels2d > 0)
+    cy, cx = nz.mean(axis=0).astype(int) if len(nz) else (h // 2, w // 2)
+    sh, sw = min(h, PREVIEW_MAX_SIDE), min(w, PREVIEW_MAX_SIDE)
+    y0 = int(np.clip(cy - sh // 2, 0, h - sh))
+    x0 = int(np.clip(cx - sw // 2, 0, w - sw))
+    img = compute_normalizer(image2d)(image2d[y0 : y0 + sh, x0 : x0 + sw])
+    lab = np.asarray(labels2d[y0 : y0 + sh, x0 : x0 + sw]).astype(np.int64)
+    x = torch.from_numpy(np.repeat(img[None, None], n, axis=0))
+    y = torch.from_numpy(np.repeat(lab[None], n, axis=0))
+    gen = torch.Generator().manual_seed(seed)
+    xa, ya, _ = augment(x, y, None, AugmentConfig(), generator=gen)
+    return xa[:, 0].numpy(), ya.numpy().astype(np.uint8)
+
+
+class LossCurve(FigureCanvasQTAgg):
+    """The training loss per step and its running mean, redrawn at most a few times a second."""
+
+    def __init__(self) -> None:
+        self.figure = Figure(figsize=(3.2, 2.0), dpi=100, tight_layout=True)
+        super().__init__(self.figure)
+        self.ax = self.figure.add_subplot(111)
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self._mean: list[float] = []
+        (self._raw_line,) = self.ax.plot([], [], lw=0.8, alpha=0.45, label="loss")
+        (self._mean_line,) = self.ax.plot([], [], lw=1.6, label="running mean")
+        self.ax.set_xlabel("step")
+        self.ax.set_ylabel("loss")
+        self.ax.legend(loc="upper right", fontsize="small", frameon=False)
+        self.setMinimumHeight(170)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(250)
+        self._timer.timeout.connect(self.redraw)
+
+    def clear(self) -> None:
+        """Forget all points (a new run starts)."""
+        self.steps.clear()
+        self.losses.clear()
+        self._mean.clear()
+        self.redraw()
+
+    def add(self, step: int, loss: float) -> None:
+        """Add one step's loss; the drawing follows within a quarter of a second."""
+        self.steps.append(int(step))
+        self.losses.append(float(loss))
+        prev = self._mean[-1] if self._mean else float(loss)
+        self._mean.append(0.9 * prev + 0.1 * float(loss))
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def redraw(self) -> None:
+        """Draw the current points now."""
+        self._raw_line.set_data(self.steps, self.losses)
+        self._mean_line.set_data(self.steps, self._mean)
+        if self.steps:
+            self.ax.set_xlim(0, max(self.steps[-1], 10))
+            finite = [v for v in self.losses if math.isfinite(v)]
+            if finite:
+                top = max(finite)
+                self.ax.set_ylim(0, top * 1.05 if top > 0 else 1)
+        self.draw_idle()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "model"
+
+
+class FineTuneWidget(QWidget):
+    """Fine-tune a U-Net on annotations painted in the viewer; the result joins the session."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer = unwrap(napari_viewer)
+        self.session = session_for(napari_viewer)
+        self.image_combo = LayerComboBox(napari_viewer, Image)
+        self.labels_combo = LayerComboBox(napari_viewer, Labels)
+        self.add_layer_button = QPushButton("Add annotation layer")
+        self.add_layer_button.setToolTip("An empty Labels layer of the image's shape, to paint on")
+        self.add_layer_button.clicked.connect(self.add_annotation_layer)
+        self.model_chooser = ModelChooser(napari_viewer)
+        self.classes_label = QLabel("")
+        self.classes_label.setWordWrap(True)
+        self.limit_combo = QComboBox()
+        self.limit_combo.addItems(["steps", "minutes"])
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1_000_000)
+        self.steps_spin.setValue(200)
+        self.minutes_spin = QDoubleSpinBox()
+        self.minutes_spin.setRange(0.1, 24 * 60)
+        self.minutes_spin.setDecimals(1)
+        self.minutes_spin.setValue(5.0)
+        self.minutes_spin.setSuffix(" min")
+        self.optimizer_combo = QComboBox()
+        self.optimizer_combo.addItems(["adam", "sgd"])
+        self.optimizer_combo.setToolTip("adam: robust for fine-tuning; sgd: the paper's choice")
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(1e-6, 1.0)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(1e-4)
+        self.augment_check = QCheckBox("elastic deformation, flips, rotations, grey values")
+        self.augment_check.setChecked(True)
+        self.preview_button = QPushButton("Preview augmentation")
+        self.preview_button.clicked.connect(self.preview_augmentation)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        self.task = TaskPanel("Stop")
+        self.task.finished.connect(self._on_finished)
+        self.loss_curve = LossCurve()
+        self.save_button = QPushButton("Save model…")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(self._save_dialog)
+
+        limit = QHBoxLayout()
+        limit.setContentsMargins(0, 0, 0, 0)
+        limit.addWidget(self.limit_combo)
+        limit.addWidget(self.steps_spin, 1)
+        limit.addWidget(self.minutes_spin, 1)
+        annot = QHBoxLayout()
+        annot.setContentsMargins(0, 0, 0, 0)
+        annot.addWidget(self.labels_combo, 1)
+        annot.addWidget(self.add_layer_button)
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Annotations", annot)
+        form.addRow("Start from", self.model_chooser)
+        form.addRow("", self.classes_label)
+        form.addRow("Train for", limit)
+        form.addRow("Optimiser", self.optimizer_combo)
+        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Augment", self.augment_check)
+        form.addRow("", self.preview_button)
+        form.addRow("Device", self.device_combo)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.train_button)
+        layout.addWidget(self.task)
+        layout.addWidget(self.loss_curve)
+        layout.addWidget(self.save_button)
+        layout.addStretch(1)
+
+        self.limit_combo.currentIndexChanged.connect(self._show_limit)
+        self.model_chooser.changed.connect(self._show_classes)
+        self._show_limit()
+        self._show_classes()
+        self._run: dict[str, Any] | None = None
+        #: the model made by the last run, as kept in the session
+        self.result: SessionModel | None = None
+
+    # ------------------------------------------------------------------ small views
+    def _show_limit(self, *_: Any) -> None:
+        by_steps = self.limit_combo.currentText() == "steps"
+        self.steps_spin.setVisible(by_steps)
+        self.minutes_spin.setVisible(not by_steps)
+
+    def _show_classes(self) -> None:
+        try:
+            model, _name = self.model_chooser.load()
+        except UserInputError:
+            self.classes_label.setText("Choose a model to see the classes to paint.")
+            return
+        names = class_names_of(model)
+        listed = ", ".join(f"{i} = {n}" for i, n in enumerate(names, start=1))
+        self.classes_label.setText(f"Paint {listed}; 0 = not annotated.")
+
+    # ------------------------------------------------------------------ inputs
+    def _image(self) -> tuple[Any, Any]:
+        layer = self.image_combo.layer()
+        if layer is None:
+            raise UserInputError("no image layer; open the image to annotate first")
+        if layer.rgb:
+            raise UserInputError(
+                f"layer '{layer.name}' is an RGB image; napari-unet trains on greyscale EM. "
+                "Split its channels (right-click the layer, Split RGB) and use one"
+            )
+        from napari_unet.inference import check_image
+
+        data = layer_data(layer)
+        try:
+            check_image(data)
+        except UserInputError as exc:
+            raise UserInputError(f"layer '{layer.name}': {exc}") from None
+        return layer, data
+
+    def _annotations(self, image_layer: Any, data: Any) -> Any:
+        layer = self.labels_combo.layer()
+        if layer is None:
+            raise UserInputError(
+                "no annotation layer; click 'Add annotation layer' and paint some labels"
+            )
+        labels = layer_data(layer)
+        if tuple(labels.shape) != tuple(data.shape):
+            raise UserInputError(
+                f"annotation layer '{layer.name}' has shape {tuple(labels.shape)} but image "
+                f"'{image_layer.name}' has shape {tuple(data.shape)}; annotate on a layer of the "
+                "image's shape ('Add annotation layer' makes one)"
+            )
+        return layer
+
+    def _config(self) -> Any:
+        from napari_unet.augment import AugmentConfig
+        from napari_unet.train import TrainConfig
+
+        by_steps = self.limit_combo.currentText() == "steps"
+        return TrainConfig(
+            steps=int(self.steps_spin.value()) if by_steps else 10**9,
+            max_minutes=None if by_steps else float(self.minutes_spin.value()),
+            learning_rate=float(self.lr_spin.value()),
+            optimizer=self.optimizer_combo.currentText(),
+            augment=AugmentConfig() if self.augment_check.isChecked() else None,
+            device=self.device_combo.currentText(),
+            checkpoint_every=100,
+        )
+
+    # ------------------------------------------------------------------ buttons
+    def add_annotation_layer(self) -> Labels | None:
+        """Add an empty Labels layer the shape of the chosen image and select it for painting."""
+        with user_errors():
+            image_layer, data = self._image()
+            names = None
+            try:
+                names = class_names_of(self.model_chooser.load()[0])
+            except UserInputError:
+                pass
+            features = None
+            if names:
+                features = {
+                    "index": list(range(len(names) + 1)),
+                    "class": ["not annotated", *names],
+                }
+            layer = self.viewer.add_labels(
+                np.zeros(data.shape, dtype=np.uint8),
+                name=f"{image_layer.name} annotations",
+                scale=image_layer.scale,
+                translate=image_layer.translate,
+                units=image_layer.units,
+                features=features,
+            )
+            self.labels_combo.set_layer(layer)
+            layer.mode = "paint"
+            layer.selected_label = 1
+            return layer
+        return None
+
+    @property
+    def running(self) -> bool:
+        """True while training or an augmentation preview runs."""
+        return self.task.running
+
+    def train(self) -> None:
+        """Check the inputs and start training; bad input only shows a notification."""
+        if self.task.running:
+            return
+        with user_errors():
+            self._start()
+
+    def _start(self) -> None:
+        image_layer, data = self._image()
+        labels_layer = self._annotations(image_layer, data)
+        labels = np.array(layer_data(labels_layer))  # a snapshot: painting goes on meanwhile
+        if not labels.any():
+            raise UserInputError(
+                f"annotation layer '{labels_layer.name}' has no labelled pixel; paint some "
+                "labels first (0 = not annotated)"
+            )
+        k_high = int(labels.max())
+        start_model, start_name = self.model_chooser.load()
+        if labels.min() < 0 or k_high > start_model.n_classes:
+            raise UserInputError(
+                f"annotation layer '{labels_layer.name}' uses label {k_high}, but the model has "
+                f"classes 1..{start_model.n_classes}; repaint with those (0 = not annotated)"
+            )
+        config = self._config()
+        select_device(config.device)
+        model = copy.deepcopy(start_model)  # the starting model stays as it was
+        name = self.session.unique_name(f"{start_name} tuned on {image_layer.name}")
+        config.checkpoint_path = str(self.session.checkpoint_dir / f"{_safe(name)}.safetensors")
+        control: dict[str, Any] = {}
+        self._run = {
+            "control": control,
+            "name": name,
+            "start": start_name,
+            "image": image_layer.name,
+            "t0": time.perf_counter(),
+            "last": None,
+            "minutes": config.max_minutes,
+            "checkpoint": config.checkpoint_path,
+        }
+        self.loss_curve.clear()
+        self.train_button.setEnabled(False)
+        self.preview_button.setEnabled(False)
+        self.task.start(
+            train_events,
+            model,
+            data,
+            labels,
+            config,
+            control,
+            on_yield=self._on_event,
+            on_done=self._on_done,
+            progress=self._progress,
+            cancel=lambda: self._stop(control),
+            message=f"preparing {start_name} for training on '{image_layer.name}'…",
+        )
+
+    @staticmethod
+    def _stop(control: dict[str, Any]) -> None:
+        control["stop"] = True
+        trainer = control.get("trainer")
+        if trainer is not None:
+            trainer.stop()
+
+    def stop(self) -> None:
+        """Stop training after the current step; the trainer still writes its checkpoint."""
+        self.task.cancel()
+
+    def _progress(self, event: Any) -> tuple[int, int, str]:
+        run = self._run or {}
+        loss = "" if event.loss is None else f" · loss {event.loss:.4f}"
+        if run.get("minutes"):
+            total = int(run["minutes"] * 60)
+            return min(int(event.elapsed), total), total, f"step {event.step}{loss}"
+        return event.step, event.total_steps, f"step {event.step} of {event.total_steps}{loss}"
+
+    def _on_event(self, event: Any) -> None:
+        if self._run is not None:
+            self._run["last"] = event
+        if event.kind == "step" and event.loss is not None:
+            self.loss_curve.add(event.step, event.loss)
+        elif event.kind == "validation" and event.metrics:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
+            self.task.status.setText(f"step {event.step}: {shown}")
+
+    def _on_done(self, trainer: Any) -> None:
+        run = self._run
+        if run is None:
+            return
+        self.loss_curve.redraw()
+        if trainer.step == 0:
+            notify_warning("training stopped before its first step; no model was made")
+            return
+        checkpoint = Path(run["checkpoint"]) if Path(run["checkpoint"]).is_file() else None
+        self.result = self.session.add_model(
+            run["name"],
+            trainer.model,
+            f"fine-tuned from {run['start']} on '{run['image']}' ({trainer.step} steps)",
+            checkpoint,
+        )
+        run["steps"] = trainer.step
+        self.save_button.setEnabled(True)
+
+    def _on_finished(self, outcome: str) -> None:
+        run, self._run = self._run, None
+        self.train_button.setEnabled(True)
+        self.preview_button.setEnabled(True)
+        if run is None or "control" not in run:
+            return
+        if outcome == DONE and self.result is not None and "steps" in run:
+            seconds = time.perf_counter() - run["t0"]
+            text = (
+                f"'{self.result.name}': {run['steps']} steps in {seconds:.0f} s; choose it in "
+                "Segment or save it"
+            )
+            if self.result.checkpoint is not None:
+                text += f" (checkpoint {self.result.checkpoint})"
+            self.task.status.setText(text)
+            notify_info(f"fine-tuned model '{self.result.name}' is ready")
+        elif outcome != DONE:
+            self.task.status.setText(f"training {outcome}; no model was made")
+
+    # ------------------------------------------------------------------ saving
+    def save_model_to(self, path: str | Path) -> Path | None:
+        """Save the last fine-tuned model to ``path`` (.safetensors, written atomically)."""
+        from napari_unet.checkpoint import save_model
+
+        if self.result is None:
+            notify_warning("train a model first")
+            return None
+        target = Path(path)
+        if target.suffix.lower() != ".safetensors":
+            target = target.with_name(target.name + ".safetensors")
+        with user_errors():
+            written = save_model(self.result.model, target)
+            self.result.saved_to = written
+            notify_info(f"saved '{self.result.name}' to {written}")
+            return written
+        return None
+
+    def _save_dialog(self) -> None:
+        if self.result is None:
+            return
+        start = str(Path.home() / f"{_safe(self.result.name)}.safetensors")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save fine-tuned model", start, "napari-unet models (*.safetensors)"
+        )
+        if path:
+            self.save_model_to(path)
+
+    # ------------------------------------------------------------------ augmentation preview
+    def preview_augmentation(self) -> None:
+        """Add layers showing a few augmented copies of the slice on screen and its annotations."""
+        if self.task.running:
+            return
+        with user_errors():
+            image_layer, data = self._image()
+            z = None
+            if data.ndim == 3:
+                point = image_layer.world_to_data(self.viewer.dims.point)
+                z = int(np.clip(round(float(point[0])), 0, data.shape[0] - 1))
+            plane = data[z] if z is not None else data
+            labels_layer = self.labels_combo.layer()
+            labels = None
+            if labels_layer is not None and tuple(layer_data(labels_layer).shape) == data.shape:
+                lab = layer_data(labels_layer)
+                labels = np.asarray(lab[z] if z is not None else lab)
+            self._run = {"preview": image_layer.name}
+            self.train_button.setEnabled(False)
+            self.preview_button.setEnabled(False)
+            self.task.start(
+                augmentation_preview,
+                np.asarray(plane),
+                labels,
+                on_done=self._show_preview,
+                cancellable=False,
+                message="augmenting…",
+            )
+
+    def _show_preview(self, result: tuple[np.ndarray, np.ndarray]) -> None:
+        images, labels = result
+        for name, data, kind in (
+            ("augmentation preview", images, "image"),
+            ("augmentation preview labels", labels, "labels"),
+        ):
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = data
+            elif kind == "image":
+                self.viewer.add_image(data, name=name)
+            else:
+                self.viewer.add_labels(data, name=name)
+        self.task.status.setText(
+            f"{len(images)} augmented samples of the slice on screen, as the trainer sees them"
+        )

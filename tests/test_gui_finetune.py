@@ -1,0 +1,210 @@
+"""Fine-tune dock: steps train, the loss curve fills, Stop keeps a checkpoint, Segment sees it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.checkpoint import load_model, save_model
+from napari_unet.model import UNet
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 120_000
+
+
+@pytest.fixture
+def notes():
+    """Collects the napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+    return lambda: [str(n.message) for n in notification_manager.records[start:]
+                    if n.severity == "error"]
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "start.safetensors"
+    save_model(UNet(depth=2, base_channels=4, dropout=0.0), path,
+               metadata={"classes": ["membrane", "cell"]})
+    return path
+
+
+@pytest.fixture
+def image():
+    from napari_unet.data import synthetic_em
+
+    images, _labels = synthetic_em(n_slices=2, shape=(64, 64))
+    return images
+
+
+@pytest.fixture
+def dock(make_napari_viewer, model_file):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    widget.model_chooser.select_file(model_file)
+    widget.device_combo.setCurrentText("cpu")
+    return viewer, widget
+
+
+def annotate(viewer, widget, image):
+    """Add an annotation layer with the dock's button and paint a few strokes on slice 1."""
+    viewer.add_image(image, name="em")
+    layer = widget.add_annotation_layer()
+    layer.data[1, 10:14, 5:60] = 1
+    layer.data[1, 30:50, 20:40] = 2
+    return layer
+
+
+def wait_done(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+
+
+def test_add_annotation_layer_matches_the_image(dock, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em", scale=(50, 4, 4))
+    layer = widget.add_annotation_layer()
+    assert layer.name == "em annotations" and layer.data.shape == image.shape
+    assert not layer.data.any() and layer.mode == "paint" and layer.selected_label == 1
+    np.testing.assert_allclose(layer.scale, (50, 4, 4))
+    assert widget.labels_combo.layer() is layer
+    assert layer.features["class"].tolist() == ["not annotated", "membrane", "cell"]
+    assert widget.classes_label.text() == "Paint 1 = membrane, 2 = cell; 0 = not annotated."
+
+
+def test_train_a_few_steps_fills_the_curve_and_offers_the_model(
+    qtbot, dock, image, model_file, tmp_path
+):
+    viewer, widget = dock
+    annotate(viewer, widget, image)
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    widget.steps_spin.setValue(4)
+    widget.train()
+    assert widget.running and not widget.task.cancel_button.isHidden()
+    wait_done(qtbot, widget)
+
+    assert widget.loss_curve.steps == [1, 2, 3, 4]
+    assert all(np.isfinite(widget.loss_curve.losses))
+    assert widget.task.progress_bar.value() == 4
+    result = widget.result
+    assert result is not None and result.name == "start tuned on em"
+    assert result.checkpoint is not None and result.checkpoint.is_file()
+    start = load_model(model_file)
+    tuned = result.model.state_dict()
+    assert any(not torch.equal(v, tuned[k]) for k, v in start.state_dict().items())
+    assert result.model.metadata["training"]["steps"] == 4
+    # the chosen starting model itself was not trained in place
+    chosen, _ = widget.model_chooser.load()
+    assert all(torch.equal(v, chosen.state_dict()[k]) for k, v in start.state_dict().items())
+
+    items = [segment.model_chooser.combo.itemText(i)
+             for i in range(segment.model_chooser.combo.count())]
+    assert "Fine-tuned: start tuned on em" in items
+    segment.model_chooser.select_session("start tuned on em")
+    assert segment.model_chooser.load()[0] is result.model
+
+    saved = widget.save_model_to(tmp_path / "mine")
+    assert saved == tmp_path / "mine.safetensors"
+    again = load_model(saved)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in tuned.items())
+    assert again.metadata["classes"] == ["membrane", "cell"]
+
+
+def test_stop_ends_after_the_current_step_and_keeps_a_checkpoint(qtbot, dock, image):
+    viewer, widget = dock
+    annotate(viewer, widget, image)
+    widget.steps_spin.setValue(100_000)
+    widget.train()
+    widget.task.worker.yielded.connect(lambda ev: widget.stop() if ev.step == 2 else None)
+    wait_done(qtbot, widget)
+    steps = widget.loss_curve.steps
+    assert 2 <= len(steps) < 20 and steps == list(range(1, len(steps) + 1))
+    assert widget.result is not None
+    assert widget.result.model.metadata["training"]["steps"] == len(steps)
+    ckpt = load_model(widget.result.checkpoint)
+    assert ckpt.metadata["training"]["steps"] == len(steps)
+
+
+def test_preview_augmentation_adds_samples_and_labels(qtbot, dock, image):
+    viewer, widget = dock
+    annotate(viewer, widget, image)
+    viewer.dims.set_current_step(0, 1)
+    widget.preview_augmentation()
+    wait_done(qtbot, widget)
+    samples = viewer.layers["augmentation preview"].data
+    labels = viewer.layers["augmentation preview labels"].data
+    assert samples.shape == labels.shape == (4, 64, 64)
+    assert set(np.unique(labels)) <= {0, 1, 2} and labels.any()
+    assert not np.array_equal(samples[0], samples[1])  # each sample drawn on its own
+
+
+def _snapshot(viewer):
+    return [(ly.name, np.asarray(ly.data).copy()) for ly in viewer.layers]
+
+
+def _unchanged(before, viewer):
+    after = _snapshot(viewer)
+    return len(before) == len(after) and all(
+        a[0] == b[0] and np.array_equal(a[1], b[1]) for a, b in zip(before, after, strict=True)
+    )
+
+
+def test_annotation_shape_mismatch_notifies(qtbot, dock, notes, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    other = viewer.add_labels(np.ones((2, 32, 32), np.uint8), name="wrong")
+    widget.labels_combo.set_layer(other)
+    before = _snapshot(viewer)
+    widget.train()
+    assert not widget.running
+    assert any("'wrong' has shape (2, 32, 32)" in m for m in notes()), notes()
+    assert _unchanged(before, viewer)
+
+
+def test_no_annotated_pixel_notifies(qtbot, dock, notes, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    widget.add_annotation_layer()
+    before = _snapshot(viewer)
+    widget.train()
+    assert not widget.running
+    assert any("no labelled pixel" in m for m in notes()), notes()
+    assert _unchanged(before, viewer)
+
+
+def test_label_above_the_model_classes_notifies(qtbot, dock, notes, image):
+    viewer, widget = dock
+    layer = annotate(viewer, widget, image)
+    layer.data[0, 0, 0] = 3
+    widget.train()
+    assert not widget.running
+    assert any("uses label 3" in m for m in notes()), notes()
+
+
+def test_corrupt_model_rgb_and_4d_notify(qtbot, dock, notes, image, tmp_path):
+    viewer, widget = dock
+    annotate(viewer, widget, image)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    widget.model_chooser.select_file(bad)
+    before = _snapshot(viewer)
+    widget.train()
+    assert any("bad.safetensors" in m for m in notes())
+
+    rgb = viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="colour", rgb=True)
+    widget.image_combo.set_layer(rgb)
+    widget.train()
+    widget.add_annotation_layer()
+    assert sum("RGB" in m for m in notes()) == 2
+
+    four = viewer.add_image(np.zeros((2, 2, 16, 16), np.uint8), name="4d")
+    widget.image_combo.set_layer(four)
+    widget.train()
+    assert any("(2, 2, 16, 16)" in m for m in notes())
+    assert not widget.running
+    viewer.layers.remove(four)
+    viewer.layers.remove(rgb)
+    assert _unchanged(before, viewer)
