@@ -244,3 +244,35 @@ def test_no_image_layer_notifies(qtbot, dock, notes):
     widget.segment()
     assert any("no image layer" in m for m in notes.errors())
     assert len(viewer.layers) == 0
+
+
+def test_instances_output_paints_cells_slice_by_slice(qtbot, dock, model_file, image):
+    pytest.importorskip("napari_unet.postprocess")
+    from napari_unet.checkpoint import load_model
+    from napari_unet.postprocess import instances
+
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    viewer.dims.set_current_step(0, 1)
+    widget.output_combo.setCurrentText("instances")
+    widget.tile_spin.setValue(60)
+    painted = []
+    widget.segment()
+    widget.task.worker.yielded.connect(
+        lambda t: painted.append(t.region[0]) if t.labels is not None else None
+    )
+    wait_done(qtbot, widget)
+    assert painted == [1, 2, 0]  # one whole slice at a time, the slice on screen first
+    out = viewer.layers["em segmentation"].data
+    assert out.dtype == np.uint32
+    p_cell = predict(load_model(model_file), image, device="cpu", precision="fp32")[1]
+    seen_ids: set[int] = set()
+    for z in range(image.shape[0]):
+        ref = instances(p_cell[z])
+        got = out[z]
+        np.testing.assert_array_equal(got > 0, ref > 0)
+        pairs = set(zip(got[got > 0].tolist(), ref[ref > 0].tolist(), strict=True))
+        ids = {a for a, _ in pairs}
+        assert len(pairs) == len(ids) == len({b for _, b in pairs})  # same cells, renumbered
+        assert not ids & seen_ids  # ids are unique across the stack
+        seen_ids |= ids

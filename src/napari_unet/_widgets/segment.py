@@ -5,8 +5,9 @@ Clicking **Segment** checks the inputs, loads the model and starts
 finished tile is turned into class labels in the worker and copied into the output array on the main
 thread, so the labels appear tile by tile while the viewer stays interactive.
 
-The output is the Labels layer "<image> segmentation" (classes 1..K; 0 = not segmented yet). The
-first run paints straight into it. A later run paints into a temporary "<image> segmentation
+The output is the Labels layer "<image> segmentation": classes 1..K (0 = not segmented yet), or
+cell instances (0 = membrane), which need a whole slice and so appear slice by slice. The first
+run paints straight into it. A later run paints into a temporary "<image> segmentation
 (running)" layer above it and replaces the previous result only when it finishes; if it is
 cancelled, the previous result stays and the finished tiles are kept as "... (partial)".
 """
@@ -64,15 +65,46 @@ def segmentation_tiles(
     precision: str,
     z_order: list[int] | None,
     dtype: np.dtype,
+    output: str = "classes",
 ) -> Iterator[PaintTile]:
-    """Run in the worker: predict tile by tile and turn each tile into class labels 1..K."""
+    """Run in the worker: predict tile by tile and hand over labels ready to paint.
+
+    ``classes``: every tile becomes class labels 1..K at once. ``instances``: cells need their whole
+    slice, so tiles only report progress (``labels`` None) until a slice is complete; then the
+    slice's cell instances (ids unique across the stack, 0 = membrane) come as one item.
+    """
     from napari_unet.inference import predict_tiles
 
-    for res in predict_tiles(
+    tiles = predict_tiles(
         model, image, tile_shape=tile_shape, device=device, precision=precision, z_order=z_order
-    ):
-        labels = (np.argmax(res.probabilities, axis=0) + 1).astype(dtype)
-        yield PaintTile(res.region, labels, res.index, res.total)
+    )
+    if output == "classes":
+        for res in tiles:
+            labels = (np.argmax(res.probabilities, axis=0) + 1).astype(dtype)
+            yield PaintTile(res.region, labels, res.index, res.total)
+        return
+
+    from napari_unet.postprocess import cell_class_index, instances
+
+    cell = cell_class_index(model.metadata.get("classes"), model.n_classes) - 1
+    is_stack = image.ndim == 3
+    n_slices = len(z_order) if z_order is not None else (image.shape[0] if is_stack else 1)
+    p_cell = np.zeros(image.shape[-2:], dtype=np.float32)
+    done_in_slice, next_id = 0, 0
+    for res in tiles:
+        p_cell[res.region[-2:]] = res.probabilities[cell]
+        done_in_slice += 1
+        if done_in_slice < res.total // n_slices:
+            yield PaintTile(res.region, None, res.index, res.total)
+            continue
+        ids = instances(p_cell).astype(dtype)
+        ids[ids > 0] += dtype.type(next_id)
+        next_id = max(next_id, int(ids.max()))
+        whole = (slice(None), slice(None))
+        region = ((res.region[0],) if is_stack else ()) + whole
+        yield PaintTile(region, ids, res.index, res.total)
+        p_cell[:] = 0
+        done_in_slice = 0
 
 
 def class_features(model: Any) -> dict[str, list]:
@@ -190,7 +222,8 @@ class SegmentWidget(QWidget):
             self._start()
 
     def _start(self) -> None:
-        if self.output_combo.currentText() == "instances" and not _instances_available():
+        output = self.output_combo.currentText()
+        if output == "instances" and not _instances_available():
             raise UserInputError("instance labels are not available in this version; use classes")
         image_layer, data = self._image()
         model, model_name = self.model_chooser.load()
@@ -199,7 +232,10 @@ class SegmentWidget(QWidget):
         tile = self._tile_size(model)
         is_stack = data.ndim == 3
         z_order = slice_order(data.shape[0], self._current_slice(image_layer)) if is_stack else None
-        dtype = np.dtype(np.uint8 if model.n_classes < 255 else np.uint16)
+        if output == "instances":
+            dtype = np.dtype(np.uint32)
+        else:
+            dtype = np.dtype(np.uint8 if model.n_classes < 255 else np.uint16)
 
         name = f"{image_layer.name} segmentation"
         buffer = np.zeros(data.shape, dtype=dtype)
@@ -212,8 +248,8 @@ class SegmentWidget(QWidget):
             scale=image_layer.scale,
             translate=image_layer.translate,
             units=image_layer.units,
-            features=class_features(model),
-            opacity=0.5,
+            features=class_features(model) if output == "classes" else None,
+            opacity=0.5 if output == "classes" else 0.7,
         )
         self._run = {
             "live": live,
@@ -238,6 +274,7 @@ class SegmentWidget(QWidget):
             precision=self.precision_combo.currentText(),
             z_order=z_order,
             dtype=dtype,
+            output=output,
             on_yield=self._paint,
             progress=lambda t: (t.index + 1, t.total, f"tile {t.index + 1} of {t.total}"),
             message=f"segmenting '{image_layer.name}' with {model_name}…",
@@ -246,7 +283,7 @@ class SegmentWidget(QWidget):
     def _paint(self, tile: PaintTile) -> None:
         """Main thread: copy one finished tile into the output and show it if it is on screen."""
         run = self._run
-        if run is None:
+        if run is None or tile.labels is None:
             return
         run["buffer"][tile.region] = tile.labels
         run["painted"] += 1
@@ -273,12 +310,20 @@ class SegmentWidget(QWidget):
                 if previous in layers:
                     previous.data = run["buffer"]
                     previous.features = live.features
+                    previous.opacity = live.opacity
                 else:
                     previous = None
                 if live in layers:
                     layers.remove(live)
                 if previous is None:
-                    self.viewer.add_labels(run["buffer"], name=run["name"], features=live.features)
+                    self.viewer.add_labels(
+                        run["buffer"],
+                        name=run["name"],
+                        scale=live.scale,
+                        translate=live.translate,
+                        units=live.units,
+                        features=live.features,
+                    )
             self.task.status.setText(
                 f"segmented '{run['image']}' with {run['model']}: {run['total']} tiles "
                 f"in {seconds:.1f} s"
