@@ -117,8 +117,8 @@ def test_stop_ends_after_the_current_step_and_keeps_a_checkpoint(qtbot, dock, im
     viewer, widget = dock
     annotate(viewer, widget, image)
     widget.steps_spin.setValue(100_000)
+    widget.task.yielded.connect(lambda ev: widget.stop() if ev.step == 2 else None)
     widget.train()
-    widget.task.worker.yielded.connect(lambda ev: widget.stop() if ev.step == 2 else None)
     wait_done(qtbot, widget)
     steps = widget.loss_curve.steps
     assert 2 <= len(steps) < 20 and steps == list(range(1, len(steps) + 1))

@@ -96,8 +96,8 @@ def test_slice_on_screen_is_segmented_first(qtbot, dock, image):
     viewer.dims.set_current_step(0, 2)
     widget.tile_spin.setValue(60)
     seen = []
+    widget.task.yielded.connect(lambda t: seen.append(t.region[0]))
     widget.segment()
-    widget.task.worker.yielded.connect(lambda t: seen.append(t.region[0]))
     wait_done(qtbot, widget)
     per_slice = len(seen) // 3
     assert seen[:per_slice] == [2] * per_slice
@@ -115,8 +115,8 @@ def test_cancel_keeps_only_whole_finished_tiles(qtbot, dock, model_file, image):
         if len(regions) == 2:
             widget.task.cancel()
 
+    widget.task.yielded.connect(on_tile)
     widget.segment()
-    widget.task.worker.yielded.connect(on_tile)
     wait_done(qtbot, widget)
     out = viewer.layers["em segmentation"].data
     painted = np.zeros(image.shape, bool)
@@ -152,8 +152,8 @@ def test_rerun_replaces_previous_result_only_when_it_finishes(qtbot, dock, tmp_p
                 )
             )
 
+    widget.task.yielded.connect(check)
     widget.segment()
-    widget.task.worker.yielded.connect(check)
     wait_done(qtbot, widget)
     old_during, running_layer = during[0]
     np.testing.assert_array_equal(old_during, first)
@@ -171,8 +171,8 @@ def test_cancelled_rerun_keeps_previous_result_and_partial_tiles(qtbot, dock, im
     widget.segment()
     wait_done(qtbot, widget)
     first = viewer.layers["em segmentation"].data.copy()
+    widget.task.yielded.connect(lambda _t: widget.task.cancel())
     widget.segment()
-    widget.task.worker.yielded.connect(lambda _t: widget.task.cancel())
     wait_done(qtbot, widget)
     np.testing.assert_array_equal(viewer.layers["em segmentation"].data, first)
     partial = viewer.layers["em segmentation (partial)"].data
@@ -257,10 +257,10 @@ def test_instances_output_paints_cells_slice_by_slice(qtbot, dock, model_file, i
     widget.output_combo.setCurrentText("instances")
     widget.tile_spin.setValue(60)
     painted = []
-    widget.segment()
-    widget.task.worker.yielded.connect(
+    widget.task.yielded.connect(
         lambda t: painted.append(t.region[0]) if t.labels is not None else None
     )
+    widget.segment()
     wait_done(qtbot, widget)
     assert painted == [1, 2, 0]  # one whole slice at a time, the slice on screen first
     out = viewer.layers["em segmentation"].data

@@ -16,6 +16,9 @@ traceback.
 from __future__ import annotations
 
 import inspect
+import os
+import sys
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +49,31 @@ class _Failure:
     error: Exception
 
 
+#: niceness added to worker threads (Linux): the event loop wins the CPU whenever it needs it
+WORKER_NICENESS = 10
+
+
+def lower_thread_priority(niceness: int = WORKER_NICENESS) -> None:
+    """Run the calling thread (and the threads it starts later) at ``niceness`` or lower priority.
+
+    On Linux, niceness is per thread and inherited by threads created afterwards, such as the
+    compute threads torch starts for this thread. A worker at lower priority still uses every
+    idle core, but the main thread gets the CPU at once when it has painting or input to handle,
+    so the viewer stays fluid on a machine with few cores. Elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+            os.setpriority(os.PRIO_PROCESS, tid, min(niceness, 19))
+    except OSError:
+        pass
+
+
 def _guarded_generator(func: Callable[..., Generator], *args: Any, **kwargs: Any) -> Generator:
     """Run ``func``'s generator, turning an exception into a :class:`_Failure` return value."""
+    lower_thread_priority()
     try:
         return (yield from func(*args, **kwargs))
     except Exception as exc:
@@ -56,6 +82,7 @@ def _guarded_generator(func: Callable[..., Generator], *args: Any, **kwargs: Any
 
 def _guarded_function(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``func``, turning an exception into a :class:`_Failure` return value."""
+    lower_thread_priority()
     try:
         return func(*args, **kwargs)
     except Exception as exc:
@@ -156,6 +183,8 @@ class TaskPanel(QWidget):
     default cancellation (``worker.quit()``), e.g. to let a trainer finish its step and checkpoint.
     """
 
+    #: emitted on the main thread for each yielded item, after the dock's ``on_yield`` handled it
+    yielded = Signal(object)
     #: emitted on the main thread after the work's own callbacks, with DONE, CANCELLED or FAILED
     finished = Signal(str)
 
@@ -234,6 +263,7 @@ class TaskPanel(QWidget):
                 shown = progress(item)
                 if shown is not None:
                     self.set_progress(*shown)
+            self.yielded.emit(item)
 
         self.set_progress(0, 0, message)
         self._show_running(True)

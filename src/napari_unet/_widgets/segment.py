@@ -125,6 +125,16 @@ def _instances_available() -> bool:
     return hasattr(postprocess, "instances")
 
 
+def _warm_up() -> None:
+    """Import now what the first click would otherwise import (a Labels layer with features).
+
+    Opening the dock takes the cost once, so the click itself returns quickly.
+    """
+    from napari_unet import inference  # noqa: F401
+
+    Labels(np.zeros((1, 1), np.uint8), features={"index": [0], "class": ["x"]})
+
+
 class SegmentWidget(QWidget):
     """Segment an image layer with a U-Net, painting tiles into a Labels layer as they finish."""
 
@@ -171,6 +181,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.task)
         layout.addStretch(1)
         self._run: dict[str, Any] | None = None
+        _warm_up()
 
     # ------------------------------------------------------------------ inputs
     def _image(self) -> tuple[Any, Any]:
@@ -242,17 +253,8 @@ class SegmentWidget(QWidget):
         previous = self.viewer.layers[name] if name in self.viewer.layers else None
         if not (isinstance(previous, Labels) and previous.data.shape == tuple(data.shape)):
             previous = None
-        live = self.viewer.add_labels(
-            buffer,
-            name=f"{name} (running)" if previous is not None else name,
-            scale=image_layer.scale,
-            translate=image_layer.translate,
-            units=image_layer.units,
-            features=class_features(model) if output == "classes" else None,
-            opacity=0.5 if output == "classes" else 0.7,
-        )
         self._run = {
-            "live": live,
+            "live": None,
             "previous": previous,
             "buffer": buffer,
             "name": name,
@@ -265,6 +267,7 @@ class SegmentWidget(QWidget):
             "first_tile": None,
         }
         self.segment_button.setEnabled(False)
+        # The worker starts first, so the network computes while napari builds the layer.
         self.task.start(
             segmentation_tiles,
             model,
@@ -279,6 +282,15 @@ class SegmentWidget(QWidget):
             progress=lambda t: (t.index + 1, t.total, f"tile {t.index + 1} of {t.total}"),
             message=f"segmenting '{image_layer.name}' with {model_name}…",
         )
+        self._run["live"] = self.viewer.add_labels(
+            buffer,
+            name=f"{name} (running)" if previous is not None else name,
+            scale=image_layer.scale,
+            translate=image_layer.translate,
+            units=image_layer.units,
+            features=class_features(model) if output == "classes" else None,
+            opacity=0.5 if output == "classes" else 0.7,
+        )
 
     def _paint(self, tile: PaintTile) -> None:
         """Main thread: copy one finished tile into the output and show it if it is on screen."""
@@ -291,7 +303,7 @@ class SegmentWidget(QWidget):
         if run["first_tile"] is None:
             run["first_tile"] = time.perf_counter() - run["t0"]
         live = run["live"]
-        if live not in self.viewer.layers:
+        if live is None or live not in self.viewer.layers:
             return
         if run["is_stack"] and self.viewer.dims.ndisplay == 2:
             if self._current_slice(live) != tile.region[0]:
@@ -305,6 +317,8 @@ class SegmentWidget(QWidget):
             return
         live, previous, layers = run["live"], run["previous"], self.viewer.layers
         seconds = time.perf_counter() - run["t0"]
+        if live is None:  # the output layer could not be made; the run had nowhere to show
+            return
         if outcome == DONE:
             if previous is not None:
                 if previous in layers:

@@ -1,0 +1,173 @@
+"""Segment dock latency: time from the click to the first painted tile, and event-loop stalls.
+
+Opens a napari viewer (run it under a display, e.g. ``bash scripts/with-display.sh``), adds a
+2048 x 2048 EM-like image, opens the Segment dock and clicks "Segment" with the shipped model (or,
+when this installation has none yet, a base-16 U-Net with random weights saved to a temporary file;
+the output says which). While the run goes on a 10 ms QTimer "heartbeat" records when the Qt event
+loop gets to it; the longest gap between two beats is the longest stall a user would feel.
+
+Printed: time to the first tile painted into the Labels layer, time to the first canvas draw after
+it, the longest heartbeat gap during the run (and while idle before it, for comparison), the run's
+length and the tile count.
+
+Usage: bash scripts/with-display.sh python benchmarks/bench_gui_latency.py [--size 2048]
+       [--tile 0 (auto)] [--precision auto] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def heartbeat_gaps(app, timer_ms: int, seconds: float) -> list[float]:
+    """Gaps (s) between beats of a ``timer_ms`` QTimer while the event loop idles ``seconds``."""
+    from qtpy.QtCore import QTimer
+
+    beats: list[float] = []
+    timer = QTimer()
+    timer.setInterval(timer_ms)
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+    timer.start()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    return list(np.diff(beats))
+
+
+def main() -> None:
+    """Run the measurement and print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--tile", type=int, default=0, help="input tile, 0 = auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    import napari
+    import torch
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet import UNet, save_model
+    from napari_unet.data import synthetic_em
+    from napari_unet.models import default_model_path
+
+    shipped = default_model_path()
+    tmp = None
+    if shipped is not None:
+        model_path, model_note = shipped, f"shipped model {shipped.name}"
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        model_path = Path(tmp.name) / "base16.safetensors"
+        torch.manual_seed(0)
+        save_model(UNet(base_channels=16), model_path, metadata={"classes": ["membrane", "cell"]})
+        model_note = "NO shipped model in this installation: a base-16 U-Net (random weights)"
+
+    image = synthetic_em(n_slices=1, shape=(args.size, args.size))[0][0]
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.add_image(image, name="em")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    widget.model_chooser.select_file(model_path)
+    widget.device_combo.setCurrentText("cpu")
+    widget.precision_combo.setCurrentText(args.precision)
+    widget.tile_spin.setValue(args.tile)
+    app = QApplication.instance()
+    idle = heartbeat_gaps(app, 10, 2.0)
+
+    canvas_events = None
+    try:  # the vispy canvas's draw event: when a painted tile actually reaches the screen
+        canvas_events = viewer.window._qt_viewer.canvas._scene_canvas.events
+    except AttributeError:
+        pass
+
+    results = []
+    for repeat in range(args.repeats):
+        beats: list[float] = []
+        timer = QTimer()
+        timer.setInterval(10)
+        timer.timeout.connect(lambda b=beats: b.append(time.perf_counter()))
+        marks: dict[str, float] = {}
+        draws: list[float] = []
+        def on_tile(tile, m=marks):
+            if tile.labels is not None:  # emitted right after the dock painted the tile
+                m.setdefault("painted", time.perf_counter())
+
+        widget.task.yielded.connect(on_tile)
+
+        def on_draw(_event=None, d=draws):
+            d.append(time.perf_counter())
+
+        if canvas_events is not None:
+            canvas_events.draw.connect(on_draw)
+        timer.start()
+        t0 = time.perf_counter()
+        widget.segment_button.click()
+        marks["click"] = time.perf_counter()
+        while widget.running:
+            app.processEvents()
+            time.sleep(0.001)
+        t_end = time.perf_counter()
+        timer.stop()
+        if canvas_events is not None:
+            canvas_events.draw.disconnect(on_draw)
+        widget.task.yielded.disconnect(on_tile)
+        painted = marks.get("painted", np.nan)
+        drawn = next((t for t in draws if t >= painted), np.nan)
+        gaps = np.diff([t0, *beats, t_end])
+        after_click = np.diff([b for b in beats if b > marks["click"]] + [t_end])
+        results.append(
+            {
+                "painted": painted - t0,
+                "drawn": drawn - t0,
+                "click": marks["click"] - t0,
+                "max_gap_after_click": float(after_click.max()),
+                "max_gap": float(gaps.max()),
+                "p99_gap": float(np.percentile(gaps, 99)),
+                "run": t_end - t0,
+                "tiles": widget.task.progress_bar.maximum(),
+            }
+        )
+        print(
+            f"run {repeat + 1}: first tile painted {results[-1]['painted']:.2f} s, drawn "
+            f"{results[-1]['drawn']:.2f} s after the click; longest event-loop gap "
+            f"{1000 * results[-1]['max_gap']:.0f} ms (p99 {1000 * results[-1]['p99_gap']:.0f} ms), "
+            f"of which the click itself {1000 * results[-1]['click']:.0f} ms, longest after it "
+            f"{1000 * results[-1]['max_gap_after_click']:.0f} ms; "
+            f"run {results[-1]['run']:.1f} s, {results[-1]['tiles']} tiles",
+            flush=True,
+        )
+
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"napari {napari.__version__}, load average {os.getloadavg()[0]:.1f}")
+    print(f"model: {model_note}")
+    print(f"image: {args.size} x {args.size}, tile {'auto' if not args.tile else args.tile}, "
+          f"precision {args.precision}")
+    print(f"idle event loop: longest gap {1000 * max(idle):.0f} ms")
+    best = min(results, key=lambda r: r["painted"])
+    worst_gap = max(r["max_gap"] for r in results)
+    worst_after = max(r["max_gap_after_click"] for r in results)
+    print(f"first tile painted: {best['painted']:.2f} s (best of {len(results)}), on screen "
+          f"{best['drawn']:.2f} s; median painted "
+          f"{np.median([r['painted'] for r in results]):.2f} s")
+    print(f"longest event-loop gap during segmentation: {1000 * worst_gap:.0f} ms (worst run); "
+          f"the click handler: up to {1000 * max(r['click'] for r in results):.0f} ms; "
+          f"after the click: up to {1000 * worst_after:.0f} ms")
+    viewer.close()
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
