@@ -213,7 +213,7 @@ def test_source_from_layer_metadata_and_sidecar_names(tmp_path):
     beside, fallback = sidecar_candidates(src)
     assert beside == tmp_path / "stack.h5.raw_em.z2-5.ds2.annotations.tif"
     assert fallback.parent == loading.config_dir() / "autosave"
-    assert fallback.name.startswith("stack-") and fallback.name.endswith(".annotations.tif")
+    assert fallback.name.startswith("stack.h5-") and fallback.name.endswith(".annotations.tif")
     other = ImageSource.from_metadata("renamed", (4, 8, 8), {"path": str(tmp_path / "stack.h5"),
                                                             "dataset": "/raw/em",
                                                             "z_range": [2, 6], "downsample": 2})
@@ -253,6 +253,8 @@ def test_unchanged_annotations_are_not_written_again(tmp_path):
 def test_empty_and_2d_annotations_round_trip(tmp_path):
     src = ImageSource("img", (6, 7), str(tmp_path / "img.png"))
     empty = np.zeros((6, 7), np.uint16)
+    skipped = autosave(empty, source=src, classes=["a"], skip_empty=True)
+    assert not skipped.written and not skipped.path.exists()
     saved = autosave(empty, source=src, classes=["a"])
     assert saved.pixels == 0
     np.testing.assert_array_equal(read_sidecar(saved.path).labels, empty)
@@ -345,3 +347,16 @@ def test_load_annotations_reads_a_sidecar_and_its_classes(tmp_path):
 def test_a_2d_file_fits_a_single_slice_image(tmp_path):
     p = save_annotations(tmp_path / "a.tif", np.ones((4, 5), np.uint8))
     assert load_annotations(p, (1, 4, 5)).labels.shape == (1, 4, 5)
+
+
+def test_a_new_layer_keeps_an_earlier_sessions_sidecar(tmp_path):
+    earlier = labels_3d()
+    src = ImageSource("stack", earlier.shape, str(tmp_path / "stack.tif"))
+    autosave(earlier, source=src, classes=["membrane", "cell"])
+    fresh = np.zeros_like(earlier)
+    fresh[0, 0, 0] = 1
+    saved = autosave(fresh, source=src, classes=["membrane", "cell"], keep_previous=True)
+    assert saved.backup is not None and saved.backup.name.startswith("stack.tif.annotations.")
+    np.testing.assert_array_equal(read_sidecar(saved.backup).labels, earlier)
+    np.testing.assert_array_equal(read_sidecar(saved.path).labels, fresh)
+    assert find_sidecar(src).path == saved.path

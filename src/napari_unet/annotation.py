@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -428,11 +429,13 @@ def sidecar_candidates(source: ImageSource, config: Path | None = None) -> list[
     from napari_unet.loading import config_dir
 
     out = []
+    label = source.name
     if source.path:
         p = Path(source.path)
         out.append(p.with_name(p.name + source._view_tag() + SIDECAR_SUFFIX))
+        label = p.name  # a renamed layer of the same file still finds its autosave
     base = config if config is not None else config_dir()
-    out.append(base / "autosave" / f"{_safe(source.name)}-{source.key()}{SIDECAR_SUFFIX}")
+    out.append(base / "autosave" / f"{_safe(label)}-{source.key()}{SIDECAR_SUFFIX}")
     return out
 
 
@@ -516,6 +519,20 @@ class SavedSidecar:
     written: bool
     pixels: int
     slices: tuple[int, ...] = field(default_factory=tuple)
+    #: where the sidecar that was there before was kept (``keep_previous``), if anywhere
+    backup: Path | None = None
+
+
+def _backup_path(target: Path) -> Path:
+    """A name beside ``target`` for keeping an earlier sidecar: ``….annotations.<time>.tif``."""
+    stem = target.name[: -len(".tif")] if target.name.endswith(".tif") else target.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = target.with_name(f"{stem}.{stamp}.tif")
+    n = 1
+    while path.exists():
+        n += 1
+        path = target.with_name(f"{stem}.{stamp}-{n}.tif")
+    return path
 
 
 def _annotated_slices(labels: Any) -> list[int]:
@@ -525,18 +542,30 @@ def _annotated_slices(labels: Any) -> list[int]:
 
 
 def save_sidecar(
-    path: str | os.PathLike, labels: Any, *, source: ImageSource, classes: Sequence[str]
+    path: str | os.PathLike,
+    labels: Any,
+    *,
+    source: ImageSource,
+    classes: Sequence[str],
+    skip_empty: bool = False,
+    keep_previous: bool = False,
 ) -> SavedSidecar:
     """Write the annotated slices of ``labels`` to the sidecar ``path`` atomically.
 
-    Nothing is written when the content equals what this process last wrote there. Saves to the
-    same path from several threads are serialised. OSError propagates (the caller falls back).
+    Nothing is written when the content equals what this process last wrote there, or when
+    ``skip_empty`` and nothing is annotated (so an untouched layer leaves no file behind). With
+    ``keep_previous``, a sidecar already there that holds annotations is first copied to
+    ``<name>.annotations.<date-time>.tif`` (a new layer never overwrites an earlier session's
+    work). Saves to the same path from several threads are serialised. OSError propagates (the
+    caller falls back).
     """
     import tifffile
 
     target = Path(path)
     with _lock_for(target):
         zs = _annotated_slices(labels)
+        if skip_empty and not zs:
+            return SavedSidecar(target, False, 0, ())
         if labels.ndim == 2:
             pages = np.asarray(labels)[None] if zs else None
         else:
@@ -574,21 +603,34 @@ def save_sidecar(
             )
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            backup = None
+            if keep_previous and target.is_file():
+                old = _read_header(target)
+                if old is None or int(old.get("pixels", 1)) > 0:
+                    backup = _backup_path(target)
+                    shutil.copy2(target, backup)
             os.replace(tmp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         _written[str(target)] = hexd
-        return SavedSidecar(target, True, pixels, tuple(zs))
+        return SavedSidecar(target, True, pixels, tuple(zs), backup)
 
 
 def autosave(
-    labels: Any, *, source: ImageSource, classes: Sequence[str], config: Path | None = None
+    labels: Any,
+    *,
+    source: ImageSource,
+    classes: Sequence[str],
+    skip_empty: bool = False,
+    keep_previous: bool = False,
+    config: Path | None = None,
 ) -> SavedSidecar:
     """Save ``labels`` to the sidecar of ``source``: beside the image, else in the config dir.
 
     The config dir is used when the image has no file, its folder is not writable, or writing
-    beside it fails. Raises UserInputError when neither place can be written.
+    beside it fails. ``skip_empty`` and ``keep_previous`` as for :func:`save_sidecar`. Raises
+    UserInputError when neither place can be written.
     """
     candidates = sidecar_candidates(source, config)
     beside = candidates[:-1]
@@ -596,7 +638,8 @@ def autosave(
     errors = []
     for path in tried:
         try:
-            return save_sidecar(path, labels, source=source, classes=classes)
+            return save_sidecar(path, labels, source=source, classes=classes,
+                                skip_empty=skip_empty, keep_previous=keep_previous)
         except OSError as exc:
             errors.append(f"{path}: {exc}")
     raise UserInputError(

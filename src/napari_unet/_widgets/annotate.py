@@ -1,0 +1,1181 @@
+"""The "Annotate" dock: paint the classes fine-tuning learns from, and never lose what was painted.
+
+**New annotation layer** adds a Labels layer "<image> annotations" with the image's shape, scale
+and position (0 = not annotated). The class palette lists the classes (the model's names, fixed
+colours); clicking one selects it for the brush, and classes can be added and renamed. A table
+shows how many pixels and which slices are annotated per class.
+
+**Start from prediction** copies the segmentation (the Segment dock's "<image> segmentation") of
+the slice on screen, or of rectangles drawn on a region layer, into the annotations, so the user
+corrects the model's mistakes instead of painting from nothing; **Undo copy** puts back what it
+replaced. Annotations are saved and loaded as TIFF or zarr (atomic writes), and autosaved to a
+sidecar file a few seconds after the last edit, when a layer is removed and when the viewer closes.
+When an image with an autosave is opened again, a **Restore** button appears.
+
+All of the logic lives in :mod:`napari_unet.annotation`; this dock connects it to layers and runs
+the counting and the autosaves in worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet import annotation as core
+from napari_unet.errors import UserInputError
+
+from . import LayerComboBox, _alive, layer_data, unwrap
+from ._notify import notify_error, notify_info, user_errors
+from ._worker import DONE, TaskPanel, start_worker
+
+__all__ = ["AnnotateWidget"]
+
+log = logging.getLogger(__name__)
+
+#: Where the dock keeps what ties an annotation layer to its image, in ``layer.metadata``.
+META_KEY = "napari_unet_annotations"
+REGION_SLICE, REGION_BOXES = "slice on screen", "drawn rectangles"
+
+
+def image_source(layer: Any) -> core.ImageSource:
+    """The :class:`~napari_unet.annotation.ImageSource` of an image layer."""
+    return core.ImageSource.from_metadata(layer.name, layer_data(layer).shape, layer.metadata)
+
+
+def _source_of_annotations(layer: Any) -> core.ImageSource | None:
+    doc = (layer.metadata or {}).get(META_KEY)
+    if not isinstance(doc, dict):
+        return None
+    return core.ImageSource(
+        name=str(doc.get("name", "")),
+        shape=tuple(int(s) for s in doc.get("shape", layer.data.shape)),
+        path=doc.get("path"),
+        dataset=doc.get("dataset"),
+        z_range=tuple(doc["z_range"]) if doc.get("z_range") else None,
+        downsample=int(doc.get("downsample") or 1),
+    )
+
+
+def class_names(layer: Any) -> list[str] | None:
+    """The class names stored on an annotation layer (its ``features``), or None."""
+    return core.class_names_from_features(getattr(layer, "features", None))
+
+
+def looks_like_prediction(layer: Any) -> bool:
+    """True for a Segment dock output ("<image> segmentation", label 0 "not segmented")."""
+    if META_KEY in (layer.metadata or {}):
+        return False
+    features = getattr(layer, "features", None)
+    try:
+        first = str(list(features["class"])[0]) if "class" in features else ""
+    except (TypeError, KeyError, IndexError):
+        first = ""
+    name = layer.name
+    return first == "not segmented" or name.endswith(" segmentation") or " segmentation (" in name
+
+
+_model_classes: dict[tuple[str, int], list[str]] = {}
+
+
+def default_classes() -> list[str]:
+    """The shipped model's class names (read from its header once), or membrane and cell."""
+    from napari_unet.models import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        return list(core.DEFAULT_CLASSES)
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _model_classes:
+        names: list[str] = list(core.DEFAULT_CLASSES)
+        try:
+            from napari_unet.checkpoint import read_header
+
+            found = (read_header(path).get("metadata") or {}).get("classes")
+            if found and all(isinstance(n, str) for n in found):
+                names = list(found)
+        except (UserInputError, OSError):
+            pass
+        _model_classes[key] = names
+    return list(_model_classes[key])
+
+
+# ------------------------------------------------------------------------------ autosave state
+
+
+@dataclass
+class _Entry:
+    """One annotation layer being autosaved."""
+
+    ref: weakref.ref
+    source: core.ImageSource
+    dirty: bool = False
+    #: the sidecar holds this layer's work (written by it, or restored into it). Until then an
+    #: empty layer writes nothing and a first save keeps the sidecar it finds as a backup.
+    owns_file: bool = False
+    last: core.SavedSidecar | None = None
+    failed: bool = False
+    #: redrawn since the last save: an undo or redo may have changed it (the save compares)
+    check: bool = False
+
+
+class _Autosaves:
+    """The annotation layers a dock autosaves (held weakly), and saving them all at once.
+
+    It holds no reference to the dock, so the close hooks can flush it after the dock is gone.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[int, _Entry] = {}
+
+    def get(self, layer: Any) -> _Entry | None:
+        entry = self.entries.get(id(layer))
+        return entry if entry is not None and entry.ref() is layer else None
+
+    def track(self, layer: Any, source: core.ImageSource) -> _Entry:
+        entry = self.get(layer)
+        if entry is None:
+            entry = self.entries[id(layer)] = _Entry(weakref.ref(layer), source)
+        return entry
+
+    def untrack(self, layer: Any) -> None:
+        if self.get(layer) is not None:
+            del self.entries[id(layer)]
+
+    def live(self) -> list[tuple[Any, _Entry]]:
+        out = []
+        for key, entry in list(self.entries.items()):
+            layer = entry.ref()
+            if layer is None:
+                del self.entries[key]
+            else:
+                out.append((layer, entry))
+        return out
+
+    def save_now(self, layer: Any, entry: _Entry) -> core.SavedSidecar | None:
+        """Save one layer synchronously (viewer closing, layer removed); failures are logged."""
+        try:
+            saved = core.autosave(
+                layer.data, source=entry.source, classes=class_names(layer) or [],
+                skip_empty=not entry.owns_file, keep_previous=not entry.owns_file,
+            )
+        except Exception as exc:  # closing must go on; the log says what was not saved
+            log.error("napari-unet: annotations of '%s' not autosaved: %s", layer.name, exc)
+            return None
+        entry.dirty = entry.check = False
+        entry.last = saved
+        entry.owns_file = entry.owns_file or saved.written
+        return saved
+
+    def flush(self, *_: Any) -> None:
+        """Save every changed layer now."""
+        for layer, entry in self.live():
+            if entry.dirty or entry.check:
+                self.save_now(layer, entry)
+
+
+class _CloseWatcher(QObject):
+    """Flushes the autosaves when the viewer's window is about to close."""
+
+    def __init__(self, autosaves: _Autosaves, parent: QObject) -> None:
+        super().__init__(parent)
+        self._autosaves = autosaves
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Close:
+            self._autosaves.flush()
+        return False
+
+
+def _autosave_job(
+    labels: Any, source: core.ImageSource, classes: list[str], first: bool
+) -> core.SavedSidecar | UserInputError:
+    """Worker: save one layer; a failure comes back as a value so the dock decides how to say it."""
+    try:
+        return core.autosave(
+            labels, source=source, classes=classes, skip_empty=first, keep_previous=first
+        )
+    except UserInputError as exc:
+        return exc
+
+
+def _swatch(color: str) -> QIcon:
+    pix = QPixmap(14, 14)
+    pix.fill(QColor(0, 0, 0, 0) if color == "transparent" else QColor(color))
+    return QIcon(pix)
+
+
+# ------------------------------------------------------------------------------ the dock
+
+
+class AnnotateWidget(QWidget):
+    """Paint annotations per class, start from a prediction, and keep them safe on disk."""
+
+    AUTOSAVE_DELAY_MS = 3000
+    COUNT_DELAY_MS = 300
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer = unwrap(napari_viewer)
+        self.autosaves = _Autosaves()
+
+        # -- layers
+        self.image_combo = LayerComboBox(napari_viewer, Image, accept=lambda ly: not ly.rgb)
+        self.labels_combo = LayerComboBox(
+            napari_viewer, Labels, accept=lambda ly: not looks_like_prediction(ly)
+        )
+        self.new_button = QPushButton("New annotation layer")
+        self.new_button.clicked.connect(self.new_annotation_layer)
+        self.layer_note = QLabel("")
+        self.layer_note.setWordWrap(True)
+        self.restore_label = QLabel("")
+        self.restore_label.setWordWrap(True)
+        self.restore_button = QPushButton("Restore")
+        self.restore_button.clicked.connect(lambda: self.restore())
+        restore_row = QHBoxLayout()
+        restore_row.setContentsMargins(0, 0, 0, 0)
+        restore_row.addWidget(self.restore_label, 1)
+        restore_row.addWidget(self.restore_button)
+        self.restore_bar = QWidget()
+        self.restore_bar.setLayout(restore_row)
+        self.restore_bar.setVisible(False)
+
+        # -- classes
+        self.class_list = QListWidget()
+        self.class_list.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked)
+        self.class_list.setMaximumHeight(120)
+        self.class_list.itemClicked.connect(lambda item: self.select_class(self._row_label(item)))
+        self.class_list.itemChanged.connect(self._on_item_edited)
+        self.class_name_edit = QLineEdit()
+        self.class_name_edit.setPlaceholderText("class name")
+        self.add_class_button = QPushButton("Add")
+        self.add_class_button.clicked.connect(lambda: self.add_class(self.class_name_edit.text()))
+        self.rename_class_button = QPushButton("Rename")
+        self.rename_class_button.setToolTip("Rename the selected class (or double-click it)")
+        self.rename_class_button.clicked.connect(self._rename_selected)
+
+        # -- counts
+        self.counts_table = QTableWidget(0, 3)
+        self.counts_table.setHorizontalHeaderLabels(["Class", "Pixels", "Slices"])
+        self.counts_table.verticalHeader().setVisible(False)
+        self.counts_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.counts_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.counts_table.setMaximumHeight(110)
+        self.counts_label = QLabel("")
+        self.counts_label.setWordWrap(True)
+
+        # -- start from prediction
+        self.prediction_combo = LayerComboBox(
+            napari_viewer, Labels, accept=lambda ly: META_KEY not in (ly.metadata or {})
+        )
+        self.region_combo = QComboBox()
+        self.region_combo.addItems([REGION_SLICE, REGION_BOXES])
+        self.draw_button = QPushButton("Draw rectangle")
+        self.draw_button.clicked.connect(self.draw_rectangle)
+        self.keep_check = QCheckBox("keep pixels already annotated")
+        self.keep_check.setChecked(True)
+        self.copy_button = QPushButton("Start from prediction")
+        self.copy_button.clicked.connect(self.start_from_prediction)
+        self.undo_copy_button = QPushButton("Undo copy")
+        self.undo_copy_button.setEnabled(False)
+        self.undo_copy_button.clicked.connect(self.undo_copy)
+
+        # -- files
+        self.save_button = QPushButton("Save annotations…")
+        self.save_button.clicked.connect(lambda: self.save_annotations())
+        self.load_button = QPushButton("Load annotations…")
+        self.load_button.clicked.connect(lambda: self.load_annotations())
+        self.autosave_label = QLabel("")
+        self.autosave_label.setWordWrap(True)
+        self.task = TaskPanel("Cancel")
+        self.task.finished.connect(self._on_task_finished)
+
+        self._build_layout()
+
+        self._counts: dict[int, np.ndarray] = {}
+        self._counted_layer: weakref.ref | None = None
+        self._count_pending: set[int] | None = set()
+        self._count_all = True
+        self._counting = False
+        self._saving: set[int] = set()
+        self._last_copy: tuple[weakref.ref, list[core.CopyResult]] | None = None
+        self._pending_task: dict[str, Any] | None = None
+        self._restore_for: weakref.ref | None = None
+
+        self.autosave_timer = QTimer(self)
+        self.autosave_timer.setSingleShot(True)
+        self.autosave_timer.setInterval(self.AUTOSAVE_DELAY_MS)
+        self.autosave_timer.timeout.connect(self.autosave_now)
+        self.count_timer = QTimer(self)
+        self.count_timer.setSingleShot(True)
+        self.count_timer.setInterval(self.COUNT_DELAY_MS)
+        self.count_timer.timeout.connect(self._count)
+
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
+        events = napari_viewer.layers.events
+        events.inserted.connect(self._on_inserted)
+        events.removed.connect(self._on_removed)
+        self._install_close_hooks()
+        self._on_image_changed()
+
+    def _build_layout(self) -> None:
+        layers = QFormLayout()
+        layers.addRow("Image", self.image_combo)
+        layers.addRow("Annotations", self.labels_combo)
+        layers.addRow("", self.new_button)
+        layers.addRow("", self.layer_note)
+
+        classes_box = QGroupBox("Classes (click to paint, double-click to rename)")
+        name_row = QHBoxLayout()
+        name_row.setContentsMargins(0, 0, 0, 0)
+        name_row.addWidget(self.class_name_edit, 1)
+        name_row.addWidget(self.add_class_button)
+        name_row.addWidget(self.rename_class_button)
+        classes_layout = QVBoxLayout(classes_box)
+        classes_layout.addWidget(self.class_list)
+        classes_layout.addLayout(name_row)
+
+        counts_box = QGroupBox("Annotated so far")
+        counts_layout = QVBoxLayout(counts_box)
+        counts_layout.addWidget(self.counts_table)
+        counts_layout.addWidget(self.counts_label)
+
+        pred_box = QGroupBox("Start from prediction")
+        pred_form = QFormLayout(pred_box)
+        pred_form.addRow("Segmentation", self.prediction_combo)
+        region_row = QHBoxLayout()
+        region_row.setContentsMargins(0, 0, 0, 0)
+        region_row.addWidget(self.region_combo, 1)
+        region_row.addWidget(self.draw_button)
+        pred_form.addRow("Copy", region_row)
+        pred_form.addRow("", self.keep_check)
+        copy_row = QHBoxLayout()
+        copy_row.setContentsMargins(0, 0, 0, 0)
+        copy_row.addWidget(self.copy_button, 1)
+        copy_row.addWidget(self.undo_copy_button)
+        pred_form.addRow(copy_row)
+
+        files_row = QHBoxLayout()
+        files_row.setContentsMargins(0, 0, 0, 0)
+        files_row.addWidget(self.save_button)
+        files_row.addWidget(self.load_button)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(layers)
+        layout.addWidget(self.restore_bar)
+        layout.addWidget(classes_box)
+        layout.addWidget(counts_box)
+        layout.addWidget(pred_box)
+        layout.addLayout(files_row)
+        layout.addWidget(self.autosave_label)
+        layout.addWidget(self.task)
+        layout.addStretch(1)
+
+    def _install_close_hooks(self) -> None:
+        """Save changed annotations when the window closes, the dock goes or the app quits."""
+        autosaves = self.autosaves
+
+        def flush(*_: Any) -> None:
+            autosaves.flush()
+
+        self.destroyed.connect(flush)  # a closure: it must not keep the dock alive
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(flush)
+            self.destroyed.connect(lambda *_: _disconnect(app.aboutToQuit, flush))
+        self._close_watcher = _CloseWatcher(self.autosaves, self)
+        self._watched_window: weakref.ref | None = None
+
+    def event(self, event: QEvent) -> bool:
+        """Watch the top-level window for closing once the dock is placed in one."""
+        if event.type() == QEvent.Type.ParentChange:
+            self._watch_window()
+        return super().event(event)
+
+    def _watch_window(self) -> None:
+        window = self.window()
+        if window is self or window is None:
+            return
+        old = self._watched_window() if self._watched_window is not None else None
+        if old is window:
+            return
+        if old is not None and _alive(old):
+            old.removeEventFilter(self._close_watcher)
+        window.installEventFilter(self._close_watcher)
+        self._watched_window = weakref.ref(window)
+
+    # ------------------------------------------------------------------ layer bookkeeping
+    def _annotations_for(self, image: Any) -> Any | None:
+        """The annotation layer tied to ``image`` (by source), or the one named after it."""
+        source = image_source(image)
+        named = f"{image.name} annotations"
+        for layer in self.labels_combo.layers():
+            tied = _source_of_annotations(layer)
+            if tied is not None and tied.key() == source.key() and tied.name == source.name:
+                return layer
+        return self.viewer.layers[named] if named in self.viewer.layers else None
+
+    def _on_image_changed(self, *_: Any) -> None:
+        if not _alive(self):
+            return
+        image = self.image_combo.layer()
+        if image is not None:
+            found = self._annotations_for(image)
+            if found is not None and isinstance(found, Labels):
+                self.labels_combo.set_layer(found)
+            segmentation = f"{image.name} segmentation"
+            if segmentation in self.viewer.layers:
+                seg = self.viewer.layers[segmentation]
+                if isinstance(seg, Labels):
+                    self.prediction_combo.set_layer(seg)
+        self._check_sidecar()
+        self._on_labels_changed()
+
+    def _on_labels_changed(self, *_: Any) -> None:
+        if not _alive(self):
+            return
+        layer = self.labels_combo.layer()
+        image = self.image_combo.layer()
+        self.layer_note.setText("")
+        if layer is not None and image is not None:
+            if tuple(layer.data.shape) != tuple(layer_data(image).shape):
+                self.layer_note.setText(
+                    f"'{layer.name}' has shape {tuple(layer.data.shape)}, the image "
+                    f"{tuple(layer_data(image).shape)}: choose or make an annotation layer of "
+                    "the image's shape"
+                )
+            else:
+                self._track(layer, image)  # autosaved from its next edit on
+        self._show_classes()
+        self._recount(all_slices=True)
+
+    def _on_inserted(self, event: Any) -> None:
+        if not _alive(self):
+            return
+        layer = event.value
+        if isinstance(layer, Image) and not layer.rgb:
+            if self.image_combo.layer() is None or self._has_sidecar(layer):
+                self.image_combo.set_layer(layer)
+            self._check_sidecar()
+
+    def _on_removed(self, event: Any) -> None:
+        layer = event.value
+        entry = self.autosaves.get(layer)
+        if entry is not None:
+            if entry.dirty:
+                self.autosaves.save_now(layer, entry)
+            self.autosaves.untrack(layer)
+        if _alive(self):
+            self._check_sidecar()
+
+    def _track(self, layer: Any, image: Any, tie: bool = False) -> _Entry:
+        """Autosave ``layer`` as the annotations of ``image`` and follow its edits.
+
+        ``tie`` also records the image in the layer's metadata (the layer is then an annotation
+        layer for good: it is offered first and never as a segmentation to copy from).
+        """
+        entry = self.autosaves.get(layer)
+        source = _source_of_annotations(layer) or image_source(image)
+        if tie and META_KEY not in layer.metadata:
+            layer.metadata = {**layer.metadata, META_KEY: source.to_dict()}
+        if entry is not None:
+            return entry
+        entry = self.autosaves.track(layer, source)
+        layer.events.paint.connect(self._on_paint)
+        layer.events.data.connect(self._on_data)
+        layer.events.set_data.connect(self._on_set_data)
+        layer.events.selected_label.connect(self._on_selected_label)
+        return entry
+
+    # ------------------------------------------------------------------ edits -> counts, autosave
+    def _changed(self, layer: Any, slices: set[int] | None) -> None:
+        entry = self.autosaves.get(layer)
+        if entry is None or not _alive(self):
+            return
+        entry.dirty = True
+        self.autosave_timer.start()
+        if layer is self.labels_combo.layer():
+            self._recount(slices)
+
+    def _on_paint(self, event: Any) -> None:
+        layer = event.source
+        self._changed(layer, core.touched_slices(event.value or [], layer.data.ndim))
+
+    def _on_data(self, event: Any) -> None:
+        self._changed(event.source, None)
+
+    def _on_set_data(self, event: Any) -> None:
+        # Every redraw emits set_data, an undo or redo too (they emit nothing else). So a redraw
+        # schedules a check: the autosave compares the content with what it last wrote, writes
+        # only if it differs, and then the counts are refreshed.
+        entry = self.autosaves.get(event.source)
+        if entry is not None and not entry.dirty and _alive(self):
+            entry.check = True
+            self.autosave_timer.start()
+
+    def autosave_now(self) -> None:
+        """Save every changed annotation layer to its sidecar, in worker threads."""
+        for layer, entry in self.autosaves.live():
+            if not (entry.dirty or entry.check):
+                continue
+            if id(layer) in self._saving:
+                self.autosave_timer.start()  # a save of this layer is running; try again later
+                continue
+            only_check = not entry.dirty
+            entry.dirty = entry.check = False
+            self._saving.add(id(layer))
+            start_worker(
+                _autosave_job, layer.data, entry.source, class_names(layer) or [],
+                not entry.owns_file,
+                on_done=self._autosaved_callback(layer, entry, only_check),
+                on_finish=self._autosave_finished_callback(layer, entry),
+            )
+
+    def _autosaved_callback(self, layer: Any, entry: _Entry, only_check: bool) -> Any:
+        ref = weakref.ref(layer)
+
+        def done(result: core.SavedSidecar | UserInputError) -> None:
+            if isinstance(result, UserInputError):
+                entry.dirty = True
+                if not entry.failed:
+                    notify_error(result)
+                entry.failed = True
+                if _alive(self):
+                    self.autosave_label.setText(f"autosave failed: {result}")
+                return
+            entry.failed = False
+            entry.last = result
+            entry.owns_file = entry.owns_file or result.written
+            layer_now = ref()
+            if result.backup is not None:
+                notify_info(
+                    f"earlier autosaved annotations were kept as {result.backup}; "
+                    "'Load annotations…' reads them"
+                )
+            if only_check and result.written and _alive(self) and layer_now is not None:
+                if layer_now is self.labels_combo.layer():
+                    self._recount(None)  # changed by an undo or redo
+            if _alive(self) and layer_now is not None and result.written:
+                self.autosave_label.setText(
+                    f"autosaved '{layer_now.name}' at {time.strftime('%H:%M:%S')} to "
+                    f"{result.path}"
+                )
+
+        return done
+
+    def _autosave_finished_callback(self, layer: Any, entry: _Entry) -> Any:
+        key = id(layer)
+
+        def finished(outcome: str) -> None:
+            self._saving.discard(key)
+            if outcome != DONE:
+                entry.dirty = True
+
+        return finished
+
+    @property
+    def saving(self) -> bool:
+        """True while an autosave is waiting or running."""
+        return bool(self._saving) or self.autosave_timer.isActive()
+
+    def _recount(self, slices: set[int] | None = None, all_slices: bool = False) -> None:
+        layer = self.labels_combo.layer()
+        if layer is None:
+            self._counts = {}
+            self._counted_layer = None
+            self._show_counts()
+            return
+        if all_slices or self._counted_layer is None or self._counted_layer() is not layer:
+            self._counts = {}
+            self._counted_layer = weakref.ref(layer)
+            self._count_all = True
+        elif slices is None:
+            self._count_all = True
+        elif self._count_pending is not None:
+            self._count_pending |= set(slices)
+        self.count_timer.start()
+
+    def _count(self) -> None:
+        layer = self._counted_layer() if self._counted_layer is not None else None
+        if layer is None or not _alive(self):
+            return
+        if self._counting:
+            self.count_timer.start()
+            return
+        zs = None if self._count_all else sorted(self._count_pending or ())
+        self._count_all, self._count_pending = False, set()
+        if zs == []:
+            return
+        self._counting = True
+        ref = weakref.ref(layer)
+
+        def done(result: dict[int, np.ndarray]) -> None:
+            counted = self._counted_layer() if self._counted_layer is not None else None
+            if not _alive(self) or counted is None or counted is not ref():
+                return
+            if zs is None:
+                self._counts = dict(result)
+            else:
+                self._counts.update(result)
+            self._show_counts()
+
+        def finished(_outcome: str) -> None:
+            self._counting = False
+
+        start_worker(core.count_slices, layer.data, zs, on_done=done, on_finish=finished)
+
+    @property
+    def counting(self) -> bool:
+        """True while annotated pixels are being counted, or about to be."""
+        return self._counting or self.count_timer.isActive()
+
+    def class_counts(self) -> list[core.ClassCount]:
+        """Pixels and slices per class of the chosen annotation layer, as last counted."""
+        layer = self.labels_combo.layer()
+        names = (class_names(layer) if layer is not None else None) or []
+        return core.class_summary(self._counts, names)
+
+    def _show_counts(self) -> None:
+        rows = self.class_counts() if self.labels_combo.layer() is not None else []
+        self.counts_table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            item = QTableWidgetItem(f"{row.index} {row.name}")
+            item.setIcon(_swatch(core.class_color(row.index)))
+            self.counts_table.setItem(i, 0, item)
+            self.counts_table.setItem(i, 1, QTableWidgetItem(f"{row.pixels:,}"))
+            self.counts_table.setItem(i, 2, QTableWidgetItem(core.format_slices(row.slices)))
+        layer = self.labels_combo.layer()
+        if layer is None:
+            self.counts_label.setText("No annotation layer yet: click 'New annotation layer'.")
+            return
+        total = sum(r.pixels for r in rows)
+        zs = sorted({z for r in rows for z in r.slices})
+        n = layer.data.shape[0] if layer.data.ndim == 3 else 1
+        self.counts_label.setText(
+            f"{total:,} pixels annotated on {len(zs)} of {n} slice{'s' if n != 1 else ''}; "
+            "fine-tuning learns from these (0 = not annotated is ignored)."
+        )
+
+    # ------------------------------------------------------------------ classes
+    def classes(self) -> list[str]:
+        """Class names of the chosen annotation layer (or those a new layer would get)."""
+        layer = self.labels_combo.layer()
+        names = class_names(layer) if layer is not None else None
+        if names:
+            return names
+        image = self.image_combo.layer()
+        return self._default_classes(image)
+
+    def _default_classes(self, image: Any | None) -> list[str]:
+        if image is not None:
+            seg = f"{image.name} segmentation"
+            if seg in self.viewer.layers:
+                names = class_names(self.viewer.layers[seg])
+                if names:
+                    return names
+        return default_classes()
+
+    def _show_classes(self) -> None:
+        layer = self.labels_combo.layer()
+        names = self.classes()
+        current = int(layer.selected_label) if layer is not None else -1
+        self.class_list.blockSignals(True)
+        try:
+            self.class_list.clear()
+            for i, name in enumerate(names, start=1):
+                item = QListWidgetItem(_swatch(core.class_color(i)), name)
+                item.setData(Qt.ItemDataRole.UserRole, i)
+                item.setToolTip(f"label {i}")
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+                self.class_list.addItem(item)
+                if i == current:
+                    self.class_list.setCurrentItem(item)
+        finally:
+            self.class_list.blockSignals(False)
+
+    @staticmethod
+    def _row_label(item: QListWidgetItem) -> int:
+        return int(item.data(Qt.ItemDataRole.UserRole))
+
+    def _apply_classes(self, layer: Any, names: list[str]) -> None:
+        """Store class names on the layer and colour each class with its fixed colour."""
+        layer.features = core.class_features(names)
+        layer.colormap = DirectLabelColormap(color_dict=core.class_colors(len(names)))
+
+    def _layer_for_classes(self) -> Any:
+        """The chosen annotation layer, checked against the image (shape) and tied to it."""
+        image = self.image_combo.layer()
+        layer = self.labels_combo.layer()
+        if layer is None:
+            raise UserInputError("no annotation layer; click 'New annotation layer' first")
+        if image is not None:
+            self._check_shape(layer, image)
+            self._track(layer, image, tie=True)
+        if class_names(layer) is None:
+            self._apply_classes(layer, self.classes())
+        return layer
+
+    def select_class(self, index: int) -> None:
+        """Paint with class ``index`` (1-based): the brush's label becomes ``index``."""
+        with user_errors():
+            layer = self._layer_for_classes()
+            layer.selected_label = int(index)
+            if layer.mode in ("pan_zoom", "transform", "pick"):
+                layer.mode = "paint"
+            self.viewer.layers.selection.active = layer
+
+    def add_class(self, name: str) -> None:
+        """Add a class called ``name`` (the next label) and select it for painting."""
+        with user_errors():
+            layer = self._layer_for_classes()
+            names = core.add_class(class_names(layer) or [], name)
+            self._apply_classes(layer, names)
+            self.class_name_edit.clear()
+            self._show_classes()
+            self._show_counts()
+            self.select_class(len(names))
+
+    def rename_class(self, index: int, name: str) -> None:
+        """Call class ``index`` (1-based) ``name``."""
+        with user_errors():
+            layer = self._layer_for_classes()
+            names = core.rename_class(class_names(layer) or [], int(index), name)
+            self._apply_classes(layer, names)
+            self.class_name_edit.clear()
+        self._show_classes()
+        self._show_counts()
+
+    def _rename_selected(self) -> None:
+        item = self.class_list.currentItem()
+        if item is None:
+            notify_error("click the class to rename first")
+            return
+        self.rename_class(self._row_label(item), self.class_name_edit.text())
+
+    def _on_item_edited(self, item: QListWidgetItem) -> None:
+        index, text = self._row_label(item), item.text()
+        # rebuilding the list inside its own itemChanged signal is unsafe: do it right after
+        QTimer.singleShot(0, lambda: _alive(self) and self.rename_class(index, text))
+
+    def _on_selected_label(self, event: Any) -> None:
+        if not _alive(self) or event.source is not self.labels_combo.layer():
+            return
+        label = int(event.source.selected_label)
+        self.class_list.blockSignals(True)
+        try:
+            self.class_list.clearSelection()
+            for row in range(self.class_list.count()):
+                item = self.class_list.item(row)
+                if self._row_label(item) == label:
+                    self.class_list.setCurrentItem(item)
+        finally:
+            self.class_list.blockSignals(False)
+
+    # ------------------------------------------------------------------ annotation layers
+    def _image(self) -> Any:
+        image = self.image_combo.layer()
+        if image is None:
+            raise UserInputError("no image layer; open the image to annotate first")
+        return image
+
+    @staticmethod
+    def _check_shape(layer: Any, image: Any) -> None:
+        want = tuple(layer_data(image).shape)
+        if tuple(layer.data.shape) != want:
+            raise UserInputError(
+                f"annotation layer '{layer.name}' has shape {tuple(layer.data.shape)} but image "
+                f"'{image.name}' has shape {want}; click 'New annotation layer' for one that fits"
+            )
+
+    def _add_annotation_layer(
+        self, image: Any, labels: np.ndarray, names: list[str], name: str | None = None
+    ) -> Labels:
+        source = image_source(image)
+        layer = self.viewer.add_labels(
+            labels,
+            name=name or f"{image.name} annotations",
+            scale=image.scale,
+            translate=image.translate,
+            units=image.units,
+            features=core.class_features(names),
+            colormap=DirectLabelColormap(color_dict=core.class_colors(len(names))),
+            metadata={META_KEY: source.to_dict()},
+            opacity=0.7,
+        )
+        self._track(layer, image, tie=True)
+        self.labels_combo.set_layer(layer)
+        layer.mode = "paint"
+        layer.selected_label = 1
+        return layer
+
+    def new_annotation_layer(self) -> Labels | None:
+        """Add an empty annotation layer for the chosen image and select it for painting."""
+        with user_errors():
+            image = self._image()
+            shape = tuple(layer_data(image).shape)
+            if len(shape) not in (2, 3):
+                raise UserInputError(
+                    f"image '{image.name}' has shape {shape}; annotate 2-D images or 3-D stacks"
+                )
+            names = self._default_classes(image)
+            dtype = np.uint8 if len(names) < 255 else np.uint16
+            return self._add_annotation_layer(image, np.zeros(shape, dtype), names)
+        return None
+
+    # ------------------------------------------------------------------ restore
+    @staticmethod
+    def _has_sidecar(image: Any) -> bool:
+        info = core.find_sidecar(image_source(image))
+        return info is not None and info.pixels > 0
+
+    def _check_sidecar(self) -> None:
+        """Show the Restore button when the chosen image has autosaved annotations."""
+        image = self.image_combo.layer()
+        info = None
+        if image is not None:
+            try:
+                info = core.find_sidecar(image_source(image))
+            except OSError:
+                info = None
+        restored = False
+        if info is not None and image is not None:
+            source = image_source(image)
+            restored = any(
+                e.source.key() == source.key() and (e.owns_file or e.dirty)
+                for _, e in self.autosaves.live()
+            )
+        show = info is not None and info.pixels > 0 and not restored
+        self.restore_bar.setVisible(show)
+        self._restore_for = weakref.ref(image) if show else None
+        if show:
+            saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.saved))
+            self.restore_label.setText(
+                f"Autosaved annotations of '{image.name}' from {saved}: {info.pixels:,} pixels "
+                f"on slices {core.format_slices(info.slices)}."
+            )
+
+    def restore(self, image: Any | None = None) -> Labels | None:
+        """Bring back the autosaved annotations of ``image`` (default: the chosen image).
+
+        They come back as a new annotation layer (or fill the image's empty one); nothing painted
+        is overwritten.
+        """
+        with user_errors():
+            image = image or self.image_combo.layer()
+            if image is None:
+                raise UserInputError("no image layer; open the image whose annotations to restore")
+            if image in self.viewer.layers and image is not self.image_combo.layer():
+                self.image_combo.set_layer(image)
+            source = image_source(image)
+            info = core.find_sidecar(source)
+            if info is None:
+                raise UserInputError(f"there are no autosaved annotations for '{image.name}'")
+            found = core.read_sidecar(info.path)
+            names = found.classes or self._default_classes(image)
+            existing = self._annotations_for(image)
+            if (
+                existing is not None
+                and tuple(existing.data.shape) == tuple(found.labels.shape)
+                and not existing.data.any()
+            ):
+                existing.data = found.labels.astype(existing.data.dtype, copy=False)
+                self._apply_classes(existing, names)
+                layer = existing
+                self._track(layer, image, tie=True)
+                self.labels_combo.set_layer(layer)
+            else:
+                name = f"{image.name} annotations"
+                if name in self.viewer.layers:
+                    name += " (restored)"
+                layer = self._add_annotation_layer(image, found.labels, names, name=name)
+            entry = self.autosaves.get(layer)
+            if entry is not None:
+                entry.owns_file = True
+            self.restore_bar.setVisible(False)
+            self._on_labels_changed()
+            text = f"restored {info.pixels:,} annotated pixels of '{image.name}' from {info.path}"
+            self.autosave_label.setText(text)
+            notify_info(text)
+            return layer
+        return None
+
+    # ------------------------------------------------------------------ start from prediction
+    def _visible_region(self, layer: Any) -> tuple[Any, ...]:
+        dims = self.viewer.dims
+        if dims.ndisplay != 2:
+            raise UserInputError(
+                "'slice on screen' needs the 2-D view; switch to 2-D or use drawn rectangles"
+            )
+        coords = layer.world_to_data(dims.point)
+        offset = dims.ndim - layer.ndim
+        fixed = {}
+        for world_axis in dims.not_displayed:
+            axis = world_axis - offset
+            if axis >= 0:
+                fixed[axis] = int(np.floor(coords[axis] + 0.5))
+        return core.visible_region(layer.data.shape, fixed)
+
+    def region_layer(self, layer: Any) -> Shapes | None:
+        """The Shapes layer whose rectangles 'drawn rectangles' copies for ``layer``."""
+        name = f"{layer.name} region"
+        found = self.viewer.layers[name] if name in self.viewer.layers else None
+        return found if isinstance(found, Shapes) else None
+
+    def _box_regions(self, layer: Any) -> list[tuple[Any, ...]]:
+        shapes = self.region_layer(layer)
+        if shapes is None or len(shapes.data) == 0:
+            raise UserInputError(
+                "no rectangle drawn; click 'Draw rectangle' and drag one over the image"
+            )
+        regions = []
+        for vertices, kind in zip(shapes.data, shapes.shape_type, strict=True):
+            if kind != "rectangle":
+                continue
+            world = [shapes.data_to_world(v) for v in np.asarray(vertices)]
+            data = np.array([layer.world_to_data(w) for w in world])
+            regions.append(core.box_region(data, layer.data.shape))
+        if not regions:
+            raise UserInputError("the region layer holds no rectangle; draw a rectangle")
+        return regions
+
+    def draw_rectangle(self) -> Shapes | None:
+        """Make (or pick) the region layer of the annotations and start drawing a rectangle."""
+        with user_errors():
+            layer = self._layer_for_classes()
+            shapes = self.region_layer(layer)
+            if shapes is None:
+                shapes = self.viewer.add_shapes(
+                    ndim=layer.ndim,
+                    name=f"{layer.name} region",
+                    scale=layer.scale,
+                    translate=layer.translate,
+                    face_color="transparent",
+                    edge_color="yellow",
+                    edge_width=2,
+                )
+            self.viewer.layers.selection.active = shapes
+            shapes.mode = "add_rectangle"
+            self.region_combo.setCurrentText(REGION_BOXES)
+            return shapes
+        return None
+
+    def start_from_prediction(self) -> list[core.CopyResult] | None:
+        """Copy the segmentation of the slice on screen (or the drawn rectangles) into the
+        annotations; returns what was replaced, for :meth:`undo_copy`."""
+        with user_errors():
+            image = self._image()
+            layer = self.labels_combo.layer()
+            if layer is None:
+                layer = self.new_annotation_layer()
+                if layer is None:
+                    return None
+            self._check_shape(layer, image)
+            self._track(layer, image, tie=True)
+            pred = self.prediction_combo.layer()
+            if pred is None or pred is layer:
+                raise UserInputError(
+                    "no segmentation to start from; run the Segment dock on this image first"
+                )
+            pred_data = layer_data(pred)
+            if tuple(pred_data.shape) != tuple(layer.data.shape):
+                raise UserInputError(
+                    f"segmentation '{pred.name}' has shape {tuple(pred_data.shape)} but the "
+                    f"annotations have {tuple(layer.data.shape)}; segment image '{image.name}'"
+                )
+            if self.region_combo.currentText() == REGION_BOXES:
+                regions = self._box_regions(layer)
+            else:
+                regions = [self._visible_region(layer)]
+            keep = self.keep_check.isChecked()
+            results = [
+                core.copy_prediction(layer.data, pred_data, r, keep_annotated=keep)
+                for r in regions
+            ]
+            if class_names(layer) is None:
+                self._apply_classes(layer, class_names(pred) or self.classes())
+            changed = sum(r.changed for r in results)
+            self._last_copy = (weakref.ref(layer), results)
+            self.undo_copy_button.setEnabled(True)
+            layer.refresh()
+            self._changed(layer, self._slices_of(results, layer))
+            where = (
+                f"{len(regions)} rectangle(s)"
+                if self.region_combo.currentText() == REGION_BOXES
+                else "the slice on screen"
+            )
+            self.autosave_label.setText(
+                f"copied {changed:,} pixels of '{pred.name}' in {where}; correct them by painting"
+            )
+            return results
+        return None
+
+    @staticmethod
+    def _slices_of(results: list[core.CopyResult], layer: Any) -> set[int] | None:
+        if layer.data.ndim == 2:
+            return {0}
+        zs: set[int] = set()
+        for r in results:
+            first = r.region[0]
+            if isinstance(first, slice):
+                zs.update(range(*first.indices(layer.data.shape[0])))
+            else:
+                zs.add(int(first))
+        return zs
+
+    def undo_copy(self) -> None:
+        """Put back what the last 'Start from prediction' replaced."""
+        if self._last_copy is None:
+            return
+        ref, results = self._last_copy
+        self._last_copy = None
+        self.undo_copy_button.setEnabled(False)
+        layer = ref()
+        if layer is None or layer not in self.viewer.layers:
+            return
+        for r in reversed(results):
+            core.undo_copy(layer.data, r)
+        layer.refresh()
+        self._changed(layer, self._slices_of(results, layer))
+        self.autosave_label.setText("undid the copy from the prediction")
+
+    # ------------------------------------------------------------------ files
+    @property
+    def running(self) -> bool:
+        """True while annotations are being saved or loaded."""
+        return self.task.running
+
+    def _confirm_overwrite(self, target: Path) -> bool:
+        answer = QMessageBox.question(
+            self,
+            "Replace existing annotations?",
+            f"{target} exists. Replace it?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def save_annotations(self, path: str | Path | None = None) -> None:
+        """Save the annotation layer to ``path`` (.tif or .zarr; a dialog asks when None)."""
+        if self.task.running:
+            return
+        with user_errors():
+            layer = self.labels_combo.layer()
+            if layer is None:
+                raise UserInputError("no annotation layer to save; make one and paint first")
+            if path is None:
+                start = str(Path.home() / f"{layer.name.replace(' ', '_')}.tif")
+                chosen, _ = QFileDialog.getSaveFileName(
+                    self, "Save annotations", start, "TIFF (*.tif *.tiff);;zarr (*.zarr)",
+                    options=QFileDialog.Option.DontConfirmOverwrite,
+                )
+                if not chosen:
+                    return
+                path = chosen
+            target = Path(path).expanduser()
+            overwrite = False
+            if target.exists():
+                if not self._confirm_overwrite(target):
+                    self.task.status.setText(f"not saved: {target} exists")
+                    return
+                overwrite = True
+            snapshot = np.array(layer.data, copy=True)  # painting may go on during the write
+            self._pending_task = {"kind": "save", "target": target, "layer": layer.name}
+            self.task.start(
+                core.save_annotations, target, snapshot, overwrite=overwrite,
+                cancellable=False, message=f"saving '{layer.name}' to {target}…",
+            )
+
+    def load_annotations(self, path: str | Path | None = None) -> None:
+        """Load annotations for the chosen image from ``path`` into a new annotation layer."""
+        if self.task.running:
+            return
+        with user_errors():
+            image = self._image()
+            if path is None:
+                chosen, _ = QFileDialog.getOpenFileName(
+                    self, "Load annotations", str(Path.home()),
+                    "Annotations (*.tif *.tiff *.zarr);;All files (*)",
+                )
+                if not chosen:
+                    return
+                path = chosen
+            target = Path(path).expanduser()
+            self._pending_task = {"kind": "load", "target": target, "image": weakref.ref(image)}
+            self.task.start(
+                core.load_annotations, target, tuple(layer_data(image).shape),
+                on_done=self._loaded, cancellable=False, message=f"reading {target}…",
+            )
+
+    def _loaded(self, found: core.Annotations) -> None:
+        pending = self._pending_task or {}
+        image = pending.get("image", lambda: None)()
+        if image is None or image not in self.viewer.layers:
+            notify_error("the image was closed before its annotations were read")
+            return
+        names = found.classes or self._default_classes(image)
+        top = int(found.labels.max()) if found.labels.size else 0
+        while len(names) < top:
+            names = [*names, f"class {len(names) + 1}"]
+        name = f"{image.name} annotations"
+        if name in self.viewer.layers:
+            name = f"{image.name} annotations ({Path(pending['target']).stem})"
+        layer = self._add_annotation_layer(image, found.labels, names, name=name)
+        entry = self.autosaves.get(layer)
+        if entry is not None:
+            entry.dirty = True
+            self.autosave_timer.start()
+        pending["layer"] = layer.name
+
+    def _on_task_finished(self, outcome: str) -> None:
+        pending, self._pending_task = self._pending_task, None
+        if pending is None:
+            return
+        if outcome == DONE and pending["kind"] == "save":
+            text = f"saved '{pending['layer']}' to {pending['target']}"
+        elif outcome == DONE and "layer" in pending:
+            text = f"loaded '{pending['layer']}' from {pending['target']}"
+        else:
+            verb = "saved" if pending["kind"] == "save" else "loaded"
+            text = f"not {verb}: {pending['target']}"
+            self.task.status.setText(text)
+            return
+        self.task.status.setText(text)
+        notify_info(text)
+
+
+def _disconnect(signal: Any, slot: Any) -> None:
+    try:
+        signal.disconnect(slot)
+    except (TypeError, RuntimeError):
+        pass

@@ -1,0 +1,438 @@
+"""Annotate dock: class palette, counts, start from prediction, save/load, autosave and restore."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from napari.layers import Labels
+
+from napari_unet import annotation as core
+from napari_unet import loading
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 30_000
+
+
+@pytest.fixture(autouse=True)
+def config(tmp_path, monkeypatch):
+    folder = tmp_path / "config"
+    monkeypatch.setenv(loading.CONFIG_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture
+def notes():
+    """Collects the napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+
+    class Notes:
+        @property
+        def all(self):
+            return notification_manager.records[start:]
+
+        def errors(self):
+            return [str(n.message) for n in self.all if n.severity == "error"]
+
+    return Notes()
+
+
+def image_data():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 255, (4, 20, 24), dtype=np.uint8)
+
+
+def open_annotate(viewer, fast=True):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")
+    if fast:
+        widget.autosave_timer.setInterval(30)
+        widget.count_timer.setInterval(10)
+    return widget
+
+
+@pytest.fixture
+def dock(make_napari_viewer):
+    """A viewer with an image stack and the Annotate dock opened from the manifest."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(image_data(), name="em", scale=(50, 4, 4), translate=(100, 0, 8))
+    return viewer, image, open_annotate(viewer)
+
+
+def paint(layer, z, ys, xs, label):
+    """Paint pixels as napari's brush does: one undoable step with a paint event."""
+    idx = np.meshgrid(np.atleast_1d(ys), np.atleast_1d(xs), indexing="ij")
+    zs = np.full(idx[0].size, z)
+    layer.data_setitem((zs, idx[0].ravel(), idx[1].ravel()), label)
+
+
+def settle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.saving and not widget.counting, timeout=TIMEOUT)
+
+
+def wait_task(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+
+
+# ------------------------------------------------------------------------------ layer, classes
+
+
+def test_both_docks_open_from_the_manifest(make_napari_viewer):
+    from napari_unet._widgets.annotate import AnnotateWidget
+    from napari_unet._widgets.load import LoadStackWidget
+
+    viewer = make_napari_viewer()
+    _, load = viewer.window.add_plugin_dock_widget("napari-unet", "Load EM stack")
+    _, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")
+    assert isinstance(load, LoadStackWidget) and load.load_button.text() == "Load"
+    assert isinstance(annotate, AnnotateWidget)
+
+
+def test_new_annotation_layer_fits_the_image(qtbot, dock):
+    viewer, image, widget = dock
+    layer = widget.new_annotation_layer()
+    assert layer.name == "em annotations"
+    assert layer.data.shape == image.data.shape and layer.data.dtype == np.uint8
+    assert not layer.data.any()
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    assert layer.features["class"].tolist() == ["not annotated", "membrane", "cell"]
+    assert layer.selected_label == 1 and layer.mode == "paint"
+    np.testing.assert_allclose(layer.colormap.map(np.array([1]))[0][:3],
+                               [0xE6 / 255, 0x9F / 255, 0])
+    assert layer.colormap.map(np.array([0]))[0][3] == 0  # 0 = not annotated is transparent
+    assert widget.labels_combo.layer() is layer
+    assert [widget.class_list.item(i).text() for i in range(2)] == ["membrane", "cell"]
+
+
+def test_classes_come_from_the_segmentation_when_there_is_one(qtbot, dock):
+    viewer, _image, widget = dock
+    viewer.add_labels(np.zeros((4, 20, 24), np.uint8), name="em segmentation",
+                      features={"index": [0, 1, 2, 3],
+                                "class": ["not segmented", "membrane", "cell", "mito"]})
+    layer = widget.new_annotation_layer()
+    assert layer.features["class"].tolist() == ["not annotated", "membrane", "cell", "mito"]
+    assert widget.labels_combo.layers() == [layer]  # a segmentation is not offered to paint on
+    assert widget.prediction_combo.layer().name == "em segmentation"
+
+
+def test_picking_a_class_selects_it_for_the_brush(qtbot, dock):
+    _viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    widget.class_list.itemClicked.emit(widget.class_list.item(1))
+    assert layer.selected_label == 2
+    widget.class_list.itemClicked.emit(widget.class_list.item(0))
+    assert layer.selected_label == 1
+    layer.selected_label = 2  # chosen in napari's own controls: the palette follows
+    assert widget.class_list.currentItem().text() == "cell"
+
+
+def test_add_and_rename_classes(qtbot, dock, notes):
+    _viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    widget.class_name_edit.setText("mitochondria")
+    widget.add_class_button.click()
+    assert layer.features["class"].tolist() == ["not annotated", "membrane", "cell", "mitochondria"]
+    assert layer.selected_label == 3
+    np.testing.assert_allclose(layer.colormap.map(np.array([3]))[0][:3],
+                               [0, 0x9E / 255, 0x73 / 255])
+    widget.rename_class(2, "cytoplasm")
+    assert layer.features["class"].tolist()[2] == "cytoplasm"
+    assert widget.class_list.item(1).text() == "cytoplasm"
+    widget.add_class("Membrane")
+    assert any("already a class" in m for m in notes.errors())
+    assert len(layer.features) == 4
+
+
+def test_counts_show_pixels_and_slices_per_class(qtbot, dock):
+    _viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    paint(layer, 1, [2, 3], [4, 5, 6], 1)
+    paint(layer, 3, [0], range(10), 2)
+    paint(layer, 3, [9], [9], 1)
+    settle(qtbot, widget)
+    got = [(c.name, c.pixels, c.slices) for c in widget.class_counts()]
+    assert got == [("membrane", 7, (1, 3)), ("cell", 10, (3,))]
+    assert widget.counts_table.item(0, 1).text() == "7"
+    assert widget.counts_table.item(0, 2).text() == "1, 3"
+    assert widget.counts_label.text().startswith("17 pixels annotated on 2 of 4 slices")
+
+
+# ------------------------------------------------------------------------------ prediction
+
+
+@pytest.fixture
+def prediction(dock):
+    viewer, image, _widget = dock
+    rng = np.random.default_rng(7)
+    data = rng.integers(1, 3, image.data.shape).astype(np.uint8)
+    viewer.add_labels(data, name="em segmentation", scale=image.scale, translate=image.translate,
+                      features={"index": [0, 1, 2], "class": ["not segmented", "membrane", "cell"]})
+    return data
+
+
+def test_start_from_prediction_copies_exactly_the_visible_slice(qtbot, dock, prediction):
+    viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    viewer.dims.set_current_step(0, 2)
+    widget.copy_button.click()
+    np.testing.assert_array_equal(layer.data[2], prediction[2])
+    assert not layer.data[[0, 1, 3]].any()
+    settle(qtbot, widget)
+    assert [c.slices for c in widget.class_counts()] == [(2,), (2,)]
+    widget.undo_copy_button.click()
+    assert not layer.data.any()
+
+
+def test_start_from_prediction_keeps_corrections(qtbot, dock, prediction):
+    viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    viewer.dims.set_current_step(0, 1)
+    corrected = 3 - prediction[1, 5, 5]
+    paint(layer, 1, [5], [5], corrected)
+    widget.start_from_prediction()
+    assert layer.data[1, 5, 5] == corrected
+    mask = np.ones((20, 24), bool)
+    mask[5, 5] = False
+    np.testing.assert_array_equal(layer.data[1][mask], prediction[1][mask])
+
+
+def test_start_from_prediction_in_a_drawn_rectangle(qtbot, dock, prediction):
+    viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    shapes = widget.draw_rectangle()
+    assert shapes.name == "em annotations region" and shapes.mode == "add_rectangle"
+    shapes.add_rectangles(np.array([[3, 2.2, 5.4], [3, 2.2, 9.3], [3, 6.4, 9.3], [3, 6.4, 5.4]]))
+    widget.start_from_prediction()
+    expected = np.zeros_like(prediction)
+    expected[3, 2:7, 5:10] = prediction[3, 2:7, 5:10]
+    np.testing.assert_array_equal(layer.data, expected)
+
+
+def test_start_from_prediction_without_a_segmentation_notifies(qtbot, dock, notes):
+    _viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    widget.start_from_prediction()
+    assert any("no segmentation" in m for m in notes.errors())
+    assert not layer.data.any()
+
+
+def test_annotation_layer_of_the_wrong_shape_notifies_and_changes_nothing(
+    qtbot, dock, prediction, notes
+):
+    viewer, _image, widget = dock
+    wrong = viewer.add_labels(np.zeros((4, 20, 23), np.uint8), name="other")
+    widget.labels_combo.set_layer(wrong)
+    assert "shape" in widget.layer_note.text()
+    before = [ly.name for ly in viewer.layers]
+    widget.start_from_prediction()
+    widget.select_class(2)
+    errors = notes.errors()
+    assert len(errors) == 2 and all("(4, 20, 23)" in m for m in errors), errors
+    assert not wrong.data.any() and wrong.selected_label == 1
+    assert [ly.name for ly in viewer.layers] == before
+
+
+def test_new_annotation_layer_without_an_image_notifies(qtbot, make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    widget = open_annotate(viewer)
+    assert widget.new_annotation_layer() is None
+    assert any("no image layer" in m for m in notes.errors())
+    assert len(viewer.layers) == 0
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def test_save_and_load_annotations(qtbot, dock, tmp_path):
+    viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    paint(layer, 0, [1, 2], [3], 2)
+    target = tmp_path / "mine.tif"
+    widget.save_annotations(target)
+    wait_task(qtbot, widget)
+    np.testing.assert_array_equal(tifffile.imread(target), layer.data)
+    widget.load_annotations(target)
+    wait_task(qtbot, widget)
+    loaded = viewer.layers["em annotations (mine)"]
+    np.testing.assert_array_equal(loaded.data, layer.data)
+    np.testing.assert_allclose(loaded.scale, layer.scale)
+
+
+def test_loading_annotations_of_another_shape_notifies(qtbot, dock, tmp_path, notes):
+    viewer, _image, widget = dock
+    p = core.save_annotations(tmp_path / "small.tif", np.ones((4, 10, 10), np.uint8))
+    before = [ly.name for ly in viewer.layers]
+    widget.load_annotations(p)
+    wait_task(qtbot, widget)
+    assert any("(4, 10, 10)" in m and "(4, 20, 24)" in m for m in notes.errors()), notes.errors()
+    assert [ly.name for ly in viewer.layers] == before
+
+
+def test_saving_over_a_file_asks_first(qtbot, dock, tmp_path, monkeypatch):
+    _viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    paint(layer, 0, [1], [1], 1)
+    target = tmp_path / "a.tif"
+    target.write_bytes(b"precious")
+    monkeypatch.setattr(widget, "_confirm_overwrite", lambda _t: False)
+    widget.save_annotations(target)
+    assert not widget.running and target.read_bytes() == b"precious"
+    monkeypatch.setattr(widget, "_confirm_overwrite", lambda _t: True)
+    widget.save_annotations(target)
+    wait_task(qtbot, widget)
+    np.testing.assert_array_equal(tifffile.imread(target), layer.data)
+
+
+# ------------------------------------------------------------------------------ autosave
+
+
+def sidecar_value(path, index):
+    """The label at ``index`` in the sidecar, or None before it exists."""
+    return core.read_sidecar(path).labels[index] if path.exists() else None
+
+
+def write_stack(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, image_data(), photometric="minisblack")
+    return path
+
+
+def test_autosave_writes_the_sidecar_and_reopening_restores_it(qtbot, make_napari_viewer, tmp_path):
+    path = write_stack(tmp_path)
+    sidecar = tmp_path / "stack.tif.annotations.tif"
+    first = make_napari_viewer()
+    first.open(str(path), plugin="napari-unet")
+    widget = open_annotate(first)
+    layer = widget.new_annotation_layer()
+    paint(layer, 2, range(3, 8), [4], 1)
+    paint(layer, 0, [0], [0, 1], 2)
+    painted = layer.data.copy()
+    qtbot.waitUntil(sidecar.exists, timeout=TIMEOUT)
+    settle(qtbot, widget)
+    np.testing.assert_array_equal(core.read_sidecar(sidecar).labels, painted)
+    assert str(sidecar) in widget.autosave_label.text()
+    first.close()
+
+    second = make_napari_viewer()
+    again = open_annotate(second)
+    second.open(str(path), plugin="napari-unet")
+    assert again.restore_bar.isVisibleTo(again)
+    assert "7 pixels" in again.restore_label.text()
+    again.restore_button.click()
+    restored = second.layers["stack annotations"]
+    np.testing.assert_array_equal(restored.data, painted)
+    assert restored.features["class"].tolist() == ["not annotated", "membrane", "cell"]
+    assert not again.restore_bar.isVisibleTo(again)
+
+
+def test_closing_the_viewer_saves_at_once(qtbot, make_napari_viewer, tmp_path):
+    path = write_stack(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-unet")
+    widget = open_annotate(viewer, fast=False)  # the inactivity timer would wait 3 s
+    layer = widget.new_annotation_layer()
+    paint(layer, 1, [5], [5, 6, 7], 2)
+    painted = layer.data.copy()
+    assert widget._watched_window() is not None  # the dock watches its window for closing
+    viewer.close()
+    np.testing.assert_array_equal(
+        core.read_sidecar(tmp_path / "stack.tif.annotations.tif").labels, painted
+    )
+
+
+def test_removing_the_layer_saves_it(qtbot, make_napari_viewer, tmp_path):
+    path = write_stack(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-unet")
+    widget = open_annotate(viewer, fast=False)
+    layer = widget.new_annotation_layer()
+    paint(layer, 3, [1], [1], 1)
+    painted = layer.data.copy()
+    viewer.layers.remove(layer)
+    np.testing.assert_array_equal(
+        core.read_sidecar(tmp_path / "stack.tif.annotations.tif").labels, painted
+    )
+    assert widget.restore_bar.isVisibleTo(widget)
+
+
+def test_undo_is_autosaved_too(qtbot, make_napari_viewer, tmp_path):
+    path = write_stack(tmp_path)
+    sidecar = tmp_path / "stack.tif.annotations.tif"
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-unet")
+    widget = open_annotate(viewer)
+    layer = widget.new_annotation_layer()
+    paint(layer, 0, [2], [2], 1)
+    paint(layer, 1, [3], [3], 2)
+    qtbot.waitUntil(lambda: sidecar_value(sidecar, (1, 3, 3)) == 2, timeout=TIMEOUT)
+    layer.undo()
+    qtbot.waitUntil(lambda: sidecar_value(sidecar, (1, 3, 3)) == 0, timeout=TIMEOUT)
+    assert core.read_sidecar(sidecar).labels[0, 2, 2] == 1
+
+
+def test_an_untouched_layer_leaves_no_file(qtbot, make_napari_viewer, tmp_path):
+    path = write_stack(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-unet")
+    widget = open_annotate(viewer)
+    widget.new_annotation_layer()
+    viewer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "stack.tif"] or sorted(
+        p.name for p in tmp_path.iterdir()
+    ) == ["stack.tif"]
+
+
+def test_an_image_without_a_file_autosaves_in_the_config_folder(qtbot, dock, config):
+    _viewer, image, widget = dock
+    layer = widget.new_annotation_layer()
+    paint(layer, 1, [1], [1, 2], 2)
+    qtbot.waitUntil(lambda: any((config / "autosave").glob("*.tif")), timeout=TIMEOUT)
+    settle(qtbot, widget)
+    info = core.find_sidecar(core.ImageSource.from_metadata("em", image.data.shape, {}))
+    assert info is not None and info.pixels == 2
+
+
+def test_load_dock_offers_the_restore(qtbot, make_napari_viewer, tmp_path, notes):
+    path = write_stack(tmp_path)
+    labels = np.zeros((4, 20, 24), np.uint8)
+    labels[2, 4:6, 4:6] = 2
+    source = core.ImageSource("stack", labels.shape, str(path))
+    core.autosave(labels, source=source, classes=["membrane", "cell"])
+    viewer = make_napari_viewer()
+    _, load = viewer.window.add_plugin_dock_widget("napari-unet", "Load EM stack")
+    load.set_path(path)
+    qtbot.waitUntil(lambda: not load.previewing, timeout=TIMEOUT)
+    load.load()
+    qtbot.waitUntil(lambda: not load.running, timeout=TIMEOUT)
+    offers = [n for n in notes.all if n.actions]
+    assert len(offers) == 1 and "autosaved annotations" in str(offers[0].message)
+    (_name, action), = offers[0].actions
+    action(None)  # the notification's Restore button
+    restored = viewer.layers["stack annotations"]
+    np.testing.assert_array_equal(restored.data, labels)
+    assert isinstance(restored, Labels)
+
+
+def test_a_new_layer_never_overwrites_an_earlier_autosave(qtbot, make_napari_viewer, tmp_path,
+                                                         notes):
+    path = write_stack(tmp_path)
+    earlier = np.zeros((4, 20, 24), np.uint8)
+    earlier[1, 1:4, 1:4] = 1
+    core.autosave(earlier, source=core.ImageSource("stack", earlier.shape, str(path)),
+                  classes=["membrane", "cell"])
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-unet")
+    widget = open_annotate(viewer)
+    assert widget.restore_bar.isVisibleTo(widget)
+    layer = widget.new_annotation_layer()  # the user starts afresh instead of restoring
+    paint(layer, 0, [0], [0], 2)
+    sidecar = tmp_path / "stack.tif.annotations.tif"
+    qtbot.waitUntil(lambda: sidecar_value(sidecar, (0, 0, 0)) == 2, timeout=TIMEOUT)
+    settle(qtbot, widget)
+    backups = [p for p in tmp_path.glob("stack.tif.annotations.*.tif") if p != sidecar]
+    assert len(backups) == 1
+    np.testing.assert_array_equal(core.read_sidecar(backups[0]).labels, earlier)
+    assert any(str(backups[0]) in str(n.message) for n in notes.all)
