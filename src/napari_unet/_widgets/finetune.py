@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 from napari_unet.device import DEVICES, select_device
 from napari_unet.errors import UserInputError
 
-from . import LayerComboBox, ModelChooser, layer_data, unwrap
+from . import LayerComboBox, ModelChooser, _alive, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import SessionModel, session_for
 from ._worker import DONE, TaskPanel
@@ -145,6 +145,22 @@ class LossCurve(FigureCanvasQTAgg):
         self._timer.setSingleShot(True)
         self._timer.setInterval(250)
         self._timer.timeout.connect(self.redraw)
+
+    def apply_theme(self, background: str, text: str, accent: str) -> None:
+        """Draw in the viewer's colours (hex strings): dock background, text, and the mean line."""
+        self.figure.set_facecolor(background)
+        self.ax.set_facecolor(background)
+        for spine in self.ax.spines.values():
+            spine.set_color(text)
+        self.ax.tick_params(colors=text)
+        self.ax.xaxis.label.set_color(text)
+        self.ax.yaxis.label.set_color(text)
+        self._raw_line.set_color(text)
+        self._mean_line.set_color(accent)
+        legend = self.ax.legend(loc="upper right", fontsize="small", frameon=False)
+        for label in legend.get_texts():
+            label.set_color(text)
+        self.redraw()
 
     def clear(self) -> None:
         """Forget all points (a new run starts)."""
@@ -257,6 +273,8 @@ class FineTuneWidget(QWidget):
 
         self.limit_combo.currentIndexChanged.connect(self._show_limit)
         self.model_chooser.changed.connect(self._show_classes)
+        napari_viewer.events.theme.connect(self._apply_theme)
+        self._apply_theme()
         self._show_limit()
         self._show_classes()
         self._run: dict[str, Any] | None = None
@@ -264,6 +282,19 @@ class FineTuneWidget(QWidget):
         self.result: SessionModel | None = None
 
     # ------------------------------------------------------------------ small views
+    def _apply_theme(self, *_: Any) -> None:
+        from napari.utils.theme import get_theme
+
+        if not _alive(self):
+            return
+        try:
+            theme = get_theme(self.viewer.theme)
+        except (KeyError, ValueError):
+            return
+        self.loss_curve.apply_theme(
+            theme.foreground.as_hex(), theme.text.as_hex(), theme.current.as_hex()
+        )
+
     def _show_limit(self, *_: Any) -> None:
         by_steps = self.limit_combo.currentText() == "steps"
         self.steps_spin.setVisible(by_steps)
