@@ -98,6 +98,7 @@ def main() -> None:
         timer.timeout.connect(lambda b=beats: b.append(time.perf_counter()))
         marks: dict[str, float] = {}
         draws: list[float] = []
+
         def on_tile(tile, m=marks):
             if tile.labels is not None:  # emitted right after the dock painted the tile
                 m.setdefault("painted", time.perf_counter())
@@ -148,22 +149,30 @@ def main() -> None:
         )
 
     print()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"napari {napari.__version__}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"napari {napari.__version__}, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"model: {model_note}")
-    print(f"image: {args.size} x {args.size}, tile {'auto' if not args.tile else args.tile}, "
-          f"precision {args.precision}")
+    print(
+        f"image: {args.size} x {args.size}, tile {'auto' if not args.tile else args.tile}, "
+        f"precision {args.precision}"
+    )
     print(f"idle event loop: longest gap {1000 * max(idle):.0f} ms")
     best = min(results, key=lambda r: r["painted"])
     worst_gap = max(r["max_gap"] for r in results)
     worst_after = max(r["max_gap_after_click"] for r in results)
-    print(f"first tile painted: {best['painted']:.2f} s (best of {len(results)}), on screen "
-          f"{best['drawn']:.2f} s; median painted "
-          f"{np.median([r['painted'] for r in results]):.2f} s")
-    print(f"longest event-loop gap during segmentation: {1000 * worst_gap:.0f} ms (worst run); "
-          f"the click handler: up to {1000 * max(r['click'] for r in results):.0f} ms; "
-          f"after the click: up to {1000 * worst_after:.0f} ms")
+    print(
+        f"first tile painted: {best['painted']:.2f} s (best of {len(results)}), on screen "
+        f"{best['drawn']:.2f} s; median painted "
+        f"{np.median([r['painted'] for r in results]):.2f} s"
+    )
+    print(
+        f"longest event-loop gap during segmentation: {1000 * worst_gap:.0f} ms (worst run); "
+        f"the click handler: up to {1000 * max(r['click'] for r in results):.0f} ms; "
+        f"after the click: up to {1000 * worst_after:.0f} ms"
+    )
     viewer.close()
     if tmp is not None:
         tmp.cleanup()

@@ -79,8 +79,9 @@ def plugins_menu(viewer, app) -> None:
     top_left = win.mapToGlobal(win.rect().topLeft())
     right = max(sub.geometry().right(), menu.geometry().right()) + 40
     bottom = max(sub.geometry().bottom(), menu.geometry().bottom()) + 40
-    crop = screen.copy(top_left.x(), top_left.y(), min(right - top_left.x(), 900),
-                       min(bottom - top_left.y(), 500))
+    crop = screen.copy(
+        top_left.x(), top_left.y(), min(right - top_left.x(), 900), min(bottom - top_left.y(), 500)
+    )
     crop.save(str(OUT / "gui-plugins-menu.png"))
     print("wrote", OUT / "gui-plugins-menu.png", flush=True)
     sub.hide()

@@ -20,16 +20,20 @@ def notes():
     from napari.utils.notifications import notification_manager
 
     start = len(notification_manager.records)
-    return lambda: [str(n.message) for n in notification_manager.records[start:]
-                    if n.severity == "error"]
+    return lambda: [
+        str(n.message) for n in notification_manager.records[start:] if n.severity == "error"
+    ]
 
 
 @pytest.fixture
 def model_file(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "start.safetensors"
-    save_model(UNet(depth=2, base_channels=4, dropout=0.0), path,
-               metadata={"classes": ["membrane", "cell"]})
+    save_model(
+        UNet(depth=2, base_channels=4, dropout=0.0),
+        path,
+        metadata={"classes": ["membrane", "cell"]},
+    )
     return path
 
 
@@ -100,8 +104,9 @@ def test_train_a_few_steps_fills_the_curve_and_offers_the_model(
     chosen, _ = widget.model_chooser.load()
     assert all(torch.equal(v, chosen.state_dict()[k]) for k, v in start.state_dict().items())
 
-    items = [segment.model_chooser.combo.itemText(i)
-             for i in range(segment.model_chooser.combo.count())]
+    items = [
+        segment.model_chooser.combo.itemText(i) for i in range(segment.model_chooser.combo.count())
+    ]
     assert "Fine-tuned: start tuned on em" in items
     segment.model_chooser.select_session("start tuned on em")
     assert segment.model_chooser.load()[0] is result.model

@@ -23,8 +23,11 @@ def notes():
 
     class Notes:
         def errors(self):
-            return [str(n.message) for n in notification_manager.records[start:]
-                    if n.severity == "error"]
+            return [
+                str(n.message)
+                for n in notification_manager.records[start:]
+                if n.severity == "error"
+            ]
 
     return Notes()
 

@@ -186,9 +186,7 @@ def _snapshot(viewer):
 def _same(a, b):
     if len(a) != len(b):
         return False
-    return all(
-        x[:2] == y[:2] and np.array_equal(x[2], y[2]) for x, y in zip(a, b, strict=True)
-    )
+    return all(x[:2] == y[:2] and np.array_equal(x[2], y[2]) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,10 @@ def test_tiff_stack_opens_lazily_with_voxel_size_as_scale(tmp_path):
     a = stack()
     p = tmp_path / "em.tif"
     tifffile.imwrite(
-        p, a, imagej=True, resolution=(1 / 0.004, 1 / 0.004),
+        p,
+        a,
+        imagej=True,
+        resolution=(1 / 0.004, 1 / 0.004),
         metadata={"axes": "ZYX", "spacing": 0.05, "unit": "micron"},
     )
     [(data, meta, kind)] = read_via_manifest(p)
@@ -153,7 +156,9 @@ def test_png_means_a_folder_of_slices(tmp_path):
     [out] = write_labels(str(tmp_path / "masks.png"), lab, {})
     assert out == str(tmp_path / "masks")
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
-        "0000.png", "0001.png", "0002.png"
+        "0000.png",
+        "0001.png",
+        "0002.png",
     ]
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "masks" / "0001.png")), lab[1])
 

@@ -41,8 +41,10 @@ def _supported(path: str | os.PathLike) -> bool:
     p = Path(text.rstrip("/\\") or text)
     suffix = p.suffix.lower()
     if p.is_dir():
-        return suffix in io.ZARR_SUFFIXES or _is_slice_folder(p) or any(
-            (p / name).exists() for name in ("zarr.json", ".zarray", ".zgroup")
+        return (
+            suffix in io.ZARR_SUFFIXES
+            or _is_slice_folder(p)
+            or any((p / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
         )
     return p.is_file() and suffix in io.READ_SUFFIXES
 
@@ -60,7 +62,7 @@ def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
 
 
 def _layer_kind(name: str, dtype: Any) -> str:
-    """"labels" for integer datasets whose name says they are labels, else "image"."""
+    """The layer type of a dataset: labels for integers named like labels, else image."""
     import numpy as np
 
     lowered = name.lower()
