@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,14 @@ import torch
 from napari_unet.checkpoint import load_model, save_model
 from napari_unet.model import UNet
 
-pytestmark = pytest.mark.gui
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.skipif(
+        sys.platform.startswith("linux")
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
+        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
+    ),
+]
 
 TIMEOUT = 120_000
 
@@ -213,3 +223,16 @@ def test_corrupt_model_rgb_and_4d_notify(qtbot, dock, notes, image, tmp_path):
     viewer.layers.remove(four)
     viewer.layers.remove(rgb)
     assert _unchanged(before, viewer)
+
+
+def test_minutes_limit_becomes_a_time_budget(dock):
+    _viewer, widget = dock
+    widget.limit_combo.setCurrentText("minutes")
+    widget.minutes_spin.setValue(2.5)
+    widget.lr_spin.setValue(0.001)
+    widget.optimizer_combo.setCurrentText("sgd")
+    widget.augment_check.setChecked(False)
+    config = widget._config()
+    assert config.max_minutes == 2.5 and config.steps >= 10**6
+    assert (config.learning_rate, config.optimizer, config.augment) == (0.001, "sgd", None)
+    assert widget.minutes_spin.isVisibleTo(widget) and not widget.steps_spin.isVisibleTo(widget)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 from qtpy.QtWidgets import QMessageBox
@@ -9,7 +12,14 @@ from qtpy.QtWidgets import QMessageBox
 from napari_unet import io
 from napari_unet._widgets.save import target_path
 
-pytestmark = pytest.mark.gui
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.skipif(
+        sys.platform.startswith("linux")
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
+        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
+    ),
+]
 
 TIMEOUT = 30_000
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,14 @@ from napari_unet.checkpoint import save_model
 from napari_unet.inference import labels_from_probabilities, predict
 from napari_unet.model import UNet
 
-pytestmark = pytest.mark.gui
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.skipif(
+        sys.platform.startswith("linux")
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
+        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
+    ),
+]
 
 TIMEOUT = 60_000
 
@@ -79,6 +89,8 @@ def test_segment_fills_labels_layer_with_the_prediction(qtbot, dock, model_file,
     layer = viewer.add_image(image, name="em", scale=(40, 4, 4))
     widget.image_combo.set_layer(layer)
     widget.tile_spin.setValue(60)  # several tiles per slice
+    # the viewer stays usable: change slice while tiles arrive
+    widget.task.yielded.connect(lambda t: viewer.dims.set_current_step(0, (t.index // 4) % 3))
     widget.segment()
     assert "em segmentation" in viewer.layers
     wait_done(qtbot, widget)
@@ -274,3 +286,13 @@ def test_instances_output_paints_cells_slice_by_slice(qtbot, dock, model_file, i
         assert len(pairs) == len(ids) == len({b for _, b in pairs})  # same cells, renumbered
         assert not ids & seen_ids  # ids are unique across the stack
         seen_ids |= ids
+
+
+def test_closing_the_viewer_mid_run_ends_quietly(qtbot, dock, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    widget.tile_spin.setValue(60)
+    widget.segment()
+    worker = widget.task.worker
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        viewer.close()  # any exception in a callback after this fails the test

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -11,7 +13,14 @@ from napari_unet._widgets._session import Session, session_for
 from napari_unet._widgets._worker import CANCELLED, DONE, FAILED, TaskPanel, start_worker
 from napari_unet.errors import UserInputError
 
-pytestmark = pytest.mark.gui
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.skipif(
+        sys.platform.startswith("linux")
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
+        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
+    ),
+]
 
 TIMEOUT = 20_000
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import dask.array as da
 import h5py
 import mrcfile
@@ -170,6 +173,11 @@ def test_writer_refuses_unknown_suffix(tmp_path):
 
 
 @pytest.mark.gui
+@pytest.mark.skipif(
+    sys.platform.startswith("linux")
+    and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
+    reason="needs a display: run under scripts/with-display.sh (Xvfb)",
+)
 def test_viewer_opens_a_stack_with_the_plugin(make_napari_viewer, tmp_path):
     a = stack()
     p = tmp_path / "em.tif"
@@ -178,3 +186,22 @@ def test_viewer_opens_a_stack_with_the_plugin(make_napari_viewer, tmp_path):
     [layer] = viewer.open(str(p), plugin="napari-unet")
     assert layer.name == "em" and layer.data.shape == a.shape
     np.testing.assert_array_equal(np.asarray(layer.data[1]), a[1])
+
+
+def test_manifest_offers_both_samples_and_the_synthetic_one_opens_offline():
+    pm = npe2.PluginManager.instance()
+    samples = {
+        s.key: s.display_name for s in pm.get_manifest("napari-unet").contributions.sample_data
+    }
+    assert samples == {"isbi2012": "ISBI 2012 EM", "synthetic": "Synthetic EM"}
+    layers = pm.get_manifest("napari-unet").contributions.sample_data[1].open()
+    (image, image_meta, image_kind), (truth, _meta, truth_kind) = layers
+    assert (image_kind, truth_kind) == ("image", "labels")
+    assert image.shape == truth.shape and image.ndim == 3
+    assert set(np.unique(truth)) == {1, 2}  # 1 membrane, 2 cell
+
+
+def test_manifest_widgets_have_the_agreed_names():
+    pm = npe2.PluginManager.instance()
+    names = [w.display_name for w in pm.get_manifest("napari-unet").contributions.widgets]
+    assert {"Segment", "Fine-tune", "Save masks"} <= set(names)

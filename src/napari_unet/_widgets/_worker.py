@@ -27,6 +27,7 @@ from napari.qt.threading import FunctionWorker, GeneratorWorker, create_worker
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from . import _alive
 from ._notify import notify_error
 
 __all__ = ["DONE", "CANCELLED", "FAILED", "TaskPanel", "start_worker"]
@@ -257,6 +258,8 @@ class TaskPanel(QWidget):
             raise RuntimeError("a task is already running in this panel")
 
         def yielded(item: Any) -> None:
+            if not _alive(self):  # the dock was closed; the work is being stopped
+                return
             if on_yield is not None:
                 on_yield(item)
             if progress is not None:
@@ -265,6 +268,16 @@ class TaskPanel(QWidget):
                     self.set_progress(*shown)
             self.yielded.emit(item)
 
+        def guard(callback: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+            if callback is None:
+                return None
+
+            def call(value: Any) -> None:
+                if _alive(self):
+                    callback(value)
+
+            return call
+
         self.set_progress(0, 0, message)
         self._show_running(True)
         self.cancel_button.setVisible(cancellable)
@@ -272,8 +285,8 @@ class TaskPanel(QWidget):
             func,
             *args,
             on_yield=yielded,
-            on_done=on_done,
-            on_error=on_error,
+            on_done=guard(on_done),
+            on_error=guard(on_error),
             on_finish=self._finished,
             start=False,
             **kwargs,
@@ -296,6 +309,8 @@ class TaskPanel(QWidget):
 
     def _finished(self, outcome: str) -> None:
         self._state.worker = self._state.cancel = None
+        if not _alive(self):
+            return
         self._show_running(False)
         self.finished.emit(outcome)
 
