@@ -373,16 +373,18 @@ def test_undo_is_autosaved_too(qtbot, make_napari_viewer, tmp_path):
     assert core.read_sidecar(sidecar).labels[0, 2, 2] == 1
 
 
-def test_an_untouched_layer_leaves_no_file(qtbot, make_napari_viewer, tmp_path):
+def test_untouched_layers_leave_no_file(qtbot, make_napari_viewer, tmp_path, config):
     path = write_stack(tmp_path)
     viewer = make_napari_viewer()
     viewer.open(str(path), plugin="napari-unet")
     widget = open_annotate(viewer)
+    viewer.add_labels(np.ones((4, 20, 24), np.uint8), name="stack annotations")  # not edited
     widget.new_annotation_layer()
+    viewer.dims.set_current_step(0, 2)  # redraws
+    qtbot.wait(100)
     viewer.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "stack.tif"] or sorted(
-        p.name for p in tmp_path.iterdir()
-    ) == ["stack.tif"]
+    assert [p.name for p in tmp_path.iterdir() if p.name != "config"] == ["stack.tif"]
+    assert not (config / "autosave").exists()
 
 
 def test_an_image_without_a_file_autosaves_in_the_config_folder(qtbot, dock, config):

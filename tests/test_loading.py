@@ -253,6 +253,8 @@ def test_open_stack_crops_downsamples_and_places_the_view(tmp_path):
     assert got.metadata["path"] == str(p)
     kwargs = got.layer_kwargs()
     assert kwargs["units"] == ("nm", "nm", "nm") and kwargs["name"] == "vol"
+    again = loading.load_stack(p, z_start=2, z_stop=6, factor=2)
+    np.testing.assert_array_equal(again.data.compute(), got.data.compute())
 
 
 def test_open_stack_of_the_whole_stack_has_no_z_range(tmp_path):

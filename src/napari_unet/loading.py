@@ -42,6 +42,7 @@ __all__ = [
     "describe",
     "downsample",
     "format_bytes",
+    "load_stack",
     "open_stack",
     "preview",
     "recent_paths",
@@ -420,3 +421,13 @@ def open_stack(
     yield LoadProgress(total, total, "opening")
     return LoadedStack(view, name, scale, translate, img.unit if img.voxel_size else None,
                        limits, metadata)
+
+
+def load_stack(path: str | os.PathLike, dataset: str | None = None, **options: Any) -> LoadedStack:
+    """Run :func:`open_stack` to the end (no progress) and return the :class:`LoadedStack`."""
+    gen = open_stack(path, dataset, **options)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

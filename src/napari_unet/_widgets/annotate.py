@@ -200,7 +200,7 @@ class _Autosaves:
     def flush(self, *_: Any) -> None:
         """Save every changed layer now."""
         for layer, entry in self.live():
-            if entry.dirty or entry.check:
+            if entry.dirty or (entry.check and entry.owns_file):
                 self.save_now(layer, entry)
 
 
@@ -538,9 +538,10 @@ class AnnotateWidget(QWidget):
     def _on_set_data(self, event: Any) -> None:
         # Every redraw emits set_data, an undo or redo too (they emit nothing else). So a redraw
         # schedules a check: the autosave compares the content with what it last wrote, writes
-        # only if it differs, and then the counts are refreshed.
+        # only if it differs, and then the counts are refreshed. Before the layer's first save
+        # there is nothing to check: an undo then follows an edit that is still to be saved.
         entry = self.autosaves.get(event.source)
-        if entry is not None and not entry.dirty and _alive(self):
+        if entry is not None and entry.owns_file and not entry.dirty and _alive(self):
             entry.check = True
             self.autosave_timer.start()
 
@@ -980,6 +981,7 @@ class AnnotateWidget(QWidget):
                     name=f"{layer.name} region",
                     scale=layer.scale,
                     translate=layer.translate,
+                    units=layer.units,
                     face_color="transparent",
                     edge_color="yellow",
                     edge_width=2,
