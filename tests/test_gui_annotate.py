@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import tifffile
@@ -10,7 +13,14 @@ from napari.layers import Labels
 from napari_unet import annotation as core
 from napari_unet import loading
 
-pytestmark = pytest.mark.gui
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.skipif(
+        sys.platform.startswith("linux")
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
+        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
+    ),
+]
 
 TIMEOUT = 30_000
 
@@ -48,7 +58,7 @@ def image_data():
 def open_annotate(viewer, fast=True):
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")
     if fast:
-        widget.autosave_timer.setInterval(30)
+        widget.autosaver.timer.setInterval(30)
         widget.count_timer.setInterval(10)
     return widget
 
@@ -336,7 +346,7 @@ def test_closing_the_viewer_saves_at_once(qtbot, make_napari_viewer, tmp_path):
     layer = widget.new_annotation_layer()
     paint(layer, 1, [5], [5, 6, 7], 2)
     painted = layer.data.copy()
-    assert widget._watched_window() is not None  # the dock watches its window for closing
+    assert widget.autosaver.watched_window is not None  # closing the window saves
     viewer.close()
     np.testing.assert_array_equal(
         core.read_sidecar(tmp_path / "stack.tif.annotations.tif").labels, painted
@@ -438,3 +448,25 @@ def test_a_new_layer_never_overwrites_an_earlier_autosave(qtbot, make_napari_vie
     assert len(backups) == 1
     np.testing.assert_array_equal(core.read_sidecar(backups[0]).labels, earlier)
     assert any(str(backups[0]) in str(n.message) for n in notes.all)
+
+
+def test_autosave_goes_on_after_the_dock_is_closed(qtbot, make_napari_viewer, tmp_path):
+    path = write_stack(tmp_path)
+    sidecar = tmp_path / "stack.tif.annotations.tif"
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-unet")
+    widget = open_annotate(viewer)
+    autosaver = widget.autosaver
+    layer = widget.new_annotation_layer()
+    viewer.window.remove_dock_widget("all")
+    widget.deleteLater()
+    qtbot.wait(50)
+    with pytest.raises(RuntimeError):  # the dock is gone
+        widget.objectName()
+    paint(layer, 2, [6], [6], 2)
+    qtbot.waitUntil(lambda: sidecar_value(sidecar, (2, 6, 6)) == 2, timeout=TIMEOUT)
+    paint(layer, 2, [7], [7], 1)
+    qtbot.waitUntil(lambda: not autosaver.busy, timeout=TIMEOUT)
+    assert sidecar_value(sidecar, (2, 7, 7)) == 1
+    again = open_annotate(viewer)  # the same viewer's autosaver is found again
+    assert again.autosaver is autosaver

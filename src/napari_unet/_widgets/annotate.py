@@ -13,7 +13,8 @@ sidecar file a few seconds after the last edit, when a layer is removed and when
 When an image with an autosave is opened again, a **Restore** button appears.
 
 All of the logic lives in :mod:`napari_unet.annotation`; this dock connects it to layers and runs
-the counting and the autosaves in worker threads.
+the counting in worker threads. Autosaving belongs to the viewer (:class:`AnnotationAutosaver`,
+one per viewer), so it goes on when the dock is closed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.colormaps import DirectLabelColormap
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -59,7 +60,7 @@ from . import LayerComboBox, _alive, layer_data, unwrap
 from ._notify import notify_error, notify_info, user_errors
 from ._worker import DONE, TaskPanel, start_worker
 
-__all__ = ["AnnotateWidget"]
+__all__ = ["AnnotateWidget", "AnnotationAutosaver", "autosaver_for"]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def default_classes() -> list[str]:
     return list(_model_classes[key])
 
 
-# ------------------------------------------------------------------------------ autosave state
+# ------------------------------------------------------------------------------ autosave
 
 
 @dataclass
@@ -143,36 +144,72 @@ class _Entry:
     #: the sidecar holds this layer's work (written by it, or restored into it). Until then an
     #: empty layer writes nothing and a first save keeps the sidecar it finds as a backup.
     owns_file: bool = False
-    last: core.SavedSidecar | None = None
-    failed: bool = False
     #: redrawn since the last save: an undo or redo may have changed it (the save compares)
     check: bool = False
+    saving: bool = False
+    failed: bool = False
+    last: core.SavedSidecar | None = None
 
 
-class _Autosaves:
-    """The annotation layers a dock autosaves (held weakly), and saving them all at once.
+def _autosave_job(
+    labels: Any, source: core.ImageSource, classes: list[str], first: bool
+) -> core.SavedSidecar | UserInputError:
+    """Worker: save one layer; a failure comes back as a value, for the caller to report once."""
+    try:
+        return core.autosave(
+            labels, source=source, classes=classes, skip_empty=first, keep_previous=first
+        )
+    except UserInputError as exc:
+        return exc
 
-    It holds no reference to the dock, so the close hooks can flush it after the dock is gone.
+
+class AnnotationAutosaver(QObject):
+    """Autosaves the annotation layers of one viewer for as long as the viewer lives.
+
+    It follows each tracked layer's edits (paint, new data, undo and redo), saves a layer in a
+    worker a few seconds after its last edit, and saves synchronously when the layer is removed,
+    the viewer's window closes or napari quits. It belongs to the viewer, not to the Annotate
+    dock: closing the dock does not stop the autosaves. Layers are held weakly.
     """
 
-    def __init__(self) -> None:
-        self.entries: dict[int, _Entry] = {}
+    DELAY_MS = 3000
 
+    #: (layer, slices or None): a tracked layer was edited; None = slices unknown
+    edited = Signal(object, object)
+    #: (layer, SavedSidecar or UserInputError): an autosave ended
+    saved = Signal(object, object)
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__()
+        self.entries: dict[int, _Entry] = {}
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(self.DELAY_MS)
+        self.timer.timeout.connect(self.save_changed)
+        self._watched: weakref.ref | None = None
+        viewer.layers.events.removed.connect(self._on_removed)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.flush)
+
+    # -- which layers
     def get(self, layer: Any) -> _Entry | None:
+        """The entry of ``layer`` if it is autosaved."""
         entry = self.entries.get(id(layer))
         return entry if entry is not None and entry.ref() is layer else None
 
     def track(self, layer: Any, source: core.ImageSource) -> _Entry:
+        """Autosave ``layer`` as annotations of ``source`` from its next edit on."""
         entry = self.get(layer)
         if entry is None:
             entry = self.entries[id(layer)] = _Entry(weakref.ref(layer), source)
+            layer.events.paint.connect(self._on_paint)
+            layer.events.data.connect(self._on_data)
+            layer.events.set_data.connect(self._on_set_data)
         return entry
 
-    def untrack(self, layer: Any) -> None:
-        if self.get(layer) is not None:
-            del self.entries[id(layer)]
-
     def live(self) -> list[tuple[Any, _Entry]]:
+        """(layer, entry) of every autosaved layer that still exists."""
         out = []
         for key, entry in list(self.entries.items()):
             layer = entry.ref()
@@ -182,8 +219,125 @@ class _Autosaves:
                 out.append((layer, entry))
         return out
 
+    def watch_window(self, window: QObject | None) -> None:
+        """Save everything changed when ``window`` (the viewer's main window) closes."""
+        if window is None:
+            return
+        old = self.watched_window
+        if old is window:
+            return
+        if old is not None and _alive(old):
+            old.removeEventFilter(self)
+        window.installEventFilter(self)
+        self._watched = weakref.ref(window)
+
+    @property
+    def watched_window(self) -> QObject | None:
+        """The window whose closing triggers a save, once a dock has been placed in it."""
+        return self._watched() if self._watched is not None else None
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        """Save on the window's Close event (before its layers go)."""
+        if event.type() == QEvent.Type.Close:
+            self.flush()
+        return False
+
+    # -- edits
+    def mark(self, layer: Any, slices: set[int] | None = None) -> None:
+        """Record an edit of ``layer`` (``slices`` touched, None = unknown); restart the delay."""
+        entry = self.get(layer)
+        if entry is None:
+            return
+        entry.dirty = True
+        self.timer.start()
+        self.edited.emit(layer, slices)
+
+    def _on_paint(self, event: Any) -> None:
+        layer = event.source
+        self.mark(layer, core.touched_slices(event.value or [], layer.data.ndim))
+
+    def _on_data(self, event: Any) -> None:
+        self.mark(event.source, None)
+
+    def _on_set_data(self, event: Any) -> None:
+        # Every redraw emits set_data, an undo or redo too (they emit nothing else). So a redraw
+        # schedules a check: the save compares the content with what it last wrote and writes
+        # only if it differs. Before a layer's first save there is nothing to check: an undo
+        # then follows an edit that is still to be saved.
+        entry = self.get(event.source)
+        if entry is not None and entry.owns_file and not entry.dirty:
+            entry.check = True
+            self.timer.start()
+
+    def _on_removed(self, event: Any) -> None:
+        layer = event.value
+        entry = self.get(layer)
+        if entry is not None:
+            if entry.dirty:
+                self.save_now(layer, entry)
+            del self.entries[id(layer)]
+
+    # -- saving
+    @property
+    def busy(self) -> bool:
+        """True while a save is waiting for the delay or running."""
+        return self.timer.isActive() or any(e.saving for _, e in self.live())
+
+    def save_changed(self) -> None:
+        """Save every changed layer, each in a worker thread."""
+        for layer, entry in self.live():
+            if not (entry.dirty or entry.check):
+                continue
+            if entry.saving:
+                self.timer.start()  # a save of this layer is running; try again afterwards
+                continue
+            only_check = not entry.dirty
+            entry.dirty = entry.check = False
+            entry.saving = True
+            start_worker(
+                _autosave_job, layer.data, entry.source, class_names(layer) or [],
+                not entry.owns_file,
+                on_done=self._done_callback(layer, entry, only_check),
+                on_finish=self._finish_callback(entry),
+            )
+
+    def _done_callback(self, layer: Any, entry: _Entry, only_check: bool) -> Any:
+        ref = weakref.ref(layer)
+
+        def done(result: core.SavedSidecar | UserInputError) -> None:
+            if isinstance(result, UserInputError):
+                entry.dirty = True
+                if not entry.failed:  # say it once, not every few seconds
+                    notify_error(result)
+                entry.failed = True
+            else:
+                entry.failed = False
+                entry.last = result
+                entry.owns_file = entry.owns_file or result.written
+                if result.backup is not None:
+                    notify_info(
+                        f"earlier autosaved annotations were kept as {result.backup}; "
+                        "'Load annotations…' reads them"
+                    )
+            layer_now = ref()
+            if layer_now is not None:
+                if only_check and not isinstance(result, UserInputError) and result.written:
+                    self.edited.emit(layer_now, None)  # changed by an undo or redo
+                self.saved.emit(layer_now, result)
+
+        return done
+
+    @staticmethod
+    def _finish_callback(entry: _Entry) -> Any:
+        def finished(outcome: str) -> None:
+            entry.saving = False
+            if outcome != DONE:
+                entry.dirty = True
+
+        return finished
+
     def save_now(self, layer: Any, entry: _Entry) -> core.SavedSidecar | None:
-        """Save one layer synchronously (viewer closing, layer removed); failures are logged."""
+        """Save one layer synchronously (window closing, layer removed); failures are logged."""
         try:
             saved = core.autosave(
                 layer.data, source=entry.source, classes=class_names(layer) or [],
@@ -198,35 +352,23 @@ class _Autosaves:
         return saved
 
     def flush(self, *_: Any) -> None:
-        """Save every changed layer now."""
+        """Save every changed layer now, in this thread."""
+        self.timer.stop()
         for layer, entry in self.live():
             if entry.dirty or (entry.check and entry.owns_file):
                 self.save_now(layer, entry)
 
 
-class _CloseWatcher(QObject):
-    """Flushes the autosaves when the viewer's window is about to close."""
-
-    def __init__(self, autosaves: _Autosaves, parent: QObject) -> None:
-        super().__init__(parent)
-        self._autosaves = autosaves
-
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
-        if event.type() == QEvent.Type.Close:
-            self._autosaves.flush()
-        return False
+_autosavers: weakref.WeakKeyDictionary[Any, AnnotationAutosaver] = weakref.WeakKeyDictionary()
 
 
-def _autosave_job(
-    labels: Any, source: core.ImageSource, classes: list[str], first: bool
-) -> core.SavedSidecar | UserInputError:
-    """Worker: save one layer; a failure comes back as a value so the dock decides how to say it."""
-    try:
-        return core.autosave(
-            labels, source=source, classes=classes, skip_empty=first, keep_previous=first
-        )
-    except UserInputError as exc:
-        return exc
+def autosaver_for(viewer: Any) -> AnnotationAutosaver:
+    """The autosaver of ``viewer``, made on first use and dropped with the viewer."""
+    viewer = unwrap(viewer)
+    found = _autosavers.get(viewer)
+    if found is None:
+        found = _autosavers[viewer] = AnnotationAutosaver(viewer)
+    return found
 
 
 def _swatch(color: str) -> QIcon:
@@ -241,13 +383,13 @@ def _swatch(color: str) -> QIcon:
 class AnnotateWidget(QWidget):
     """Paint annotations per class, start from a prediction, and keep them safe on disk."""
 
-    AUTOSAVE_DELAY_MS = 3000
     COUNT_DELAY_MS = 300
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
-        self.autosaves = _Autosaves()
+        #: the viewer's autosaver (it outlives this dock)
+        self.autosaver = autosaver_for(napari_viewer)
 
         # -- layers
         self.image_combo = LayerComboBox(napari_viewer, Image, accept=lambda ly: not ly.rgb)
@@ -327,15 +469,11 @@ class AnnotateWidget(QWidget):
         self._count_pending: set[int] | None = set()
         self._count_all = True
         self._counting = False
-        self._saving: set[int] = set()
+        self._label_events: weakref.ref | None = None
         self._last_copy: tuple[weakref.ref, list[core.CopyResult]] | None = None
         self._pending_task: dict[str, Any] | None = None
         self._restore_for: weakref.ref | None = None
 
-        self.autosave_timer = QTimer(self)
-        self.autosave_timer.setSingleShot(True)
-        self.autosave_timer.setInterval(self.AUTOSAVE_DELAY_MS)
-        self.autosave_timer.timeout.connect(self.autosave_now)
         self.count_timer = QTimer(self)
         self.count_timer.setSingleShot(True)
         self.count_timer.setInterval(self.COUNT_DELAY_MS)
@@ -345,8 +483,9 @@ class AnnotateWidget(QWidget):
         self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
         events = napari_viewer.layers.events
         events.inserted.connect(self._on_inserted)
-        events.removed.connect(self._on_removed)
-        self._install_close_hooks()
+        events.removed.connect(self._on_removed)  # after the autosaver's: it saves first
+        self.autosaver.edited.connect(self._on_edited)
+        self.autosaver.saved.connect(self._on_saved)
         self._on_image_changed()
 
     def _build_layout(self) -> None:
@@ -402,38 +541,12 @@ class AnnotateWidget(QWidget):
         layout.addWidget(self.task)
         layout.addStretch(1)
 
-    def _install_close_hooks(self) -> None:
-        """Save changed annotations when the window closes, the dock goes or the app quits."""
-        autosaves = self.autosaves
-
-        def flush(*_: Any) -> None:
-            autosaves.flush()
-
-        self.destroyed.connect(flush)  # a closure: it must not keep the dock alive
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(flush)
-            self.destroyed.connect(lambda *_: _disconnect(app.aboutToQuit, flush))
-        self._close_watcher = _CloseWatcher(self.autosaves, self)
-        self._watched_window: weakref.ref | None = None
-
     def event(self, event: QEvent) -> bool:
-        """Watch the top-level window for closing once the dock is placed in one."""
+        """Once the dock sits in the viewer's window, have the autosaver watch it for closing."""
         if event.type() == QEvent.Type.ParentChange:
-            self._watch_window()
+            window = self.window()
+            self.autosaver.watch_window(window if window is not self else None)
         return super().event(event)
-
-    def _watch_window(self) -> None:
-        window = self.window()
-        if window is self or window is None:
-            return
-        old = self._watched_window() if self._watched_window is not None else None
-        if old is window:
-            return
-        if old is not None and _alive(old):
-            old.removeEventFilter(self._close_watcher)
-        window.installEventFilter(self._close_watcher)
-        self._watched_window = weakref.ref(window)
 
     # ------------------------------------------------------------------ layer bookkeeping
     def _annotations_for(self, image: Any) -> Any | None:
@@ -467,6 +580,13 @@ class AnnotateWidget(QWidget):
             return
         layer = self.labels_combo.layer()
         image = self.image_combo.layer()
+        old = self._label_events() if self._label_events is not None else None
+        if old is not layer:
+            if old is not None:
+                old.events.selected_label.disconnect(self._on_selected_label)
+            if layer is not None:
+                layer.events.selected_label.connect(self._on_selected_label)
+            self._label_events = weakref.ref(layer) if layer is not None else None
         self.layer_note.setText("")
         if layer is not None and image is not None:
             if tuple(layer.data.shape) != tuple(layer_data(image).shape):
@@ -489,13 +609,7 @@ class AnnotateWidget(QWidget):
                 self.image_combo.set_layer(layer)
             self._check_sidecar()
 
-    def _on_removed(self, event: Any) -> None:
-        layer = event.value
-        entry = self.autosaves.get(layer)
-        if entry is not None:
-            if entry.dirty:
-                self.autosaves.save_now(layer, entry)
-            self.autosaves.untrack(layer)
+    def _on_removed(self, _event: Any) -> None:
         if _alive(self):
             self._check_sidecar()
 
@@ -505,110 +619,30 @@ class AnnotateWidget(QWidget):
         ``tie`` also records the image in the layer's metadata (the layer is then an annotation
         layer for good: it is offered first and never as a segmentation to copy from).
         """
-        entry = self.autosaves.get(layer)
         source = _source_of_annotations(layer) or image_source(image)
         if tie and META_KEY not in layer.metadata:
             layer.metadata = {**layer.metadata, META_KEY: source.to_dict()}
-        if entry is not None:
-            return entry
-        entry = self.autosaves.track(layer, source)
-        layer.events.paint.connect(self._on_paint)
-        layer.events.data.connect(self._on_data)
-        layer.events.set_data.connect(self._on_set_data)
-        layer.events.selected_label.connect(self._on_selected_label)
-        return entry
+        return self.autosaver.track(layer, source)
 
-    # ------------------------------------------------------------------ edits -> counts, autosave
-    def _changed(self, layer: Any, slices: set[int] | None) -> None:
-        entry = self.autosaves.get(layer)
-        if entry is None or not _alive(self):
-            return
-        entry.dirty = True
-        self.autosave_timer.start()
-        if layer is self.labels_combo.layer():
+    # ------------------------------------------------------------------ edits -> counts, status
+    def _on_edited(self, layer: Any, slices: set[int] | None) -> None:
+        if _alive(self) and layer is self.labels_combo.layer():
             self._recount(slices)
 
-    def _on_paint(self, event: Any) -> None:
-        layer = event.source
-        self._changed(layer, core.touched_slices(event.value or [], layer.data.ndim))
-
-    def _on_data(self, event: Any) -> None:
-        self._changed(event.source, None)
-
-    def _on_set_data(self, event: Any) -> None:
-        # Every redraw emits set_data, an undo or redo too (they emit nothing else). So a redraw
-        # schedules a check: the autosave compares the content with what it last wrote, writes
-        # only if it differs, and then the counts are refreshed. Before the layer's first save
-        # there is nothing to check: an undo then follows an edit that is still to be saved.
-        entry = self.autosaves.get(event.source)
-        if entry is not None and entry.owns_file and not entry.dirty and _alive(self):
-            entry.check = True
-            self.autosave_timer.start()
-
-    def autosave_now(self) -> None:
-        """Save every changed annotation layer to its sidecar, in worker threads."""
-        for layer, entry in self.autosaves.live():
-            if not (entry.dirty or entry.check):
-                continue
-            if id(layer) in self._saving:
-                self.autosave_timer.start()  # a save of this layer is running; try again later
-                continue
-            only_check = not entry.dirty
-            entry.dirty = entry.check = False
-            self._saving.add(id(layer))
-            start_worker(
-                _autosave_job, layer.data, entry.source, class_names(layer) or [],
-                not entry.owns_file,
-                on_done=self._autosaved_callback(layer, entry, only_check),
-                on_finish=self._autosave_finished_callback(layer, entry),
+    def _on_saved(self, layer: Any, result: Any) -> None:
+        if not _alive(self):
+            return
+        if isinstance(result, UserInputError):
+            self.autosave_label.setText(f"autosave failed: {result}")
+        elif result.written:
+            self.autosave_label.setText(
+                f"autosaved '{layer.name}' at {time.strftime('%H:%M:%S')} to {result.path}"
             )
-
-    def _autosaved_callback(self, layer: Any, entry: _Entry, only_check: bool) -> Any:
-        ref = weakref.ref(layer)
-
-        def done(result: core.SavedSidecar | UserInputError) -> None:
-            if isinstance(result, UserInputError):
-                entry.dirty = True
-                if not entry.failed:
-                    notify_error(result)
-                entry.failed = True
-                if _alive(self):
-                    self.autosave_label.setText(f"autosave failed: {result}")
-                return
-            entry.failed = False
-            entry.last = result
-            entry.owns_file = entry.owns_file or result.written
-            layer_now = ref()
-            if result.backup is not None:
-                notify_info(
-                    f"earlier autosaved annotations were kept as {result.backup}; "
-                    "'Load annotations…' reads them"
-                )
-            if only_check and result.written and _alive(self) and layer_now is not None:
-                if layer_now is self.labels_combo.layer():
-                    self._recount(None)  # changed by an undo or redo
-            if _alive(self) and layer_now is not None and result.written:
-                self.autosave_label.setText(
-                    f"autosaved '{layer_now.name}' at {time.strftime('%H:%M:%S')} to "
-                    f"{result.path}"
-                )
-
-        return done
-
-    def _autosave_finished_callback(self, layer: Any, entry: _Entry) -> Any:
-        key = id(layer)
-
-        def finished(outcome: str) -> None:
-            self._saving.discard(key)
-            if outcome != DONE:
-                entry.dirty = True
-
-        return finished
 
     @property
     def saving(self) -> bool:
         """True while an autosave is waiting or running."""
-        return bool(self._saving) or self.autosave_timer.isActive()
+        return self.autosaver.busy
 
     def _recount(self, slices: set[int] | None = None, all_slices: bool = False) -> None:
         layer = self.labels_combo.layer()
@@ -874,7 +908,7 @@ class AnnotateWidget(QWidget):
             source = image_source(image)
             restored = any(
                 e.source.key() == source.key() and (e.owns_file or e.dirty)
-                for _, e in self.autosaves.live()
+                for _, e in self.autosaver.live()
             )
         show = info is not None and info.pixels > 0 and not restored
         self.restore_bar.setVisible(show)
@@ -920,7 +954,7 @@ class AnnotateWidget(QWidget):
                 if name in self.viewer.layers:
                     name += " (restored)"
                 layer = self._add_annotation_layer(image, found.labels, names, name=name)
-            entry = self.autosaves.get(layer)
+            entry = self.autosaver.get(layer)
             if entry is not None:
                 entry.owns_file = True
             self.restore_bar.setVisible(False)
@@ -1030,7 +1064,7 @@ class AnnotateWidget(QWidget):
             self._last_copy = (weakref.ref(layer), results)
             self.undo_copy_button.setEnabled(True)
             layer.refresh()
-            self._changed(layer, self._slices_of(results, layer))
+            self.autosaver.mark(layer, self._slices_of(results, layer))
             where = (
                 f"{len(regions)} rectangle(s)"
                 if self.region_combo.currentText() == REGION_BOXES
@@ -1068,7 +1102,7 @@ class AnnotateWidget(QWidget):
         for r in reversed(results):
             core.undo_copy(layer.data, r)
         layer.refresh()
-        self._changed(layer, self._slices_of(results, layer))
+        self.autosaver.mark(layer, self._slices_of(results, layer))
         self.autosave_label.setText("undid the copy from the prediction")
 
     # ------------------------------------------------------------------ files
@@ -1153,10 +1187,7 @@ class AnnotateWidget(QWidget):
         if name in self.viewer.layers:
             name = f"{image.name} annotations ({Path(pending['target']).stem})"
         layer = self._add_annotation_layer(image, found.labels, names, name=name)
-        entry = self.autosaves.get(layer)
-        if entry is not None:
-            entry.dirty = True
-            self.autosave_timer.start()
+        self.autosaver.mark(layer)
         pending["layer"] = layer.name
 
     def _on_task_finished(self, outcome: str) -> None:
@@ -1174,10 +1205,3 @@ class AnnotateWidget(QWidget):
             return
         self.task.status.setText(text)
         notify_info(text)
-
-
-def _disconnect(signal: Any, slot: Any) -> None:
-    try:
-        signal.disconnect(slot)
-    except (TypeError, RuntimeError):
-        pass
