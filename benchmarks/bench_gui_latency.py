@@ -11,7 +11,7 @@ it, the longest heartbeat gap during the run (and while idle before it, for comp
 length and the tile count.
 
 Usage: bash scripts/with-display.sh python benchmarks/bench_gui_latency.py [--size 2048]
-       [--tile 0 (auto)] [--precision auto] [--repeats 2]
+       [--tile 0 (auto)] [--precision auto] [--repeats 2] [--model PATH]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=0, help="input tile, 0 = auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--model", help="a .safetensors model (default: the shipped one)")
     args = ap.parse_args()
 
     import napari
@@ -63,7 +64,9 @@ def main() -> None:
 
     shipped = default_model_path()
     tmp = None
-    if shipped is not None:
+    if args.model:
+        model_path, model_note = Path(args.model), f"model file {args.model}"
+    elif shipped is not None:
         model_path, model_note = shipped, f"shipped model {shipped.name}"
     else:
         tmp = tempfile.TemporaryDirectory()
