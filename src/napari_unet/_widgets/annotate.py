@@ -927,7 +927,7 @@ class AnnotateWidget(QWidget):
         is overwritten.
         """
         with user_errors():
-            image = image or self.image_combo.layer()
+            image = unwrap(image) if image is not None else self.image_combo.layer()
             if image is None:
                 raise UserInputError("no image layer; open the image whose annotations to restore")
             if image in self.viewer.layers and image is not self.image_combo.layer():

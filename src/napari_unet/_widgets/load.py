@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 from napari_unet import loading
 from napari_unet.errors import UserInputError
 
-from . import _alive
+from . import _alive, unwrap
 from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel, start_worker
 
@@ -89,7 +89,7 @@ class LoadStackWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("an image file, a folder of slices, a .zarr or .h5")
         self.file_button = QPushButton("File…")
