@@ -296,3 +296,16 @@ def test_closing_the_viewer_mid_run_ends_quietly(qtbot, dock, image):
     worker = widget.task.worker
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         viewer.close()  # any exception in a callback after this fails the test
+
+
+def test_a_stack_too_big_for_memory_is_refused_before_any_layer(qtbot, dock, notes):
+    import dask.array as da
+
+    viewer, widget = dock
+    huge = da.zeros((200_000, 4096, 4096), dtype=np.uint8, chunks=(1, 4096, 4096))  # 3.4 TB
+    viewer.add_image(huge, name="huge", contrast_limits=(0, 255))
+    before = [ly.name for ly in viewer.layers]
+    widget.segment()
+    assert not widget.running
+    assert any("would take" in m and "--scheduler local" in m for m in notes.errors())
+    assert [ly.name for ly in viewer.layers] == before

@@ -125,6 +125,25 @@ def _instances_available() -> bool:
     return hasattr(postprocess, "instances")
 
 
+#: largest share of the free memory the output layer may take
+MEMORY_SHARE = 0.5
+
+
+def _check_memory(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a stack whose segmentation would not fit in memory, and say what to do instead."""
+    import psutil
+
+    need = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    free = psutil.virtual_memory().available
+    if need > MEMORY_SHARE * free:
+        raise UserInputError(
+            f"the segmentation of '{name}' would take {need / 2**30:.1f} GiB of memory and "
+            f"{free / 2**30:.1f} GiB are free; open part of the stack (Load EM stack: z-range) "
+            "or segment it block by block into zarr: napari-unet segment STACK -o OUT.zarr "
+            "--scheduler local"
+        )
+
+
 def _warm_up() -> None:
     """Import now what the first click would otherwise import (a Labels layer with features).
 
@@ -249,6 +268,7 @@ class SegmentWidget(QWidget):
             dtype = np.dtype(np.uint8 if model.n_classes < 255 else np.uint16)
 
         name = f"{image_layer.name} segmentation"
+        _check_memory(image_layer.name, data.shape, dtype)
         buffer = np.zeros(data.shape, dtype=dtype)
         previous = self.viewer.layers[name] if name in self.viewer.layers else None
         if not (isinstance(previous, Labels) and previous.data.shape == tuple(data.shape)):
