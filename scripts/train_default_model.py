@@ -35,13 +35,21 @@ def main() -> None:
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--w0", type=float, default=10.0, help="border weight (0 = class balance only)")
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--init", default=None, help="continue from this model's weights")
     ap.add_argument("-o", "--output", default="src/napari_unet/models/em_membrane.safetensors")
     args = ap.parse_args()
 
     images, stored = load_isbi2012("train", indices=TRAIN + VAL)
     classes = np.where(stored > 127, 2, 1).astype(np.uint8)  # 0 = membrane -> 1, 255 = cell -> 2
     torch.manual_seed(args.seed)
-    model = UNet(base_channels=args.base, dropout=0.2)
+    if args.init:
+        from napari_unet import load_model
+
+        model = load_model(args.init)
+    else:
+        model = UNet(base_channels=args.base, dropout=args.dropout)
     model.metadata["classes"] = ["membrane", "cell"]
     cfg = TrainConfig(
         steps=args.steps,
@@ -51,6 +59,7 @@ def main() -> None:
         lr_schedule="cosine",
         tile_size=412,
         augment=AugmentConfig(),
+        w0=args.w0,
         seed=args.seed,
         checkpoint_every=100,
         checkpoint_path=str(Path(args.output).with_suffix(".ckpt.safetensors")),
