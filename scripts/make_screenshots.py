@@ -89,6 +89,14 @@ def plugins_menu(viewer, app) -> None:
     wait(app, 0.2)
 
 
+def choose(chooser, model: Path, shipped: bool) -> None:
+    """Pick the shipped model as a user would (its own entry), or the given file."""
+    if shipped:
+        chooser.select_default()
+    else:
+        chooser.select_file(model)
+
+
 def scribbles(truth: np.ndarray, every: int = 48, width: int = 3) -> np.ndarray:
     """Sparse strokes from a ground-truth slice: a few thin bands, as a person might paint them."""
     out = np.zeros_like(truth)
@@ -130,7 +138,7 @@ def main() -> None:
     truth_layer.visible = False
     viewer.dims.set_current_step(0, args.slice)
     _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    segment.model_chooser.select_file(model)
+    choose(segment.model_chooser, model, shipped=args.model is None)
     segment.image_combo.set_layer(viewer.layers["ISBI 2012 EM"])
     segment.segment_button.click()
     wait(app, until=lambda: not segment.running)
@@ -142,7 +150,7 @@ def main() -> None:
 
     dock, finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     finetune.image_combo.set_layer(viewer.layers["ISBI 2012 EM"])
-    finetune.model_chooser.select_file(model)
+    choose(finetune.model_chooser, model, shipped=args.model is None)
     annotations = finetune.add_annotation_layer()
     truth = np.asarray(truth_layer.data)
     annotations.data[args.slice] = scribbles(truth[args.slice])
@@ -163,6 +171,8 @@ def main() -> None:
     save.path_edit.setText("isbi_masks")
     viewer.layers["ISBI 2012 EM segmentation"].visible = True
     annotations.visible = False
+    viewer.layers.selection.active = viewer.layers["ISBI 2012 EM segmentation"]
+    viewer.reset_view()
     wait(app, 0.5)
     save_window(viewer, "gui-save-masks.png")
     viewer.close()
