@@ -185,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model.metadata["classes"] = names
     else:
         model = _resolve_model(args.start)
-    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.01)
+    lr = args.lr if args.lr is not None else (1e-4 if args.optimizer == "adam" else 0.001)
     from .augment import AugmentConfig
 
     cfg = TrainConfig(
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-channels", type=int, default=16, help="width of a --from scratch network (the paper used 64)"
     )
     tr.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    tr.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.01 sgd, 1e-3 adam)")
+    tr.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.001 sgd, 1e-4 adam)")
     tr.add_argument("--momentum", type=float, default=0.99)
     tr.add_argument("--tile", type=int, default=None, help="training input tile (default: 412 CPU, 572 GPU)")
     tr.add_argument("--no-augment", action="store_true", help="switch augmentation off")
