@@ -118,8 +118,13 @@ def test_blocks_own_whole_tiles_on_the_global_grid(model):
     assert plan.output_chunks == (1, 512, 512)
     for starts in plan.tiles.starts:
         assert all(s % model.stride_multiple == 0 for s in starts)
-    blocks = plan.blocks()
-    assert len(blocks) == 3 * 3 * 2
+    blocks = list(plan.blocks())
+    assert len(blocks) == plan.n_blocks == 3 * 3 * 2
+    assert [plan.block(b.index) for b in blocks] == blocks
+    assert blocks[-1].grid == (2, 2, 1) and blocks[-1].region[1:] == (
+        slice(1024, 1100),
+        slice(512, 900),
+    )
     cover = np.zeros(SHAPE, dtype=int)
     for b in blocks:
         cover[b.region] += 1
@@ -166,6 +171,7 @@ def test_threads_equal_in_process_predict(model, volume, reference, tmp_path):
     assert (res.blocks, res.skipped, res.tile_shape) == (18, 0, (700, 700))
     assert events[0].region is None and (events[0].completed, events[0].total) == (0, 18)
     assert [e.completed for e in events[1:]] == list(range(1, 19))
+    assert res.devices == ("cpu",) and {e.device for e in events[1:]} == {"cpu"}
     labels = zarr.open_array(str(out), mode="r")
     assert labels.chunks == (1, 512, 512) and labels.dtype == np.uint8
     assert np.array_equal(labels[:], labels_from_probabilities(reference(1)))
@@ -194,11 +200,12 @@ def test_process_cluster_equals_in_process_predict(model, volume, reference, clu
 
 def test_small_2d_image_and_odd_chunks(model, rng, tmp_path):
     image = rng.integers(0, 256, (700, 530), dtype=np.uint8)
-    res = dist.segment_volume(
-        model, image, tmp_path / "l.zarr", chunks=(256, 128), precision="fp32", scheduler="sync"
-    )
+    with torch_threads(1):  # "sync" runs blocks in this thread, with its torch threads
+        res = dist.segment_volume(
+            model, image, tmp_path / "l.zarr", chunks=(256, 128), precision="fp32", scheduler="sync"
+        )
+        expected = predict(model, image, tile_shape=res.tile_shape, precision="fp32")
     assert res.chunks == (256, 128) and res.tile_shape == (444, 316)
-    expected = predict(model, image, tile_shape=res.tile_shape, precision="fp32")
     assert np.array_equal(
         zarr.open_array(str(tmp_path / "l.zarr"), mode="r")[:], labels_from_probabilities(expected)
     )
@@ -233,13 +240,15 @@ def test_rerun_skips_finished_blocks(model, volume, reference, tmp_path):
 def test_rerun_with_other_arguments_starts_over(model, rng, tmp_path):
     image = rng.integers(0, 256, (300, 280), dtype=np.uint8)
     out = tmp_path / "l.zarr"
-    gen = dist.segment_blocks(model, image, out, chunks=128, scheduler="sync", precision="fp32")
+    kw = {"scheduler": "sync", "torch_threads": 1, "precision": "fp32"}
+    gen = dist.segment_blocks(model, image, out, chunks=128, **kw)
     next(gen), next(gen)
     gen.close()
     assert len(list((dist.partial_path(out) / dist.MARKER_DIR).iterdir())) == 1
-    res = dist.segment_volume(model, image, out, chunks=256, scheduler="sync", precision="fp32")
+    res = dist.segment_volume(model, image, out, chunks=256, **kw)
     assert res.skipped == 0 and res.chunks == (256, 256)
-    expected = predict(model, image, tile_shape=res.tile_shape, precision="fp32")
+    with torch_threads(1):
+        expected = predict(model, image, tile_shape=res.tile_shape, precision="fp32")
     assert np.array_equal(read_labels(out), labels_from_probabilities(expected))
 
 
@@ -283,6 +292,28 @@ def test_cli_killed_then_rerun_gives_the_same_result(
     assert f"{18 - done} blocks computed, {done} resumed" in err
     assert np.array_equal(read_labels(out), labels_from_probabilities(reference(CLI_THREADS)))
     assert not dist.partial_path(out).exists()
+
+
+def test_cli_ctrl_c_keeps_finished_blocks(model_file, volume, tmp_path):
+    out = tmp_path / "seg.zarr"
+    cmd = [sys.executable, "-m", "napari_unet.cli", "segment", str(volume), "-o", str(out)]
+    proc = subprocess.Popen([*cmd, "--model", str(model_file)], stderr=subprocess.PIPE)
+    markers = dist.partial_path(out) / dist.MARKER_DIR
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if markers.is_dir() and len(list(markers.iterdir())) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    last = err.decode().replace("\r", "\n").strip().splitlines()[-1]
+    kept = len(list(markers.iterdir()))
+    assert proc.returncode == 130, last
+    assert last == (
+        f"napari-unet: interrupted; {kept} finished blocks are kept in {dist.partial_path(out)}. "
+        "Run the same command again to resume"
+    )
+    assert 2 <= kept < 18 and not out.exists()
 
 
 # ---------------------------------------------------------------------------------------- CLI

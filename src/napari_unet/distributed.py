@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -64,9 +65,12 @@ CONNECT_TIMEOUT_S = 10.0
 DEFAULT_CHUNK = 512
 #: Folder inside the partial labels store that holds one empty file per finished block.
 MARKER_DIR = ".napari-unet-blocks"
+#: Blocks per dask graph (threads) or waiting on the scheduler at least (distributed).
+GRAPH_BLOCKS = 1024
 #: Key of this package's entry in the output stores' attributes.
 ATTRS_KEY = "napari_unet"
 
+_TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 _SCHEDULER_HELP = "use 'threads', 'sync', 'local' or a scheduler address such as tcp://host:8786"
 
 
@@ -109,27 +113,37 @@ class BlockPlan:
         """Chunks of the labels array: ``(1, cy, cx)`` for a stack, ``(cy, cx)`` for an image."""
         return ((1,) if len(self.image_shape) == 3 else ()) + self.chunks
 
-    def blocks(self) -> list[Block]:
-        """Every block, slice by slice and row-major within a slice."""
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Number of blocks along z (1 for an image), y and x."""
+        h, w = self.image_shape[-2:]
+        nz = self.image_shape[0] if len(self.image_shape) == 3 else 1
+        return nz, math.ceil(h / self.chunks[0]), math.ceil(w / self.chunks[1])
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks (output chunks)."""
+        nz, ny, nx = self.grid
+        return nz * ny * nx
+
+    def block(self, index: int) -> Block:
+        """Block number ``index``: slice by slice, row-major within a slice."""
+        _, ny, nx = self.grid
+        gz, rest = divmod(int(index), ny * nx)
+        gy, gx = divmod(rest, nx)
         h, w = self.image_shape[-2:]
         cy, cx = self.chunks
-        zs: list[int | None] = (
-            list(range(self.image_shape[0])) if len(self.image_shape) == 3 else [None]
+        return Block(
+            index=int(index),
+            z=gz if len(self.image_shape) == 3 else None,
+            y=(gy * cy, min((gy + 1) * cy, h)),
+            x=(gx * cx, min((gx + 1) * cx, w)),
+            grid=(gz, gy, gx),
         )
-        out = []
-        for z in zs:
-            for gy, y0 in enumerate(range(0, h, cy)):
-                for gx, x0 in enumerate(range(0, w, cx)):
-                    out.append(
-                        Block(
-                            index=len(out),
-                            z=z,
-                            y=(y0, min(y0 + cy, h)),
-                            x=(x0, min(x0 + cx, w)),
-                            grid=(0 if z is None else z, gy, gx),
-                        )
-                    )
-        return out
+
+    def blocks(self) -> Iterator[Block]:
+        """Every block in order, made as needed (a big stack has millions)."""
+        return (self.block(i) for i in range(self.n_blocks))
 
     def tiles_of(self, block: Block) -> tuple[list[int], list[int]]:
         """Indices (along y, along x) of the plan's tiles whose kept output overlaps ``block``."""
@@ -303,7 +317,7 @@ def _set_task_threads(job: _Job) -> None:
     the share is the host's cores over all worker threads on that host.
     """
     n = job.torch_threads
-    if n is None and job.host_threads:
+    if n is None and job.host_threads is not None:
         try:
             from distributed import get_worker
 
@@ -365,7 +379,7 @@ def _read_window(image: Any, z: int | None, y0: int, x0: int, h: int, w: int) ->
     return read_mirrored(plane, y0, x0, h, w)
 
 
-def segment_block(
+def _segment_block(
     model: UNet, dev: torch.device, dtype: torch.dtype, image: Any, job: _Job, block: Block
 ) -> np.ndarray:
     """Class probabilities (K, bh, bw) of one block, computed from the global tile plan.
@@ -419,7 +433,7 @@ def _run_block(block: Block, payload: ModelPayload, shipped: _Shipped, job: _Job
     t0 = time.perf_counter()
     _set_task_threads(job)
     model, dev, dtype = _model_for(payload, job.device, job.precision)
-    probs = segment_block(model, dev, dtype, shipped.array, job, block)
+    probs = _segment_block(model, dev, dtype, shipped.array, job, block)
     labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
     region = block.region
     if block.z is not None:
@@ -430,7 +444,8 @@ def _run_block(block: Block, payload: ModelPayload, shipped: _Shipped, job: _Job
         zarr.open_array(job.probabilities, mode="r+")[(slice(None), *region)] = probs
     Path(job.markers, block.key).touch()
     iy, ix = job.plan.tiles_of(block)
-    return _Done(block.index, time.perf_counter() - t0, len(iy) * len(ix), str(dev))
+    device = f"{dev.type}:{torch.cuda.current_device()}" if dev.type == "cuda" else dev.type
+    return _Done(block.index, time.perf_counter() - t0, len(iy) * len(ix), device)
 
 
 # -------------------------------------------------------------------------------- schedulers
@@ -468,18 +483,24 @@ def dask_client(
         ) from None
     timeout = CONNECT_TIMEOUT_S if timeout is None else float(timeout)
     if scheduler.lower() == "local":
+        import dask
+
+        # dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which pins glibc's mmap
+        # threshold at 128 kB: every forward pass then maps and unmaps its activations afresh,
+        # and blocks ran about 2x slower here. Blocks reuse same-sized buffers: leave it unset.
+        trim = os.environ.pop(_TRIM_ENV, None)
         try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cores = os.cpu_count() or 1
-        n = int(workers or cores)
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        )
+            with dask.config.set({f"distributed.nanny.pre-spawn-environ.{_TRIM_ENV}": None}):
+                cluster = LocalCluster(
+                    n_workers=int(workers or _cores()),
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0",
+                    silence_logs=logging.CRITICAL,
+                )
+        finally:
+            if trim is not None:
+                os.environ[_TRIM_ENV] = trim
         client = Client(cluster, set_as_default=False)
         try:
             yield client
@@ -508,15 +529,19 @@ def dask_client(
         client.close()
 
 
-def _run_inline(fn: Callable[[Block], _Done], blocks: list[Block]) -> Iterator[_Done]:
+def _run_inline(fn: Callable[[Block], _Done], blocks: Iterator[Block]) -> Iterator[_Done]:
     for b in blocks:
         yield fn(b)
 
 
 def _run_threads(
-    fn: Callable[[Block], _Done], blocks: list[Block], workers: int
+    fn: Callable[[Block], _Done], blocks: Iterator[Block], workers: int
 ) -> Iterator[_Done]:
-    """Blocks on dask's threaded scheduler, yielded as they finish; stops cleanly when closed."""
+    """Blocks on dask's threaded scheduler, yielded as they finish; stops cleanly when closed.
+
+    Blocks go to dask in graphs of at most :data:`GRAPH_BLOCKS`, so a stack with millions of
+    blocks never builds one huge graph.
+    """
     import dask
 
     results: queue.Queue = queue.Queue()
@@ -532,11 +557,15 @@ def _run_threads(
             raise
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="napari-unet-block")
-    work = [dask.delayed(task, pure=False)(b) for b in blocks]
 
     def drive() -> None:
         try:
-            dask.compute(*work, scheduler="threads", pool=pool)
+            while not stop.is_set():
+                part = list(itertools.islice(blocks, GRAPH_BLOCKS))
+                if not part:
+                    break
+                work = [dask.delayed(task, pure=False)(b) for b in part]
+                dask.compute(*work, scheduler="threads", pool=pool)
         except BaseException as exc:  # the task already reported it
             results.put(("error", exc))
         finally:
@@ -560,20 +589,40 @@ def _run_threads(
 
 
 def _run_client(
-    client: Any, blocks: list[Block], payload: ModelPayload, shipped: _Shipped, job: _Job
+    client: Any, blocks: Iterator[Block], payload: ModelPayload, shipped: _Shipped, job: _Job
 ) -> Iterator[_Done]:
-    """Blocks on a dask.distributed cluster; the model and the image go to each worker once."""
+    """Blocks on a dask.distributed cluster; the model, the image and the run's settings go to
+    each worker once, and each task carries only its block.
+
+    At most eight blocks per worker thread (and at least :data:`GRAPH_BLOCKS`) wait on the
+    scheduler at a time; a new one is submitted as each finishes.
+    """
     from distributed import as_completed
 
     model_f = client.scatter(payload, broadcast=True, hash=False)
     image_f = client.scatter(shipped, broadcast=True, hash=False)
-    futures = client.map(_run_block, blocks, payload=model_f, shipped=image_f, job=job, pure=False)
+    job_f = client.scatter(job, broadcast=True, hash=False)
+    window = max(GRAPH_BLOCKS, 8 * sum(client.nthreads().values()))
+
+    def submit(block: Block) -> Any:
+        return client.submit(
+            _run_block, block, payload=model_f, shipped=image_f, job=job_f, pure=False
+        )
+
+    pending = as_completed([submit(b) for b in itertools.islice(blocks, window)], loop=client.loop)
     try:
-        for fut in as_completed(futures, loop=client.loop):
-            yield fut.result()
+        for fut in pending:
+            result = fut.result()
+            fut.release()
+            nxt = next(blocks, None)
+            if nxt is not None:
+                pending.add(submit(nxt))
+            yield result
     finally:
-        client.cancel([f for f in futures if not f.done()])
-        client.cancel([model_f, image_f])
+        left = list(pending.futures)
+        if left:
+            client.cancel(left)
+        client.cancel([model_f, image_f, job_f])
 
 
 # ---------------------------------------------------------------------------- output stores
@@ -653,6 +702,8 @@ class BlockEvent:
     total: int
     #: seconds the block took on its worker (0 for the first event)
     seconds: float
+    #: torch device the block ran on, e.g. "cpu" or "cuda:0" ("" for the first event)
+    device: str = ""
 
 
 @dataclass(frozen=True)
@@ -667,6 +718,8 @@ class SegmentResult:
     blocks: int
     skipped: int
     seconds: float
+    #: torch devices the blocks of this run ran on
+    devices: tuple[str, ...] = ()
 
 
 def _as_image(image: Any) -> Any:
@@ -833,11 +886,12 @@ def segment_blocks(
                 raise UserInputError(
                     f"cannot create {tmp} ({exc.strerror or exc}); check the folder and free space"
                 ) from None
-        blocks = plan.blocks()
+        total = plan.n_blocks
         done = {p.name for p in markers.iterdir()} if resumable else set()
-        todo = [b for b in blocks if b.key not in done]
-        total = len(blocks)
-        completed = total - len(todo)
+        todo = (b for b in plan.blocks() if b.key not in done)
+        completed = sum(1 for b in plan.blocks() if b.key in done) if done else 0
+        resumed = completed
+        devices: set[str] = set()
         yield BlockEvent(None, completed, total, 0.0)
 
         host_threads: dict[str, int] | None = None
@@ -880,14 +934,18 @@ def segment_blocks(
         try:
             for res in finished:
                 completed += 1
-                yield BlockEvent(blocks[res.index].region, completed, total, res.seconds)
+                devices.add(res.device)
+                yield BlockEvent(
+                    plan.block(res.index).region, completed, total, res.seconds, res.device
+                )
         finally:
             finished.close()
             if client is None:
                 _forget_model(payload.digest)
                 torch.set_num_threads(main_threads)  # tasks changed the process-wide default
 
-    missing = [b.key for b in blocks if not (markers / b.key).exists()]
+    marked = {p.name for p in markers.iterdir()}
+    missing = [b.key for b in plan.blocks() if b.key not in marked]
     if missing:  # pragma: no cover - every block reported success
         raise RuntimeError(f"blocks {missing[:5]} finished without a completion marker")
     import zarr
@@ -912,7 +970,8 @@ def segment_blocks(
         chunks=plan.output_chunks,
         tile_shape=plan.tiles.tile_shape,
         blocks=total,
-        skipped=total - len(todo),
+        skipped=resumed,
+        devices=tuple(sorted(devices)),
         seconds=time.perf_counter() - t0,
     )
 
@@ -1012,9 +1071,11 @@ def run_segment_command(args: Any, model: UNet, data: Any) -> int:
                 done = event.completed
                 bar.update(task, total=event.total, completed=event.completed)
     except KeyboardInterrupt:
-        gen.close()
+        gen.close()  # waits for blocks in flight, which finish and are kept too
+        with contextlib.suppress(OSError):
+            done = sum(1 for _ in (partial_path(out) / MARKER_DIR).iterdir())
         print(
-            f"napari-unet: interrupted after {done} blocks; they are kept in {partial_path(out)}. "
+            f"napari-unet: interrupted; {done} finished blocks are kept in {partial_path(out)}. "
             "Run the same command again to resume",
             file=sys.stderr,
         )
@@ -1023,7 +1084,8 @@ def run_segment_command(args: Any, model: UNet, data: Any) -> int:
     print(
         f"labels {result.shape} (classes 1..{k}) -> {result.labels} "
         f"[{result.blocks - result.skipped} blocks computed, {result.skipped} resumed, "
-        f"tile {result.tile_shape[0]}x{result.tile_shape[1]}]",
+        f"tile {result.tile_shape[0]}x{result.tile_shape[1]}"
+        + (f", on {', '.join(result.devices)}]" if result.devices else "]"),
         file=sys.stderr,
     )
     if result.probabilities is not None:
