@@ -232,21 +232,37 @@ def test_corrupt_model_file_notifies_and_changes_nothing(qtbot, dock, notes, tmp
     assert _same(before, _snapshot(viewer))
 
 
-def test_no_default_model_is_said_and_never_replaced_by_an_untrained_net(qtbot, dock, notes, image):
-    from napari_unet.models import default_model_path
+def test_no_default_model_is_said_and_never_replaced_by_an_untrained_net(
+    qtbot, make_napari_viewer, notes, image, monkeypatch
+):
+    import napari_unet.models
 
-    viewer, widget = dock
-    if default_model_path() is not None:
-        pytest.skip("this installation ships a default model")
+    # an installation without the shipped model file
+    monkeypatch.setattr(napari_unet.models, "default_model_path", lambda: None)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     viewer.add_image(image, name="em")
-    widget.model_chooser.select_default()
-    assert "No default model" in widget.model_chooser.combo.currentText()
-    widget.model_chooser.path_edit.setText("")
+    assert widget.model_chooser.combo.currentText() == (
+        "No default model installed: choose a model file"
+    )
+    assert not widget.model_chooser.path_edit.isHidden()
     before = _snapshot(viewer)
     widget.segment()
     assert not widget.running
     assert any("no default model" in m for m in notes.errors()), notes.errors()
     assert _same(before, _snapshot(viewer))
+
+
+def test_shipped_model_is_the_default_choice(make_napari_viewer):
+    from napari_unet.models import default_model_path
+
+    if default_model_path() is None:
+        pytest.skip("this installation ships no model")
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert widget.model_chooser.combo.currentText() == "Shipped model: em_membrane"
+    model, name = widget.model_chooser.load()
+    assert name == "em_membrane" and model.metadata["classes"] == ["membrane", "cell"]
 
 
 def test_no_image_layer_notifies(qtbot, dock, notes):

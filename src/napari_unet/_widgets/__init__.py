@@ -145,15 +145,22 @@ class LayerComboBox(QComboBox):
 _file_cache: dict[tuple[str, float, int], Any] = {}
 
 
+def _cache_key(path: Path) -> tuple[str, float, int] | None:
+    """What identifies a model file's contents: path, modification time, size; None if missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), st.st_mtime, st.st_size)
+
+
 def _load_file(path: Path) -> Any:
     """Load a model file, reusing the last load of the same unchanged file."""
     from napari_unet.checkpoint import load_model
 
-    try:
-        st = path.stat()
-    except OSError:
-        raise UserInputError(f"model file {path} does not exist; choose an existing file") from None
-    key = (str(path.resolve()), st.st_mtime, st.st_size)
+    key = _cache_key(path)
+    if key is None:
+        raise UserInputError(f"model file {path} does not exist; choose an existing file")
     model = _file_cache.get(key)
     if model is None:
         model = load_model(path)
@@ -271,6 +278,24 @@ class ModelChooser(QWidget):
         self.combo.setCurrentIndex(0)
 
     # -- loading
+    def preload(self) -> None:
+        """Load the shipped model in a background thread, so the first click does not wait."""
+        if self._default is None or _cache_key(self._default) in _file_cache:
+            return
+        import threading
+
+        from ._worker import lower_thread_priority
+
+        def quietly(path: Path) -> None:
+            lower_thread_priority()
+            try:
+                _load_file(path)
+            except UserInputError:
+                pass  # a broken file is reported when the user clicks
+
+        # a plain thread: it touches no widget or viewer, so it cannot outlive one it uses
+        threading.Thread(target=quietly, args=(self._default,), daemon=True).start()
+
     def load(self) -> tuple[Any, str]:
         """The chosen model and a short name for it; UserInputError if there is none to load."""
         kind, value = self.choice() or (self.NO_DEFAULT, "")

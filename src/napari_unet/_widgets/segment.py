@@ -201,6 +201,7 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
         self._run: dict[str, Any] | None = None
         _warm_up()
+        self.model_chooser.preload()
 
     # ------------------------------------------------------------------ inputs
     def _image(self) -> tuple[Any, Any]:
