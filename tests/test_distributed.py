@@ -30,7 +30,9 @@ CHUNK = 512
 @pytest.fixture(scope="module")
 def model() -> UNet:
     torch.manual_seed(0)
-    return UNet(base_channels=4).eval()
+    m = UNet(base_channels=4).eval()
+    m.metadata["classes"] = ["membrane", "cell"]
+    return m
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +180,9 @@ def test_threads_equal_in_process_predict(model, volume, reference, tmp_path):
     p = zarr.open_array(str(probs), mode="r")
     assert p.shape == (2, *SHAPE) and p.chunks == (2, 1, 512, 512)
     assert np.array_equal(p[:], reference(1))  # bit for bit in fp32
-    assert labels.attrs["napari_unet"]["complete"] is True
+    attrs = labels.attrs["napari_unet"]
+    assert attrs["complete"] is True and attrs["class_names"] == ["membrane", "cell"]
+    assert attrs["tile_shape"] == [700, 700] and attrs["kind"] == "labels"
     assert np.array_equal(read_labels(out), labels[:])  # the project's reader opens it
     assert not dist.partial_path(out).exists() and not dist.partial_path(probs).exists()
     assert not (out / dist.MARKER_DIR).exists()

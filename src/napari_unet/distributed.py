@@ -857,7 +857,7 @@ def segment_blocks(
             "tile_shape": list(plan.tiles.tile_shape),
             "chunks": list(plan.chunks),
             "n_classes": k,
-            "class_names": list(model.metadata.get("class_names") or []),
+            "class_names": [str(c) for c in (model.metadata.get("classes") or [])],
         }
         old = _store_attrs(tmp) if tmp.exists() else None
         old_p = _store_attrs(tmp_p) if tmp_p is not None and tmp_p.exists() else None
