@@ -236,3 +236,15 @@ def test_minutes_limit_becomes_a_time_budget(dock):
     assert config.max_minutes == 2.5 and config.steps >= 10**6
     assert (config.learning_rate, config.optimizer, config.augment) == (0.001, "sgd", None)
     assert widget.minutes_spin.isVisibleTo(widget) and not widget.steps_spin.isVisibleTo(widget)
+
+
+def test_stop_before_the_first_step_makes_no_model(qtbot, dock, image, notes):
+    viewer, widget = dock
+    annotate(viewer, widget, image)
+    widget.train()
+    widget.stop()  # before the trainer even exists: honoured as soon as it does
+    wait_done(qtbot, widget)
+    assert widget.result is None and widget.loss_curve.steps == []
+    assert "before its first step" in widget.task.status.text()
+    assert not widget.session.models
+    assert not notes()  # a warning, not an error

@@ -141,8 +141,8 @@ class LayerComboBox(QComboBox):
 
 # ---------------------------------------------------------------------------------- models
 
-#: (path, modification time, size) -> loaded model; a file is read again only when it changed
-_file_cache: dict[tuple[str, float, int], Any] = {}
+#: model files kept loaded per viewer, so switching between a few costs no reloading
+CACHED_MODEL_FILES = 3
 
 
 def _cache_key(path: Path) -> tuple[str, float, int] | None:
@@ -154,18 +154,19 @@ def _cache_key(path: Path) -> tuple[str, float, int] | None:
     return (str(path.resolve()), st.st_mtime, st.st_size)
 
 
-def _load_file(path: Path) -> Any:
-    """Load a model file, reusing the last load of the same unchanged file."""
+def _load_file(path: Path, cache: dict) -> Any:
+    """Load a model file, reusing an earlier load of the same unchanged file from ``cache``."""
     from napari_unet.checkpoint import load_model
 
     key = _cache_key(path)
     if key is None:
         raise UserInputError(f"model file {path} does not exist; choose an existing file")
-    model = _file_cache.get(key)
+    model = cache.pop(key, None)
     if model is None:
         model = load_model(path)
-        _file_cache.clear()  # keep one model in memory, not one per file ever chosen
-        _file_cache[key] = model
+    cache[key] = model  # most recently used last
+    while len(cache) > CACHED_MODEL_FILES:
+        cache.pop(next(iter(cache)))
     return model
 
 
@@ -280,7 +281,8 @@ class ModelChooser(QWidget):
     # -- loading
     def preload(self) -> None:
         """Load the shipped model in a background thread, so the first click does not wait."""
-        if self._default is None or _cache_key(self._default) in _file_cache:
+        cache = self._session.file_models
+        if self._default is None or _cache_key(self._default) in cache:
             return
         import threading
 
@@ -289,7 +291,7 @@ class ModelChooser(QWidget):
         def quietly(path: Path) -> None:
             lower_thread_priority()
             try:
-                _load_file(path)
+                _load_file(path, cache)
             except UserInputError:
                 pass  # a broken file is reported when the user clicks
 
@@ -300,7 +302,7 @@ class ModelChooser(QWidget):
         """The chosen model and a short name for it; UserInputError if there is none to load."""
         kind, value = self.choice() or (self.NO_DEFAULT, "")
         if kind == self.DEFAULT and self._default is not None:
-            return _load_file(self._default), self._default.stem
+            return _load_file(self._default, self._session.file_models), self._default.stem
         if kind == self.SESSION:
             entry = self._session.get(value)
             if entry is None:
@@ -314,4 +316,4 @@ class ModelChooser(QWidget):
                 )
             raise UserInputError("choose a model file (.safetensors) first")
         path = Path(text).expanduser()
-        return _load_file(path), path.stem
+        return _load_file(path, self._session.file_models), path.stem

@@ -1,4 +1,4 @@
-"""What the docks of one viewer share: the models fine-tuned in this viewer's session.
+"""What the docks of one viewer share: the models fine-tuned in this viewer, and loaded files.
 
 A :class:`Session` belongs to one napari viewer and lives as long as it; :func:`session_for` finds
 it (the registry holds viewers weakly, so closing a viewer frees its models). The Fine-tune dock
@@ -40,6 +40,8 @@ class Session:
     """Models fine-tuned in one viewer, in the order they were made."""
 
     models: dict[str, SessionModel] = field(default_factory=dict)
+    #: model files loaded in this viewer, keyed by (path, mtime, size), most recently used last
+    file_models: dict[tuple[str, float, int], UNet] = field(default_factory=dict)
     _checkpoint_dir: Path | None = None
 
     #: emitted with no arguments whenever a model is added or removed

@@ -512,7 +512,9 @@ class FineTuneWidget(QWidget):
                 text += f" (checkpoint {self.result.checkpoint})"
             self.task.status.setText(text)
             notify_info(f"fine-tuned model '{self.result.name}' is ready")
-        elif outcome != DONE:
+        elif outcome == DONE:
+            self.task.status.setText("training stopped before its first step; no model was made")
+        else:
             self.task.status.setText(f"training {outcome}; no model was made")
 
     # ------------------------------------------------------------------ saving
