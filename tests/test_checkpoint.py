@@ -22,7 +22,8 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path, tiny_model, rng):
     for (k1, v1), (k2, v2) in zip(tiny_model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
     image = rng.integers(0, 256, (64, 64), dtype=np.uint8)
-    assert np.array_equal(predict(tiny_model, image, precision="fp32"), predict(loaded, image, precision="fp32"))
+    before = predict(tiny_model, image, precision="fp32")
+    assert np.array_equal(before, predict(loaded, image, precision="fp32"))
     assert read_header(path)["architecture"]["base_channels"] == 4
     assert not list(tmp_path.glob(".*tmp"))
 

@@ -248,3 +248,21 @@ def test_stop_before_the_first_step_makes_no_model(qtbot, dock, image, notes):
     assert "before its first step" in widget.task.status.text()
     assert not widget.session.models
     assert not notes()  # a warning, not an error
+
+
+def test_class_added_in_annotate_gets_its_own_output(qtbot, dock, image):
+    """A class named in the layer's features beyond the model's classes is trained, not refused."""
+    from napari_unet.annotation import class_features
+
+    viewer, widget = dock
+    layer = annotate(viewer, widget, image)
+    layer.features = class_features(["membrane", "cell", "mitochondria"])
+    layer.data[1, 52:60, 52:60] = 3
+    widget.steps_spin.setValue(2)
+    widget.train()
+    wait_done(qtbot, widget)
+    result = widget.result
+    assert result is not None
+    assert result.model.n_classes == 3
+    assert result.model.metadata["classes"] == ["membrane", "cell", "mitochondria"]
+    assert widget.model_chooser.load()[0].n_classes == 2  # the starting model is unchanged

@@ -67,3 +67,19 @@ def test_channels_double_per_level():
     model = UNet()
     assert [blk[0].out_channels for blk in model.down] == [64, 128, 256, 512]
     assert model.bottom[0].out_channels == 1024
+
+
+def test_with_classes_keeps_old_outputs_and_adds_new():
+    from napari_unet.model import with_classes
+
+    torch.manual_seed(0)
+    model = UNet(base_channels=2, depth=2).eval()
+    model.metadata["classes"] = ["membrane", "cell"]
+    grown = with_classes(model, ["membrane", "cell", "mitochondria"]).eval()
+    assert grown.n_classes == 3 and model.n_classes == 2
+    assert grown.metadata["classes"][-1] == "mitochondria"
+    x = torch.randn(1, 1, 60, 60)
+    with torch.no_grad():
+        assert torch.equal(grown(x)[:, :2], model(x))
+    with pytest.raises(ValueError):
+        with_classes(model, ["one"])

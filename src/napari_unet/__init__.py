@@ -20,13 +20,22 @@ _EXPORTS = {
     "UserInputError": "errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "TileResult",
+    "UNet",
+    "UserInputError",
+    "__version__",
+    "load_model",
+    "predict",
+    "predict_tiles",
+    "save_model",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import load_model, save_model
     from .errors import UserInputError
-    from .model import UNet
     from .inference import TileResult, predict, predict_tiles
+    from .model import UNet
 
 
 def __getattr__(name: str) -> Any:

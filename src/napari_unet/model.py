@@ -174,6 +174,29 @@ class UNet(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in self.config.items())
 
 
+def with_classes(model: UNet, names: list[str]) -> UNet:
+    """A copy of ``model`` predicting ``len(names)`` classes: a new class (e.g. mitochondria) painted
+    in the viewer gets its own output channel; the existing classes keep their trained weights."""
+    import copy
+
+    k = len(names)
+    if k < model.n_classes:
+        raise ValueError(f"cannot drop classes: the model has {model.n_classes}, {k} names given")
+    new = copy.deepcopy(model)
+    if k > model.n_classes:
+        old = new.head
+        head = nn.Conv2d(old.in_channels, k, kernel_size=1).to(old.weight.device, old.weight.dtype)
+        nn.init.normal_(head.weight, 0.0, math.sqrt(2.0 / old.in_channels))
+        nn.init.zeros_(head.bias)
+        with torch.no_grad():
+            head.weight[: model.n_classes] = old.weight
+            head.bias[: model.n_classes] = old.bias
+        new.head = head
+        new.n_classes = k
+    new.metadata = {**model.metadata, "classes": list(names)}
+    return new
+
+
 def count_conv_layers(model: UNet) -> int:
     """Number of convolution layers, counting up-convolutions and the final 1x1 (23 in the paper)."""
     return sum(isinstance(m, nn.Conv2d | nn.ConvTranspose2d) for m in model.modules())

@@ -191,6 +191,10 @@ class LossCurve(FigureCanvasQTAgg):
         self.draw_idle()
 
 
+#: Learning rates per optimiser, from benchmarks/bench_finetune_optimizers.py (docs/training.md).
+DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-4}
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "model"
 
@@ -221,13 +225,19 @@ class FineTuneWidget(QWidget):
         self.minutes_spin.setValue(5.0)
         self.minutes_spin.setSuffix(" min")
         self.optimizer_combo = QComboBox()
-        self.optimizer_combo.addItems(["adam", "sgd"])
-        self.optimizer_combo.setToolTip("adam: robust for fine-tuning; sgd: the paper's choice")
+        self.optimizer_combo.addItems(["sgd", "adam"])
+        self.optimizer_combo.setToolTip(
+            "sgd: the paper's SGD with momentum 0.99 (lr 0.001, measured best for fine-tuning); "
+            "adam: lr 1e-4"
+        )
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(6)
         self.lr_spin.setRange(1e-6, 1.0)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(1e-4)
+        self.lr_spin.setValue(DEFAULT_LR["sgd"])
+        self.optimizer_combo.currentTextChanged.connect(
+            lambda opt: self.lr_spin.setValue(DEFAULT_LR.get(opt, 1e-3))
+        )
         self.augment_check = QCheckBox("elastic deformation, flips, rotations, grey values")
         self.augment_check.setChecked(True)
         self.preview_button = QPushButton("Preview augmentation")
@@ -412,6 +422,8 @@ class FineTuneWidget(QWidget):
             )
         k_high = int(labels.max())
         start_model, start_name = self.model_chooser.load()
+        if k_high > start_model.n_classes and labels.min() >= 0:
+            start_model = self._grow_classes(start_model, labels_layer, k_high)
         if labels.min() < 0 or k_high > start_model.n_classes:
             raise UserInputError(
                 f"annotation layer '{labels_layer.name}' uses label {k_high}, but the model has "
@@ -449,6 +461,18 @@ class FineTuneWidget(QWidget):
             cancel=lambda: self._stop(control),
             message=f"preparing {start_name} for training on '{image_layer.name}'…",
         )
+
+    @staticmethod
+    def _grow_classes(model: Any, labels_layer: Any, k_high: int) -> Any:
+        """Classes added in the Annotate dock (named in the layer's features) get output channels."""
+        from napari_unet.annotation import class_names_from_features
+        from napari_unet.model import with_classes
+
+        names = class_names_from_features(getattr(labels_layer, "features", None))
+        if not names or len(names) < k_high:
+            return model
+        known = class_names_of(model)
+        return with_classes(model, known + list(names[len(known) : max(k_high, len(known))]))
 
     @staticmethod
     def _stop(control: dict[str, Any]) -> None:
