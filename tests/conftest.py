@@ -38,3 +38,46 @@ def isbi_dir() -> Path:
     if not (path / "train" / "images" / "00.png").is_file():
         pytest.skip(f"ISBI 2012 data not found at {path}")
     return path
+
+
+def _has_display() -> bool:
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """GUI tests need an X server: skip them, saying how to run them, where there is none."""
+    if _has_display():
+        return
+    skip = pytest.mark.skip(reason="needs a display: run under scripts/with-display.sh (Xvfb)")
+    for item in items:
+        if "gui" in item.keywords:
+            item.add_marker(skip)
+
+
+class _Notes:
+    """The napari notifications shown since the fixture started; calling it lists the errors."""
+
+    def __init__(self) -> None:
+        from napari.utils.notifications import notification_manager
+
+        self._manager = notification_manager
+        self._start = len(notification_manager.records)
+
+    @property
+    def all(self):
+        return self._manager.records[self._start :]
+
+    def errors(self) -> list[str]:
+        return [str(n.message) for n in self.all if n.severity == "error"]
+
+    __call__ = errors
+
+
+@pytest.fixture
+def notes() -> _Notes:
+    """Collects napari notifications during a test: ``notes.errors()`` or ``notes()``."""
+    return _Notes()

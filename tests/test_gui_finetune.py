@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -12,27 +9,9 @@ import torch
 from napari_unet.checkpoint import load_model, save_model
 from napari_unet.model import UNet
 
-pytestmark = [
-    pytest.mark.gui,
-    pytest.mark.skipif(
-        sys.platform.startswith("linux")
-        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
-        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
-    ),
-]
+pytestmark = pytest.mark.gui
 
 TIMEOUT = 120_000
-
-
-@pytest.fixture
-def notes():
-    """Collects the napari notifications shown during a test."""
-    from napari.utils.notifications import notification_manager
-
-    start = len(notification_manager.records)
-    return lambda: [
-        str(n.message) for n in notification_manager.records[start:] if n.severity == "error"
-    ]
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import dask.array as da
 import h5py
 import mrcfile
@@ -16,14 +13,7 @@ from PIL import Image
 
 from napari_unet import loading
 
-pytestmark = [
-    pytest.mark.gui,
-    pytest.mark.skipif(
-        sys.platform.startswith("linux")
-        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
-        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
-    ),
-]
+pytestmark = pytest.mark.gui
 
 TIMEOUT = 30_000
 
@@ -33,24 +23,6 @@ def config(tmp_path, monkeypatch):
     folder = tmp_path / "config"
     monkeypatch.setenv(loading.CONFIG_ENV, str(folder))
     return folder
-
-
-@pytest.fixture
-def notes():
-    """Collects the napari notifications shown during a test."""
-    from napari.utils.notifications import notification_manager
-
-    start = len(notification_manager.records)
-
-    class Notes:
-        @property
-        def all(self):
-            return notification_manager.records[start:]
-
-        def errors(self):
-            return [str(n.message) for n in self.all if n.severity == "error"]
-
-    return Notes()
 
 
 @pytest.fixture

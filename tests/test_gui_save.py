@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 from qtpy.QtWidgets import QMessageBox
@@ -12,34 +9,9 @@ from qtpy.QtWidgets import QMessageBox
 from napari_unet import io
 from napari_unet._widgets.save import target_path
 
-pytestmark = [
-    pytest.mark.gui,
-    pytest.mark.skipif(
-        sys.platform.startswith("linux")
-        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
-        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
-    ),
-]
+pytestmark = pytest.mark.gui
 
 TIMEOUT = 30_000
-
-
-@pytest.fixture
-def notes():
-    """Collects the napari notifications shown during a test."""
-    from napari.utils.notifications import notification_manager
-
-    start = len(notification_manager.records)
-
-    class Notes:
-        def errors(self):
-            return [
-                str(n.message)
-                for n in notification_manager.records[start:]
-                if n.severity == "error"
-            ]
-
-    return Notes()
 
 
 @pytest.fixture

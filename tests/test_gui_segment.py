@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -13,34 +10,9 @@ from napari_unet.checkpoint import save_model
 from napari_unet.inference import labels_from_probabilities, predict
 from napari_unet.model import UNet
 
-pytestmark = [
-    pytest.mark.gui,
-    pytest.mark.skipif(
-        sys.platform.startswith("linux")
-        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
-        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
-    ),
-]
+pytestmark = pytest.mark.gui
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture
-def notes():
-    """Collects the napari notifications shown during a test."""
-    from napari.utils.notifications import notification_manager
-
-    start = len(notification_manager.records)
-
-    class Notes:
-        @property
-        def all(self):
-            return notification_manager.records[start:]
-
-        def errors(self):
-            return [str(n.message) for n in self.all if n.severity == "error"]
-
-    return Notes()
 
 
 def tiny_unet(seed: int = 0) -> UNet:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 
@@ -13,24 +11,9 @@ from napari_unet._widgets._session import Session, session_for
 from napari_unet._widgets._worker import CANCELLED, DONE, FAILED, TaskPanel, start_worker
 from napari_unet.errors import UserInputError
 
-pytestmark = [
-    pytest.mark.gui,
-    pytest.mark.skipif(
-        sys.platform.startswith("linux")
-        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
-        reason="needs a display: run under scripts/with-display.sh (Xvfb)",
-    ),
-]
+pytestmark = pytest.mark.gui
 
 TIMEOUT = 20_000
-
-
-@pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    start = len(notification_manager.records)
-    return lambda: [str(n.message) for n in notification_manager.records[start:]]
 
 
 def run(qtbot, func, *args, **callbacks):

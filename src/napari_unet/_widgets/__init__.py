@@ -58,6 +58,30 @@ def layer_data(layer: Any) -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def grey_image(layer: Any, verb: str, missing: str) -> tuple[Any, Any]:
+    """The data of a greyscale 2-D/3-D image layer, or a UserInputError saying what is wrong with it.
+
+    ``verb`` completes "napari-unet ... greyscale EM" ("segments", "trains on"); ``missing`` is the
+    message when no layer is chosen.
+    """
+    from napari_unet.errors import UserInputError
+    from napari_unet.inference import check_image
+
+    if layer is None:
+        raise UserInputError(missing)
+    if layer.rgb:
+        raise UserInputError(
+            f"layer '{layer.name}' is an RGB image; napari-unet {verb} greyscale EM. "
+            "Split its channels (right-click the layer, Split RGB) and use one"
+        )
+    data = layer_data(layer)
+    try:
+        check_image(data)
+    except UserInputError as exc:
+        raise UserInputError(f"layer '{layer.name}': {exc}") from None
+    return layer, data
+
+
 class LayerComboBox(QComboBox):
     """A drop-down of the viewer's layers of one type, kept in step as layers come and go.
 
@@ -219,9 +243,7 @@ class ModelChooser(QWidget):
             if self._default is not None:
                 self.combo.addItem(f"Shipped model: {self._default.stem}", f"{self.DEFAULT}:")
             else:
-                self.combo.addItem(
-                    "No default model installed: choose a model file", f"{self.NO_DEFAULT}:"
-                )
+                self.combo.addItem("No default model installed: choose a model file", f"{self.NO_DEFAULT}:")
             for name in self._session.models:
                 self.combo.addItem(f"Fine-tuned: {name}", f"{self.SESSION}:{name}")
             self.combo.addItem("Model file…", f"{self.FILE}:")

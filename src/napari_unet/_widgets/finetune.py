@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 from napari_unet.device import DEVICES, select_device
 from napari_unet.errors import UserInputError
 
-from . import LayerComboBox, ModelChooser, _alive, layer_data, unwrap
+from . import LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import SessionModel, session_for
 from ._worker import DONE, TaskPanel
@@ -227,8 +227,7 @@ class FineTuneWidget(QWidget):
         self.optimizer_combo = QComboBox()
         self.optimizer_combo.addItems(["sgd", "adam"])
         self.optimizer_combo.setToolTip(
-            "sgd: the paper's SGD with momentum 0.99 (lr 0.001, measured best for fine-tuning); "
-            "adam: lr 1e-4"
+            "sgd: the paper's SGD with momentum 0.99 (lr 0.001, measured best for fine-tuning); adam: lr 1e-4"
         )
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(6)
@@ -301,9 +300,7 @@ class FineTuneWidget(QWidget):
             theme = get_theme(self.viewer.theme)
         except (KeyError, ValueError):
             return
-        self.loss_curve.apply_theme(
-            theme.foreground.as_hex(), theme.text.as_hex(), theme.current.as_hex()
-        )
+        self.loss_curve.apply_theme(theme.foreground.as_hex(), theme.text.as_hex(), theme.current.as_hex())
 
     def _show_limit(self, *_: Any) -> None:
         by_steps = self.limit_combo.currentText() == "steps"
@@ -322,29 +319,14 @@ class FineTuneWidget(QWidget):
 
     # ------------------------------------------------------------------ inputs
     def _image(self) -> tuple[Any, Any]:
-        layer = self.image_combo.layer()
-        if layer is None:
-            raise UserInputError("no image layer; open the image to annotate first")
-        if layer.rgb:
-            raise UserInputError(
-                f"layer '{layer.name}' is an RGB image; napari-unet trains on greyscale EM. "
-                "Split its channels (right-click the layer, Split RGB) and use one"
-            )
-        from napari_unet.inference import check_image
-
-        data = layer_data(layer)
-        try:
-            check_image(data)
-        except UserInputError as exc:
-            raise UserInputError(f"layer '{layer.name}': {exc}") from None
-        return layer, data
+        return grey_image(
+            self.image_combo.layer(), "trains on", "no image layer; open the image to annotate first"
+        )
 
     def _annotations(self, image_layer: Any, data: Any) -> Any:
         layer = self.labels_combo.layer()
         if layer is None:
-            raise UserInputError(
-                "no annotation layer; click 'Add annotation layer' and paint some labels"
-            )
+            raise UserInputError("no annotation layer; click 'Add annotation layer' and paint some labels")
         labels = layer_data(layer)
         if tuple(labels.shape) != tuple(data.shape):
             raise UserInputError(

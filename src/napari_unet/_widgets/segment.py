@@ -26,7 +26,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QPushButton, QSpinBox, QVBoxL
 from napari_unet.device import DEVICES, PRECISIONS, select_device
 from napari_unet.errors import UserInputError
 
-from . import LayerComboBox, ModelChooser, layer_data, unwrap
+from . import LayerComboBox, ModelChooser, grey_image, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
 from ._worker import CANCELLED, DONE, TaskPanel
 
@@ -205,22 +205,9 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ inputs
     def _image(self) -> tuple[Any, Any]:
-        layer = self.image_combo.layer()
-        if layer is None:
-            raise UserInputError("no image layer to segment; open an image first")
-        if layer.rgb:
-            raise UserInputError(
-                f"layer '{layer.name}' is an RGB image; napari-unet segments greyscale EM. "
-                "Split its channels (right-click the layer, Split RGB) and segment one"
-            )
-        from napari_unet.inference import check_image
-
-        data = layer_data(layer)
-        try:
-            check_image(data)
-        except UserInputError as exc:
-            raise UserInputError(f"layer '{layer.name}': {exc}") from None
-        return layer, data
+        return grey_image(
+            self.image_combo.layer(), "segments", "no image layer to segment; open an image first"
+        )
 
     def _tile_size(self, model: Any) -> int | None:
         tile = int(self.tile_spin.value())
@@ -360,8 +347,7 @@ class SegmentWidget(QWidget):
                         features=live.features,
                     )
             self.task.status.setText(
-                f"segmented '{run['image']}' with {run['model']}: {run['total']} tiles "
-                f"in {seconds:.1f} s"
+                f"segmented '{run['image']}' with {run['model']}: {run['total']} tiles in {seconds:.1f} s"
             )
             notify_info(f"segmented '{run['image']}' in {seconds:.1f} s")
             return
