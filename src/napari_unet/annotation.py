@@ -458,18 +458,22 @@ class SidecarInfo:
     shape: tuple[int, ...]
 
 
+def _header_of(tif: Any) -> dict[str, Any] | None:
+    found = tif.shaped_metadata
+    doc = found[0] if found else None
+    if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
+        return None
+    return doc
+
+
 def _read_header(path: Path) -> dict[str, Any] | None:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            found = tif.shaped_metadata
-        doc = found[0] if found else None
+            return _header_of(tif)
     except Exception:
         return None
-    if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
-        return None
-    return doc
 
 
 def _info(path: Path, doc: dict[str, Any]) -> SidecarInfo:
@@ -663,7 +667,13 @@ def read_sidecar(path: str | os.PathLike) -> Annotations:
     import tifffile
 
     p = Path(path)
-    doc = _read_header(p)
+    # Header and pixels from one open file: an autosave may replace the path in between.
+    try:
+        with tifffile.TiffFile(p) as tif:
+            doc = _header_of(tif)
+            pages = tif.asarray() if doc is not None and doc.get("slices") else None
+    except Exception:
+        doc = None
     if doc is None:
         raise UserInputError(f"{p} is not a napari-unet annotation file")
     try:
@@ -672,7 +682,7 @@ def read_sidecar(path: str | os.PathLike) -> Annotations:
         zs = [int(z) for z in doc["slices"]]
         labels = np.zeros(shape, dtype)
         if zs:
-            pages = np.asarray(tifffile.imread(p)).astype(dtype, copy=False)
+            pages = np.asarray(pages).astype(dtype, copy=False)
             if len(shape) == 2:
                 labels[...] = pages.reshape(shape)
             else:
