@@ -38,6 +38,15 @@ def main() -> None:
     ap.add_argument("--w0", type=float, default=10.0, help="border weight (0 = class balance only)")
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--init", default=None, help="continue from this model's weights")
+    ap.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    ap.add_argument(
+        "--average-from",
+        type=float,
+        default=None,
+        help="average the weights of snapshots taken every --average-every steps once this fraction of "
+        "--steps is done (stochastic weight averaging); the average is what gets saved",
+    )
+    ap.add_argument("--average-every", type=int, default=250)
     ap.add_argument("-o", "--output", default="src/napari_unet/models/em_membrane.safetensors")
     args = ap.parse_args()
 
@@ -56,7 +65,7 @@ def main() -> None:
         max_minutes=args.minutes,
         optimizer="adam",
         learning_rate=args.lr,
-        lr_schedule="cosine",
+        lr_schedule=args.schedule,
         tile_size=412,
         augment=AugmentConfig(),
         w0=args.w0,
@@ -67,13 +76,32 @@ def main() -> None:
     n_train = len(TRAIN)
     trainer = Trainer(model, list(images[:n_train]), list(classes[:n_train]), cfg)
     t0 = time.time()
+    average: dict[str, torch.Tensor] | None = None
+    n_average = 0
     for ev in trainer.run():
-        if ev.kind == "step" and ev.step % 25 == 0:
+        if ev.kind != "step":
+            continue
+        if ev.step % 25 == 0:
             print(
                 f"step {ev.step:5d}  loss {ev.loss:.4f}  lr {ev.learning_rate:.2e}  {ev.elapsed:7.1f}s",
                 flush=True,
             )
+        if (
+            args.average_from is not None
+            and ev.step >= args.average_from * args.steps
+            and ev.step % args.average_every == 0
+        ):
+            state = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+            n_average += 1
+            if average is None:
+                average = state
+            else:  # running mean
+                for k, v in state.items():
+                    average[k] += (v - average[k]) / n_average
     wall = time.time() - t0
+    if average is not None:
+        model.load_state_dict(average)
+        print(f"saved weights: mean of {n_average} snapshots", flush=True)
 
     probs = predict(model, images[n_train:], precision="auto")
     result = evaluate_stack(probs[1], classes[n_train:] == 2)
@@ -88,6 +116,7 @@ def main() -> None:
         "wall_seconds": round(wall, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "precision": str(trainer.dtype),
+        "weight_average_snapshots": n_average,
     }
     model.metadata["validation"] = {"slices": "ISBI 2012 train 15-19", **mean}
     out = save_model(model, args.output)

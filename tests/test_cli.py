@@ -57,6 +57,22 @@ def test_segment_tif_with_probabilities(tmp_path, model_file, stack_tif, capsys)
     assert np.abs(expected - p).max() < 1e-5
 
 
+def test_segment_with_test_time_augmentation(tmp_path, model_file, stack_tif, capsys):
+    probs = tmp_path / "probs.tif"
+    code, _, err = run(["segment", stack_tif, "-o", tmp_path / "m.tif", "--model", model_file, "--precision",
+                        "fp32", "--tile", 252, "--tta", "d4", "--probabilities", probs], capsys)
+    assert code == 0, err
+    from napari_unet import load_model
+
+    model, images = load_model(model_file), tifffile.imread(stack_tif)
+    expected = predict(model, images, tile_shape=252, precision="fp32", tta="d4")
+    assert np.abs(expected - tifffile.imread(probs)).max() < 1e-5
+    assert np.abs(expected - predict(model, images, tile_shape=252, precision="fp32")).max() > 1e-3
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(stack_tif), "-o", str(tmp_path / "n.tif"), "--tta", "all"])
+    assert exc.value.code == 2
+
+
 def test_segment_single_image_to_png_folder_and_zarr(tmp_path, model_file, capsys):
     image = synthetic_em(n_slices=1, shape=(100, 90))[0][0]
     src = tmp_path / "one.png"

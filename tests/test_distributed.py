@@ -446,3 +446,24 @@ def test_which_inputs_go_block_by_block():
     )
     huge = da.zeros((2_000_000, 2_000_000), dtype=np.uint8, chunks=4096)  # 4 TB, never computed
     assert dist.use_blockwise(ns("a.tif"), huge)
+
+
+def test_blocks_with_test_time_augmentation_equal_predict(model, tmp_path):
+    """The flipped views are averaged per tile on the block path exactly as in ``predict``."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (700, 600), dtype=np.uint8)
+    out, probs = tmp_path / "labels.zarr", tmp_path / "probs.zarr"
+    with torch_threads(1):
+        dist.segment_volume(
+            model, image, out, probabilities=probs, scheduler="sync", chunks=256, torch_threads=1,
+            precision="fp32", tta="flips",
+        )
+        tile = dist.tile_for_chunk(model, 256)
+        expected = predict(model, image, tile_shape=tile, precision="fp32", tta="flips")
+        plain = predict(model, image, tile_shape=tile, precision="fp32")
+    p = zarr.open_array(str(probs), mode="r")[:]
+    assert np.abs(p - expected).max() <= 1e-6
+    assert np.abs(p - plain).max() > 1e-3
+    assert np.array_equal(zarr.open_array(str(out), mode="r")[:], labels_from_probabilities(expected))
+    with pytest.raises(UserInputError, match="test-time augmentation"):
+        dist.segment_volume(model, image, tmp_path / "x.zarr", scheduler="sync", tta="many")

@@ -74,6 +74,20 @@ def test_segment_fills_labels_layer_with_the_prediction(qtbot, dock, model_file,
     assert "running" not in " ".join(ly.name for ly in viewer.layers)
 
 
+def test_test_time_augmentation_choice_reaches_the_prediction(qtbot, dock, model_file, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    widget.tta_combo.setCurrentText("8 turns and flips (8x time)")
+    widget.segment()
+    wait_done(qtbot, widget)
+    from napari_unet.checkpoint import load_model
+
+    probs = predict(load_model(model_file), image, device="cpu", precision="fp32", tta="d4")
+    out = viewer.layers["em segmentation"].data
+    np.testing.assert_array_equal(out, labels_from_probabilities(probs))
+    assert not np.array_equal(out, reference(model_file, image))
+
+
 def test_slice_on_screen_is_segmented_first(qtbot, dock, image):
     viewer, widget = dock
     viewer.add_image(image, name="em")

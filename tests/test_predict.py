@@ -152,3 +152,50 @@ def test_stopping_between_tiles_leaves_model_state(tiny_model, rng):
 def test_labels_from_probabilities():
     p = np.array([[[0.9, 0.2]], [[0.1, 0.8]]], dtype=np.float32)
     assert labels_from_probabilities(p).tolist() == [[1, 2]]
+
+
+def whole_image_tta(model, image2d, tta):
+    """Reference for test-time augmentation: the views averaged over the whole padded image."""
+    from napari_unet.inference import forward_probabilities
+
+    norm = compute_normalizer(image2d)
+    h, w = image2d.shape
+    c = model.margin // 2
+    x = norm(read_mirrored(image2d, -c, -c, model.input_size_for_output(h), model.input_size_for_output(w)))
+    x = torch.from_numpy(x)[None, None]
+    p = forward_probabilities(model.eval(), x, torch.device("cpu"), torch.float32, tta)
+    return p[0, :, :h, :w].numpy()
+
+
+@pytest.mark.parametrize("tta", ["flips", "d4"])
+def test_tta_stays_tile_exact_on_rectangular_tiles(tiny_model, rng, tta):
+    """Flipped and turned views of a valid tile pool the same pixel pairs, so tiling stays exact."""
+    image = rng.integers(0, 256, (530, 410), dtype=np.uint8)
+    tiles = list(predict_tiles(tiny_model, image, tile_shape=(380, 316), precision="fp32", tta=tta))
+    assert len(tiles) >= 4
+    tiled = predict(tiny_model, image, tile_shape=(380, 316), precision="fp32", tta=tta)
+    reference = whole_image_tta(tiny_model, image, tta)
+    assert np.abs(tiled - reference).max() <= 1e-4
+    plain = predict(tiny_model, image, tile_shape=(380, 316), precision="fp32")
+    assert np.abs(tiled - plain).max() > 1e-3  # the views really differ from the plain pass
+    np.testing.assert_allclose(tiled.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_d4_tta_is_equivariant_to_turns_and_flips(tiny_model, rng):
+    """On an image that is one valid output tile, the 8-view average commutes with turns and flips."""
+    n = tiny_model.valid_output_size(190)
+    image = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    tile = tiny_model.input_size_for_output(n)
+    p = predict(tiny_model, image, tile_shape=tile, precision="fp32", tta="d4")
+    plain = predict(tiny_model, image, tile_shape=tile, precision="fp32")
+    for view in (lambda a: np.rot90(a, 1, axes=(-2, -1)), lambda a: a[..., ::-1]):
+        turned = np.ascontiguousarray(view(image))
+        moved = predict(tiny_model, turned, tile_shape=tile, precision="fp32", tta="d4")
+        assert np.abs(moved - view(p)).max() <= 1e-5
+        moved_plain = predict(tiny_model, turned, tile_shape=tile, precision="fp32")
+        assert np.abs(moved_plain - view(plain)).max() > 1e-3  # the network alone is not
+
+
+def test_unknown_tta_is_refused(tiny_model):
+    with pytest.raises(UserInputError, match="test-time augmentation 'rot'"):
+        predict(tiny_model, np.zeros((64, 64), np.uint8), tta="rot")

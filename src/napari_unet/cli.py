@@ -93,6 +93,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         device=args.device,
         precision=args.precision,
+        tta=args.tta,
     )
     with _progress() as bar:
         task = bar.add_task("segment", total=None, info=f"{src.name}")
@@ -267,7 +268,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on embedded defaults: shipped model, sample stack, masks and an overlay."""
     from .demo import run_demo
 
-    run_demo(Path(args.output), data=args.data, slices=args.slices, device=args.device)
+    run_demo(Path(args.output), data=args.data, slices=args.slices, device=args.device, tta=args.tta)
     return 0
 
 
@@ -292,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--tile", type=int, default=None, help="input tile size in px (default: auto)")
     seg.add_argument("--batch", type=int, default=None, help="tiles per forward pass (default: auto)")
     seg.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    seg.add_argument(
+        "--tta",
+        default="none",
+        choices=["none", "flips", "d4"],
+        help="test-time augmentation: average the network over 4 flips or all 8 turns and flips "
+        "of each tile (4x or 8x the time, fewer broken membranes)",
+    )
     seg.add_argument(
         "--probabilities",
         default=None,
@@ -388,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", default="auto", choices=["auto", "isbi", "synthetic"])
     demo.add_argument("--slices", type=int, default=None, help="segment only the first N slices")
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    demo.add_argument("--tta", default="none", choices=["none", "flips", "d4"], help="as for segment")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -40,7 +40,9 @@ def load_sample(data: str = "auto") -> tuple[str, np.ndarray, np.ndarray | None]
     return "synthetic EM stack", images, labels
 
 
-def run_demo(output: Path, data: str = "auto", slices: int | None = None, device: str = "auto") -> dict:
+def run_demo(
+    output: Path, data: str = "auto", slices: int | None = None, device: str = "auto", tta: str = "none"
+) -> dict:
     """Segment the sample with the shipped model; write masks.tif, instances.tif, overlay.png."""
     from PIL import Image
 
@@ -63,7 +65,7 @@ def run_demo(output: Path, data: str = "auto", slices: int | None = None, device
     probs = np.zeros((k, *images.shape), dtype=np.float32)
     with _progress() as bar:
         task = bar.add_task("segment", total=None, info=name)
-        for res in predict_tiles(model, images, device=device):
+        for res in predict_tiles(model, images, device=device, tta=tta):
             probs[(slice(None), *res.region)] = res.probabilities
             bar.update(task, total=res.total, completed=res.index + 1)
     classes = (np.argmax(probs, axis=0) + 1).astype(np.uint8)

@@ -52,9 +52,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .device import autocast, resolve_precision, select_device
+from .device import resolve_precision, select_device
 from .errors import UserInputError
-from .inference import CPU_MAX_AUTO_TILE, _check_tile_shape, check_image
+from .inference import CPU_MAX_AUTO_TILE, _check_tile_shape, check_image, check_tta, forward_probabilities
 from .model import UNet
 from .normalize import Normalizer, compute_normalizer
 from .tiling import TilePlan, plan_tiles, read_mirrored
@@ -342,6 +342,7 @@ class _Job:
     device: str
     precision: str
     batch_size: int | None
+    tta: str
     labels: str
     probabilities: str | None
     markers: str
@@ -413,9 +414,7 @@ def _segment_block(
         if dev.type == "cuda":
             x = x.pin_memory()
         x = x.to(dev, non_blocking=True).contiguous(memory_format=memory_format)
-        with torch.inference_mode(), autocast(dev, dtype):
-            logits = model(x)
-        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        probs = forward_probabilities(model, x, dev, dtype, job.tta).cpu().numpy()
         for p, (i, j) in zip(probs, part, strict=True):
             s_y, s_x = tp.starts[0][i], tp.starts[1][j]
             r0, r1 = max(tp.keeps[0][i][0], block.y[0]), min(tp.keeps[0][i][1], block.y[1])
@@ -755,6 +754,7 @@ def segment_blocks(
     connect_timeout: float | None = None,
     normalizer: Normalizer | None = None,
     torch_threads: int | None = None,
+    tta: str = "none",
 ) -> Generator[BlockEvent, None, SegmentResult]:
     """Segment ``image`` block by block into a zarr store, yielding each finished block.
 
@@ -793,6 +793,8 @@ def segment_blocks(
         CPU threads per block; default: a host's cores shared among the blocks running on it at
         once (no oversubscription). Convolutions round differently with different thread counts
         (about 1e-7), so bit-for-bit equality with ``predict`` needs the same count on both sides.
+    tta
+        Test-time augmentation, as for :func:`~napari_unet.inference.predict_tiles`.
 
     The first event comes once the run is set up (scheduler reached, stores created or resumed)
     and counts the blocks an earlier run finished; then one event per finished block. The
@@ -815,6 +817,7 @@ def segment_blocks(
     plan = plan_blocks(model, shape, chunks, tile_shape)
     if batch_size is not None and batch_size < 1:
         raise UserInputError(f"batch size must be >= 1, got {batch_size}")
+    check_tta(tta)
     if isinstance(scheduler, str) and scheduler.lower() not in ("threads", "sync", "local"):
         if not _is_address(scheduler):
             raise UserInputError(f"unknown scheduler {scheduler!r}; {_SCHEDULER_HELP}")
@@ -843,6 +846,7 @@ def segment_blocks(
                     "normalizer": [normalizer.low, normalizer.high],
                     "device": str(device),
                     "precision": str(precision),
+                    "tta": tta,
                     "probabilities": prob_out is not None,
                 },
                 sort_keys=True,
@@ -912,6 +916,7 @@ def segment_blocks(
             device=str(device),
             precision=str(precision),
             batch_size=batch_size,
+            tta=tta,
             labels=str(tmp),
             probabilities=None if tmp_p is None else str(tmp_p),
             markers=str(markers),
@@ -1053,6 +1058,7 @@ def run_segment_command(args: Any, model: UNet, data: Any) -> int:
         precision=args.precision,
         batch_size=args.batch,
         overwrite=args.overwrite,
+        tta=getattr(args, "tta", "none"),
     )
     done = 0
     try:

@@ -24,6 +24,48 @@ from .tiling import Tile, TilePlan, plan_tiles, read_mirrored
 #: small enough that the first tile shows quickly in the viewer.
 CPU_MAX_AUTO_TILE = 1212
 
+#: Test-time augmentation: the symmetries of the square each tile is seen under. Every entry is
+#: (quarter turns, flip along x); the softmax outputs are turned back and averaged. "flips" is the
+#: group {identity, flip y, flip x, half turn}; "d4" adds the quarter turns and transposes.
+TTA_MODES: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, False), (2, True)),
+    "d4": tuple((k, f) for k in range(4) for f in (False, True)),
+}
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` if it names a mode of :data:`TTA_MODES`, else one clear error."""
+    if tta not in TTA_MODES:
+        raise UserInputError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
+    return tta
+
+
+def forward_probabilities(model: UNet, x: torch.Tensor, dev: torch.device, dtype, tta: str = "none"):
+    """Softmax probabilities (float32, on ``dev``) of a batch of valid-size tiles, averaged over ``tta``.
+
+    Each view is the tile turned and/or flipped, run through the network and turned back. Valid tile
+    sizes are even at every pooling step, so a flipped tile pools the same pixel pairs as the
+    original: the average stays exact under overlap-tiling.
+    """
+    total = None
+    views = TTA_MODES[check_tta(tta)]
+    for k, flip in views:
+        v = x
+        if flip:
+            v = torch.flip(v, dims=(3,))
+        if k:
+            v = torch.rot90(v, k, dims=(2, 3))
+        with torch.inference_mode(), autocast(dev, dtype):
+            logits = model(v)
+        p = torch.softmax(logits.float(), dim=1)
+        if k:
+            p = torch.rot90(p, -k, dims=(2, 3))
+        if flip:
+            p = torch.flip(p, dims=(3,))
+        total = p if total is None else total + p
+    return total if len(views) == 1 else total / len(views)
+
 
 @dataclass(frozen=True)
 class TileResult:
@@ -108,6 +150,7 @@ def predict_tiles(
     *,
     z_order: Sequence[int] | None = None,
     normalizer: Normalizer | None = None,
+    tta: str = "none",
 ) -> Iterator[TileResult]:
     """Segment ``image`` tile by tile, yielding each finished tile.
 
@@ -134,6 +177,9 @@ def predict_tiles(
     normalizer
         Intensity mapping; default: from the model's stored normalisation, computed once on ``image``
         so every tile of every slice sees the same mapping.
+    tta
+        Test-time augmentation (:data:`TTA_MODES`): "none", "flips" (4 views, 4x the time) or "d4"
+        (8 views, 8x the time). Averaging the views closes small gaps in membranes.
 
     Strategy
     --------
@@ -143,6 +189,7 @@ def predict_tiles(
     runs in a helper thread while the network computes the current one.
     """
     check_image(image)
+    check_tta(tta)
     dev = select_device(device)
     dtype = resolve_precision(precision, dev)
     is_stack = image.ndim == 3
@@ -198,9 +245,7 @@ def predict_tiles(
             x = pending.result()  # type: ignore[union-attr]
             pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
             x = x.to(dev, non_blocking=True).contiguous(memory_format=memory_format)
-            with torch.inference_mode(), autocast(dev, dtype):
-                logits = model(x)
-            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            probs = forward_probabilities(model, x, dev, dtype, tta).cpu().numpy()
             for t, p in zip(batch, probs, strict=True):
                 region = ((t.z,) if is_stack else ()) + t.out
                 yield TileResult(
@@ -224,6 +269,7 @@ def predict(
     precision: str = "auto",
     *,
     normalizer: Normalizer | None = None,
+    tta: str = "none",
 ) -> np.ndarray:
     """Float32 softmax probabilities shaped (n_classes, *image.shape) by overlap-tile prediction.
 
@@ -231,7 +277,10 @@ def predict(
     """
     check_image(image)
     out = np.zeros((model.n_classes, *image.shape), dtype=np.float32)
-    for res in predict_tiles(model, image, tile_shape, batch_size, device, precision, normalizer=normalizer):
+    tiles = predict_tiles(
+        model, image, tile_shape, batch_size, device, precision, normalizer=normalizer, tta=tta
+    )
+    for res in tiles:
         out[(slice(None), *res.region)] = res.probabilities
     return out
 
