@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--w0", type=float, default=10.0, help="border weight (0 = class balance only)")
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--init", default=None, help="continue from this model's weights")
+    ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     ap.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     ap.add_argument(
         "--average-from",
@@ -63,7 +64,7 @@ def main() -> None:
     cfg = TrainConfig(
         steps=args.steps,
         max_minutes=args.minutes,
-        optimizer="adam",
+        optimizer=args.optimizer,
         learning_rate=args.lr,
         lr_schedule=args.schedule,
         tile_size=412,
