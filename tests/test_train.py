@@ -93,6 +93,24 @@ def test_resume_continues_step_count_and_optimizer_exactly(tmp_path):
     assert load_training_state(ckpt)["buffers"]
 
 
+def test_training_history_has_one_entry_per_run(tmp_path):
+    """Checkpoints within a run update that run's entry; a resume continues it; a new run adds one."""
+    images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=4)
+    base = dict(tile_size=124, precision="fp32", seed=5, checkpoint_every=1)
+    ckpt = tmp_path / "run.safetensors"
+    model = small_model()
+    list(Trainer(model, images, labels, TrainConfig(steps=3, checkpoint_path=str(ckpt), **base)).run())
+    history = load_model(ckpt).metadata["training"]["history"]
+    assert [h["steps"] for h in history] == [3]
+    resumed = load_model(ckpt)
+    cfg = TrainConfig(steps=5, checkpoint_path=str(ckpt), **base)
+    list(Trainer(resumed, images, labels, cfg, resume_from=ckpt).run())
+    assert [h["steps"] for h in load_model(ckpt).metadata["training"]["history"]] == [5]
+    again = load_model(ckpt)
+    list(Trainer(again, images, labels, TrainConfig(steps=2, checkpoint_path=str(ckpt), **base)).run())
+    assert [h["steps"] for h in load_model(ckpt).metadata["training"]["history"]] == [5, 2]
+
+
 def test_resume_is_exact_without_augmentation(tmp_path):
     images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=4)
     base = dict(tile_size=124, precision="fp32", seed=5, augment=None, learning_rate=0.01)

@@ -126,6 +126,12 @@ class Trainer:
     ) -> None:
         self.config = cfg = config or TrainConfig()
         self.model = model
+        prev = model.metadata.get("training")
+        history = list(prev.get("history", [])) if isinstance(prev, dict) else []
+        if resume_from is not None and history:
+            history = history[:-1]  # the interrupted run goes on; it stays one entry
+        #: earlier training runs of this model, one entry each; this run is appended when saving
+        self._history_before: list[dict[str, Any]] = history
         k = model.n_classes
         if cfg.optimizer not in OPTIMIZERS:
             raise UserInputError(f"unknown optimiser {cfg.optimizer!r}; choose one of {OPTIMIZERS}")
@@ -298,8 +304,6 @@ class Trainer:
     def metadata(self, elapsed: float) -> dict[str, Any]:
         """Model metadata after training: classes, normalisation and how it was trained."""
         cfg = self.config
-        prev = self.model.metadata.get("training") or {}
-        history = list(prev.get("history", [])) if isinstance(prev, dict) else []
         run = {
             "steps": self.step,
             "optimizer": cfg.optimizer,
@@ -320,7 +324,7 @@ class Trainer:
         return {
             "classes": self.class_names,
             "normalization": self._spec,
-            "training": {**run, "history": [*history, run]},
+            "training": {**run, "history": [*self._history_before, run]},
         }
 
     def save_checkpoint(
