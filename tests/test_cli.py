@@ -204,3 +204,79 @@ def test_console_script_runs(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.startswith("napari-unet: error:")
+
+
+def test_train_classes_by_name_keep_new_and_drop(tmp_path, model_file, stack_tif, capsys):
+    """--classes with the shipped-style start model: 'cell' keeps its channel, 'organelle' is new,
+    'membrane' is dropped; the saved model has exactly the names given."""
+    from napari_unet import load_model
+
+    truth = tmp_path / "truth.tif"
+    out = tmp_path / "tuned.safetensors"
+    code, _, err = run(["train", "--images", stack_tif, "--labels", truth, "-o", out, "--from", model_file,
+                        "--classes", "organelle,cell", "--steps", "1", "--tile", "252", "--precision", "fp32",
+                        "--lr", "1e-12"], capsys)
+    assert code == 0, err
+    assert "kept: cell; new: organelle; dropped: membrane" in err
+    start, tuned = load_model(model_file), load_model(out)
+    assert tuned.metadata["classes"] == ["organelle", "cell"] and tuned.n_classes == 2
+    # lr 1e-12: the weights are (almost) those the mapping gave them
+    assert torch.allclose(tuned.head.weight[1], start.head.weight[1], atol=1e-6)
+    assert not torch.allclose(tuned.head.weight[0], start.head.weight[0], atol=1e-3)
+    assert torch.allclose(tuned.down[0][0].weight, start.down[0][0].weight, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--classes", "cell,cell"], "more than once"),
+        (["--classes", "cell"], "at least two"),
+        (["--classes", "a,,b"], "empty name"),
+        (["--lr", "nan"], "learning rate"),
+        (["--momentum", "-1"], "momentum"),
+        (["--max-minutes", "-1"], "time limit"),
+        (["--max-minutes", "nan"], "time limit"),
+        (["--val-fraction", "2"], "validation fraction"),
+        (["--batch", "1000"], "batch size"),
+        (["--seed", "-1"], "seed"),
+        (["--from", "missing.safetensors"], "does not exist"),
+    ],
+)
+def test_train_bad_options_exit_2_before_work(tmp_path, stack_tif, extra, message, capsys):
+    truth = tmp_path / "truth.tif"
+    out = tmp_path / "m.safetensors"
+    code, _, err = run(["train", "--images", stack_tif, "--labels", truth, "-o", out, "--steps", "2",
+                        "--tile", "252", *extra], capsys)
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_train_labels_above_the_classes_and_bad_images(tmp_path, model_file, stack_tif, capsys):
+    three = tmp_path / "three.tif"
+    tifffile.imwrite(three, np.full((2, 150, 130), 3, np.uint8))
+    code, _, err = run(["train", "--images", stack_tif, "--labels", three, "-o", tmp_path / "m.safetensors",
+                        "--from", model_file, "--steps", "1"], capsys)
+    assert code == 2 and "name one class per label with --classes" in err
+    four_d = tmp_path / "4d.tif"
+    tifffile.imwrite(four_d, np.zeros((2, 2, 150, 130), np.uint8))
+    code, _, err = run(["train", "--images", four_d, "--labels", four_d, "-o", tmp_path / "m.safetensors",
+                        "--from", model_file, "--steps", "1"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    bad_model = tmp_path / "bad.safetensors"
+    bad_model.write_bytes(b"not a model")
+    code, _, err = run(["train", "--images", stack_tif, "--labels", tmp_path / "truth.tif",
+                        "-o", tmp_path / "m.safetensors", "--from", bad_model, "--steps", "1"], capsys)
+    assert code == 2 and "bad.safetensors" in err
+
+
+def test_train_time_limit_alone(tmp_path, model_file, stack_tif, capsys):
+    out = tmp_path / "m.safetensors"
+    args = ["train", "--images", stack_tif, "--labels", tmp_path / "truth.tif", "-o", out,
+            "--from", model_file, "--max-minutes", "0.05", "--tile", "252", "--precision", "fp32"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    from napari_unet.checkpoint import load_training_state
+
+    steps = load_training_state(out)["step"]
+    assert steps >= 2 and f"finished after {steps} steps" in err
