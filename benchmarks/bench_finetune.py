@@ -103,13 +103,17 @@ def scribbles(mask: np.ndarray, rng: np.random.Generator, share: float = 0.02) -
     return out
 
 
-def mito_iou(prob_mito: dict[int, np.ndarray], mito: dict[int, np.ndarray]) -> float:
+def mito_iou(prob_mito: dict[int, np.ndarray], mito: dict[int, np.ndarray], say: bool = False) -> float:
     """IoU of P(mitochondrion) > 0.5 against the masks, pooled over the evaluation sections."""
-    inter = union = 0
+    inter = union = predicted = true_px = 0
     for z, p in prob_mito.items():
         pred, true = p > 0.5, mito[z]
         inter += int(np.count_nonzero(pred & true))
         union += int(np.count_nonzero(pred | true))
+        predicted += int(np.count_nonzero(pred))
+        true_px += int(np.count_nonzero(true))
+    if say:
+        print(f"    predicted {predicted / true_px:.2f}x the true mitochondrion pixels")
     return inter / max(union, 1)
 
 
@@ -140,7 +144,7 @@ def scenario_data(name: str, raw, membranes, mito, rng) -> tuple[list, list, lis
 
 
 def score(name: str, probs, membranes, mito) -> float:
-    return mito_iou(probs, mito) if name in "ab" else cell_rand(probs, membranes)
+    return mito_iou(probs, mito, say=True) if name in "ab" else cell_rand(probs, membranes)
 
 
 def run_unet(name, recipe, minutes, overrides, raw, membranes, mito, labels_cache, figure_times=()):
