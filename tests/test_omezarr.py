@@ -159,3 +159,14 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch):
     with pytest.raises(io.UserInputError, match=r"optional extra 'export'.*napari-unet\[export\]"):
         omezarr.write_label_group(tmp_path / "x.ome.zarr", np.ones((8, 8), np.uint8))
     assert omezarr.ngff_unit("nm") == "nanometer" and omezarr.ngff_unit("pixel") is None
+
+
+def test_napari_reader_opens_ome_zarr_masks_as_labels(tmp_path):
+    from napari_unet._reader import get_reader
+
+    out = io.write_labels(
+        tmp_path / "seg.ome.zarr", np.ones((2, 64, 64), np.uint8), voxel_size=(40, 4, 4), unit="nm"
+    )
+    ((data, meta, kind),) = get_reader(str(out))(str(out))
+    assert kind == "labels" and meta["scale"] == pytest.approx((40.0, 4.0, 4.0))
+    assert omezarr.is_label_image(out) and not omezarr.is_label_image(tmp_path)

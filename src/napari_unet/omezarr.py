@@ -187,14 +187,24 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _ome_attrs(p: Path) -> dict:
+    attrs = _read_json(p / ".zattrs")
+    if not attrs and (p / "zarr.json").is_file():
+        attrs = (_read_json(p / "zarr.json").get("attributes") or {}).get("ome") or {}
+    return attrs
+
+
+def is_label_image(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an OME-Zarr label image (``image-label`` metadata); no library needed."""
+    p = Path(os.fspath(path))
+    return p.is_dir() and isinstance(_ome_attrs(p).get("image-label"), dict)
+
+
 def image_metadata(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     """(NGFF version, first multiscales entry) of an OME-Zarr image; UserInputError if it is none."""
     p = Path(os.fspath(path))
-    attrs = _read_json(p / ".zattrs")
-    version = None
-    if not attrs and (p / "zarr.json").is_file():
-        attrs = (_read_json(p / "zarr.json").get("attributes") or {}).get("ome") or {}
-        version = attrs.get("version")
+    attrs = _ome_attrs(p)
+    version = attrs.get("version")  # NGFF 0.5 keeps it beside multiscales
     ms = attrs.get("multiscales")
     if not isinstance(ms, list) or not ms or not isinstance(ms[0], dict):
         raise UserInputError(
