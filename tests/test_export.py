@@ -207,3 +207,13 @@ def test_missing_extra_names_it(tmp_path, tiny_file, monkeypatch, capsys):
         code, err = run(["export", tiny_file, "-o", tmp_path / f"x.{fmt}", "--format", fmt], capsys)
         assert code == 2 and "pip install 'napari-unet[export]'" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_model_choosers_load_the_package(package):
+    pytest.importorskip("qtpy", reason="needs the napari extra")
+    from napari_unet._widgets import MODEL_FILTER, _load_file
+
+    cache: dict = {}
+    model = _load_file(package, cache)  # what "Model file…" in the Segment and Fine-tune docks runs
+    assert model.metadata["classes"] == ["membrane", "cell", "mito chondria"] and len(cache) == 1
+    assert "*.zip" in MODEL_FILTER and "*.safetensors" in MODEL_FILTER

@@ -523,7 +523,7 @@ def write_package(
 
 def _package_name(name: str) -> str:
     text = re.sub(r"[^A-Za-z0-9 _\-()+.,]+", " ", name).strip() or "model"
-    return f"napari-unet {text}"[:128]
+    return (text if text.startswith("napari-unet") else f"napari-unet {text}")[:128]
 
 
 def check_package(path: str | os.PathLike) -> str | None:

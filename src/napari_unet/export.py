@@ -149,7 +149,7 @@ def load_source_model(spec: str) -> UNet:
     if not path.exists():
         raise UserInputError(f"model {path} does not exist")
     model = load_model(path)
-    model.metadata.setdefault("name", path.stem if path.suffix != ".zip" else path.stem)
+    model.metadata.setdefault("name", path.stem)
     return model
 
 
