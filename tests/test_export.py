@@ -173,7 +173,7 @@ def test_package_from_another_tool_is_refused(work, package, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["{bad}", "-o", "{out}", "--format", "onnx"], "not a valid safetensors"),
+        (["{bad}", "-o", "{out}", "--format", "torchscript"], "not a valid safetensors"),
         (["{model}", "-o", "{out}", "--format", "keras"], "unknown format 'keras'"),
         (["{model}", "-o", "{existing}", "--format", "torchscript"], "exists; pass --overwrite"),
         (["{missing}", "-o", "{out}", "--format", "torchscript"], "does not exist"),

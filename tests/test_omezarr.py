@@ -145,7 +145,7 @@ def test_into_input_needs_an_ome_zarr_input(tmp_path, model_file, calibrated_tif
     assert code == 2 and "-o/--output" in capsys.readouterr().err
 
 
-def test_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch):
+def test_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch, model_file, calibrated_tif, capsys):
     import importlib
 
     real = importlib.import_module
@@ -158,6 +158,13 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(io.UserInputError, match=r"optional extra 'export'.*napari-unet\[export\]"):
         omezarr.write_label_group(tmp_path / "x.ome.zarr", np.ones((8, 8), np.uint8))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(
+        ["segment", str(calibrated_tif), "-o", str(tmp_path / "m.ome.zarr"), "--model", str(model_file)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'napari-unet[export]'" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # refused before any work
     assert omezarr.ngff_unit("nm") == "nanometer" and omezarr.ngff_unit("pixel") is None
 
 

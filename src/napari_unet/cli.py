@@ -62,11 +62,13 @@ def _check_output(path: Path, overwrite: bool, what: str = "output") -> None:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment an image or stack with overlap-tile prediction and write class labels."""
-    from . import io
+    from . import io, omezarr
     from .inference import check_image, predict_tiles
 
     if getattr(args, "into_input", None) is not None or args.output is None:
         return _segment_into_input(args)  # labels/ group of an OME-Zarr input
+    if omezarr.is_ome_zarr(args.output):
+        omezarr.require_library()  # a missing extra is said before any work, not after
     out = Path(args.output)
     _check_output(out, args.overwrite)
     if args.probabilities:
@@ -146,7 +148,7 @@ def _segment_into_input(args: argparse.Namespace) -> int:
     if args.probabilities:
         _check_output(Path(args.probabilities), args.overwrite, "probabilities output")
     classes = None if args.instances else _resolve_model(args.model).metadata.get("classes")
-    omezarr._ome_zarr()  # the extra is there before the segmentation runs
+    omezarr.require_library()  # the extra is there before the segmentation runs
     tmp = src.parent / f".{src.name}.{args.into_input}.labels.zarr"
     overwrite = args.overwrite
     args.output, args.into_input, args.overwrite = str(tmp), None, True

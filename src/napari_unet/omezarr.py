@@ -56,7 +56,7 @@ def is_ome_zarr(path: str | os.PathLike) -> bool:
     return os.fspath(path).rstrip("/\\").lower().endswith(SUFFIX)
 
 
-def _ome_zarr() -> Any:
+def require_library() -> Any:
     """The ome-zarr-py modules, or UserInputError naming the extra that installs them."""
     require("ome_zarr", "writing OME-Zarr")
     import ome_zarr.format
@@ -131,7 +131,7 @@ def write_label_group(
     scale of level 0; ``axes`` and ``scale`` instead copy an image's own axes (labels written into
     an OME-Zarr image). The caller makes the write atomic (a hidden folder renamed into place).
     """
-    ome = _ome_zarr()
+    ome = require_library()
     import dask.array as da
     import zarr
 
@@ -232,7 +232,7 @@ def write_into_image(
     name and renamed into place when complete; an existing ``NAME`` is replaced only with
     ``overwrite``, and only after the new one is complete.
     """
-    ome = _ome_zarr()
+    ome = require_library()
     import zarr
 
     root = Path(os.fspath(image))
