@@ -16,7 +16,7 @@ endif
 $(BIN)/napari-unet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[napari,distributed,testing]" "napari[pyqt5]"
+	$(BIN)/pip install -q -e ".[napari,distributed,testing,export]" "napari[pyqt5]"
 	touch $@
 
 setup: $(BIN)/napari-unet

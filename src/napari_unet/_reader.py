@@ -125,7 +125,9 @@ def _read_one(path: str) -> list[LayerData]:
         if len(datasets) < 2:
             raise
         return _read_datasets(path, datasets)
-    return [_layer(img, "image", img.name)]
+    from napari_unet.omezarr import is_label_image
+
+    return [_layer(img, "labels" if is_label_image(p) else "image", img.name)]
 
 
 def read_stack(path: str | Sequence[str]) -> list[LayerData]:

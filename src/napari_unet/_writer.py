@@ -1,4 +1,4 @@
-"""napari writer: a Labels layer to .tif/.tiff, .zarr, or a folder of PNG slices.
+"""napari writer: a Labels layer to .tif/.tiff, .zarr, .ome.zarr or a folder of PNG slices.
 
 The writing is :func:`napari_unet.io.write_labels` (atomic: the output appears only when complete).
 napari's save dialog has already asked before replacing an existing file, so this writer overwrites.
@@ -27,5 +27,9 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
     Raises UserInputError for an unsupported suffix or data that cannot be stored as labels.
     """
-    written = io.write_labels(output_path(path), data, overwrite=True)
+    units = meta.get("units")
+    written = io.write_labels(
+        output_path(path), data, overwrite=True, voxel_size=meta.get("scale"),
+        unit=str(units[-1]) if units else None,
+    )  # fmt: skip (scale and unit matter for .ome.zarr only)
     return [str(written)]

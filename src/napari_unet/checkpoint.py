@@ -95,6 +95,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
     UserInputError naming the file.
     """
     path = Path(path)
+    from .bioimageio import is_package
+
+    if is_package(path):  # a bioimage.io package exported by napari-unet
+        from .bioimageio import load_package
+
+        return load_package(path, device=device)
     doc = read_header(path)
     arch = doc["architecture"]
     try:

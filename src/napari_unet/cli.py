@@ -65,9 +65,13 @@ def _check_output(path: Path, overwrite: bool, what: str = "output") -> None:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment an image or stack with overlap-tile prediction and write class labels."""
-    from . import io
+    from . import io, omezarr
     from .inference import check_image, predict_tiles
 
+    if getattr(args, "into_input", None) is not None or args.output is None:
+        return _segment_into_input(args)  # labels/ group of an OME-Zarr input
+    if omezarr.is_ome_zarr(args.output):
+        omezarr.require_library()  # a missing extra is said before any work, not after
     out = Path(args.output)
     _check_output(out, args.overwrite)
     if args.probabilities:
@@ -112,14 +116,56 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise UserInputError("--instances needs the probabilities; this is a bug")  # pragma: no cover
         cell = cell_class_index(model.metadata.get("classes"), k)
         result = instances(probs[cell - 1], method=args.instances)
-        written = io.write_labels(out, result, overwrite=args.overwrite)
+        written = io.write_labels(
+            out, result, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit
+        )
         print(f"{int(result.max())} instances {result.shape} -> {written}", file=sys.stderr)
     else:
-        written = io.write_labels(out, labels, overwrite=args.overwrite)
+        written = io.write_labels(
+            out, labels, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit,
+            class_names=model.metadata.get("classes"),
+        )  # fmt: skip
         print(f"labels {labels.shape} (classes 1..{k}) -> {written}", file=sys.stderr)
     if args.probabilities:
         p = io.write_probabilities(Path(args.probabilities), probs, overwrite=args.overwrite)
         print(f"probabilities {probs.shape} -> {p}", file=sys.stderr)
+    return 0
+
+
+def _segment_into_input(args: argparse.Namespace) -> int:
+    """``segment IMAGE.ome.zarr --into-input [NAME]``: the labels become IMAGE/labels/NAME."""
+    import shutil
+
+    from . import io, omezarr
+
+    if args.into_input is None:
+        raise UserInputError("segment needs -o/--output, or --into-input for an OME-Zarr input")
+    if args.output is not None:
+        raise UserInputError("give either -o/--output or --into-input, not both")
+    src = Path(args.input)
+    if not src.exists():
+        raise UserInputError(f"input {src} does not exist")
+    omezarr.image_metadata(src)  # an OME-Zarr image, else one clear line before any work
+    target = src / "labels" / args.into_input
+    _check_output(target, args.overwrite)
+    if args.probabilities:
+        _check_output(Path(args.probabilities), args.overwrite, "probabilities output")
+    classes = None if args.instances else _resolve_model(args.model).metadata.get("classes")
+    omezarr.require_library()  # the extra is there before the segmentation runs
+    tmp = src.parent / f".{src.name}.{args.into_input}.labels.zarr"
+    overwrite = args.overwrite
+    args.output, args.into_input, args.overwrite = str(tmp), None, True
+    try:
+        status = cmd_segment(args)
+        if status:
+            return status
+        labels = io.read_image(tmp).data
+        written = omezarr.write_into_image(
+            src, target.name, labels, class_names=classes, overwrite=overwrite
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"labels -> {written}", file=sys.stderr)
     return 0
 
 
@@ -342,6 +388,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a model as a bioimage.io package, ONNX or TorchScript for other tools."""
+    from .export import export_model
+
+    written = export_model(
+        args.model, args.output, args.format, overwrite=args.overwrite, sample=args.sample,
+        check=not args.no_check,
+    )  # fmt: skip
+    print(f"{args.format} -> {written}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on embedded defaults: shipped model, sample stack, masks and an overlay."""
     from .demo import run_demo
@@ -365,8 +423,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment a 2-D image or a stack with overlap-tile prediction.",
     )
     seg.add_argument("input", help="multi-page TIFF, folder of PNG/TIFF slices, zarr, HDF5 or MRC")
-    seg.add_argument("-o", "--output", required=True, help=".tif/.tiff, .zarr or a folder of PNGs")
-    seg.add_argument("--model", default=None, help="model .safetensors (default: the shipped model)")
+    seg.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help=".tif/.tiff, .zarr, .ome.zarr (OME-Zarr labels with scale and pyramid) or a folder of PNGs",
+    )
+    seg.add_argument(
+        "--into-input",
+        nargs="?",
+        const="napari-unet",
+        default=None,
+        metavar="NAME",
+        help="instead of -o: write the labels into the OME-Zarr input as its labels/NAME group "
+        "(default NAME: napari-unet)",
+    )
+    seg.add_argument(
+        "--model",
+        default=None,
+        help="model .safetensors or a bioimage.io package exported by napari-unet (default: shipped)",
+    )
     seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     seg.add_argument("--tile", type=int, default=None, help="input tile size in px (default: auto)")
     seg.add_argument("--batch", type=int, default=None, help="tiles per forward pass (default: auto)")
@@ -487,6 +563,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cell-class", type=int, default=2, help="class id of the cells (default 2)")
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON")
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser(
+        "export",
+        help="export a model for other tools (bioimage.io, ONNX, TorchScript)",
+        description="Write a model as a bioimage.io model package (.zip, or a folder for any other "
+        "name), an ONNX file or a TorchScript file. Every format computes softmax probabilities "
+        "from a normalised tile; see docs/sharing.md. Needs the optional extra 'export' for "
+        "bioimageio and onnx.",
+    )
+    ex.add_argument("model", help="a .safetensors model, 'default' (the shipped model) or a package")
+    ex.add_argument("-o", "--output", required=True, help="file (or folder) to write")
+    ex.add_argument("--format", default="bioimageio", help="bioimageio (default), onnx or torchscript")
+    ex.add_argument(
+        "--sample",
+        default=None,
+        metavar="IMAGE",
+        help="bioimageio: an image whose centre becomes the package's test input (default: synthetic EM)",
+    )
+    ex.add_argument(
+        "--no-check", action="store_true", help="bioimageio: skip bioimage.io's model test of the package"
+    )
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    ex.set_defaults(func=cmd_export)
 
     demo = sub.add_parser(
         "demo",

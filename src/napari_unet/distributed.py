@@ -57,6 +57,7 @@ from .errors import UserInputError
 from .inference import CPU_MAX_AUTO_TILE, _check_tile_shape, check_image, check_tta, forward_probabilities
 from .model import UNet
 from .normalize import Normalizer, compute_normalizer
+from .omezarr import is_ome_zarr
 from .tiling import TilePlan, plan_tiles, read_mirrored
 
 #: Seconds to wait for a dask scheduler to answer before giving up with a clear error.
@@ -1030,6 +1031,35 @@ def use_blockwise(args: Any, data: Any, n_classes: int = 2) -> bool:
     return pixels * per_pixel > 0.5 * _available_memory()
 
 
+def blocks_path(target: str | os.PathLike) -> Path:
+    """The hidden plain zarr store that the blocks of an OME-Zarr output are written to first."""
+    p = Path(target)
+    return p.parent / f".{p.name}.blocks.zarr"
+
+
+def finish_ome_zarr(
+    blocks: Path, target: Path, source: str | os.PathLike, model: UNet, *, overwrite: bool
+) -> Path:
+    """Turn a finished blocks store into the OME-Zarr label image ``target`` (levels, metadata)."""
+    import dask.array as da
+    import zarr
+
+    from . import io
+
+    try:
+        info = io.image_info(source)
+        voxel, unit = info.get("voxel_size"), info.get("unit")
+    except (UserInputError, OSError):
+        voxel, unit = None, None
+    labels = da.from_zarr(zarr.open_array(str(blocks), mode="r"))
+    written = io.write_labels(
+        target, labels, overwrite=overwrite, voxel_size=voxel, unit=unit,
+        class_names=model.metadata.get("classes"),
+    )  # fmt: skip
+    _remove(blocks)
+    return written
+
+
 def run_segment_command(args: Any, model: UNet, data: Any) -> int:
     """``napari-unet segment`` on the block-by-block path, with a progress bar on stderr."""
     from .cli import _progress
@@ -1047,6 +1077,13 @@ def run_segment_command(args: Any, model: UNet, data: Any) -> int:
                 f"{p}: block-by-block segmentation (for --scheduler, zarr and inputs larger than "
                 f"memory) writes zarr stores; name it {p.with_suffix('.zarr').name}"
             )
+    final = None
+    if is_ome_zarr(out):  # blocks go to a plain zarr store; NGFF levels and metadata come at the end
+        if out.exists() and not args.overwrite:
+            raise UserInputError(f"output {out} exists; pass --overwrite to replace it")
+        if probs is not None and probs.exists() and not args.overwrite:
+            raise UserInputError(f"probabilities output {probs} exists; pass --overwrite to replace it")
+        final, out = out, blocks_path(out)
     gen = segment_blocks(
         model,
         data,
@@ -1057,7 +1094,7 @@ def run_segment_command(args: Any, model: UNet, data: Any) -> int:
         device=args.device,
         precision=args.precision,
         batch_size=args.batch,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite or final is not None,
         tta=getattr(args, "tta", "none"),
     )
     done = 0
@@ -1087,8 +1124,11 @@ def run_segment_command(args: Any, model: UNet, data: Any) -> int:
         )
         return 130
     k = model.n_classes
+    written = result.labels
+    if final is not None:
+        written = finish_ome_zarr(out, final, args.input, model, overwrite=args.overwrite)
     print(
-        f"labels {result.shape} (classes 1..{k}) -> {result.labels} "
+        f"labels {result.shape} (classes 1..{k}) -> {written} "
         f"[{result.blocks - result.skipped} blocks computed, {result.skipped} resumed, "
         f"tile {result.tile_shape[0]}x{result.tile_shape[1]}"
         + (f", on {', '.join(result.devices)}]" if result.devices else "]"),

@@ -64,7 +64,10 @@ _READ_FORMATS = (
     ".tif, .tiff, .png, .zarr, .h5, .hdf5, .hdf, .mrc, .mrcs, .rec, .map, "
     "or a folder of PNG/TIFF slices"
 )
-_LABEL_TARGETS = ".tif/.tiff (one TIFF), .zarr (chunked), or a name without suffix (PNG slices)"
+_LABEL_TARGETS = (
+    ".tif/.tiff (one TIFF), .zarr (chunked), .ome.zarr (OME-Zarr labels), or a name without suffix "
+    "(PNG slices)"
+)
 _PROB_TARGETS = ".tif/.tiff (one float32 TIFF) or .zarr (chunked)"
 
 # Length units -> nanometres. ImageJ writes "micron" or an escaped micro sign; OME uses full names.
@@ -1208,12 +1211,24 @@ def _write_png_slices(tmp: Path, arr: Any, target: Path) -> None:
             written.append(f)
 
 
-def write_labels(path: str | os.PathLike, labels: Any, *, overwrite: bool = False) -> Path:
-    """Write integer labels atomically to .tif/.tiff, .zarr, or a folder of PNG slices.
+def write_labels(
+    path: str | os.PathLike,
+    labels: Any,
+    *,
+    overwrite: bool = False,
+    voxel_size: Sequence[float] | None = None,
+    unit: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Write integer labels atomically to .tif/.tiff, .zarr, .ome.zarr, or a folder of PNG slices.
 
     The output appears at ``path`` only once complete; an existing output is kept unless
     ``overwrite`` is true, and survives any failure during the write. Returns the final path.
+    ``voxel_size``, ``unit`` and ``class_names`` go into OME-Zarr label metadata (other formats
+    ignore them).
     """
+    from napari_unet import omezarr
+
     target = Path(os.fspath(path))
     kind = _target_kind(target, what="labels", allow_png=True)
     arr = _as_array(labels)
@@ -1228,6 +1243,11 @@ def write_labels(path: str | os.PathLike, labels: Any, *, overwrite: bool = Fals
     with _atomic_output(target, overwrite) as tmp:
         if kind == "tiff":
             _write_tiff(tmp, arr, compress=True)
+        elif omezarr.is_ome_zarr(target):  # NGFF label image with scale, pyramid and class names
+            omezarr.write_label_group(
+                tmp, arr, voxel_size=voxel_size, unit=unit, class_names=class_names,
+                name=_stem(target),
+            )  # fmt: skip
         elif kind == "zarr":
             _write_zarr(tmp, arr)
         else:

@@ -194,6 +194,10 @@ def _load_file(path: Path, cache: dict) -> Any:
     return model
 
 
+#: File dialog filter: model files and bioimage.io packages exported by napari-unet.
+MODEL_FILTER = "napari-unet models (*.safetensors *.zip rdf.yaml bioimageio.yaml)"
+
+
 class ModelChooser(QWidget):
     """Choose a model: the shipped default, one fine-tuned in this viewer, or a file.
 
@@ -214,7 +218,7 @@ class ModelChooser(QWidget):
         self._default = default_model_path()
         self.combo = QComboBox()
         self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("path to a .safetensors model")
+        self.path_edit.setPlaceholderText("path to a .safetensors model or bioimage.io .zip")
         self.browse_button = QPushButton("Browse…")
         self.browse_button.clicked.connect(self._browse)
         self.path_edit.textEdited.connect(self._on_path_edited)
@@ -268,7 +272,7 @@ class ModelChooser(QWidget):
     def _browse(self) -> None:
         start = self.path_edit.text() or os.getcwd()
         path, _ = QFileDialog.getOpenFileName(
-            self, "Choose a napari-unet model", start, "napari-unet models (*.safetensors)"
+            self, "Choose a napari-unet model", start, MODEL_FILTER
         )
         if path:
             self.select_file(path)

@@ -35,7 +35,12 @@ from ._worker import DONE, TaskPanel
 __all__ = ["FORMATS", "SaveMasksWidget", "target_path"]
 
 #: format shown in the dock -> suffix of the output ("" = a folder of PNG slices)
-FORMATS = {"TIFF (.tif)": ".tif", "zarr (.zarr)": ".zarr", "PNG slices (folder)": ""}
+FORMATS = {
+    "TIFF (.tif)": ".tif",
+    "zarr (.zarr)": ".zarr",
+    "OME-Zarr (.ome.zarr)": ".ome.zarr",
+    "PNG slices (folder)": "",
+}
 _KNOWN_SUFFIXES = (".tif", ".tiff", ".zarr", ".png")
 
 
@@ -49,7 +54,9 @@ def target_path(text: str, suffix: str) -> Path:
     current = p.suffix.lower()
     if suffix == ".tif" and current in (".tif", ".tiff"):
         return p
-    if current in _KNOWN_SUFFIXES:
+    if p.name.lower().endswith(".ome.zarr"):
+        p = p.with_name(p.name[: -len(".ome.zarr")])
+    elif current in _KNOWN_SUFFIXES:
         p = p.with_suffix("")
     return p.with_name(p.name + suffix) if suffix else p
 
@@ -179,6 +186,8 @@ class SaveMasksWidget(QWidget):
             target,
             data,
             overwrite=overwrite,
+            voxel_size=tuple(float(v) for v in layer.scale),  # OME-Zarr keeps the layer's scale
+            unit=str(layer.units[-1]) if getattr(layer, "units", None) else None,
             cancellable=False,
             message=f"saving '{layer.name}' to {target}…",
         )
