@@ -6,7 +6,7 @@ finished tile is turned into class labels in the worker and copied into the outp
 thread, so the labels appear tile by tile while the viewer stays interactive.
 
 The output is the Labels layer "<image> segmentation": classes 1..K (0 = not segmented yet), or
-cell instances (0 = membrane), which need a whole slice and so appear slice by slice. The first
+objects of one class (default: cells), which need a whole slice and so appear slice by slice. The first
 run paints straight into it. A later run paints into a temporary "<image> segmentation
 (running)" layer above it and replaces the previous result only when it finishes; if it is
 cancelled, the previous result stays and the finished tiles are kept as "... (partial)".
