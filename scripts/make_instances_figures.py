@@ -27,7 +27,9 @@ def overlay(ax, image, labels, title):
     rng = np.random.default_rng(1)
     colours = rng.uniform(0.15, 1.0, size=(int(labels.max()) + 1, 3))
     rgb = np.repeat((image / 255.0)[..., None], 3, axis=2)
-    rgb = 0.55 * rgb + 0.45 * colours[labels]
+    colours[0] = 0.0
+    weight = np.where(labels > 0, 0.45, 0.0)[..., None]  # label 0 (true membrane) stays grey
+    rgb = (1 - weight) * rgb + weight * colours[labels]
     rgb[find_boundaries(labels, mode="inner")] = 0.0
     ax.imshow(rgb)
     ax.set_title(title, fontsize=10)
@@ -52,7 +54,7 @@ def before_after(data: Path, out: Path) -> None:
     e1, e2 = adapted_rand_error(truth, comp), adapted_rand_error(truth, new)
     overlay(axes[1], images[0], comp, f"components of P(cell) > 0.5: {e1:.4f}")
     overlay(axes[2], images[0], new, f"new (watershed + merging): {e2:.4f}")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.text(
         0.5,
         0.01,
@@ -80,7 +82,7 @@ def linked_3d(data: Path, out: Path) -> None:
     degraded = degrade(mito, np.random.default_rng(0))
     linker = SectionLinker(link=True, min_overlap=0.3)
     vol = np.stack([linker.add(z, objects_2d(s, min_size=30)) for z, s in enumerate(degraded)])
-    step, z_scale = 4, 50.0 / 4.6  # px per sample in x-y; section thickness in px
+    step, z_scale = 4, 3 * 50.0 / 4.6  # px per sample in x-y; section thickness in px, 3x
     small = vol[:, ::step, ::step]
     rng = np.random.default_rng(3)
     fig = plt.figure(figsize=(8, 7))
@@ -98,13 +100,13 @@ def linked_3d(data: Path, out: Path) -> None:
     ax.set_ylim(0, small.shape[1])
     ax.set_zlim(0, (small.shape[0] + 2) * z_scale / step)
     ax.set_box_aspect((small.shape[2], small.shape[1], (small.shape[0] + 2) * z_scale / step))
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    ax.set_zlabel("section")
+    ax.set_xlabel(f"x (px / {step})")
+    ax.set_ylabel(f"y (px / {step})")
+    ax.set_zlabel("z (px / 4, stretched 3x)")
     ax.view_init(elev=25, azim=-60)
     ax.set_title(
         f"VNC mitochondria, sections {MITO[0]}-{MITO[-1]}: 2-D objects linked into "
-        f"{len(np.unique(vol)) - 1} 3-D objects\n(one colour per id; 60 largest shown)",
+        f"{len(np.unique(vol)) - 1} 3-D objects\n(one colour per id; 60 largest shown; z stretched 3x)",
         fontsize=10,
     )
     fig.tight_layout()
