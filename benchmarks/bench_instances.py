@@ -10,7 +10,8 @@ membrane ignored):
 - components of P(cell) > 0.5 (what the model card reports);
 - new: ``instances.cells_2d`` with its defaults.
 
-Time per slice is the post-processing alone, median over the ISBI slices (512 x 512).
+Time per slice is the post-processing alone, median over the ISBI slices (512 x 512), wall
+time: run it at normal priority on a quiet machine, or it measures waiting.
 
 Linking across sections: VNC mitochondria masks of sections 10-17 (consecutive; 18 has no mask),
 truth = 3-D connected components of the true masks. The instance step runs on the true masks
