@@ -97,10 +97,49 @@ def test_segment_folder_and_instances(tmp_path, model_file, capsys):
     for i, im in enumerate(images):
         Image.fromarray(im).save(folder / f"s{i + 1}.png")
     code, _, err = run(["segment", folder, "-o", tmp_path / "inst.tif", "--model", model_file,
-                        "--instances", "components"], capsys)
+                        "--instances", "cell"], capsys)
     assert code == 0, err
     inst = read_labels(tmp_path / "inst.tif")
     assert inst.shape == (3, 80, 80) and inst.dtype == np.uint32
+
+
+def test_instances_of_a_class_linked_across_sections(tmp_path, model_file, stack_tif, capsys):
+    from napari_unet import load_model
+    from napari_unet.instances import instance_sections
+
+    out = tmp_path / "objects.tif"
+    code, _, err = run(["segment", stack_tif, "-o", out, "--model", model_file, "--instances",
+                        "membrane", "--min-size", "5", "--link-sections", "0.5"], capsys)
+    assert code == 0, err
+    got = read_labels(out)
+    probs = predict(load_model(model_file), tifffile.imread(stack_tif))
+    expected = dict(instance_sections(((z, probs[:, z]) for z in range(2)), 1, min_size=5,
+                                      link=True, min_overlap=0.5))
+    np.testing.assert_array_equal(got, np.stack([expected[0], expected[1]]))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--instances", "nucleus"], "no class 'nucleus'; its classes are 1 = membrane, 2 = cell"),
+        (["--link-sections"], "add --instances"),
+        (["--instances", "--min-size", "-3"], "--min-size"),
+        (["--instances", "--link-sections", "1.5"], "between 0 and 1"),
+    ],
+)
+def test_bad_instance_options_exit_2(tmp_path, model_file, stack_tif, capsys, extra, message):
+    out = tmp_path / "o.tif"
+    code, _, err = run(["segment", stack_tif, "-o", out, "--model", model_file, *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_link_sections_on_a_2d_image_exit_2(tmp_path, model_file, capsys):
+    src = tmp_path / "one.tif"
+    tifffile.imwrite(src, synthetic_em(n_slices=1, shape=(60, 60))[0][0])
+    code, _, err = run(["segment", src, "-o", tmp_path / "o.tif", "--model", model_file,
+                        "--instances", "--link-sections"], capsys)
+    assert code == 2 and "not a stack" in err and len(err.strip().splitlines()) == 1
 
 
 def test_existing_output_needs_overwrite(tmp_path, model_file, stack_tif, capsys):

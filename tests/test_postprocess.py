@@ -28,9 +28,12 @@ def test_components_merge_through_gap_watershed_splits():
 
 def test_stack_ids_unique_across_slices():
     p = np.stack([two_cells_with_leaky_membrane()] * 3)
-    ws = instances(p)
+    ws = instances(p, method="watershed")
     assert ws.max() == 6
     assert set(np.unique(ws[1])) == {0, 3, 4}
+    cells = instances(p)  # the default: cells tile each slice
+    assert cells.dtype == np.uint32 and cells.max() == 6
+    assert set(np.unique(cells[1])) == {3, 4}
 
 
 def test_bad_method_and_shape():

@@ -17,6 +17,8 @@ from .errors import UserInputError
 DEFAULT_TRAIN_MINUTES = 5.0
 
 PROG = "napari-unet"
+#: what a bare ``--instances`` stands for: the model's cell class
+INSTANCES_DEFAULT = "auto"
 
 
 def _progress():
@@ -83,6 +85,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     img = io.read_image(src)
     data = io.to_grey(img.data)
     check_image(data)
+    _check_instance_options(args, model, data)
     if args.tile is not None and args.tile < 1:
         raise UserInputError(f"--tile must be a positive size, got {args.tile}")
     from .distributed import run_segment_command, use_blockwise
@@ -110,16 +113,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if probs is not None:
                 probs[(slice(None), *res.region)] = res.probabilities
     if args.instances:
-        from .postprocess import cell_class_index, instances
-
-        if probs is None:
-            raise UserInputError("--instances needs the probabilities; this is a bug")  # pragma: no cover
-        cell = cell_class_index(model.metadata.get("classes"), k)
-        result = instances(probs[cell - 1], method=args.instances)
+        result = _instances_from_probabilities(args, model, probs)
         written = io.write_labels(
             out, result, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit
         )
-        print(f"{int(result.max())} instances {result.shape} -> {written}", file=sys.stderr)
+        print(f"{len(np.unique(result)) - 1} objects {result.shape} -> {written}", file=sys.stderr)
     else:
         written = io.write_labels(
             out, labels, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit,
@@ -167,6 +165,60 @@ def _segment_into_input(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"labels -> {written}", file=sys.stderr)
     return 0
+
+
+def _check_instance_options(args: argparse.Namespace, model, data) -> None:
+    """Refuse instance options that cannot work, before any prediction runs."""
+    from .instances import class_index
+
+    if args.instances is None:
+        for flag, value in (("--link-sections", args.link_sections), ("--min-size", args.min_size)):
+            if value is not None:
+                raise UserInputError(f"{flag} shapes instance labels; add --instances [CLASS]")
+        return
+    class_index(_instance_class(args), model.metadata.get("classes"), model.n_classes)
+    if args.link_sections is not None:
+        if data.ndim != 3:
+            raise UserInputError(
+                f"--link-sections joins objects of neighbouring sections; {args.input} is one 2-D "
+                "image, not a stack"
+            )
+        if not 0.0 < args.link_sections <= 1.0:
+            raise UserInputError(
+                f"--link-sections takes a minimum overlap between 0 and 1, got {args.link_sections}"
+            )
+    if args.min_size is not None and args.min_size < 0:
+        raise UserInputError(f"--min-size must be 0 or more pixels, got {args.min_size}")
+
+
+def _instance_class(args: argparse.Namespace) -> str | None:
+    return None if args.instances == INSTANCES_DEFAULT else args.instances
+
+
+def _instances_from_probabilities(args: argparse.Namespace, model, probs: np.ndarray) -> np.ndarray:
+    """Objects of the class ``--instances`` names, section by section, linked with --link-sections."""
+    from .instances import class_index, instance_sections
+
+    names = model.metadata.get("classes")
+    k = class_index(_instance_class(args), names, model.n_classes)
+    stack = probs if probs.ndim == 4 else probs[:, None]
+    result = np.zeros(stack.shape[1:], dtype=np.uint32)
+    sections = ((z, stack[:, z]) for z in range(stack.shape[1]))
+    link = args.link_sections is not None
+    steps = instance_sections(
+        sections,
+        k,
+        class_names=names,
+        min_size=args.min_size or 0,
+        link=link,
+        min_overlap=args.link_sections if link else 0.3,
+    )
+    with _progress() as bar:
+        task = bar.add_task("instances", total=stack.shape[1], info=f"class {k}")
+        for z, ids in steps:
+            result[z] = ids
+            bar.update(task, advance=1)
+    return result if probs.ndim == 4 else result[0]
 
 
 def parse_label_map(text: str | None) -> dict[int, int] | None:
@@ -463,10 +515,30 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--instances",
         nargs="?",
-        const="watershed",
+        const=INSTANCES_DEFAULT,
         default=None,
-        choices=["watershed", "components"],
-        help="write instance labels (uint32, membranes 0) instead of classes",
+        metavar="CLASS",
+        help="write objects of one class (uint32 ids) instead of classes: a class name or id "
+        "(default: the cell class; cells are split along the membranes between them, other "
+        "classes are connected components split at thin necks)",
+    )
+    seg.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="with --instances: drop objects smaller than PX pixels per section (cells: give them "
+        "to a neighbour)",
+    )
+    seg.add_argument(
+        "--link-sections",
+        type=float,
+        nargs="?",
+        const=0.3,
+        default=None,
+        metavar="OVERLAP",
+        help="with --instances on a stack: one id for the objects of neighbouring sections that "
+        "overlap by at least OVERLAP of the smaller one (default 0.3)",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     seg.add_argument(

@@ -82,7 +82,7 @@ def run_demo(
     lines = [
         f"{name}: {images.shape[0]} slices of {images.shape[1]}x{images.shape[2]}",
         f"masks.tif      class ids 1..{k} ({', '.join(model.metadata.get('classes', []))})",
-        f"instances.tif  {summary['instances']} cell instances (uint32, membranes 0)",
+        f"instances.tif  {summary['instances']} cell instances (uint32, the cells tile each slice)",
         "overlay.png    slice 0: image | instances",
     ]
     if "metrics" in summary:

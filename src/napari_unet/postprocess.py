@@ -7,10 +7,14 @@ from scipy import ndimage
 
 from .errors import UserInputError
 
-INSTANCE_METHODS = ("components", "watershed")
+INSTANCE_METHODS = ("cells", "components", "watershed")
 
 
 def _instances_2d(p_cell: np.ndarray, threshold: float, method: str, seed_threshold: float) -> np.ndarray:
+    if method == "cells":
+        from .instances import cells_2d
+
+        return cells_2d(p_cell).astype(np.uint32)
     mask = p_cell > threshold
     if method == "components":
         labels, _ = ndimage.label(mask)  # 4-connectivity, as the ISBI evaluation
@@ -26,14 +30,16 @@ def _instances_2d(p_cell: np.ndarray, threshold: float, method: str, seed_thresh
 def instances(
     p_cell: np.ndarray,
     threshold: float = 0.5,
-    method: str = "watershed",
+    method: str = "cells",
     seed_threshold: float = 0.9,
 ) -> np.ndarray:
-    """Instance labels (uint32, 0 = membrane/background) from P(cell), per 2-D slice.
+    """Cell instance labels (uint32) from P(cell), per 2-D slice; ids unique across the stack.
 
+    ``cells`` (default): :func:`napari_unet.instances.cells_2d`, a seeded watershed on the
+    membrane probability with merging across weak boundaries; the cells tile the slice.
     ``components``: connected components (4-connectivity) of P(cell) > threshold. ``watershed``:
-    seeds from P(cell) > seed_threshold flooded over 1 - P(cell) within the same mask. Ids are unique
-    across the whole stack.
+    seeds from P(cell) > seed_threshold flooded over 1 - P(cell) within the same mask (the
+    earlier default). ``components`` and ``watershed`` leave membrane pixels 0.
     """
     if method not in INSTANCE_METHODS:
         raise UserInputError(f"unknown instance method {method!r}; choose one of {INSTANCE_METHODS}")

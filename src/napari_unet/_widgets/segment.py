@@ -6,7 +6,7 @@ finished tile is turned into class labels in the worker and copied into the outp
 thread, so the labels appear tile by tile while the viewer stays interactive.
 
 The output is the Labels layer "<image> segmentation": classes 1..K (0 = not segmented yet), or
-cell instances (0 = membrane), which need a whole slice and so appear slice by slice. The first
+objects of one class (default: cells), which need a whole slice and so appear slice by slice. The first
 run paints straight into it. A later run paints into a temporary "<image> segmentation
 (running)" layer above it and replaces the previous result only when it finishes; if it is
 cancelled, the previous result stays and the finished tiles are kept as "... (partial)".
@@ -25,6 +25,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QPushButton, QSpinBox, QVBoxL
 
 from napari_unet.device import DEVICES, PRECISIONS, select_device
 from napari_unet.errors import UserInputError
+from napari_unet.instances import model_class_names
 
 from . import LayerComboBox, ModelChooser, grey_image, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
@@ -33,6 +34,8 @@ from ._worker import CANCELLED, DONE, TaskPanel
 __all__ = ["SegmentWidget", "class_features", "segmentation_tiles", "slice_order"]
 
 OUTPUTS = ("classes", "instances")
+#: the instance class chooser's entry for the model's cell class
+CELLS = "cells (default)"
 #: the dock's names for the test-time augmentation modes of ``predict_tiles``
 TTA_CHOICES = {"off": "none", "4 flips (4x time)": "flips", "8 turns and flips (8x time)": "d4"}
 
@@ -69,12 +72,14 @@ def segmentation_tiles(
     dtype: np.dtype,
     output: str = "classes",
     tta: str = "none",
+    instance_class: str | None = None,
 ) -> Iterator[PaintTile]:
     """Run in the worker: predict tile by tile and hand over labels ready to paint.
 
-    ``classes``: every tile becomes class labels 1..K at once. ``instances``: cells need their whole
-    slice, so tiles only report progress (``labels`` None) until a slice is complete; then the
-    slice's cell instances (ids unique across the stack, 0 = membrane) come as one item.
+    ``classes``: every tile becomes class labels 1..K at once. ``instances``: objects need their
+    whole slice, so tiles only report progress (``labels`` None) until a slice is complete; then
+    the slice's objects of ``instance_class`` (a name or id; None: the cells; ids unique across the
+    stack) come as one item, from :func:`napari_unet.instances.instance_stream`.
     """
     from napari_unet.inference import predict_tiles
 
@@ -87,27 +92,18 @@ def segmentation_tiles(
             yield PaintTile(res.region, labels, res.index, res.total)
         return
 
-    from napari_unet.postprocess import cell_class_index, instances
+    from napari_unet.instances import class_index, instance_stream
 
-    cell = cell_class_index(model.metadata.get("classes"), model.n_classes) - 1
+    names = model.metadata.get("classes")
+    k = class_index(instance_class, names, model.n_classes)
     is_stack = image.ndim == 3
-    n_slices = len(z_order) if z_order is not None else (image.shape[0] if is_stack else 1)
-    p_cell = np.zeros(image.shape[-2:], dtype=np.float32)
-    done_in_slice, next_id = 0, 0
-    for res in tiles:
-        p_cell[res.region[-2:]] = res.probabilities[cell]
-        done_in_slice += 1
-        if done_in_slice < res.total // n_slices:
+    stream = instance_stream(tiles, image.shape, k, n_classes=model.n_classes, class_names=names)
+    for res, z, ids in stream:
+        if ids is None:
             yield PaintTile(res.region, None, res.index, res.total)
-            continue
-        ids = instances(p_cell).astype(dtype)
-        ids[ids > 0] += dtype.type(next_id)
-        next_id = max(next_id, int(ids.max()))
-        whole = (slice(None), slice(None))
-        region = ((res.region[0],) if is_stack else ()) + whole
-        yield PaintTile(region, ids, res.index, res.total)
-        p_cell[:] = 0
-        done_in_slice = 0
+        else:
+            region = ((z,) if is_stack else ()) + (slice(None), slice(None))
+            yield PaintTile(region, ids.astype(dtype), res.index, res.total)
 
 
 def class_features(model: Any) -> dict[str, list]:
@@ -191,6 +187,13 @@ class SegmentWidget(QWidget):
             item = self.output_combo.model().item(OUTPUTS.index("instances"))
             item.setEnabled(False)
             item.setToolTip("instance labels are not available in this version")
+        self.instance_combo = QComboBox()
+        self.instance_combo.setEditable(True)
+        self.instance_combo.addItems([CELLS, *model_class_names()])
+        self.instance_combo.setToolTip(
+            "Objects of which class: cells are split along the membranes between them, other "
+            "classes are connected components split at thin necks"
+        )
         self.segment_button = QPushButton("Segment")
         self.segment_button.clicked.connect(self.segment)
         self.task = TaskPanel("Cancel")
@@ -204,6 +207,7 @@ class SegmentWidget(QWidget):
         form.addRow("Tile size", self.tile_spin)
         form.addRow("Test-time aug.", self.tta_combo)
         form.addRow("Output", self.output_combo)
+        form.addRow("Objects of", self.instance_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.segment_button)
@@ -227,6 +231,15 @@ class SegmentWidget(QWidget):
         if valid != tile:
             self.tile_spin.setValue(valid)
         return valid
+
+    def _instance_class(self, model: Any) -> str | None:
+        """The class chosen for instances (None: the cells); an unknown one is refused now."""
+        from napari_unet.instances import class_index
+
+        text = self.instance_combo.currentText().strip()
+        spec = None if text in ("", CELLS) else text
+        class_index(spec, model.metadata.get("classes"), model.n_classes)
+        return spec
 
     def _current_slice(self, layer: Any) -> int:
         """The slice of a stack layer that is on screen, in data coordinates."""
@@ -297,6 +310,7 @@ class SegmentWidget(QWidget):
             dtype=dtype,
             output=output,
             tta=TTA_CHOICES[self.tta_combo.currentText()],
+            instance_class=self._instance_class(model) if output == "instances" else None,
             on_yield=self._paint,
             progress=lambda t: (t.index + 1, t.total, f"tile {t.index + 1} of {t.total}"),
             message=f"segmenting '{image_layer.name}' with {model_name}…",

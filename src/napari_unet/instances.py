@@ -1,0 +1,444 @@
+"""Objects from probabilities: cells between membranes, objects of any class, linked across sections.
+
+Cells (the class that membranes separate) come from a seeded watershed on the smoothed membrane
+probability followed by merging of neighbouring regions across weak boundaries:
+
+1. ``m = 1 - P(cell)``, smoothed with a Gaussian (``sigma``).
+2. Seeds: the pixels with smoothed ``m < seed_threshold``, split where they narrow to a neck: the
+   maxima of the log distance transform that stand ``neck`` above their surroundings, so a part
+   becomes its own seed when the neck joining it is narrower than ``exp(-neck)`` (0.37 for 1.0)
+   of its own width. Flooding ``m`` from these seeds gives regions that meet on membrane ridges.
+3. Merging, weakest boundary first (a region adjacency graph): two neighbours become one while
+   the mean of ``m`` on their common boundary is below ``merge_threshold``, or while that boundary
+   has an opening (at least ``gap`` boundary pixels with ``m < 0.5`` making up at least
+   ``gap_fraction`` of it) too wide to be a faint stretch of membrane.
+
+Objects of other classes (e.g. mitochondria) are the connected components of ``P(class) > 0.5``,
+split at thin necks the same way and with small objects removed. A stack is treated section by
+section; :class:`SectionLinker` joins the 2-D objects of neighbouring sections into 3-D objects by
+overlap, one finished section at a time, so the CLI and the napari dock share one code path.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .errors import UserInputError
+
+__all__ = [
+    "CellConfig",
+    "SectionLinker",
+    "cells_2d",
+    "class_index",
+    "instance_sections",
+    "instance_stream",
+    "instances_of_class",
+    "merge_regions",
+    "model_class_names",
+    "objects_2d",
+    "sections_from_tiles",
+]
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Parameters of the cell instance step (chosen on ISBI 2012 slices 15-19, see docs/instances.md)."""
+
+    #: Gaussian smoothing of the membrane probability, px
+    sigma: float = 1.0
+    #: smoothed membrane probability below which a pixel may seed a cell
+    seed_threshold: float = 0.5
+    #: a neck splits a seed where it is narrower than exp(-neck) of the width beside it
+    neck: float = 1.0
+    #: neighbours merge while the mean membrane probability on their boundary is below this
+    merge_threshold: float = 0.6
+    #: ... or while their boundary has an opening of at least this many pixels below 0.5
+    gap: int = 8
+    #: ... that is at least this share of the boundary
+    gap_fraction: float = 0.2
+    #: objects smaller than this many pixels are given to their weakest-bounded neighbour
+    min_size: int = 0
+
+
+def _neck_seeds(mask: np.ndarray, neck: float) -> np.ndarray:
+    """Seed labels inside ``mask``: one per part that a narrow neck separates (see module doc)."""
+    from skimage.measure import label
+    from skimage.morphology import h_maxima
+
+    dist = ndi.distance_transform_edt(mask)
+    if neck <= 0:
+        return label(mask, connectivity=1).astype(np.int32)
+    logd = np.log(np.maximum(dist, 1.0)).astype(np.float32)
+    peaks = h_maxima(logd, neck).astype(bool) & mask
+    seeds = label(peaks, connectivity=2).astype(np.int32)
+    # A component without any peak (flat, at most a few pixels wide) keeps one seed of its own.
+    comps, n = ndi.label(mask)
+    if n:
+        has_seed = np.zeros(n + 1, bool)
+        has_seed[comps[peaks]] = True
+        missing = ~has_seed[comps] & mask
+        if missing.any():
+            extra, _ = ndi.label(missing)
+            seeds[missing] = extra[missing] + seeds.max()
+    return seeds
+
+
+def _boundary_edges(labels: np.ndarray, value: np.ndarray):
+    """Touching label pairs (a < b) with the sum, count and count below 0.5 of boundary values."""
+    firsts, seconds, values = [], [], []
+    for axis in (0, 1):
+        a = labels[:-1] if axis == 0 else labels[:, :-1]
+        b = labels[1:] if axis == 0 else labels[:, 1:]
+        va = value[:-1] if axis == 0 else value[:, :-1]
+        vb = value[1:] if axis == 0 else value[:, 1:]
+        differ = a != b
+        firsts.append(a[differ])
+        seconds.append(b[differ])
+        values.append(np.maximum(va[differ], vb[differ]))
+    a, b, v = np.concatenate(firsts), np.concatenate(seconds), np.concatenate(values)
+    keep = (a > 0) & (b > 0)
+    a, b, v = a[keep], b[keep], v[keep]
+    lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
+    n = int(labels.max()) + 1
+    keys, inverse = np.unique(lo * n + hi, return_inverse=True)
+    total = np.bincount(inverse, weights=v)
+    count = np.bincount(inverse)
+    low = np.bincount(inverse, weights=(v < 0.5))
+    return keys // n, keys % n, total, count, low
+
+
+def merge_regions(
+    labels: np.ndarray,
+    boundary: np.ndarray,
+    threshold: float,
+    gap: int = 8,
+    gap_fraction: float = 0.2,
+    min_size: int = 0,
+) -> np.ndarray:
+    """Merge touching regions of ``labels`` across weak boundaries, weakest first.
+
+    ``boundary`` is the membrane probability; an edge's strength is its mean over the pixel pairs
+    where the two regions touch. Neighbours merge while that mean is below ``threshold`` or while
+    the boundary has ``>= gap`` pixels below 0.5 that are ``>= gap_fraction`` of it. Regions below
+    ``min_size`` pixels then join the neighbour they share the weakest boundary with. Returns
+    labels numbered 1..N (0 stays 0).
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max()) + 1
+    if n <= 2:
+        return labels.astype(np.int32)
+    lo, hi, total, count, low = _boundary_edges(labels, np.asarray(boundary, dtype=np.float32))
+    neighbours: list[dict[int, list[float]]] = [{} for _ in range(n)]
+    size = np.bincount(labels.ravel(), minlength=n).astype(np.int64)
+
+    def priority(edge: list[float]) -> float:
+        opened = edge[2] >= gap and edge[2] >= gap_fraction * edge[1]
+        return edge[0] / edge[1] - (1.0 if opened else 0.0)
+
+    heap = []
+    rows = zip(lo.tolist(), hi.tolist(), total.tolist(), count.tolist(), low.tolist(), strict=True)
+    for a, b, t, c, g in rows:
+        edge = [t, c, g]
+        neighbours[a][b] = neighbours[b][a] = edge
+        heap.append((priority(edge), a, b))
+    heapq.heapify(heap)
+    parent = np.arange(n)
+
+    def merge(a: int, b: int) -> None:
+        if len(neighbours[b]) > len(neighbours[a]):
+            a, b = b, a
+        del neighbours[a][b], neighbours[b][a]
+        for c, eb in neighbours[b].items():
+            del neighbours[c][b]
+            ea = neighbours[a].get(c)
+            if ea is None:
+                ea = neighbours[a][c] = neighbours[c][a] = list(eb)
+            else:
+                ea[0] += eb[0]
+                ea[1] += eb[1]
+                ea[2] += eb[2]
+            heapq.heappush(heap, (priority(ea), min(a, c), max(a, c)))
+        neighbours[b] = {}
+        parent[b] = a
+        size[a] += size[b]
+        size[b] = 0
+
+    while heap:
+        w, a, b = heapq.heappop(heap)
+        if w >= threshold:
+            break
+        edge = neighbours[a].get(b)
+        if edge is None or priority(edge) != w:
+            continue  # stale entry: the edge changed or one side was merged away
+        merge(a, b)
+    if min_size > 0:
+        for r in np.argsort(size).tolist():
+            if r == 0 or size[r] == 0 or size[r] >= min_size or not neighbours[r]:
+                continue
+            best = min(neighbours[r].items(), key=lambda kv: kv[1][0] / kv[1][1])[0]
+            merge(best, r)
+    roots = parent.copy()
+    while True:
+        nxt = roots[roots]
+        if np.array_equal(nxt, roots):
+            break
+        roots = nxt
+    _, dense = np.unique(roots, return_inverse=True)
+    dense = dense.astype(np.int32)
+    if dense[0] != 0:  # label 0 is its own root and the smallest, so it maps to 0
+        raise AssertionError("background label was merged")  # pragma: no cover
+    return dense[labels]
+
+
+def cells_2d(p_cell: np.ndarray, config: CellConfig | None = None) -> np.ndarray:
+    """Cell instances (int32, 1..N, every pixel assigned) of one 2-D slice of P(cell)."""
+    from skimage.segmentation import watershed
+
+    cfg = config or CellConfig()
+    p = np.asarray(p_cell, dtype=np.float32)
+    if p.ndim != 2:
+        raise UserInputError(f"cells_2d takes one 2-D slice of P(cell), got shape {p.shape}")
+    membrane = 1.0 - p
+    smooth = ndi.gaussian_filter(membrane, cfg.sigma) if cfg.sigma > 0 else membrane
+    seeds = _neck_seeds(smooth < cfg.seed_threshold, cfg.neck)
+    if seeds.max() == 0:
+        return np.zeros(p.shape, np.int32)
+    regions = watershed(smooth, seeds)
+    return merge_regions(regions, membrane, cfg.merge_threshold, cfg.gap, cfg.gap_fraction, cfg.min_size)
+
+
+def objects_2d(mask: np.ndarray, min_size: int = 0, neck: float = 1.0) -> np.ndarray:
+    """Objects (int32, 0 = background) of a 2-D mask: components split at thin necks.
+
+    Touching objects joined by a neck narrower than ``exp(-neck)`` of their width are separated by
+    a watershed of the distance transform; objects under ``min_size`` pixels are removed.
+    """
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise UserInputError(f"objects_2d takes one 2-D mask, got shape {mask.shape}")
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    seeds = _neck_seeds(mask, neck)
+    dist = ndi.distance_transform_edt(mask)
+    labels = watershed(-dist, seeds, mask=mask).astype(np.int32)
+    if min_size > 0:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels[small[labels]] = 0
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(labels)[0].astype(np.int32)
+
+
+def class_index(spec: str | int | None, class_names: Sequence[str] | None, n_classes: int) -> int:
+    """The 1-based class id that ``spec`` names (a class name or id); None: the cell class.
+
+    The cell class is the one named "cell", else the last class. An unknown name or id is a
+    :class:`UserInputError` that lists the model's classes.
+    """
+    names = [str(n) for n in (class_names or [])]
+    if len(names) != n_classes:
+        names = [f"class {i}" for i in range(1, n_classes + 1)]
+    listed = ", ".join(f"{i} = {n}" for i, n in enumerate(names, start=1))
+    if spec is None or (isinstance(spec, str) and spec.strip() == ""):
+        lower = [n.lower() for n in names]
+        return lower.index("cell") + 1 if "cell" in lower else n_classes
+    text = str(spec).strip()
+    if text.lstrip("-").isdigit():
+        k = int(text)
+        if 1 <= k <= n_classes:
+            return k
+        raise UserInputError(f"the model has no class {k}; its classes are {listed}")
+    lower = [n.lower() for n in names]
+    if text.lower() in lower:
+        return lower.index(text.lower()) + 1
+    raise UserInputError(f"the model has no class {text!r}; its classes are {listed}")
+
+
+def _is_cell_class(k: int, class_names: Sequence[str] | None, n_classes: int) -> bool:
+    """True for the class whose objects are separated by membranes (the cells)."""
+    return k == class_index(None, class_names, n_classes) and n_classes > 1
+
+
+def instances_of_class(
+    probabilities: np.ndarray,
+    k: int,
+    *,
+    class_names: Sequence[str] | None = None,
+    min_size: int = 0,
+    config: CellConfig | None = None,
+) -> np.ndarray:
+    """Objects of class ``k`` (1-based) in one 2-D section of probabilities shaped (K, H, W).
+
+    The cell class gets :func:`cells_2d` (membranes are split between the cells they bound);
+    any other class gets :func:`objects_2d` of its argmax mask. int32, 0 = not this class.
+    """
+    probs = np.asarray(probabilities)
+    n_classes = probs.shape[0]
+    if _is_cell_class(k, class_names, n_classes):
+        cfg = config or CellConfig()
+        if min_size:
+            cfg = CellConfig(**{**cfg.__dict__, "min_size": int(min_size)})
+        return cells_2d(probs[k - 1], cfg)
+    mask = np.argmax(probs, axis=0) == (k - 1)
+    return objects_2d(mask, min_size=min_size)
+
+
+class SectionLinker:
+    """Give the 2-D objects of finished sections ids unique in the stack, linked across sections.
+
+    Sections may arrive in any order (the dock segments the slice on screen first). With linking,
+    each object of a new section takes the id of the object of an already finished neighbouring
+    section (z - 1 or z + 1) it overlaps most, when that overlap is at least ``min_overlap`` of the
+    smaller of the two; objects without such a partner get new ids. A finished section is never
+    relabelled, so every yielded section is final.
+    """
+
+    def __init__(self, link: bool = True, min_overlap: float = 0.3) -> None:
+        if not 0.0 < min_overlap <= 1.0:
+            raise UserInputError(f"minimum overlap must be in (0, 1], got {min_overlap}")
+        self.link = link
+        self.min_overlap = float(min_overlap)
+        self.next_id = 1
+        self.done: dict[int, np.ndarray] = {}
+
+    def _candidates(self, labels: np.ndarray, other: np.ndarray, sizes: np.ndarray):
+        """(overlap share, object, id in the neighbour) for every overlapping pair."""
+        both = (labels > 0) & (other > 0)
+        if not both.any():
+            return []
+        a, b = labels[both].astype(np.int64), other[both].astype(np.int64)
+        keys, counts = np.unique(a * (int(other.max()) + 1) + b, return_counts=True)
+        objs, ids = keys // (int(other.max()) + 1), keys % (int(other.max()) + 1)
+        id_sizes = dict(zip(*np.unique(other[other > 0], return_counts=True), strict=True))
+        out = []
+        for o, i, c in zip(objs.tolist(), ids.tolist(), counts.tolist(), strict=True):
+            share = c / min(sizes[o], id_sizes[i])
+            out.append((share, c, o, i))
+        return out
+
+    def add(self, z: int, labels: np.ndarray) -> np.ndarray:
+        """Ids (uint32) for section ``z`` whose 2-D objects are ``labels`` (0 = none)."""
+        labels = np.asarray(labels)
+        n = int(labels.max())
+        mapping = np.zeros(n + 1, dtype=np.uint32)
+        if n:
+            sizes = np.bincount(labels.ravel(), minlength=n + 1)
+            best: dict[int, tuple[int, int]] = {}
+            if self.link:
+                for dz in (-1, 1):
+                    other = self.done.get(z + dz)
+                    if other is None:
+                        continue
+                    for share, count, o, i in self._candidates(labels, other, sizes):
+                        if share >= self.min_overlap and count > best.get(o, (0, 0))[0]:
+                            best[o] = (count, i)
+            present = np.unique(labels[labels > 0])
+            for o in present.tolist():
+                if o in best:
+                    mapping[o] = best[o][1]
+                else:
+                    mapping[o] = self.next_id
+                    self.next_id += 1
+        out = mapping[labels]
+        self.done[z] = out
+        return out
+
+
+def instance_sections(
+    sections: Iterable[tuple[int, np.ndarray]],
+    k: int,
+    *,
+    class_names: Sequence[str] | None = None,
+    min_size: int = 0,
+    link: bool = False,
+    min_overlap: float = 0.3,
+    config: CellConfig | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """For each finished section ``(z, probabilities (K, H, W))``, yield ``(z, ids)``.
+
+    Ids are uint32, unique across the stack, and with ``link`` shared by the objects of
+    neighbouring sections that overlap (see :class:`SectionLinker`). The CLI and the Segment dock
+    both iterate this generator.
+    """
+    linker = SectionLinker(link=link, min_overlap=min_overlap)
+    for z, probs in sections:
+        objects = instances_of_class(probs, k, class_names=class_names, min_size=min_size, config=config)
+        yield z, linker.add(z, objects)
+
+
+def sections_from_tiles(
+    tiles: Iterable, image_shape: Sequence[int], n_classes: int
+) -> Iterator[tuple[object, int | None, np.ndarray | None]]:
+    """Collect tiles of ``predict_tiles`` into whole sections.
+
+    Yields ``(tile, z, probabilities)`` for every tile: ``probabilities`` (K, H, W) and the
+    section index ``z`` (0 for a 2-D image) when the tile completed its section, else None.
+    """
+    is_stack = len(image_shape) == 3
+    plane = tuple(image_shape[-2:])
+    area = int(np.prod(plane))
+    buffers: dict[int, np.ndarray] = {}
+    filled: dict[int, int] = {}
+    for res in tiles:
+        z = int(res.region[0]) if is_stack else 0
+        buf = buffers.get(z)
+        if buf is None:
+            buf = buffers[z] = np.zeros((n_classes, *plane), np.float32)
+            filled[z] = 0
+        ys, xs = res.region[-2:]
+        buf[:, ys, xs] = res.probabilities
+        filled[z] += (ys.stop - ys.start) * (xs.stop - xs.start)
+        if filled[z] >= area:
+            del buffers[z], filled[z]
+            yield res, z, buf
+        else:
+            yield res, None, None
+
+
+def instance_stream(
+    tiles: Iterable,
+    image_shape: Sequence[int],
+    k: int,
+    *,
+    n_classes: int,
+    class_names: Sequence[str] | None = None,
+    min_size: int = 0,
+    link: bool = False,
+    min_overlap: float = 0.3,
+    config: CellConfig | None = None,
+) -> Iterator[tuple[object, int | None, np.ndarray | None]]:
+    """Objects of class ``k`` from the tiles of ``predict_tiles``, one finished section at a time.
+
+    Yields ``(tile, z, ids)`` for every tile; ``ids`` (uint32, final) when the tile completed
+    section ``z``, else None, so a caller can report progress per tile and paint per section.
+    """
+    linker = SectionLinker(link=link, min_overlap=min_overlap)
+    for res, z, probs in sections_from_tiles(tiles, image_shape, n_classes):
+        if probs is None:
+            yield res, None, None
+            continue
+        objects = instances_of_class(probs, k, class_names=class_names, min_size=min_size, config=config)
+        yield res, z, linker.add(z, objects)
+
+
+def model_class_names(path: str | None = None) -> list[str]:
+    """Class names stored in a model file (default: the shipped model); [] when unreadable."""
+    from .checkpoint import read_header
+    from .models import default_model_path
+
+    target = path or default_model_path()
+    if target is None:
+        return []
+    try:
+        return [str(n) for n in read_header(target).get("metadata", {}).get("classes") or []]
+    except UserInputError:
+        return []
