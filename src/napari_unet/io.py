@@ -609,7 +609,7 @@ def _several_arrays(p: Path, names: Sequence[str]) -> UserInputError:
     """The error for a container with several image-like arrays and no name given."""
     shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     return UserInputError(
-        f"{p} holds several image arrays ({shown}); name one as {p}:{names[0]} "
+        f"{p} holds several arrays ({shown}); name one as {p}:{names[0]} "
         f"(or with --dataset {names[0]})"
     )
 
