@@ -58,8 +58,8 @@ def save_model(
     try:
         from .outputs import file_mode
 
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; a model is shared like any other output
         save_file(tensors, tmp, metadata={HEADER_KEY: header})
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; a model is shared like any other output
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -292,9 +292,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pred_src, _ = _input_spec(args.pred, "prediction")
     gt_src, _ = _input_spec(args.gt, "ground truth")
     if args.json:
+        _check_output(Path(args.json), args.overwrite, "metrics file", inputs=[pred_src, gt_src])
         if Path(args.json).suffix.lower() != ".json":
             raise UserInputError(f"--json {args.json} must end in .json")
-        _check_output(Path(args.json), args.overwrite, "metrics file", inputs=[pred_src, gt_src])
     pred = _read_array(args.pred, "prediction")
     gt = apply_label_map(_read_array(args.gt, "ground truth"), mapping)
     if pred.shape != gt.shape:
