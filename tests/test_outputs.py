@@ -321,3 +321,10 @@ def test_full_disk_under_a_zarr_output_is_one_line(
     code, err = run(["segment", image_tif, "-o", out, "--model", model_file], capsys)
     assert code == 2 and one_error_line(err) and "No space left" in err
     assert not out.exists()
+
+
+def test_a_model_save_removes_the_temporary_file_of_a_killed_save(tmp_path, small_model):
+    stale = tmp_path / f".m.safetensors.partial-{outputs.host_id()}-{_dead_pid()}-0123abcd"
+    stale.write_bytes(b"half a model")
+    save_model(small_model, tmp_path / "m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +51,14 @@ def save_model(
         raise UserInputError(f"model metadata cannot be stored as JSON: {exc}") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors.update(extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        from .outputs import file_mode
+    from .outputs import clean_stale, file_mode, temp_name
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)  # temporary files of killed earlier runs on this machine
+    tmp = temp_name(path)  # names this host and process, so a later run can prove it stale
+    try:
         save_file(tensors, tmp, metadata={HEADER_KEY: header})
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; a model is shared like any other output
+        os.chmod(tmp, file_mode())  # the same permissions as any other output (0644 under umask 022)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
