@@ -149,7 +149,13 @@ def test_existing_output_needs_overwrite(tmp_path, model_file, stack_tif, capsys
     assert code == 2 and "--overwrite" in err and "Traceback" not in err
     assert out.read_bytes() == b"precious"
     code, _, err = run(["segment", stack_tif, "-o", out, "--model", model_file, "--overwrite"], capsys)
+    assert code == 2 and "napari-unet did not write" in err  # a file not ours is never replaced
+    assert out.read_bytes() == b"precious"
+    out.unlink()
+    code, _, err = run(["segment", stack_tif, "-o", out, "--model", model_file], capsys)
     assert code == 0 and read_labels(out).shape == (2, 150, 130)
+    code, _, err = run(["segment", stack_tif, "-o", out, "--model", model_file, "--overwrite"], capsys)
+    assert code == 0 and read_labels(out).shape == (2, 150, 130)  # ours: replaced
 
 
 @pytest.mark.parametrize(
@@ -220,7 +226,7 @@ def test_train_then_evaluate(tmp_path, stack_tif, capsys):
     assert 0 <= doc["mean"]["adapted_rand_error"] <= 1
     assert "mean" in out.splitlines()[-1]
     # evaluating the truth against itself is perfect
-    code, out, _ = run(["evaluate", "--pred", truth, "--gt", truth, "--json", report], capsys)
+    code, out, _ = run(["evaluate", "--pred", truth, "--gt", truth, "--json", report, "--overwrite"], capsys)
     doc = json.loads(report.read_text())
     assert doc["mean"]["adapted_rand_error"] == pytest.approx(0, abs=1e-9)
     assert doc["mean"]["pixel_error"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -352,8 +353,13 @@ def test_cli_zarr_output_from_tiff_overwrites_only_when_asked(
     assert code == 2 and "exists" in err and "--overwrite" in err
     assert len(err.strip().splitlines()) == 1 and (out / "keep.txt").exists()
     code, err = run([*base, "--overwrite"], capsys)
+    assert code == 2 and "napari-unet did not write" in err  # not ours: never replaced
+    assert (out / "keep.txt").read_text() == "old"
+    shutil.rmtree(out)
+    code, err = run(base, capsys)
     assert code == 0, err
-    assert not (out / "keep.txt").exists()
+    code, err = run([*base, "--overwrite"], capsys)  # ours: replaced
+    assert code == 0, err
     with torch_threads(CLI_THREADS):
         expected = predict(model, image, tile_shape=444, precision="fp32")
     assert np.array_equal(read_labels(out), labels_from_probabilities(expected))

@@ -263,7 +263,12 @@ def test_saving_over_a_file_asks_first(qtbot, dock, tmp_path, monkeypatch):
     widget.save_annotations(target)
     assert not widget.running and target.read_bytes() == b"precious"
     monkeypatch.setattr(widget, "_confirm_overwrite", lambda _t: True)
+    widget.save_annotations(target)  # not written by napari-unet: refused even when confirmed
+    assert not widget.running and target.read_bytes() == b"precious"
+    target.unlink()
     widget.save_annotations(target)
+    wait_task(qtbot, widget)
+    widget.save_annotations(target)  # ours now: replaced after the question
     wait_task(qtbot, widget)
     np.testing.assert_array_equal(tifffile.imread(target), layer.data)
 

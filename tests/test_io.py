@@ -286,8 +286,9 @@ def test_hdf5_default_dataset_voxel_size_and_syntax(tmp_path):
         d.attrs["element_size_um"] = [0.05, 0.004, 0.004]
         m = f.create_dataset("volumes/mask", data=a.astype(np.uint8) % 2)
         m.attrs["resolution"] = [40.0, 8.0, 8.0]
-    img = read_image(p)
-    assert img.dataset == "volumes/mask"  # first dataset with >= 2 dims, in name order
+    with pytest.raises(UserInputError, match=r"several arrays \(volumes/mask, volumes/raw\)"):
+        read_image(p)  # never a silent first pick
+    img = read_image(p, dataset="volumes/mask")
     assert img.voxel_size == pytest.approx((40.0, 8.0, 8.0)) and img.unit == "nm"
     raw = read_image(f"{p}:/volumes/raw")
     assert raw.dataset == "volumes/raw" and isinstance(raw.data, da.Array)
@@ -427,13 +428,13 @@ def test_labels_dask_to_zarr_and_tif(tmp_path):
 def test_png_folder_8_bit_then_16_bit(tmp_path):
     small = np.arange(2 * 4 * 4, dtype=np.int64).reshape(2, 4, 4)
     out = write_labels(tmp_path / "small", small)
-    assert sorted(os.listdir(out)) == ["0000.png", "0001.png"]
+    assert sorted(os.listdir(out)) == [".napari-unet", "0000.png", "0001.png"]  # marker + slices
     assert Image.open(out / "0000.png").mode == "L"
     # first block fits in 8 bits, the second does not: all slices end up 16-bit
     big = np.zeros((4, 4, 4), np.int32)
     big[0], big[3] = 7, 300
     out16 = write_labels(tmp_path / "big", da.from_array(big, chunks=(2, 4, 4)))
-    assert {Image.open(f).mode for f in out16.iterdir()} == {"I;16"}
+    assert {Image.open(f).mode for f in out16.glob("*.png")} == {"I;16"}
     back = read_labels(out16)
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, big)

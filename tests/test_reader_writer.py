@@ -159,11 +159,29 @@ def test_png_means_a_folder_of_slices(tmp_path):
     [out] = write_labels(str(tmp_path / "masks.png"), lab, {})
     assert out == str(tmp_path / "masks")
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
+        ".napari-unet",
         "0000.png",
         "0001.png",
         "0002.png",
     ]
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "masks" / "0001.png")), lab[1])
+
+
+def test_writer_replaces_only_a_folder_it_wrote(tmp_path):
+    """Saving project.png must not delete a folder project/ of the user's own files."""
+    own = tmp_path / "project"
+    own.mkdir()
+    (own / "thesis.docx").write_text("years of work")
+    with pytest.raises(UserInputError, match="napari-unet did not write"):
+        write_labels(str(tmp_path / "project.png"), labels_stack(), {})
+    assert (own / "thesis.docx").read_text() == "years of work"
+    [out] = write_labels(str(tmp_path / "masks.png"), labels_stack(), {})
+    [again] = write_labels(str(tmp_path / "masks.png"), labels_stack() * 0 + 1, {})  # ours: replaced
+    assert again == out and np.asarray(Image.open(tmp_path / "masks" / "0002.png")).max() == 1
+    (tmp_path / "masks" / "notes.txt").write_text("added by hand")  # no longer only our slices
+    with pytest.raises(UserInputError, match="napari-unet did not write"):
+        write_labels(str(tmp_path / "masks.png"), labels_stack(), {})
+    assert (tmp_path / "masks" / "notes.txt").exists()
 
 
 def test_writer_refuses_unknown_suffix(tmp_path):

@@ -1,7 +1,9 @@
 """napari writer: a Labels layer to .tif/.tiff, .zarr, .ome.zarr or a folder of PNG slices.
 
 The writing is :func:`napari_unet.io.write_labels` (atomic: the output appears only when complete).
-napari's save dialog has already asked before replacing an existing file, so this writer overwrites.
+napari's save dialog has already asked before replacing an existing file, so this writer replaces
+an output napari-unet wrote; anything else (a folder of the user's own files at ``x`` for ``x.png``,
+a TIFF from another program) is refused with one line, never deleted.
 A path ending in ``.png`` means "PNG slices": the folder is the path without ``.png``
 (``masks.png`` -> ``masks/0000.png, 0001.png, ...``). Nothing here imports Qt or napari.
 """

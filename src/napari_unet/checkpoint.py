@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +51,14 @@ def save_model(
         raise UserInputError(f"model metadata cannot be stored as JSON: {exc}") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors.update(extra)
+    from .outputs import clean_stale, file_mode, temp_name
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    clean_stale(path)  # temporary files of killed earlier runs on this machine
+    tmp = temp_name(path)  # names this host and process, so a later run can prove it stale
     try:
         save_file(tensors, tmp, metadata={HEADER_KEY: header})
+        os.chmod(tmp, file_mode())  # the same permissions as any other output (0644 under umask 022)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -85,7 +87,80 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             raise TypeError("architecture is not a mapping")
     except (ValueError, KeyError, TypeError) as exc:
         raise UserInputError(f"model file {path} has a damaged header ({exc})") from None
+    problem = header_problem(doc)
+    if problem:
+        raise UserInputError(f"model file {path} has an invalid header: {problem}")
     return doc
+
+
+#: Limits of a loadable network: labels are uint8 (classes 1..255), inputs are grey images.
+MAX_CLASSES = 255
+MAX_DEPTH = 8
+MAX_BASE_CHANNELS = 1024
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _normalization_problem(norm: Any) -> str | None:
+    if norm is None:
+        return None
+    if not isinstance(norm, dict):
+        return f"normalization is a {type(norm).__name__}, not a mapping"
+    method = norm.get("method", "percentile")
+    if method == "percentile":
+        lo, hi = norm.get("lower", 1.0), norm.get("upper", 99.8)
+        if not (_number(lo) and _number(hi) and 0 <= lo < hi <= 100):
+            return f"normalization percentiles {lo!r}..{hi!r} are not 0 <= lower < upper <= 100"
+        return None
+    if method == "fixed":
+        lo, hi = norm.get("low"), norm.get("high")
+        if not (_number(lo) and _number(hi)):
+            return f"fixed normalization needs finite numbers low and high, got {lo!r} and {hi!r}"
+        return None
+    return f"normalization method {method!r} is not 'percentile' or 'fixed'"
+
+
+def header_problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's header document, in a few words; None when it is usable.
+
+    Checked before anything is built, so a hostile header cannot allocate a huge network or reach
+    the code with values it was never meant to see.
+    """
+    arch = doc["architecture"]
+    unknown = sorted(set(arch) - {"in_channels", "n_classes", "depth", "base_channels", "dropout"})
+    if unknown:
+        return f"unknown architecture entries {', '.join(map(str, unknown))}"
+    in_ch = arch.get("in_channels", 1)
+    if in_ch != 1 or isinstance(in_ch, bool):
+        return f"the network takes {in_ch!r} input channels; napari-unet feeds it grey images (1 channel)"
+    if not _int_in(arch.get("n_classes", 2), 2, MAX_CLASSES):
+        return f"n_classes {arch.get('n_classes')!r} is not a whole number from 2 to {MAX_CLASSES}"
+    if not _int_in(arch.get("depth", 4), 1, MAX_DEPTH):
+        return f"depth {arch.get('depth')!r} is not a whole number from 1 to {MAX_DEPTH}"
+    if not _int_in(arch.get("base_channels", 64), 1, MAX_BASE_CHANNELS):
+        return (
+            f"base_channels {arch.get('base_channels')!r} is not a whole number from 1 to {MAX_BASE_CHANNELS}"
+        )
+    dropout = arch.get("dropout", 0.5)
+    if not (_number(dropout) and 0 <= dropout < 1):
+        return f"dropout {dropout!r} is not a number from 0 to below 1"
+    meta = doc.get("metadata")
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        return f"metadata is a {type(meta).__name__}, not a mapping"
+    classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return "metadata classes is not a list of names"
+    return _normalization_problem(meta.get("normalization"))
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:

@@ -60,9 +60,64 @@ def _resolve_model(spec: str | None):
     return load_model(Path(spec))
 
 
-def _check_output(path: Path, overwrite: bool, what: str = "output") -> None:
-    if path.exists() and not overwrite:
-        raise UserInputError(f"{what} {path} exists; pass --overwrite to replace it")
+def _check_output(path: Path, overwrite: bool, what: str = "output", inputs: Sequence = ()) -> None:
+    """Refuse an output before any work: exists without --overwrite, not ours, an input, unwritable."""
+    from .outputs import check_output
+
+    check_output(path, overwrite=overwrite, inputs=inputs, what=what)
+
+
+#: Largest --batch accepted: more tiles per forward pass than this only costs memory.
+MAX_BATCH = 256
+
+
+def _input_spec(text: str, what: str, dataset: str | None = None) -> tuple[Path, str | None]:
+    """``PATH`` or ``PATH:DATASET`` (HDF5, zarr) -> (path, dataset), refusing a missing path."""
+    from . import io
+
+    path, key = io.split_dataset(text)
+    if dataset is not None:
+        if key is not None and key.strip("/") != dataset.strip("/"):
+            raise UserInputError(
+                f"{what} {text} names dataset {key!r} but --dataset says {dataset!r}; give one name"
+            )
+        key = dataset
+    if not (path.exists() or path.is_symlink()):
+        raise UserInputError(f"{what} {path} does not exist")
+    if key is not None and (fmt := io._detect(path)) not in ("hdf5", "zarr"):
+        raise UserInputError(f"{what} {path} is a {fmt} image and holds no datasets; drop the dataset name")
+    return path, key
+
+
+def _check_segment_args(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """Every option and output of ``segment`` checked before the model or any pixel is read."""
+    from . import io
+
+    src, key = _input_spec(args.input, "input", getattr(args, "dataset", None))
+    if args.tile is not None and args.tile < 1:
+        raise UserInputError(f"--tile must be a positive size, got {args.tile}")
+    if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
+        raise UserInputError(f"--batch must be from 1 to {MAX_BATCH} tiles, got {args.batch}")
+    out = Path(args.output)
+    io._target_kind(out, what="labels", allow_png=True)
+    _check_output(out, args.overwrite, inputs=[src])
+    if args.probabilities:
+        probs = Path(args.probabilities)
+        io._target_kind(probs, what="probabilities", allow_png=False)
+        if os.path.realpath(probs) == os.path.realpath(out):
+            raise UserInputError("--probabilities and -o name the same path; give each its own")
+        _check_output(probs, args.overwrite, "probabilities output", inputs=[src])
+    return src, key
+
+
+def _check_segment_space(args: argparse.Namespace, shape: tuple[int, ...], n_classes: int) -> None:
+    """Refuse a probabilities TIFF (its size is exact: float32, uncompressed) the disk cannot hold."""
+    from .outputs import check_free_space
+
+    probs = getattr(args, "probabilities", None)
+    if probs and Path(probs).suffix.lower() in (".tif", ".tiff"):
+        nbytes = 4 * n_classes * int(np.prod(shape, dtype=np.int64))
+        check_free_space(Path(probs), nbytes, "probabilities output")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -75,19 +130,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if omezarr.is_ome_zarr(args.output):
         omezarr.require_library()  # a missing extra is said before any work, not after
     out = Path(args.output)
-    _check_output(out, args.overwrite)
-    if args.probabilities:
-        _check_output(Path(args.probabilities), args.overwrite, "probabilities output")
-    src = Path(args.input)
-    if not src.exists():
-        raise UserInputError(f"input {src} does not exist")
+    src, dataset = _check_segment_args(args)
     model = _resolve_model(args.model)
-    img = io.read_image(src)
+    img = io.read_image(src, dataset=dataset)
     data = io.to_grey(img.data)
     check_image(data)
     _check_instance_options(args, model, data)
-    if args.tile is not None and args.tile < 1:
-        raise UserInputError(f"--tile must be a positive size, got {args.tile}")
+    _check_segment_space(args, tuple(data.shape), model.n_classes)
     from .distributed import run_segment_command, use_blockwise
 
     if use_blockwise(args, data, model.n_classes):  # --scheduler, zarr output, or too big
@@ -250,13 +299,12 @@ def apply_label_map(labels: np.ndarray, mapping: dict[int, int] | None) -> np.nd
     return out
 
 
-def _read_array(path: str, what: str) -> np.ndarray:
+def _read_array(path: str, what: str, dataset: str | None = None) -> np.ndarray:
+    """Read ``PATH`` or ``PATH:DATASET`` into grey numpy, one clear line for anything wrong."""
     from . import io
 
-    src = Path(path)
-    if not src.exists():
-        raise UserInputError(f"{what} {src} does not exist")
-    return np.asarray(io.to_grey(io.read_image(src).data))
+    src, key = _input_spec(path, what, dataset)
+    return np.asarray(io.to_grey(io.read_image(src, dataset=key).data, name=f"{what} {path}"))
 
 
 def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
@@ -414,9 +462,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from . import metrics
+    from .outputs import ATTRS_KEY, write_text
 
+    mapping = parse_label_map(args.label_map)
+    if not 1 <= args.cell_class <= 255:
+        raise UserInputError(f"--cell-class must be a class id from 1 to 255, got {args.cell_class}")
+    pred_src, _ = _input_spec(args.pred, "prediction")
+    gt_src, _ = _input_spec(args.gt, "ground truth")
+    if args.json:
+        _check_output(Path(args.json), args.overwrite, "metrics file", inputs=[pred_src, gt_src])
+        if Path(args.json).suffix.lower() != ".json":
+            raise UserInputError(f"--json {args.json} must end in .json")
     pred = _read_array(args.pred, "prediction")
-    gt = apply_label_map(_read_array(args.gt, "ground truth"), parse_label_map(args.label_map))
+    gt = apply_label_map(_read_array(args.gt, "ground truth"), mapping)
     if pred.shape != gt.shape:
         raise UserInputError(f"prediction has shape {pred.shape} but ground truth has shape {gt.shape}")
     if pred.ndim == 2:
@@ -436,7 +494,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("\t".join([str(r["slice"])] + [f"{r[k]:.4f}" for k in keys]))
     print("\t".join(["mean"] + [f"{mean[k]:.4f}" for k in keys]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"per_slice": rows, "mean": mean}, indent=1))
+        doc = {ATTRS_KEY: {"kind": "evaluation"}, "per_slice": rows, "mean": mean}
+        write_text(Path(args.json), json.dumps(doc, indent=1), overwrite=args.overwrite, what="metrics file")
     return 0
 
 
@@ -474,7 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment an image or stack",
         description="Segment a 2-D image or a stack with overlap-tile prediction.",
     )
-    seg.add_argument("input", help="multi-page TIFF, folder of PNG/TIFF slices, zarr, HDF5 or MRC")
+    seg.add_argument(
+        "input",
+        help="multi-page TIFF, folder of PNG/TIFF slices, zarr, HDF5 or MRC; name one array of an "
+        "HDF5 file or zarr store as PATH:DATASET (e.g. c.h5:volumes/raw) or with --dataset",
+    )
+    seg.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="the array to segment inside an HDF5 file or zarr store (needed when it holds several)",
+    )
     seg.add_argument(
         "-o",
         "--output",
@@ -540,7 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --instances on a stack: one id for the objects of neighbouring sections that "
         "overlap by at least OVERLAP of the smaller one (default 0.3)",
     )
-    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs, only if napari-unet wrote them (never anything else)",
+    )
     seg.add_argument(
         "--scheduler",
         default=None,
@@ -624,8 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="ISBI-2012-style metrics per slice and overall: adapted Rand error of the cells, "
         "variation of information (split, merge), pixel error, IoU per class.",
     )
-    ev.add_argument("--pred", required=True, help="class labels from segment (1..K)")
-    ev.add_argument("--gt", required=True, help="ground truth")
+    ev.add_argument("--pred", required=True, help="class labels from segment (1..K); PATH or PATH:DATASET")
+    ev.add_argument("--gt", required=True, help="ground truth; PATH or PATH:DATASET (HDF5, zarr)")
     ev.add_argument(
         "--label-map",
         default=None,
@@ -633,7 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="ground-truth stored value -> class, e.g. 0:1,255:2 (ISBI)",
     )
     ev.add_argument("--cell-class", type=int, default=2, help="class id of the cells (default 2)")
-    ev.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON")
+    ev.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON (.json)")
+    ev.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --json file that napari-unet wrote"
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser(
@@ -665,7 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment the ISBI 2012 test stack (or, offline without it, a synthetic EM stack) "
         "and write masks, instance labels and an overlay picture.",
     )
-    demo.add_argument("-o", "--output", default="demo-output", help="folder for the results")
+    demo.add_argument(
+        "-o", "--output", default="demo-output", help="folder for the results (earlier demo results replaced)"
+    )
     demo.add_argument("--data", default="auto", choices=["auto", "isbi", "synthetic"])
     demo.add_argument("--slices", type=int, default=None, help="segment only the first N slices")
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -678,13 +756,29 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"{PROG}: warning: {message}\n"
 
 
+def _output_locks(args: argparse.Namespace):
+    """Hold a command's output locks for the whole run: a second run to one output is refused early."""
+    from .outputs import locked
+
+    targets: list[str | None] = []
+    if args.command == "segment":
+        targets = [args.output, args.probabilities]
+    elif args.command == "evaluate":
+        targets = [args.json]
+    elif args.command == "demo":
+        targets = [args.output]
+    existing = [t for t in targets if t is not None and Path(t).absolute().parent.is_dir()]
+    return locked(existing)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = _format_warning
     try:
-        return int(args.func(args) or 0)
+        with _output_locks(args):
+            return int(args.func(args) or 0)
     except UserInputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -692,6 +786,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted; no partial output was written", file=sys.stderr)
         return 130
     except MemoryError:
+        print(f"{PROG}: error: out of memory; try a smaller --tile or --batch", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # torch reports a failed allocation as RuntimeError
+        text = str(exc).lower()
+        if "allocate" not in text and "out of memory" not in text:
+            raise
         print(f"{PROG}: error: out of memory; try a smaller --tile or --batch", file=sys.stderr)
         return 2
     except BrokenPipeError:  # pragma: no cover - e.g. piped into head

@@ -40,12 +40,45 @@ def load_sample(data: str = "auto") -> tuple[str, np.ndarray, np.ndarray | None]
     return "synthetic EM stack", images, labels
 
 
+#: The files the demo writes into its output folder.
+DEMO_FILES = ("masks.tif", "instances.tif", "overlay.png")
+
+
+def check_demo_output(output: Path, slices: int | None = None) -> None:
+    """Refuse a demo output that is a file, holds results napari-unet did not write, or is read-only."""
+    from .outputs import check_replaceable, check_writable_folder
+
+    if slices is not None and slices < 1:
+        raise UserInputError(f"--slices must be at least 1, got {slices}")
+    if output.exists() and not output.is_dir():
+        raise UserInputError(f"demo output {output} is a file; name a folder for the results")
+    for name in DEMO_FILES:
+        check_replaceable(output / name, "demo result")
+    check_writable_folder(output / DEMO_FILES[0], "demo results")
+
+
+def _save_overlay(path: Path, rgb: np.ndarray) -> None:
+    """The overlay PNG, tagged as napari-unet's and renamed into place only when complete."""
+    from PIL import Image, PngImagePlugin
+
+    from .outputs import TIFF_SOFTWARE, OutputLock, remove, swap_into_place, temp_name
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", TIFF_SOFTWARE)
+    with OutputLock(path):
+        tmp = temp_name(path)
+        try:
+            Image.fromarray(rgb).save(tmp, format="PNG", pnginfo=info)
+            swap_into_place(tmp, path)
+        except OSError as exc:
+            remove(tmp)
+            raise UserInputError(f"cannot write {path} ({exc.strerror or exc}); check free space") from None
+
+
 def run_demo(
     output: Path, data: str = "auto", slices: int | None = None, device: str = "auto", tta: str = "none"
 ) -> dict:
     """Segment the sample with the shipped model; write masks.tif, instances.tif, overlay.png."""
-    from PIL import Image
-
     from . import io, metrics
     from .checkpoint import load_model
     from .cli import _progress
@@ -53,6 +86,7 @@ def run_demo(
     from .models import default_model_path
     from .postprocess import cell_class_index, instances
 
+    check_demo_output(output, slices)
     path = default_model_path()
     if path is None:
         raise UserInputError("this installation ships no default model")
@@ -71,10 +105,13 @@ def run_demo(
     classes = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
     cell = cell_class_index(model.metadata.get("classes"), k)
     inst = instances(probs[cell - 1])
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"cannot create {output} ({exc.strerror or exc}); pick another folder") from None
     io.write_labels(output / "masks.tif", classes, overwrite=True)
     io.write_labels(output / "instances.tif", inst, overwrite=True)
-    Image.fromarray(overlay_rgb(images[0], inst[0])).save(output / "overlay.png")
+    _save_overlay(output / "overlay.png", overlay_rgb(images[0], inst[0]))
     summary = {"data": name, "shape": list(images.shape), "instances": int(inst.max())}
     if truth is not None:
         result = metrics.evaluate_stack(probs[cell - 1], truth == cell)

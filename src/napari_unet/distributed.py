@@ -41,7 +41,6 @@ import shutil
 import sys
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -381,10 +380,35 @@ def _read_window(image: Any, z: int | None, y0: int, x0: int, h: int, w: int) ->
     return read_mirrored(plane, y0, x0, h, w)
 
 
+def _block_window(plan: BlockPlan, block: Block) -> tuple[int, int, int, int]:
+    """(y0, x0, h, w) of the input window one block reads: its tiles plus their context."""
+    tp = plan.tiles
+    c = tp.margin // 2
+    th, tw = tp.tile_shape
+    iy, ix = plan.tiles_of(block)
+    sy = [tp.starts[0][i] for i in iy]
+    sx = [tp.starts[1][j] for j in ix]
+    return min(sy) - c, min(sx) - c, max(sy) - min(sy) + th, max(sx) - min(sx) + tw
+
+
+def _window_digest(raw: np.ndarray) -> str:
+    """Content hash of the input pixels a block read, stored in its completion marker."""
+    raw = np.ascontiguousarray(raw)
+    h = hashlib.sha256(f"{raw.dtype.str}{raw.shape}".encode())
+    h.update(raw.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _read_block_input(image: Any, plan: BlockPlan, block: Block) -> np.ndarray:
+    """The raw (not normalised) input window of one block."""
+    wy0, wx0, h, w = _block_window(plan, block)
+    return _read_window(image, block.z, wy0, wx0, h, w)
+
+
 def _segment_block(
     model: UNet, dev: torch.device, dtype: torch.dtype, image: Any, job: _Job, block: Block
-) -> np.ndarray:
-    """Class probabilities (K, bh, bw) of one block, computed from the global tile plan.
+) -> tuple[np.ndarray, str]:
+    """Class probabilities (K, bh, bw) of one block, and the hash of the input it read.
 
     Each tile is fed exactly the pixels ``predict_tiles`` feeds it (same window, same normaliser,
     same batch layout), so the block's values equal the in-process result bit for bit.
@@ -393,12 +417,10 @@ def _segment_block(
     c = tp.margin // 2
     th, tw = tp.tile_shape
     iy, ix = job.plan.tiles_of(block)
-    sy = [tp.starts[0][i] for i in iy]
-    sx = [tp.starts[1][j] for j in ix]
-    wy0, wx0 = min(sy) - c, min(sx) - c
-    window = job.normalizer(
-        _read_window(image, block.z, wy0, wx0, max(sy) - min(sy) + th, max(sx) - min(sx) + tw)
-    )
+    wy0, wx0, _, _ = _block_window(job.plan, block)
+    raw = _read_block_input(image, job.plan, block)
+    digest = _window_digest(raw)
+    window = job.normalizer(raw)
     bh, bw = block.y[1] - block.y[0], block.x[1] - block.x[0]
     out = np.empty((job.n_classes, bh, bw), dtype=np.float32)
     pairs = [(i, j) for i in iy for j in ix]
@@ -423,7 +445,7 @@ def _segment_block(
             out[:, r0 - block.y[0] : r1 - block.y[0], q0 - block.x[0] : q1 - block.x[0]] = p[
                 :, r0 - s_y : r1 - s_y, q0 - s_x : q1 - s_x
             ]
-    return out
+    return out, digest
 
 
 def _run_block(block: Block, payload: ModelPayload, shipped: _Shipped, job: _Job) -> _Done:
@@ -433,7 +455,7 @@ def _run_block(block: Block, payload: ModelPayload, shipped: _Shipped, job: _Job
     t0 = time.perf_counter()
     _set_task_threads(job)
     model, dev, dtype = _model_for(payload, job.device, job.precision)
-    probs = _segment_block(model, dev, dtype, shipped.array, job, block)
+    probs, digest = _segment_block(model, dev, dtype, shipped.array, job, block)
     labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
     region = block.region
     if block.z is not None:
@@ -442,7 +464,7 @@ def _run_block(block: Block, payload: ModelPayload, shipped: _Shipped, job: _Job
     zarr.open_array(job.labels, mode="r+")[region] = labels
     if job.probabilities is not None:
         zarr.open_array(job.probabilities, mode="r+")[(slice(None), *region)] = probs
-    Path(job.markers, block.key).touch()
+    Path(job.markers, block.key).write_text(digest)  # what the block read, checked on resume
     iy, ix = job.plan.tiles_of(block)
     device = f"{dev.type}:{torch.cuda.current_device()}" if dev.type == "cuda" else dev.type
     return _Done(block.index, time.perf_counter() - t0, len(iy) * len(ix), device)
@@ -663,18 +685,33 @@ def _remove(path: Path) -> None:
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename a finished store onto ``target``; an old output is deleted only after the swap."""
-    if not (target.exists() or target.is_symlink()):
-        os.replace(tmp, target)
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    _remove(old)
+    """Put a finished store at ``target`` (an atomic exchange where the system can); an old output
+    napari-unet wrote is deleted only after the swap, anything else is never replaced."""
+    from .outputs import check_replaceable, swap_into_place
+
+    check_replaceable(target)
+    swap_into_place(tmp, target)
+
+
+def _verify_done(image: Any, plan: BlockPlan, markers: Path, done: set[str], workers: int) -> set[str]:
+    """The finished blocks whose input is unchanged: each one's window is read again and its hash
+    compared with the one stored at completion; a changed (or unrecorded) block loses its marker."""
+
+    def same(block: Block) -> tuple[str, bool]:
+        try:
+            stored = (markers / block.key).read_text().strip()
+        except OSError:
+            stored = ""
+        return block.key, bool(stored) and stored == _window_digest(_read_block_input(image, plan, block))
+
+    blocks = [b for b in plan.blocks() if b.key in done]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = dict(pool.map(same, blocks))
+    for key, ok in results.items():
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                (markers / key).unlink()
+    return {k for k, ok in results.items() if ok}
 
 
 def _image_identity(image: Any) -> str:
@@ -720,6 +757,8 @@ class SegmentResult:
     seconds: float
     #: torch devices the blocks of this run ran on
     devices: tuple[str, ...] = ()
+    #: blocks an earlier run had finished but whose input changed since, so they were computed again
+    changed: int = 0
 
 
 def _as_image(image: Any) -> Any:
@@ -739,6 +778,39 @@ def _as_image(image: Any) -> Any:
 
 
 def segment_blocks(
+    model: UNet,
+    image: Any,
+    output: str | os.PathLike,
+    *,
+    probabilities: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> Generator[BlockEvent, None, SegmentResult]:
+    """Segment ``image`` block by block into a zarr store, yielding each finished block.
+
+    The outputs' locks (:class:`napari_unet.outputs.OutputLock`) are held for the whole run, so a
+    second run to the same output is refused instead of sharing its partial store. See
+    :func:`_segment_blocks` for the parameters.
+    """
+    from .outputs import clean_stale, locked
+
+    out = Path(output).absolute()
+    prob_out = Path(probabilities).absolute() if probabilities is not None else None
+    if isinstance(image, str | os.PathLike):
+        from . import io
+        from .outputs import check_not_input
+
+        src, _ = io.split_dataset(image)
+        for target, what in ((out, "output"), (prob_out, "probabilities output")):
+            if target is not None:
+                check_not_input(target, [src], what)
+    with locked([out, prob_out]):
+        for target in (out, prob_out):
+            if target is not None:
+                clean_stale(target)
+        return (yield from _segment_blocks(model, image, out, probabilities=prob_out, **kwargs))
+
+
+def _segment_blocks(
     model: UNet,
     image: Any,
     output: str | os.PathLike,
@@ -809,6 +881,10 @@ def segment_blocks(
     for target, what in ((out, "output"), (prob_out, "probabilities output")):
         if target is not None and target.exists() and not overwrite:
             raise UserInputError(f"{what} {target} exists; pass --overwrite to replace it")
+        if target is not None and overwrite:
+            from .outputs import check_replaceable
+
+            check_replaceable(target, what)
     if prob_out is not None and prob_out == out:
         raise UserInputError("labels and probabilities need two different output paths")
     image = _as_image(image)
@@ -893,6 +969,10 @@ def segment_blocks(
                 ) from None
         total = plan.n_blocks
         done = {p.name for p in markers.iterdir()} if resumable else set()
+        recorded = len(done)
+        if done:  # resume only what is the same: blocks whose input changed are computed again
+            done = _verify_done(image, plan, markers, done, int(workers or min(4, _cores())))
+        changed = recorded - len(done)
         todo = (b for b in plan.blocks() if b.key not in done)
         completed = sum(1 for b in plan.blocks() if b.key in done) if done else 0
         resumed = completed
@@ -944,6 +1024,11 @@ def segment_blocks(
                 yield BlockEvent(
                     plan.block(res.index).region, completed, total, res.seconds, res.device
                 )
+        except OSError as exc:
+            raise UserInputError(
+                f"cannot write {tmp} ({exc.strerror or exc}); finished blocks are kept there: free "
+                "disk space and run again to resume"
+            ) from None
         finally:
             finished.close()
             if client is None:
@@ -977,6 +1062,7 @@ def segment_blocks(
         tile_shape=plan.tiles.tile_shape,
         blocks=total,
         skipped=resumed,
+        changed=changed,
         devices=tuple(sorted(devices)),
         seconds=time.perf_counter() - t0,
     )
@@ -1130,7 +1216,8 @@ def run_segment_command(args: Any, model: UNet, data: Any) -> int:
     print(
         f"labels {result.shape} (classes 1..{k}) -> {written} "
         f"[{result.blocks - result.skipped} blocks computed, {result.skipped} resumed, "
-        f"tile {result.tile_shape[0]}x{result.tile_shape[1]}"
+        + (f"{result.changed} recomputed because their input changed, " if result.changed else "")
+        + f"tile {result.tile_shape[0]}x{result.tile_shape[1]}"
         + (f", on {', '.join(result.devices)}]" if result.devices else "]"),
         file=sys.stderr,
     )

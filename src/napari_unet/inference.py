@@ -81,6 +81,16 @@ class TileResult:
     total: int
 
 
+def as_grey(image):
+    """Colour (H, W, 3|4) or a stack of colour slices becomes grey with a warning, as the CLI does."""
+    shape = tuple(int(s) for s in getattr(image, "shape", ()))
+    if len(shape) in (3, 4) and shape[-1] in (3, 4) and all(s > 4 for s in shape[:-1]):
+        from .io import to_grey
+
+        return to_grey(image)
+    return image
+
+
 def check_image(image) -> None:
     """Raise UserInputError unless ``image`` is a non-empty 2-D image or 3-D (Z, H, W) stack."""
     shape = tuple(getattr(image, "shape", ()))
@@ -186,8 +196,10 @@ def predict_tiles(
     Output tiles start at multiples of 2**depth (the shift the network is equivariant to) and keep
     disjoint parts of the output, with mirrored context at the border, so the result equals a single
     pass of the network over the whole mirror-padded image. Reading and normalising the next batch
-    runs in a helper thread while the network computes the current one.
+    runs in a helper thread while the network computes the current one. A colour image (last axis
+    3 or 4) is turned grey with a warning, exactly as the command line reads it.
     """
+    image = as_grey(image)
     check_image(image)
     check_tta(tta)
     dev = select_device(device)
@@ -275,6 +287,7 @@ def predict(
 
     See :func:`predict_tiles` for the parameters and the tiling strategy; this collects its tiles.
     """
+    image = as_grey(image)
     check_image(image)
     out = np.zeros((model.n_classes, *image.shape), dtype=np.float32)
     tiles = predict_tiles(

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import threading
-import uuid
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
@@ -47,6 +46,7 @@ __all__ = [
     "list_datasets",
     "read_image",
     "read_labels",
+    "split_dataset",
     "to_grey",
     "write_labels",
     "write_probabilities",
@@ -592,10 +592,37 @@ def _zarr_pick(
         return arr, prefix + name, None, None
     if not arrays:
         raise UserInputError(f"{p} holds no arrays; check that it is an image zarr store")
-    names = ", ".join(n for n, _ in arrays[:10])
-    raise UserInputError(
-        f"{p} holds several arrays ({names}); choose one as the dataset, e.g. {p}:{arrays[0][0]}"
+    images = [(n, a) for n, a in arrays if _image_like(a.shape, a.dtype)]
+    if len(images) == 1:
+        name, arr = images[0]
+        return arr, prefix + name, None, None
+    raise _several_arrays(p, [prefix + n for n, _ in (images or arrays)])
+
+
+def _image_like(shape: Sequence[int], dtype: Any) -> bool:
+    """An array that could be an image: numbers, and at least two axes of 8 or more pixels."""
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:
+        return False
+    return kind in "biuf" and sum(1 for s in shape if int(s) >= 8) >= 2
+
+
+def _several_arrays(p: Path, names: Sequence[str]) -> UserInputError:
+    """The error for a container with several image-like arrays and no name given."""
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return UserInputError(
+        f"{p} holds several arrays ({shown}); name one as {p}:{names[0]} "
+        f"(or with --dataset {names[0]})"
     )
+
+
+def split_dataset(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``"file.h5:/inner"`` or ``"store.zarr:inner"`` -> (container path, dataset); else (path, None).
+
+    A path that exists as written is never split, so file names with a colon keep working.
+    """
+    return _split_container_path(path, None)
 
 
 def _probe_zarr(p: Path, key: str | None) -> _Probe:
@@ -663,7 +690,10 @@ def _probe_hdf5(p: Path, key: str | None) -> _Probe:
                     raise UserInputError(
                         f"{p} holds no dataset with at least 2 dimensions; check the file"
                     )
-                name, obj = candidates[0]
+                images = [(n, d) for n, d in candidates if _image_like(d.shape, d.dtype)]
+                if len(images) > 1:
+                    raise _several_arrays(p, [n for n, _ in images])
+                name, obj = images[0] if images else candidates[0]
             shape = tuple(int(s) for s in obj.shape)
             dtype = np.dtype(obj.dtype)
             chunks = tuple(int(c) for c in obj.chunks) if obj.chunks else None
@@ -1026,29 +1056,28 @@ def _exists(p: Path) -> bool:
 
 def _swap_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
     """Rename a finished temporary output onto target; an old output is removed only afterwards."""
-    if not _exists(target):
-        os.replace(tmp, target)
-        return
-    if not overwrite:
-        raise UserInputError(f"{target} exists (use overwrite to replace it)")
-    if target.is_file() and not target.is_symlink() and tmp.is_file():
-        os.replace(tmp, target)  # atomic for files on the same file system
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    _remove(old)
+    from napari_unet import outputs
+
+    if _exists(target):
+        if not overwrite:
+            raise UserInputError(f"{target} exists (use overwrite to replace it)")
+        outputs.check_replaceable(target)
+    outputs.swap_into_place(tmp, target)
 
 
 @contextlib.contextmanager
 def _atomic_output(target: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a hidden sibling path to write to; move it onto ``target`` only if writing succeeds."""
-    if _exists(target) and not overwrite:
-        raise UserInputError(f"{target} exists (use overwrite to replace it)")
+    """Yield a hidden sibling path to write to; move it onto ``target`` only if writing succeeds.
+
+    The output's lock is held throughout; an existing output is replaced only if napari-unet wrote
+    it (:mod:`napari_unet.outputs`); temporary files of dead earlier runs are removed first.
+    """
+    from napari_unet import outputs
+
+    if _exists(target):
+        if not overwrite:
+            raise UserInputError(f"{target} exists (use overwrite to replace it)")
+        outputs.check_replaceable(target)
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -1056,19 +1085,23 @@ def _atomic_output(target: Path, overwrite: bool) -> Iterator[Path]:
         raise UserInputError(
             f"cannot create folder {parent} ({_one_line(exc)}); choose another output location"
         ) from exc
-    tmp = parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        yield tmp
-        _fsync(tmp)
-        _swap_into_place(tmp, target, overwrite)
-        _fsync(parent)
-    except BaseException as exc:
-        _remove(tmp)
-        if isinstance(exc, OSError):
-            raise UserInputError(
-                f"cannot write {target} ({_one_line(exc)}); check free disk space and permissions"
-            ) from exc
-        raise
+    with outputs.OutputLock(target):
+        outputs.clean_stale(target)
+        tmp = outputs.temp_name(target)
+        try:
+            yield tmp
+            _fsync(tmp)
+            _swap_into_place(tmp, target, overwrite)
+            _fsync(parent)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                _remove(tmp)
+            if isinstance(exc, OSError):
+                raise UserInputError(
+                    f"cannot write {target} ({_one_line(exc)}); check free disk space and "
+                    "permissions"
+                ) from exc
+            raise
 
 
 def _compute(arr: Any) -> np.ndarray:
@@ -1104,7 +1137,11 @@ def _write_tiff(tmp: Path, arr: Any, *, compress: bool) -> None:
     import tifffile
 
     nbytes = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
-    kwargs: dict[str, Any] = {"photometric": "minisblack", "bigtiff": nbytes > 2**32 - 2**25}
+    from napari_unet.outputs import TIFF_SOFTWARE
+
+    kwargs: dict[str, Any] = {
+        "photometric": "minisblack", "bigtiff": nbytes > 2**32 - 2**25, "software": TIFF_SOFTWARE,
+    }
     if compress:
         kwargs.update(compression="zlib", compressionargs={"level": 1})
     if arr.ndim == 2:
@@ -1160,6 +1197,9 @@ def _write_zarr(tmp: Path, arr: Any) -> None:
     if _zarr_major() >= 3:
         kwargs["zarr_format"] = 2  # readable by zarr 2 and 3 and most other tools
     z = zarr.open_array(str(tmp), **kwargs)
+    from napari_unet.outputs import ATTRS_KEY
+
+    z.attrs[ATTRS_KEY] = {"written_by": "napari-unet", "complete": True}
     if isinstance(arr, da.Array):
         if tuple(c[0] for c in arr.chunks) != chunks or not _regular_chunks(arr.chunks):
             arr = arr.rechunk(chunks)
@@ -1185,7 +1225,10 @@ def _write_png_slices(tmp: Path, arr: Any, target: Path) -> None:
             f"{target}: PNG slices hold 2-D or 3-D labels, these have shape {tuple(arr.shape)}; "
             "use a .tif or .zarr output"
         )
+    from napari_unet.outputs import FOLDER_MARKER
+
     tmp.mkdir()
+    (tmp / FOLDER_MARKER).write_text("PNG slices written by napari-unet\n")
     width = max(4, len(str(arr.shape[0] - 1)))
     dtype: type = np.uint8
     written: list[Path] = []

@@ -1141,6 +1141,9 @@ class AnnotateWidget(QWidget):
             target = Path(path).expanduser()
             overwrite = False
             if target.exists():
+                from napari_unet.outputs import check_replaceable
+
+                check_replaceable(target, "annotation file")  # never ask to replace a foreign file
                 if not self._confirm_overwrite(target):
                     self.task.status.setText(f"not saved: {target} exists")
                     return

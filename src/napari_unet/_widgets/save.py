@@ -172,6 +172,9 @@ class SaveMasksWidget(QWidget):
             raise UserInputError("choose where to save the masks first")
         overwrite = False
         if target.exists() or target.is_symlink():
+            from napari_unet.outputs import check_replaceable
+
+            check_replaceable(target, "output")  # a file or folder napari-unet did not write: never
             if not self._confirm_overwrite(target):
                 self.task.status.setText(f"not saved: {target} exists")
                 return
