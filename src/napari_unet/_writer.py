@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from napari_unet import io
-
 
 def output_path(path: str | Path) -> Path:
     """Where labels saved as ``path`` land: ``x.png`` becomes the PNG-slice folder ``x``."""
@@ -27,5 +25,9 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
     Raises UserInputError for an unsupported suffix or data that cannot be stored as labels.
     """
-    written = io.write_labels(output_path(path), data, overwrite=True)
+    from napari_unet.annotation import class_names_from_features
+    from napari_unet.layers import save_masks
+
+    names = class_names_from_features(meta.get("features")) if isinstance(meta, dict) else None
+    written = save_masks(output_path(path), data, names=names, overwrite=True)
     return [str(written)]

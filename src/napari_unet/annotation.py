@@ -308,16 +308,43 @@ class CopyResult:
     region: tuple[Any, ...]
     previous: np.ndarray
     changed: int
+    #: the changed pixels as index arrays into the whole array, and their new labels, so that a
+    #: viewer can apply the copy as one undoable edit
+    indices: tuple[np.ndarray, ...] | None = None
+    values: np.ndarray | None = None
+
+
+def _whole_indices(
+    local: tuple[np.ndarray, ...], region: tuple[Any, ...], shape: tuple[int, ...]
+) -> tuple[np.ndarray, ...]:
+    """Index arrays into the whole array for ``local`` indices into ``annotations[region]``."""
+    out: list[np.ndarray] = []
+    it = iter(local)
+    n = len(local[0]) if local else 0
+    for axis, r in enumerate(region):
+        if isinstance(r, slice):
+            start = r.indices(shape[axis])[0]
+            out.append(next(it) + start)
+        else:
+            out.append(np.full(n, int(r), dtype=np.intp))
+    out.extend(it)  # axes the region leaves whole
+    return tuple(out)
 
 
 def copy_prediction(
-    annotations: Any, prediction: Any, region: tuple[Any, ...], *, keep_annotated: bool = True
+    annotations: Any,
+    prediction: Any,
+    region: tuple[Any, ...],
+    *,
+    keep_annotated: bool = True,
+    apply: bool = True,
 ) -> CopyResult:
     """Copy the segmented pixels (> 0) of ``prediction`` in ``region`` into ``annotations``.
 
     Pixels the prediction has not segmented (0) are left as they are; with ``keep_annotated``
     pixels already annotated are too, so corrections painted earlier survive. ``annotations`` is
-    changed in place; the returned :class:`CopyResult` holds what was there before.
+    changed in place unless ``apply`` is false; the returned :class:`CopyResult` holds what was
+    there before and, as index arrays and values, what the copy changes.
     """
     a_shape, p_shape = tuple(annotations.shape), tuple(prediction.shape)
     if a_shape != p_shape:
@@ -339,10 +366,13 @@ def copy_prediction(
         take &= previous == 0
     new = previous.copy()
     new[take] = src[take]
-    changed = int(np.count_nonzero(new != previous))
-    if changed:
+    diff = new != previous
+    changed = int(np.count_nonzero(diff))
+    if changed and apply:
         annotations[region] = new
-    return CopyResult(region, previous, changed)
+    local = np.nonzero(diff)
+    indices = _whole_indices(local, tuple(region), a_shape)
+    return CopyResult(region, previous, changed, indices, new[diff])
 
 
 def undo_copy(annotations: Any, result: CopyResult) -> None:

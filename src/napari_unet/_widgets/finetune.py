@@ -13,6 +13,7 @@ import copy
 import math
 import re
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
+from napari_unet import layers as roles
 from napari_unet.device import DEVICES, select_device
 from napari_unet.errors import UserInputError
 
-from . import LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
+from . import Dock, LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import SessionModel, session_for
 from ._worker import DONE, TaskPanel
@@ -68,9 +69,7 @@ def annotated_slices(image: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, l
 
 def class_names_of(model: Any) -> list[str]:
     """The model's class names, or "class 1".."class K" when it has none."""
-    k = int(model.n_classes)
-    names = list(model.metadata.get("classes") or [])
-    return names if len(names) == k else [f"class {i}" for i in range(1, k + 1)]
+    return roles.class_names_of(model)
 
 
 def train_events(
@@ -126,7 +125,8 @@ def augmentation_preview(
 
 
 class LossCurve(FigureCanvasQTAgg):
-    """The training loss per step and its running mean, redrawn at most a few times a second."""
+    """The training loss per step, its running mean and the validation loss, redrawn a few times a
+    second. Before the first point the axes show steps 0-10 and loss 0-1, not an empty range."""
 
     def __init__(self) -> None:
         self.figure = Figure(figsize=(3.2, 2.0), dpi=100, tight_layout=True)
@@ -135,16 +135,27 @@ class LossCurve(FigureCanvasQTAgg):
         self.steps: list[int] = []
         self.losses: list[float] = []
         self._mean: list[float] = []
+        #: validation loss per step (step 0: the start model)
+        self.val_steps: list[int] = []
+        self.val_losses: list[float] = []
         (self._raw_line,) = self.ax.plot([], [], lw=0.8, alpha=0.45, label="loss")
         (self._mean_line,) = self.ax.plot([], [], lw=1.6, label="running mean")
+        (self._val_line,) = self.ax.plot(
+            [], [], lw=1.2, ls="--", marker="o", ms=3, color="#e69f00", label="validation"
+        )
         self.ax.set_xlabel("step")
         self.ax.set_ylabel("loss")
         self.ax.legend(loc="upper right", fontsize="small", frameon=False)
-        self.setMinimumHeight(170)
+        self._empty_limits()
+        self.setMinimumHeight(150)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(250)
         self._timer.timeout.connect(self.redraw)
+
+    def _empty_limits(self) -> None:
+        self.ax.set_xlim(0, 10)
+        self.ax.set_ylim(0, 1)
 
     def apply_theme(self, background: str, text: str, accent: str) -> None:
         """Draw in the viewer's colours (hex strings): dock background, text, and the mean line."""
@@ -167,6 +178,8 @@ class LossCurve(FigureCanvasQTAgg):
         self.steps.clear()
         self.losses.clear()
         self._mean.clear()
+        self.val_steps.clear()
+        self.val_losses.clear()
         self.redraw()
 
     def add(self, step: int, loss: float) -> None:
@@ -175,6 +188,15 @@ class LossCurve(FigureCanvasQTAgg):
         self.losses.append(float(loss))
         prev = self._mean[-1] if self._mean else float(loss)
         self._mean.append(0.9 * prev + 0.1 * float(loss))
+        self._schedule()
+
+    def add_validation(self, step: int, loss: float) -> None:
+        """Add a validation loss (step 0 is the start model's)."""
+        self.val_steps.append(int(step))
+        self.val_losses.append(float(loss))
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self._timer.isActive():
             self._timer.start()
 
@@ -182,12 +204,15 @@ class LossCurve(FigureCanvasQTAgg):
         """Draw the current points now."""
         self._raw_line.set_data(self.steps, self.losses)
         self._mean_line.set_data(self.steps, self._mean)
-        if self.steps:
-            self.ax.set_xlim(0, max(self.steps[-1], 10))
-            finite = [v for v in self.losses if math.isfinite(v)]
-            if finite:
-                top = max(finite)
-                self.ax.set_ylim(0, top * 1.05 if top > 0 else 1)
+        self._val_line.set_data(self.val_steps, self.val_losses)
+        values = [v for v in self.losses + self.val_losses if math.isfinite(v)]
+        if self.steps or self.val_steps:
+            last = max(self.steps[-1] if self.steps else 0, max(self.val_steps, default=0))
+            self.ax.set_xlim(0, max(last, 10))
+            top = max(values) if values else 0
+            self.ax.set_ylim(0, top * 1.05 if top > 0 else 1)
+        else:
+            self._empty_limits()
         self.draw_idle()
 
 
@@ -199,17 +224,28 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "model"
 
 
-class FineTuneWidget(QWidget):
+class FineTuneWidget(Dock):
     """Fine-tune a U-Net on annotations painted in the viewer; the result joins the session."""
 
     def __init__(self, napari_viewer: Any) -> None:
+        from .annotate import looks_like_prediction
+
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
         self.session = session_for(napari_viewer)
+        me = weakref.ref(self)
         self.image_combo = LayerComboBox(napari_viewer, Image)
-        self.labels_combo = LayerComboBox(napari_viewer, Labels)
+        self.labels_combo = LayerComboBox(
+            napari_viewer,
+            Labels,
+            accept=lambda ly: not looks_like_prediction(ly),
+            none_text="none yet: add one (or use Annotate)",
+            preferred=lambda: me() and me()._preferred_annotations(),
+        )
         self.add_layer_button = QPushButton("Add annotation layer")
-        self.add_layer_button.setToolTip("An empty Labels layer of the image's shape, to paint on")
+        self.add_layer_button.setToolTip(
+            "An annotation layer for the image (the same as Annotate's): its classes, colours and autosave"
+        )
         self.add_layer_button.clicked.connect(self.add_annotation_layer)
         self.model_chooser = ModelChooser(napari_viewer)
         self.classes_label = QLabel("")
@@ -272,7 +308,7 @@ class FineTuneWidget(QWidget):
         form.addRow("Augment", self.augment_check)
         form.addRow("", self.preview_button)
         form.addRow("Device", self.device_combo)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.train_button)
         layout.addWidget(self.task)
@@ -282,6 +318,11 @@ class FineTuneWidget(QWidget):
 
         self.limit_combo.currentIndexChanged.connect(self._show_limit)
         self.model_chooser.changed.connect(self._show_classes)
+        self.labels_combo.currentIndexChanged.connect(self._show_classes)
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.image_combo.activated.connect(self._on_image_chosen)
+        self.session.image_chosen.connect(self._follow_image)
+        self.session.classes_changed.connect(self._on_classes_changed)
         napari_viewer.events.theme.connect(self._apply_theme)
         self._apply_theme()
         self._show_limit()
@@ -307,15 +348,61 @@ class FineTuneWidget(QWidget):
         self.steps_spin.setVisible(by_steps)
         self.minutes_spin.setVisible(not by_steps)
 
-    def _show_classes(self) -> None:
+    def _preferred_annotations(self) -> Any | None:
+        from .annotate import find_annotations
+
+        image = self.image_combo.layer()
+        return find_annotations(self.viewer, image) if image is not None else None
+
+    def _on_image_changed(self, *_: Any) -> None:
+        if _alive(self):
+            self.labels_combo.follow()
+
+    def _on_image_chosen(self, _index: int) -> None:
+        self.session.image_chosen.emit(self.image_combo.layer())
+
+    def _follow_image(self, layer: Any) -> None:
+        if _alive(self) and not self.closed and layer in self.image_combo.layers():
+            if layer is not self.image_combo.layer():
+                self.image_combo.set_layer(layer, by_hand=False)
+
+    def _on_classes_changed(self, _names: Any = None) -> None:
+        if _alive(self) and not self.closed:
+            self._show_classes()
+
+    def target_classes(self) -> list[str] | None:
+        """The classes to train: the annotation layer's palette (Annotate), else the model's."""
+        from napari_unet.annotation import class_names_from_features
+
+        layer = self.labels_combo.layer()
+        names = class_names_from_features(getattr(layer, "features", None)) if layer else None
+        if names:
+            return names
         try:
-            model, _name = self.model_chooser.load()
+            return class_names_of(self.model_chooser.load()[0])
         except UserInputError:
+            return None
+
+    def _show_classes(self, *_: Any) -> None:
+        if not _alive(self):
+            return
+        names = self.target_classes()
+        if names is None:
             self.classes_label.setText("Choose a model to see the classes to paint.")
             return
-        names = class_names_of(model)
         listed = ", ".join(f"{i} = {n}" for i, n in enumerate(names, start=1))
-        self.classes_label.setText(f"Paint {listed}; 0 = not annotated.")
+        text = f"Paint {listed}; 0 = not annotated."
+        try:
+            known = class_names_of(self.model_chooser.load()[0])
+        except UserInputError:
+            known = names
+        added = [n for n in names if n not in known]
+        dropped = [n for n in known if n not in names]
+        if added:
+            text += f" New output channel for {', '.join(added)}."
+        if dropped:
+            text += f" Not trained (removed in Annotate): {', '.join(dropped)}."
+        self.classes_label.setText(text)
 
     # ------------------------------------------------------------------ inputs
     def _image(self) -> tuple[Any, Any]:
@@ -353,31 +440,17 @@ class FineTuneWidget(QWidget):
 
     # ------------------------------------------------------------------ buttons
     def add_annotation_layer(self) -> Labels | None:
-        """Add an empty Labels layer the shape of the chosen image and select it for painting."""
+        """Add the image's annotation layer (as Annotate makes it) and select it for painting."""
+        from .annotate import add_annotation_layer, default_classes
+
         with user_errors():
-            image_layer, data = self._image()
-            names = None
+            image_layer, _data = self._image()
             try:
                 names = class_names_of(self.model_chooser.load()[0])
             except UserInputError:
-                pass
-            features = None
-            if names:
-                features = {
-                    "index": list(range(len(names) + 1)),
-                    "class": ["not annotated", *names],
-                }
-            layer = self.viewer.add_labels(
-                np.zeros(data.shape, dtype=np.uint8),
-                name=f"{image_layer.name} annotations",
-                scale=image_layer.scale,
-                translate=image_layer.translate,
-                units=image_layer.units,
-                features=features,
-            )
+                names = default_classes()
+            layer = add_annotation_layer(self.viewer, image_layer, names)
             self.labels_combo.set_layer(layer)
-            layer.mode = "paint"
-            layer.selected_label = 1
             return layer
         return None
 
@@ -404,8 +477,7 @@ class FineTuneWidget(QWidget):
             )
         k_high = int(labels.max())
         start_model, start_name = self.model_chooser.load()
-        if k_high > start_model.n_classes and labels.min() >= 0:
-            start_model = self._grow_classes(start_model, labels_layer, k_high)
+        start_model = self._match_classes(start_model, labels_layer)
         if labels.min() < 0 or k_high > start_model.n_classes:
             raise UserInputError(
                 f"annotation layer '{labels_layer.name}' uses label {k_high}, but the model has "
@@ -444,17 +516,22 @@ class FineTuneWidget(QWidget):
             message=f"preparing {start_name} for training on '{image_layer.name}'…",
         )
 
-    @staticmethod
-    def _grow_classes(model: Any, labels_layer: Any, k_high: int) -> Any:
-        """Classes added in the Annotate dock (named in the layer's features) get output channels."""
+    def _match_classes(self, model: Any, labels_layer: Any) -> Any:
+        """The model with the annotation layer's classes: a class added in Annotate gets a new
+        output channel, a class removed there is dropped; classes are matched by name."""
         from napari_unet.annotation import class_names_from_features
         from napari_unet.model import with_classes
 
         names = class_names_from_features(getattr(labels_layer, "features", None))
-        if not names or len(names) < k_high:
+        if not names or names == class_names_of(model):
             return model
-        known = class_names_of(model)
-        return with_classes(model, known + list(names[len(known) : max(k_high, len(known))]))
+        try:
+            return with_classes(model, list(names))
+        except ValueError as exc:
+            raise UserInputError(
+                f"cannot train the classes of '{labels_layer.name}' ({', '.join(names)}) from "
+                f"this model: {exc}"
+            ) from None
 
     @staticmethod
     def _stop(control: dict[str, Any]) -> None:
