@@ -83,3 +83,25 @@ def test_with_classes_keeps_old_outputs_and_adds_new():
         assert torch.equal(grown(x)[:, :2], model(x))
     with pytest.raises(ValueError):
         with_classes(model, ["one"])
+
+
+def test_with_classes_by_name_keeps_new_and_drops_channels():
+    """Classes are matched by name: kept channels keep their weights, new ones are fresh, others go."""
+    from napari_unet.model import kept_classes, with_classes
+
+    torch.manual_seed(0)
+    model = UNet(base_channels=4, depth=2, n_classes=3)
+    model.metadata["classes"] = ["membrane", "cell", "vesicle"]
+    names = ["Cell", "mitochondrion", "membrane"]
+    new = with_classes(model, names)
+    assert new.n_classes == 3 and new.metadata["classes"] == names
+    w_old, w_new = model.head.weight.detach(), new.head.weight.detach()
+    assert torch.equal(w_new[0], w_old[1])  # "Cell" = the old "cell" channel, case-insensitive
+    assert torch.equal(w_new[2], w_old[0])  # "membrane" moved from channel 0 to 2
+    assert not any(torch.equal(w_new[1], w_old[j]) for j in range(3))  # a fresh channel
+    assert float(new.head.bias[1]) == 0.0
+    assert kept_classes(model, names) == (["Cell", "membrane"], ["mitochondrion"], ["vesicle"])
+    # the body is shared by value: the same features feed the new head
+    assert torch.equal(new.down[0][0].weight, model.down[0][0].weight)
+    with pytest.raises(ValueError, match="distinct"):
+        with_classes(model, ["cell", "CELL"])

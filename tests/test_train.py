@@ -139,8 +139,11 @@ def test_validation_metrics_and_max_minutes():
     cfg = TrainConfig(steps=4, tile_size=124, precision="fp32", val_fraction=0.25, val_every=2)
     tr = Trainer(small_model(), images, labels, cfg)
     assert len(tr.val_slices) == 1 and len(tr.train_slices) == 3
-    vals = [e.metrics for e in tr.run() if e.kind == "validation"]
-    assert len(vals) == 2
+    events = [e for e in tr.run() if e.kind == "validation"]
+    assert [e.step for e in events] == [0, 2, 4]  # the start model first, then every 2 steps
+    vals = [e.metrics for e in events]
+    assert tr.start_metrics == vals[0] and tr.last_metrics == vals[-1]
+    assert tr.worse_than_start == (vals[-1]["val_loss"] > vals[0]["val_loss"])
     assert 0 <= vals[0]["val_pixel_error"] <= 1
     assert "val_rand_error" in vals[0] and "val_iou_cell" in vals[0]
     quick = Trainer(small_model(), images, labels, TrainConfig(steps=10_000, max_minutes=0.02, tile_size=124))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -174,27 +175,56 @@ class UNet(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in self.config.items())
 
 
-def with_classes(model: UNet, names: list[str]) -> UNet:
-    """A copy of ``model`` predicting ``len(names)`` classes: a new class (e.g. mitochondria) painted
-    in the viewer gets its own output channel; the existing classes keep their trained weights."""
+def with_classes(model: UNet, names: Sequence[str]) -> UNet:
+    """A copy of ``model`` predicting exactly the classes ``names`` (class k = output channel k - 1).
+
+    A name the model already has (matched case-insensitively) keeps its output channel's trained
+    weights; a new name (e.g. "mitochondrion" painted in the viewer) gets a fresh, He-initialised
+    channel; the model's classes not named are dropped. Only the final 1x1 convolution changes.
+    """
     import copy
 
-    k = len(names)
-    if k < model.n_classes:
-        raise ValueError(f"cannot drop classes: the model has {model.n_classes}, {k} names given")
+    names = [str(n).strip() for n in names]
+    if len(names) < 2:
+        raise ValueError(f"a model needs at least 2 classes, {len(names)} given")
+    lowered = [n.lower() for n in names]
+    if "" in lowered or len(set(lowered)) != len(lowered):
+        raise ValueError(f"class names must be non-empty and distinct, got {names}")
+    old_names = [n.lower() for n in class_names(model)]
     new = copy.deepcopy(model)
-    if k > model.n_classes:
-        old = new.head
-        head = nn.Conv2d(old.in_channels, k, kernel_size=1).to(old.weight.device, old.weight.dtype)
-        nn.init.normal_(head.weight, 0.0, math.sqrt(2.0 / old.in_channels))
-        nn.init.zeros_(head.bias)
-        with torch.no_grad():
-            head.weight[: model.n_classes] = old.weight
-            head.bias[: model.n_classes] = old.bias
-        new.head = head
-        new.n_classes = k
+    old = new.head
+    head = nn.Conv2d(old.in_channels, len(names), kernel_size=1).to(old.weight.device, old.weight.dtype)
+    nn.init.normal_(head.weight, 0.0, math.sqrt(2.0 / old.in_channels))
+    nn.init.zeros_(head.bias)
+    with torch.no_grad():
+        for k, name in enumerate(lowered):
+            if name in old_names:
+                j = old_names.index(name)
+                head.weight[k] = old.weight[j]
+                head.bias[k] = old.bias[j]
+    new.head = head
+    new.n_classes = len(names)
     new.metadata = {**model.metadata, "classes": list(names)}
     return new
+
+
+def class_names(model: UNet) -> list[str]:
+    """The model's class names (class k = output channel k - 1), "class k" where none is stored."""
+    stored = model.metadata.get("classes")
+    if isinstance(stored, list | tuple) and len(stored) == model.n_classes:
+        return [str(n) for n in stored]
+    return [f"class {k}" for k in range(1, model.n_classes + 1)]
+
+
+def kept_classes(model: UNet, names: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """(kept, new, dropped) class names when ``model`` is given the classes ``names``."""
+    old = class_names(model)
+    low_old = [n.lower() for n in old]
+    low_new = [str(n).strip().lower() for n in names]
+    kept = [n for n in names if str(n).strip().lower() in low_old]
+    added = [n for n in names if str(n).strip().lower() not in low_old]
+    dropped = [n for n in old if n.lower() not in low_new]
+    return kept, added, dropped
 
 
 def count_conv_layers(model: UNet) -> int:

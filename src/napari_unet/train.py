@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment
 from .checkpoint import load_training_state, save_model
@@ -24,24 +25,30 @@ from .device import autocast, resolve_precision, select_device
 from .errors import UserInputError
 from .inference import predict
 from .model import UNet
+from .model import class_names as model_class_names
 from .normalize import DEFAULT_NORMALIZATION, compute_normalizer
 from .tiling import mirror_indices
-from .weightmap import class_balance_weights, weight_map, weighted_cross_entropy
+from .weightmap import center_crop, class_balance_weights, weight_map, weighted_cross_entropy
 
 OPTIMIZERS = ("sgd", "adam")
+SAMPLINGS = ("classes", "annotated")
+VALIDATIONS = ("auto", "none")
 
 
 @dataclass
 class TrainConfig:
-    """Training settings; the defaults follow the paper where it says (batch 1, SGD, momentum 0.99)."""
+    """Training settings. :mod:`napari_unet.recipes` names the tested combinations ("fast", "paper").
 
-    steps: int = 200
+    ``steps`` and ``max_minutes`` both limit the run; whichever comes first ends it (None: no limit
+    of that kind, but one of them must be set).
+    """
+
+    steps: int | None = 200
     max_minutes: float | None = None
-    #: 0.001 with momentum 0.99: measured to fine-tune fastest (docs/training.md); 0.01 oscillates
     learning_rate: float = 0.001
     momentum: float = 0.99
     optimizer: str = "sgd"
-    #: "constant" (the paper) or "cosine" (decays to 0 over ``steps``)
+    #: "constant" (the paper) or "cosine" (decays to 0 over the run, by steps or by time)
     lr_schedule: str = "constant"
     #: input tile in px (None: 412 on a CPU, 572 on a GPU); output is tile - margin
     tile_size: int | None = None
@@ -53,20 +60,77 @@ class TrainConfig:
     balance_classes: bool = True
     #: class whose connected components are the instances of the border term; "auto": "cell"
     border_class: int | str | None = "auto"
+    #: tile centres: "classes" (each class equally often, so a rare new class is seen early) or
+    #: "annotated" (any annotated pixel, so classes in proportion to the paint)
+    sampling: str = "classes"
+    #: share of the run (0..1, by steps or time) during which the contracting path is frozen and
+    #: only the expanding path and the head learn; 1.0 freezes it for the whole run
+    freeze_encoder: float = 0.0
+    #: weight of a soft Dice term added to the cross-entropy (0 = the paper's loss alone)
+    dice_weight: float = 0.0
+    #: "auto": hold out whole annotated slices when there are >= 3, else about 10 % of the annotated
+    #: pixels in square blocks, and report validation figures from step 0; "none": no validation
+    validation: str = "auto"
+    #: share of annotated slices held out (overrides the automatic choice when > 0)
     val_fraction: float = 0.0
     val_every: int = 50
+    #: seconds between "snapshot" events that carry a copy of the current model (0 = none)
+    snapshot_every_s: float = 0.0
     checkpoint_every: int = 0
     checkpoint_path: str | None = None
     seed: int | None = 0
     device: str = "auto"
     precision: str = "auto"
 
+    def check(self) -> None:
+        """Raise UserInputError for settings that cannot train (NaN, out of range, unknown names)."""
+
+        def finite(name: str, value: float, low: float | None = None, high: float | None = None) -> None:
+            ok = isinstance(value, int | float) and math.isfinite(value)
+            ok = ok and (low is None or value >= low) and (high is None or value <= high)
+            if not ok:
+                rng = f" between {low} and {high}" if high is not None else f" of at least {low}"
+                raise UserInputError(
+                    f"{name} must be a finite number{rng if low is not None else ''}, got {value}"
+                )
+
+        if self.steps is None and self.max_minutes is None:
+            raise UserInputError("set a number of steps, a time limit in minutes, or both")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise UserInputError(f"steps must be at least 1, got {self.steps}")
+        if self.max_minutes is not None:
+            finite("the time limit (minutes)", self.max_minutes, 0.0)
+            if self.max_minutes <= 0:
+                raise UserInputError(f"the time limit must be more than 0 minutes, got {self.max_minutes}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserInputError(f"unknown optimiser {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise UserInputError(f"unknown learning-rate schedule {self.lr_schedule!r}")
+        finite("the learning rate", self.learning_rate, 0.0, 10.0)
+        if self.learning_rate <= 0:
+            raise UserInputError(f"the learning rate must be positive, got {self.learning_rate}")
+        finite("the momentum", self.momentum, 0.0, 0.9999)
+        finite("w0", self.w0, 0.0, 1000.0)
+        finite("sigma", self.sigma, 0.1, 1000.0)
+        finite("the validation fraction", self.val_fraction, 0.0, 0.9)
+        finite("freeze_encoder", self.freeze_encoder, 0.0, 1.0)
+        finite("the Dice weight", self.dice_weight, 0.0, 100.0)
+        finite("snapshot_every_s", self.snapshot_every_s, 0.0)
+        if not 1 <= self.batch_size <= 64:
+            raise UserInputError(f"batch size must be between 1 and 64, got {self.batch_size}")
+        if self.sampling not in SAMPLINGS:
+            raise UserInputError(f"unknown sampling {self.sampling!r}; choose one of {SAMPLINGS}")
+        if self.validation not in VALIDATIONS:
+            raise UserInputError(f"unknown validation {self.validation!r}; choose one of {VALIDATIONS}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise UserInputError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+
 
 @dataclass
 class TrainEvent:
     """Progress of a training run; ``kind`` says what happened at ``step``."""
 
-    kind: str  # "step" | "validation" | "checkpoint" | "done"
+    kind: str  # "step" | "validation" | "snapshot" | "checkpoint" | "done"
     step: int
     total_steps: int
     loss: float | None
@@ -74,6 +138,12 @@ class TrainEvent:
     elapsed: float
     metrics: dict[str, float] | None = None
     checkpoint: str | None = None
+    #: share of the run done (0..1, by steps or by time, whichever is further along)
+    progress: float = 0.0
+    #: estimated seconds left, or None before the first step
+    remaining: float | None = None
+    #: "snapshot" events: a CPU float32 copy of the current model in eval mode, safe in another thread
+    model: UNet | None = None
 
 
 def _as_slices(data, what: str) -> list[np.ndarray]:
@@ -110,8 +180,9 @@ def _read_window(arr: np.ndarray, y0: int, x0: int, h: int, w: int, mirror: bool
 class Trainer:
     """Fine-tunes (or trains) a U-Net on images with sparse labels (0 = not annotated, 1..K classes).
 
-    Bad annotations (no labelled pixel, a shape mismatch, a label above K) raise UserInputError here,
-    before any training starts. The model is trained in place.
+    Bad annotations (no labelled pixel, a shape mismatch, a label above K) and bad settings raise
+    UserInputError here, before any training starts. The model is trained in place; give it new
+    classes first with :func:`napari_unet.model.with_classes`.
     """
 
     def __init__(
@@ -125,6 +196,7 @@ class Trainer:
         resume_from: str | Path | None = None,
     ) -> None:
         self.config = cfg = config or TrainConfig()
+        cfg.check()
         self.model = model
         prev = model.metadata.get("training")
         history = list(prev.get("history", [])) if isinstance(prev, dict) else []
@@ -133,15 +205,7 @@ class Trainer:
         #: earlier training runs of this model, one entry each; this run is appended when saving
         self._history_before: list[dict[str, Any]] = history
         k = model.n_classes
-        if cfg.optimizer not in OPTIMIZERS:
-            raise UserInputError(f"unknown optimiser {cfg.optimizer!r}; choose one of {OPTIMIZERS}")
-        if cfg.steps < 1 and not cfg.max_minutes:
-            raise UserInputError(f"steps must be at least 1, got {cfg.steps}")
-        if cfg.lr_schedule not in ("constant", "cosine"):
-            raise UserInputError(f"unknown learning-rate schedule {cfg.lr_schedule!r}")
-        if cfg.learning_rate <= 0:
-            raise UserInputError(f"learning rate must be positive, got {cfg.learning_rate}")
-        names = list(class_names or model.metadata.get("classes") or [f"class {i}" for i in range(1, k + 1)])
+        names = list(class_names) if class_names else model_class_names(model)
         if len(names) != k:
             raise UserInputError(f"{len(names)} class names given for a model with {k} classes")
         self.class_names = names
@@ -158,11 +222,14 @@ class Trainer:
                 )
             if lb.dtype.kind not in "iub":
                 raise UserInputError(f"annotations must be integer labels, got {lb.dtype}")
+            if im.dtype.kind not in "iufb":
+                raise UserInputError(f"images must hold numbers, got {im.dtype}")
         high = max(int(lb.max()) for lb in labs)
         low = min(int(lb.min()) for lb in labs)
         if low < 0 or high > k:
             raise UserInputError(
-                f"annotations hold values {low}..{high}, but the model has classes 1..{k} (0 = not annotated)"
+                f"annotations hold values {low}..{high}, but the model has classes 1..{k} "
+                f"({', '.join(names)}; 0 = not annotated): name every class"
             )
         annotated = [i for i, lb in enumerate(labs) if np.any(lb > 0)]
         if not annotated:
@@ -177,20 +244,21 @@ class Trainer:
             norms = [compute_normalizer(im, spec) for im in imgs]
         self._spec = spec
 
-        # Validation: whole annotated slices held out.
+        # Validation: whole annotated slices, or square blocks of annotated pixels, held out.
         self._rng = np.random.default_rng(cfg.seed)
-        n_val = int(round(cfg.val_fraction * len(annotated))) if cfg.val_fraction > 0 else 0
-        if cfg.val_fraction > 0 and len(annotated) >= 2:
-            n_val = min(max(n_val, 1), len(annotated) - 1)
-        else:
-            n_val = 0
-        order = list(annotated)
-        if n_val:
-            order = list(self._rng.permutation(annotated))
-        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
-        self.train_slices = [(norms[i](imgs[i]), labs[i].astype(np.int64)) for i in train_idx]
-        self.val_slices = [(imgs[i], labs[i].astype(np.int64), norms[i]) for i in val_idx]
+        labs = [lb.astype(np.int64) for lb in labs]
+        val_idx, train_idx = self._split_slices(annotated, cfg)
+        self.val_slices = [(imgs[i], labs[i], norms[i]) for i in val_idx]
+        self.val_blocks: list[tuple[int, int, int, int]] = []  # (slice, y, x, size) in train_idx order
+        train_labs = [labs[i] for i in train_idx]
+        if not val_idx and cfg.validation == "auto" and cfg.val_fraction == 0:
+            train_labs, self.val_blocks = _hold_out_blocks(train_labs, 0.1, self._rng)
+        self.train_slices = [(norms[i](imgs[i]), lb) for i, lb in zip(train_idx, train_labs, strict=True)]
+        self._val_block_labels = [labs[train_idx[j]][y : y + b, x : x + b] for j, y, x, b in self.val_blocks]
         self.train_indices, self.val_indices = train_idx, val_idx
+        #: validation figures of the model as it was before this run (None without validation)
+        self.start_metrics: dict[str, float] | None = None
+        self.last_metrics: dict[str, float] | None = None
 
         # Loss weights, computed once per training slice.
         if cfg.border_class == "auto":
@@ -204,6 +272,7 @@ class Trainer:
         if cw is None:
             cw = np.ones(k + 1)
             cw[0] = 0
+        self._class_weights = cw
         self.weights = [
             weight_map(
                 lb,
@@ -215,9 +284,7 @@ class Trainer:
             )
             for _, lb in self.train_slices
         ]
-        counts = np.array([np.count_nonzero(lb) for _, lb in self.train_slices], dtype=np.float64)
-        self._slice_p = counts / counts.sum()
-        self._annotated_px = [np.flatnonzero(lb) for _, lb in self.train_slices]
+        self._prepare_sampling(k)
 
         self.device = select_device(cfg.device)
         self.dtype = resolve_precision(cfg.precision, self.device)
@@ -249,6 +316,32 @@ class Trainer:
             self._restore(state)
 
     # ----------------------------------------------------------------- setup helpers
+    def _split_slices(self, annotated: list[int], cfg: TrainConfig) -> tuple[list[int], list[int]]:
+        """(validation, training) slice indices: ``val_fraction`` of the annotated slices, or one
+        in five when validation is "auto" and at least three slices are annotated."""
+        fraction = cfg.val_fraction
+        if fraction == 0 and cfg.validation == "auto" and len(annotated) >= 3:
+            fraction = 0.2
+        if fraction <= 0 or len(annotated) < 2:
+            return [], list(annotated)
+        n_val = min(max(int(round(fraction * len(annotated))), 1), len(annotated) - 1)
+        order = list(self._rng.permutation(annotated))
+        return sorted(int(i) for i in order[:n_val]), sorted(int(i) for i in order[n_val:])
+
+    def _prepare_sampling(self, k: int) -> None:
+        """Where tile centres are drawn from: annotated pixels, per class when sampling by class."""
+        counts = np.array([np.count_nonzero(lb) for _, lb in self.train_slices], dtype=np.float64)
+        if counts.sum() == 0:
+            raise UserInputError("every annotated pixel was held out for validation; annotate more")
+        self._slice_p = counts / counts.sum()
+        self._annotated_px = [np.flatnonzero(lb) for _, lb in self.train_slices]
+        # per class: the slices that have it (with their share) and its pixels in each
+        self._class_px: dict[int, list[np.ndarray]] = {}
+        for c in range(1, k + 1):
+            per = [np.flatnonzero(lb == c) for _, lb in self.train_slices]
+            if sum(len(p) for p in per):
+                self._class_px[c] = per
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
         params = self.model.parameters()
@@ -257,7 +350,7 @@ class Trainer:
         return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        """Continue a run: step count, elapsed time, optimiser buffers and random state."""
+        """Continue a run: step count, elapsed time, optimiser buffers and random states."""
         if state.get("optimizer") != self.config.optimizer:
             raise UserInputError(
                 f"the checkpoint was trained with {state.get('optimizer')!r}; resume with the same optimiser"
@@ -266,12 +359,13 @@ class Trainer:
         self.elapsed_before = float(state.get("elapsed", 0.0))
         buffers: dict[str, torch.Tensor] = state["buffers"]
         params = list(self.model.parameters())
-        for i, p in enumerate(params):
-            st = self.optimizer.state[p]
-            for key, value in buffers.items():
-                idx, _, name = key.partition(".")
-                if int(idx) == i:
-                    st[name] = value.to(self.device) if name != "step" else value
+        for key, value in buffers.items():
+            idx, _, name = key.partition(".")
+            if key == _AUGMENT_RNG_KEY:
+                self._generator.set_state(value.to(torch.uint8))
+            elif idx.isdigit() and int(idx) < len(params):
+                st = self.optimizer.state[params[int(idx)]]
+                st[name] = value.to(self.device) if name != "step" else value
         if "rng" in state:
             self._rng = np.random.default_rng()
             self._rng.bit_generator.state = state["rng"]
@@ -286,13 +380,21 @@ class Trainer:
         """True once :meth:`stop` was called."""
         return self._stop.is_set()
 
+    @property
+    def worse_than_start(self) -> bool | None:
+        """True when the last validation loss is higher than the start model's (None: no validation)."""
+        if not self.start_metrics or not self.last_metrics:
+            return None
+        return self.last_metrics["val_loss"] > self.start_metrics["val_loss"]
+
     def training_state(self, elapsed: float) -> dict[str, Any]:
-        """What a resume needs: step, optimiser buffers, random state."""
+        """What a resume needs: step, optimiser buffers, random states (tiles and augmentation)."""
         buffers = {}
         for i, p in enumerate(self.model.parameters()):
             for name, value in self.optimizer.state.get(p, {}).items():
                 if torch.is_tensor(value):
                     buffers[f"{i}.{name}"] = value
+        buffers[_AUGMENT_RNG_KEY] = self._generator.get_state()
         return {
             "step": self.step,
             "elapsed": elapsed,
@@ -309,44 +411,86 @@ class Trainer:
             "optimizer": cfg.optimizer,
             "learning_rate": cfg.learning_rate,
             "momentum": cfg.momentum if cfg.optimizer == "sgd" else None,
+            "lr_schedule": cfg.lr_schedule,
             "tile_size": self.tile,
             "batch_size": cfg.batch_size,
             "augment": asdict(cfg.augment) if cfg.augment else None,
             "w0": cfg.w0,
             "sigma": cfg.sigma,
+            "sampling": cfg.sampling,
+            "freeze_encoder": cfg.freeze_encoder,
+            "dice_weight": cfg.dice_weight,
             "seed": cfg.seed,
             "device": self.device.type,
             "precision": str(self.dtype).replace("torch.", ""),
             "elapsed_seconds": round(elapsed, 1),
             "train_slices": len(self.train_slices),
             "val_slices": len(self.val_slices),
+            "val_blocks": len(self.val_blocks),
         }
+        if self.start_metrics:
+            run["validation_start"] = self.start_metrics
+        if self.last_metrics:
+            run["validation_end"] = self.last_metrics
         return {
             "classes": self.class_names,
             "normalization": self._spec,
             "training": {**run, "history": [*self._history_before, run]},
         }
 
+    def _check_finite(self) -> None:
+        """Raise UserInputError when a weight is NaN or infinite (a diverged run is never saved)."""
+        for p in self.model.parameters():
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise UserInputError(
+                    f"training diverged at step {self.step} (weights are no longer finite); "
+                    "lower the learning rate"
+                )
+
     def save_checkpoint(
         self, path: str | Path, elapsed: float | None = None, with_state: bool = True
     ) -> Path:
-        """Write the model (and, by default, what a resume needs) atomically to ``path``."""
+        """Write the model (and, by default, what a resume needs) atomically to ``path``.
+
+        A model whose weights are no longer finite is refused, so a diverged run never replaces
+        a good file.
+        """
+        self._check_finite()
         elapsed = self.elapsed_before if elapsed is None else elapsed
         state = self.training_state(elapsed) if with_state else None
         self.model.metadata.update(self.metadata(elapsed))
         return save_model(self.model, path, training_state=state)
 
+    def snapshot(self) -> UNet:
+        """A CPU float32 copy of the current model in eval mode, for a preview in another thread."""
+        copy_ = UNet(**self.model.config)
+        state = {k: v.detach().to("cpu", torch.float32) for k, v in self.model.state_dict().items()}
+        copy_.load_state_dict(state)
+        copy_.metadata = {**self.model.metadata, "classes": list(self.class_names)}
+        return copy_.eval()
+
     # ----------------------------------------------------------------- the loop
     def _sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A batch of input tiles centred on annotated pixels, with their labels and weights."""
+        """A batch of input tiles centred near annotated pixels, with their labels and weights.
+
+        With ``sampling="classes"`` the class is drawn first (each present class equally often), so
+        a new structure painted on a few objects is in most tiles from the first step on.
+        """
         t = self.tile
         xs, ys, ws = [], [], []
         for _ in range(self.config.batch_size):
-            i = int(self._rng.choice(len(self.train_slices), p=self._slice_p))
+            if self.config.sampling == "classes" and self._class_px:
+                c = list(self._class_px)[int(self._rng.integers(len(self._class_px)))]
+                per = self._class_px[c]
+                sizes = np.array([len(p) for p in per], dtype=np.float64)
+                i = int(self._rng.choice(len(per), p=sizes / sizes.sum()))
+                flat = int(self._rng.choice(per[i]))
+            else:
+                i = int(self._rng.choice(len(self.train_slices), p=self._slice_p))
+                flat = int(self._rng.choice(self._annotated_px[i]))
             img, lab = self.train_slices[i]
-            flat = int(self._rng.choice(self._annotated_px[i]))
             cy, cx = divmod(flat, lab.shape[1])
-            # jitter so the annotated pixel is anywhere inside the output window
+            # jitter so the chosen pixel is anywhere inside the output window
             out = t - self.model.margin
             cy += int(self._rng.integers(-out // 2, out // 2 + 1))
             cx += int(self._rng.integers(-out // 2, out // 2 + 1))
@@ -359,58 +503,137 @@ class Trainer:
         w = torch.from_numpy(np.stack(ws).astype(np.float32))
         return x, y, w
 
+    def _val_probabilities(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(probabilities (K, h, w), labels (h, w)) for each held-out slice or block."""
+        precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+        for img, lab, norm in self.val_slices:
+            p = predict(self.model, img, device=self.device, precision=precision, normalizer=norm)
+            yield p, lab
+        model = self.model
+        for (j, y, x, b), lab in zip(self.val_blocks, self._val_block_labels, strict=True):
+            img = self.train_slices[j][0]
+            size = model.input_size_for_output(b)
+            out = model.output_size(size)
+            off = (size - b) // 2
+            win = _read_window(img, y - off, x - off, size, size, mirror=True)
+            xt = torch.from_numpy(np.ascontiguousarray(win, dtype=np.float32))[None, None].to(self.device)
+            with torch.no_grad(), autocast(self.device, self.dtype):
+                logits = model(xt)
+            c = (out - b) // 2
+            p = torch.softmax(logits.float(), dim=1)[0, :, c : c + b, c : c + b]
+            yield p.cpu().numpy(), lab
+
     def validate(self) -> dict[str, float]:
-        """Metrics on the held-out slices: pixel error on annotated pixels, IoU per class, and the
-        adapted Rand error of the cell class where the annotation is dense."""
+        """Figures on the held-out annotations: weighted loss and pixel error on annotated pixels,
+        IoU per class, and the adapted Rand error of the cell class where a slice is dense."""
         from . import metrics
 
-        if not self.val_slices:
+        if not self.val_slices and not self.val_blocks:
             return {}
-        errs, ious, rands = [], {c: [] for c in range(1, self.model.n_classes + 1)}, []
-        for img, lab, norm in self.val_slices:
-            precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
-            p = predict(self.model, img, device=self.device, precision=precision, normalizer=norm)
-            pred = np.argmax(p, axis=0) + 1
-            mask = lab > 0
-            errs.append(float(np.mean(pred[mask] != lab[mask])))
-            for c in ious:
-                if np.any(lab == c) or np.any(pred[mask] == c):
-                    ious[c].append(metrics.iou(np.where(mask, lab, 0), np.where(mask, pred, 0), c))
-            if self.border_class is not None and mask.all():
-                r = metrics.evaluate_membrane(p[self.border_class - 1], lab == self.border_class)
-                rands.append(r["adapted_rand_error"])
-        out = {"val_pixel_error": float(np.mean(errs))}
-        for c, vals in ious.items():
-            if vals:
-                out[f"val_iou_{self.class_names[c - 1]}"] = float(np.mean(vals))
+        was_training = self.model.training
+        self.model.eval()
+        k = self.model.n_classes
+        inter, union = np.zeros(k + 1), np.zeros(k + 1)
+        loss_sum = weight_sum = 0.0
+        wrong = total = 0
+        rands = []
+        try:
+            for p, lab in self._val_probabilities():
+                mask = lab > 0
+                if not mask.any():
+                    continue
+                pred = np.argmax(p, axis=0) + 1
+                truth = lab[mask]
+                guess = pred[mask]
+                w = self._class_weights[truth]
+                picked = np.take_along_axis(p[:, mask], (truth - 1)[None], axis=0)[0]
+                loss_sum += float(np.sum(w * -np.log(np.clip(picked, 1e-7, 1.0))))
+                weight_sum += float(w.sum())
+                wrong += int(np.count_nonzero(guess != truth))
+                total += int(truth.size)
+                for c in range(1, k + 1):
+                    inter[c] += np.count_nonzero((truth == c) & (guess == c))
+                    union[c] += np.count_nonzero((truth == c) | (guess == c))
+                if self.border_class is not None and mask.all() and lab.shape[0] >= 64:
+                    r = metrics.evaluate_membrane(p[self.border_class - 1], lab == self.border_class)
+                    rands.append(r["adapted_rand_error"])
+        finally:
+            self.model.train(was_training)
+        if not total:
+            return {}
+        out = {
+            "val_loss": loss_sum / max(weight_sum, 1e-12),
+            "val_pixel_error": wrong / total,
+        }
+        for c in range(1, k + 1):
+            if union[c]:
+                out[f"val_iou_{self.class_names[c - 1]}"] = float(inter[c] / union[c])
         if rands:
             out["val_rand_error"] = float(np.mean(rands))
         return out
 
+    def _set_frozen(self, frozen: bool) -> None:
+        """Freeze (or release) the contracting path: only the expanding path and the head learn."""
+        for name, p in self.model.named_parameters():
+            if name.startswith(("down.", "bottom.")):
+                p.requires_grad_(not frozen)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        loss = weighted_cross_entropy(logits, y, w)
+        if self.config.dice_weight:
+            loss = loss + self.config.dice_weight * soft_dice_loss(logits, y)
+        return loss
+
     def run(self) -> Iterator[TrainEvent]:
-        """Train, yielding a "step" event per step plus "validation", "checkpoint" and "done"."""
+        """Train, yielding "step" events plus "validation" (from step 0), "snapshot", "checkpoint"
+        and a final "done"; stops after ``steps`` or ``max_minutes``, whichever comes first."""
         cfg = self.config
         model = self.model
-        total = cfg.steps
+        total = cfg.steps if cfg.steps is not None else 0
+        limit_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
         start = time.perf_counter()
-        deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+        first_step = self.step
         channels_last = self.device.type == "cuda" or self.dtype == torch.bfloat16
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model.to(self.device, memory_format=fmt)
         lr = self.optimizer.param_groups[0]["lr"]
+        validating = bool(self.val_slices or self.val_blocks)
+        last_snapshot = start
 
         def elapsed() -> float:
             return self.elapsed_before + time.perf_counter() - start
 
+        def progress() -> float:
+            by_steps = self.step / total if total else 0.0
+            return min(1.0, max(by_steps, elapsed() / limit_s))
+
+        def remaining() -> float | None:
+            done = self.step - first_step
+            if done <= 0:
+                return None
+            spent = time.perf_counter() - start
+            left = [limit_s - elapsed()]
+            if total:
+                left.append((total - self.step) * spent / done)
+            return max(0.0, min(left))
+
+        def event(kind: str, loss: float | None, **kw) -> TrainEvent:
+            return TrainEvent(
+                kind, self.step, total, loss, lr, elapsed(), progress=progress(), remaining=remaining(), **kw
+            )
+
+        if validating and self.start_metrics is None:
+            self.start_metrics = self.validate()
+            self.last_metrics = self.start_metrics
+            yield event("validation", None, metrics=self.start_metrics)
+            start = last_snapshot = time.perf_counter()  # the start's validation is not training time
         try:
-            while self.step < total and not self._stop.is_set() and time.perf_counter() < deadline:
+            while (not total or self.step < total) and not self._stop.is_set() and elapsed() < limit_s:
                 model.train()
+                frac = progress()
+                self._set_frozen(frac < cfg.freeze_encoder)
                 if cfg.lr_schedule == "cosine":
-                    # progress by steps or by wall time, whichever is further along
-                    frac = self.step / max(total, 1)
-                    if cfg.max_minutes:
-                        frac = max(frac, (time.perf_counter() - start) / (cfg.max_minutes * 60))
-                    lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+                    lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                 x, y, w = self._sample()
@@ -421,7 +644,7 @@ class Trainer:
                     x = x.contiguous(memory_format=fmt)
                 with autocast(self.device, self.dtype):
                     logits = model(x)
-                loss = weighted_cross_entropy(logits, y, w)
+                loss = self._loss(logits, y, w)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -431,18 +654,90 @@ class Trainer:
                     raise UserInputError(
                         f"training diverged at step {self.step} (loss {value}); lower the learning rate"
                     )
-                yield TrainEvent("step", self.step, total, value, lr, elapsed())
-                if self.val_slices and cfg.val_every and self.step % cfg.val_every == 0:
-                    yield TrainEvent("validation", self.step, total, value, lr, elapsed(), self.validate())
+                yield event("step", value)
+                if validating and cfg.val_every and self.step % cfg.val_every == 0:
+                    self.last_metrics = self.validate()
+                    yield event("validation", value, metrics=self.last_metrics)
+                now = time.perf_counter()
+                if cfg.snapshot_every_s and now - last_snapshot >= cfg.snapshot_every_s:
+                    last_snapshot = now
+                    yield event("snapshot", value, model=self.snapshot())
                 if cfg.checkpoint_path and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     p = self.save_checkpoint(cfg.checkpoint_path, elapsed())
-                    yield TrainEvent("checkpoint", self.step, total, value, lr, elapsed(), checkpoint=str(p))
+                    yield event("checkpoint", value, checkpoint=str(p))
         finally:
+            self._set_frozen(False)
             model.eval()
             model.to(memory_format=torch.contiguous_format)
+            self.model.metadata.update(self.metadata(elapsed()))
+        self._check_finite()
+        metrics_ = None
+        if validating:
+            if not (cfg.val_every and self.step % cfg.val_every == 0 and self.last_metrics):
+                self.last_metrics = self.validate()
+            metrics_ = self.last_metrics
             self.model.metadata.update(self.metadata(elapsed()))
         ckpt = None
         if cfg.checkpoint_path:
             ckpt = str(self.save_checkpoint(cfg.checkpoint_path, elapsed()))
-        metrics_ = self.validate() if self.val_slices else None
-        yield TrainEvent("done", self.step, total, None, lr, elapsed(), metrics_, ckpt)
+        yield event("done", None, metrics=metrics_, checkpoint=ckpt)
+
+
+_AUGMENT_RNG_KEY = "augment.rng"
+
+
+def _hold_out_blocks(
+    labels: list[np.ndarray], fraction: float, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
+    """Hold out square blocks holding about ``fraction`` of the annotated pixels for validation.
+
+    Returns the training labels (held-out blocks set to 0) and the blocks (slice, y, x, size). A
+    block is skipped when taking it would leave a class with less than half of its pixels, so every
+    class keeps most of its paint for training; too little paint (under 2000 pixels) holds out nothing.
+    """
+    total = sum(int(np.count_nonzero(lb)) for lb in labels)
+    if total < 2000:
+        return labels, []
+    k = max(int(lb.max()) for lb in labels)
+    class_total = sum(np.bincount(lb.ravel(), minlength=k + 1)[: k + 1] for lb in labels)
+    side = min(min(lb.shape) for lb in labels)
+    b = int(min(128, max(32, side // 4)))
+    candidates = []
+    for j, lb in enumerate(labels):
+        for y in range(0, lb.shape[0] - b + 1, b):
+            for x in range(0, lb.shape[1] - b + 1, b):
+                if np.any(lb[y : y + b, x : x + b]):
+                    candidates.append((j, y, x))
+    out = [lb.copy() for lb in labels]
+    taken_px = 0
+    taken_class = np.zeros(k + 1)
+    blocks = []
+    for idx in rng.permutation(len(candidates)):
+        if taken_px >= fraction * total:
+            break
+        j, y, x = candidates[int(idx)]
+        block = out[j][y : y + b, x : x + b]
+        counts = np.bincount(block.ravel(), minlength=k + 1)[: k + 1]
+        if np.any((taken_class + counts)[1:] > 0.5 * class_total[1:]):
+            continue
+        taken_class += counts
+        taken_px += int(counts[1:].sum())
+        blocks.append((j, y, x, b))
+        block[...] = 0
+    return out, blocks
+
+
+def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the classes present, on annotated pixels only (labels 0 ignored)."""
+    _, k, h, w = logits.shape
+    labels = center_crop(labels, (h, w)).long()
+    annotated = (labels > 0).unsqueeze(1).float()
+    p = torch.softmax(logits.float(), dim=1) * annotated
+    onehot = F.one_hot((labels - 1).clamp_min(0), k).permute(0, 3, 1, 2).float() * annotated
+    inter = (p * onehot).sum(dim=(0, 2, 3))
+    denom = p.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    present = onehot.sum(dim=(0, 2, 3)) > 0
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return 1.0 - dice[present].mean()

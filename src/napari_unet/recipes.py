@@ -1,0 +1,58 @@
+"""Named training recipes: the measured default ("fast") and the paper's ("paper").
+
+A recipe is a set of :class:`~napari_unet.train.TrainConfig` settings chosen together; the CLI's
+``--recipe``, the Fine-tune dock and the benchmarks start from one and override single settings.
+benchmarks/bench_finetune.py measures them side by side (docs/training.md has the table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from .augment import AugmentConfig
+from .errors import UserInputError
+from .train import TrainConfig
+
+#: the settings of each recipe; everything not named keeps TrainConfig's default
+RECIPES: dict[str, dict[str, Any]] = {
+    # Measured to learn fastest from a few annotations on a 2-core CPU (docs/training.md):
+    # Adam, tiles sampled class by class, class-balanced cross-entropy with the border weights.
+    "fast": {
+        "optimizer": "adam",
+        "learning_rate": 5e-4,
+        "lr_schedule": "cosine",
+        "sampling": "classes",
+        "tile_size": None,
+        "batch_size": 1,
+        "freeze_encoder": 0.0,
+        "dice_weight": 0.0,
+        "augment": AugmentConfig(),
+    },
+    # Ronneberger et al. (2015): SGD with momentum 0.99, batch 1, large tiles, elastic deformation
+    # on a 3x3 grid with 10 px standard deviation, the border weight map (w0 = 10, sigma = 5 px).
+    "paper": {
+        "optimizer": "sgd",
+        "learning_rate": 0.001,
+        "momentum": 0.99,
+        "lr_schedule": "constant",
+        "sampling": "annotated",
+        "tile_size": 572,
+        "batch_size": 1,
+        "freeze_encoder": 0.0,
+        "dice_weight": 0.0,
+        "augment": AugmentConfig(),
+    },
+}
+
+DEFAULT_RECIPE = "fast"
+
+
+def recipe_config(name: str = DEFAULT_RECIPE, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of recipe ``name`` with ``overrides`` (None values are ignored)."""
+    if name not in RECIPES:
+        raise UserInputError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    settings = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if isinstance(settings.get("augment"), AugmentConfig):
+        settings["augment"] = replace(settings["augment"])
+    return TrainConfig(**settings)
