@@ -69,6 +69,7 @@ __all__ = [
     "format_slices",
     "load_annotations",
     "read_sidecar",
+    "remove_class",
     "rename_class",
     "save_annotations",
     "save_sidecar",
@@ -161,6 +162,32 @@ def rename_class(names: Sequence[str], index: int, name: str) -> list[str]:
     out = list(names)
     out[index - 1] = _clean_name(name, names, skip=index - 1)
     return out
+
+
+def remove_class(names: Sequence[str], index: int, labels: Any | None = None) -> list[str]:
+    """``names`` without class ``index`` (1-based); the classes after it move down one label.
+
+    With ``labels`` (changed in place) its pixels become 0 (not annotated) and the labels above it
+    go down by one, so every painted pixel keeps its class name.
+    """
+    if not 1 <= index <= len(names):
+        raise UserInputError(f"there is no class {index}; classes are 1..{len(names)}")
+    if len(names) <= 1:
+        raise UserInputError("the last class cannot be removed; add another class first")
+    if labels is not None:
+        for z in range(labels.shape[0]) if labels.ndim == 3 else [None]:
+            plane = labels[z] if z is not None else labels
+            values = np.asarray(plane)
+            if not (values >= index).any():
+                continue
+            out = values.copy()
+            out[values == index] = 0
+            out[values > index] -= 1
+            if z is None:
+                labels[...] = out
+            else:
+                labels[z] = out
+    return [n for i, n in enumerate(names, start=1) if i != index]
 
 
 # ------------------------------------------------------------------------------------ counts

@@ -33,6 +33,7 @@ __all__ = [
     "SEGMENTATION",
     "annotation_layer",
     "class_names_of",
+    "class_names_of_features",
     "class_palette",
     "find_linked",
     "image_key",
@@ -187,6 +188,13 @@ def preview_layer(image_name: str, names: Sequence[str], *, key: str | None) -> 
         "metadata": role_metadata(PREVIEW, key),
         "opacity": 0.5,
     }
+
+
+def class_names_of_features(features: Any) -> list[str] | None:
+    """Class names 1..K from a layer's ``features`` table (label 0 has its own name), or None."""
+    from napari_unet.annotation import class_names_from_features
+
+    return class_names_from_features(features)
 
 
 def class_names_of(model: Any) -> list[str]:

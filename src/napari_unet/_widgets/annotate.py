@@ -539,6 +539,12 @@ class AnnotateWidget(Dock):
         self.rename_class_button = QPushButton("Rename")
         self.rename_class_button.setToolTip("Rename the selected class (or double-click it)")
         self.rename_class_button.clicked.connect(self._rename_selected)
+        self.remove_class_button = QPushButton("Remove")
+        self.remove_class_button.setToolTip(
+            "Remove the selected class: Fine-tune then drops its output channel; its painted "
+            "pixels become 'not annotated' (asked first)"
+        )
+        self.remove_class_button.clicked.connect(self._remove_selected)
 
         # -- counts
         self.counts_table = QTableWidget(0, 3)
@@ -621,6 +627,7 @@ class AnnotateWidget(Dock):
         name_row.addWidget(self.class_name_edit, 1)
         name_row.addWidget(self.add_class_button)
         name_row.addWidget(self.rename_class_button)
+        name_row.addWidget(self.remove_class_button)
         classes_layout = QVBoxLayout(classes_box)
         classes_layout.addWidget(self.class_list)
         classes_layout.addLayout(name_row)
@@ -953,6 +960,45 @@ class AnnotateWidget(Dock):
             self.class_name_edit.clear()
         self._show_classes()
         self._show_counts()
+
+    def remove_class(self, index: int) -> None:
+        """Remove class ``index`` (1-based); its painted pixels become 'not annotated'."""
+        with user_errors():
+            layer = self._layer_for_classes()
+            names = class_names(layer) or []
+            if not 1 <= int(index) <= len(names):
+                raise UserInputError(f"there is no class {index}; classes are 1..{len(names)}")
+            painted = bool((np.asarray(layer.data) == int(index)).any())
+            if painted and not self._confirm_remove(names[int(index) - 1]):
+                return
+            new = core.remove_class(names, int(index), layer.data)
+            self._apply_classes(layer, new)
+            layer.refresh()
+            self.autosaver.mark(layer, None)
+            self._show_classes()
+            self._recount(all_slices=True)
+
+    #: answer for removing a class that has paint (tests set it); None asks in a dialog
+    confirm_remove: Any = None
+
+    def _confirm_remove(self, name: str) -> bool:
+        if self.confirm_remove is not None:
+            return bool(self.confirm_remove(name))
+        answer = QMessageBox.question(
+            self,
+            "Remove a painted class?",
+            f"Pixels painted as '{name}' become 'not annotated'. Remove the class?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _remove_selected(self) -> None:
+        item = self.class_list.currentItem()
+        if item is None:
+            notify_error("click the class to remove first")
+            return
+        self.remove_class(self._row_label(item))
 
     def _rename_selected(self) -> None:
         item = self.class_list.currentItem()

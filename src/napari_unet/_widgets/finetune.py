@@ -43,12 +43,17 @@ from napari_unet.errors import UserInputError
 from . import Dock, LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import SessionModel, session_for
-from ._worker import DONE, TaskPanel
+from ._worker import DONE, TaskPanel, start_worker
 
 __all__ = ["FineTuneWidget", "LossCurve", "annotated_slices", "augmentation_preview"]
 
 PREVIEW_SAMPLES = 4
 PREVIEW_MAX_SIDE = 512
+#: seconds between two live previews while training; with the preview thread at the lowest CPU
+#: priority this costs under 20 % of the training speed here (benchmarks/bench_gui_latency.py)
+PREVIEW_EVERY_S = 5.0
+#: niceness of the preview thread: training keeps the CPU, the preview takes what is left
+PREVIEW_NICENESS = 19
 
 
 def annotated_slices(image: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, list[int]]:
@@ -91,6 +96,22 @@ def train_events(
         trainer.stop()
     yield from trainer.run()
     return trainer
+
+
+def live_preview(model: Any, image: Any, z: int | None) -> tuple[int | None, np.ndarray]:
+    """Worker: segment slice ``z`` of ``image`` (the whole image when None) with a snapshot.
+
+    The thread runs at the lowest CPU priority, so training keeps the cores and the preview takes
+    what is left; ``model`` is the trainer's CPU copy, never the model being trained.
+    """
+    from napari_unet.inference import labels_from_probabilities, predict
+
+    from ._worker import lower_thread_priority
+
+    lower_thread_priority(PREVIEW_NICENESS)
+    plane = np.asarray(image[z] if z is not None else image)
+    probs = predict(model, plane, device="cpu", precision="fp32")
+    return z, labels_from_probabilities(probs)
 
 
 def augmentation_preview(
@@ -220,6 +241,24 @@ class LossCurve(FigureCanvasQTAgg):
 DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-4}
 
 
+def _validation_text(step: int, metrics: dict[str, float], run: dict[str, Any] | None) -> str:
+    """One line of validation figures, against the start model's once there are two."""
+    parts = []
+    if "val_loss" in metrics:
+        parts.append(f"loss {metrics['val_loss']:.3f}")
+    if "val_pixel_error" in metrics:
+        parts.append(f"pixel error {metrics['val_pixel_error']:.3f}")
+    ious = [f"{k[len('val_iou_') :]} {v:.2f}" for k, v in metrics.items() if k.startswith("val_iou_")]
+    if ious:
+        parts.append("IoU " + ", ".join(ious))
+    where = "start model" if step == 0 else f"step {step}"
+    text = f"Validation ({where}): " + "; ".join(parts)
+    start = (run or {}).get("start_metrics")
+    if step > 0 and start and "val_loss" in start and "val_loss" in metrics:
+        text += f" (start {start['val_loss']:.3f})"
+    return text
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "model"
 
@@ -279,8 +318,17 @@ class FineTuneWidget(Dock):
         self.preview_button.clicked.connect(self.preview_augmentation)
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
+        self.live_check = QCheckBox("segment the slice on screen while training")
+        self.live_check.setChecked(True)
+        self.live_check.setToolTip(
+            f"Every {PREVIEW_EVERY_S:.0f} s the current weights segment the slice on screen into "
+            "'<image> preview', in a low-priority thread (measured to cost under 20 % of the "
+            "training speed)"
+        )
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
+        self.verdict_label = QLabel("")
+        self.verdict_label.setWordWrap(True)
         self.task = TaskPanel("Stop")
         self.task.finished.connect(self._on_finished)
         self.loss_curve = LossCurve()
@@ -308,11 +356,13 @@ class FineTuneWidget(Dock):
         form.addRow("Augment", self.augment_check)
         form.addRow("", self.preview_button)
         form.addRow("Device", self.device_combo)
+        form.addRow("Live preview", self.live_check)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.train_button)
         layout.addWidget(self.task)
         layout.addWidget(self.loss_curve)
+        layout.addWidget(self.verdict_label)
         layout.addWidget(self.save_button)
         layout.addStretch(1)
 
@@ -429,7 +479,9 @@ class FineTuneWidget(Dock):
 
         by_steps = self.limit_combo.currentText() == "steps"
         return TrainConfig(
-            steps=int(self.steps_spin.value()) if by_steps else 10**9,
+            steps=int(self.steps_spin.value()) if by_steps else None,
+            validation="auto",
+            snapshot_every_s=PREVIEW_EVERY_S if self.live_check.isChecked() else 0.0,
             max_minutes=None if by_steps else float(self.minutes_spin.value()),
             learning_rate=float(self.lr_spin.value()),
             optimizer=self.optimizer_combo.currentText(),
@@ -494,12 +546,17 @@ class FineTuneWidget(Dock):
             "name": name,
             "start": start_name,
             "image": image_layer.name,
+            "image_layer": weakref.ref(image_layer),
+            "classes": class_names_of(model),
+            "preview_busy": False,
+            "previewed": None,
             "t0": time.perf_counter(),
             "last": None,
             "minutes": config.max_minutes,
             "checkpoint": config.checkpoint_path,
         }
         self.loss_curve.clear()
+        self.verdict_label.setText("")
         self.train_button.setEnabled(False)
         self.preview_button.setEnabled(False)
         self.task.start(
@@ -557,9 +614,82 @@ class FineTuneWidget(Dock):
             self._run["last"] = event
         if event.kind == "step" and event.loss is not None:
             self.loss_curve.add(event.step, event.loss)
-        elif event.kind == "validation" and event.metrics:
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
-            self.task.status.setText(f"step {event.step}: {shown}")
+        elif event.kind in ("validation", "done") and event.metrics:
+            if "val_loss" in event.metrics:
+                self.loss_curve.add_validation(event.step, event.metrics["val_loss"])
+            self.verdict_label.setText(_validation_text(event.step, event.metrics, self._run))
+            if event.step == 0 and self._run is not None:
+                self._run["start_metrics"] = dict(event.metrics)
+        elif event.kind == "snapshot" and event.model is not None:
+            self._preview(event.model)
+
+    # ------------------------------------------------------------------ live preview
+    def _preview(self, model: Any) -> None:
+        """Segment the slice on screen with a snapshot, unless the last preview still runs."""
+        run = self._run
+        if run is None or run["preview_busy"] or not self.live_check.isChecked() or self.closed:
+            return
+        image = run["image_layer"]()
+        if image is None or image not in self.viewer.layers:
+            return
+        data = layer_data(image)
+        z = self._current_slice(image) if data.ndim == 3 else None
+        run["preview_busy"] = True
+
+        def finished(_outcome: str) -> None:
+            run["preview_busy"] = False
+
+        me = weakref.ref(self)
+        start_worker(
+            live_preview,
+            model,
+            data,
+            z,
+            on_done=lambda result: me() is not None and me()._show_live(run, image, result),
+            on_finish=finished,
+        )
+
+    def _current_slice(self, layer: Any) -> int:
+        try:
+            z = float(layer.world_to_data(self.viewer.dims.point)[0])
+        except (IndexError, ValueError):
+            return 0
+        return int(np.clip(round(z), 0, layer_data(layer).shape[0] - 1))
+
+    def _show_live(self, run: dict[str, Any], image: Any, result: tuple[int | None, np.ndarray]) -> None:
+        """Main thread: paint a preview into "<image> preview" (linked to the image by role)."""
+        from . import image_key_of, linked_layer
+
+        if not _alive(self) or image not in self.viewer.layers:
+            return
+        z, labels = result
+        shape = tuple(layer_data(image).shape)
+        names = run["classes"]
+        layer = linked_layer(self.viewer, image, roles.PREVIEW)
+        if layer is None or tuple(layer.data.shape) != shape:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+            kwargs = roles.preview_layer(image.name, names, key=image_key_of(image))
+            layer = self.viewer.add_labels(
+                np.zeros(shape, np.uint8),
+                scale=image.scale,
+                translate=image.translate,
+                units=image.units,
+                **kwargs,
+            )
+        elif roles.class_names_of_features(layer.features) != names:
+            layer.features = roles.preview_layer(image.name, names, key=None)["features"]
+            layer.colormap = roles.class_palette(names)
+        if z is None:
+            layer.data[...] = labels
+        else:
+            previous = run.get("previewed")
+            if previous is not None and previous != z:
+                layer.data[previous] = 0  # one slice at a time: what the model does now
+            layer.data[z] = labels
+            run["previewed"] = z
+        layer.refresh()
+        run["previews"] = run.get("previews", 0) + 1
 
     def _on_done(self, trainer: Any) -> None:
         run = self._run
@@ -570,6 +700,7 @@ class FineTuneWidget(Dock):
             notify_warning("training stopped before its first step; no model was made")
             return
         checkpoint = Path(run["checkpoint"]) if Path(run["checkpoint"]).is_file() else None
+        worse = bool(getattr(trainer, "worse_than_start", None))
         self.result = self.session.add_model(
             run["name"],
             trainer.model,
@@ -577,7 +708,24 @@ class FineTuneWidget(Dock):
             checkpoint,
         )
         run["steps"] = trainer.step
+        run["worse"] = worse
         self.save_button.setEnabled(True)
+        start, end = getattr(trainer, "start_metrics", None), getattr(trainer, "last_metrics", None)
+        if worse and start and end:
+            text = (
+                f"'{self.result.name}' validates worse than {run['start']} (validation loss "
+                f"{start['val_loss']:.3f} -> {end['val_loss']:.3f}); {run['start']} stays selected "
+                "in Segment. Paint more, or train fewer steps"
+            )
+            self.verdict_label.setText(text)
+            notify_warning(text)
+        else:
+            if start and end:
+                self.verdict_label.setText(
+                    f"validation loss {start['val_loss']:.3f} -> {end['val_loss']:.3f}: better "
+                    f"than {run['start']}; Segment now offers '{self.result.name}'"
+                )
+            self.session.model_offered.emit(self.result.name)
 
     def _on_finished(self, outcome: str) -> None:
         run, self._run = self._run, None

@@ -319,6 +319,7 @@ class SegmentWidget(Dock):
         self.model_chooser.changed.connect(self._show_plan)
         self.image_combo.activated.connect(self._on_image_chosen)
         self.session.image_chosen.connect(self._follow_image)
+        self.session.model_offered.connect(self._offer_model)
         napari_viewer.dims.events.current_step.connect(self._on_slice_changed)
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
         self._bind_shortcut()
@@ -345,6 +346,12 @@ class SegmentWidget(Dock):
 
     def _on_image_chosen(self, _index: int) -> None:
         self.session.image_chosen.emit(self.image_combo.layer())
+
+    def _offer_model(self, name: str) -> None:
+        """A fine-tuned model that validated well: choose it for the next run."""
+        if _alive(self) and not self.closed and not self.task.running:
+            with contextlib.suppress(ValueError):
+                self.model_chooser.select_session(name)
 
     def _follow_image(self, layer: Any) -> None:
         if _alive(self) and layer is not None and layer in self.image_combo.layers():
