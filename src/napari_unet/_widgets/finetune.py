@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import time
 import weakref
@@ -49,9 +50,14 @@ __all__ = ["FineTuneWidget", "LossCurve", "annotated_slices", "augmentation_prev
 
 PREVIEW_SAMPLES = 4
 PREVIEW_MAX_SIDE = 512
-#: seconds between two live previews while training; with the preview thread at the lowest CPU
-#: priority this costs under 20 % of the training speed here (benchmarks/bench_gui_latency.py)
+#: seconds between two live previews while training (at least; see PREVIEW_SHARE)
 PREVIEW_EVERY_S = 5.0
+#: the most of the machine's CPU time the preview may take: after a preview that took c seconds
+#: of CPU the next waits c / (PREVIEW_SHARE * cores) seconds, so a large slice is previewed less
+#: often. Half of the 20 % budget: the snapshot copy and the painting cost a little too.
+PREVIEW_SHARE = 0.10
+#: the preview computes in one torch thread (per-thread setting), so it takes one core at most
+PREVIEW_THREADS = 1
 #: niceness of the preview thread: training keeps the CPU, the preview takes what is left
 PREVIEW_NICENESS = 19
 
@@ -98,20 +104,25 @@ def train_events(
     return trainer
 
 
-def live_preview(model: Any, image: Any, z: int | None) -> tuple[int | None, np.ndarray]:
+def live_preview(model: Any, image: Any, z: int | None) -> tuple[int | None, np.ndarray, float]:
     """Worker: segment slice ``z`` of ``image`` (the whole image when None) with a snapshot.
 
-    The thread runs at the lowest CPU priority, so training keeps the cores and the preview takes
-    what is left; ``model`` is the trainer's CPU copy, never the model being trained.
+    The thread runs at the lowest CPU priority with one torch thread, so training keeps the cores
+    and the preview takes what is left; ``model`` is the trainer's CPU copy, never the model being
+    trained. Returns (z, labels, CPU seconds this thread spent).
     """
+    import torch
+
     from napari_unet.inference import labels_from_probabilities, predict
 
     from ._worker import lower_thread_priority
 
     lower_thread_priority(PREVIEW_NICENESS)
+    torch.set_num_threads(PREVIEW_THREADS)  # this thread's own setting; training keeps its threads
+    t0 = time.thread_time()
     plane = np.asarray(image[z] if z is not None else image)
-    probs = predict(model, plane, device="cpu", precision="fp32")
-    return z, labels_from_probabilities(probs)
+    probs = predict(model, plane, device="cpu", precision="fp32", batch_size=1)
+    return z, labels_from_probabilities(probs), time.thread_time() - t0
 
 
 def augmentation_preview(
@@ -146,7 +157,7 @@ def augmentation_preview(
 
 
 class LossCurve(FigureCanvasQTAgg):
-    """The training loss per step, its running mean and the validation loss, redrawn a few times a
+    """The training loss per step, its running mean and the validation loss, redrawn twice a
     second. Before the first point the axes show steps 0-10 and loss 0-1, not an empty range."""
 
     def __init__(self) -> None:
@@ -171,7 +182,7 @@ class LossCurve(FigureCanvasQTAgg):
         self.setMinimumHeight(150)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        self._timer.setInterval(250)
+        self._timer.setInterval(500)  # a redraw costs the event loop tens of ms
         self._timer.timeout.connect(self.redraw)
 
     def _empty_limits(self) -> None:
@@ -230,8 +241,11 @@ class LossCurve(FigureCanvasQTAgg):
         if self.steps or self.val_steps:
             last = max(self.steps[-1] if self.steps else 0, max(self.val_steps, default=0))
             self.ax.set_xlim(0, max(last, 10))
-            top = max(values) if values else 0
-            self.ax.set_ylim(0, top * 1.05 if top > 0 else 1)
+            # the range of the data, so a loss that falls from 0.52 to 0.31 shows as a fall and
+            # not as a flat line near the top of a 0..0.55 axis
+            lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+            pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1e-3)
+            self.ax.set_ylim(max(0.0, lo - pad), hi + pad)
         else:
             self._empty_limits()
         self.draw_idle()
@@ -629,6 +643,8 @@ class FineTuneWidget(Dock):
         run = self._run
         if run is None or run["preview_busy"] or not self.live_check.isChecked() or self.closed:
             return
+        if time.perf_counter() < run.get("next_preview", 0.0):
+            return  # the last preview was costly: keep within PREVIEW_SHARE of the CPU
         image = run["image_layer"]()
         if image is None or image not in self.viewer.layers:
             return
@@ -656,13 +672,16 @@ class FineTuneWidget(Dock):
             return 0
         return int(np.clip(round(z), 0, layer_data(layer).shape[0] - 1))
 
-    def _show_live(self, run: dict[str, Any], image: Any, result: tuple[int | None, np.ndarray]) -> None:
+    def _show_live(self, run: dict[str, Any], image: Any, result: tuple[Any, ...]) -> None:
         """Main thread: paint a preview into "<image> preview" (linked to the image by role)."""
         from . import image_key_of, linked_layer
 
         if not _alive(self) or image not in self.viewer.layers:
             return
-        z, labels = result
+        z, labels, cpu = result
+        cores = os.cpu_count() or 1
+        run["preview_cpu"] = run.get("preview_cpu", 0.0) + cpu
+        run["next_preview"] = time.perf_counter() + cpu / (PREVIEW_SHARE * cores)
         shape = tuple(layer_data(image).shape)
         names = run["classes"]
         layer = linked_layer(self.viewer, image, roles.PREVIEW)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -240,6 +241,8 @@ def _warm_up() -> None:
 
 #: what a run covers
 SCOPES = ("whole stack", "this slice", "visible region")
+#: painted tiles are shown together, at most this often (ms)
+REFRESH_MS = 60
 #: the viewer shortcut that segments the slice on screen
 SHORTCUT = "Alt-S"
 
@@ -307,6 +310,10 @@ class SegmentWidget(Dock):
         layout.addWidget(self.task)
         layout.addStretch(1)
         self._run: dict[str, Any] | None = None
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh_live)
         #: measured seconds per input megapixel of the last run, per model name
         self._rates: dict[str, float] = {}
         #: answer for the next run when a slow tile size needs confirming (tests set it)
@@ -615,9 +622,21 @@ class SegmentWidget(Dock):
         if run["is_stack"] and self.viewer.dims.ndisplay == 2:
             if self._current_slice(live) != tile.region[0]:
                 return  # painted into the array; napari shows it when that slice comes up
-        live.refresh()
+        # one redraw for the tiles that arrive within REFRESH_MS: redrawing a large slice per tile
+        # would hold up the event loop while the user scrolls
+        if not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def _refresh_live(self) -> None:
+        run = self._run
+        live = run["live"] if run is not None else None
+        if live is not None and live in self.viewer.layers:
+            live.refresh()
 
     def _on_finished(self, outcome: str) -> None:
+        if self._refresh_timer.isActive():
+            self._refresh_timer.stop()
+            self._refresh_live()
         run, self._run = self._run, None
         self.segment_button.setEnabled(True)
         if run is None:
