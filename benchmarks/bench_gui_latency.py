@@ -11,8 +11,19 @@ time to the start of the first canvas draw that shows it, the longest heartbeat 
 (split into the click handler and the rest; and while idle before it, for comparison), the run's
 length and the tile count.
 
+With ``--scenario scroll`` it measures what a user feels while working: a stack is open, a 20 Hz
+timer "scrolls" through its slices (as a mouse wheel would), and the 99th percentile and maximum
+gap of a 10 ms heartbeat are recorded while the Segment dock segments the stack, and while the
+Fine-tune dock trains (with its live preview). ``--busy`` runs a second process that keeps one core
+busy at normal priority during the measurement, as another program on a 2-core machine would.
+
+With ``--scenario preview`` it measures what the live preview costs: training throughput (steps
+per second of training) of the Fine-tune dock with the preview off and on, alternating runs of
+``--seconds`` each.
+
 Usage: bash scripts/with-display.sh python benchmarks/bench_gui_latency.py [--size 2048]
        [--tile 0 (auto)] [--precision auto] [--repeats 2] [--model PATH]
+       [--scenario click|scroll|preview] [--busy] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -44,6 +55,224 @@ def heartbeat_gaps(app, timer_ms: int, seconds: float) -> list[float]:
     return list(np.diff(beats))
 
 
+def _busy(stop) -> None:  # pragma: no cover - runs in a child process
+    """Keep one core busy until ``stop`` is set (a second program on the machine)."""
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+class Busy:
+    """A second process busy at normal priority for as long as the ``with`` block lasts."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> Busy:
+        if self.on:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            self.stop = ctx.Event()
+            self.proc = ctx.Process(target=_busy, args=(self.stop,), daemon=True)
+            self.proc.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.on:
+            self.stop.set()
+            self.proc.join(5)
+
+
+def _process_cpu() -> float:
+    """CPU seconds used by this process so far, every thread counted."""
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
+def gap_stats(beats: list[float]) -> tuple[float, float]:
+    """(p99, max) of the gaps between heartbeats, in ms."""
+    gaps = np.diff(beats) * 1000
+    if gaps.size == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(gaps, 99)), float(gaps.max())
+
+
+def run_while_scrolling(app, viewer, is_running, seconds: float, stop) -> list[float]:
+    """Heartbeat times while a 20 Hz timer scrolls the stack, until the work ends or ``seconds``."""
+    from qtpy.QtCore import QTimer
+
+    beats: list[float] = []
+    heart = QTimer()
+    heart.setInterval(10)
+    heart.timeout.connect(lambda: beats.append(time.perf_counter()))
+    n = int(viewer.dims.range[0].stop - viewer.dims.range[0].start) + 1 if viewer.dims.ndim == 3 else 1
+    pos = {"z": 0, "d": 1}
+
+    def scroll() -> None:
+        z = pos["z"] + pos["d"]
+        if not 0 <= z < n:
+            pos["d"] *= -1
+            z = pos["z"] + pos["d"]
+        pos["z"] = z
+        viewer.dims.set_current_step(0, z)
+
+    wheel = QTimer()
+    wheel.setInterval(50)
+    wheel.timeout.connect(scroll)
+    heart.start()
+    wheel.start()
+    end = time.perf_counter() + seconds
+    while is_running() and time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.001)
+    wheel.stop()
+    heart.stop()
+    stop()
+    while is_running():
+        app.processEvents()
+        time.sleep(0.005)
+    return beats
+
+
+def synthetic_annotations(truth: np.ndarray, zs: list[int]) -> np.ndarray:
+    """Scribble-like annotations from ground truth: every 24th row and column of a few slices."""
+    ann = np.zeros_like(truth, dtype=np.uint8)
+    for z in zs:
+        ann[z, ::24, :] = truth[z, ::24, :]
+        ann[z, :, ::24] = truth[z, :, ::24]
+    return ann
+
+
+def scroll_scenario(args, model_path: Path, model_note: str) -> None:
+    """p99 and maximum event-loop gap while scrolling during Segment and during training."""
+    import napari
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet.data import synthetic_em
+
+    images, truth = synthetic_em(n_slices=args.slices, shape=(args.size, args.size))
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.add_image(images, name="em")
+    app = QApplication.instance()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    seg.model_chooser.select_file(model_path)
+    seg.device_combo.setCurrentText("cpu")
+    seg.precision_combo.setCurrentText(args.precision)
+    _, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    ft.model_chooser.select_file(model_path)
+    ft.device_combo.setCurrentText("cpu")
+    heartbeat_gaps(app, 10, 1.0)
+    rows = []
+    with Busy(args.busy):
+        idle = heartbeat_gaps(app, 10, 3.0)
+        rows.append(("idle, no scrolling", *gap_stats(np.cumsum([0.0, *idle]).tolist())))
+        beats = run_while_scrolling(app, viewer, lambda: True, 5.0, lambda: None)
+        rows.append(("scrolling, nothing running", *gap_stats(beats)))
+        seg.segment()
+        beats = run_while_scrolling(app, viewer, lambda: seg.running, args.seconds, seg.task.cancel)
+        rows.append(("scrolling while Segment runs", *gap_stats(beats)))
+        layer = ft.add_annotation_layer()
+        layer.data[...] = synthetic_annotations(truth, [0, 1, 2])
+        ft.limit_combo.setCurrentText("minutes")
+        ft.minutes_spin.setValue(60)
+        ft.train()
+        beats = run_while_scrolling(app, viewer, lambda: ft.running, args.seconds, ft.stop)
+        rows.append(("scrolling while Fine-tune trains (live preview on)", *gap_stats(beats)))
+        previews = sum(1 for ly in viewer.layers if ly.name == "em preview")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), napari {napari.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f}; second busy process: {'yes' if args.busy else 'no'}"
+    )
+    print(
+        f"model: {model_note}; stack {args.slices} x {args.size} x {args.size}; "
+        f"{args.seconds:.0f} s per measurement; preview layer made: {bool(previews)}"
+    )
+    print("| situation | p99 gap (ms) | max gap (ms) |")
+    print("| --- | --- | --- |")
+    for name, p99, mx in rows:
+        print(f"| {name} | {p99:.0f} | {mx:.0f} |")
+    viewer.close()
+
+
+def preview_scenario(args, model_path: Path, model_note: str) -> None:
+    """Training throughput of the Fine-tune dock with the live preview off and on."""
+    import napari
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet._widgets import finetune
+    from napari_unet.data import synthetic_em
+
+    images, truth = synthetic_em(n_slices=4, shape=(args.size, args.size))
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(images, name="em")
+    app = QApplication.instance()
+    _, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    ft.model_chooser.select_file(model_path)
+    ft.device_combo.setCurrentText("cpu")
+    layer = ft.add_annotation_layer()
+    layer.data[...] = synthetic_annotations(truth, [0, 1, 2])
+    ft.limit_combo.setCurrentText("minutes")
+    ft.minutes_spin.setValue(args.seconds / 60)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    previews: list[int] = []
+    shares: list[float] = []
+    with Busy(args.busy):
+        for repeat in range(args.repeats):
+            for live in (False, True):
+                ft.live_check.setChecked(live)
+                events = []
+                ft.task.yielded.connect(events.append)
+                cpu0 = _process_cpu()
+                ft.train()
+                run = ft._run
+                while ft.running:
+                    app.processEvents()
+                    time.sleep(0.002)
+                cpu = _process_cpu() - cpu0
+                ft.task.yielded.disconnect(events.append)
+                if live and run:
+                    shares.append(run.get("preview_cpu", 0.0) / cpu)
+                steps = [e for e in events if e.kind == "step"]
+                first = steps[0]
+                rate = (steps[-1].step - first.step) / (steps[-1].elapsed - first.elapsed)
+                rates[live].append(rate)
+                if live:
+                    previews.append(run.get("previews", 0) if run else 0)
+                print(
+                    f"run {repeat + 1}, preview {'on ' if live else 'off'}: {rate:.3f} steps/s, "
+                    f"{len(steps)} steps, process CPU {cpu:.0f} s",
+                    flush=True,
+                )
+    off, on = float(np.mean(rates[False])), float(np.mean(rates[True]))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), load average "
+        f"{os.getloadavg()[0]:.1f}; second busy process: {'yes' if args.busy else 'no'}"
+    )
+    print(
+        f"model: {model_note}; {args.size} x {args.size} slices; preview every "
+        f"{finetune.PREVIEW_EVERY_S:.0f} s; previews painted per run: {previews}"
+    )
+    print(
+        f"training throughput: preview off {off:.3f} steps/s, on {on:.3f} steps/s; "
+        f"the preview costs {100 * (1 - on / off):.0f} % (target <= 20 %)"
+    )
+    print(
+        "CPU time of the preview thread / CPU time of the whole process while training: "
+        f"{', '.join(f'{100 * x:.1f} %' for x in shares)} (when training keeps the machine busy, "
+        "the share of training throughput the preview takes)"
+    )
+    viewer.close()
+
+
 def main() -> None:
     """Run the measurement and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -52,6 +281,10 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", help="a .safetensors model (default: the shipped one)")
+    ap.add_argument("--scenario", choices=("click", "scroll", "preview"), default="click")
+    ap.add_argument("--busy", action="store_true", help="a second busy process meanwhile")
+    ap.add_argument("--seconds", type=float, default=30.0, help="length of each measurement")
+    ap.add_argument("--slices", type=int, default=6, help="slices of the scrolled stack")
     args = ap.parse_args()
 
     import napari
@@ -76,6 +309,12 @@ def main() -> None:
         save_model(UNet(base_channels=16), model_path, metadata={"classes": ["membrane", "cell"]})
         model_note = "NO shipped model in this installation: a base-16 U-Net (random weights)"
 
+    if args.scenario == "scroll":
+        scroll_scenario(args, model_path, model_note)
+        return
+    if args.scenario == "preview":
+        preview_scenario(args, model_path, model_note)
+        return
     image = synthetic_em(n_slices=1, shape=(args.size, args.size))[0][0]
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)

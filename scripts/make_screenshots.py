@@ -5,7 +5,8 @@
 Writes docs/images/:
 - gui-plugins-menu.png: Plugins > napari-unet, where the docks are.
 - gui-segment-isbi.png: the ISBI 2012 sample segmented by the Segment dock.
-- gui-finetune.png: the Fine-tune dock after a short run on a few painted strokes, with the loss.
+- gui-finetune.png: the Fine-tune dock after a short run on strokes painted on three slices: the
+  loss curve with its validation line, the verdict, and the live preview of the slice on screen.
 - gui-save-masks.png: the Save masks dock.
 
 Needs the ISBI 2012 files (``NAPARI_UNET_DATA_DIR`` or the download cache) and a trained model: the
@@ -112,7 +113,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", help="a trained .safetensors model (default: the shipped one)")
     ap.add_argument("--slice", type=int, default=3, help="ISBI slice to show")
-    ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps for the screenshot")
+    ap.add_argument("--steps", type=int, default=80, help="fine-tuning steps for the screenshot")
+    ap.add_argument("--whole-stack", action="store_true", help="segment all slices, not the one shown")
     args = ap.parse_args()
 
     import napari
@@ -140,6 +142,8 @@ def main() -> None:
     _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     choose(segment.model_chooser, model, shipped=args.model is None)
     segment.image_combo.set_layer(viewer.layers["ISBI 2012 EM"])
+    if not args.whole_stack:
+        segment.scope_combo.setCurrentText("this slice")
     segment.segment_button.click()
     wait(app, until=lambda: not segment.running)
     viewer.layers["ISBI 2012 EM segmentation"].opacity = 0.45
@@ -153,7 +157,8 @@ def main() -> None:
     choose(finetune.model_chooser, model, shipped=args.model is None)
     annotations = finetune.add_annotation_layer()
     truth = np.asarray(truth_layer.data)
-    annotations.data[args.slice] = scribbles(truth[args.slice])
+    for z in (args.slice - 1, args.slice, args.slice + 1):  # three slices: one is held out
+        annotations.data[z] = scribbles(truth[z])
     annotations.refresh()
     viewer.layers["ISBI 2012 EM segmentation"].visible = False
     finetune.steps_spin.setValue(args.steps)
@@ -162,7 +167,8 @@ def main() -> None:
     finetune.loss_curve.redraw()
     viewer.layers.selection.active = annotations
     annotations.mode = "paint"
-    wait(app, 0.5)
+    annotations.opacity = 0.9
+    wait(app, 1.0)
     save_window(viewer, "gui-finetune.png")
 
     viewer.window.remove_dock_widget(dock)

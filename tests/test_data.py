@@ -184,7 +184,9 @@ def test_isbi2012_sample_gives_classes(monkeypatch):
     (images, image_meta, image_kind), (classes, label_meta, label_kind) = isbi2012_sample()
     assert image_kind == "image" and label_kind == "labels"
     assert image_meta == {"name": "ISBI 2012 EM"}
-    assert label_meta == {"name": "ISBI 2012 ground truth"}
+    assert label_meta["name"] == "ISBI 2012 ground truth"
+    assert label_meta["metadata"]["napari_unet"]["role"] == "ground truth"  # never annotations
+    assert label_meta["features"]["class"] == ["unlabelled", "membrane", "cell"]
     assert images.shape == classes.shape == (20, 512, 512)
     assert classes.dtype == np.uint8 and set(np.unique(classes).tolist()) == {1, 2}
 

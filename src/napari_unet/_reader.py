@@ -14,6 +14,7 @@ from typing import Any
 
 from napari_unet import io
 from napari_unet.errors import UserInputError
+from napari_unet.layers import read_mask_classes
 
 LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]
@@ -116,6 +117,7 @@ def _read_one(path: str) -> list[LayerData]:
         datasets = [d for d in io.list_datasets(path) if len(d[1]) >= 2]
         if len(datasets) > 1:
             return _read_datasets(path, datasets)
+    classes = read_mask_classes(path)
     try:
         img = io.read_image(path)
     except UserInputError:
@@ -127,6 +129,12 @@ def _read_one(path: str) -> list[LayerData]:
         return _read_datasets(path, datasets)
     from napari_unet.omezarr import is_label_image
 
+    if classes is not None:
+        # masks saved by napari-unet: Labels with the class names and colours they were saved with
+        data, meta, _ = _layer(img, "labels", img.name)
+        meta["features"] = classes["features"]
+        meta["colormap"] = classes["colors"]
+        return [(data, meta, "labels")]
     return [_layer(img, "labels" if is_label_image(p) else "image", img.name)]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_unet.data import load_isbi2012, synthetic_em
+from napari_unet.layers import GROUND_TRUTH, class_palette, role_metadata
 
 __all__ = ["isbi2012_sample", "synthetic_sample"]
 
@@ -15,9 +16,17 @@ MEMBRANE, CELL = 1, 2
 
 
 def _layers(images: np.ndarray, classes: np.ndarray, prefix: str, image_name: str) -> list[tuple]:
+    """The image and its ground truth, marked as ground truth (never taken for annotations)."""
+    names = ["membrane", "cell"]
+    truth = {
+        "name": f"{prefix} ground truth",
+        "metadata": role_metadata(GROUND_TRUTH, None),
+        "features": {"index": [0, 1, 2], "class": ["unlabelled", *names]},
+        "colormap": class_palette(names),
+    }
     return [
         (images, {"name": image_name}, "image"),
-        (classes.astype(np.uint8), {"name": f"{prefix} ground truth"}, "labels"),
+        (classes.astype(np.uint8), truth, "labels"),
     ]
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from napari_unet import io
-
 
 def output_path(path: str | Path) -> Path:
     """Where labels saved as ``path`` land: ``x.png`` becomes the PNG-slice folder ``x``."""
@@ -29,9 +27,18 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
     Raises UserInputError for an unsupported suffix or data that cannot be stored as labels.
     """
+    from napari_unet.annotation import class_names_from_features
+    from napari_unet.layers import save_masks
+
+    meta = meta if isinstance(meta, dict) else {}
+    names = class_names_from_features(meta.get("features"))
     units = meta.get("units")
-    written = io.write_labels(
-        output_path(path), data, overwrite=True, voxel_size=meta.get("scale"),
+    written = save_masks(
+        output_path(path),
+        data,
+        names=names,
+        overwrite=True,
+        voxel_size=meta.get("scale"),  # scale and unit matter for .ome.zarr only
         unit=str(units[-1]) if units else None,
-    )  # fmt: skip (scale and unit matter for .ome.zarr only)
+    )
     return [str(written)]

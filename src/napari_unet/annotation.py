@@ -69,6 +69,7 @@ __all__ = [
     "format_slices",
     "load_annotations",
     "read_sidecar",
+    "remove_class",
     "rename_class",
     "save_annotations",
     "save_sidecar",
@@ -161,6 +162,32 @@ def rename_class(names: Sequence[str], index: int, name: str) -> list[str]:
     out = list(names)
     out[index - 1] = _clean_name(name, names, skip=index - 1)
     return out
+
+
+def remove_class(names: Sequence[str], index: int, labels: Any | None = None) -> list[str]:
+    """``names`` without class ``index`` (1-based); the classes after it move down one label.
+
+    With ``labels`` (changed in place) its pixels become 0 (not annotated) and the labels above it
+    go down by one, so every painted pixel keeps its class name.
+    """
+    if not 1 <= index <= len(names):
+        raise UserInputError(f"there is no class {index}; classes are 1..{len(names)}")
+    if len(names) <= 1:
+        raise UserInputError("the last class cannot be removed; add another class first")
+    if labels is not None:
+        for z in range(labels.shape[0]) if labels.ndim == 3 else [None]:
+            plane = labels[z] if z is not None else labels
+            values = np.asarray(plane)
+            if not (values >= index).any():
+                continue
+            out = values.copy()
+            out[values == index] = 0
+            out[values > index] -= 1
+            if z is None:
+                labels[...] = out
+            else:
+                labels[z] = out
+    return [n for i, n in enumerate(names, start=1) if i != index]
 
 
 # ------------------------------------------------------------------------------------ counts
@@ -308,16 +335,43 @@ class CopyResult:
     region: tuple[Any, ...]
     previous: np.ndarray
     changed: int
+    #: the changed pixels as index arrays into the whole array, and their new labels, so that a
+    #: viewer can apply the copy as one undoable edit
+    indices: tuple[np.ndarray, ...] | None = None
+    values: np.ndarray | None = None
+
+
+def _whole_indices(
+    local: tuple[np.ndarray, ...], region: tuple[Any, ...], shape: tuple[int, ...]
+) -> tuple[np.ndarray, ...]:
+    """Index arrays into the whole array for ``local`` indices into ``annotations[region]``."""
+    out: list[np.ndarray] = []
+    it = iter(local)
+    n = len(local[0]) if local else 0
+    for axis, r in enumerate(region):
+        if isinstance(r, slice):
+            start = r.indices(shape[axis])[0]
+            out.append(next(it) + start)
+        else:
+            out.append(np.full(n, int(r), dtype=np.intp))
+    out.extend(it)  # axes the region leaves whole
+    return tuple(out)
 
 
 def copy_prediction(
-    annotations: Any, prediction: Any, region: tuple[Any, ...], *, keep_annotated: bool = True
+    annotations: Any,
+    prediction: Any,
+    region: tuple[Any, ...],
+    *,
+    keep_annotated: bool = True,
+    apply: bool = True,
 ) -> CopyResult:
     """Copy the segmented pixels (> 0) of ``prediction`` in ``region`` into ``annotations``.
 
     Pixels the prediction has not segmented (0) are left as they are; with ``keep_annotated``
     pixels already annotated are too, so corrections painted earlier survive. ``annotations`` is
-    changed in place; the returned :class:`CopyResult` holds what was there before.
+    changed in place unless ``apply`` is false; the returned :class:`CopyResult` holds what was
+    there before and, as index arrays and values, what the copy changes.
     """
     a_shape, p_shape = tuple(annotations.shape), tuple(prediction.shape)
     if a_shape != p_shape:
@@ -339,10 +393,13 @@ def copy_prediction(
         take &= previous == 0
     new = previous.copy()
     new[take] = src[take]
-    changed = int(np.count_nonzero(new != previous))
-    if changed:
+    diff = new != previous
+    changed = int(np.count_nonzero(diff))
+    if changed and apply:
         annotations[region] = new
-    return CopyResult(region, previous, changed)
+    local = np.nonzero(diff)
+    indices = _whole_indices(local, tuple(region), a_shape)
+    return CopyResult(region, previous, changed, indices, new[diff])
 
 
 def undo_copy(annotations: Any, result: CopyResult) -> None:

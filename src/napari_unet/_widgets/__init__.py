@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import wrapt
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QEvent, QSize, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -30,7 +32,16 @@ from napari_unet.errors import UserInputError
 
 from ._session import Session, session_for
 
-__all__ = ["LayerComboBox", "ModelChooser", "layer_data", "unwrap"]
+__all__ = [
+    "Dock",
+    "LayerComboBox",
+    "ModelChooser",
+    "image_key_of",
+    "is_derived",
+    "layer_data",
+    "linked_layer",
+    "unwrap",
+]
 
 
 def _alive(obj: Any) -> bool:
@@ -87,6 +98,11 @@ class LayerComboBox(QComboBox):
 
     ``accept(layer)`` narrows the list further. The selection follows a layer through renames;
     :meth:`layer` returns the selected layer or None.
+
+    With ``none_text`` the first entry means "no layer", and the automatic choice is
+    ``preferred()`` (e.g. the annotation layer linked to the chosen image) or that entry, never
+    just the first layer listed; a layer picked by hand stays picked until :meth:`follow` is
+    called (the image changed) or it goes away.
     """
 
     def __init__(
@@ -95,12 +111,18 @@ class LayerComboBox(QComboBox):
         layer_type: type | tuple[type, ...],
         parent: QWidget | None = None,
         accept: Callable[[Any], bool] | None = None,
+        *,
+        none_text: str | None = None,
+        preferred: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__(parent)
         viewer = unwrap(viewer)
         self._viewer_ref = weakref.ref(viewer)
         self._type = layer_type
         self._accept = accept
+        self._none_text = none_text
+        self._preferred = preferred
+        self._manual: weakref.ref | None = None
         self._layers: list[weakref.ref] = []
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
@@ -109,6 +131,7 @@ class LayerComboBox(QComboBox):
             getattr(events, name).connect(self._on_layers_changed)
         for layer in viewer.layers:
             layer.events.name.connect(self._on_layers_changed)
+        self.activated.connect(self._on_activated)
         self.refresh()
 
     def _on_layers_changed(self, event: Any = None) -> None:
@@ -118,6 +141,11 @@ class LayerComboBox(QComboBox):
         if getattr(event, "type", "") == "inserted" and value is not None:
             value.events.name.connect(self._on_layers_changed)
         self.refresh()
+
+    def _on_activated(self, _index: int) -> None:
+        """A person chose an entry: keep it until the image changes."""
+        layer = self.layer()
+        self._manual = weakref.ref(layer) if layer is not None else None
 
     def layers(self) -> list[Any]:
         """The layers currently offered, top of the layer list first."""
@@ -129,38 +157,145 @@ class LayerComboBox(QComboBox):
             found = [ly for ly in found if self._accept(ly)]
         return found[::-1]
 
+    def _offset(self) -> int:
+        return 1 if self._none_text is not None else 0
+
+    def _automatic(self, offered: list[Any], current: Any) -> Any:
+        manual = self._manual() if self._manual is not None else None
+        if manual is not None and manual in offered:
+            return manual
+        self._manual = None
+        if self._none_text is None:
+            return current if current in offered else (offered[0] if offered else None)
+        preferred = self._preferred() if self._preferred is not None else None
+        return preferred if preferred in offered else None
+
     def refresh(self) -> None:
-        """Re-list the layers, keeping the selected one selected if it still exists."""
+        """Re-list the layers and make the automatic choice (a hand-picked layer stays)."""
         current = self.layer()
         offered = self.layers()
+        chosen = self._automatic(offered, current)
         self.blockSignals(True)
         try:
             self.clear()
+            if self._none_text is not None:
+                self.addItem(self._none_text)
             self._layers = [weakref.ref(ly) for ly in offered]
             for ly in offered:
                 self.addItem(ly.name)
-            if current is not None and current in offered:
-                self.setCurrentIndex(offered.index(current))
+            if chosen is not None:
+                self.setCurrentIndex(offered.index(chosen) + self._offset())
+            elif self._none_text is not None:
+                self.setCurrentIndex(0)
         finally:
             self.blockSignals(False)
         if self.layer() is not current:
             self.currentIndexChanged.emit(self.currentIndex())
 
+    def follow(self) -> None:
+        """Forget a hand-picked layer and choose automatically again (the image changed)."""
+        self._manual = None
+        self.refresh()
+
     def layer(self) -> Any | None:
         """The selected layer, or None when there is none."""
-        i = self.currentIndex()
+        i = self.currentIndex() - self._offset()
         if 0 <= i < len(self._layers):
             return self._layers[i]()
         return None
 
-    def set_layer(self, layer: Any) -> None:
-        """Select ``layer`` (it must be one of the offered layers)."""
+    def set_layer(self, layer: Any, by_hand: bool = True) -> None:
+        """Select ``layer`` (it must be one of the offered layers); it then stays selected."""
         layer = unwrap(layer)
         for i, ref in enumerate(self._layers):
             if ref() is layer:
-                self.setCurrentIndex(i)
+                if by_hand:
+                    self._manual = weakref.ref(layer)
+                self.setCurrentIndex(i + self._offset())
                 return
         raise ValueError(f"layer {getattr(layer, 'name', layer)!r} is not offered here")
+
+
+def image_key_of(layer: Any) -> str:
+    """The linking key of an image layer, recorded in its metadata on first use."""
+    from napari_unet.layers import image_key, with_image_key
+
+    key = image_key(layer.metadata)
+    if key is None:
+        layer.metadata = with_image_key(layer.metadata)
+        key = image_key(layer.metadata)
+    return key  # type: ignore[return-value]
+
+
+def linked_layer(viewer: Any, image: Any | None, role: str) -> Any | None:
+    """The layer with ``role`` linked to ``image`` in ``viewer`` (topmost), or None."""
+    from napari_unet.layers import find_linked, image_key
+
+    if image is None:
+        return None
+    return find_linked(unwrap(viewer).layers, image_key(image.metadata), role)
+
+
+def is_derived(layer: Any, *roles: str) -> bool:
+    """True when ``layer`` records one of ``roles`` (segmentation, preview, ground truth...)."""
+    from napari_unet.layers import role_of
+
+    return role_of(getattr(layer, "metadata", None)) in roles
+
+
+class Dock(QWidget):
+    """A dock that stops its work when it is closed with its × (napari then unparents it).
+
+    Subclasses lay out their form in :attr:`body`, which scrolls: several docks stacked in one
+    window then fit a 1 000 px screen instead of making the window taller. Subclasses extend
+    :meth:`dock_closed`; by default every :class:`~._worker.TaskPanel` in the dock is cancelled,
+    which stops after the current tile or step and keeps what is finished.
+    """
+
+    #: the least height a dock asks for; the rest of its form scrolls
+    MIN_HEIGHT = 220
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._docked = False
+        self.closed = False
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        #: the dock's form goes here
+        self.body = QWidget()
+        self.scroll.setWidget(self.body)
+        outer.addWidget(self.scroll)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """The whole form when there is room."""
+        return self.body.sizeHint()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """As wide as the form, but only :data:`MIN_HEIGHT` tall: the rest scrolls."""
+        hint = self.body.minimumSizeHint()
+        bar = self.scroll.verticalScrollBar().sizeHint().width()
+        return QSize(hint.width() + bar, min(hint.height(), self.MIN_HEIGHT))
+
+    def event(self, event: QEvent) -> bool:
+        """Notice being put into a dock, and being taken out of it (closed)."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked and not self.closed:
+                self.closed = True
+                self.dock_closed()
+        return super().event(event)
+
+    def dock_closed(self) -> None:
+        """Stop the work this dock runs (after the current step), as its Cancel/Stop would."""
+        from ._worker import TaskPanel
+
+        for panel in self.findChildren(TaskPanel):
+            panel.cancel()
 
 
 # ---------------------------------------------------------------------------------- models

@@ -46,6 +46,13 @@ class Session:
 
     #: emitted with no arguments whenever a model is added or removed
     models_changed = Signal()
+    #: emitted with the image layer a person chose in one dock, so the other docks follow
+    image_chosen = Signal(object)
+    #: emitted with the class names of an annotation layer whose classes changed
+    classes_changed = Signal(object)
+    #: emitted with the name of a fine-tuned model that validated no worse than its start model:
+    #: the Segment dock selects it
+    model_offered = Signal(str)
 
     def unique_name(self, base: str) -> str:
         """``base``, or ``base (2)``, ``base (3)``, ... whichever is not taken yet."""

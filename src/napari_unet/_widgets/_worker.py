@@ -1,6 +1,6 @@
 """One way for every dock to run long work: a core generator in a napari worker thread.
 
-:func:`start_worker` runs a generator (or a plain function) in a thread with napari's
+:func:`start_worker` runs a generator (or a plain function) in a thread with superqt's
 ``create_worker`` and calls back on the main thread for each yielded item, when it returns, fails
 or is cancelled. :class:`TaskPanel` is the dock-side face of it: a progress bar, a status line and
 a Cancel/Stop button that show while the work runs. Only the callbacks touch layers and widgets;
@@ -23,9 +23,10 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from napari.qt.threading import FunctionWorker, GeneratorWorker, create_worker
+from napari.qt.threading import FunctionWorker, GeneratorWorker
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from superqt.utils import create_worker
 
 from . import _alive
 from ._notify import notify_error
@@ -120,6 +121,10 @@ def start_worker(
     ``on_done(result)`` follows a normal end, ``on_error(exc)`` a failure (already notified), and
     ``on_finish(outcome)`` always comes last with DONE, CANCELLED or FAILED. ``worker.quit()``
     cancels between two yields.
+
+    The worker belongs to the dock that started it, not to a viewer window: napari's own
+    ``create_worker`` registers work with whichever viewer is current, and closing that window
+    would cancel it; the docks stop their own work when they are closed.
     """
     # set by returned/errored; a run that ends with neither was cancelled
     outcome: dict[str, str | None] = {"value": None}
@@ -135,7 +140,9 @@ def start_worker(
         if on_yield is not None:
             worker.yielded.connect(on_yield)
     else:
-        worker = create_worker(_guarded_function, func, *args, _ignore_errors=True, **kwargs)
+        worker = create_worker(
+            _guarded_function, func, *args, _worker_class=FunctionWorker, _ignore_errors=True, **kwargs
+        )
 
     def returned(result: Any) -> None:
         outcome["value"] = FAILED if isinstance(result, _Failure) else DONE

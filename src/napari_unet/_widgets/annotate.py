@@ -54,10 +54,12 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet import annotation as core
+from napari_unet import layers as roles
 from napari_unet.errors import UserInputError
 
-from . import LayerComboBox, _alive, layer_data, unwrap
+from . import Dock, LayerComboBox, _alive, image_key_of, is_derived, layer_data, linked_layer, unwrap
 from ._notify import notify_error, notify_info, user_errors
+from ._session import session_for
 from ._worker import DONE, TaskPanel, start_worker
 
 __all__ = ["AnnotateWidget", "AnnotationAutosaver", "autosaver_for"]
@@ -93,10 +95,18 @@ def class_names(layer: Any) -> list[str] | None:
     return core.class_names_from_features(getattr(layer, "features", None))
 
 
+def is_annotation_layer(layer: Any) -> bool:
+    """True for a layer made or tied as annotations (its role, or the autosave link)."""
+    meta = layer.metadata or {}
+    return roles.role_of(meta) == roles.ANNOTATIONS or META_KEY in meta
+
+
 def looks_like_prediction(layer: Any) -> bool:
     """True for a Segment dock output ("<image> segmentation", label 0 "not segmented")."""
-    if META_KEY in (layer.metadata or {}):
+    if is_annotation_layer(layer):
         return False
+    if is_derived(layer, roles.SEGMENTATION, roles.PREVIEW):
+        return True
     features = getattr(layer, "features", None)
     try:
         first = str(list(features["class"])[0]) if "class" in features else ""
@@ -156,9 +166,7 @@ def _autosave_job(
 ) -> core.SavedSidecar | UserInputError:
     """Worker: save one layer; a failure comes back as a value, for the caller to report once."""
     try:
-        return core.autosave(
-            labels, source=source, classes=classes, skip_empty=first, keep_previous=first
-        )
+        return core.autosave(labels, source=source, classes=classes, skip_empty=first, keep_previous=first)
     except UserInputError as exc:
         return exc
 
@@ -295,7 +303,10 @@ class AnnotationAutosaver(QObject):
             entry.dirty = entry.check = False
             entry.saving = True
             start_worker(
-                _autosave_job, layer.data, entry.source, class_names(layer) or [],
+                _autosave_job,
+                layer.data,
+                entry.source,
+                class_names(layer) or [],
                 not entry.owns_file,
                 on_done=self._done_callback(layer, entry, only_check),
                 on_finish=self._finish_callback(entry),
@@ -340,8 +351,11 @@ class AnnotationAutosaver(QObject):
         """Save one layer synchronously (window closing, layer removed); failures are logged."""
         try:
             saved = core.autosave(
-                layer.data, source=entry.source, classes=class_names(layer) or [],
-                skip_empty=not entry.owns_file, keep_previous=not entry.owns_file,
+                layer.data,
+                source=entry.source,
+                classes=class_names(layer) or [],
+                skip_empty=not entry.owns_file,
+                keep_previous=not entry.owns_file,
             )
         except Exception as exc:  # closing must go on; the log says what was not saved
             log.error("napari-unet: annotations of '%s' not autosaved: %s", layer.name, exc)
@@ -371,6 +385,100 @@ def autosaver_for(viewer: Any) -> AnnotationAutosaver:
     return found
 
 
+def add_annotation_layer(
+    viewer: Any,
+    image: Any,
+    names: list[str],
+    labels: np.ndarray | None = None,
+    name: str | None = None,
+) -> Labels:
+    """Add an annotation layer for ``image``: linked to it, its classes' palette, autosaved.
+
+    Every dock makes annotation layers through this one function, so paint on any of them is
+    autosaved and every dock finds the layer as "the annotations of this image".
+    """
+    viewer = unwrap(viewer)
+    source = image_source(image)
+    data, kwargs = roles.annotation_layer(
+        image.name,
+        layer_data(image).shape,
+        names,
+        key=image_key_of(image),
+        source=source.to_dict(),
+        source_key=META_KEY,
+        labels=labels,
+        name=name,
+    )
+    layer = viewer.add_labels(data, scale=image.scale, translate=image.translate, units=image.units, **kwargs)
+    autosaver_for(viewer).track(layer, source)
+    bind_class_keys(layer)
+    layer.mode = "paint"
+    layer.selected_label = 1
+    return layer
+
+
+def find_annotations(viewer: Any, image: Any) -> Any | None:
+    """The annotation layer of ``image``: linked by role, tied by source, or named after it.
+
+    A sample's ground truth or a segmentation is never taken for annotations here.
+    """
+    viewer = unwrap(viewer)
+    linked = linked_layer(viewer, image, roles.ANNOTATIONS)
+    if isinstance(linked, Labels):
+        return linked
+    source = image_source(image)
+    for layer in reversed(list(viewer.layers)):
+        tied = _source_of_annotations(layer) if isinstance(layer, Labels) else None
+        if tied is not None and tied.key() == source.key() and tied.name == source.name:
+            return layer
+    named = f"{image.name} annotations"
+    found = viewer.layers[named] if named in viewer.layers else None
+    if isinstance(found, Labels) and not is_derived(
+        found, roles.SEGMENTATION, roles.PREVIEW, roles.GROUND_TRUTH
+    ):
+        return found
+    return None
+
+
+def find_segmentation(viewer: Any, image: Any) -> Any | None:
+    """The segmentation of ``image``: linked by role, or a Segment output named after it."""
+    viewer = unwrap(viewer)
+    linked = linked_layer(viewer, image, roles.SEGMENTATION)
+    if isinstance(linked, Labels):
+        return linked
+    named = f"{image.name} segmentation"
+    found = viewer.layers[named] if named in viewer.layers else None
+    return found if isinstance(found, Labels) and looks_like_prediction(found) else None
+
+
+def bind_class_keys(layer: Any) -> None:
+    """Number keys 1-9 choose the class to paint on ``layer`` (modes keep their letter keys)."""
+
+    def choose(n: int) -> Any:
+        def select(ly: Any) -> None:
+            names = class_names(ly) or []
+            if n <= max(len(names), 1):
+                ly.selected_label = n
+                if ly.mode in ("pan_zoom", "transform", "pick", "erase"):
+                    ly.mode = "paint"
+
+        return select
+
+    for n in range(1, 10):
+        layer.bind_key(str(n), choose(n), overwrite=True)
+
+
+def _local(result: core.CopyResult) -> tuple[np.ndarray, ...]:
+    """Indices into ``result.previous`` of the pixels the copy changed."""
+    assert result.indices is not None
+    out = []
+    for axis, r in enumerate(result.region):
+        if isinstance(r, slice):
+            out.append(result.indices[axis] - (r.start or 0))
+    out.extend(result.indices[len(result.region) :])
+    return tuple(out)
+
+
 def _swatch(color: str) -> QIcon:
     pix = QPixmap(14, 14)
     pix.fill(QColor(0, 0, 0, 0) if color == "transparent" else QColor(color))
@@ -380,7 +488,7 @@ def _swatch(color: str) -> QIcon:
 # ------------------------------------------------------------------------------ the dock
 
 
-class AnnotateWidget(QWidget):
+class AnnotateWidget(Dock):
     """Paint annotations per class, start from a prediction, and keep them safe on disk."""
 
     COUNT_DELAY_MS = 300
@@ -388,13 +496,19 @@ class AnnotateWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
+        self.session = session_for(napari_viewer)
         #: the viewer's autosaver (it outlives this dock)
         self.autosaver = autosaver_for(napari_viewer)
+        me = weakref.ref(self)
 
         # -- layers
         self.image_combo = LayerComboBox(napari_viewer, Image, accept=lambda ly: not ly.rgb)
         self.labels_combo = LayerComboBox(
-            napari_viewer, Labels, accept=lambda ly: not looks_like_prediction(ly)
+            napari_viewer,
+            Labels,
+            accept=lambda ly: not looks_like_prediction(ly),
+            none_text="none yet: click 'New annotation layer'",
+            preferred=lambda: me() and me()._preferred_annotations(),
         )
         self.new_button = QPushButton("New annotation layer")
         self.new_button.clicked.connect(self.new_annotation_layer)
@@ -425,6 +539,12 @@ class AnnotateWidget(QWidget):
         self.rename_class_button = QPushButton("Rename")
         self.rename_class_button.setToolTip("Rename the selected class (or double-click it)")
         self.rename_class_button.clicked.connect(self._rename_selected)
+        self.remove_class_button = QPushButton("Remove")
+        self.remove_class_button.setToolTip(
+            "Remove the selected class: Fine-tune then drops its output channel; its painted "
+            "pixels become 'not annotated' (asked first)"
+        )
+        self.remove_class_button.clicked.connect(self._remove_selected)
 
         # -- counts
         self.counts_table = QTableWidget(0, 3)
@@ -438,7 +558,11 @@ class AnnotateWidget(QWidget):
 
         # -- start from prediction
         self.prediction_combo = LayerComboBox(
-            napari_viewer, Labels, accept=lambda ly: META_KEY not in (ly.metadata or {})
+            napari_viewer,
+            Labels,
+            accept=lambda ly: not is_annotation_layer(ly),
+            none_text="none yet: run Segment",
+            preferred=lambda: me() and me()._preferred_segmentation(),
         )
         self.region_combo = QComboBox()
         self.region_combo.addItems([REGION_SLICE, REGION_BOXES])
@@ -480,6 +604,8 @@ class AnnotateWidget(QWidget):
         self.count_timer.timeout.connect(self._count)
 
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.image_combo.activated.connect(self._on_image_chosen)
+        self.session.image_chosen.connect(self._follow_image)
         self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
         events = napari_viewer.layers.events
         events.inserted.connect(self._on_inserted)
@@ -501,6 +627,7 @@ class AnnotateWidget(QWidget):
         name_row.addWidget(self.class_name_edit, 1)
         name_row.addWidget(self.add_class_button)
         name_row.addWidget(self.rename_class_button)
+        name_row.addWidget(self.remove_class_button)
         classes_layout = QVBoxLayout(classes_box)
         classes_layout.addWidget(self.class_list)
         classes_layout.addLayout(name_row)
@@ -530,7 +657,7 @@ class AnnotateWidget(QWidget):
         files_row.addWidget(self.save_button)
         files_row.addWidget(self.load_button)
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(layers)
         layout.addWidget(self.restore_bar)
         layout.addWidget(classes_box)
@@ -543,35 +670,50 @@ class AnnotateWidget(QWidget):
 
     def event(self, event: QEvent) -> bool:
         """Once the dock sits in the viewer's window, have the autosaver watch it for closing."""
-        if event.type() == QEvent.Type.ParentChange:
+        if event.type() == QEvent.Type.ParentChange and self.parent() is not None:
             window = self.window()
             self.autosaver.watch_window(window if window is not self else None)
         return super().event(event)
 
+    def dock_closed(self) -> None:
+        """Stop counting and saving from this dock; the viewer's autosaver goes on."""
+        super().dock_closed()
+        self.count_timer.stop()
+        old = self._label_events() if self._label_events is not None else None
+        if old is not None:
+            old.events.selected_label.disconnect(self._on_selected_label)
+        self._label_events = None
+
     # ------------------------------------------------------------------ layer bookkeeping
     def _annotations_for(self, image: Any) -> Any | None:
-        """The annotation layer tied to ``image`` (by source), or the one named after it."""
-        source = image_source(image)
-        named = f"{image.name} annotations"
-        for layer in self.labels_combo.layers():
-            tied = _source_of_annotations(layer)
-            if tied is not None and tied.key() == source.key() and tied.name == source.name:
-                return layer
-        return self.viewer.layers[named] if named in self.viewer.layers else None
+        """The annotation layer of ``image`` (see :func:`find_annotations`)."""
+        return find_annotations(self.viewer, image)
+
+    def _preferred_annotations(self) -> Any | None:
+        image = self.image_combo.layer()
+        return self._annotations_for(image) if image is not None else None
+
+    def _segmentation_for(self, image: Any) -> Any | None:
+        """The segmentation of ``image`` (see :func:`find_segmentation`)."""
+        return find_segmentation(self.viewer, image)
+
+    def _preferred_segmentation(self) -> Any | None:
+        image = self.image_combo.layer()
+        return self._segmentation_for(image) if image is not None else None
+
+    def _on_image_chosen(self, _index: int) -> None:
+        self.session.image_chosen.emit(self.image_combo.layer())
+
+    def _follow_image(self, layer: Any) -> None:
+        if _alive(self) and not self.closed and layer in self.image_combo.layers():
+            if layer is not self.image_combo.layer():
+                self.image_combo.set_layer(layer, by_hand=False)
 
     def _on_image_changed(self, *_: Any) -> None:
         if not _alive(self):
             return
-        image = self.image_combo.layer()
-        if image is not None:
-            found = self._annotations_for(image)
-            if found is not None and isinstance(found, Labels):
-                self.labels_combo.set_layer(found)
-            segmentation = f"{image.name} segmentation"
-            if segmentation in self.viewer.layers:
-                seg = self.viewer.layers[segmentation]
-                if isinstance(seg, Labels):
-                    self.prediction_combo.set_layer(seg)
+        self.labels_combo.follow()
+        self.prediction_combo.follow()
         self._check_sidecar()
         self._on_labels_changed()
 
@@ -622,6 +764,13 @@ class AnnotateWidget(QWidget):
         source = _source_of_annotations(layer) or image_source(image)
         if tie and META_KEY not in layer.metadata:
             layer.metadata = {**layer.metadata, META_KEY: source.to_dict()}
+        if tie and roles.role_of(layer.metadata) != roles.ANNOTATIONS:
+            # picked by hand and painted on: from now on it is this image's annotation layer
+            layer.metadata = {
+                **layer.metadata,
+                **roles.role_metadata(roles.ANNOTATIONS, image_key_of(image)),
+            }
+            bind_class_keys(layer)
         return self.autosaver.track(layer, source)
 
     # ------------------------------------------------------------------ edits -> counts, status
@@ -734,11 +883,10 @@ class AnnotateWidget(QWidget):
 
     def _default_classes(self, image: Any | None) -> list[str]:
         if image is not None:
-            seg = f"{image.name} segmentation"
-            if seg in self.viewer.layers:
-                names = class_names(self.viewer.layers[seg])
-                if names:
-                    return names
+            seg = self._segmentation_for(image)
+            names = class_names(seg) if seg is not None else None
+            if names:
+                return names
         return default_classes()
 
     def _show_classes(self) -> None:
@@ -766,7 +914,9 @@ class AnnotateWidget(QWidget):
     def _apply_classes(self, layer: Any, names: list[str]) -> None:
         """Store class names on the layer and colour each class with its fixed colour."""
         layer.features = core.class_features(names)
-        layer.colormap = DirectLabelColormap(color_dict=core.class_colors(len(names)))
+        layer.colormap = DirectLabelColormap(color_dict=roles.class_palette(names))
+        if roles.role_of(layer.metadata) == roles.ANNOTATIONS:
+            self.session.classes_changed.emit(list(names))
 
     def _layer_for_classes(self) -> Any:
         """The chosen annotation layer, checked against the image (shape) and tied to it."""
@@ -810,6 +960,45 @@ class AnnotateWidget(QWidget):
             self.class_name_edit.clear()
         self._show_classes()
         self._show_counts()
+
+    def remove_class(self, index: int) -> None:
+        """Remove class ``index`` (1-based); its painted pixels become 'not annotated'."""
+        with user_errors():
+            layer = self._layer_for_classes()
+            names = class_names(layer) or []
+            if not 1 <= int(index) <= len(names):
+                raise UserInputError(f"there is no class {index}; classes are 1..{len(names)}")
+            painted = bool((np.asarray(layer.data) == int(index)).any())
+            if painted and not self._confirm_remove(names[int(index) - 1]):
+                return
+            new = core.remove_class(names, int(index), layer.data)
+            self._apply_classes(layer, new)
+            layer.refresh()
+            self.autosaver.mark(layer, None)
+            self._show_classes()
+            self._recount(all_slices=True)
+
+    #: answer for removing a class that has paint (tests set it); None asks in a dialog
+    confirm_remove: Any = None
+
+    def _confirm_remove(self, name: str) -> bool:
+        if self.confirm_remove is not None:
+            return bool(self.confirm_remove(name))
+        answer = QMessageBox.question(
+            self,
+            "Remove a painted class?",
+            f"Pixels painted as '{name}' become 'not annotated'. Remove the class?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _remove_selected(self) -> None:
+        item = self.class_list.currentItem()
+        if item is None:
+            notify_error("click the class to remove first")
+            return
+        self.remove_class(self._row_label(item))
 
     def _rename_selected(self) -> None:
         item = self.class_list.currentItem()
@@ -856,22 +1045,8 @@ class AnnotateWidget(QWidget):
     def _add_annotation_layer(
         self, image: Any, labels: np.ndarray, names: list[str], name: str | None = None
     ) -> Labels:
-        source = image_source(image)
-        layer = self.viewer.add_labels(
-            labels,
-            name=name or f"{image.name} annotations",
-            scale=image.scale,
-            translate=image.translate,
-            units=image.units,
-            features=core.class_features(names),
-            colormap=DirectLabelColormap(color_dict=core.class_colors(len(names))),
-            metadata={META_KEY: source.to_dict()},
-            opacity=0.7,
-        )
-        self._track(layer, image, tie=True)
+        layer = add_annotation_layer(self.viewer, image, names, labels=labels, name=name)
         self.labels_combo.set_layer(layer)
-        layer.mode = "paint"
-        layer.selected_label = 1
         return layer
 
     def new_annotation_layer(self) -> Labels | None:
@@ -907,8 +1082,7 @@ class AnnotateWidget(QWidget):
         if info is not None and image is not None:
             source = image_source(image)
             restored = any(
-                e.source.key() == source.key() and (e.owns_file or e.dirty)
-                for _, e in self.autosaver.live()
+                e.source.key() == source.key() and (e.owns_file or e.dirty) for _, e in self.autosaver.live()
             )
         show = info is not None and info.pixels > 0 and not restored
         self.restore_bar.setVisible(show)
@@ -990,9 +1164,7 @@ class AnnotateWidget(QWidget):
     def _box_regions(self, layer: Any) -> list[tuple[Any, ...]]:
         shapes = self.region_layer(layer)
         if shapes is None or len(shapes.data) == 0:
-            raise UserInputError(
-                "no rectangle drawn; click 'Draw rectangle' and drag one over the image"
-            )
+            raise UserInputError("no rectangle drawn; click 'Draw rectangle' and drag one over the image")
         regions = []
         for vertices, kind in zip(shapes.data, shapes.shape_type, strict=True):
             if kind != "rectangle":
@@ -1055,12 +1227,17 @@ class AnnotateWidget(QWidget):
                 regions = [self._visible_region(layer)]
             keep = self.keep_check.isChecked()
             results = [
-                core.copy_prediction(layer.data, pred_data, r, keep_annotated=keep)
+                core.copy_prediction(layer.data, pred_data, r, keep_annotated=keep, apply=False)
                 for r in regions
             ]
             if class_names(layer) is None:
                 self._apply_classes(layer, class_names(pred) or self.classes())
             changed = sum(r.changed for r in results)
+            # one edit on napari's undo stack: Ctrl+Z takes back the whole copy
+            with layer.block_history():
+                for r in results:
+                    if r.changed:
+                        layer.data_setitem(r.indices, r.values, refresh=False)
             self._last_copy = (weakref.ref(layer), results)
             self.undo_copy_button.setEnabled(True)
             layer.refresh()
@@ -1099,8 +1276,10 @@ class AnnotateWidget(QWidget):
         layer = ref()
         if layer is None or layer not in self.viewer.layers:
             return
-        for r in reversed(results):
-            core.undo_copy(layer.data, r)
+        with layer.block_history():  # undoable too (Ctrl+Z brings the copy back)
+            for r in reversed(results):
+                if r.changed:
+                    layer.data_setitem(r.indices, r.previous[_local(r)], refresh=False)
         layer.refresh()
         self.autosaver.mark(layer, self._slices_of(results, layer))
         self.autosave_label.setText("undid the copy from the prediction")
@@ -1132,7 +1311,10 @@ class AnnotateWidget(QWidget):
             if path is None:
                 start = str(Path.home() / f"{layer.name.replace(' ', '_')}.tif")
                 chosen, _ = QFileDialog.getSaveFileName(
-                    self, "Save annotations", start, "TIFF (*.tif *.tiff);;zarr (*.zarr)",
+                    self,
+                    "Save annotations",
+                    start,
+                    "TIFF (*.tif *.tiff);;zarr (*.zarr)",
                     options=QFileDialog.Option.DontConfirmOverwrite,
                 )
                 if not chosen:
@@ -1151,8 +1333,12 @@ class AnnotateWidget(QWidget):
             snapshot = np.array(layer.data, copy=True)  # painting may go on during the write
             self._pending_task = {"kind": "save", "target": target, "layer": layer.name}
             self.task.start(
-                core.save_annotations, target, snapshot, overwrite=overwrite,
-                cancellable=False, message=f"saving '{layer.name}' to {target}…",
+                core.save_annotations,
+                target,
+                snapshot,
+                overwrite=overwrite,
+                cancellable=False,
+                message=f"saving '{layer.name}' to {target}…",
             )
 
     def load_annotations(self, path: str | Path | None = None) -> None:
@@ -1163,7 +1349,9 @@ class AnnotateWidget(QWidget):
             image = self._image()
             if path is None:
                 chosen, _ = QFileDialog.getOpenFileName(
-                    self, "Load annotations", str(Path.home()),
+                    self,
+                    "Load annotations",
+                    str(Path.home()),
                     "Annotations (*.tif *.tiff *.zarr);;All files (*)",
                 )
                 if not chosen:
@@ -1172,8 +1360,12 @@ class AnnotateWidget(QWidget):
             target = Path(path).expanduser()
             self._pending_task = {"kind": "load", "target": target, "image": weakref.ref(image)}
             self.task.start(
-                core.load_annotations, target, tuple(layer_data(image).shape),
-                on_done=self._loaded, cancellable=False, message=f"reading {target}…",
+                core.load_annotations,
+                target,
+                tuple(layer_data(image).shape),
+                on_done=self._loaded,
+                cancellable=False,
+                message=f"reading {target}…",
             )
 
     def _loaded(self, found: core.Annotations) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,21 +35,31 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
+from napari_unet import layers as roles
 from napari_unet.device import DEVICES, select_device
 from napari_unet.errors import UserInputError
 
-from . import LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
+from . import Dock, LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import SessionModel, session_for
-from ._worker import DONE, TaskPanel
+from ._worker import DONE, TaskPanel, start_worker
 
 __all__ = ["FineTuneWidget", "LossCurve", "annotated_slices", "augmentation_preview"]
 
 PREVIEW_SAMPLES = 4
 PREVIEW_MAX_SIDE = 512
+#: seconds between two live previews while training (at least; see PREVIEW_SHARE)
+PREVIEW_EVERY_S = 5.0
+#: the most of the machine's CPU time the preview may take: after a preview that took c seconds
+#: of CPU the next waits c / (PREVIEW_SHARE * cores) seconds, so a large slice is previewed less
+#: often. Half of the 20 % budget: the snapshot copy and the painting cost a little too.
+PREVIEW_SHARE = 0.10
+#: the preview computes in one torch thread (per-thread setting), so it takes one core at most
+PREVIEW_THREADS = 1
+#: niceness of the preview thread: training keeps the CPU, the preview takes what is left
+PREVIEW_NICENESS = 19
 
 
 def annotated_slices(image: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, list[int]]:
@@ -68,9 +80,7 @@ def annotated_slices(image: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, l
 
 def class_names_of(model: Any) -> list[str]:
     """The model's class names, or "class 1".."class K" when it has none."""
-    k = int(model.n_classes)
-    names = list(model.metadata.get("classes") or [])
-    return names if len(names) == k else [f"class {i}" for i in range(1, k + 1)]
+    return roles.class_names_of(model)
 
 
 def train_events(
@@ -92,6 +102,27 @@ def train_events(
         trainer.stop()
     yield from trainer.run()
     return trainer
+
+
+def live_preview(model: Any, image: Any, z: int | None) -> tuple[int | None, np.ndarray, float]:
+    """Worker: segment slice ``z`` of ``image`` (the whole image when None) with a snapshot.
+
+    The thread runs at the lowest CPU priority with one torch thread, so training keeps the cores
+    and the preview takes what is left; ``model`` is the trainer's CPU copy, never the model being
+    trained. Returns (z, labels, CPU seconds this thread spent).
+    """
+    import torch
+
+    from napari_unet.inference import labels_from_probabilities, predict
+
+    from ._worker import lower_thread_priority
+
+    lower_thread_priority(PREVIEW_NICENESS)
+    torch.set_num_threads(PREVIEW_THREADS)  # this thread's own setting; training keeps its threads
+    t0 = time.thread_time()
+    plane = np.asarray(image[z] if z is not None else image)
+    probs = predict(model, plane, device="cpu", precision="fp32", batch_size=1)
+    return z, labels_from_probabilities(probs), time.thread_time() - t0
 
 
 def augmentation_preview(
@@ -126,7 +157,8 @@ def augmentation_preview(
 
 
 class LossCurve(FigureCanvasQTAgg):
-    """The training loss per step and its running mean, redrawn at most a few times a second."""
+    """The training loss per step, its running mean and the validation loss, redrawn twice a
+    second. Before the first point the axes show steps 0-10 and loss 0-1, not an empty range."""
 
     def __init__(self) -> None:
         self.figure = Figure(figsize=(3.2, 2.0), dpi=100, tight_layout=True)
@@ -135,16 +167,27 @@ class LossCurve(FigureCanvasQTAgg):
         self.steps: list[int] = []
         self.losses: list[float] = []
         self._mean: list[float] = []
+        #: validation loss per step (step 0: the start model)
+        self.val_steps: list[int] = []
+        self.val_losses: list[float] = []
         (self._raw_line,) = self.ax.plot([], [], lw=0.8, alpha=0.45, label="loss")
         (self._mean_line,) = self.ax.plot([], [], lw=1.6, label="running mean")
+        (self._val_line,) = self.ax.plot(
+            [], [], lw=1.2, ls="--", marker="o", ms=3, color="#e69f00", label="validation"
+        )
         self.ax.set_xlabel("step")
         self.ax.set_ylabel("loss")
         self.ax.legend(loc="upper right", fontsize="small", frameon=False)
-        self.setMinimumHeight(170)
+        self._empty_limits()
+        self.setMinimumHeight(150)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        self._timer.setInterval(250)
+        self._timer.setInterval(500)  # a redraw costs the event loop tens of ms
         self._timer.timeout.connect(self.redraw)
+
+    def _empty_limits(self) -> None:
+        self.ax.set_xlim(0, 10)
+        self.ax.set_ylim(0, 1)
 
     def apply_theme(self, background: str, text: str, accent: str) -> None:
         """Draw in the viewer's colours (hex strings): dock background, text, and the mean line."""
@@ -167,6 +210,8 @@ class LossCurve(FigureCanvasQTAgg):
         self.steps.clear()
         self.losses.clear()
         self._mean.clear()
+        self.val_steps.clear()
+        self.val_losses.clear()
         self.redraw()
 
     def add(self, step: int, loss: float) -> None:
@@ -175,6 +220,15 @@ class LossCurve(FigureCanvasQTAgg):
         self.losses.append(float(loss))
         prev = self._mean[-1] if self._mean else float(loss)
         self._mean.append(0.9 * prev + 0.1 * float(loss))
+        self._schedule()
+
+    def add_validation(self, step: int, loss: float) -> None:
+        """Add a validation loss (step 0 is the start model's)."""
+        self.val_steps.append(int(step))
+        self.val_losses.append(float(loss))
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self._timer.isActive():
             self._timer.start()
 
@@ -182,12 +236,18 @@ class LossCurve(FigureCanvasQTAgg):
         """Draw the current points now."""
         self._raw_line.set_data(self.steps, self.losses)
         self._mean_line.set_data(self.steps, self._mean)
-        if self.steps:
-            self.ax.set_xlim(0, max(self.steps[-1], 10))
-            finite = [v for v in self.losses if math.isfinite(v)]
-            if finite:
-                top = max(finite)
-                self.ax.set_ylim(0, top * 1.05 if top > 0 else 1)
+        self._val_line.set_data(self.val_steps, self.val_losses)
+        values = [v for v in self.losses + self.val_losses if math.isfinite(v)]
+        if self.steps or self.val_steps:
+            last = max(self.steps[-1] if self.steps else 0, max(self.val_steps, default=0))
+            self.ax.set_xlim(0, max(last, 10))
+            # the range of the data, so a loss that falls from 0.52 to 0.31 shows as a fall and
+            # not as a flat line near the top of a 0..0.55 axis
+            lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+            pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1e-3)
+            self.ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        else:
+            self._empty_limits()
         self.draw_idle()
 
 
@@ -195,21 +255,50 @@ class LossCurve(FigureCanvasQTAgg):
 DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-4}
 
 
+def _validation_text(step: int, metrics: dict[str, float], run: dict[str, Any] | None) -> str:
+    """One line of validation figures, against the start model's once there are two."""
+    parts = []
+    if "val_loss" in metrics:
+        parts.append(f"loss {metrics['val_loss']:.3f}")
+    if "val_pixel_error" in metrics:
+        parts.append(f"pixel error {metrics['val_pixel_error']:.3f}")
+    ious = [f"{k[len('val_iou_') :]} {v:.2f}" for k, v in metrics.items() if k.startswith("val_iou_")]
+    if ious:
+        parts.append("IoU " + ", ".join(ious))
+    where = "start model" if step == 0 else f"step {step}"
+    text = f"Validation ({where}): " + "; ".join(parts)
+    start = (run or {}).get("start_metrics")
+    if step > 0 and start and "val_loss" in start and "val_loss" in metrics:
+        text += f" (start {start['val_loss']:.3f})"
+    return text
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "model"
 
 
-class FineTuneWidget(QWidget):
+class FineTuneWidget(Dock):
     """Fine-tune a U-Net on annotations painted in the viewer; the result joins the session."""
 
     def __init__(self, napari_viewer: Any) -> None:
+        from .annotate import looks_like_prediction
+
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
         self.session = session_for(napari_viewer)
+        me = weakref.ref(self)
         self.image_combo = LayerComboBox(napari_viewer, Image)
-        self.labels_combo = LayerComboBox(napari_viewer, Labels)
+        self.labels_combo = LayerComboBox(
+            napari_viewer,
+            Labels,
+            accept=lambda ly: not looks_like_prediction(ly),
+            none_text="none yet: add one (or use Annotate)",
+            preferred=lambda: me() and me()._preferred_annotations(),
+        )
         self.add_layer_button = QPushButton("Add annotation layer")
-        self.add_layer_button.setToolTip("An empty Labels layer of the image's shape, to paint on")
+        self.add_layer_button.setToolTip(
+            "An annotation layer for the image (the same as Annotate's): its classes, colours and autosave"
+        )
         self.add_layer_button.clicked.connect(self.add_annotation_layer)
         self.model_chooser = ModelChooser(napari_viewer)
         self.classes_label = QLabel("")
@@ -243,8 +332,17 @@ class FineTuneWidget(QWidget):
         self.preview_button.clicked.connect(self.preview_augmentation)
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
+        self.live_check = QCheckBox("segment the slice on screen while training")
+        self.live_check.setChecked(True)
+        self.live_check.setToolTip(
+            f"Every {PREVIEW_EVERY_S:.0f} s the current weights segment the slice on screen into "
+            "'<image> preview', in a low-priority thread (measured to cost under 20 % of the "
+            "training speed)"
+        )
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
+        self.verdict_label = QLabel("")
+        self.verdict_label.setWordWrap(True)
         self.task = TaskPanel("Stop")
         self.task.finished.connect(self._on_finished)
         self.loss_curve = LossCurve()
@@ -272,16 +370,23 @@ class FineTuneWidget(QWidget):
         form.addRow("Augment", self.augment_check)
         form.addRow("", self.preview_button)
         form.addRow("Device", self.device_combo)
-        layout = QVBoxLayout(self)
+        form.addRow("Live preview", self.live_check)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.train_button)
         layout.addWidget(self.task)
         layout.addWidget(self.loss_curve)
+        layout.addWidget(self.verdict_label)
         layout.addWidget(self.save_button)
         layout.addStretch(1)
 
         self.limit_combo.currentIndexChanged.connect(self._show_limit)
         self.model_chooser.changed.connect(self._show_classes)
+        self.labels_combo.currentIndexChanged.connect(self._show_classes)
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.image_combo.activated.connect(self._on_image_chosen)
+        self.session.image_chosen.connect(self._follow_image)
+        self.session.classes_changed.connect(self._on_classes_changed)
         napari_viewer.events.theme.connect(self._apply_theme)
         self._apply_theme()
         self._show_limit()
@@ -307,15 +412,61 @@ class FineTuneWidget(QWidget):
         self.steps_spin.setVisible(by_steps)
         self.minutes_spin.setVisible(not by_steps)
 
-    def _show_classes(self) -> None:
+    def _preferred_annotations(self) -> Any | None:
+        from .annotate import find_annotations
+
+        image = self.image_combo.layer()
+        return find_annotations(self.viewer, image) if image is not None else None
+
+    def _on_image_changed(self, *_: Any) -> None:
+        if _alive(self):
+            self.labels_combo.follow()
+
+    def _on_image_chosen(self, _index: int) -> None:
+        self.session.image_chosen.emit(self.image_combo.layer())
+
+    def _follow_image(self, layer: Any) -> None:
+        if _alive(self) and not self.closed and layer in self.image_combo.layers():
+            if layer is not self.image_combo.layer():
+                self.image_combo.set_layer(layer, by_hand=False)
+
+    def _on_classes_changed(self, _names: Any = None) -> None:
+        if _alive(self) and not self.closed:
+            self._show_classes()
+
+    def target_classes(self) -> list[str] | None:
+        """The classes to train: the annotation layer's palette (Annotate), else the model's."""
+        from napari_unet.annotation import class_names_from_features
+
+        layer = self.labels_combo.layer()
+        names = class_names_from_features(getattr(layer, "features", None)) if layer else None
+        if names:
+            return names
         try:
-            model, _name = self.model_chooser.load()
+            return class_names_of(self.model_chooser.load()[0])
         except UserInputError:
+            return None
+
+    def _show_classes(self, *_: Any) -> None:
+        if not _alive(self):
+            return
+        names = self.target_classes()
+        if names is None:
             self.classes_label.setText("Choose a model to see the classes to paint.")
             return
-        names = class_names_of(model)
         listed = ", ".join(f"{i} = {n}" for i, n in enumerate(names, start=1))
-        self.classes_label.setText(f"Paint {listed}; 0 = not annotated.")
+        text = f"Paint {listed}; 0 = not annotated."
+        try:
+            known = class_names_of(self.model_chooser.load()[0])
+        except UserInputError:
+            known = names
+        added = [n for n in names if n not in known]
+        dropped = [n for n in known if n not in names]
+        if added:
+            text += f" New output channel for {', '.join(added)}."
+        if dropped:
+            text += f" Not trained (removed in Annotate): {', '.join(dropped)}."
+        self.classes_label.setText(text)
 
     # ------------------------------------------------------------------ inputs
     def _image(self) -> tuple[Any, Any]:
@@ -342,7 +493,9 @@ class FineTuneWidget(QWidget):
 
         by_steps = self.limit_combo.currentText() == "steps"
         return TrainConfig(
-            steps=int(self.steps_spin.value()) if by_steps else 10**9,
+            steps=int(self.steps_spin.value()) if by_steps else None,
+            validation="auto",
+            snapshot_every_s=PREVIEW_EVERY_S if self.live_check.isChecked() else 0.0,
             max_minutes=None if by_steps else float(self.minutes_spin.value()),
             learning_rate=float(self.lr_spin.value()),
             optimizer=self.optimizer_combo.currentText(),
@@ -353,31 +506,17 @@ class FineTuneWidget(QWidget):
 
     # ------------------------------------------------------------------ buttons
     def add_annotation_layer(self) -> Labels | None:
-        """Add an empty Labels layer the shape of the chosen image and select it for painting."""
+        """Add the image's annotation layer (as Annotate makes it) and select it for painting."""
+        from .annotate import add_annotation_layer, default_classes
+
         with user_errors():
-            image_layer, data = self._image()
-            names = None
+            image_layer, _data = self._image()
             try:
                 names = class_names_of(self.model_chooser.load()[0])
             except UserInputError:
-                pass
-            features = None
-            if names:
-                features = {
-                    "index": list(range(len(names) + 1)),
-                    "class": ["not annotated", *names],
-                }
-            layer = self.viewer.add_labels(
-                np.zeros(data.shape, dtype=np.uint8),
-                name=f"{image_layer.name} annotations",
-                scale=image_layer.scale,
-                translate=image_layer.translate,
-                units=image_layer.units,
-                features=features,
-            )
+                names = default_classes()
+            layer = add_annotation_layer(self.viewer, image_layer, names)
             self.labels_combo.set_layer(layer)
-            layer.mode = "paint"
-            layer.selected_label = 1
             return layer
         return None
 
@@ -404,8 +543,7 @@ class FineTuneWidget(QWidget):
             )
         k_high = int(labels.max())
         start_model, start_name = self.model_chooser.load()
-        if k_high > start_model.n_classes and labels.min() >= 0:
-            start_model = self._grow_classes(start_model, labels_layer, k_high)
+        start_model = self._match_classes(start_model, labels_layer)
         if labels.min() < 0 or k_high > start_model.n_classes:
             raise UserInputError(
                 f"annotation layer '{labels_layer.name}' uses label {k_high}, but the model has "
@@ -422,12 +560,17 @@ class FineTuneWidget(QWidget):
             "name": name,
             "start": start_name,
             "image": image_layer.name,
+            "image_layer": weakref.ref(image_layer),
+            "classes": class_names_of(model),
+            "preview_busy": False,
+            "previewed": None,
             "t0": time.perf_counter(),
             "last": None,
             "minutes": config.max_minutes,
             "checkpoint": config.checkpoint_path,
         }
         self.loss_curve.clear()
+        self.verdict_label.setText("")
         self.train_button.setEnabled(False)
         self.preview_button.setEnabled(False)
         self.task.start(
@@ -444,17 +587,22 @@ class FineTuneWidget(QWidget):
             message=f"preparing {start_name} for training on '{image_layer.name}'…",
         )
 
-    @staticmethod
-    def _grow_classes(model: Any, labels_layer: Any, k_high: int) -> Any:
-        """Classes added in the Annotate dock (named in the layer's features) get output channels."""
+    def _match_classes(self, model: Any, labels_layer: Any) -> Any:
+        """The model with the annotation layer's classes: a class added in Annotate gets a new
+        output channel, a class removed there is dropped; classes are matched by name."""
         from napari_unet.annotation import class_names_from_features
         from napari_unet.model import with_classes
 
         names = class_names_from_features(getattr(labels_layer, "features", None))
-        if not names or len(names) < k_high:
+        if not names or names == class_names_of(model):
             return model
-        known = class_names_of(model)
-        return with_classes(model, known + list(names[len(known) : max(k_high, len(known))]))
+        try:
+            return with_classes(model, list(names))
+        except ValueError as exc:
+            raise UserInputError(
+                f"cannot train the classes of '{labels_layer.name}' ({', '.join(names)}) from "
+                f"this model: {exc}"
+            ) from None
 
     @staticmethod
     def _stop(control: dict[str, Any]) -> None:
@@ -480,9 +628,87 @@ class FineTuneWidget(QWidget):
             self._run["last"] = event
         if event.kind == "step" and event.loss is not None:
             self.loss_curve.add(event.step, event.loss)
-        elif event.kind == "validation" and event.metrics:
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
-            self.task.status.setText(f"step {event.step}: {shown}")
+        elif event.kind in ("validation", "done") and event.metrics:
+            if "val_loss" in event.metrics:
+                self.loss_curve.add_validation(event.step, event.metrics["val_loss"])
+            self.verdict_label.setText(_validation_text(event.step, event.metrics, self._run))
+            if event.step == 0 and self._run is not None:
+                self._run["start_metrics"] = dict(event.metrics)
+        elif event.kind == "snapshot" and event.model is not None:
+            self._preview(event.model)
+
+    # ------------------------------------------------------------------ live preview
+    def _preview(self, model: Any) -> None:
+        """Segment the slice on screen with a snapshot, unless the last preview still runs."""
+        run = self._run
+        if run is None or run["preview_busy"] or not self.live_check.isChecked() or self.closed:
+            return
+        if time.perf_counter() < run.get("next_preview", 0.0):
+            return  # the last preview was costly: keep within PREVIEW_SHARE of the CPU
+        image = run["image_layer"]()
+        if image is None or image not in self.viewer.layers:
+            return
+        data = layer_data(image)
+        z = self._current_slice(image) if data.ndim == 3 else None
+        run["preview_busy"] = True
+
+        def finished(_outcome: str) -> None:
+            run["preview_busy"] = False
+
+        me = weakref.ref(self)
+        start_worker(
+            live_preview,
+            model,
+            data,
+            z,
+            on_done=lambda result: me() is not None and me()._show_live(run, image, result),
+            on_finish=finished,
+        )
+
+    def _current_slice(self, layer: Any) -> int:
+        try:
+            z = float(layer.world_to_data(self.viewer.dims.point)[0])
+        except (IndexError, ValueError):
+            return 0
+        return int(np.clip(round(z), 0, layer_data(layer).shape[0] - 1))
+
+    def _show_live(self, run: dict[str, Any], image: Any, result: tuple[Any, ...]) -> None:
+        """Main thread: paint a preview into "<image> preview" (linked to the image by role)."""
+        from . import image_key_of, linked_layer
+
+        if not _alive(self) or image not in self.viewer.layers:
+            return
+        z, labels, cpu = result
+        cores = os.cpu_count() or 1
+        run["preview_cpu"] = run.get("preview_cpu", 0.0) + cpu
+        run["next_preview"] = time.perf_counter() + cpu / (PREVIEW_SHARE * cores)
+        shape = tuple(layer_data(image).shape)
+        names = run["classes"]
+        layer = linked_layer(self.viewer, image, roles.PREVIEW)
+        if layer is None or tuple(layer.data.shape) != shape:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+            kwargs = roles.preview_layer(image.name, names, key=image_key_of(image))
+            layer = self.viewer.add_labels(
+                np.zeros(shape, np.uint8),
+                scale=image.scale,
+                translate=image.translate,
+                units=image.units,
+                **kwargs,
+            )
+        elif roles.class_names_of_features(layer.features) != names:
+            layer.features = roles.preview_layer(image.name, names, key=None)["features"]
+            layer.colormap = roles.class_palette(names)
+        if z is None:
+            layer.data[...] = labels
+        else:
+            previous = run.get("previewed")
+            if previous is not None and previous != z:
+                layer.data[previous] = 0  # one slice at a time: what the model does now
+            layer.data[z] = labels
+            run["previewed"] = z
+        layer.refresh()
+        run["previews"] = run.get("previews", 0) + 1
 
     def _on_done(self, trainer: Any) -> None:
         run = self._run
@@ -493,6 +719,7 @@ class FineTuneWidget(QWidget):
             notify_warning("training stopped before its first step; no model was made")
             return
         checkpoint = Path(run["checkpoint"]) if Path(run["checkpoint"]).is_file() else None
+        worse = bool(getattr(trainer, "worse_than_start", None))
         self.result = self.session.add_model(
             run["name"],
             trainer.model,
@@ -500,7 +727,24 @@ class FineTuneWidget(QWidget):
             checkpoint,
         )
         run["steps"] = trainer.step
+        run["worse"] = worse
         self.save_button.setEnabled(True)
+        start, end = getattr(trainer, "start_metrics", None), getattr(trainer, "last_metrics", None)
+        if worse and start and end:
+            text = (
+                f"'{self.result.name}' validates worse than {run['start']} (validation loss "
+                f"{start['val_loss']:.3f} -> {end['val_loss']:.3f}); {run['start']} stays selected "
+                "in Segment. Paint more, or train fewer steps"
+            )
+            self.verdict_label.setText(text)
+            notify_warning(text)
+        else:
+            if start and end:
+                self.verdict_label.setText(
+                    f"validation loss {start['val_loss']:.3f} -> {end['val_loss']:.3f}: better "
+                    f"than {run['start']}; Segment now offers '{self.result.name}'"
+                )
+            self.session.model_offered.emit(self.result.name)
 
     def _on_finished(self, outcome: str) -> None:
         run, self._run = self._run, None

@@ -40,8 +40,7 @@ from ._worker import DONE, TaskPanel, start_worker
 __all__ = ["LoadStackWidget", "restore_offer"]
 
 _FILE_FILTER = (
-    "EM images (*.tif *.tiff *.png *.h5 *.hdf5 *.hdf *.mrc *.mrcs *.rec *.map *.zarr);;"
-    "All files (*)"
+    "EM images (*.tif *.tiff *.png *.h5 *.hdf5 *.hdf *.mrc *.mrcs *.rec *.map *.zarr);;All files (*)"
 )
 
 
@@ -296,8 +295,12 @@ class LoadStackWidget(QWidget):
             depth = _stack_depth(tuple(result.info["shape"]))
             if depth is not None and (self.z_from.value() > 0 or self.z_to.value() < depth - 1):
                 z_start, z_stop = self.z_from.value(), self.z_to.value() + 1
-        return {"dataset": dataset, "z_start": z_start, "z_stop": z_stop,
-                "factor": int(self.factor_spin.value())}
+        return {
+            "dataset": dataset,
+            "z_start": z_start,
+            "z_stop": z_stop,
+            "factor": int(self.factor_spin.value()),
+        }
 
     def _start(self) -> None:
         path = os.path.expanduser(self.path_edit.text().strip())

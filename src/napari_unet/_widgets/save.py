@@ -1,7 +1,9 @@
 """The "Save masks" dock: write a Labels layer to TIFF, zarr or a folder of PNG slices.
 
 The write is :func:`napari_unet.io.write_labels`, run in a worker thread: the file (or folder)
-appears only once complete, and an existing one is replaced only after the user confirmed it.
+appears only once complete, and an existing one is replaced only after the user confirmed it. The
+layer's class names and colours go to a ``<masks>.classes.json`` beside it, so the masks reopen as
+Labels with those names (:func:`napari_unet.layers.save_masks`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_unet.errors import UserInputError
 
-from . import LayerComboBox, unwrap
+from . import Dock, LayerComboBox, unwrap
 from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel
 
@@ -66,7 +67,26 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "labels"
 
 
-class SaveMasksWidget(QWidget):
+def layer_classes(layer: Any) -> tuple[list[str] | None, dict[int | None, str] | None]:
+    """The class names of a Labels layer (its ``features``) and its label colours, if it has them."""
+    from napari.utils.colormaps import DirectLabelColormap
+    from napari.utils.colormaps.standardize_color import rgb_to_hex
+
+    from napari_unet.annotation import class_names_from_features
+
+    names = class_names_from_features(getattr(layer, "features", None))
+    colors = None
+    cmap = getattr(layer, "colormap", None)
+    if names and isinstance(cmap, DirectLabelColormap):
+        colors = {}
+        for label, rgba in cmap.color_dict.items():
+            if label is None or 0 <= int(label) <= len(names):
+                key = None if label is None else int(label)
+                colors[key] = "transparent" if key == 0 else str(rgb_to_hex(rgba)[0])
+    return names, colors
+
+
+class SaveMasksWidget(Dock):
     """Save a Labels layer to a file; an existing file is replaced only after confirmation."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -95,7 +115,7 @@ class SaveMasksWidget(QWidget):
         form.addRow("Path", row)
         form.addRow("Format", self.format_combo)
         form.addRow("", self.target_label)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.save_button)
         layout.addWidget(self.task)
@@ -162,7 +182,7 @@ class SaveMasksWidget(QWidget):
             self._start()
 
     def _start(self) -> None:
-        from napari_unet import io
+        from napari_unet.layers import save_masks
 
         layer = self.labels_combo.layer()
         if layer is None:
@@ -184,10 +204,13 @@ class SaveMasksWidget(QWidget):
             data = data.copy()  # a snapshot: painting during the write cannot tear the file
         self._pending = {"layer": layer.name, "target": target}
         self.save_button.setEnabled(False)
+        names, colors = layer_classes(layer)
         self.task.start(
-            io.write_labels,
+            save_masks,
             target,
             data,
+            names=names,
+            colors=colors,
             overwrite=overwrite,
             voxel_size=tuple(float(v) for v in layer.scale),  # OME-Zarr keeps the layer's scale
             unit=str(layer.units[-1]) if getattr(layer, "units", None) else None,

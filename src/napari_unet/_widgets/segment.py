@@ -14,21 +14,45 @@ cancelled, the previous result stays and the finished tiles are kept as "... (pa
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QComboBox, QFormLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
 
+from napari_unet import layers as layer_roles
 from napari_unet.device import DEVICES, PRECISIONS, select_device
 from napari_unet.errors import UserInputError
 from napari_unet.instances import model_class_names
+from napari_unet.layers import class_names_of
 
-from . import LayerComboBox, ModelChooser, grey_image, layer_data, unwrap
+from . import (
+    Dock,
+    LayerComboBox,
+    ModelChooser,
+    _alive,
+    grey_image,
+    image_key_of,
+    layer_data,
+    linked_layer,
+    unwrap,
+)
 from ._notify import notify_info, notify_warning, user_errors
+from ._session import session_for
 from ._worker import CANCELLED, DONE, TaskPanel
 
 __all__ = ["SegmentWidget", "class_features", "segmentation_tiles", "slice_order"]
@@ -61,6 +85,14 @@ def slice_order(n_slices: int, first: int) -> list[int]:
     return order
 
 
+def _next_slice(remaining: list[int], control: dict[str, Any] | None) -> int:
+    """The slice to segment next: the one on screen if it is still to do, else the next in order."""
+    front = control.get("front") if control is not None else None
+    if front is not None and front in remaining:
+        return front
+    return remaining[0]
+
+
 def segmentation_tiles(
     model: Any,
     image: Any,
@@ -73,37 +105,99 @@ def segmentation_tiles(
     output: str = "classes",
     tta: str = "none",
     instance_class: str | None = None,
+    control: dict[str, Any] | None = None,
+    crop: tuple[int, int, int, int] | None = None,
 ) -> Iterator[PaintTile]:
     """Run in the worker: predict tile by tile and hand over labels ready to paint.
 
     ``classes``: every tile becomes class labels 1..K at once. ``instances``: objects need their
-    whole slice, so tiles only report progress (``labels`` None) until a slice is complete; then
-    the slice's objects of ``instance_class`` (a name or id; None: the cells; ids unique across the
-    stack) come as one item, from :func:`napari_unet.instances.instance_stream`.
+    whole slice, so tiles only report progress (``labels`` None) until a slice is complete; then the
+    slice's objects of ``instance_class`` (a name or id; None: the cells; ids unique across the
+    stack) come as one item, from :func:`napari_unet.instances.instances_of_class`.
+
+    A stack goes slice by slice in ``z_order``, except that the slice on screen
+    (``control["front"]``, set by the dock when the user changes slice) moves to the front of the
+    queue. ``crop`` = (y0, y1, x0, x1) segments only that part of each slice (the visible region),
+    with the network's context read around it.
     """
     from napari_unet.inference import predict_tiles
+    from napari_unet.normalize import compute_normalizer
 
-    tiles = predict_tiles(
-        model, image, tile_shape=tile_shape, device=device, precision=precision, z_order=z_order, tta=tta
-    )
-    if output == "classes":
-        for res in tiles:
-            labels = (np.argmax(res.probabilities, axis=0) + 1).astype(dtype)
-            yield PaintTile(res.region, labels, res.index, res.total)
-        return
-
-    from napari_unet.instances import class_index, instance_stream
-
-    names = model.metadata.get("classes")
-    k = class_index(instance_class, names, model.n_classes)
     is_stack = image.ndim == 3
-    stream = instance_stream(tiles, image.shape, k, n_classes=model.n_classes, class_names=names)
-    for res, z, ids in stream:
-        if ids is None:
-            yield PaintTile(res.region, None, res.index, res.total)
-        else:
-            region = ((z,) if is_stack else ()) + (slice(None), slice(None))
-            yield PaintTile(region, ids.astype(dtype), res.index, res.total)
+    normalizer = compute_normalizer(image, model.metadata.get("normalization"))
+    remaining = (
+        list(z_order)
+        if (is_stack and z_order is not None)
+        else (list(range(image.shape[0])) if is_stack else [0])
+    )
+    n_slices = len(remaining)
+    h, w = image.shape[-2:]
+    if crop is not None:
+        y0, y1, x0, x1 = crop
+        c = model.margin // 2
+        cy0, cy1, cx0, cx1 = max(0, y0 - c), min(h, y1 + c), max(0, x0 - c), min(w, x1 + c)
+    k_obj = None
+    names = model.metadata.get("classes")
+    if output == "instances":
+        from napari_unet.instances import class_index, instances_of_class
+
+        k_obj = class_index(instance_class, names, model.n_classes)
+    done, total, next_id = 0, 0, 0
+    while remaining:
+        z = _next_slice(remaining, control)
+        remaining.remove(z)
+        plane = image[z] if is_stack else image
+        if crop is not None:
+            plane = plane[cy0:cy1, cx0:cx1]
+        lead = (z,) if is_stack else ()
+        p_all = None
+        if k_obj is not None:
+            p_all = np.zeros((model.n_classes, *plane.shape[-2:]), dtype=np.float32)
+        tiles = predict_tiles(
+            model,
+            plane,
+            tile_shape=tile_shape,
+            device=device,
+            precision=precision,
+            normalizer=normalizer,
+            tta=tta,
+        )
+        for res in tiles:
+            total = res.total * n_slices
+            ry, rx = res.region[-2:]
+            probs = res.probabilities
+            if crop is not None:
+                # keep only the visible part of the tile, in whole-image coordinates
+                gy0, gy1 = max(ry.start + cy0, y0), min(ry.stop + cy0, y1)
+                gx0, gx1 = max(rx.start + cx0, x0), min(rx.stop + cx0, x1)
+                if gy0 >= gy1 or gx0 >= gx1:
+                    done += 1
+                    yield PaintTile(lead + (slice(0, 0), slice(0, 0)), None, done - 1, total)
+                    continue
+                probs = probs[
+                    :,
+                    gy0 - cy0 - ry.start : gy1 - cy0 - ry.start,
+                    gx0 - cx0 - rx.start : gx1 - cx0 - rx.start,
+                ]
+                ry, rx = slice(gy0, gy1), slice(gx0, gx1)
+            done += 1
+            if p_all is None:
+                labels = (np.argmax(probs, axis=0) + 1).astype(dtype)
+                yield PaintTile(lead + (ry, rx), labels, done - 1, total)
+                continue
+            oy, ox = (cy0, cx0) if crop is not None else (0, 0)
+            p_all[:, ry.start - oy : ry.stop - oy, rx.start - ox : rx.stop - ox] = probs
+            if res.index + 1 < res.total:
+                yield PaintTile(lead + (ry, rx), None, done - 1, total)
+                continue
+            ids = instances_of_class(p_all, k_obj, class_names=names).astype(dtype)
+            ids[ids > 0] += dtype.type(next_id)
+            next_id = max(next_id, int(ids.max()))
+            if crop is not None:
+                region = lead + (slice(cy0, cy1), slice(cx0, cx1))
+            else:
+                region = lead + (slice(None), slice(None))
+            yield PaintTile(region, ids, done - 1, total)
 
 
 def class_features(model: Any) -> dict[str, list]:
@@ -153,14 +247,28 @@ def _warm_up() -> None:
     Labels(np.zeros((1, 1), np.uint8), features={"index": [0], "class": ["x"]})
 
 
-class SegmentWidget(QWidget):
+#: what a run covers
+SCOPES = ("whole stack", "this slice", "visible region")
+#: painted tiles are shown together, at most this often (ms)
+REFRESH_MS = 60
+#: the viewer shortcut that segments the slice on screen
+SHORTCUT = "Alt-S"
+
+
+class SegmentWidget(Dock):
     """Segment an image layer with a U-Net, painting tiles into a Labels layer as they finish."""
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
+        self.session = session_for(napari_viewer)
         self.image_combo = LayerComboBox(napari_viewer, Image)
         self.model_chooser = ModelChooser(napari_viewer)
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems(list(SCOPES))
+        self.scope_combo.setToolTip(
+            f"What to segment; {SHORTCUT.replace('-', '+')} segments the slice on screen"
+        )
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
         self.precision_combo = QComboBox()
@@ -172,9 +280,11 @@ class SegmentWidget(QWidget):
         self.tile_spin.setSpecialValueText("auto")
         self.tile_spin.setSuffix(" px")
         self.tile_spin.setToolTip(
-            "Network input tile; auto picks the largest that memory allows. Other sizes are "
-            "rounded up to the nearest size the network accepts."
+            "Network input tile; auto picks the largest that memory allows. The line below says "
+            "the tile used, the number of tiles and about how long they take."
         )
+        self.plan_label = QLabel("")
+        self.plan_label.setWordWrap(True)
         self.tta_combo = QComboBox()
         self.tta_combo.addItems(list(TTA_CHOICES))
         self.tta_combo.setToolTip(
@@ -202,20 +312,74 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_chooser)
+        form.addRow("Segment", self.scope_combo)
         form.addRow("Device", self.device_combo)
         form.addRow("Precision", self.precision_combo)
         form.addRow("Tile size", self.tile_spin)
+        form.addRow("", self.plan_label)
         form.addRow("Test-time aug.", self.tta_combo)
         form.addRow("Output", self.output_combo)
         form.addRow("Objects of", self.instance_combo)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.segment_button)
         layout.addWidget(self.task)
         layout.addStretch(1)
         self._run: dict[str, Any] | None = None
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh_live)
+        #: measured seconds per input megapixel of the last run, per model name
+        self._rates: dict[str, float] = {}
+        #: answer for the next run when a slow tile size needs confirming (tests set it)
+        self.confirm_slow: Callable[[str], bool] | None = None
+
+        for widget in (self.tile_spin,):
+            widget.valueChanged.connect(self._show_plan)
+        for combo in (self.image_combo, self.scope_combo, self.tta_combo, self.device_combo):
+            combo.currentIndexChanged.connect(self._show_plan)
+        self.model_chooser.changed.connect(self._show_plan)
+        self.image_combo.activated.connect(self._on_image_chosen)
+        self.session.image_chosen.connect(self._follow_image)
+        self.session.model_offered.connect(self._offer_model)
+        napari_viewer.dims.events.current_step.connect(self._on_slice_changed)
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        self._bind_shortcut()
         _warm_up()
         self.model_chooser.preload()
+        self._show_plan()
+
+    # ------------------------------------------------------------------ the dock's life
+    def _bind_shortcut(self) -> None:
+        me = weakref.ref(self)
+
+        def segment_slice(_viewer: Any) -> None:
+            dock = me()
+            if dock is not None and not dock.closed:
+                dock.segment(scope="this slice")
+
+        self.viewer.bind_key(SHORTCUT, segment_slice, overwrite=True)
+
+    def dock_closed(self) -> None:
+        """Stop the run after its current tile (finished tiles stay) and release the shortcut."""
+        super().dock_closed()
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            self.viewer.bind_key(SHORTCUT, None, overwrite=True)
+
+    def _on_image_chosen(self, _index: int) -> None:
+        self.session.image_chosen.emit(self.image_combo.layer())
+
+    def _offer_model(self, name: str) -> None:
+        """A fine-tuned model that validated well: choose it for the next run."""
+        if _alive(self) and not self.closed and not self.task.running:
+            with contextlib.suppress(ValueError):
+                self.model_chooser.select_session(name)
+
+    def _follow_image(self, layer: Any) -> None:
+        if _alive(self) and layer is not None and layer in self.image_combo.layers():
+            if layer is not self.image_combo.layer():
+                self.image_combo.set_layer(layer, by_hand=False)
 
     # ------------------------------------------------------------------ inputs
     def _image(self) -> tuple[Any, Any]:
@@ -224,13 +388,11 @@ class SegmentWidget(QWidget):
         )
 
     def _tile_size(self, model: Any) -> int | None:
+        """The tile typed (None = auto), as the network takes it; too small is refused."""
+        from napari_unet.tileplan import check_tile_size
+
         tile = int(self.tile_spin.value())
-        if tile == 0:
-            return None
-        valid = model.valid_input_size(tile)
-        if valid != tile:
-            self.tile_spin.setValue(valid)
-        return valid
+        return None if tile == 0 else check_tile_size(model, tile)
 
     def _instance_class(self, model: Any) -> str | None:
         """The class chosen for instances (None: the cells); an unknown one is refused now."""
@@ -249,20 +411,96 @@ class SegmentWidget(QWidget):
             return 0
         return int(np.clip(round(z), 0, layer_data(layer).shape[0] - 1))
 
+    def _visible_crop(self, layer: Any) -> tuple[int, int, int, int] | None:
+        """(y0, y1, x0, x1) of the image on screen, or None when all of it is visible."""
+        corners = np.asarray(layer.corner_pixels)
+        h, w = layer_data(layer).shape[-2:]
+        y0, x0 = (int(max(0, v)) for v in corners[0][-2:])
+        y1, x1 = (int(min(s, v + 1)) for v, s in zip(corners[1][-2:], (h, w), strict=True))
+        if y1 <= y0 or x1 <= x0 or (y0, y1, x0, x1) == (0, h, 0, w):
+            return None
+        return y0, y1, x0, x1
+
+    def _scope(self, scope: str | None, data: Any) -> str:
+        scope = scope or self.scope_combo.currentText()
+        if scope == "whole stack" or (data.ndim == 2 and scope == "this slice"):
+            return "whole stack"
+        return scope
+
+    def _estimate(self, model: Any, model_name: str, data: Any, scope: str) -> Any:
+        from napari_unet.tileplan import estimate
+
+        n_slices = 1 if scope != "whole stack" or data.ndim == 2 else int(data.shape[0])
+        return estimate(
+            model,
+            data.shape,
+            self._tile_size(model),
+            n_slices=n_slices,
+            tta=TTA_CHOICES[self.tta_combo.currentText()],
+            seconds_per_mpx=self._rates.get(model_name),
+        )
+
+    def _show_plan(self, *_: Any) -> None:
+        """Say the tile used, the number of tiles and about how long, before anything runs."""
+        from napari_unet.tileplan import format_seconds
+
+        if not _alive(self):
+            return
+        layer = self.image_combo.layer()
+        try:
+            model, name = self.model_chooser.load()
+            if layer is None:
+                self.plan_label.setText("")
+                return
+            data = layer_data(layer)
+            scope = self._scope(None, data)
+            est = self._estimate(model, name, data, scope)
+        except UserInputError as exc:
+            self.plan_label.setText(str(exc))
+            return
+        except (ValueError, OSError):
+            self.plan_label.setText("")
+            return
+        typed = int(self.tile_spin.value())
+        used = f"{est.tile[0]} x {est.tile[1]} px"
+        if typed and est.tile[0] != typed and est.tile[1] != typed:
+            used += f" (the network takes {est.tile[0]}, not {typed})"
+        text = f"{used}: {est.tiles:,} tiles, about {format_seconds(est.seconds)}"
+        if typed and est.ratio > 1.5:
+            text += f", {est.ratio:.0f}x the auto tile's {format_seconds(est.auto_seconds)}"
+        self.plan_label.setText(text)
+
+    def _confirm(self, message: str) -> bool:
+        if self.confirm_slow is not None:
+            return bool(self.confirm_slow(message))
+        answer = QMessageBox.question(
+            self,
+            "Segment with this tile size?",
+            message,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
     # ------------------------------------------------------------------ running
     @property
     def running(self) -> bool:
         """True while a segmentation runs."""
         return self.task.running
 
-    def segment(self) -> None:
-        """Check the inputs and start segmenting; bad input only shows a notification."""
+    def segment(self, scope: str | None = None) -> None:
+        """Check the inputs and start segmenting; bad input only shows a notification.
+
+        ``scope`` overrides the dock's choice: "whole stack", "this slice" or "visible region".
+        """
         if self.task.running:
             return
         with user_errors():
-            self._start()
+            self._start(scope)
 
-    def _start(self) -> None:
+    def _start(self, scope: str | None = None) -> None:
+        from napari_unet.tileplan import format_seconds
+
         output = self.output_combo.currentText()
         if output == "instances" and not _instances_available():
             raise UserInputError("instance labels are not available in this version; use classes")
@@ -271,31 +509,67 @@ class SegmentWidget(QWidget):
         device = self.device_combo.currentText()
         select_device(device)  # an unavailable device is reported now, not from the thread
         tile = self._tile_size(model)
+        scope = self._scope(scope, data)
+        est = self._estimate(model, model_name, data, scope)
+        if tile is not None and est.needs_confirming:
+            question = (
+                f"Tile {tile} px makes {est.tiles:,} tiles, about {format_seconds(est.seconds)}: "
+                f"{est.ratio:.0f}x the {format_seconds(est.auto_seconds)} of the automatic tile. "
+                "Segment anyway?"
+            )
+            if not self._confirm(question):
+                self.task.status.setText("not started: choose a larger tile size, or auto")
+                return
         is_stack = data.ndim == 3
-        z_order = slice_order(data.shape[0], self._current_slice(image_layer)) if is_stack else None
+        here = self._current_slice(image_layer) if is_stack else 0
+        if not is_stack:
+            z_order = None
+        elif scope == "whole stack":
+            z_order = slice_order(data.shape[0], here)
+        else:
+            z_order = [here]
+        crop = self._visible_crop(image_layer) if scope == "visible region" else None
         if output == "instances":
             dtype = np.dtype(np.uint32)
         else:
             dtype = np.dtype(np.uint8 if model.n_classes < 255 else np.uint16)
 
-        name = f"{image_layer.name} segmentation"
-        _check_memory(image_layer.name, data.shape, dtype)
-        buffer = np.zeros(data.shape, dtype=dtype)
-        previous = self.viewer.layers[name] if name in self.viewer.layers else None
-        if not (isinstance(previous, Labels) and previous.data.shape == tuple(data.shape)):
-            previous = None
+        key = image_key_of(image_layer)
+        names = class_names_of(model)
+        kwargs = layer_roles.segmentation_layer(
+            image_layer.name, names, key=key, instances=output == "instances"
+        )
+        name = kwargs["name"]
+        previous = self._previous_output(image_layer, name, data.shape)
+        in_place = scope != "whole stack" and previous is not None
+        if in_place and previous.data.dtype != dtype:
+            in_place = False
+        if in_place:
+            buffer = previous.data
+        else:
+            _check_memory(image_layer.name, data.shape, dtype)
+            buffer = np.zeros(data.shape, dtype=dtype)
+            if previous is not None and scope != "whole stack":
+                buffer[...] = np.asarray(previous.data, dtype=dtype)
+        control: dict[str, Any] = {"front": None}
         self._run = {
-            "live": None,
-            "previous": previous,
+            "live": previous if in_place else None,
+            "previous": None if in_place else previous,
             "buffer": buffer,
             "name": name,
+            "kwargs": kwargs,
             "is_stack": is_stack,
             "painted": 0,
             "total": 0,
             "model": model_name,
             "image": image_layer.name,
+            "image_layer": weakref.ref(image_layer),
             "t0": time.perf_counter(),
             "first_tile": None,
+            "control": control,
+            "scope": scope,
+            "mpx": est.input_mpx,
+            "deleted": False,
         }
         self.segment_button.setEnabled(False)
         # The worker starts first, so the network computes while napari builds the layer.
@@ -311,19 +585,52 @@ class SegmentWidget(QWidget):
             output=output,
             tta=TTA_CHOICES[self.tta_combo.currentText()],
             instance_class=self._instance_class(model) if output == "instances" else None,
+            control=control,
+            crop=crop,
             on_yield=self._paint,
             progress=lambda t: (t.index + 1, t.total, f"tile {t.index + 1} of {t.total}"),
-            message=f"segmenting '{image_layer.name}' with {model_name}…",
+            message=f"segmenting '{image_layer.name}' ({scope}) with {model_name}…",
         )
-        self._run["live"] = self.viewer.add_labels(
-            buffer,
-            name=f"{name} (running)" if previous is not None else name,
-            scale=image_layer.scale,
-            translate=image_layer.translate,
-            units=image_layer.units,
-            features=class_features(model) if output == "classes" else None,
-            opacity=0.5 if output == "classes" else 0.7,
-        )
+        if not in_place:
+            live_kwargs = dict(kwargs)
+            if previous is not None:
+                live_kwargs["name"] = f"{name} (running)"
+                live_kwargs["metadata"] = {}  # linked only once it replaces the previous result
+            self._run["live"] = self.viewer.add_labels(
+                buffer,
+                scale=image_layer.scale,
+                translate=image_layer.translate,
+                units=image_layer.units,
+                **live_kwargs,
+            )
+
+    def _previous_output(self, image_layer: Any, name: str, shape: tuple[int, ...]) -> Any | None:
+        """The image's current segmentation layer (linked, or by name), if it fits the image."""
+        found = linked_layer(self.viewer, image_layer, layer_roles.SEGMENTATION)
+        if found is None and name in self.viewer.layers:
+            found = self.viewer.layers[name]
+        if isinstance(found, Labels) and tuple(found.data.shape) == tuple(shape):
+            if isinstance(found.data, np.ndarray):
+                return found
+        return None
+
+    def _on_slice_changed(self, *_: Any) -> None:
+        """Move the slice on screen to the front of the running segmentation's queue."""
+        run = self._run
+        if run is None or not run["is_stack"] or not _alive(self):
+            return
+        image = run["image_layer"]()
+        if image is not None and image in self.viewer.layers:
+            run["control"]["front"] = self._current_slice(image)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        """The output layer was deleted mid-run: stop, and say so."""
+        run = self._run
+        if run is None or not _alive(self):
+            return
+        if event.value is run["live"]:
+            run["deleted"] = True
+            self.task.cancel()
 
     def _paint(self, tile: PaintTile) -> None:
         """Main thread: copy one finished tile into the output and show it if it is on screen."""
@@ -341,9 +648,21 @@ class SegmentWidget(QWidget):
         if run["is_stack"] and self.viewer.dims.ndisplay == 2:
             if self._current_slice(live) != tile.region[0]:
                 return  # painted into the array; napari shows it when that slice comes up
-        live.refresh()
+        # one redraw for the tiles that arrive within REFRESH_MS: redrawing a large slice per tile
+        # would hold up the event loop while the user scrolls
+        if not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def _refresh_live(self) -> None:
+        run = self._run
+        live = run["live"] if run is not None else None
+        if live is not None and live in self.viewer.layers:
+            live.refresh()
 
     def _on_finished(self, outcome: str) -> None:
+        if self._refresh_timer.isActive():
+            self._refresh_timer.stop()
+            self._refresh_live()
         run, self._run = self._run, None
         self.segment_button.setEnabled(True)
         if run is None:
@@ -352,36 +671,57 @@ class SegmentWidget(QWidget):
         seconds = time.perf_counter() - run["t0"]
         if live is None:  # the output layer could not be made; the run had nowhere to show
             return
+        if run["deleted"]:
+            self.task.status.setText(f"stopped: the output layer '{live.name}' was deleted; nothing was kept")
+            notify_warning(f"segmentation of '{run['image']}' stopped: its output layer was deleted")
+            return
         if outcome == DONE:
+            if run["mpx"] > 0 and seconds > 0:
+                self._rates[run["model"]] = seconds / run["mpx"]
             if previous is not None:
                 if previous in layers:
                     previous.data = run["buffer"]
                     previous.features = live.features
+                    previous.colormap = live.colormap
                     previous.opacity = live.opacity
+                    previous.metadata = {**previous.metadata, **run["kwargs"]["metadata"]}
                 else:
                     previous = None
                 if live in layers:
                     layers.remove(live)
                 if previous is None:
+                    kwargs = dict(run["kwargs"])
                     self.viewer.add_labels(
                         run["buffer"],
-                        name=run["name"],
                         scale=live.scale,
                         translate=live.translate,
                         units=live.units,
-                        features=live.features,
+                        **kwargs,
                     )
+            self._remove_stale_partials(run["name"])
             self.task.status.setText(
-                f"segmented '{run['image']}' with {run['model']}: {run['total']} tiles in {seconds:.1f} s"
+                f"segmented '{run['image']}' ({run['scope']}) with {run['model']}: "
+                f"{run['total']} tiles in {seconds:.1f} s"
             )
             notify_info(f"segmented '{run['image']}' in {seconds:.1f} s")
+            self._show_plan()
             return
         kept = run["painted"]
-        if kept == 0 and live in layers:
-            layers.remove(live)  # nothing finished: leave the viewer as it was
-        elif previous is not None and live in layers:
-            live.name = f"{run['name']} (partial)"
+        if previous is not None or live.name.endswith("(running)"):
+            if kept == 0 and live in layers:
+                layers.remove(live)  # nothing finished: leave the viewer as it was
+            elif live in layers:
+                self._remove_stale_partials(run["name"])
+                live.name = f"{run['name']} (partial)"
+        elif kept == 0 and live in layers and run["scope"] == "whole stack":
+            layers.remove(live)
         what = "cancelled" if outcome == CANCELLED else "stopped by an error"
         self.task.status.setText(f"{what}: kept {kept} of {run['total'] or '?'} tiles")
         if outcome == CANCELLED:
             notify_warning(f"segmentation {what}; {kept} finished tiles kept")
+
+    def _remove_stale_partials(self, name: str) -> None:
+        """Drop "<name> (partial)" layers of earlier runs: a newer result is there now."""
+        layers = self.viewer.layers
+        for layer in [ly for ly in layers if ly.name.startswith(f"{name} (partial")]:
+            layers.remove(layer)

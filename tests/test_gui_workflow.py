@@ -1,0 +1,454 @@
+"""The docks as one tool: one linked state per image, work that belongs to its dock and viewer,
+one palette, explained tile sizes, undo, and the smaller frictions of a walk through the viewer."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import loading
+from napari_unet.annotation import PALETTE, class_features
+from napari_unet.checkpoint import save_model
+from napari_unet.model import UNet
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 180_000  # generous: this machine is shared and tests run at the lowest priority
+
+
+@pytest.fixture(autouse=True)
+def config(tmp_path, monkeypatch):
+    """Autosaves go to a temporary configuration folder."""
+    monkeypatch.setenv(loading.CONFIG_ENV, str(tmp_path / "config"))
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "start.safetensors"
+    save_model(UNet(depth=2, base_channels=4, dropout=0.0), path, metadata={"classes": ["membrane", "cell"]})
+    return path
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 255, size=(3, 72, 80), dtype=np.uint8)
+
+
+def open_dock(viewer, name, model_file=None):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", name)
+    if model_file is not None:
+        widget.model_chooser.select_file(model_file)
+        widget.device_combo.setCurrentText("cpu")
+    if hasattr(widget, "precision_combo"):
+        widget.precision_combo.setCurrentText("fp32")
+    if hasattr(widget, "count_timer"):
+        widget.count_timer.setInterval(10)
+    return widget
+
+
+def close_dock(viewer, widget):
+    """What the dock's × does."""
+    viewer.window.remove_dock_widget(widget)
+
+
+def wait_idle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+
+
+def start_training(viewer, model_file, image, steps=100_000):
+    ft = open_dock(viewer, "Fine-tune", model_file)
+    viewer.add_image(image, name="em")
+    layer = ft.add_annotation_layer()
+    layer.data[1, 10:14, 5:60] = 1
+    layer.data[1, 30:50, 20:40] = 2
+    ft.steps_spin.setValue(steps)
+    ft.augment_check.setChecked(False)
+    return ft
+
+
+# 1 -------------------------------------------------------------------------------------------
+def test_closing_another_viewer_leaves_this_viewers_runs_alone(qtbot, make_napari_viewer, model_file, image):
+    viewer = make_napari_viewer()
+    ft = start_training(viewer, model_file, image)
+    seg = open_dock(viewer, "Segment", model_file)
+    seg.tile_spin.setValue(60)
+    other = make_napari_viewer()  # the "current" viewer from now on
+    ft.train()
+    seg.segment()
+    qtbot.waitUntil(lambda: len(ft.loss_curve.steps) >= 1, timeout=TIMEOUT)
+    other.close()
+    qtbot.wait(200)
+    assert ft.running
+    n = len(ft.loss_curve.steps)
+    qtbot.waitUntil(lambda: len(ft.loss_curve.steps) > n, timeout=TIMEOUT)  # still training
+    wait_idle(qtbot, seg)
+    assert "cancelled" not in seg.task.status.text()
+    assert seg.task.status.text().startswith("segmented")
+    ft.stop()
+    wait_idle(qtbot, ft)
+    assert ft.result is not None and "no model was made" not in ft.task.status.text()
+
+
+# 2 -------------------------------------------------------------------------------------------
+def test_finetune_follows_the_images_annotation_layer_not_its_segmentation(
+    qtbot, make_napari_viewer, model_file, image
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    seg = open_dock(viewer, "Segment", model_file)
+    seg.segment()
+    wait_idle(qtbot, seg)
+    ft = open_dock(viewer, "Fine-tune", model_file)
+    assert ft.labels_combo.layer() is None  # the segmentation is never the default
+    ann = open_dock(viewer, "Annotate")
+    layer = ann.new_annotation_layer()
+    assert ft.labels_combo.layer() is layer  # follows the image's new annotation layer
+
+
+def test_sample_ground_truth_is_never_taken_for_annotations(qtbot, make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-unet", "synthetic")
+    ann = open_dock(viewer, "Annotate")
+    ft = open_dock(viewer, "Fine-tune")
+    assert ann.image_combo.layer().name == "Synthetic EM"
+    assert ann.labels_combo.layer() is None
+    assert ann.prediction_combo.layer() is None
+    assert ft.labels_combo.layer() is None
+    layer = ann.new_annotation_layer()
+    assert ann.labels_combo.layer() is layer and ft.labels_combo.layer() is layer
+    assert not layer.data.any()
+
+
+# 3 -------------------------------------------------------------------------------------------
+def test_closing_the_finetune_dock_stops_training_and_frees_it(qtbot, make_napari_viewer, model_file, image):
+    viewer = make_napari_viewer()
+    ft = start_training(viewer, model_file, image)
+    session, curve = ft.session, ft.loss_curve
+    ft.train()
+    qtbot.waitUntil(lambda: len(curve.steps) >= 2, timeout=TIMEOUT)
+    close_dock(viewer, ft)
+    wait_idle(qtbot, ft)
+    steps = len(ft.loss_curve.steps)
+    assert steps < 100  # stopped after the current step, not all 100 000
+    assert len(session.models) == 1  # what was finished is kept, as Stop keeps it
+    ref = weakref.ref(ft)
+    del ft
+    for _ in range(3):
+        qtbot.wait(20)
+        gc.collect()
+    assert ref() is None
+
+
+def test_closing_the_segment_dock_stops_painting_and_frees_it(qtbot, make_napari_viewer, model_file, image):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    seg = open_dock(viewer, "Segment", model_file)
+    seg.tile_spin.setValue(60)
+    seen, docks = [], [seg]
+
+    def on_tile(tile):
+        seen.append(tile)
+        if len(seen) == 2:
+            close_dock(viewer, docks.pop())
+
+    seg.task.yielded.connect(on_tile)
+    seg.segment()
+    wait_idle(qtbot, seg)
+    total = seen[0].total
+    out = viewer.layers["em segmentation"].data
+    assert 2 <= len(seen) < total
+    assert out.any() and not out.all()  # finished tiles kept, the rest never painted
+    ref = weakref.ref(seg)
+    del seg, on_tile
+    for _ in range(3):
+        qtbot.wait(20)
+        gc.collect()
+    assert ref() is None
+
+
+def test_a_closed_annotate_dock_is_freed(qtbot, make_napari_viewer, image):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    ann = open_dock(viewer, "Annotate")
+    ann.new_annotation_layer()
+    ann.add_class("mito")
+    close_dock(viewer, ann)
+    ref = weakref.ref(ann)
+    del ann
+    for _ in range(3):
+        qtbot.wait(20)
+        gc.collect()
+    assert ref() is None
+
+
+# 4, 5 ----------------------------------------------------------------------------------------
+def test_one_kind_of_annotation_layer_and_one_palette(qtbot, make_napari_viewer, model_file, image):
+    from napari_unet._widgets.annotate import autosaver_for
+
+    viewer = make_napari_viewer()
+    em = viewer.add_image(image, name="em")
+    ft = open_dock(viewer, "Fine-tune", model_file)
+    ann = open_dock(viewer, "Annotate")
+    from_ft = ft.add_annotation_layer()
+    meta = from_ft.metadata["napari_unet"]
+    assert meta["role"] == "annotations"
+    assert meta["image"] == em.metadata["napari_unet"]["key"]  # linked to its image
+    assert autosaver_for(viewer).get(from_ft) is not None  # autosaved like Annotate's
+    assert ann.labels_combo.layer() is from_ft
+
+    seg = open_dock(viewer, "Segment", model_file)
+    seg.segment()
+    wait_idle(qtbot, seg)
+    out = viewer.layers["em segmentation"]
+    assert out.metadata["napari_unet"]["role"] == "segmentation"
+    for label, hex_colour in ((1, PALETTE[0]), (2, PALETTE[1])):
+        want = np.array([int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+        np.testing.assert_allclose(out.get_color(label)[:3], want, atol=1e-3)
+        np.testing.assert_allclose(from_ft.get_color(label)[:3], want, atol=1e-3)
+
+
+# 6 -------------------------------------------------------------------------------------------
+def test_tile_size_explains_itself_and_slow_sizes_need_confirming(qtbot, make_napari_viewer, tmp_path, notes):
+    path = tmp_path / "deep.safetensors"
+    torch.manual_seed(0)
+    save_model(UNet(depth=4, base_channels=4), path, metadata={"classes": ["membrane", "cell"]})
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 512, 512), np.uint8), name="em")
+    seg = open_dock(viewer, "Segment", path)
+    seg.tile_spin.setValue(128)
+    assert "at least 204" in seg.plan_label.text()
+    seg.segment()
+    assert not seg.running and seg.tile_spin.value() == 128  # refused, not silently rounded
+    assert any("at least 204" in m for m in notes())
+    assert "em segmentation" not in viewer.layers
+
+    seg.tile_spin.setValue(204)
+    assert "tiles" in seg.plan_label.text() and "auto tile" in seg.plan_label.text()
+    asked = []
+    seg.confirm_slow = lambda message: asked.append(message) or False
+    seg.segment()
+    assert not seg.running and len(asked) == 1 and "2,048 tiles" in asked[0]
+    assert "em segmentation" not in viewer.layers
+
+    seg.tile_spin.setValue(0)  # auto: one tile per slice here, nothing to confirm
+    seg.segment()
+    wait_idle(qtbot, seg)
+    assert len(asked) == 1 and "em segmentation" in viewer.layers
+
+
+# 7 -------------------------------------------------------------------------------------------
+def test_finetune_lists_the_classes_of_the_annotate_palette(qtbot, make_napari_viewer, model_file, image):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    ft = open_dock(viewer, "Fine-tune", model_file)
+    ann = open_dock(viewer, "Annotate")
+    ann.new_annotation_layer()
+    ann.add_class("mito")
+    assert "3 = mito" in ft.classes_label.text()
+    assert "New output channel for mito" in ft.classes_label.text()
+
+
+# 8 -------------------------------------------------------------------------------------------
+def test_start_from_prediction_is_one_step_on_napari_undo_stack(qtbot, make_napari_viewer, image):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    ann = open_dock(viewer, "Annotate")
+    pred = np.ones(image.shape, np.uint8)
+    pred[:, :, 40:] = 2
+    viewer.add_labels(pred, name="em segmentation", features=class_features(["membrane", "cell"]))
+    ann.prediction_combo.set_layer(viewer.layers["em segmentation"])
+    layer = ann.new_annotation_layer()
+    dab = (np.array([0, 0]), np.array([5, 6]), np.array([5, 5]))
+    layer.data_setitem(dab, 2)  # a brush dab on slice 0
+    viewer.dims.set_current_step(0, 1)
+    ann.keep_check.setChecked(True)
+    ann.start_from_prediction()
+    assert (layer.data[1] > 0).all()
+    layer.undo()
+    assert not layer.data[1].any()  # the copy is undone ...
+    assert layer.data[0, 5, 5] == 2 and layer.data[0, 6, 5] == 2  # ... not the earlier dab
+    layer.redo()
+    np.testing.assert_array_equal(layer.data[1], pred[1])
+
+
+def test_number_keys_choose_the_class(qtbot, make_napari_viewer, image):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    ann = open_dock(viewer, "Annotate")
+    layer = ann.new_annotation_layer()
+    ann.add_class("mito")
+    viewer.layers.selection.active = layer
+    handler = viewer.window._qt_viewer.canvas._key_map_handler
+    for key, label in (("3", 3), ("1", 1), ("2", 2)):
+        handler.press_key(key)
+        handler.release_key(key)
+        assert layer.selected_label == label
+
+
+# 9 -------------------------------------------------------------------------------------------
+def test_segment_smaller_frictions(qtbot, make_napari_viewer, model_file, image):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    seg = open_dock(viewer, "Segment", model_file)
+    seg.tile_spin.setValue(60)
+
+    # the slice brought on screen mid-run moves up the queue: the dock tells the worker ...
+    viewer.dims.set_current_step(0, 0)
+    seg.segment()
+    viewer.dims.set_current_step(0, 2)
+    assert seg._run["control"]["front"] == 2
+    wait_idle(qtbot, seg)
+    # ... and the worker takes that slice next (driven here step by step)
+    from napari_unet._widgets.segment import segmentation_tiles
+    from napari_unet.checkpoint import load_model
+
+    control = {"front": None}
+    tiles = segmentation_tiles(
+        load_model(model_file),
+        image,
+        tile_shape=60,
+        device="cpu",
+        precision="fp32",
+        z_order=[0, 1, 2],
+        dtype=np.dtype(np.uint8),
+        control=control,
+    )
+    order = []
+    for tile in tiles:
+        order.append(tile.region[0])
+        control["front"] = 2
+    slices = [z for i, z in enumerate(order) if i == 0 or order[i - 1] != z]
+    assert slices == [0, 2, 1]
+
+    # a cancelled rerun leaves "(partial)"; the next full result removes it
+    seg.task.yielded.connect(lambda _t: seg.task.cancel())
+    seg.segment()
+    wait_idle(qtbot, seg)
+    assert "em segmentation (partial)" in viewer.layers
+    seg.task.yielded.disconnect()
+    seg.segment()
+    wait_idle(qtbot, seg)
+    assert [ly.name for ly in viewer.layers if "partial" in ly.name] == []
+
+    # deleting the output layer mid-run is said, not reported as "segmented"
+    def delete_output(_tile):
+        if "em segmentation (running)" in viewer.layers:
+            viewer.layers.remove("em segmentation (running)")
+
+    seg.task.yielded.connect(delete_output)
+    seg.segment()
+    wait_idle(qtbot, seg)
+    assert "deleted" in seg.task.status.text()
+    assert not seg.task.status.text().startswith("segmented")
+
+
+def test_saved_masks_reopen_as_labels_with_their_names(qtbot, make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = np.zeros((2, 16, 16), np.uint8)
+    labels[:, 4:8] = 1
+    labels[:, 8:] = 3
+    viewer.add_labels(labels, name="em annotations", features=class_features(["membrane", "cell", "mito"]))
+    save = open_dock(viewer, "Save masks")
+    save.path_edit.setText(str(tmp_path / "masks.tif"))
+    save.save()
+    wait_idle(qtbot, save)
+    (layer,) = viewer.open(tmp_path / "masks.tif", plugin="napari-unet")
+    assert layer._type_string == "labels"
+    assert list(layer.features["class"])[1:] == ["membrane", "cell", "mito"]
+    np.testing.assert_array_equal(np.asarray(layer.data), labels)
+    want = np.array([int(PALETTE[2][i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    np.testing.assert_allclose(layer.get_color(3)[:3], want, atol=1e-3)
+
+
+def test_three_docks_fit_a_1000_px_screen_and_the_empty_loss_plot_is_sane(make_napari_viewer):
+    viewer = make_napari_viewer()
+    docks = [open_dock(viewer, name) for name in ("Annotate", "Fine-tune", "Segment")]
+    window = viewer.window._qt_window
+    assert window.minimumSizeHint().height() <= 1000
+    assert window.minimumSize().height() <= 1000
+    ft = docks[1]
+    assert ft.loss_curve.ax.get_ylim() == (0.0, 1.0)
+    assert ft.loss_curve.ax.get_xlim() == (0.0, 10.0)
+
+
+# the live fine-tuning view ----------------------------------------------------------------------
+def paint_three_slices(layer):
+    for z in range(3):
+        layer.data[z, 10:14, 5:70] = 1
+        layer.data[z, 30:60, 20:50] = 2
+
+
+def test_training_previews_the_slice_on_screen_and_validates_from_the_start(
+    qtbot, make_napari_viewer, model_file, image, monkeypatch
+):
+    from napari_unet._widgets import finetune
+
+    monkeypatch.setattr(finetune, "PREVIEW_EVERY_S", 0.05)
+    viewer = make_napari_viewer()
+    em = viewer.add_image(image, name="em")
+    ft = open_dock(viewer, "Fine-tune", model_file)
+    seg = open_dock(viewer, "Segment", model_file)
+    paint_three_slices(ft.add_annotation_layer())
+    viewer.dims.set_current_step(0, 2)
+    ft.steps_spin.setValue(12)
+    ft.augment_check.setChecked(False)
+    ft.train()
+    qtbot.waitUntil(lambda: "em preview" in viewer.layers, timeout=TIMEOUT)
+    wait_idle(qtbot, ft)
+    preview = viewer.layers["em preview"]
+    assert preview.metadata["napari_unet"] == {"role": "preview", "image": em.metadata["napari_unet"]["key"]}
+    assert preview.data[2].any() and not preview.data[0].any()  # the slice on screen only
+    assert set(np.unique(preview.data[2])) <= {1, 2}
+    np.testing.assert_allclose(preview.get_color(1)[:3], [0xE6 / 255, 0x9F / 255, 0], atol=1e-3)
+    # validation: the start model at step 0, then the end of the run
+    assert ft.loss_curve.val_steps[0] == 0 and ft.loss_curve.val_steps[-1] == 12
+    assert "Validation" in ft.verdict_label.text() or "validation loss" in ft.verdict_label.text()
+    name = ft.result.name
+    chosen = seg.model_chooser.choice()
+    worse = "validates worse" in ft.verdict_label.text()
+    assert chosen == (("file", "") if worse else ("session", name))
+
+
+def test_a_run_that_validates_worse_is_flagged_and_not_offered(
+    qtbot, make_napari_viewer, model_file, image, monkeypatch, notes
+):
+    from napari_unet import train
+
+    monkeypatch.setattr(train.Trainer, "worse_than_start", property(lambda self: True))
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    ft = open_dock(viewer, "Fine-tune", model_file)
+    ft.live_check.setChecked(False)
+    seg = open_dock(viewer, "Segment", model_file)
+    paint_three_slices(ft.add_annotation_layer())
+    ft.steps_spin.setValue(3)
+    ft.train()
+    wait_idle(qtbot, ft)
+    assert "validates worse" in ft.verdict_label.text()
+    assert any("validates worse" in str(n.message) for n in notes.all if n.severity == "warning")
+    assert seg.model_chooser.choice() == ("file", "")  # the start model stays selected
+    assert "em preview" not in viewer.layers
+
+
+def test_a_class_removed_in_annotate_is_dropped_from_the_model(qtbot, make_napari_viewer, model_file, image):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    ft = open_dock(viewer, "Fine-tune", model_file)
+    ft.live_check.setChecked(False)
+    ann = open_dock(viewer, "Annotate")
+    layer = ann.new_annotation_layer()
+    ann.add_class("mito")
+    ann.remove_class(1)  # membrane goes; cell becomes 1, mito 2
+    assert "1 = cell, 2 = mito" in ft.classes_label.text()
+    assert "Not trained (removed in Annotate): membrane" in ft.classes_label.text()
+    paint_three_slices(layer)
+    ft.steps_spin.setValue(2)
+    ft.train()
+    wait_idle(qtbot, ft)
+    assert ft.result.model.metadata["classes"] == ["cell", "mito"]
