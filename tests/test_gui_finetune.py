@@ -216,8 +216,11 @@ def test_minutes_limit_becomes_a_time_budget(dock):
     _viewer, widget = dock
     widget.limit_combo.setCurrentText("minutes")
     widget.minutes_spin.setValue(2.5)
+    default = widget._config()
+    assert widget.recipe_combo.currentText() == "fast" and default.optimizer == "adam"
+    assert default.sampling == "classes" and default.validation == "auto"
+    widget.recipe_combo.setCurrentText("paper")
     widget.lr_spin.setValue(0.001)
-    widget.optimizer_combo.setCurrentText("sgd")
     widget.augment_check.setChecked(False)
     config = widget._config()
     assert config.max_minutes == 2.5 and config.steps is None  # the time limit alone ends it
