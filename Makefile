@@ -36,6 +36,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
 bench: setup
+	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
