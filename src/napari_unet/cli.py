@@ -630,8 +630,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune the shipped model (or train from scratch) on images with sparse labels: "
         "0 = not annotated, 1..K = classes (or stored values mapped with --label-map).",
     )
-    tr.add_argument("--images", required=True, help="image or stack (any format segment reads)")
-    tr.add_argument("--labels", required=True, help="annotations of the same shape")
+    tr.add_argument(
+        "--images",
+        required=True,
+        help="image or stack in any format segment reads (PATH:DATASET for HDF5/zarr)",
+    )
+    tr.add_argument(
+        "--labels", required=True, help="annotations of the same shape (PATH:DATASET for HDF5/zarr)"
+    )
     tr.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     tr.add_argument(
         "--from",
