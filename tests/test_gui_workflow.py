@@ -147,14 +147,14 @@ def test_closing_the_finetune_dock_stops_training_and_frees_it(qtbot, make_napar
 
 def test_closing_the_segment_dock_stops_painting_and_frees_it(qtbot, make_napari_viewer, model_file, image):
     viewer = make_napari_viewer()
-    viewer.add_image(image, name="em")
+    viewer.add_image(np.concatenate([image] * 10), name="em")  # 30 slices: far more tiles than close takes
     seg = open_dock(viewer, "Segment", model_file)
     seg.tile_spin.setValue(60)
     seen, docks = [], [seg]
 
     def on_tile(tile):
         seen.append(tile)
-        if len(seen) == 2:
+        if len(seen) == 2 and docks:
             close_dock(viewer, docks.pop())
 
     seg.task.yielded.connect(on_tile)
