@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -438,20 +437,13 @@ def test_cli_blockwise_needs_zarr_outputs(model_file, volume, tmp_path, capsys):
 def test_which_inputs_go_block_by_block():
     import dask.array as da
 
-    def ns(output, **kw):
-        return argparse.Namespace(
-            output=output, scheduler=None, probabilities=None, instances=None, **kw
-        )
-
     small = np.zeros((100, 100), dtype=np.uint8)
-    assert not dist.use_blockwise(ns("a.tif"), small)
-    assert dist.use_blockwise(ns("a.zarr"), small)
-    assert dist.use_blockwise(argparse.Namespace(output="a.tif", scheduler="local"), small)
-    assert not dist.use_blockwise(
-        argparse.Namespace(output="a.zarr", instances="components"), small
-    )
+    assert not dist.needs_blockwise("a.tif", small)
+    assert dist.needs_blockwise("a.zarr", small)
+    assert dist.needs_blockwise("a.tif", small, scheduler="local")
+    assert not dist.needs_blockwise("a.zarr", small, instances="components")
     huge = da.zeros((2_000_000, 2_000_000), dtype=np.uint8, chunks=4096)  # 4 TB, never computed
-    assert dist.use_blockwise(ns("a.tif"), huge)
+    assert dist.needs_blockwise("a.tif", huge)
 
 
 def test_blocks_with_test_time_augmentation_equal_predict(model, tmp_path):

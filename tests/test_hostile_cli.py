@@ -119,12 +119,12 @@ CLI_CASES = [
 def test_bad_segment_options_are_one_line_before_the_work(
     tmp_path, image_tif, capsys, monkeypatch, extra, message
 ):
-    import napari_unet.cli as cli
+    import napari_unet.cli.segment as cli_segment
 
     def never(*a, **k):  # the checks come before the model is loaded
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr(cli, "_resolve_model", never)
+    monkeypatch.setattr(cli_segment, "resolve_model", never)
     (tmp_path / "plain.txt").write_text("a file")
     extra = [e.format(tmp=tmp_path, img=image_tif) for e in extra]
     args = ["segment", image_tif, "-o", tmp_path / "o.tif", *extra]
@@ -166,12 +166,12 @@ def test_full_disk_is_one_line(tmp_path, model_file, image_tif, capsys, monkeypa
 
 
 def test_out_of_memory_in_torch_is_one_line(tmp_path, model_file, image_tif, capsys, monkeypatch):
-    import napari_unet.inference as inference
+    import napari_unet.engine as engine
 
     def oom(*a, **k):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
 
-    monkeypatch.setattr(inference, "forward_probabilities", oom)
+    monkeypatch.setattr(engine, "forward_probabilities", oom)
     code, err = run(["segment", image_tif, "-o", tmp_path / "o.tif", "--model", model_file], capsys)
     assert code == 2 and "out of memory" in err.splitlines()[-1] and "Traceback" not in err
 

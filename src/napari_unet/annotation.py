@@ -26,7 +26,6 @@ in one rename: a crash leaves the previous sidecar or the new one, never half of
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +33,6 @@ import re
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet import io
+from napari_unet.atomic import atomic_write
 from napari_unet.errors import UserInputError
 
 __all__ = [
@@ -656,24 +655,17 @@ def save_sidecar(
         if data.ndim == 3 and len(data) == 1:
             data = data[0]
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
-        try:
+        with atomic_write(target) as tmp:
             tifffile.imwrite(
                 tmp, data, metadata=doc, photometric="minisblack",
                 compression="zlib", compressionargs={"level": 1},
             )
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
             backup = None
             if keep_previous and target.is_file():
                 old = _read_header(target)
                 if old is None or int(old.get("pixels", 1)) > 0:
                     backup = _backup_path(target)
                     shutil.copy2(target, backup)
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
         _written[str(target)] = hexd
         return SavedSidecar(target, True, pixels, tuple(zs), backup)
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ._extras import require
+from .classes import class_names_or_default, default_class_names
 from .errors import UserInputError
 from .model import UNet
 
@@ -179,9 +180,7 @@ def _identifier(text: str) -> str:
 
 
 def _channel_names(model: UNet) -> list[str]:
-    names = [str(c) for c in (model.metadata.get("classes") or [])]
-    if len(names) != model.n_classes:
-        names = [f"class {i}" for i in range(1, model.n_classes + 1)]
+    names = class_names_or_default(model.metadata.get("classes"), model.n_classes)
     out: list[str] = []
     for n in names:
         ident = _identifier(n)
@@ -273,7 +272,7 @@ def _training_lines(model: UNet) -> list[str]:
 
 def documentation(model: UNet, name: str, shipped: bool, min_size: int, step: int) -> str:
     """The package's README.md, made from the model's metadata (and the shipped model's card)."""
-    classes = model.metadata.get("classes") or [f"class {i}" for i in range(1, model.n_classes + 1)]
+    classes = model.metadata.get("classes") or default_class_names(model.n_classes)
     norm = model.metadata.get("normalization") or {"method": "percentile", "lower": 1.0, "upper": 99.8}
     if norm.get("method") == "fixed":
         norm_text = f"intensities mapped linearly so {norm['low']} -> 0 and {norm['high']} -> 1"

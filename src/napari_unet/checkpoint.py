@@ -51,20 +51,14 @@ def save_model(
         raise UserInputError(f"model metadata cannot be stored as JSON: {exc}") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors.update(extra)
-    from .outputs import clean_stale, file_mode, temp_name
+    from .atomic import atomic_write
+    from .outputs import clean_stale, file_mode
 
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path)  # temporary files of killed earlier runs on this machine
-    tmp = temp_name(path)  # names this host and process, so a later run can prove it stale
-    try:
+    with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata={HEADER_KEY: header})
         os.chmod(tmp, file_mode())  # the same permissions as any other output (0644 under umask 022)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -38,7 +38,6 @@ import os
 import queue
 import re
 import shutil
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -52,17 +51,16 @@ import numpy as np
 import torch
 
 from .device import resolve_precision, select_device
+from .engine import check_tta, place_model, run_tiles
 from .errors import UserInputError
-from .inference import CPU_MAX_AUTO_TILE, _check_tile_shape, check_image, check_tta, forward_probabilities
+from .inference import check_image
 from .model import UNet
 from .normalize import Normalizer, compute_normalizer
-from .omezarr import is_ome_zarr
+from .tileplan import DEFAULT_CHUNK, check_tile_shape, default_batch, default_chunks, tile_for_chunk
 from .tiling import TilePlan, plan_tiles, read_mirrored
 
 #: Seconds to wait for a dask scheduler to answer before giving up with a clear error.
 CONNECT_TIMEOUT_S = 10.0
-#: Output chunk (y and x) when the input's own chunking does not fit the network.
-DEFAULT_CHUNK = 512
 #: Folder inside the partial labels store that holds one empty file per finished block.
 MARKER_DIR = ".napari-unet-blocks"
 #: Blocks per dask graph (threads) or waiting on the scheduler at least (distributed).
@@ -153,49 +151,6 @@ class BlockPlan:
         return iy, ix
 
 
-def tile_for_chunk(model: UNet, chunk: int, max_tile: int = CPU_MAX_AUTO_TILE) -> int:
-    """Largest input tile (at most ``max_tile``) whose tile stride divides ``chunk``.
-
-    The stride of tiles with output ``o`` is ``o`` rounded down to a multiple of ``2**depth``; the
-    output of the smallest valid input covering ``s`` pixels is ``s`` plus a few, so strides ``s``
-    that divide the chunk and are multiples of ``2**depth`` are tried from the largest down.
-    """
-    m = model.stride_multiple
-    if chunk % m:
-        raise UserInputError(
-            f"chunk size {chunk} is not a multiple of {m} (2**depth of this network); "
-            f"use e.g. {max(m, chunk // m * m)}"
-        )
-    best = None
-    for k in range(1, chunk // m + 1):
-        if chunk % k or (chunk // k) % m:
-            continue
-        s = chunk // k
-        out = model.valid_output_size(s)
-        tile = model.input_size_for_output(s)
-        if (out // m) * m != s:  # pragma: no cover - guards the geometry
-            continue
-        best = tile
-        if tile <= max_tile:
-            return tile
-    return int(best if best is not None else model.input_size_for_output(m))
-
-
-def default_chunks(model: UNet, image: Any) -> tuple[int, int]:
-    """Output chunk (y, x): the input's dask/zarr chunking where it suits the network, else 512."""
-    m = model.stride_multiple
-    fallback = max(m, math.ceil(DEFAULT_CHUNK / m) * m)
-    chunks = getattr(image, "chunks", None)
-    found: list[int] = []
-    if chunks is not None:
-        for c in tuple(chunks)[-2:]:
-            c = int(c[0]) if isinstance(c, tuple) else int(c)
-            found.append(c if c % m == 0 and 64 <= c <= 4096 else fallback)
-    if len(found) != 2:
-        found = [fallback, fallback]
-    return found[0], found[1]
-
-
 def plan_blocks(
     model: UNet,
     image_shape: Sequence[int],
@@ -223,7 +178,7 @@ def plan_blocks(
     if tile_shape is None:
         tile = (tile_for_chunk(model, cy), tile_for_chunk(model, cx))
     else:
-        tile = _check_tile_shape(model, tile_shape)
+        tile = check_tile_shape(model, tile_shape)
     tiles = plan_tiles(
         shape[-2:],
         tile,
@@ -282,9 +237,7 @@ def _model_for(
             return hit
         dev = select_device(device)
         dtype = resolve_precision(precision, dev)
-        model = payload.build().to(dev)
-        if dev.type == "cuda" or (dev.type == "cpu" and dtype == torch.bfloat16):
-            model = model.to(memory_format=torch.channels_last)
+        model = place_model(payload.build(), dev, dtype)
         _MODELS[key] = (model, dev, dtype)
         while len(_MODELS) > 2:
             _MODELS.popitem(last=False)
@@ -423,28 +376,20 @@ def _segment_block(
     window = job.normalizer(raw)
     bh, bw = block.y[1] - block.y[0], block.x[1] - block.x[0]
     out = np.empty((job.n_classes, bh, bw), dtype=np.float32)
+
+    def read(ij: tuple[int, int]) -> np.ndarray:
+        ty, tx = tp.starts[0][ij[0]] - c - wy0, tp.starts[1][ij[1]] - c - wx0
+        return window[ty : ty + th, tx : tx + tw]
+
     pairs = [(i, j) for i in iy for j in ix]
-    batch = job.batch_size or (1 if dev.type == "cpu" else 4)
-    channels_last = dev.type == "cuda" or (dev.type == "cpu" and dtype == torch.bfloat16)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for b0 in range(0, len(pairs), batch):
-        part = pairs[b0 : b0 + batch]
-        arr = np.empty((len(part), 1, th, tw), dtype=np.float32)
-        for n, (i, j) in enumerate(part):
-            ty, tx = tp.starts[0][i] - c - wy0, tp.starts[1][j] - c - wx0
-            arr[n, 0] = window[ty : ty + th, tx : tx + tw]
-        x = torch.from_numpy(arr)
-        if dev.type == "cuda":
-            x = x.pin_memory()
-        x = x.to(dev, non_blocking=True).contiguous(memory_format=memory_format)
-        probs = forward_probabilities(model, x, dev, dtype, job.tta).cpu().numpy()
-        for p, (i, j) in zip(probs, part, strict=True):
-            s_y, s_x = tp.starts[0][i], tp.starts[1][j]
-            r0, r1 = max(tp.keeps[0][i][0], block.y[0]), min(tp.keeps[0][i][1], block.y[1])
-            q0, q1 = max(tp.keeps[1][j][0], block.x[0]), min(tp.keeps[1][j][1], block.x[1])
-            out[:, r0 - block.y[0] : r1 - block.y[0], q0 - block.x[0] : q1 - block.x[0]] = p[
-                :, r0 - s_y : r1 - s_y, q0 - s_x : q1 - s_x
-            ]
+    batch = job.batch_size or default_batch(dev)
+    for (i, j), p in run_tiles(model, pairs, read, (th, tw), dev, dtype, batch_size=batch, tta=job.tta):
+        s_y, s_x = tp.starts[0][i], tp.starts[1][j]
+        r0, r1 = max(tp.keeps[0][i][0], block.y[0]), min(tp.keeps[0][i][1], block.y[1])
+        q0, q1 = max(tp.keeps[1][j][0], block.x[0]), min(tp.keeps[1][j][1], block.x[1])
+        out[:, r0 - block.y[0] : r1 - block.y[0], q0 - block.x[0] : q1 - block.x[0]] = p[
+            :, r0 - s_y : r1 - s_y, q0 - s_x : q1 - s_x
+        ]
     return out, digest
 
 
@@ -687,10 +632,11 @@ def _remove(path: Path) -> None:
 def _swap_into_place(tmp: Path, target: Path) -> None:
     """Put a finished store at ``target`` (an atomic exchange where the system can); an old output
     napari-unet wrote is deleted only after the swap, anything else is never replaced."""
-    from .outputs import check_replaceable, swap_into_place
+    from .atomic import commit
+    from .outputs import check_replaceable
 
     check_replaceable(target)
-    swap_into_place(tmp, target)
+    commit(tmp, target)
 
 
 def _verify_done(image: Any, plan: BlockPlan, markers: Path, done: set[str], workers: int) -> set[str]:
@@ -1087,7 +1033,7 @@ def segment_volume(
             progress(event)
 
 
-# ------------------------------------------------------------------------------------ the CLI
+# ----------------------------------------------------------------------------- choosing, finishing
 def _available_memory() -> int:
     try:
         import psutil
@@ -1097,21 +1043,29 @@ def _available_memory() -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def use_blockwise(args: Any, data: Any, n_classes: int = 2) -> bool:
-    """Whether ``napari-unet segment`` should run block by block on dask.
+def needs_blockwise(
+    output: str | os.PathLike,
+    data: Any,
+    n_classes: int = 2,
+    *,
+    scheduler: Any = None,
+    instances: Any = None,
+    probabilities: Any = None,
+) -> bool:
+    """Whether segmenting ``data`` into ``output`` should run block by block on dask.
 
     Yes when a scheduler is named, when the output is a zarr store, or when the labels (and
     probabilities) of the in-process path would not fit comfortably in the available memory;
-    never for ``--instances`` without a scheduler (instances need the whole map at once).
+    never for instances without a scheduler (instances need the whole map at once).
     """
-    if getattr(args, "scheduler", None):
+    if scheduler:
         return True
-    if getattr(args, "instances", None):  # instances need the whole probability map at once
+    if instances:  # instances need the whole probability map at once
         return False
-    if Path(args.output).suffix.lower() == ".zarr":
+    if Path(output).suffix.lower() == ".zarr":
         return True
     pixels = int(np.prod(data.shape, dtype=np.int64))
-    per_pixel = 1 + (4 * n_classes if getattr(args, "probabilities", None) else 0)
+    per_pixel = 1 + (4 * n_classes if probabilities else 0)
     if not hasattr(data, "dask"):
         per_pixel += np.dtype(data.dtype).itemsize
     return pixels * per_pixel > 0.5 * _available_memory()
@@ -1144,83 +1098,3 @@ def finish_ome_zarr(
     )  # fmt: skip
     _remove(blocks)
     return written
-
-
-def run_segment_command(args: Any, model: UNet, data: Any) -> int:
-    """``napari-unet segment`` on the block-by-block path, with a progress bar on stderr."""
-    from .cli import _progress
-
-    out = Path(args.output)
-    probs = Path(args.probabilities) if getattr(args, "probabilities", None) else None
-    if getattr(args, "instances", None):
-        raise UserInputError(
-            "--instances needs the whole probability map in memory and cannot run block by "
-            "block; drop --scheduler, or segment to zarr first and split instances per slice"
-        )
-    for p in (out, probs):
-        if p is not None and p.suffix.lower() != ".zarr":
-            raise UserInputError(
-                f"{p}: block-by-block segmentation (for --scheduler, zarr and inputs larger than "
-                f"memory) writes zarr stores; name it {p.with_suffix('.zarr').name}"
-            )
-    final = None
-    if is_ome_zarr(out):  # blocks go to a plain zarr store; NGFF levels and metadata come at the end
-        if out.exists() and not args.overwrite:
-            raise UserInputError(f"output {out} exists; pass --overwrite to replace it")
-        if probs is not None and probs.exists() and not args.overwrite:
-            raise UserInputError(f"probabilities output {probs} exists; pass --overwrite to replace it")
-        final, out = out, blocks_path(out)
-    gen = segment_blocks(
-        model,
-        data,
-        out,
-        probabilities=probs,
-        scheduler=getattr(args, "scheduler", None) or "threads",
-        tile_shape=args.tile,
-        device=args.device,
-        precision=args.precision,
-        batch_size=args.batch,
-        overwrite=args.overwrite or final is not None,
-        tta=getattr(args, "tta", "none"),
-    )
-    done = 0
-    try:
-        first = next(gen)  # set-up errors (scheduler, outputs) surface before the progress bar
-        done = first.completed
-        with _progress() as bar:
-            task = bar.add_task(
-                "segment", total=first.total, completed=done, info=f"{Path(args.input).name}"
-            )
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    result: SegmentResult = stop.value
-                    break
-                done = event.completed
-                bar.update(task, total=event.total, completed=event.completed)
-    except KeyboardInterrupt:
-        gen.close()  # waits for blocks in flight, which finish and are kept too
-        with contextlib.suppress(OSError):
-            done = sum(1 for _ in (partial_path(out) / MARKER_DIR).iterdir())
-        print(
-            f"napari-unet: interrupted; {done} finished blocks are kept in {partial_path(out)}. "
-            "Run the same command again to resume",
-            file=sys.stderr,
-        )
-        return 130
-    k = model.n_classes
-    written = result.labels
-    if final is not None:
-        written = finish_ome_zarr(out, final, args.input, model, overwrite=args.overwrite)
-    print(
-        f"labels {result.shape} (classes 1..{k}) -> {written} "
-        f"[{result.blocks - result.skipped} blocks computed, {result.skipped} resumed, "
-        + (f"{result.changed} recomputed because their input changed, " if result.changed else "")
-        + f"tile {result.tile_shape[0]}x{result.tile_shape[1]}"
-        + (f", on {', '.join(result.devices)}]" if result.devices else "]"),
-        file=sys.stderr,
-    )
-    if result.probabilities is not None:
-        print(f"probabilities {(k, *result.shape)} -> {result.probabilities}", file=sys.stderr)
-    return 0

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 
 from ._extras import require
+from .atomic import atomic_write
 from .errors import UserInputError
 from .model import UNet
 
@@ -73,27 +72,13 @@ def atomic_path(target: Path, overwrite: bool) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserInputError(f"cannot create folder {target.parent} ({exc.strerror or exc})") from None
-    tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        yield tmp
-        if target.is_dir() and not target.is_symlink():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException as exc:
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        if isinstance(exc, OSError):
-            raise UserInputError(
-                f"cannot write {target} ({exc.strerror or exc}); check space and permissions"
-            ) from exc
-        raise
+        with atomic_write(target) as tmp:
+            yield tmp
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot write {target} ({exc.strerror or exc}); check space and permissions"
+        ) from exc
 
 
 def write_onnx(model: UNet, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:

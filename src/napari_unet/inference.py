@@ -1,70 +1,28 @@
 """Overlap-tile prediction: the paper's seamless segmentation of arbitrarily large images.
 
-``predict_tiles`` is the engine; it yields every finished tile so a GUI can paint tiles as they arrive
+``predict_tiles`` plans the tiles of an image and runs them through the tile engine
+(:mod:`napari_unet.engine`); it yields every finished tile so a GUI can paint tiles as they arrive
 and a caller can stop between tiles. ``predict`` collects the tiles into one probability array.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .device import autocast, memory_budget_bytes, resolve_precision, select_device
+from .device import resolve_precision, select_device
+from .engine import TTA_MODES as TTA_MODES  # re-exported: the old import path keeps working
+from .engine import check_tta, place_model, run_tiles
+from .engine import forward_probabilities as forward_probabilities
 from .errors import UserInputError
 from .model import UNet
 from .normalize import Normalizer, compute_normalizer
+from .tileplan import CPU_MAX_AUTO_TILE as CPU_MAX_AUTO_TILE
+from .tileplan import auto_tile_shape, check_tile_shape, default_batch
 from .tiling import Tile, TilePlan, plan_tiles, read_mirrored
-
-#: Largest input tile chosen automatically on a CPU: big enough to waste little on the border,
-#: small enough that the first tile shows quickly in the viewer.
-CPU_MAX_AUTO_TILE = 1212
-
-#: Test-time augmentation: the symmetries of the square each tile is seen under. Every entry is
-#: (quarter turns, flip along x); the softmax outputs are turned back and averaged. "flips" is the
-#: group {identity, flip y, flip x, half turn}; "d4" adds the quarter turns and transposes.
-TTA_MODES: dict[str, tuple[tuple[int, bool], ...]] = {
-    "none": ((0, False),),
-    "flips": ((0, False), (0, True), (2, False), (2, True)),
-    "d4": tuple((k, f) for k in range(4) for f in (False, True)),
-}
-
-
-def check_tta(tta: str) -> str:
-    """``tta`` if it names a mode of :data:`TTA_MODES`, else one clear error."""
-    if tta not in TTA_MODES:
-        raise UserInputError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
-    return tta
-
-
-def forward_probabilities(model: UNet, x: torch.Tensor, dev: torch.device, dtype, tta: str = "none"):
-    """Softmax probabilities (float32, on ``dev``) of a batch of valid-size tiles, averaged over ``tta``.
-
-    Each view is the tile turned and/or flipped, run through the network and turned back. Valid tile
-    sizes are even at every pooling step, so a flipped tile pools the same pixel pairs as the
-    original: the average stays exact under overlap-tiling.
-    """
-    total = None
-    views = TTA_MODES[check_tta(tta)]
-    for k, flip in views:
-        v = x
-        if flip:
-            v = torch.flip(v, dims=(3,))
-        if k:
-            v = torch.rot90(v, k, dims=(2, 3))
-        with torch.inference_mode(), autocast(dev, dtype):
-            logits = model(v)
-        p = torch.softmax(logits.float(), dim=1)
-        if k:
-            p = torch.rot90(p, -k, dims=(2, 3))
-        if flip:
-            p = torch.flip(p, dims=(3,))
-        total = p if total is None else total + p
-    return total if len(views) == 1 else total / len(views)
 
 
 @dataclass(frozen=True)
@@ -103,51 +61,6 @@ def check_image(image) -> None:
     kind = np.dtype(image.dtype).kind
     if kind not in "biuf":
         raise UserInputError(f"image has data type {image.dtype}; expected integers or floats")
-
-
-def auto_tile_shape(
-    model: UNet,
-    image_shape: Sequence[int],
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    batch_size: int = 1,
-) -> tuple[int, int]:
-    """The input tile used when none is given: as large as memory allows, no larger than needed.
-
-    Bigger tiles waste less compute on the mirrored border and overlap; the estimate counts about
-    eight feature maps of ``base_channels`` alive at full resolution during a forward pass.
-    """
-    bytes_per_el = 2 if dtype in (torch.bfloat16, torch.float16) else 4
-    per_pixel = model.base_channels * bytes_per_el * 8 + 64
-    budget = memory_budget_bytes(device)
-    max_side = int(math.sqrt(budget / (per_pixel * max(1, batch_size))))
-    if device.type == "cpu":
-        max_side = min(max_side, CPU_MAX_AUTO_TILE)
-    m = model.stride_multiple
-    b = max(model._bottom_for_output(1), (max_side - 4 * (m - 1)) // m)
-    largest = m * b + 4 * (m - 1)
-    return tuple(min(largest, model.input_size_for_output(int(s))) for s in image_shape[-2:])  # type: ignore[return-value]
-
-
-def _check_tile_shape(model: UNet, tile_shape: Sequence[int] | int) -> tuple[int, int]:
-    if isinstance(tile_shape, int | np.integer):
-        tile_shape = (int(tile_shape), int(tile_shape))
-    tile = tuple(int(t) for t in tile_shape)
-    if len(tile) != 2:
-        raise UserInputError(f"tile shape must be one or two sizes, got {tile_shape!r}")
-    for t in tile:
-        try:
-            model.output_size(t)
-        except ValueError:
-            raise UserInputError(
-                f"tile size {t} does not fit a depth-{model.depth} U-Net (every pooled map must be "
-                f"even); the nearest valid size is {model.valid_input_size(t)}"
-            ) from None
-    m = model.stride_multiple
-    if min(tile) - model.margin < m:
-        smallest = model.input_size_for_output(m)
-        raise UserInputError(f"tile size {min(tile)} is too small; use at least {smallest}")
-    return tile  # type: ignore[return-value]
 
 
 def predict_tiles(
@@ -208,13 +121,13 @@ def predict_tiles(
     n_slices = image.shape[0] if is_stack else 1
     hw = tuple(int(s) for s in image.shape[-2:])
     if batch_size is None:
-        batch_size = 1 if dev.type == "cpu" else 4
+        batch_size = default_batch(dev)
     if batch_size < 1:
         raise UserInputError(f"batch size must be >= 1, got {batch_size}")
     if tile_shape is None:
         tile = auto_tile_shape(model, hw, dev, dtype, batch_size)
     else:
-        tile = _check_tile_shape(model, tile_shape)
+        tile = check_tile_shape(model, tile_shape)
     plan: TilePlan = plan_tiles(
         hw,
         tile,
@@ -229,46 +142,27 @@ def predict_tiles(
         if not 0 <= z < n_slices:
             raise UserInputError(f"slice {z} is outside the stack of {n_slices} slices")
     tiles = [t for z in zs for t in plan.tiles(z)]
-    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
-    th, tw = plan.tile_shape
-    channels_last = dev.type == "cuda" or (dev.type == "cpu" and dtype == torch.bfloat16)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def load(batch: list[Tile]) -> torch.Tensor:
-        arr = np.empty((len(batch), 1, th, tw), dtype=np.float32)
-        for i, t in enumerate(batch):
-            plane = image[t.z] if is_stack else image
-            arr[i, 0] = normalizer(read_mirrored(plane, t.in_y, t.in_x, th, tw))
-        x = torch.from_numpy(arr)
-        if dev.type == "cuda":
-            x = x.pin_memory()
-        return x
+    def read(t: Tile) -> np.ndarray:
+        plane = image[t.z] if is_stack else image
+        return normalizer(read_mirrored(plane, t.in_y, t.in_x, *plan.tile_shape))
 
     was_training = model.training
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=memory_format)
-    model.eval()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-read")
+    place_model(model, dev, dtype).eval()
+    results = run_tiles(
+        model, tiles, read, plan.tile_shape, dev, dtype, batch_size=batch_size, tta=tta, prefetch=True
+    )
     try:
-        pending: Future | None = pool.submit(load, batches[0]) if batches else None
-        done = 0
-        for bi, batch in enumerate(batches):
-            x = pending.result()  # type: ignore[union-attr]
-            pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
-            x = x.to(dev, non_blocking=True).contiguous(memory_format=memory_format)
-            probs = forward_probabilities(model, x, dev, dtype, tta).cpu().numpy()
-            for t, p in zip(batch, probs, strict=True):
-                region = ((t.z,) if is_stack else ()) + t.out
-                yield TileResult(
-                    region=region,
-                    probabilities=np.ascontiguousarray(p[:, t.crop[0], t.crop[1]]),
-                    index=done,
-                    total=len(tiles),
-                )
-                done += 1
+        for done, (t, p) in enumerate(results):
+            region = ((t.z,) if is_stack else ()) + t.out
+            yield TileResult(
+                region=region,
+                probabilities=np.ascontiguousarray(p[:, t.crop[0], t.crop[1]]),
+                index=done,
+                total=len(tiles),
+            )
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        results.close()  # stops the reading thread when the caller stops early
         model.train(was_training)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .classes import class_names_or_default
 from .errors import UserInputError
 
 __all__ = [
@@ -244,9 +245,7 @@ def class_index(spec: str | int | None, class_names: Sequence[str] | None, n_cla
     The cell class is the one named "cell", else the last class. An unknown name or id is a
     :class:`UserInputError` that lists the model's classes.
     """
-    names = [str(n) for n in (class_names or [])]
-    if len(names) != n_classes:
-        names = [f"class {i}" for i in range(1, n_classes + 1)]
+    names = class_names_or_default(class_names, n_classes)
     listed = ", ".join(f"{i} = {n}" for i, n in enumerate(names, start=1))
     if spec is None or (isinstance(spec, str) and spec.strip() == ""):
         lower = [n.lower() for n in names]

@@ -32,6 +32,8 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from napari_unet import formats
+from napari_unet.atomic import atomic_write
 from napari_unet.errors import UserInputError
 
 __all__ = [
@@ -52,18 +54,16 @@ __all__ = [
     "write_probabilities",
 ]
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-PNG_SUFFIXES = (".png",)
-ZARR_SUFFIXES = (".zarr",)
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-MRC_SUFFIXES = (".mrc", ".mrcs", ".rec", ".map")
-SLICE_SUFFIXES = PNG_SUFFIXES + TIFF_SUFFIXES
-READ_SUFFIXES = TIFF_SUFFIXES + PNG_SUFFIXES + ZARR_SUFFIXES + HDF5_SUFFIXES + MRC_SUFFIXES
+# Suffixes come from the format registry (:mod:`napari_unet.formats`); these names stay for callers.
+TIFF_SUFFIXES = formats.TIFF.suffixes
+PNG_SUFFIXES = formats.PNG.suffixes
+ZARR_SUFFIXES = formats.ZARR.suffixes
+HDF5_SUFFIXES = formats.HDF5.suffixes
+MRC_SUFFIXES = formats.MRC.suffixes
+SLICE_SUFFIXES = formats.SLICE_SUFFIXES
+READ_SUFFIXES = formats.read_suffixes()
 
-_READ_FORMATS = (
-    ".tif, .tiff, .png, .zarr, .h5, .hdf5, .hdf, .mrc, .mrcs, .rec, .map, "
-    "or a folder of PNG/TIFF slices"
-)
+_READ_FORMATS = formats.readable_text()
 _LABEL_TARGETS = (
     ".tif/.tiff (one TIFF), .zarr (chunked), .ome.zarr (OME-Zarr labels), or a name without suffix "
     "(PNG slices)"
@@ -265,18 +265,13 @@ def _detect(path: Path) -> str:
     if not path.exists():
         raise UserInputError(f"{path} does not exist; check the path")
     suffix = path.suffix.lower()
+    found = formats.format_of_suffix(path)
     if path.is_dir():
-        if suffix in ZARR_SUFFIXES or _has_zarr_metadata(path):
+        if found is formats.ZARR or _has_zarr_metadata(path):
             return "zarr"
         return "slices"
-    if suffix in TIFF_SUFFIXES:
-        return "tiff"
-    if suffix in PNG_SUFFIXES:
-        return "png"
-    if suffix in HDF5_SUFFIXES:
-        return "hdf5"
-    if suffix in MRC_SUFFIXES:
-        return "mrc"
+    if found is not None and not found.folder:
+        return found.name
     raise UserInputError(
         f"{path}: unsupported image format '{suffix or path.name}'; use one of {_READ_FORMATS}"
     )
@@ -285,7 +280,7 @@ def _detect(path: Path) -> str:
 def _probe(path: str | os.PathLike, dataset: str | None, *, check_slices: bool) -> _Probe:
     p, key = _split_container_path(path, dataset)
     fmt = _detect(p)
-    if key is not None and fmt not in ("hdf5", "zarr"):
+    if key is not None and fmt not in formats.with_datasets():
         raise UserInputError(f"{p} is a {fmt} image and holds no datasets; drop the dataset name")
     if fmt == "tiff":
         return _probe_tiff(p)
@@ -1040,29 +1035,18 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
-def _fsync(p: Path) -> None:
-    """Flush a finished file (or a folder entry) to disk before it is renamed into place."""
-    with contextlib.suppress(OSError):
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _exists(p: Path) -> bool:
     return p.exists() or p.is_symlink()
 
 
-def _swap_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Rename a finished temporary output onto target; an old output is removed only afterwards."""
+def _check_target(target: Path, overwrite: bool) -> None:
+    """Refuse a target that exists without ``overwrite``, or that napari-unet did not write."""
     from napari_unet import outputs
 
     if _exists(target):
         if not overwrite:
             raise UserInputError(f"{target} exists (use overwrite to replace it)")
         outputs.check_replaceable(target)
-    outputs.swap_into_place(tmp, target)
 
 
 @contextlib.contextmanager
@@ -1074,10 +1058,7 @@ def _atomic_output(target: Path, overwrite: bool) -> Iterator[Path]:
     """
     from napari_unet import outputs
 
-    if _exists(target):
-        if not overwrite:
-            raise UserInputError(f"{target} exists (use overwrite to replace it)")
-        outputs.check_replaceable(target)
+    _check_target(target, overwrite)
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -1087,15 +1068,11 @@ def _atomic_output(target: Path, overwrite: bool) -> Iterator[Path]:
         ) from exc
     with outputs.OutputLock(target):
         outputs.clean_stale(target)
-        tmp = outputs.temp_name(target)
         try:
-            yield tmp
-            _fsync(tmp)
-            _swap_into_place(tmp, target, overwrite)
-            _fsync(parent)
+            with atomic_write(target) as tmp:
+                yield tmp
+                _check_target(target, overwrite)  # it may have appeared while we wrote
         except BaseException as exc:
-            with contextlib.suppress(OSError):
-                _remove(tmp)
             if isinstance(exc, OSError):
                 raise UserInputError(
                     f"cannot write {target} ({_one_line(exc)}); check free disk space and "

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from napari_unet.annotation import class_colors, class_features
+from napari_unet.atomic import atomic_write
+from napari_unet.classes import class_names_or_default
 
 __all__ = [
     "ANNOTATIONS",
@@ -199,9 +201,8 @@ def class_names_of_features(features: Any) -> list[str] | None:
 
 def class_names_of(model: Any) -> list[str]:
     """A model's class names, or "class 1".."class K" when it names none."""
-    k = int(model.n_classes)
-    names = list((getattr(model, "metadata", None) or {}).get("classes") or [])
-    return [str(n) for n in names] if len(names) == k else [f"class {i}" for i in range(1, k + 1)]
+    stored = (getattr(model, "metadata", None) or {}).get("classes")
+    return class_names_or_default(stored, int(model.n_classes))
 
 
 # ------------------------------------------------------------------------------ saved masks
@@ -226,9 +227,8 @@ def write_mask_classes(
         "classes": [str(n) for n in names],
         "colors": {str(k): str(v) for k, v in palette.items() if k is not None},
     }
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, target)
+    with atomic_write(target) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
     return target
 
 

@@ -14,12 +14,10 @@ set, else the user's configuration folder); a broken or unwritable file is ignor
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import dask.array as da
 import numpy as np
 
 from napari_unet import io
+from napari_unet.atomic import atomic_write
 from napari_unet.errors import UserInputError
 
 __all__ = [
@@ -87,13 +86,8 @@ def config_dir() -> Path:
 
 def _write_json_atomic(path: Path, doc: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def recent_paths(limit: int = RECENT_LIMIT) -> list[str]:

@@ -151,6 +151,12 @@ class UNet(nn.Module):
         b = max(self._bottom_for_output(1), math.ceil((size - 4 * (m - 1)) / m))
         return m * b + 4 * (m - 1)
 
+    def largest_valid_input_size(self, limit: int) -> int:
+        """Largest valid input length <= ``limit``, or the smallest valid one if none is."""
+        m = self.stride_multiple
+        b = max(self._bottom_for_output(1), (int(limit) - 4 * (m - 1)) // m)
+        return m * b + 4 * (m - 1)
+
     def valid_input_shape(self, output_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Smallest valid input shape whose output covers ``output_shape``."""
         return tuple(self.input_size_for_output(int(s)) for s in output_shape)
@@ -210,10 +216,9 @@ def with_classes(model: UNet, names: Sequence[str]) -> UNet:
 
 def class_names(model: UNet) -> list[str]:
     """The model's class names (class k = output channel k - 1), "class k" where none is stored."""
-    stored = model.metadata.get("classes")
-    if isinstance(stored, list | tuple) and len(stored) == model.n_classes:
-        return [str(n) for n in stored]
-    return [f"class {k}" for k in range(1, model.n_classes + 1)]
+    from .classes import class_names_or_default
+
+    return class_names_or_default(model.metadata.get("classes"), model.n_classes)
 
 
 def kept_classes(model: UNet, names: Sequence[str]) -> tuple[list[str], list[str], list[str]]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._extras import require
+from .atomic import atomic_write
 from .errors import UserInputError
 
 #: Suffix that selects an OME-Zarr output.
@@ -265,30 +264,16 @@ def write_into_image(
     zarr_format = 2 if version == "0.4" else 3
     fmt = ome.format.format_from_version(version)
     lgroup = zarr.open_group(str(labels_dir), mode="a", zarr_format=zarr_format)
-    tmp = labels_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        write_label_group(
-            tmp, arr, axes=axes, scale=scale, class_names=class_names, version=version,
-            source_image="../../",
-        )  # fmt: skip
-        if target.exists() or target.is_symlink():
-            old = labels_dir / f".{name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise UserInputError(
-                f"cannot write {target} ({exc}); check free disk space and permissions"
-            ) from exc
-        raise
+        with atomic_write(target) as tmp:
+            write_label_group(
+                tmp, arr, axes=axes, scale=scale, class_names=class_names, version=version,
+                source_image="../../",
+            )  # fmt: skip
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot write {target} ({exc}); check free disk space and permissions"
+        ) from exc
     listed = [str(n) for n in (ome.writer.get_metadata(lgroup).get("labels") or [])]
     if name not in listed:
         ome.writer.add_metadata(lgroup, {"labels": [*listed, name]}, fmt=fmt)

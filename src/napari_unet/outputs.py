@@ -457,15 +457,12 @@ def write_text(target: str | os.PathLike, text: str, *, overwrite: bool, what: s
                 raise UserInputError(f"{what} {target} exists; pass --overwrite to replace it")
             check_replaceable(target, what)
         clean_stale(target)
-        tmp = temp_name(target)
+        from .atomic import atomic_write
+
         try:
-            with open(tmp, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            swap_into_place(tmp, target)
+            with atomic_write(target) as tmp:
+                tmp.write_text(text)
         except OSError as exc:
-            remove(tmp)
             raise UserInputError(
                 f"cannot write {what} {target} ({exc.strerror or exc}); check free disk space and permissions"
             ) from None

@@ -1,4 +1,9 @@
-"""How many tiles a segmentation takes and about how long, before it runs.
+"""The tile policy: which tile, batch and chunk a run uses, and what a chosen tile will cost.
+
+Every choice of tile size lives here: the automatic tile of in-process prediction
+(:func:`auto_tile_shape`), the check of a given one (:func:`check_tile_shape`), the tile and chunk
+of block-by-block segmentation (:func:`tile_for_chunk`, :func:`default_chunks`), the default batch
+and the training tile. They rest on the model's public size methods only.
 
 The Segment dock shows this for the tile size the user chose, so a size that would take hours
 says so up front: :func:`check_tile_size` turns a typed size into the tile actually used (or says
@@ -8,13 +13,16 @@ throughput figure (measured here, or from the last run in this viewer). Nothing 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
+from napari_unet.device import memory_budget_bytes
 from napari_unet.errors import UserInputError
-from napari_unet.inference import auto_tile_shape
 from napari_unet.model import UNet
 from napari_unet.tiling import plan_tiles
 
@@ -37,6 +45,117 @@ SECONDS_PER_MPX_BASE16 = 1.8
 TTA_VIEWS = {"none": 1, "flips": 4, "d4": 8}
 
 
+# ------------------------------------------------------------------------------ the tile policy
+#: Largest input tile chosen automatically on a CPU: big enough to waste little on the border,
+#: small enough that the first tile shows quickly in the viewer.
+CPU_MAX_AUTO_TILE = 1212
+
+#: Output chunk (y, x) of block-by-block segmentation when the input's chunking does not suit.
+DEFAULT_CHUNK = 512
+#: Largest batch accepted: more tiles per forward pass than this only costs memory.
+MAX_BATCH = 256
+#: Training input tile when none is given: the paper's 572 on a GPU, smaller steps on a CPU.
+TRAIN_TILE_GPU = 572
+TRAIN_TILE_CPU = 412
+
+
+def default_batch(device: torch.device) -> int:
+    """Tiles per forward pass when none is given: 1 on a CPU (batching gains nothing there), else 4."""
+    return 1 if device.type == "cpu" else 4
+
+
+def training_tile(model: UNet, device: torch.device) -> int:
+    """The training input tile when none is given, rounded to a size the network accepts."""
+    return model.valid_input_size(TRAIN_TILE_GPU if device.type == "cuda" else TRAIN_TILE_CPU)
+
+
+def auto_tile_shape(
+    model: UNet,
+    image_shape: Sequence[int],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 1,
+) -> tuple[int, int]:
+    """The input tile used when none is given: as large as memory allows, no larger than needed.
+
+    Bigger tiles waste less compute on the mirrored border and overlap; the estimate counts about
+    eight feature maps of ``base_channels`` alive at full resolution during a forward pass.
+    """
+    bytes_per_el = 2 if dtype in (torch.bfloat16, torch.float16) else 4
+    per_pixel = model.base_channels * bytes_per_el * 8 + 64
+    budget = memory_budget_bytes(device)
+    max_side = int(math.sqrt(budget / (per_pixel * max(1, batch_size))))
+    if device.type == "cpu":
+        max_side = min(max_side, CPU_MAX_AUTO_TILE)
+    largest = model.largest_valid_input_size(max_side)
+    return tuple(min(largest, model.input_size_for_output(int(s))) for s in image_shape[-2:])  # type: ignore[return-value]
+
+
+def check_tile_shape(model: UNet, tile_shape: Sequence[int] | int) -> tuple[int, int]:
+    if isinstance(tile_shape, int | np.integer):
+        tile_shape = (int(tile_shape), int(tile_shape))
+    tile = tuple(int(t) for t in tile_shape)
+    if len(tile) != 2:
+        raise UserInputError(f"tile shape must be one or two sizes, got {tile_shape!r}")
+    for t in tile:
+        try:
+            model.output_size(t)
+        except ValueError:
+            raise UserInputError(
+                f"tile size {t} does not fit a depth-{model.depth} U-Net (every pooled map must be "
+                f"even); the nearest valid size is {model.valid_input_size(t)}"
+            ) from None
+    m = model.stride_multiple
+    if min(tile) - model.margin < m:
+        smallest = model.input_size_for_output(m)
+        raise UserInputError(f"tile size {min(tile)} is too small; use at least {smallest}")
+    return tile  # type: ignore[return-value]
+
+
+def tile_for_chunk(model: UNet, chunk: int, max_tile: int = CPU_MAX_AUTO_TILE) -> int:
+    """Largest input tile (at most ``max_tile``) whose tile stride divides ``chunk``.
+
+    The stride of tiles with output ``o`` is ``o`` rounded down to a multiple of ``2**depth``; the
+    output of the smallest valid input covering ``s`` pixels is ``s`` plus a few, so strides ``s``
+    that divide the chunk and are multiples of ``2**depth`` are tried from the largest down.
+    """
+    m = model.stride_multiple
+    if chunk % m:
+        raise UserInputError(
+            f"chunk size {chunk} is not a multiple of {m} (2**depth of this network); "
+            f"use e.g. {max(m, chunk // m * m)}"
+        )
+    best = None
+    for k in range(1, chunk // m + 1):
+        if chunk % k or (chunk // k) % m:
+            continue
+        s = chunk // k
+        out = model.valid_output_size(s)
+        tile = model.input_size_for_output(s)
+        if (out // m) * m != s:  # pragma: no cover - guards the geometry
+            continue
+        best = tile
+        if tile <= max_tile:
+            return tile
+    return int(best if best is not None else model.input_size_for_output(m))
+
+
+def default_chunks(model: UNet, image: Any) -> tuple[int, int]:
+    """Output chunk (y, x): the input's dask/zarr chunking where it suits the network, else 512."""
+    m = model.stride_multiple
+    fallback = max(m, math.ceil(DEFAULT_CHUNK / m) * m)
+    chunks = getattr(image, "chunks", None)
+    found: list[int] = []
+    if chunks is not None:
+        for c in tuple(chunks)[-2:]:
+            c = int(c[0]) if isinstance(c, tuple) else int(c)
+            found.append(c if c % m == 0 and 64 <= c <= 4096 else fallback)
+    if len(found) != 2:
+        found = [fallback, fallback]
+    return found[0], found[1]
+
+
+# ------------------------------------------------------------------ tiles and time of one run
 def smallest_tile(model: UNet) -> int:
     """The smallest input tile the model accepts (its output is one stride multiple wide)."""
     return model.input_size_for_output(model.stride_multiple)

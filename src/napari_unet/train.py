@@ -27,6 +27,7 @@ from .inference import predict
 from .model import UNet
 from .model import class_names as model_class_names
 from .normalize import DEFAULT_NORMALIZATION, compute_normalizer
+from .tileplan import training_tile
 from .tiling import mirror_indices
 from .weightmap import center_crop, class_balance_weights, weight_map, weighted_cross_entropy
 
@@ -289,8 +290,7 @@ class Trainer:
         self.device = select_device(cfg.device)
         self.dtype = resolve_precision(cfg.precision, self.device)
         if cfg.tile_size is None:
-            tile = 572 if self.device.type == "cuda" else 412
-            self.tile = model.valid_input_size(tile)
+            self.tile = training_tile(model, self.device)
         else:
             try:
                 model.output_size(cfg.tile_size)

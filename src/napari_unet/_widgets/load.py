@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import loading
+from napari_unet import formats, loading
 from napari_unet.errors import UserInputError
 
 from . import _alive, unwrap
@@ -39,9 +39,7 @@ from ._worker import DONE, TaskPanel, start_worker
 
 __all__ = ["LoadStackWidget", "restore_offer"]
 
-_FILE_FILTER = (
-    "EM images (*.tif *.tiff *.png *.h5 *.hdf5 *.hdf *.mrc *.mrcs *.rec *.map *.zarr);;All files (*)"
-)
+_FILE_FILTER = formats.dialog_filter()
 
 
 def _stack_depth(shape: tuple[int, ...]) -> int | None:

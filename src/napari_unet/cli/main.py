@@ -1,0 +1,80 @@
+"""The ``napari-unet`` command line: the same core as the napari plugin, headless.
+
+Each subcommand lives in its own module (``segment``, ``train``, ``evaluate``, ``export``, ``demo``)
+with its options and its body; this module builds the parser from them and turns errors into exit
+codes. The core never imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import UserInputError
+from . import demo, evaluate, export, segment, train
+from .common import PROG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="U-Net segmentation of electron-microscopy images (Ronneberger et al. 2015).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    for command in (segment, train, evaluate, export, demo):
+        command.add_parser(sub)
+    return parser
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"{PROG}: warning: {message}\n"
+
+
+def _output_locks(args: argparse.Namespace):
+    """Hold a command's output locks for the whole run: a second run to one output is refused early."""
+    from ..outputs import locked
+
+    targets: list[str | None] = []
+    if args.command == "segment":
+        targets = [args.output, args.probabilities]
+    elif args.command == "evaluate":
+        targets = [args.json]
+    elif args.command == "demo":
+        targets = [args.output]
+    existing = [t for t in targets if t is not None and Path(t).absolute().parent.is_dir()]
+    return locked(existing)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.formatwarning = _format_warning
+    try:
+        with _output_locks(args):
+            return int(args.func(args) or 0)
+    except UserInputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no partial output was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; try a smaller --tile or --batch", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # torch reports a failed allocation as RuntimeError
+        text = str(exc).lower()
+        if "allocate" not in text and "out of memory" not in text:
+            raise
+        print(f"{PROG}: error: out of memory; try a smaller --tile or --batch", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # pragma: no cover - e.g. piped into head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

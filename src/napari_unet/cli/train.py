@@ -1,0 +1,237 @@
+"""``napari-unet train``: fine-tune or train a model on annotated images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import default_class_names
+from ..errors import UserInputError
+from .common import apply_label_map, check_output, parse_label_map, read_array, resolve_model
+from .progress import clock, progress
+
+#: how long `train` runs when neither --steps nor --max-minutes is given
+DEFAULT_TRAIN_MINUTES = 5.0
+
+
+def add_parser(sub) -> None:
+    """The ``train`` subcommand and its options."""
+    tr = sub.add_parser(
+        "train",
+        help="train or fine-tune a model on annotated images",
+        description="Fine-tune the shipped model (or train from scratch) on images with sparse labels: "
+        "0 = not annotated, 1..K = classes (or stored values mapped with --label-map).",
+    )
+    tr.add_argument(
+        "--images",
+        required=True,
+        help="image or stack in any format segment reads (PATH:DATASET for HDF5/zarr)",
+    )
+    tr.add_argument(
+        "--labels", required=True, help="annotations of the same shape (PATH:DATASET for HDF5/zarr)"
+    )
+    tr.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    tr.add_argument(
+        "--from",
+        dest="start",
+        default="default",
+        help="starting model: a .safetensors file, 'default' (shipped) or 'scratch'",
+    )
+    tr.add_argument(
+        "--resume", action="store_true", help="continue the step count and optimiser state stored in --from"
+    )
+    tr.add_argument(
+        "--recipe",
+        default="fast",
+        choices=["fast", "paper"],
+        help="fast: the measured default (Adam, tiles drawn class by class); paper: SGD momentum 0.99, "
+        "batch 1, 572 px tiles (docs/training.md compares them); the options below override single settings",
+    )
+    tr.add_argument("--steps", type=int, default=None, help="train this many steps")
+    tr.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help=f"train this long (with --steps: whichever ends first; neither: {DEFAULT_TRAIN_MINUTES:g} min)",
+    )
+    tr.add_argument(
+        "--validation",
+        default="none",
+        choices=["auto", "none"],
+        help="auto: hold out a few annotated slices or blocks and report validation from step 0",
+    )
+    tr.add_argument("--val-fraction", type=float, default=None, help="share of annotated slices held out")
+    tr.add_argument(
+        "--label-map",
+        default=None,
+        metavar="V:C,...",
+        help="stored value -> class, e.g. 0:1,255:2 (ISBI); unmapped values = not annotated",
+    )
+    tr.add_argument(
+        "--classes",
+        default=None,
+        help="the trained model's class names in label order 1..K, e.g. background,mitochondrion: a name "
+        "the start model has keeps its weights, a new name gets a new output channel, others are dropped",
+    )
+    tr.add_argument(
+        "--base-channels", type=int, default=16, help="width of a --from scratch network (the paper used 64)"
+    )
+    tr.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="override the recipe's")
+    tr.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    tr.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.99)")
+    tr.add_argument("--tile", type=int, default=None, help="training input tile (default: the recipe's)")
+    tr.add_argument("--batch", type=int, default=None, help="tiles per step (default 1)")
+    tr.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    tr.add_argument("--checkpoint-every", type=int, default=100)
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    tr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing output model")
+    tr.set_defaults(func=cmd_train)
+
+
+def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
+    """The model to train: the start model given the classes of ``--classes`` (or its own)."""
+    from ..model import UNet, kept_classes, with_classes
+
+    names = None
+    if args.classes:
+        names = [n.strip() for n in args.classes.split(",")]
+        lowered = [n.lower() for n in names]
+        if "" in lowered:
+            raise UserInputError(f"--classes has an empty name: {args.classes!r}")
+        twice = sorted({n for n in lowered if lowered.count(n) > 1})
+        if twice:
+            raise UserInputError(f"--classes names {', '.join(twice)} more than once")
+        if len(names) < 2:
+            raise UserInputError("--classes needs at least two names (e.g. background,mitochondrion)")
+    high = int(labels.max()) if labels.size else 0
+    if args.start == "scratch":
+        names = names or default_class_names(max(high, 2))
+        if args.base_channels < 1 or args.base_channels > 512:
+            raise UserInputError(f"--base-channels must be between 1 and 512, got {args.base_channels}")
+        model = UNet(n_classes=len(names), base_channels=args.base_channels)
+        model.metadata["classes"] = names
+    else:
+        model = resolve_model(args.start)
+        if names is not None:
+            kept, added, dropped = kept_classes(model, names)
+            model = with_classes(model, names)
+            print(
+                f"classes 1..{len(names)}: {', '.join(names)} (kept: {', '.join(kept) or 'none'}; "
+                f"new: {', '.join(added) or 'none'}; dropped: {', '.join(dropped) or 'none'})",
+                file=sys.stderr,
+            )
+    if high > model.n_classes:
+        from ..model import class_names
+
+        raise UserInputError(
+            f"the labels go up to {high}, but the model has {model.n_classes} classes "
+            f"({', '.join(class_names(model))}); name one class per label with --classes"
+        )
+    return model
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse a model output whose folder cannot be written, before any training step."""
+    import tempfile
+
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserInputError(f"the folder of model output {out} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UserInputError(f"cannot write model output {out} ({exc.strerror or exc})") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune or train a model; Ctrl-C stops after the current step and keeps a checkpoint."""
+    import signal
+
+    from ..recipes import recipe_config
+    from ..train import Trainer
+
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise UserInputError(f"model output {out} must end in .safetensors")
+    resume_same = args.resume and Path(args.start).resolve() == out.resolve()
+    if not resume_same:
+        check_output(out, args.overwrite, "model output")
+    _check_writable(out)
+    steps, minutes = args.steps, args.max_minutes
+    if steps is None and minutes is None:
+        minutes = DEFAULT_TRAIN_MINUTES
+    lr = args.lr
+    if lr is None and args.optimizer is not None:
+        lr = 1e-4 if args.optimizer == "adam" else 0.001
+    cfg = recipe_config(
+        args.recipe,
+        steps=steps,
+        max_minutes=minutes,
+        learning_rate=lr,
+        momentum=args.momentum,
+        optimizer=args.optimizer,
+        tile_size=args.tile,
+        batch_size=args.batch,
+        validation=args.validation,
+        val_fraction=args.val_fraction,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_path=str(out),
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+    )
+    if steps is None:
+        cfg.steps = None
+    if args.no_augment:
+        cfg.augment = None
+    cfg.check()  # numbers first: a bad option is reported before the data is read
+    images = read_array(args.images, "images")
+    labels = apply_label_map(read_array(args.labels, "labels"), parse_label_map(args.label_map))
+    if images.ndim not in (2, 3):
+        raise UserInputError(f"images have shape {images.shape}; expected one grey image or a stack")
+    if images.shape != labels.shape:
+        raise UserInputError(f"images have shape {images.shape} but labels have shape {labels.shape}")
+    if labels.dtype.kind == "f":
+        labels = labels.astype(np.int64)
+    model = _train_start_model(args, labels)
+    trainer = Trainer(model, images, labels, cfg, resume_from=args.start if args.resume else None)
+    interrupted = []
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop after this step; second: abort
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        trainer.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with progress() as bar:
+            task = bar.add_task("train", total=1000, completed=0, info="")
+            for ev in trainer.run():
+                info = f"step {ev.step}"
+                info += f"  loss {ev.loss:.4f}" if ev.loss is not None else ""
+                if ev.remaining is not None:
+                    info += f"  {clock(ev.remaining)} left"
+                bar.update(task, completed=round(1000 * ev.progress), info=info)
+                if ev.kind == "validation" and ev.metrics:
+                    bar.console.print(
+                        f"step {ev.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.metrics.items())
+                    )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    how = "stopped" if interrupted else "finished"
+    print(f"{how} after {trainer.step} steps; model -> {out}", file=sys.stderr)
+    if trainer.worse_than_start:
+        print(
+            "warning: the validation loss ended higher than the start model's "
+            f"({trainer.last_metrics['val_loss']:.4f} > {trainer.start_metrics['val_loss']:.4f}); "
+            "keep using the start model, or annotate more and train again",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,134 @@
+"""The overlap-tile engine: batches of tiles through the network, one way for every caller.
+
+In-process prediction (:func:`napari_unet.inference.predict_tiles`) and the dask blocks
+(:mod:`napari_unet.distributed`) differ only in where a tile's pixels come from and where its
+probabilities go. Both hand this engine a list of tiles and a function that reads one tile's
+normalised input; the engine batches them, lays the batch out for the device (channels-last where
+that is faster, pinned memory for a GPU), runs the network with test-time augmentation and yields
+each tile's softmax probabilities in order. One engine is why the two agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from .device import autocast
+from .errors import UserInputError
+from .model import UNet
+
+T = TypeVar("T")
+
+
+#: Test-time augmentation: the symmetries of the square each tile is seen under. Every entry is
+#: (quarter turns, flip along x); the softmax outputs are turned back and averaged. "flips" is the
+#: group {identity, flip y, flip x, half turn}; "d4" adds the quarter turns and transposes.
+TTA_MODES: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, False), (2, True)),
+    "d4": tuple((k, f) for k in range(4) for f in (False, True)),
+}
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` if it names a mode of :data:`TTA_MODES`, else one clear error."""
+    if tta not in TTA_MODES:
+        raise UserInputError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
+    return tta
+
+
+def forward_probabilities(model: UNet, x: torch.Tensor, dev: torch.device, dtype, tta: str = "none"):
+    """Softmax probabilities (float32, on ``dev``) of a batch of valid-size tiles, averaged over ``tta``.
+
+    Each view is the tile turned and/or flipped, run through the network and turned back. Valid tile
+    sizes are even at every pooling step, so a flipped tile pools the same pixel pairs as the
+    original: the average stays exact under overlap-tiling.
+    """
+    total = None
+    views = TTA_MODES[check_tta(tta)]
+    for k, flip in views:
+        v = x
+        if flip:
+            v = torch.flip(v, dims=(3,))
+        if k:
+            v = torch.rot90(v, k, dims=(2, 3))
+        with torch.inference_mode(), autocast(dev, dtype):
+            logits = model(v)
+        p = torch.softmax(logits.float(), dim=1)
+        if k:
+            p = torch.rot90(p, -k, dims=(2, 3))
+        if flip:
+            p = torch.flip(p, dims=(3,))
+        total = p if total is None else total + p
+    return total if len(views) == 1 else total / len(views)
+
+
+def memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
+    """channels_last where it is faster (CUDA, bf16 on a CPU), else the contiguous layout."""
+    channels_last = device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def place_model(model: UNet, device: torch.device, dtype: torch.dtype) -> UNet:
+    """``model`` on ``device`` in the memory layout :func:`run_tiles` feeds it."""
+    model.to(device)
+    fmt = memory_format(device, dtype)
+    if fmt == torch.channels_last:
+        model.to(memory_format=fmt)
+    return model
+
+
+def run_tiles(
+    model: UNet,
+    tiles: Sequence[T],
+    read: Callable[[T], np.ndarray],
+    tile_shape: tuple[int, int],
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    batch_size: int,
+    tta: str = "none",
+    prefetch: bool = False,
+) -> Iterator[tuple[T, np.ndarray]]:
+    """Yield ``(tile, probabilities)`` for every tile in order; probabilities are float32 (K, h, w).
+
+    ``read(tile)`` returns the tile's normalised network input, shape ``tile_shape``. The model must
+    already be placed (:func:`place_model`) and in eval mode. With ``prefetch`` the next batch is
+    read in a helper thread while the network computes the current one (worth it when reading is
+    slow: a lazy array, a slice of a big stack).
+    """
+    th, tw = tile_shape
+    fmt = memory_format(device, dtype)
+    batches = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
+
+    def load(batch: list[T]) -> torch.Tensor:
+        arr = np.empty((len(batch), 1, th, tw), dtype=np.float32)
+        for i, t in enumerate(batch):
+            arr[i, 0] = read(t)
+        x = torch.from_numpy(arr)
+        if device.type == "cuda":
+            x = x.pin_memory()
+        return x
+
+    def compute(batch: list[T], x: torch.Tensor) -> Iterator[tuple[T, np.ndarray]]:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        probs = forward_probabilities(model, x, device, dtype, tta).cpu().numpy()
+        yield from zip(batch, probs, strict=True)
+
+    if not prefetch:
+        for batch in batches:
+            yield from compute(batch, load(batch))
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-read")
+    try:
+        pending: Future | None = pool.submit(load, batches[0]) if batches else None
+        for bi, batch in enumerate(batches):
+            x = pending.result()  # type: ignore[union-attr]
+            pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
+            yield from compute(batch, x)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,153 @@
+"""Segmentation as a stream of pieces ready to paint: what the Segment dock's worker runs.
+
+:func:`segmentation_tiles` runs :func:`napari_unet.inference.predict_tiles` slice by slice (the
+slice on screen first, even when the user moves while it runs), optionally on the visible region
+only, and yields class labels per tile or, for instances, one slice of object ids when the slice is
+complete. It is Qt-free, so tests and scripts iterate it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PaintTile", "segmentation_tiles", "slice_order"]
+
+
+@dataclass(frozen=True)
+class PaintTile:
+    """A finished tile as the worker hands it to the main thread: where, what, how far along."""
+
+    region: tuple[int | slice, ...]
+    labels: np.ndarray
+    index: int
+    total: int
+
+
+def slice_order(n_slices: int, first: int) -> list[int]:
+    """All slices, ``first`` first and then outwards from it: first, first+1, first-1, ..."""
+    first = min(max(int(first), 0), n_slices - 1)
+    order = [first]
+    for d in range(1, n_slices):
+        for z in (first + d, first - d):
+            if 0 <= z < n_slices:
+                order.append(z)
+    return order
+
+
+def _next_slice(remaining: list[int], control: dict[str, Any] | None) -> int:
+    """The slice to segment next: the one on screen if it is still to do, else the next in order."""
+    front = control.get("front") if control is not None else None
+    if front is not None and front in remaining:
+        return front
+    return remaining[0]
+
+
+def segmentation_tiles(
+    model: Any,
+    image: Any,
+    *,
+    tile_shape: int | None,
+    device: str,
+    precision: str,
+    z_order: list[int] | None,
+    dtype: np.dtype,
+    output: str = "classes",
+    tta: str = "none",
+    instance_class: str | None = None,
+    control: dict[str, Any] | None = None,
+    crop: tuple[int, int, int, int] | None = None,
+) -> Iterator[PaintTile]:
+    """Run in the worker: predict tile by tile and hand over labels ready to paint.
+
+    ``classes``: every tile becomes class labels 1..K at once. ``instances``: objects need their
+    whole slice, so tiles only report progress (``labels`` None) until a slice is complete; then the
+    slice's objects of ``instance_class`` (a name or id; None: the cells; ids unique across the
+    stack) come as one item, from :func:`napari_unet.instances.instances_of_class`.
+
+    A stack goes slice by slice in ``z_order``, except that the slice on screen
+    (``control["front"]``, set by the dock when the user changes slice) moves to the front of the
+    queue. ``crop`` = (y0, y1, x0, x1) segments only that part of each slice (the visible region),
+    with the network's context read around it.
+    """
+    from napari_unet.inference import predict_tiles
+    from napari_unet.normalize import compute_normalizer
+
+    is_stack = image.ndim == 3
+    normalizer = compute_normalizer(image, model.metadata.get("normalization"))
+    remaining = (
+        list(z_order)
+        if (is_stack and z_order is not None)
+        else (list(range(image.shape[0])) if is_stack else [0])
+    )
+    n_slices = len(remaining)
+    h, w = image.shape[-2:]
+    if crop is not None:
+        y0, y1, x0, x1 = crop
+        c = model.margin // 2
+        cy0, cy1, cx0, cx1 = max(0, y0 - c), min(h, y1 + c), max(0, x0 - c), min(w, x1 + c)
+    k_obj = None
+    names = model.metadata.get("classes")
+    if output == "instances":
+        from napari_unet.instances import class_index, instances_of_class
+
+        k_obj = class_index(instance_class, names, model.n_classes)
+    done, total, next_id = 0, 0, 0
+    while remaining:
+        z = _next_slice(remaining, control)
+        remaining.remove(z)
+        plane = image[z] if is_stack else image
+        if crop is not None:
+            plane = plane[cy0:cy1, cx0:cx1]
+        lead = (z,) if is_stack else ()
+        p_all = None
+        if k_obj is not None:
+            p_all = np.zeros((model.n_classes, *plane.shape[-2:]), dtype=np.float32)
+        tiles = predict_tiles(
+            model,
+            plane,
+            tile_shape=tile_shape,
+            device=device,
+            precision=precision,
+            normalizer=normalizer,
+            tta=tta,
+        )
+        for res in tiles:
+            total = res.total * n_slices
+            ry, rx = res.region[-2:]
+            probs = res.probabilities
+            if crop is not None:
+                # keep only the visible part of the tile, in whole-image coordinates
+                gy0, gy1 = max(ry.start + cy0, y0), min(ry.stop + cy0, y1)
+                gx0, gx1 = max(rx.start + cx0, x0), min(rx.stop + cx0, x1)
+                if gy0 >= gy1 or gx0 >= gx1:
+                    done += 1
+                    yield PaintTile(lead + (slice(0, 0), slice(0, 0)), None, done - 1, total)
+                    continue
+                probs = probs[
+                    :,
+                    gy0 - cy0 - ry.start : gy1 - cy0 - ry.start,
+                    gx0 - cx0 - rx.start : gx1 - cx0 - rx.start,
+                ]
+                ry, rx = slice(gy0, gy1), slice(gx0, gx1)
+            done += 1
+            if p_all is None:
+                labels = (np.argmax(probs, axis=0) + 1).astype(dtype)
+                yield PaintTile(lead + (ry, rx), labels, done - 1, total)
+                continue
+            oy, ox = (cy0, cx0) if crop is not None else (0, 0)
+            p_all[:, ry.start - oy : ry.stop - oy, rx.start - ox : rx.stop - ox] = probs
+            if res.index + 1 < res.total:
+                yield PaintTile(lead + (ry, rx), None, done - 1, total)
+                continue
+            ids = instances_of_class(p_all, k_obj, class_names=names).astype(dtype)
+            ids[ids > 0] += dtype.type(next_id)
+            next_id = max(next_id, int(ids.max()))
+            if crop is not None:
+                region = lead + (slice(cy0, cy1), slice(cx0, cx1))
+            else:
+                region = lead + (slice(None), slice(None))
+            yield PaintTile(region, ids, done - 1, total)
