@@ -19,21 +19,17 @@ one per viewer), so it goes on when the dock is closed.
 
 from __future__ import annotations
 
-import logging
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.colormaps import DirectLabelColormap
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QApplication,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -57,332 +53,40 @@ from napari_unet import annotation as core
 from napari_unet import layers as roles
 from napari_unet.errors import UserInputError
 
-from . import Dock, LayerComboBox, _alive, image_key_of, is_derived, layer_data, linked_layer, unwrap
+from . import Dock, LayerComboBox, _alive, image_key_of, layer_data, unwrap
+from ._annotation_layers import (
+    META_KEY,
+    _local,
+    _source_of_annotations,
+    _swatch,
+    bind_class_keys,
+    class_names,
+    default_classes,
+    find_annotations,
+    find_segmentation,
+    image_source,
+    is_annotation_layer,
+    looks_like_prediction,
+)
+from ._autosave import AnnotationAutosaver, _Entry, autosaver_for
 from ._notify import notify_error, notify_info, user_errors
 from ._session import session_for
 from ._worker import DONE, TaskPanel, start_worker
 
-__all__ = ["AnnotateWidget", "AnnotationAutosaver", "autosaver_for"]
+__all__ = [
+    "AnnotateWidget",
+    "AnnotationAutosaver",
+    "add_annotation_layer",
+    "autosaver_for",
+    "default_classes",
+    "find_annotations",
+    "find_segmentation",
+    "is_annotation_layer",
+    "looks_like_prediction",
+]
 
-log = logging.getLogger(__name__)
-
-#: Where the dock keeps what ties an annotation layer to its image, in ``layer.metadata``.
-META_KEY = "napari_unet_annotations"
+#: what "Start from prediction" copies: the slice on screen, or the rectangles drawn on a region layer
 REGION_SLICE, REGION_BOXES = "slice on screen", "drawn rectangles"
-
-
-def image_source(layer: Any) -> core.ImageSource:
-    """The :class:`~napari_unet.annotation.ImageSource` of an image layer."""
-    return core.ImageSource.from_metadata(layer.name, layer_data(layer).shape, layer.metadata)
-
-
-def _source_of_annotations(layer: Any) -> core.ImageSource | None:
-    doc = (layer.metadata or {}).get(META_KEY)
-    if not isinstance(doc, dict):
-        return None
-    return core.ImageSource(
-        name=str(doc.get("name", "")),
-        shape=tuple(int(s) for s in doc.get("shape", layer.data.shape)),
-        path=doc.get("path"),
-        dataset=doc.get("dataset"),
-        z_range=tuple(doc["z_range"]) if doc.get("z_range") else None,
-        downsample=int(doc.get("downsample") or 1),
-    )
-
-
-def class_names(layer: Any) -> list[str] | None:
-    """The class names stored on an annotation layer (its ``features``), or None."""
-    return core.class_names_from_features(getattr(layer, "features", None))
-
-
-def is_annotation_layer(layer: Any) -> bool:
-    """True for a layer made or tied as annotations (its role, or the autosave link)."""
-    meta = layer.metadata or {}
-    return roles.role_of(meta) == roles.ANNOTATIONS or META_KEY in meta
-
-
-def looks_like_prediction(layer: Any) -> bool:
-    """True for a Segment dock output ("<image> segmentation", label 0 "not segmented")."""
-    if is_annotation_layer(layer):
-        return False
-    if is_derived(layer, roles.SEGMENTATION, roles.PREVIEW):
-        return True
-    features = getattr(layer, "features", None)
-    try:
-        first = str(list(features["class"])[0]) if "class" in features else ""
-    except (TypeError, KeyError, IndexError):
-        first = ""
-    name = layer.name
-    return first == "not segmented" or name.endswith(" segmentation") or " segmentation (" in name
-
-
-_model_classes: dict[tuple[str, int], list[str]] = {}
-
-
-def default_classes() -> list[str]:
-    """The shipped model's class names (read from its header once), or membrane and cell."""
-    from napari_unet.models import default_model_path
-
-    path = default_model_path()
-    if path is None:
-        return list(core.DEFAULT_CLASSES)
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _model_classes:
-        names: list[str] = list(core.DEFAULT_CLASSES)
-        try:
-            from napari_unet.checkpoint import read_header
-
-            found = (read_header(path).get("metadata") or {}).get("classes")
-            if found and all(isinstance(n, str) for n in found):
-                names = list(found)
-        except (UserInputError, OSError):
-            pass
-        _model_classes[key] = names
-    return list(_model_classes[key])
-
-
-# ------------------------------------------------------------------------------ autosave
-
-
-@dataclass
-class _Entry:
-    """One annotation layer being autosaved."""
-
-    ref: weakref.ref
-    source: core.ImageSource
-    dirty: bool = False
-    #: the sidecar holds this layer's work (written by it, or restored into it). Until then an
-    #: empty layer writes nothing and a first save keeps the sidecar it finds as a backup.
-    owns_file: bool = False
-    #: redrawn since the last save: an undo or redo may have changed it (the save compares)
-    check: bool = False
-    saving: bool = False
-    failed: bool = False
-    last: core.SavedSidecar | None = None
-
-
-def _autosave_job(
-    labels: Any, source: core.ImageSource, classes: list[str], first: bool
-) -> core.SavedSidecar | UserInputError:
-    """Worker: save one layer; a failure comes back as a value, for the caller to report once."""
-    try:
-        return core.autosave(labels, source=source, classes=classes, skip_empty=first, keep_previous=first)
-    except UserInputError as exc:
-        return exc
-
-
-class AnnotationAutosaver(QObject):
-    """Autosaves the annotation layers of one viewer for as long as the viewer lives.
-
-    It follows each tracked layer's edits (paint, new data, undo and redo), saves a layer in a
-    worker a few seconds after its last edit, and saves synchronously when the layer is removed,
-    the viewer's window closes or napari quits. It belongs to the viewer, not to the Annotate
-    dock: closing the dock does not stop the autosaves. Layers are held weakly.
-    """
-
-    DELAY_MS = 3000
-
-    #: (layer, slices or None): a tracked layer was edited; None = slices unknown
-    edited = Signal(object, object)
-    #: (layer, SavedSidecar or UserInputError): an autosave ended
-    saved = Signal(object, object)
-
-    def __init__(self, viewer: Any) -> None:
-        super().__init__()
-        self.entries: dict[int, _Entry] = {}
-        self.timer = QTimer(self)
-        self.timer.setSingleShot(True)
-        self.timer.setInterval(self.DELAY_MS)
-        self.timer.timeout.connect(self.save_changed)
-        self._watched: weakref.ref | None = None
-        viewer.layers.events.removed.connect(self._on_removed)
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self.flush)
-
-    # -- which layers
-    def get(self, layer: Any) -> _Entry | None:
-        """The entry of ``layer`` if it is autosaved."""
-        entry = self.entries.get(id(layer))
-        return entry if entry is not None and entry.ref() is layer else None
-
-    def track(self, layer: Any, source: core.ImageSource) -> _Entry:
-        """Autosave ``layer`` as annotations of ``source`` from its next edit on."""
-        entry = self.get(layer)
-        if entry is None:
-            entry = self.entries[id(layer)] = _Entry(weakref.ref(layer), source)
-            layer.events.paint.connect(self._on_paint)
-            layer.events.data.connect(self._on_data)
-            layer.events.set_data.connect(self._on_set_data)
-        return entry
-
-    def live(self) -> list[tuple[Any, _Entry]]:
-        """(layer, entry) of every autosaved layer that still exists."""
-        out = []
-        for key, entry in list(self.entries.items()):
-            layer = entry.ref()
-            if layer is None:
-                del self.entries[key]
-            else:
-                out.append((layer, entry))
-        return out
-
-    def watch_window(self, window: QObject | None) -> None:
-        """Save everything changed when ``window`` (the viewer's main window) closes."""
-        if window is None:
-            return
-        old = self.watched_window
-        if old is window:
-            return
-        if old is not None and _alive(old):
-            old.removeEventFilter(self)
-        window.installEventFilter(self)
-        self._watched = weakref.ref(window)
-
-    @property
-    def watched_window(self) -> QObject | None:
-        """The window whose closing triggers a save, once a dock has been placed in it."""
-        return self._watched() if self._watched is not None else None
-
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
-        """Save on the window's Close event (before its layers go)."""
-        if event.type() == QEvent.Type.Close:
-            self.flush()
-        return False
-
-    # -- edits
-    def mark(self, layer: Any, slices: set[int] | None = None) -> None:
-        """Record an edit of ``layer`` (``slices`` touched, None = unknown); restart the delay."""
-        entry = self.get(layer)
-        if entry is None:
-            return
-        entry.dirty = True
-        self.timer.start()
-        self.edited.emit(layer, slices)
-
-    def _on_paint(self, event: Any) -> None:
-        layer = event.source
-        self.mark(layer, core.touched_slices(event.value or [], layer.data.ndim))
-
-    def _on_data(self, event: Any) -> None:
-        self.mark(event.source, None)
-
-    def _on_set_data(self, event: Any) -> None:
-        # Every redraw emits set_data, an undo or redo too (they emit nothing else). So a redraw
-        # schedules a check: the save compares the content with what it last wrote and writes
-        # only if it differs. Before a layer's first save there is nothing to check: an undo
-        # then follows an edit that is still to be saved.
-        entry = self.get(event.source)
-        if entry is not None and entry.owns_file and not entry.dirty:
-            entry.check = True
-            self.timer.start()
-
-    def _on_removed(self, event: Any) -> None:
-        layer = event.value
-        entry = self.get(layer)
-        if entry is not None:
-            if entry.dirty:
-                self.save_now(layer, entry)
-            del self.entries[id(layer)]
-
-    # -- saving
-    @property
-    def busy(self) -> bool:
-        """True while a save is waiting for the delay or running."""
-        return self.timer.isActive() or any(e.saving for _, e in self.live())
-
-    def save_changed(self) -> None:
-        """Save every changed layer, each in a worker thread."""
-        for layer, entry in self.live():
-            if not (entry.dirty or entry.check):
-                continue
-            if entry.saving:
-                self.timer.start()  # a save of this layer is running; try again afterwards
-                continue
-            only_check = not entry.dirty
-            entry.dirty = entry.check = False
-            entry.saving = True
-            start_worker(
-                _autosave_job,
-                layer.data,
-                entry.source,
-                class_names(layer) or [],
-                not entry.owns_file,
-                on_done=self._done_callback(layer, entry, only_check),
-                on_finish=self._finish_callback(entry),
-            )
-
-    def _done_callback(self, layer: Any, entry: _Entry, only_check: bool) -> Any:
-        ref = weakref.ref(layer)
-
-        def done(result: core.SavedSidecar | UserInputError) -> None:
-            if isinstance(result, UserInputError):
-                entry.dirty = True
-                if not entry.failed:  # say it once, not every few seconds
-                    notify_error(result)
-                entry.failed = True
-            else:
-                entry.failed = False
-                entry.last = result
-                entry.owns_file = entry.owns_file or result.written
-                if result.backup is not None:
-                    notify_info(
-                        f"earlier autosaved annotations were kept as {result.backup}; "
-                        "'Load annotations…' reads them"
-                    )
-            layer_now = ref()
-            if layer_now is not None:
-                if only_check and not isinstance(result, UserInputError) and result.written:
-                    self.edited.emit(layer_now, None)  # changed by an undo or redo
-                self.saved.emit(layer_now, result)
-
-        return done
-
-    @staticmethod
-    def _finish_callback(entry: _Entry) -> Any:
-        def finished(outcome: str) -> None:
-            entry.saving = False
-            if outcome != DONE:
-                entry.dirty = True
-
-        return finished
-
-    def save_now(self, layer: Any, entry: _Entry) -> core.SavedSidecar | None:
-        """Save one layer synchronously (window closing, layer removed); failures are logged."""
-        try:
-            saved = core.autosave(
-                layer.data,
-                source=entry.source,
-                classes=class_names(layer) or [],
-                skip_empty=not entry.owns_file,
-                keep_previous=not entry.owns_file,
-            )
-        except Exception as exc:  # closing must go on; the log says what was not saved
-            log.error("napari-unet: annotations of '%s' not autosaved: %s", layer.name, exc)
-            return None
-        entry.dirty = entry.check = False
-        entry.last = saved
-        entry.owns_file = entry.owns_file or saved.written
-        return saved
-
-    def flush(self, *_: Any) -> None:
-        """Save every changed layer now, in this thread."""
-        self.timer.stop()
-        for layer, entry in self.live():
-            if entry.dirty or (entry.check and entry.owns_file):
-                self.save_now(layer, entry)
-
-
-_autosavers: weakref.WeakKeyDictionary[Any, AnnotationAutosaver] = weakref.WeakKeyDictionary()
-
-
-def autosaver_for(viewer: Any) -> AnnotationAutosaver:
-    """The autosaver of ``viewer``, made on first use and dropped with the viewer."""
-    viewer = unwrap(viewer)
-    found = _autosavers.get(viewer)
-    if found is None:
-        found = _autosavers[viewer] = AnnotationAutosaver(viewer)
-    return found
 
 
 def add_annotation_layer(
@@ -415,74 +119,6 @@ def add_annotation_layer(
     layer.mode = "paint"
     layer.selected_label = 1
     return layer
-
-
-def find_annotations(viewer: Any, image: Any) -> Any | None:
-    """The annotation layer of ``image``: linked by role, tied by source, or named after it.
-
-    A sample's ground truth or a segmentation is never taken for annotations here.
-    """
-    viewer = unwrap(viewer)
-    linked = linked_layer(viewer, image, roles.ANNOTATIONS)
-    if isinstance(linked, Labels):
-        return linked
-    source = image_source(image)
-    for layer in reversed(list(viewer.layers)):
-        tied = _source_of_annotations(layer) if isinstance(layer, Labels) else None
-        if tied is not None and tied.key() == source.key() and tied.name == source.name:
-            return layer
-    named = f"{image.name} annotations"
-    found = viewer.layers[named] if named in viewer.layers else None
-    if isinstance(found, Labels) and not is_derived(
-        found, roles.SEGMENTATION, roles.PREVIEW, roles.GROUND_TRUTH
-    ):
-        return found
-    return None
-
-
-def find_segmentation(viewer: Any, image: Any) -> Any | None:
-    """The segmentation of ``image``: linked by role, or a Segment output named after it."""
-    viewer = unwrap(viewer)
-    linked = linked_layer(viewer, image, roles.SEGMENTATION)
-    if isinstance(linked, Labels):
-        return linked
-    named = f"{image.name} segmentation"
-    found = viewer.layers[named] if named in viewer.layers else None
-    return found if isinstance(found, Labels) and looks_like_prediction(found) else None
-
-
-def bind_class_keys(layer: Any) -> None:
-    """Number keys 1-9 choose the class to paint on ``layer`` (modes keep their letter keys)."""
-
-    def choose(n: int) -> Any:
-        def select(ly: Any) -> None:
-            names = class_names(ly) or []
-            if n <= max(len(names), 1):
-                ly.selected_label = n
-                if ly.mode in ("pan_zoom", "transform", "pick", "erase"):
-                    ly.mode = "paint"
-
-        return select
-
-    for n in range(1, 10):
-        layer.bind_key(str(n), choose(n), overwrite=True)
-
-
-def _local(result: core.CopyResult) -> tuple[np.ndarray, ...]:
-    """Indices into ``result.previous`` of the pixels the copy changed."""
-    assert result.indices is not None
-    out = []
-    for axis, r in enumerate(result.region):
-        if isinstance(r, slice):
-            out.append(result.indices[axis] - (r.start or 0))
-    out.extend(result.indices[len(result.region) :])
-    return tuple(out)
-
-
-def _swatch(color: str) -> QIcon:
-    pix = QPixmap(14, 14)
-    pix.fill(QColor(0, 0, 0, 0) if color == "transparent" else QColor(color))
-    return QIcon(pix)
 
 
 # ------------------------------------------------------------------------------ the dock

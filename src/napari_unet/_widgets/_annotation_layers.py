@@ -1,0 +1,160 @@
+"""How the Annotate dock recognises layers: an image's annotations and segmentation, their classes.
+
+A layer's role comes from its metadata (:mod:`napari_unet.layers`); names are only a fallback for
+layers made before roles were recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels
+from qtpy.QtGui import QColor, QIcon, QPixmap
+
+from napari_unet import annotation as core
+from napari_unet import layers as roles
+from napari_unet.errors import UserInputError
+
+from . import is_derived, layer_data, linked_layer, unwrap
+
+#: Where the dock keeps what ties an annotation layer to its image, in ``layer.metadata``.
+META_KEY = "napari_unet_annotations"
+
+
+def image_source(layer: Any) -> core.ImageSource:
+    """The :class:`~napari_unet.annotation.ImageSource` of an image layer."""
+    return core.ImageSource.from_metadata(layer.name, layer_data(layer).shape, layer.metadata)
+
+
+def _source_of_annotations(layer: Any) -> core.ImageSource | None:
+    doc = (layer.metadata or {}).get(META_KEY)
+    if not isinstance(doc, dict):
+        return None
+    return core.ImageSource(
+        name=str(doc.get("name", "")),
+        shape=tuple(int(s) for s in doc.get("shape", layer.data.shape)),
+        path=doc.get("path"),
+        dataset=doc.get("dataset"),
+        z_range=tuple(doc["z_range"]) if doc.get("z_range") else None,
+        downsample=int(doc.get("downsample") or 1),
+    )
+
+
+def class_names(layer: Any) -> list[str] | None:
+    """The class names stored on an annotation layer (its ``features``), or None."""
+    return core.class_names_from_features(getattr(layer, "features", None))
+
+
+def is_annotation_layer(layer: Any) -> bool:
+    """True for a layer made or tied as annotations (its role, or the autosave link)."""
+    meta = layer.metadata or {}
+    return roles.role_of(meta) == roles.ANNOTATIONS or META_KEY in meta
+
+
+def looks_like_prediction(layer: Any) -> bool:
+    """True for a Segment dock output ("<image> segmentation", label 0 "not segmented")."""
+    if is_annotation_layer(layer):
+        return False
+    if is_derived(layer, roles.SEGMENTATION, roles.PREVIEW):
+        return True
+    features = getattr(layer, "features", None)
+    try:
+        first = str(list(features["class"])[0]) if "class" in features else ""
+    except (TypeError, KeyError, IndexError):
+        first = ""
+    name = layer.name
+    return first == "not segmented" or name.endswith(" segmentation") or " segmentation (" in name
+
+
+_model_classes: dict[tuple[str, int], list[str]] = {}
+
+
+def default_classes() -> list[str]:
+    """The shipped model's class names (read from its header once), or membrane and cell."""
+    from napari_unet.models import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        return list(core.DEFAULT_CLASSES)
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _model_classes:
+        names: list[str] = list(core.DEFAULT_CLASSES)
+        try:
+            from napari_unet.checkpoint import read_header
+
+            found = (read_header(path).get("metadata") or {}).get("classes")
+            if found and all(isinstance(n, str) for n in found):
+                names = list(found)
+        except (UserInputError, OSError):
+            pass
+        _model_classes[key] = names
+    return list(_model_classes[key])
+
+
+def find_annotations(viewer: Any, image: Any) -> Any | None:
+    """The annotation layer of ``image``: linked by role, tied by source, or named after it.
+
+    A sample's ground truth or a segmentation is never taken for annotations here.
+    """
+    viewer = unwrap(viewer)
+    linked = linked_layer(viewer, image, roles.ANNOTATIONS)
+    if isinstance(linked, Labels):
+        return linked
+    source = image_source(image)
+    for layer in reversed(list(viewer.layers)):
+        tied = _source_of_annotations(layer) if isinstance(layer, Labels) else None
+        if tied is not None and tied.key() == source.key() and tied.name == source.name:
+            return layer
+    named = f"{image.name} annotations"
+    found = viewer.layers[named] if named in viewer.layers else None
+    if isinstance(found, Labels) and not is_derived(
+        found, roles.SEGMENTATION, roles.PREVIEW, roles.GROUND_TRUTH
+    ):
+        return found
+    return None
+
+
+def find_segmentation(viewer: Any, image: Any) -> Any | None:
+    """The segmentation of ``image``: linked by role, or a Segment output named after it."""
+    viewer = unwrap(viewer)
+    linked = linked_layer(viewer, image, roles.SEGMENTATION)
+    if isinstance(linked, Labels):
+        return linked
+    named = f"{image.name} segmentation"
+    found = viewer.layers[named] if named in viewer.layers else None
+    return found if isinstance(found, Labels) and looks_like_prediction(found) else None
+
+
+def bind_class_keys(layer: Any) -> None:
+    """Number keys 1-9 choose the class to paint on ``layer`` (modes keep their letter keys)."""
+
+    def choose(n: int) -> Any:
+        def select(ly: Any) -> None:
+            names = class_names(ly) or []
+            if n <= max(len(names), 1):
+                ly.selected_label = n
+                if ly.mode in ("pan_zoom", "transform", "pick", "erase"):
+                    ly.mode = "paint"
+
+        return select
+
+    for n in range(1, 10):
+        layer.bind_key(str(n), choose(n), overwrite=True)
+
+
+def _local(result: core.CopyResult) -> tuple[np.ndarray, ...]:
+    """Indices into ``result.previous`` of the pixels the copy changed."""
+    assert result.indices is not None
+    out = []
+    for axis, r in enumerate(result.region):
+        if isinstance(r, slice):
+            out.append(result.indices[axis] - (r.start or 0))
+    out.extend(result.indices[len(result.region) :])
+    return tuple(out)
+
+
+def _swatch(color: str) -> QIcon:
+    pix = QPixmap(14, 14)
+    pix.fill(QColor(0, 0, 0, 0) if color == "transparent" else QColor(color))
+    return QIcon(pix)
