@@ -302,7 +302,7 @@ def test_segment_smaller_frictions(qtbot, make_napari_viewer, model_file, image)
     viewer.dims.set_current_step(0, 0)
     seg.segment()
     viewer.dims.set_current_step(0, 2)
-    assert seg._run["control"]["front"] == 2
+    assert seg._run.control["front"] == 2
     wait_idle(qtbot, seg)
     # ... and the worker takes that slice next (driven here step by step)
     from napari_unet._widgets.segment import segmentation_tiles

@@ -18,6 +18,7 @@ import contextlib
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,39 @@ OUTPUTS = ("classes", "instances")
 CELLS = "cells (default)"
 #: the dock's names for the test-time augmentation modes of ``predict_tiles``
 TTA_CHOICES = {"off": "none", "4 flips (4x time)": "flips", "8 turns and flips (8x time)": "d4"}
+
+
+@dataclass
+class SegmentRun:
+    """What the dock knows about the segmentation it is running (main thread only)."""
+
+    #: the Labels layer painted into (None until napari has built it)
+    live: Any
+    #: the earlier result that a finished run replaces, or None
+    previous: Any
+    #: the array the tiles are copied into
+    buffer: np.ndarray
+    #: name of the output layer, and the keyword arguments it is built with
+    name: str
+    kwargs: dict[str, Any]
+    is_stack: bool
+    #: names of the model and the image, for the messages
+    model: str
+    image: str
+    image_layer: weakref.ref
+    #: shared with the worker: ``control["front"]`` is the slice on screen
+    control: dict[str, Any]
+    #: what is segmented: the slice on screen, the visible region or the whole stack
+    scope: str
+    #: megapixels of network input, for the throughput the next estimate uses
+    mpx: float
+    painted: int = 0
+    total: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+    #: seconds from the click to the first painted tile
+    first_tile: float | None = None
+    #: the output layer was deleted mid-run
+    deleted: bool = False
 
 
 def class_features(model: Any) -> dict[str, list]:
@@ -186,7 +220,7 @@ class SegmentWidget(Dock):
         layout.addWidget(self.segment_button)
         layout.addWidget(self.task)
         layout.addStretch(1)
-        self._run: dict[str, Any] | None = None
+        self._run: SegmentRun | None = None
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(REFRESH_MS)
@@ -413,25 +447,20 @@ class SegmentWidget(Dock):
             if previous is not None and scope != "whole stack":
                 buffer[...] = np.asarray(previous.data, dtype=dtype)
         control: dict[str, Any] = {"front": None}
-        self._run = {
-            "live": previous if in_place else None,
-            "previous": None if in_place else previous,
-            "buffer": buffer,
-            "name": name,
-            "kwargs": kwargs,
-            "is_stack": is_stack,
-            "painted": 0,
-            "total": 0,
-            "model": model_name,
-            "image": image_layer.name,
-            "image_layer": weakref.ref(image_layer),
-            "t0": time.perf_counter(),
-            "first_tile": None,
-            "control": control,
-            "scope": scope,
-            "mpx": est.input_mpx,
-            "deleted": False,
-        }
+        self._run = SegmentRun(
+            live=previous if in_place else None,
+            previous=None if in_place else previous,
+            buffer=buffer,
+            name=name,
+            kwargs=kwargs,
+            is_stack=is_stack,
+            model=model_name,
+            image=image_layer.name,
+            image_layer=weakref.ref(image_layer),
+            control=control,
+            scope=scope,
+            mpx=est.input_mpx,
+        )
         self.segment_button.setEnabled(False)
         # The worker starts first, so the network computes while napari builds the layer.
         self.task.start(
@@ -457,7 +486,7 @@ class SegmentWidget(Dock):
             if previous is not None:
                 live_kwargs["name"] = f"{name} (running)"
                 live_kwargs["metadata"] = {}  # linked only once it replaces the previous result
-            self._run["live"] = self.viewer.add_labels(
+            self._run.live = self.viewer.add_labels(
                 buffer,
                 scale=image_layer.scale,
                 translate=image_layer.translate,
@@ -478,19 +507,19 @@ class SegmentWidget(Dock):
     def _on_slice_changed(self, *_: Any) -> None:
         """Move the slice on screen to the front of the running segmentation's queue."""
         run = self._run
-        if run is None or not run["is_stack"] or not _alive(self):
+        if run is None or not run.is_stack or not _alive(self):
             return
-        image = run["image_layer"]()
+        image = run.image_layer()
         if image is not None and image in self.viewer.layers:
-            run["control"]["front"] = self._current_slice(image)
+            run.control["front"] = self._current_slice(image)
 
     def _on_layer_removed(self, event: Any) -> None:
         """The output layer was deleted mid-run: stop, and say so."""
         run = self._run
         if run is None or not _alive(self):
             return
-        if event.value is run["live"]:
-            run["deleted"] = True
+        if event.value is run.live:
+            run.deleted = True
             self.task.cancel()
 
     def _paint(self, tile: PaintTile) -> None:
@@ -498,15 +527,15 @@ class SegmentWidget(Dock):
         run = self._run
         if run is None or tile.labels is None:
             return
-        run["buffer"][tile.region] = tile.labels
-        run["painted"] += 1
-        run["total"] = tile.total
-        if run["first_tile"] is None:
-            run["first_tile"] = time.perf_counter() - run["t0"]
-        live = run["live"]
+        run.buffer[tile.region] = tile.labels
+        run.painted += 1
+        run.total = tile.total
+        if run.first_tile is None:
+            run.first_tile = time.perf_counter() - run.t0
+        live = run.live
         if live is None or live not in self.viewer.layers:
             return
-        if run["is_stack"] and self.viewer.dims.ndisplay == 2:
+        if run.is_stack and self.viewer.dims.ndisplay == 2:
             if self._current_slice(live) != tile.region[0]:
                 return  # painted into the array; napari shows it when that slice comes up
         # one redraw for the tiles that arrive within REFRESH_MS: redrawing a large slice per tile
@@ -516,7 +545,7 @@ class SegmentWidget(Dock):
 
     def _refresh_live(self) -> None:
         run = self._run
-        live = run["live"] if run is not None else None
+        live = run.live if run is not None else None
         if live is not None and live in self.viewer.layers:
             live.refresh()
 
@@ -528,56 +557,56 @@ class SegmentWidget(Dock):
         self.segment_button.setEnabled(True)
         if run is None:
             return
-        live, previous, layers = run["live"], run["previous"], self.viewer.layers
-        seconds = time.perf_counter() - run["t0"]
+        live, previous, layers = run.live, run.previous, self.viewer.layers
+        seconds = time.perf_counter() - run.t0
         if live is None:  # the output layer could not be made; the run had nowhere to show
             return
-        if run["deleted"]:
+        if run.deleted:
             self.task.status.setText(f"stopped: the output layer '{live.name}' was deleted; nothing was kept")
-            notify_warning(f"segmentation of '{run['image']}' stopped: its output layer was deleted")
+            notify_warning(f"segmentation of '{run.image}' stopped: its output layer was deleted")
             return
         if outcome == DONE:
-            if run["mpx"] > 0 and seconds > 0:
-                self._rates[run["model"]] = seconds / run["mpx"]
+            if run.mpx > 0 and seconds > 0:
+                self._rates[run.model] = seconds / run.mpx
             if previous is not None:
                 if previous in layers:
-                    previous.data = run["buffer"]
+                    previous.data = run.buffer
                     previous.features = live.features
                     previous.colormap = live.colormap
                     previous.opacity = live.opacity
-                    previous.metadata = {**previous.metadata, **run["kwargs"]["metadata"]}
+                    previous.metadata = {**previous.metadata, **run.kwargs["metadata"]}
                 else:
                     previous = None
                 if live in layers:
                     layers.remove(live)
                 if previous is None:
-                    kwargs = dict(run["kwargs"])
+                    kwargs = dict(run.kwargs)
                     self.viewer.add_labels(
-                        run["buffer"],
+                        run.buffer,
                         scale=live.scale,
                         translate=live.translate,
                         units=live.units,
                         **kwargs,
                     )
-            self._remove_stale_partials(run["name"])
+            self._remove_stale_partials(run.name)
             self.task.status.setText(
-                f"segmented '{run['image']}' ({run['scope']}) with {run['model']}: "
-                f"{run['total']} tiles in {seconds:.1f} s"
+                f"segmented '{run.image}' ({run.scope}) with {run.model}: "
+                f"{run.total} tiles in {seconds:.1f} s"
             )
-            notify_info(f"segmented '{run['image']}' in {seconds:.1f} s")
+            notify_info(f"segmented '{run.image}' in {seconds:.1f} s")
             self._show_plan()
             return
-        kept = run["painted"]
+        kept = run.painted
         if previous is not None or live.name.endswith("(running)"):
             if kept == 0 and live in layers:
                 layers.remove(live)  # nothing finished: leave the viewer as it was
             elif live in layers:
-                self._remove_stale_partials(run["name"])
-                live.name = f"{run['name']} (partial)"
-        elif kept == 0 and live in layers and run["scope"] == "whole stack":
+                self._remove_stale_partials(run.name)
+                live.name = f"{run.name} (partial)"
+        elif kept == 0 and live in layers and run.scope == "whole stack":
             layers.remove(live)
         what = "cancelled" if outcome == CANCELLED else "stopped by an error"
-        self.task.status.setText(f"{what}: kept {kept} of {run['total'] or '?'} tiles")
+        self.task.status.setText(f"{what}: kept {kept} of {run.total or '?'} tiles")
         if outcome == CANCELLED:
             notify_warning(f"segmentation {what}; {kept} finished tiles kept")
 
