@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_unet.errors import UserInputError
 
+from ._qtobject import _alive
 from ._session import Session, session_for
 
 __all__ = [
@@ -42,15 +43,6 @@ __all__ = [
     "linked_layer",
     "unwrap",
 ]
-
-
-def _alive(obj: Any) -> bool:
-    """False once the C++ side of a Qt object is gone (its dock was closed)."""
-    try:
-        obj.objectName()
-    except RuntimeError:
-        return False
-    return True
 
 
 def unwrap(obj: Any) -> Any:

@@ -28,8 +28,8 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import create_worker
 
-from . import _alive
 from ._notify import notify_error
+from ._qtobject import _alive
 
 __all__ = ["DONE", "CANCELLED", "FAILED", "TaskPanel", "start_worker"]
 
