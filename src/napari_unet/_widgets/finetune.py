@@ -15,7 +15,6 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from qtpy.QtWidgets import (
 from napari_unet import layers as roles
 from napari_unet.device import DEVICES, select_device
 from napari_unet.errors import UserInputError
+from napari_unet.finetuning import annotated_slices, augmentation_preview, train_events
 
 from . import Dock, LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
@@ -48,8 +48,6 @@ from ._worker import DONE, TaskPanel, start_worker
 
 __all__ = ["FineTuneWidget", "LossCurve", "annotated_slices", "augmentation_preview"]
 
-PREVIEW_SAMPLES = 4
-PREVIEW_MAX_SIDE = 512
 #: seconds between two live previews while training (at least; see PREVIEW_SHARE)
 PREVIEW_EVERY_S = 5.0
 #: the most of the machine's CPU time the preview may take: after a preview that took c seconds
@@ -62,46 +60,9 @@ PREVIEW_THREADS = 1
 PREVIEW_NICENESS = 19
 
 
-def annotated_slices(image: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, list[int]]:
-    """The slices of a stack that hold annotations, as (images, labels, slice indices).
-
-    A 2-D image is returned as it is. For a stack only annotated slices are read, so a large lazy
-    stack with a few painted slices costs a few slices of memory.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        return np.asarray(image), labels, [0]
-    zs = [z for z in range(labels.shape[0]) if labels[z].any()]
-    if not zs:
-        return np.asarray(image[:0]), labels[:0], []
-    images = np.stack([np.asarray(image[z]) for z in zs])
-    return images, labels[zs], zs
-
-
 def class_names_of(model: Any) -> list[str]:
     """The model's class names, or "class 1".."class K" when it has none."""
     return roles.class_names_of(model)
-
-
-def train_events(
-    model: Any, image: Any, labels: np.ndarray, config: Any, control: dict[str, Any]
-) -> Iterator[Any]:
-    """Run in the worker: build the trainer on the annotated slices and yield its events.
-
-    ``control`` is shared with the dock: the trainer is put there so that Stop can reach it, and a
-    Stop that came before the trainer existed is honoured as soon as it does.
-    """
-    from napari_unet.train import Trainer
-
-    images, labs, _zs = annotated_slices(image, labels)
-    if labs.shape[0] == 0 or not labs.any():
-        raise UserInputError("the annotations have no labelled pixel; paint some labels first")
-    trainer = Trainer(model, images, labs, config, class_names=class_names_of(model))
-    control["trainer"] = trainer
-    if control.get("stop"):
-        trainer.stop()
-    yield from trainer.run()
-    return trainer
 
 
 def live_preview(model: Any, image: Any, z: int | None) -> tuple[int | None, np.ndarray, float]:
@@ -123,37 +84,6 @@ def live_preview(model: Any, image: Any, z: int | None) -> tuple[int | None, np.
     plane = np.asarray(image[z] if z is not None else image)
     probs = predict(model, plane, device="cpu", precision="fp32", batch_size=1)
     return z, labels_from_probabilities(probs), time.thread_time() - t0
-
-
-def augmentation_preview(
-    image2d: np.ndarray, labels2d: np.ndarray | None, n: int = PREVIEW_SAMPLES, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` randomly augmented copies of a slice and its labels, as the trainer would see them.
-
-    The slice is cropped to at most 512 x 512 around its annotations (or its centre), normalised
-    like the trainer's input and sent through :func:`napari_unet.augment.augment`.
-    """
-    import torch
-
-    from napari_unet.augment import AugmentConfig, augment
-    from napari_unet.normalize import compute_normalizer
-
-    image2d = np.asarray(image2d)
-    h, w = image2d.shape
-    if labels2d is None:
-        labels2d = np.zeros((h, w), np.int64)
-    nz = np.argwhere(labels2d > 0)
-    cy, cx = nz.mean(axis=0).astype(int) if len(nz) else (h // 2, w // 2)
-    sh, sw = min(h, PREVIEW_MAX_SIDE), min(w, PREVIEW_MAX_SIDE)
-    y0 = int(np.clip(cy - sh // 2, 0, h - sh))
-    x0 = int(np.clip(cx - sw // 2, 0, w - sw))
-    img = compute_normalizer(image2d)(image2d[y0 : y0 + sh, x0 : x0 + sw])
-    lab = np.asarray(labels2d[y0 : y0 + sh, x0 : x0 + sw]).astype(np.int64)
-    x = torch.from_numpy(np.repeat(img[None, None], n, axis=0))
-    y = torch.from_numpy(np.repeat(lab[None], n, axis=0))
-    gen = torch.Generator().manual_seed(seed)
-    xa, ya, _ = augment(x, y, None, AugmentConfig(), generator=gen)
-    return xa[:, 0].numpy(), ya.numpy().astype(np.uint8)
 
 
 class LossCurve(FigureCanvasQTAgg):
