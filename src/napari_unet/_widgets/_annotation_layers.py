@@ -14,7 +14,7 @@ from qtpy.QtGui import QColor, QIcon, QPixmap
 
 from napari_unet import annotation as core
 from napari_unet import layers as roles
-from napari_unet.errors import UserInputError
+from napari_unet.annotation import default_classes as default_classes  # re-exported for the docks
 
 from . import is_derived, layer_data, linked_layer, unwrap
 
@@ -65,31 +65,6 @@ def looks_like_prediction(layer: Any) -> bool:
         first = ""
     name = layer.name
     return first == "not segmented" or name.endswith(" segmentation") or " segmentation (" in name
-
-
-_model_classes: dict[tuple[str, int], list[str]] = {}
-
-
-def default_classes() -> list[str]:
-    """The shipped model's class names (read from its header once), or membrane and cell."""
-    from napari_unet.models import default_model_path
-
-    path = default_model_path()
-    if path is None:
-        return list(core.DEFAULT_CLASSES)
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _model_classes:
-        names: list[str] = list(core.DEFAULT_CLASSES)
-        try:
-            from napari_unet.checkpoint import read_header
-
-            found = (read_header(path).get("metadata") or {}).get("classes")
-            if found and all(isinstance(n, str) for n in found):
-                names = list(found)
-        except (UserInputError, OSError):
-            pass
-        _model_classes[key] = names
-    return list(_model_classes[key])
 
 
 def find_annotations(viewer: Any, image: Any) -> Any | None:
