@@ -159,7 +159,8 @@ def annotation_layer(
     }
 
 
-def _segmentation_features(names: Sequence[str]) -> dict[str, list]:
+def segmentation_features(names: Sequence[str]) -> dict[str, list]:
+    """A Labels ``features`` table for a segmentation: 0 = not segmented, then the classes."""
     return {"index": list(range(len(names) + 1)), "class": [NOT_SEGMENTED, *names]}
 
 
@@ -176,7 +177,7 @@ def segmentation_layer(
         "opacity": 0.7 if instances else 0.5,
     }
     if not instances and names:
-        kwargs["features"] = _segmentation_features(names)
+        kwargs["features"] = segmentation_features(names)
         kwargs["colormap"] = class_palette(names)
     return kwargs
 
@@ -185,7 +186,7 @@ def preview_layer(image_name: str, names: Sequence[str], *, key: str | None) -> 
     """Layer keywords of "<image> preview", the live view of a model being fine-tuned."""
     return {
         "name": f"{image_name} preview",
-        "features": _segmentation_features(names),
+        "features": segmentation_features(names),
         "colormap": class_palette(names),
         "metadata": role_metadata(PREVIEW, key),
         "opacity": 0.5,
@@ -278,4 +279,4 @@ def read_mask_classes(path: str | os.PathLike) -> dict[str, Any] | None:
             colors[int(k)] = str(v)
         except ValueError:
             continue
-    return {"classes": names, "colors": colors, "features": _segmentation_features(names)}
+    return {"classes": names, "colors": colors, "features": segmentation_features(names)}

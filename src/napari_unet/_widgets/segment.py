@@ -100,8 +100,7 @@ class SegmentRun:
 
 def class_features(model: Any) -> dict[str, list]:
     """A Labels ``features`` table naming each class of ``model`` (shown when hovering)."""
-    names = class_names_of(model)
-    return {"index": list(range(len(names) + 1)), "class": ["not segmented", *names]}
+    return layer_roles.segmentation_features(class_names_of(model))
 
 
 def _instances_available() -> bool:
