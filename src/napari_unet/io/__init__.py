@@ -1,0 +1,536 @@
+"""Readers and writers for images, labels and probabilities, free of Qt and napari.
+
+Readers return an :class:`ImageData` whose ``data`` is a dask array for big formats, so a stack of
+thousands of slices is only read tile by tile as prediction walks over it. Every problem a user can
+cause (missing path, corrupt file, wrong dataset name, unknown suffix) is raised as a one-line
+:class:`~napari_unet.errors.UserInputError` naming the path. Writers are atomic: output is written
+under a hidden sibling name and renamed into place only when it is complete.
+
+Supported inputs: TIFF (.tif/.tiff), PNG, a folder of PNG/TIFF slices, zarr (.zarr), HDF5
+(.h5/.hdf5/.hdf) and MRC (.mrc/.mrcs/.rec/.map). Outputs: TIFF, zarr, and (labels only) a folder of
+PNG slices. Physical sizes are reported in nanometres whenever the unit is known.
+
+Which formats exist, and their suffixes, is declared once in :mod:`napari_unet.formats`. This
+module dispatches on a format's name; each format's probing, opening and writing is in its own
+module here: :mod:`.tiff`, :mod:`.png` (PNG and slice folders), :mod:`.zarr_store`, :mod:`.hdf5`
+and :mod:`.mrc`, with what they share in :mod:`._common`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from napari_unet import formats
+from napari_unet.atomic import atomic_write
+from napari_unet.errors import UserInputError
+
+from ._common import (
+    _as_array,
+    _disk_size,
+    _exists,
+    _fit_voxel,
+    _has_zarr_metadata,
+    _is_rgb_shape,
+    _is_zarr_group,
+    _one_line,
+    _Probe,
+    _stem,
+)
+from .hdf5 import _h5_datasets, _h5_open, _open_hdf5, _probe_hdf5
+from .mrc import _open_mrc, _probe_mrc
+from .png import _png_header, _probe_slices, _read_png, _read_slice, _write_png_slices
+from .tiff import _open_tiff, _probe_tiff, _write_tiff
+from .zarr_store import _open_zarr, _probe_zarr, _write_zarr, _zarr_arrays, _zarr_open
+
+__all__ = [
+    "HDF5_SUFFIXES",
+    "MRC_SUFFIXES",
+    "PNG_SUFFIXES",
+    "READ_SUFFIXES",
+    "TIFF_SUFFIXES",
+    "ZARR_SUFFIXES",
+    "ImageData",
+    "image_info",
+    "list_datasets",
+    "read_image",
+    "read_labels",
+    "split_dataset",
+    "to_grey",
+    "write_labels",
+    "write_probabilities",
+]
+
+# Suffixes come from the format registry (:mod:`napari_unet.formats`); these names stay for callers.
+TIFF_SUFFIXES = formats.TIFF.suffixes
+PNG_SUFFIXES = formats.PNG.suffixes
+ZARR_SUFFIXES = formats.ZARR.suffixes
+HDF5_SUFFIXES = formats.HDF5.suffixes
+MRC_SUFFIXES = formats.MRC.suffixes
+SLICE_SUFFIXES = formats.SLICE_SUFFIXES
+READ_SUFFIXES = formats.read_suffixes()
+
+_READ_FORMATS = formats.readable_text()
+_LABEL_TARGETS = (
+    ".tif/.tiff (one TIFF), .zarr (chunked), .ome.zarr (OME-Zarr labels), or a name without suffix "
+    "(PNG slices)"
+)
+_PROB_TARGETS = ".tif/.tiff (one float32 TIFF) or .zarr (chunked)"
+
+# Length units -> nanometres. ImageJ writes "micron" or an escaped micro sign; OME uses full names.
+
+# Bytes per chunk above which a writer re-chunks a dask array instead of copying its chunking.
+
+
+@dataclass
+class ImageData:
+    """An image as read from disk: pixels (numpy, or dask when lazy) plus calibration and a name.
+
+    ``voxel_size`` holds one value per spatial axis, ordered (z, y, x) or (y, x), in ``unit``
+    (nanometres when the file's unit is a known length); ``None`` when the file has no calibration.
+    """
+
+    data: Any
+    voxel_size: tuple[float, ...] | None
+    unit: str | None
+    path: str
+    name: str
+    dataset: str | None = field(default=None)
+
+    @property
+    def is_lazy(self) -> bool:
+        """True when ``data`` is a dask array (pixels are read on demand)."""
+        return isinstance(self.data, da.Array)
+
+    def grey(self) -> ImageData:
+        """Return a copy whose data went through :func:`to_grey`, with voxel_size matched to it."""
+        data = to_grey(self.data, name=self.name)
+        voxel = _fit_voxel(self.voxel_size, data.ndim)
+        return ImageData(data, voxel, self.unit if voxel else None, self.path, self.name,
+                         self.dataset)
+
+
+# --------------------------------------------------------------------------------------------
+# format detection and probing (metadata only)
+
+
+def _split_container_path(path: str | os.PathLike, dataset: str | None) -> tuple[Path, str | None]:
+    """Accept "file.h5:/inner/path" (and "x.zarr:inner") when no explicit dataset is given."""
+    text = os.fspath(path)
+    if dataset is None and not os.path.exists(text):
+        m = re.match(r"^(.*\.(?:h5|hdf5|hdf|zarr)):(.+)$", text, flags=re.IGNORECASE)
+        if m and os.path.exists(m.group(1)):
+            return Path(m.group(1)), m.group(2)
+    return Path(text), dataset
+
+
+def _detect(path: Path) -> str:
+    if not path.exists():
+        raise UserInputError(f"{path} does not exist; check the path")
+    suffix = path.suffix.lower()
+    found = formats.format_of_suffix(path)
+    if path.is_dir():
+        if found is formats.ZARR or _has_zarr_metadata(path):
+            return "zarr"
+        return "slices"
+    if found is not None and not found.folder:
+        return found.name
+    raise UserInputError(
+        f"{path}: unsupported image format '{suffix or path.name}'; use one of {_READ_FORMATS}"
+    )
+
+
+def _probe(path: str | os.PathLike, dataset: str | None, *, check_slices: bool) -> _Probe:
+    p, key = _split_container_path(path, dataset)
+    fmt = _detect(p)
+    if key is not None and fmt not in formats.with_datasets():
+        raise UserInputError(f"{p} is a {fmt} image and holds no datasets; drop the dataset name")
+    if fmt == "tiff":
+        return _probe_tiff(p)
+    if fmt == "png":
+        shape, dtype = _png_header(p)
+        return _Probe("png", p, None, shape, dtype, files=[p])
+    if fmt == "slices":
+        return _probe_slices(p, check_all=check_slices)
+    if fmt == "zarr":
+        return _probe_zarr(p, key)
+    if fmt == "hdf5":
+        return _probe_hdf5(p, key)
+    return _probe_mrc(p)
+
+
+def split_dataset(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``"file.h5:/inner"`` or ``"store.zarr:inner"`` -> (container path, dataset); else (path, None).
+
+    A path that exists as written is never split, so file names with a colon keep working.
+    """
+    return _split_container_path(path, None)
+
+
+# --------------------------------------------------------------------------------------------
+# lazy sources
+
+
+_OPENERS = {"tiff": _open_tiff, "zarr": _open_zarr, "hdf5": _open_hdf5, "mrc": _open_mrc}
+
+
+class _Source:
+    """Array-like view of one on-disk array for ``dask.array.from_array``.
+
+    It opens the file on first access (and again after pickling, so a distributed worker opens its
+    own handle) and turns any read failure into a UserInputError that names the file.
+    """
+
+    def __init__(self, fmt: str, path: Path, key: str | None, shape: tuple, dtype: np.dtype):
+        self.fmt, self.path, self.key = fmt, str(path), key
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        self._arr: Any = None
+        self._handle: Any = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._arr is None:
+                self._arr, self._handle = _OPENERS[self.fmt](self.path, self.key)
+            return self._arr
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            out = self._open()[index]
+            out = np.array(out) if isinstance(out, np.memmap) else np.asarray(out)
+        except (UserInputError, MemoryError):
+            raise
+        except Exception as exc:
+            raise UserInputError(
+                f"reading {self.path} failed ({_one_line(exc)}); the file may be corrupt or "
+                "truncated"
+            ) from exc
+        return out.astype(self.dtype, copy=False)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_arr"] = state["_handle"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+def _file_token(probe: _Probe) -> str:
+    stats = []
+    for f in probe.files[:1] + probe.files[-1:]:
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            stats.append((str(f), st.st_mtime_ns, st.st_size))
+    return tokenize(probe.fmt, str(probe.path), probe.key, stats, len(probe.files))
+
+
+def _load(probe: _Probe, lazy: bool) -> Any:
+    """Pixels for a probe: numpy (``lazy=False`` or a single PNG) or a dask array."""
+    if probe.fmt == "png":
+        return _read_png(probe.path)
+    if probe.fmt == "slices":
+        files = probe.files
+        slice_shape = probe.shape if len(files) == 1 else probe.shape[1:]
+        dtype = probe.dtype.str
+        if not lazy:
+            stack = [_read_slice(str(f), slice_shape, dtype) for f in files]
+            return stack[0] if len(stack) == 1 else np.stack(stack)
+        token = _file_token(probe)
+        read = dask.delayed(_read_slice, pure=True)
+        parts = [
+            da.from_delayed(
+                read(str(f), slice_shape, dtype, dask_key_name=f"read-slice-{token}-{i}"),
+                shape=slice_shape, dtype=probe.dtype,
+            )
+            for i, f in enumerate(files)
+        ]
+        return parts[0] if len(parts) == 1 else da.stack(parts)
+    source = _Source(probe.fmt, probe.path, probe.key, probe.shape, probe.dtype)
+    if not lazy:
+        return source[tuple(slice(None) for _ in probe.shape)]
+    chunks: Any = probe.chunks
+    if probe.fmt == "tiff":
+        chunks = tuple(int(c) for c in source._open().chunks)
+    if chunks is None:  # unchunked storage: one chunk per 2-D plane
+        chunks = (1,) * max(0, len(probe.shape) - 2) + probe.shape[-2:]
+        if _is_rgb_shape(probe.shape):
+            chunks = (1,) * max(0, len(probe.shape) - 3) + probe.shape[-3:]
+    chunks = tuple(min(max(int(c), 1), max(int(s), 1)) for c, s in zip(chunks, probe.shape,
+                                                                        strict=True))
+    meta = np.empty((0,) * len(probe.shape), dtype=probe.dtype)
+    return da.from_array(
+        source, chunks=chunks, name=f"read-{_file_token(probe)}", meta=meta, lock=False,
+        asarray=True, fancy=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# public readers
+
+
+def read_image(
+    path: str | os.PathLike, *, lazy: bool = True, dataset: str | None = None
+) -> ImageData:
+    """Read an image, stack or volume from any supported format; lazily (dask) by default.
+
+    ``dataset`` selects the array inside an HDF5 file or zarr group (also written as
+    ``"file.h5:/inner/path"``). ``lazy=False`` returns numpy; a single PNG is always numpy.
+    """
+    probe = _probe(path, dataset, check_slices=True)
+    data = _load(probe, lazy)
+    return ImageData(data, probe.voxel_size, probe.unit, str(probe.path), _stem(probe.path),
+                     probe.key)
+
+
+def list_datasets(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of every array in an HDF5 file or zarr store, for a dataset chooser.
+
+    Single-image formats (TIFF, PNG, MRC, slice folders) return an empty list.
+    """
+    p = Path(os.fspath(path))
+    fmt = _detect(p)
+    if fmt == "hdf5":
+        with _h5_open(p) as f:
+            try:
+                return [(n, tuple(int(s) for s in d.shape), str(d.dtype)) for n, d in
+                        _h5_datasets(f)]
+            except Exception as exc:
+                raise UserInputError(
+                    f"{p} is not a readable HDF5 file ({_one_line(exc)}); check that it is "
+                    "complete"
+                ) from exc
+    if fmt == "zarr":
+        node = _zarr_open(p)
+        if not _is_zarr_group(node):
+            return [("", tuple(int(s) for s in node.shape), str(node.dtype))]
+        return [(n, tuple(int(s) for s in a.shape), str(a.dtype)) for n, a in _zarr_arrays(node)]
+    return []
+
+
+def image_info(path: str | os.PathLike, dataset: str | None = None) -> dict:
+    """Shape, dtype, calibration and size on disk, from metadata only (no pixels are read).
+
+    Keys: path, name, format, dataset, shape, dtype, voxel_size, unit, size_bytes (on disk),
+    nbytes (in memory), n_files. A slice folder is described from its first slice and its count.
+    """
+    probe = _probe(path, dataset, check_slices=False)
+    return {
+        "path": str(probe.path),
+        "name": _stem(probe.path),
+        "format": probe.fmt,
+        "dataset": probe.key,
+        "shape": probe.shape,
+        "dtype": str(probe.dtype),
+        "voxel_size": probe.voxel_size,
+        "unit": probe.unit,
+        "size_bytes": _disk_size(probe.files),
+        "nbytes": int(np.prod(probe.shape, dtype=np.int64)) * probe.dtype.itemsize,
+        "n_files": len(probe.files),
+    }
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read labels written by :func:`write_labels` (TIFF, zarr or PNG folder) into numpy.
+
+    A PNG folder with a single slice comes back 2-D.
+    """
+    return np.asarray(read_image(path, lazy=False).data)
+
+
+# --------------------------------------------------------------------------------------------
+# grey conversion
+
+
+def _shape_error(name: str, shape: tuple[int, ...], hint: str) -> UserInputError:
+    return UserInputError(
+        f"{name} has shape {shape}; napari-unet segments 2-D images or 3-D stacks (Z, Y, X){hint}"
+    )
+
+
+def to_grey(data: Any, *, name: str = "the image") -> Any:
+    """Bring an image to (H, W) or (Z, H, W): squeeze singleton axes, turn RGB(A) into grey.
+
+    Colour (last axis 3 or 4, other axes larger than 4) becomes luminance 0.299 R + 0.587 G +
+    0.114 B in the original dtype, alpha dropped, with a warning. numpy stays numpy, dask stays lazy.
+    Anything else that is not 2-D or 3-D, or is empty, raises UserInputError.
+    """
+    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    shape = tuple(int(s) for s in data.shape)
+    if len(shape) == 0 or any(s == 0 for s in shape):
+        raise _shape_error(name, shape, "; it is empty")
+    singletons = tuple(i for i, s in enumerate(shape) if s == 1)
+    if singletons:
+        data = data.squeeze(axis=singletons)
+    squeezed = tuple(int(s) for s in data.shape)
+    if _is_rgb_shape(squeezed):
+        data = _luminance(data)
+        colour = "RGBA" if squeezed[-1] == 4 else "RGB"
+        dropped = ", alpha dropped" if squeezed[-1] == 4 else ""
+        warnings.warn(
+            f"{name} has shape {shape} and was read as {colour} colour; converted to grey "
+            f"(luminance{dropped}), dtype {np.dtype(data.dtype)} kept",
+            UserWarning,
+            stacklevel=2,
+        )
+    if data.ndim not in (2, 3):
+        hint = "; select one channel or time point first" if data.ndim > 3 else ""
+        raise _shape_error(name, shape, hint)
+    return data
+
+
+def _luminance(data: Any) -> Any:
+    dtype = np.dtype(data.dtype)
+    work = np.float64 if dtype == np.float64 else np.float32
+    r, g, b = (data[..., i].astype(work) for i in range(3))
+    grey = r * work(0.299) + g * work(0.587) + b * work(0.114)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        grey = np.clip(np.rint(grey), info.min, info.max)
+    elif dtype.kind == "b":
+        grey = grey >= 0.5
+    return grey.astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# writers
+
+
+def _target_kind(p: Path, *, what: str, allow_png: bool) -> str:
+    suffix = p.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return "tiff"
+    if suffix in ZARR_SUFFIXES:
+        return "zarr"
+    if suffix == "":
+        if allow_png:
+            return "png"
+        raise UserInputError(
+            f"{p}: {what} are floating point and cannot be PNG slices; use {_PROB_TARGETS}"
+        )
+    targets = _LABEL_TARGETS if allow_png else _PROB_TARGETS
+    raise UserInputError(f"{p}: cannot write {what} as '{suffix}'; use {targets}")
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    """Refuse a target that exists without ``overwrite``, or that napari-unet did not write."""
+    from napari_unet import outputs
+
+    if _exists(target):
+        if not overwrite:
+            raise UserInputError(f"{target} exists (use overwrite to replace it)")
+        outputs.check_replaceable(target)
+
+
+@contextlib.contextmanager
+def _atomic_output(target: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a hidden sibling path to write to; move it onto ``target`` only if writing succeeds.
+
+    The output's lock is held throughout; an existing output is replaced only if napari-unet wrote
+    it (:mod:`napari_unet.outputs`); temporary files of dead earlier runs are removed first.
+    """
+    from napari_unet import outputs
+
+    _check_target(target, overwrite)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot create folder {parent} ({_one_line(exc)}); choose another output location"
+        ) from exc
+    with outputs.OutputLock(target):
+        outputs.clean_stale(target)
+        try:
+            with atomic_write(target) as tmp:
+                yield tmp
+                _check_target(target, overwrite)  # it may have appeared while we wrote
+        except BaseException as exc:
+            if isinstance(exc, OSError):
+                raise UserInputError(
+                    f"cannot write {target} ({_one_line(exc)}); check free disk space and "
+                    "permissions"
+                ) from exc
+            raise
+
+
+def write_labels(
+    path: str | os.PathLike,
+    labels: Any,
+    *,
+    overwrite: bool = False,
+    voxel_size: Sequence[float] | None = None,
+    unit: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Write integer labels atomically to .tif/.tiff, .zarr, .ome.zarr, or a folder of PNG slices.
+
+    The output appears at ``path`` only once complete; an existing output is kept unless
+    ``overwrite`` is true, and survives any failure during the write. Returns the final path.
+    ``voxel_size``, ``unit`` and ``class_names`` go into OME-Zarr label metadata (other formats
+    ignore them).
+    """
+    from napari_unet import omezarr
+
+    target = Path(os.fspath(path))
+    kind = _target_kind(target, what="labels", allow_png=True)
+    arr = _as_array(labels)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if np.dtype(arr.dtype).kind not in "iu":
+        raise UserInputError(
+            f"{target}: labels have dtype {arr.dtype}; labels must be integers (0 = background)"
+        )
+    if arr.ndim < 2 or any(int(s) == 0 for s in arr.shape):
+        raise UserInputError(f"{target}: labels of shape {tuple(arr.shape)} are not an image")
+    with _atomic_output(target, overwrite) as tmp:
+        if kind == "tiff":
+            _write_tiff(tmp, arr, compress=True)
+        elif omezarr.is_ome_zarr(target):  # NGFF label image with scale, pyramid and class names
+            omezarr.write_label_group(
+                tmp, arr, voxel_size=voxel_size, unit=unit, class_names=class_names,
+                name=_stem(target),
+            )  # fmt: skip
+        elif kind == "zarr":
+            _write_zarr(tmp, arr)
+        else:
+            _write_png_slices(tmp, arr, target)
+    return target
+
+
+def write_probabilities(path: str | os.PathLike, probs: Any, *, overwrite: bool = False) -> Path:
+    """Write probabilities as float32 atomically to a multi-page .tif/.tiff or a chunked .zarr.
+
+    Same atomic and overwrite rules as :func:`write_labels`. Returns the final path.
+    """
+    target = Path(os.fspath(path))
+    kind = _target_kind(target, what="probabilities", allow_png=False)
+    arr = _as_array(probs)
+    if np.dtype(arr.dtype).kind not in "biuf":
+        raise UserInputError(f"{target}: probabilities have dtype {arr.dtype}; expected numbers")
+    if arr.ndim < 2 or any(int(s) == 0 for s in arr.shape):
+        raise UserInputError(
+            f"{target}: probabilities of shape {tuple(arr.shape)} are not an image"
+        )
+    arr = arr.astype(np.float32)
+    with _atomic_output(target, overwrite) as tmp:
+        if kind == "tiff":
+            _write_tiff(tmp, arr, compress=False)
+        else:
+            _write_zarr(tmp, arr)
+    return target

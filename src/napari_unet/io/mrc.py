@@ -1,0 +1,41 @@
+"""MRC volumes (.mrc, .mrcs, .rec, .map): header, voxel size, memory-mapped opening."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet.errors import UserInputError
+
+from ._common import _calibration, _one_line, _Probe, _spatial_ndim
+
+
+def _probe_mrc(p: Path) -> _Probe:
+    import mrcfile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with mrcfile.mmap(p, mode="r") as mrc:
+                shape = tuple(int(s) for s in mrc.data.shape)
+                dtype = np.dtype(mrc.data.dtype).newbyteorder("=")
+                vs = mrc.voxel_size
+                zyx_a = [float(vs.z), float(vs.y), float(vs.x)]
+    except Exception as exc:
+        raise UserInputError(
+            f"{p} is not a readable MRC file ({_one_line(exc)}); check that it is complete"
+        ) from exc
+    voxel, unit = _calibration(zyx_a, ["Å"] * 3, _spatial_ndim(shape))
+    return _Probe("mrc", p, None, shape, dtype, voxel, unit, files=[p])
+
+
+def _open_mrc(path: str, key: str | None) -> tuple[Any, Any]:
+    import mrcfile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mrc = mrcfile.mmap(path, mode="r")
+    return mrc.data, mrc

@@ -1,0 +1,105 @@
+"""TIFF: probing (ImageJ and OME calibration), lazy opening through tifffile's zarr view, writing."""
+
+from __future__ import annotations
+
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet.errors import UserInputError
+
+from ._common import _calibration, _compute, _one_line, _pages, _positive, _Probe, _spatial_ndim
+
+
+def _tiff_voxel(tif: Any, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None]:
+    """Voxel size from OME-XML, ImageJ metadata or the resolution tags (cm/mm/um units only)."""
+    ndim = _spatial_ndim(shape)
+    page = tif.pages[0]
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+        except ET.ParseError:
+            root = None
+        pixels = (
+            None
+            if root is None
+            else next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
+        )
+        if pixels is not None:
+            a = pixels.attrib
+            return _calibration(
+                [a.get(f"PhysicalSize{ax}") for ax in "ZYX"],
+                [a.get(f"PhysicalSize{ax}Unit", "µm") for ax in "ZYX"],
+                ndim,
+            )
+    xres, yres = getattr(page, "resolution", (None, None)) or (None, None)
+    x = 1.0 / xres if _positive(xres) else None
+    y = 1.0 / yres if _positive(yres) else None
+    if tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        unit = meta.get("unit")
+        return _calibration([meta.get("spacing"), y, x], [unit] * 3, ndim)
+    # Plain TIFF: only metric resolution units; dots-per-inch are print settings, not pixel sizes.
+    resunit = int(getattr(page, "resolutionunit", 1) or 1)
+    unit = {3: "cm", 4: "mm", 5: "um"}.get(resunit)
+    if unit is None:
+        return None, None
+    return _calibration([None, y, x], [unit] * 3, ndim)
+
+
+def _probe_tiff(p: Path) -> _Probe:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            if not tif.series:
+                raise UserInputError(f"{p} holds no image data; check that it is an image TIFF")
+            if len(tif.series) > 1:
+                warnings.warn(
+                    f"{p} holds {len(tif.series)} image series; reading the first",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            series = tif.series[0]
+            level = series.levels[0] if getattr(series, "levels", None) else series
+            shape = tuple(int(s) for s in level.shape)
+            dtype = np.dtype(level.dtype)
+            voxel, unit = _tiff_voxel(tif, shape)
+    except UserInputError:
+        raise
+    except Exception as exc:
+        raise UserInputError(
+            f"{p} is not a readable TIFF ({_one_line(exc)}); check that it is a complete TIFF image"
+        ) from exc
+    return _Probe("tiff", p, None, shape, dtype, voxel, unit, files=[p])
+
+
+def _open_tiff(path: str, key: str | None) -> tuple[Any, Any]:
+    import tifffile
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True, series=0, level=0)
+    return zarr.open(store, mode="r"), store
+
+
+def _write_tiff(tmp: Path, arr: Any, *, compress: bool) -> None:
+    import tifffile
+
+    nbytes = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+    from napari_unet.outputs import TIFF_SOFTWARE
+
+    kwargs: dict[str, Any] = {
+        "photometric": "minisblack",
+        "bigtiff": nbytes > 2**32 - 2**25,
+        "software": TIFF_SOFTWARE,
+    }
+    if compress:
+        kwargs.update(compression="zlib", compressionargs={"level": 1})
+    if arr.ndim == 2:
+        tifffile.imwrite(tmp, _compute(arr), **kwargs)
+    else:
+        tifffile.imwrite(tmp, _pages(arr), shape=tuple(arr.shape), dtype=arr.dtype, **kwargs)

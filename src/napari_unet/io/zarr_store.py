@@ -1,0 +1,218 @@
+"""zarr stores and OME-Zarr images: choosing the array, calibration, lazy opening, chunked writing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from napari_unet.errors import UserInputError
+
+from ._common import (
+    _NM_PER_UNIT,
+    _NO_UNIT,
+    _image_like,
+    _is_zarr_group,
+    _natural_key,
+    _one_line,
+    _positive,
+    _Probe,
+    _several_arrays,
+    _unit_key,
+    _zarr_major,
+)
+
+_MAX_CHUNK_BYTES = 64 * 2**20
+
+
+def _zarr_open(p: Path) -> Any:
+    import zarr
+
+    try:
+        return zarr.open(str(p), mode="r")
+    except Exception as exc:
+        raise UserInputError(
+            f"{p} is not a readable zarr store ({_one_line(exc)}); check that it is a complete .zarr folder"
+        ) from exc
+
+
+def _zarr_arrays(group: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """All arrays under a zarr group, depth first, as (path, array)."""
+    out: list[tuple[str, Any]] = []
+    for name in sorted(group.array_keys(), key=_natural_key):
+        out.append((prefix + name, group[name]))
+    for name in sorted(group.group_keys(), key=_natural_key):
+        out.extend(_zarr_arrays(group[name], prefix + name + "/"))
+    return out
+
+
+def _ome_multiscales(attrs: dict) -> list | None:
+    ms = attrs.get("multiscales")
+    if ms is None and isinstance(attrs.get("ome"), dict):
+        ms = attrs["ome"].get("multiscales")
+    return ms if isinstance(ms, list) and ms else None
+
+
+def _ome_voxel(ms: dict, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None]:
+    """Voxel size of the full-resolution level from OME-Zarr multiscales metadata."""
+    axes = ms.get("axes") or []
+    axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
+    if len(axes) != len(shape):
+        return None, None
+    scale = [1.0] * len(shape)
+    transforms = list(ms["datasets"][0].get("coordinateTransformations") or [])
+    transforms += list(ms.get("coordinateTransformations") or [])
+    found = False
+    for t in transforms:
+        if t.get("type") == "scale" and len(t.get("scale", [])) == len(shape):
+            scale = [s * float(v) for s, v in zip(scale, t["scale"], strict=True)]
+            found = True
+    if not found:
+        return None, None
+    spatial = [
+        i
+        for i, a in enumerate(axes)
+        if a.get("type") == "space" or str(a.get("name", "")).lower() in ("z", "y", "x")
+    ]
+    if len(spatial) < 2 or not all(_positive(scale[i]) for i in spatial):
+        return None, None
+    values = [scale[i] for i in spatial][-3:]
+    keys = [_unit_key(axes[i].get("unit")) for i in spatial][-3:]
+    if all(k in _NM_PER_UNIT for k in keys):
+        return tuple(v * _NM_PER_UNIT[k] for v, k in zip(values, keys, strict=True)), "nm"
+    if len(set(keys)) == 1 and keys[0] not in _NO_UNIT:
+        return tuple(values), str(axes[spatial[-1]].get("unit"))
+    return tuple(values), None
+
+
+def _zarr_pick(
+    p: Path, node: Any, key: str | None
+) -> tuple[Any, str | None, tuple[float, ...] | None, str | None]:
+    """Choose the array to read from a zarr node: the node itself, OME level "0", or the only one."""
+    prefix = ""
+    if key:
+        key = key.strip("/")
+        try:
+            node = node[key]
+        except Exception:
+            names = ", ".join(n for n, _ in _zarr_arrays(node)[:10]) if _is_zarr_group(node) else ""
+            raise UserInputError(f"{p} has no array '{key}'; available: {names or 'none'}") from None
+        prefix = key + "/"
+    if not _is_zarr_group(node):
+        return node, key, None, None
+    ms = _ome_multiscales(dict(node.attrs))
+    if ms is not None:
+        try:
+            level = str(ms[0]["datasets"][0]["path"])
+            arr = node[level]
+        except Exception as exc:
+            raise UserInputError(
+                f"{p} has OME multiscales metadata without a readable level 0 "
+                f"({_one_line(exc)}); check the store"
+            ) from exc
+        voxel, unit = _ome_voxel(ms[0], arr.shape)
+        return arr, prefix + level, voxel, unit
+    if "0" in set(node.array_keys()):
+        return node["0"], prefix + "0", None, None
+    arrays = _zarr_arrays(node)
+    if len(arrays) == 1:
+        name, arr = arrays[0]
+        return arr, prefix + name, None, None
+    if not arrays:
+        raise UserInputError(f"{p} holds no arrays; check that it is an image zarr store")
+    images = [(n, a) for n, a in arrays if _image_like(a.shape, a.dtype)]
+    if len(images) == 1:
+        name, arr = images[0]
+        return arr, prefix + name, None, None
+    raise _several_arrays(p, [prefix + n for n, _ in (images or arrays)])
+
+
+def _probe_zarr(p: Path, key: str | None) -> _Probe:
+    node = _zarr_open(p)
+    try:
+        arr, key, voxel, unit = _zarr_pick(p, node, key)
+        shape = tuple(int(s) for s in arr.shape)
+        dtype = np.dtype(arr.dtype)
+        chunks = tuple(int(c) for c in arr.chunks)
+    except UserInputError:
+        raise
+    except Exception as exc:
+        raise UserInputError(f"{p} is not a readable zarr array ({_one_line(exc)}); check the store") from exc
+    if dtype.kind not in "biuf":
+        raise UserInputError(f"{p}: array '{key}' has dtype {dtype}, which is not an image")
+    return _Probe("zarr", p, key, shape, dtype, voxel, unit, chunks, files=[p])
+
+
+def _open_zarr(path: str, key: str | None) -> tuple[Any, Any]:
+    import zarr
+
+    node = zarr.open(path, mode="r")
+    return (node[key] if key and _is_zarr_group(node) else node), None
+
+
+def _regular_chunks(chunks: tuple[tuple[int, ...], ...]) -> bool:
+    return all(all(c == cs[0] for c in cs[:-1]) and cs[-1] <= cs[0] for cs in chunks)
+
+
+def _zarr_chunks(arr: Any) -> tuple[int, ...]:
+    """Zarr chunking: the dask chunking when regular and modest, else 2-D planes up to 512 x 512."""
+    itemsize = np.dtype(arr.dtype).itemsize
+    if isinstance(arr, da.Array) and _regular_chunks(arr.chunks):
+        chunks = tuple(max(cs[0], 1) for cs in arr.chunks)
+        if int(np.prod(chunks, dtype=np.int64)) * itemsize <= _MAX_CHUNK_BYTES:
+            return chunks
+    lead = (1,) * max(0, arr.ndim - 2)
+    return lead + tuple(max(1, min(int(s), 512)) for s in arr.shape[-2:])
+
+
+def _compute_settled(work: Any) -> None:
+    """Compute dask work; on failure, wait for tasks still running before the error propagates.
+
+    With the local threaded scheduler a failed block does not stop blocks already in flight; they
+    would keep writing chunks into the temporary output after it was removed. A private pool that
+    is shut down (waiting) before returning prevents that.
+    """
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    if get_scheduler(collections=[work]) is not dask.threaded.get:
+        dask.compute(work)
+        return
+    workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        dask.compute(work, scheduler="threads", pool=pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_zarr(tmp: Path, arr: Any) -> None:
+    import zarr
+
+    chunks = _zarr_chunks(arr)
+    kwargs: dict[str, Any] = {
+        "mode": "w",
+        "shape": tuple(arr.shape),
+        "chunks": chunks,
+        "dtype": arr.dtype,
+        "fill_value": 0,
+    }
+    if _zarr_major() >= 3:
+        kwargs["zarr_format"] = 2  # readable by zarr 2 and 3 and most other tools
+    z = zarr.open_array(str(tmp), **kwargs)
+    from napari_unet.outputs import ATTRS_KEY
+
+    z.attrs[ATTRS_KEY] = {"written_by": "napari-unet", "complete": True}
+    if isinstance(arr, da.Array):
+        if tuple(c[0] for c in arr.chunks) != chunks or not _regular_chunks(arr.chunks):
+            arr = arr.rechunk(chunks)
+        _compute_settled(da.store(arr, z, lock=False, compute=False))
+    else:
+        step = chunks[0] if arr.ndim >= 3 else arr.shape[0]
+        for start in range(0, arr.shape[0], step):
+            z[start : start + step] = arr[start : start + step]
