@@ -17,13 +17,34 @@ if SHARED_DATA.is_dir():
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def _make_unet(
+    depth: int = 4,
+    base_channels: int = 4,
+    *,
+    seed: int = 0,
+    classes: tuple[str, ...] | None = ("membrane", "cell"),
+    **kwargs,
+):
+    """A seeded U-Net of the tests' size: the paper's layout at a fraction of the cost."""
+    from napari_unet import UNet
+
+    torch.manual_seed(seed)
+    model = UNet(depth=depth, base_channels=base_channels, **kwargs)
+    if classes is not None:
+        model.metadata["classes"] = list(classes)
+    return model
+
+
+@pytest.fixture(scope="session")
+def make_unet():
+    """The one builder of test networks (seeded; depth 2 where only speed matters)."""
+    return _make_unet
+
+
 @pytest.fixture
 def tiny_model():
     """A depth-4 U-Net with 4 base channels: the paper's geometry at a fraction of the cost."""
-    from napari_unet import UNet
-
-    torch.manual_seed(0)
-    return UNet(base_channels=4, depth=4).eval()
+    return _make_unet(classes=None).eval()
 
 
 @pytest.fixture

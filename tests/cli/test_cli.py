@@ -11,18 +11,15 @@ import pytest
 import tifffile
 import torch
 
-from napari_unet import UNet, predict, save_model
+from napari_unet import predict, save_model
 from napari_unet.cli import main
 from napari_unet.data import synthetic_em
 from napari_unet.io import read_labels
 
 
 @pytest.fixture
-def model_file(tmp_path):
-    torch.manual_seed(0)
-    m = UNet(base_channels=4)
-    m.metadata["classes"] = ["membrane", "cell"]
-    return save_model(m, tmp_path / "tiny.safetensors")
+def model_file(tmp_path, make_unet):
+    return save_model(make_unet(), tmp_path / "tiny.safetensors")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import tifffile
 import torch
 import zarr
 
-from napari_unet import UNet, UserInputError, outputs, save_model
+from napari_unet import UserInputError, outputs, save_model
 from napari_unet import distributed as dist
 from napari_unet.cli import main
 from napari_unet.inference import labels_from_probabilities, predict
@@ -36,11 +36,8 @@ def run(args, capsys):
 
 
 @pytest.fixture(scope="module")
-def small_model():
-    torch.manual_seed(0)
-    m = UNet(base_channels=2, depth=2).eval()
-    m.metadata["classes"] = ["membrane", "cell"]
-    return m
+def small_model(make_unet):
+    return make_unet(depth=2, base_channels=2).eval()
 
 
 @pytest.fixture

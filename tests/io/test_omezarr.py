@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 pytest.importorskip("ome_zarr", reason="needs the optional extra 'export' (ome-zarr)")
 
 from ome_zarr.io import parse_url  # noqa: E402
 from ome_zarr.reader import Reader  # noqa: E402
 
-from napari_unet import UNet, io, omezarr, save_model  # noqa: E402
+from napari_unet import io, omezarr, save_model  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
 from napari_unet.data import synthetic_em  # noqa: E402
 
@@ -34,11 +33,8 @@ def _scales(node):
 
 
 @pytest.fixture
-def model_file(tmp_path):
-    torch.manual_seed(0)
-    m = UNet(base_channels=4, depth=2)
-    m.metadata["classes"] = ["membrane", "cell"]
-    return save_model(m, tmp_path / "tiny.safetensors")
+def model_file(tmp_path, make_unet):
+    return save_model(make_unet(depth=2), tmp_path / "tiny.safetensors")
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from napari_unet import UNet, UserInputError, load_model, save_model
+from napari_unet import UserInputError, load_model, save_model
 from napari_unet.checkpoint import HEADER_KEY
 from napari_unet.cli import main
 from napari_unet.inference import labels_from_probabilities, predict
@@ -31,11 +30,8 @@ def one_line(err: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def small_model():
-    torch.manual_seed(0)
-    m = UNet(base_channels=2, depth=2).eval()
-    m.metadata["classes"] = ["membrane", "cell"]
-    return m
+def small_model(make_unet):
+    return make_unet(depth=2, base_channels=2).eval()
 
 
 @pytest.fixture

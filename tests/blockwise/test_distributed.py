@@ -28,11 +28,8 @@ CHUNK = 512
 
 
 @pytest.fixture(scope="module")
-def model() -> UNet:
-    torch.manual_seed(0)
-    m = UNet(base_channels=4).eval()
-    m.metadata["classes"] = ["membrane", "cell"]
-    return m
+def model(make_unet) -> UNet:
+    return make_unet().eval()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from napari_unet.data import (
 from napari_unet.errors import UserInputError
 from napari_unet.metrics import iou
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SHARED_ISBI = SHARED_DATA / "isbi2012"
 needs_isbi = pytest.mark.skipif(
     not (SHARED_ISBI / "MANIFEST.tsv").is_file(),

@@ -27,10 +27,9 @@ def config(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def model_file(tmp_path):
-    torch.manual_seed(0)
+def model_file(tmp_path, make_unet):
     path = tmp_path / "start.safetensors"
-    save_model(UNet(depth=2, base_channels=4, dropout=0.0), path, metadata={"classes": ["membrane", "cell"]})
+    save_model(make_unet(depth=2, dropout=0.0), path)
     return path
 
 
