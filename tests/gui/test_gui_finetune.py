@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.checkpoint import load_model, save_model
+from napari_unet.checkpoint import load_model
 
 pytestmark = pytest.mark.gui
 
@@ -19,13 +19,6 @@ def config(tmp_path, monkeypatch):
     from napari_unet import loading
 
     monkeypatch.setenv(loading.CONFIG_ENV, str(tmp_path / "config"))
-
-
-@pytest.fixture
-def model_file(tmp_path, make_unet):
-    path = tmp_path / "start.safetensors"
-    save_model(make_unet(depth=2, dropout=0.0), path)
-    return path
 
 
 @pytest.fixture

@@ -27,13 +27,6 @@ def config(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def model_file(tmp_path, make_unet):
-    path = tmp_path / "start.safetensors"
-    save_model(make_unet(depth=2, dropout=0.0), path)
-    return path
-
-
-@pytest.fixture
 def image():
     rng = np.random.default_rng(1)
     return rng.integers(0, 255, size=(3, 72, 80), dtype=np.uint8)
