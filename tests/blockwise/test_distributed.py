@@ -195,7 +195,7 @@ def test_process_cluster_equals_in_process_predict(model, volume, reference, clu
     )
     # each worker process built the model once and reused it for all of its blocks
     digest = dist.ModelPayload.from_model(model).digest
-    cached = cluster.run(lambda: [k[0] for k in dist._MODELS])
+    cached = cluster.run(lambda: [k[0] for k in dist.payload._MODELS])
     assert len(cached) == 2 and all(keys == [digest] for keys in cached.values())
 
 
@@ -363,7 +363,7 @@ def test_cli_zarr_output_from_tiff_overwrites_only_when_asked(
 
 # ------------------------------------------------------------------------------------- errors
 def test_scheduler_that_does_not_answer(model_file, volume, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(dist, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("napari_unet.distributed.schedulers.CONNECT_TIMEOUT_S", 1.0)
     out = tmp_path / "seg.zarr"
     t0 = time.monotonic()
     code, err = run(

@@ -313,7 +313,7 @@ def test_full_disk_under_a_zarr_output_is_one_line(
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dist, "_segment_block", full)
+    monkeypatch.setattr("napari_unet.distributed.block._segment_block", full)
     out = tmp_path / "seg.zarr"
     code, err = run(["segment", image_tif, "-o", out, "--model", model_file], capsys)
     assert code == 2 and one_error_line(err) and "No space left" in err

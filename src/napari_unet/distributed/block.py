@@ -1,0 +1,187 @@
+"""One block: read its mirrored input window, run its tiles through the tile engine, write its
+chunk and marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engine import run_tiles
+from ..model import UNet
+from ..normalize import Normalizer
+from ..tileplan import default_batch
+from ..tiling import read_mirrored
+from .geometry import Block, BlockPlan
+from .payload import ModelPayload, _model_for
+
+
+def _cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _host(address: str) -> str:
+    """The host part of a dask address such as ``tcp://10.0.0.5:40123``."""
+    return address.split("://", 1)[-1].rsplit(":", 1)[0]
+
+
+def _set_task_threads(job: _Job) -> None:
+    """Give this task's torch a fair share of the cores, so concurrent blocks do not oversubscribe.
+
+    Torch's thread count is per calling thread, so it is set inside every task. In a dask worker
+    the share is the host's cores over all worker threads on that host.
+    """
+    n = job.torch_threads
+    if n is None and job.host_threads is not None:
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+        except (ImportError, ValueError):
+            worker = None
+        if worker is not None:
+            total = job.host_threads.get(_host(worker.address), worker.state.nthreads)
+            n = max(1, _cores() // max(1, int(total)))
+    if n and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every block of one run shares, apart from the model and the image."""
+
+    plan: BlockPlan
+    normalizer: Normalizer
+    n_classes: int
+    device: str
+    precision: str
+    batch_size: int | None
+    tta: str
+    labels: str
+    probabilities: str | None
+    markers: str
+    #: torch threads per task (in-process threads), or None to derive them from ``host_threads``
+    torch_threads: int | None = None
+    #: dask worker threads per host, so a worker can share its host's cores among them
+    host_threads: dict | None = None
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What a finished block reports back (small: it crosses the network)."""
+
+    index: int
+    seconds: float
+    tiles: int
+    device: str
+
+
+class _Shipped:
+    """Holds the image so that dask ships it as one opaque object, not as a collection."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+
+def _read_window(image: Any, z: int | None, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """A mirror-extended window of slice ``z``; lazy (dask) arrays are computed right here."""
+    plane = image if z is None else image[z]
+    if hasattr(plane, "dask"):
+        import dask
+
+        with dask.config.set(scheduler="sync"):
+            return read_mirrored(plane, y0, x0, h, w)
+    return read_mirrored(plane, y0, x0, h, w)
+
+
+def _block_window(plan: BlockPlan, block: Block) -> tuple[int, int, int, int]:
+    """(y0, x0, h, w) of the input window one block reads: its tiles plus their context."""
+    tp = plan.tiles
+    c = tp.margin // 2
+    th, tw = tp.tile_shape
+    iy, ix = plan.tiles_of(block)
+    sy = [tp.starts[0][i] for i in iy]
+    sx = [tp.starts[1][j] for j in ix]
+    return min(sy) - c, min(sx) - c, max(sy) - min(sy) + th, max(sx) - min(sx) + tw
+
+
+def _window_digest(raw: np.ndarray) -> str:
+    """Content hash of the input pixels a block read, stored in its completion marker."""
+    raw = np.ascontiguousarray(raw)
+    h = hashlib.sha256(f"{raw.dtype.str}{raw.shape}".encode())
+    h.update(raw.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _read_block_input(image: Any, plan: BlockPlan, block: Block) -> np.ndarray:
+    """The raw (not normalised) input window of one block."""
+    wy0, wx0, h, w = _block_window(plan, block)
+    return _read_window(image, block.z, wy0, wx0, h, w)
+
+
+def _segment_block(
+    model: UNet, dev: torch.device, dtype: torch.dtype, image: Any, job: _Job, block: Block
+) -> tuple[np.ndarray, str]:
+    """Class probabilities (K, bh, bw) of one block, and the hash of the input it read.
+
+    Each tile is fed exactly the pixels ``predict_tiles`` feeds it (same window, same normaliser,
+    same batch layout), so the block's values equal the in-process result bit for bit.
+    """
+    tp = job.plan.tiles
+    c = tp.margin // 2
+    th, tw = tp.tile_shape
+    iy, ix = job.plan.tiles_of(block)
+    wy0, wx0, _, _ = _block_window(job.plan, block)
+    raw = _read_block_input(image, job.plan, block)
+    digest = _window_digest(raw)
+    window = job.normalizer(raw)
+    bh, bw = block.y[1] - block.y[0], block.x[1] - block.x[0]
+    out = np.empty((job.n_classes, bh, bw), dtype=np.float32)
+
+    def read(ij: tuple[int, int]) -> np.ndarray:
+        ty, tx = tp.starts[0][ij[0]] - c - wy0, tp.starts[1][ij[1]] - c - wx0
+        return window[ty : ty + th, tx : tx + tw]
+
+    pairs = [(i, j) for i in iy for j in ix]
+    batch = job.batch_size or default_batch(dev)
+    for (i, j), p in run_tiles(model, pairs, read, (th, tw), dev, dtype, batch_size=batch, tta=job.tta):
+        s_y, s_x = tp.starts[0][i], tp.starts[1][j]
+        r0, r1 = max(tp.keeps[0][i][0], block.y[0]), min(tp.keeps[0][i][1], block.y[1])
+        q0, q1 = max(tp.keeps[1][j][0], block.x[0]), min(tp.keeps[1][j][1], block.x[1])
+        out[:, r0 - block.y[0] : r1 - block.y[0], q0 - block.x[0] : q1 - block.x[0]] = p[
+            :, r0 - s_y : r1 - s_y, q0 - s_x : q1 - s_x
+        ]
+    return out, digest
+
+
+def _run_block(block: Block, payload: ModelPayload, shipped: _Shipped, job: _Job) -> _Done:
+    """Task body: segment one block, write its chunk(s), then leave its completion marker."""
+    import zarr
+
+    t0 = time.perf_counter()
+    _set_task_threads(job)
+    model, dev, dtype = _model_for(payload, job.device, job.precision)
+    probs, digest = _segment_block(model, dev, dtype, shipped.array, job, block)
+    labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+    region = block.region
+    if block.z is not None:
+        labels = labels[None]
+        probs = probs[:, None]
+    zarr.open_array(job.labels, mode="r+")[region] = labels
+    if job.probabilities is not None:
+        zarr.open_array(job.probabilities, mode="r+")[(slice(None), *region)] = probs
+    Path(job.markers, block.key).write_text(digest)  # what the block read, checked on resume
+    iy, ix = job.plan.tiles_of(block)
+    device = f"{dev.type}:{torch.cuda.current_device()}" if dev.type == "cuda" else dev.type
+    return _Done(block.index, time.perf_counter() - t0, len(iy) * len(ix), device)

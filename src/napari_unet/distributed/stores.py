@@ -1,0 +1,100 @@
+"""The partial output stores: creation, completion markers, resume checks, and the swap into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .block import _read_block_input, _window_digest
+from .geometry import Block, BlockPlan
+
+#: Folder inside the partial labels store that holds one empty file per finished block.
+MARKER_DIR = ".napari-unet-blocks"
+
+
+#: Key of this package's entry in the output stores' attributes.
+ATTRS_KEY = "napari_unet"
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The hidden sibling where an output is built (and resumed) before it is renamed into place."""
+    p = Path(path)
+    return p.parent / f".{p.name}.partial"
+
+
+def _store_attrs(path: Path) -> dict | None:
+    import zarr
+
+    try:
+        return dict(zarr.open_array(str(path), mode="r").attrs.get(ATTRS_KEY) or {})
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not resumable
+        return None
+
+
+def _create_store(
+    path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any, attrs: dict
+) -> None:
+    import zarr
+
+    kwargs: dict[str, Any] = {
+        "mode": "w", "shape": shape, "chunks": chunks, "dtype": dtype, "fill_value": 0,
+    }  # fmt: skip
+    if int(str(zarr.__version__).split(".")[0]) >= 3:
+        kwargs["zarr_format"] = 2  # the same format io.write_labels writes
+    arr = zarr.open_array(str(path), **kwargs)
+    arr.attrs[ATTRS_KEY] = attrs
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Put a finished store at ``target`` (an atomic exchange where the system can); an old output
+    napari-unet wrote is deleted only after the swap, anything else is never replaced."""
+    from ..atomic import commit
+    from ..outputs import check_replaceable
+
+    check_replaceable(target)
+    commit(tmp, target)
+
+
+def _verify_done(image: Any, plan: BlockPlan, markers: Path, done: set[str], workers: int) -> set[str]:
+    """The finished blocks whose input is unchanged: each one's window is read again and its hash
+    compared with the one stored at completion; a changed (or unrecorded) block loses its marker."""
+
+    def same(block: Block) -> tuple[str, bool]:
+        try:
+            stored = (markers / block.key).read_text().strip()
+        except OSError:
+            stored = ""
+        return block.key, bool(stored) and stored == _window_digest(_read_block_input(image, plan, block))
+
+    blocks = [b for b in plan.blocks() if b.key in done]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = dict(pool.map(same, blocks))
+    for key, ok in results.items():
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                (markers / key).unlink()
+    return {k for k, ok in results.items() if ok}
+
+
+def _image_identity(image: Any) -> str:
+    """A name for the input that is stable across runs (file path, dask name or content hash)."""
+    name = getattr(image, "name", None)
+    if hasattr(image, "dask") and isinstance(name, str):
+        return f"dask:{name}"
+    store = getattr(image, "store", None)
+    if store is not None and hasattr(image, "path"):
+        return f"zarr:{store}:{image.path}"
+    from dask.base import tokenize
+
+    return f"token:{tokenize(image)}"
