@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import time
 import weakref
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels, Shapes
-from napari.utils.colormaps import DirectLabelColormap
-from qtpy.QtCore import QEvent, Qt, QTimer
+from napari.layers import Image, Labels
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -40,8 +37,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
-    QListWidgetItem,
-    QMessageBox,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -54,9 +49,11 @@ from napari_unet import layers as roles
 from napari_unet.errors import UserInputError
 
 from . import Dock, LayerComboBox, _alive, image_key_of, layer_data, unwrap
+from ._annotate_classes import ClassPalette
+from ._annotate_files import AnnotationFiles
+from ._annotate_regions import REGION_BOXES, REGION_SLICE, PredictionCopy
 from ._annotation_layers import (
     META_KEY,
-    _local,
     _source_of_annotations,
     _swatch,
     bind_class_keys,
@@ -69,7 +66,7 @@ from ._annotation_layers import (
     looks_like_prediction,
 )
 from ._autosave import AnnotationAutosaver, _Entry, autosaver_for
-from ._notify import notify_error, notify_info, user_errors
+from ._notify import notify_info, user_errors
 from ._session import session_for
 from ._worker import DONE, TaskPanel, start_worker
 
@@ -85,8 +82,6 @@ __all__ = [
     "looks_like_prediction",
 ]
 
-#: what "Start from prediction" copies: the slice on screen, or the rectangles drawn on a region layer
-REGION_SLICE, REGION_BOXES = "slice on screen", "drawn rectangles"
 
 
 def add_annotation_layer(
@@ -124,7 +119,7 @@ def add_annotation_layer(
 # ------------------------------------------------------------------------------ the dock
 
 
-class AnnotateWidget(Dock):
+class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles):
     """Paint annotations per class, start from a prediction, and keep them safe on disk."""
 
     COUNT_DELAY_MS = 300
@@ -508,159 +503,23 @@ class AnnotateWidget(Dock):
         )
 
     # ------------------------------------------------------------------ classes
-    def classes(self) -> list[str]:
-        """Class names of the chosen annotation layer (or those a new layer would get)."""
-        layer = self.labels_combo.layer()
-        names = class_names(layer) if layer is not None else None
-        if names:
-            return names
-        image = self.image_combo.layer()
-        return self._default_classes(image)
 
-    def _default_classes(self, image: Any | None) -> list[str]:
-        if image is not None:
-            seg = self._segmentation_for(image)
-            names = class_names(seg) if seg is not None else None
-            if names:
-                return names
-        return default_classes()
 
-    def _show_classes(self) -> None:
-        layer = self.labels_combo.layer()
-        names = self.classes()
-        current = int(layer.selected_label) if layer is not None else -1
-        self.class_list.blockSignals(True)
-        try:
-            self.class_list.clear()
-            for i, name in enumerate(names, start=1):
-                item = QListWidgetItem(_swatch(core.class_color(i)), name)
-                item.setData(Qt.ItemDataRole.UserRole, i)
-                item.setToolTip(f"label {i}")
-                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-                self.class_list.addItem(item)
-                if i == current:
-                    self.class_list.setCurrentItem(item)
-        finally:
-            self.class_list.blockSignals(False)
 
-    @staticmethod
-    def _row_label(item: QListWidgetItem) -> int:
-        return int(item.data(Qt.ItemDataRole.UserRole))
 
-    def _apply_classes(self, layer: Any, names: list[str]) -> None:
-        """Store class names on the layer and colour each class with its fixed colour."""
-        layer.features = core.class_features(names)
-        layer.colormap = DirectLabelColormap(color_dict=roles.class_palette(names))
-        if roles.role_of(layer.metadata) == roles.ANNOTATIONS:
-            self.session.classes_changed.emit(list(names))
 
-    def _layer_for_classes(self) -> Any:
-        """The chosen annotation layer, checked against the image (shape) and tied to it."""
-        image = self.image_combo.layer()
-        layer = self.labels_combo.layer()
-        if layer is None:
-            raise UserInputError("no annotation layer; click 'New annotation layer' first")
-        if image is not None:
-            self._check_shape(layer, image)
-            self._track(layer, image, tie=True)
-        if class_names(layer) is None:
-            self._apply_classes(layer, self.classes())
-        return layer
 
-    def select_class(self, index: int) -> None:
-        """Paint with class ``index`` (1-based): the brush's label becomes ``index``."""
-        with user_errors():
-            layer = self._layer_for_classes()
-            layer.selected_label = int(index)
-            if layer.mode in ("pan_zoom", "transform", "pick"):
-                layer.mode = "paint"
-            self.viewer.layers.selection.active = layer
 
-    def add_class(self, name: str) -> None:
-        """Add a class called ``name`` (the next label) and select it for painting."""
-        with user_errors():
-            layer = self._layer_for_classes()
-            names = core.add_class(class_names(layer) or [], name)
-            self._apply_classes(layer, names)
-            self.class_name_edit.clear()
-            self._show_classes()
-            self._show_counts()
-            self.select_class(len(names))
 
-    def rename_class(self, index: int, name: str) -> None:
-        """Call class ``index`` (1-based) ``name``."""
-        with user_errors():
-            layer = self._layer_for_classes()
-            names = core.rename_class(class_names(layer) or [], int(index), name)
-            self._apply_classes(layer, names)
-            self.class_name_edit.clear()
-        self._show_classes()
-        self._show_counts()
 
-    def remove_class(self, index: int) -> None:
-        """Remove class ``index`` (1-based); its painted pixels become 'not annotated'."""
-        with user_errors():
-            layer = self._layer_for_classes()
-            names = class_names(layer) or []
-            if not 1 <= int(index) <= len(names):
-                raise UserInputError(f"there is no class {index}; classes are 1..{len(names)}")
-            painted = bool((np.asarray(layer.data) == int(index)).any())
-            if painted and not self._confirm_remove(names[int(index) - 1]):
-                return
-            new = core.remove_class(names, int(index), layer.data)
-            self._apply_classes(layer, new)
-            layer.refresh()
-            self.autosaver.mark(layer, None)
-            self._show_classes()
-            self._recount(all_slices=True)
 
     #: answer for removing a class that has paint (tests set it); None asks in a dialog
     confirm_remove: Any = None
 
-    def _confirm_remove(self, name: str) -> bool:
-        if self.confirm_remove is not None:
-            return bool(self.confirm_remove(name))
-        answer = QMessageBox.question(
-            self,
-            "Remove a painted class?",
-            f"Pixels painted as '{name}' become 'not annotated'. Remove the class?",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No,
-        )
-        return answer == QMessageBox.StandardButton.Yes
 
-    def _remove_selected(self) -> None:
-        item = self.class_list.currentItem()
-        if item is None:
-            notify_error("click the class to remove first")
-            return
-        self.remove_class(self._row_label(item))
 
-    def _rename_selected(self) -> None:
-        item = self.class_list.currentItem()
-        if item is None:
-            notify_error("click the class to rename first")
-            return
-        self.rename_class(self._row_label(item), self.class_name_edit.text())
 
-    def _on_item_edited(self, item: QListWidgetItem) -> None:
-        index, text = self._row_label(item), item.text()
-        # rebuilding the list inside its own itemChanged signal is unsafe: do it right after
-        QTimer.singleShot(0, lambda: _alive(self) and self.rename_class(index, text))
 
-    def _on_selected_label(self, event: Any) -> None:
-        if not _alive(self) or event.source is not self.labels_combo.layer():
-            return
-        label = int(event.source.selected_label)
-        self.class_list.blockSignals(True)
-        try:
-            self.class_list.clearSelection()
-            for row in range(self.class_list.count()):
-                item = self.class_list.item(row)
-                if self._row_label(item) == label:
-                    self.class_list.setCurrentItem(item)
-        finally:
-            self.class_list.blockSignals(False)
 
     # ------------------------------------------------------------------ annotation layers
     def _image(self) -> Any:
@@ -776,250 +635,18 @@ class AnnotateWidget(Dock):
         return None
 
     # ------------------------------------------------------------------ start from prediction
-    def _visible_region(self, layer: Any) -> tuple[Any, ...]:
-        dims = self.viewer.dims
-        if dims.ndisplay != 2:
-            raise UserInputError(
-                "'slice on screen' needs the 2-D view; switch to 2-D or use drawn rectangles"
-            )
-        coords = layer.world_to_data(dims.point)
-        offset = dims.ndim - layer.ndim
-        fixed = {}
-        for world_axis in dims.not_displayed:
-            axis = world_axis - offset
-            if axis >= 0:
-                fixed[axis] = int(np.floor(coords[axis] + 0.5))
-        return core.visible_region(layer.data.shape, fixed)
 
-    def region_layer(self, layer: Any) -> Shapes | None:
-        """The Shapes layer whose rectangles 'drawn rectangles' copies for ``layer``."""
-        name = f"{layer.name} region"
-        found = self.viewer.layers[name] if name in self.viewer.layers else None
-        return found if isinstance(found, Shapes) else None
 
-    def _box_regions(self, layer: Any) -> list[tuple[Any, ...]]:
-        shapes = self.region_layer(layer)
-        if shapes is None or len(shapes.data) == 0:
-            raise UserInputError("no rectangle drawn; click 'Draw rectangle' and drag one over the image")
-        regions = []
-        for vertices, kind in zip(shapes.data, shapes.shape_type, strict=True):
-            if kind != "rectangle":
-                continue
-            world = [shapes.data_to_world(v) for v in np.asarray(vertices)]
-            data = np.array([layer.world_to_data(w) for w in world])
-            regions.append(core.box_region(data, layer.data.shape))
-        if not regions:
-            raise UserInputError("the region layer holds no rectangle; draw a rectangle")
-        return regions
 
-    def draw_rectangle(self) -> Shapes | None:
-        """Make (or pick) the region layer of the annotations and start drawing a rectangle."""
-        with user_errors():
-            layer = self._layer_for_classes()
-            shapes = self.region_layer(layer)
-            if shapes is None:
-                shapes = self.viewer.add_shapes(
-                    ndim=layer.ndim,
-                    name=f"{layer.name} region",
-                    scale=layer.scale,
-                    translate=layer.translate,
-                    units=layer.units,
-                    face_color="transparent",
-                    edge_color="yellow",
-                    edge_width=2,
-                )
-            self.viewer.layers.selection.active = shapes
-            shapes.mode = "add_rectangle"
-            self.region_combo.setCurrentText(REGION_BOXES)
-            return shapes
-        return None
 
-    def start_from_prediction(self) -> list[core.CopyResult] | None:
-        """Copy the segmentation of the slice on screen (or the drawn rectangles) into the
-        annotations; returns what was replaced, for :meth:`undo_copy`."""
-        with user_errors():
-            image = self._image()
-            layer = self.labels_combo.layer()
-            if layer is None:
-                layer = self.new_annotation_layer()
-                if layer is None:
-                    return None
-            self._check_shape(layer, image)
-            self._track(layer, image, tie=True)
-            pred = self.prediction_combo.layer()
-            if pred is None or pred is layer:
-                raise UserInputError(
-                    "no segmentation to start from; run the Segment dock on this image first"
-                )
-            pred_data = layer_data(pred)
-            if tuple(pred_data.shape) != tuple(layer.data.shape):
-                raise UserInputError(
-                    f"segmentation '{pred.name}' has shape {tuple(pred_data.shape)} but the "
-                    f"annotations have {tuple(layer.data.shape)}; segment image '{image.name}'"
-                )
-            if self.region_combo.currentText() == REGION_BOXES:
-                regions = self._box_regions(layer)
-            else:
-                regions = [self._visible_region(layer)]
-            keep = self.keep_check.isChecked()
-            results = [
-                core.copy_prediction(layer.data, pred_data, r, keep_annotated=keep, apply=False)
-                for r in regions
-            ]
-            if class_names(layer) is None:
-                self._apply_classes(layer, class_names(pred) or self.classes())
-            changed = sum(r.changed for r in results)
-            # one edit on napari's undo stack: Ctrl+Z takes back the whole copy
-            with layer.block_history():
-                for r in results:
-                    if r.changed:
-                        layer.data_setitem(r.indices, r.values, refresh=False)
-            self._last_copy = (weakref.ref(layer), results)
-            self.undo_copy_button.setEnabled(True)
-            layer.refresh()
-            self.autosaver.mark(layer, self._slices_of(results, layer))
-            where = (
-                f"{len(regions)} rectangle(s)"
-                if self.region_combo.currentText() == REGION_BOXES
-                else "the slice on screen"
-            )
-            self.autosave_label.setText(
-                f"copied {changed:,} pixels of '{pred.name}' in {where}; correct them by painting"
-            )
-            return results
-        return None
 
-    @staticmethod
-    def _slices_of(results: list[core.CopyResult], layer: Any) -> set[int] | None:
-        if layer.data.ndim == 2:
-            return {0}
-        zs: set[int] = set()
-        for r in results:
-            first = r.region[0]
-            if isinstance(first, slice):
-                zs.update(range(*first.indices(layer.data.shape[0])))
-            else:
-                zs.add(int(first))
-        return zs
 
-    def undo_copy(self) -> None:
-        """Put back what the last 'Start from prediction' replaced."""
-        if self._last_copy is None:
-            return
-        ref, results = self._last_copy
-        self._last_copy = None
-        self.undo_copy_button.setEnabled(False)
-        layer = ref()
-        if layer is None or layer not in self.viewer.layers:
-            return
-        with layer.block_history():  # undoable too (Ctrl+Z brings the copy back)
-            for r in reversed(results):
-                if r.changed:
-                    layer.data_setitem(r.indices, r.previous[_local(r)], refresh=False)
-        layer.refresh()
-        self.autosaver.mark(layer, self._slices_of(results, layer))
-        self.autosave_label.setText("undid the copy from the prediction")
 
     # ------------------------------------------------------------------ files
     @property
     def running(self) -> bool:
         """True while annotations are being saved or loaded."""
         return self.task.running
-
-    def _confirm_overwrite(self, target: Path) -> bool:
-        answer = QMessageBox.question(
-            self,
-            "Replace existing annotations?",
-            f"{target} exists. Replace it?",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No,
-        )
-        return answer == QMessageBox.StandardButton.Yes
-
-    def save_annotations(self, path: str | Path | None = None) -> None:
-        """Save the annotation layer to ``path`` (.tif or .zarr; a dialog asks when None)."""
-        if self.task.running:
-            return
-        with user_errors():
-            layer = self.labels_combo.layer()
-            if layer is None:
-                raise UserInputError("no annotation layer to save; make one and paint first")
-            if path is None:
-                start = str(Path.home() / f"{layer.name.replace(' ', '_')}.tif")
-                chosen, _ = QFileDialog.getSaveFileName(
-                    self,
-                    "Save annotations",
-                    start,
-                    "TIFF (*.tif *.tiff);;zarr (*.zarr)",
-                    options=QFileDialog.Option.DontConfirmOverwrite,
-                )
-                if not chosen:
-                    return
-                path = chosen
-            target = Path(path).expanduser()
-            overwrite = False
-            if target.exists():
-                from napari_unet.outputs import check_replaceable
-
-                check_replaceable(target, "annotation file")  # never ask to replace a foreign file
-                if not self._confirm_overwrite(target):
-                    self.task.status.setText(f"not saved: {target} exists")
-                    return
-                overwrite = True
-            snapshot = np.array(layer.data, copy=True)  # painting may go on during the write
-            self._pending_task = {"kind": "save", "target": target, "layer": layer.name}
-            self.task.start(
-                core.save_annotations,
-                target,
-                snapshot,
-                overwrite=overwrite,
-                cancellable=False,
-                message=f"saving '{layer.name}' to {target}…",
-            )
-
-    def load_annotations(self, path: str | Path | None = None) -> None:
-        """Load annotations for the chosen image from ``path`` into a new annotation layer."""
-        if self.task.running:
-            return
-        with user_errors():
-            image = self._image()
-            if path is None:
-                chosen, _ = QFileDialog.getOpenFileName(
-                    self,
-                    "Load annotations",
-                    str(Path.home()),
-                    "Annotations (*.tif *.tiff *.zarr);;All files (*)",
-                )
-                if not chosen:
-                    return
-                path = chosen
-            target = Path(path).expanduser()
-            self._pending_task = {"kind": "load", "target": target, "image": weakref.ref(image)}
-            self.task.start(
-                core.load_annotations,
-                target,
-                tuple(layer_data(image).shape),
-                on_done=self._loaded,
-                cancellable=False,
-                message=f"reading {target}…",
-            )
-
-    def _loaded(self, found: core.Annotations) -> None:
-        pending = self._pending_task or {}
-        image = pending.get("image", lambda: None)()
-        if image is None or image not in self.viewer.layers:
-            notify_error("the image was closed before its annotations were read")
-            return
-        names = found.classes or self._default_classes(image)
-        top = int(found.labels.max()) if found.labels.size else 0
-        while len(names) < top:
-            names = [*names, f"class {len(names) + 1}"]
-        name = f"{image.name} annotations"
-        if name in self.viewer.layers:
-            name = f"{image.name} annotations ({Path(pending['target']).stem})"
-        layer = self._add_annotation_layer(image, found.labels, names, name=name)
-        self.autosaver.mark(layer)
-        pending["layer"] = layer.name
 
     def _on_task_finished(self, outcome: str) -> None:
         pending, self._pending_task = self._pending_task, None
