@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import UserInputError
 
+if TYPE_CHECKING:
+    from ..model import UNet
+
 PROG = "napari-unet"
 
 
-def resolve_model(spec: str | None):
+def resolve_model(spec: str | None) -> UNet:
     """Load the model named on the command line: a file, or the shipped default."""
     from ..checkpoint import load_model
     from ..models import default_model_path

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserInputError
 from .segment import predict_with_progress
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
     """The ``demo`` subcommand and its options."""
     demo = sub.add_parser(
         "demo",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from ..errors import UserInputError
 from .common import apply_label_map, check_output, input_spec, parse_label_map, read_array
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
     """The ``evaluate`` subcommand and its options."""
     ev = sub.add_parser(
         "evaluate",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
     """The ``export`` subcommand and its options."""
     ex = sub.add_parser(
         "export",

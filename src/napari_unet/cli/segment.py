@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,11 +15,14 @@ from ..errors import UserInputError
 from .common import check_output, input_spec, resolve_model
 from .progress import progress
 
+if TYPE_CHECKING:
+    from ..model import UNet
+
 #: what a bare ``--instances`` stands for: the model's cell class
 INSTANCES_DEFAULT = "auto"
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
     """The ``segment`` subcommand and its options."""
     seg = sub.add_parser(
         "segment",
@@ -287,8 +291,8 @@ def _instances_from_probabilities(args: argparse.Namespace, model, probs: np.nda
 
 
 def predict_with_progress(
-    model,
-    data,
+    model: UNet,
+    data: Any,
     name: str,
     *,
     tile: int | None = None,
@@ -317,7 +321,7 @@ def predict_with_progress(
     return labels, probs
 
 
-def run_blockwise(args: argparse.Namespace, model, data) -> int:
+def run_blockwise(args: argparse.Namespace, model: UNet, data: Any) -> int:
     """``napari-unet segment`` on the block-by-block path, with a progress bar on stderr."""
     from ..distributed import (
         MARKER_DIR,

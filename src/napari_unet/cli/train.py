@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,11 +14,14 @@ from ..errors import UserInputError
 from .common import apply_label_map, check_output, parse_label_map, read_array, resolve_model
 from .progress import clock, progress
 
+if TYPE_CHECKING:
+    pass
+
 #: how long `train` runs when neither --steps nor --max-minutes is given
 DEFAULT_TRAIN_MINUTES = 5.0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
     """The ``train`` subcommand and its options."""
     tr = sub.add_parser(
         "train",
