@@ -239,7 +239,7 @@ def preview_scenario(args, model_path: Path, model_note: str) -> None:
                 cpu = _process_cpu() - cpu0
                 ft.task.yielded.disconnect(events.append)
                 if live and run:
-                    shares.append(run.get("preview_cpu", 0.0) / cpu)
+                    shares.append(run.preview_cpu / cpu)
                 steps = [e for e in events if e.kind == "step"]
                 first = steps[0]
                 rate = (steps[-1].step - first.step) / (steps[-1].elapsed - first.elapsed)

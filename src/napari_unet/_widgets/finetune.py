@@ -15,6 +15,7 @@ import os
 import re
 import time
 import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,43 @@ class LossCurve(FigureCanvasQTAgg):
 
 
 
-def _validation_text(step: int, metrics: dict[str, float], run: dict[str, Any] | None) -> str:
+@dataclass
+class TrainingRun:
+    """What the dock knows about the training it is running (main thread only)."""
+
+    #: shared with the worker: the trainer, and a Stop that came before it existed
+    control: dict[str, Any]
+    #: name of the model being made, and of the model it starts from
+    name: str
+    start: str
+    image: str
+    image_layer: weakref.ref
+    classes: list[str]
+    minutes: float | None
+    checkpoint: str | None
+    t0: float = field(default_factory=time.perf_counter)
+    #: the last training event, and the validation figures of the start model
+    last: Any = None
+    start_metrics: dict[str, float] | None = None
+    #: live preview: one at a time, within PREVIEW_SHARE of the CPU
+    preview_busy: bool = False
+    previewed: int | None = None
+    next_preview: float = 0.0
+    preview_cpu: float = 0.0
+    previews: int = 0
+    #: set when training has finished: its steps, and whether it validates worse than the start
+    steps: int | None = None
+    worse: bool = False
+
+
+@dataclass
+class AugmentationRun:
+    """The augmentation preview the dock is computing."""
+
+    image: str
+
+
+def _validation_text(step: int, metrics: dict[str, float], start: dict[str, float] | None) -> str:
     """One line of validation figures, against the start model's once there are two."""
     parts = []
     if "val_loss" in metrics:
@@ -195,7 +232,6 @@ def _validation_text(step: int, metrics: dict[str, float], run: dict[str, Any] |
         parts.append("IoU " + ", ".join(ious))
     where = "start model" if step == 0 else f"step {step}"
     text = f"Validation ({where}): " + "; ".join(parts)
-    start = (run or {}).get("start_metrics")
     if step > 0 and start and "val_loss" in start and "val_loss" in metrics:
         text += f" (start {start['val_loss']:.3f})"
     return text
@@ -324,7 +360,7 @@ class FineTuneWidget(Dock):
         self._apply_theme()
         self._show_limit()
         self._show_classes()
-        self._run: dict[str, Any] | None = None
+        self._run: TrainingRun | AugmentationRun | None = None
         #: the model made by the last run, as kept in the session
         self.result: SessionModel | None = None
 
@@ -491,20 +527,16 @@ class FineTuneWidget(Dock):
         name = self.session.unique_name(f"{start_name} tuned on {image_layer.name}")
         config.checkpoint_path = str(self.session.checkpoint_dir / f"{_safe(name)}.safetensors")
         control: dict[str, Any] = {}
-        self._run = {
-            "control": control,
-            "name": name,
-            "start": start_name,
-            "image": image_layer.name,
-            "image_layer": weakref.ref(image_layer),
-            "classes": class_names_of(model),
-            "preview_busy": False,
-            "previewed": None,
-            "t0": time.perf_counter(),
-            "last": None,
-            "minutes": config.max_minutes,
-            "checkpoint": config.checkpoint_path,
-        }
+        self._run = TrainingRun(
+            control=control,
+            name=name,
+            start=start_name,
+            image=image_layer.name,
+            image_layer=weakref.ref(image_layer),
+            classes=class_names_of(model),
+            minutes=config.max_minutes,
+            checkpoint=config.checkpoint_path,
+        )
         self.loss_curve.clear()
         self.verdict_label.setText("")
         self.train_button.setEnabled(False)
@@ -552,24 +584,26 @@ class FineTuneWidget(Dock):
         self.task.cancel()
 
     def _progress(self, event: Any) -> tuple[int, int, str]:
-        run = self._run or {}
+        minutes = self._run.minutes if isinstance(self._run, TrainingRun) else None
         loss = "" if event.loss is None else f" · loss {event.loss:.4f}"
-        if run.get("minutes"):
-            total = int(run["minutes"] * 60)
+        if minutes:
+            total = int(minutes * 60)
             return min(int(event.elapsed), total), total, f"step {event.step}{loss}"
         return event.step, event.total_steps, f"step {event.step} of {event.total_steps}{loss}"
 
     def _on_event(self, event: Any) -> None:
-        if self._run is not None:
-            self._run["last"] = event
+        run = self._run if isinstance(self._run, TrainingRun) else None
+        if run is not None:
+            run.last = event
         if event.kind == "step" and event.loss is not None:
             self.loss_curve.add(event.step, event.loss)
         elif event.kind in ("validation", "done") and event.metrics:
             if "val_loss" in event.metrics:
                 self.loss_curve.add_validation(event.step, event.metrics["val_loss"])
-            self.verdict_label.setText(_validation_text(event.step, event.metrics, self._run))
-            if event.step == 0 and self._run is not None:
-                self._run["start_metrics"] = dict(event.metrics)
+            start = run.start_metrics if run is not None else None
+            self.verdict_label.setText(_validation_text(event.step, event.metrics, start))
+            if event.step == 0 and run is not None:
+                run.start_metrics = dict(event.metrics)
         elif event.kind == "snapshot" and event.model is not None:
             self._preview(event.model)
 
@@ -577,19 +611,21 @@ class FineTuneWidget(Dock):
     def _preview(self, model: Any) -> None:
         """Segment the slice on screen with a snapshot, unless the last preview still runs."""
         run = self._run
-        if run is None or run["preview_busy"] or not self.live_check.isChecked() or self.closed:
+        if not isinstance(run, TrainingRun) or run.preview_busy:
             return
-        if time.perf_counter() < run.get("next_preview", 0.0):
+        if not self.live_check.isChecked() or self.closed:
+            return
+        if time.perf_counter() < run.next_preview:
             return  # the last preview was costly: keep within PREVIEW_SHARE of the CPU
-        image = run["image_layer"]()
+        image = run.image_layer()
         if image is None or image not in self.viewer.layers:
             return
         data = layer_data(image)
         z = self._current_slice(image) if data.ndim == 3 else None
-        run["preview_busy"] = True
+        run.preview_busy = True
 
         def finished(_outcome: str) -> None:
-            run["preview_busy"] = False
+            run.preview_busy = False
 
         me = weakref.ref(self)
         start_worker(
@@ -608,7 +644,7 @@ class FineTuneWidget(Dock):
             return 0
         return int(np.clip(round(z), 0, layer_data(layer).shape[0] - 1))
 
-    def _show_live(self, run: dict[str, Any], image: Any, result: tuple[Any, ...]) -> None:
+    def _show_live(self, run: TrainingRun, image: Any, result: tuple[Any, ...]) -> None:
         """Main thread: paint a preview into "<image> preview" (linked to the image by role)."""
         from . import image_key_of, linked_layer
 
@@ -616,10 +652,10 @@ class FineTuneWidget(Dock):
             return
         z, labels, cpu = result
         cores = os.cpu_count() or 1
-        run["preview_cpu"] = run.get("preview_cpu", 0.0) + cpu
-        run["next_preview"] = time.perf_counter() + cpu / (PREVIEW_SHARE * cores)
+        run.preview_cpu += cpu
+        run.next_preview = time.perf_counter() + cpu / (PREVIEW_SHARE * cores)
         shape = tuple(layer_data(image).shape)
-        names = run["classes"]
+        names = run.classes
         layer = linked_layer(self.viewer, image, roles.PREVIEW)
         if layer is None or tuple(layer.data.shape) != shape:
             if layer is not None:
@@ -638,38 +674,38 @@ class FineTuneWidget(Dock):
         if z is None:
             layer.data[...] = labels
         else:
-            previous = run.get("previewed")
+            previous = run.previewed
             if previous is not None and previous != z:
                 layer.data[previous] = 0  # one slice at a time: what the model does now
             layer.data[z] = labels
-            run["previewed"] = z
+            run.previewed = z
         layer.refresh()
-        run["previews"] = run.get("previews", 0) + 1
+        run.previews += 1
 
     def _on_done(self, trainer: Any) -> None:
         run = self._run
-        if run is None:
+        if not isinstance(run, TrainingRun):
             return
         self.loss_curve.redraw()
         if trainer.step == 0:
             notify_warning("training stopped before its first step; no model was made")
             return
-        checkpoint = Path(run["checkpoint"]) if Path(run["checkpoint"]).is_file() else None
+        checkpoint = Path(run.checkpoint) if Path(run.checkpoint).is_file() else None
         worse = bool(getattr(trainer, "worse_than_start", None))
         self.result = self.session.add_model(
-            run["name"],
+            run.name,
             trainer.model,
-            f"fine-tuned from {run['start']} on '{run['image']}' ({trainer.step} steps)",
+            f"fine-tuned from {run.start} on '{run.image}' ({trainer.step} steps)",
             checkpoint,
         )
-        run["steps"] = trainer.step
-        run["worse"] = worse
+        run.steps = trainer.step
+        run.worse = worse
         self.save_button.setEnabled(True)
         start, end = getattr(trainer, "start_metrics", None), getattr(trainer, "last_metrics", None)
         if worse and start and end:
             text = (
-                f"'{self.result.name}' validates worse than {run['start']} (validation loss "
-                f"{start['val_loss']:.3f} -> {end['val_loss']:.3f}); {run['start']} stays selected "
+                f"'{self.result.name}' validates worse than {run.start} (validation loss "
+                f"{start['val_loss']:.3f} -> {end['val_loss']:.3f}); {run.start} stays selected "
                 "in Segment. Paint more, or train fewer steps"
             )
             self.verdict_label.setText(text)
@@ -678,7 +714,7 @@ class FineTuneWidget(Dock):
             if start and end:
                 self.verdict_label.setText(
                     f"validation loss {start['val_loss']:.3f} -> {end['val_loss']:.3f}: better "
-                    f"than {run['start']}; Segment now offers '{self.result.name}'"
+                    f"than {run.start}; Segment now offers '{self.result.name}'"
                 )
             self.session.model_offered.emit(self.result.name)
 
@@ -686,12 +722,12 @@ class FineTuneWidget(Dock):
         run, self._run = self._run, None
         self.train_button.setEnabled(True)
         self.preview_button.setEnabled(True)
-        if run is None or "control" not in run:
+        if not isinstance(run, TrainingRun):
             return
-        if outcome == DONE and self.result is not None and "steps" in run:
-            seconds = time.perf_counter() - run["t0"]
+        if outcome == DONE and self.result is not None and run.steps is not None:
+            seconds = time.perf_counter() - run.t0
             text = (
-                f"'{self.result.name}': {run['steps']} steps in {seconds:.0f} s; choose it in "
+                f"'{self.result.name}': {run.steps} steps in {seconds:.0f} s; choose it in "
                 "Segment or save it"
             )
             if self.result.checkpoint is not None:
@@ -748,7 +784,7 @@ class FineTuneWidget(Dock):
             if labels_layer is not None and tuple(layer_data(labels_layer).shape) == data.shape:
                 lab = layer_data(labels_layer)
                 labels = np.asarray(lab[z] if z is not None else lab)
-            self._run = {"preview": image_layer.name}
+            self._run = AugmentationRun(image=image_layer.name)
             self.train_button.setEnabled(False)
             self.preview_button.setEnabled(False)
             self.task.start(
