@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .outputs import remove, swap_into_place, temp_name
+from . import outputs
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -29,7 +29,7 @@ def fsync_path(path: str | os.PathLike) -> None:
 def commit(tmp: Path, target: Path) -> None:
     """Put a finished temporary file or folder at ``target``, flushed to disk before and after."""
     fsync_path(tmp)
-    swap_into_place(tmp, target)
+    outputs.swap_into_place(tmp, target)
     fsync_path(target.parent)
 
 
@@ -42,11 +42,11 @@ def atomic_write(target: str | os.PathLike) -> Iterator[Path]:
     Ownership checks and locks are the caller's (see :mod:`napari_unet.outputs`).
     """
     target = Path(target)
-    tmp = temp_name(target)
+    tmp = outputs.temp_name(target)
     try:
         yield tmp
         commit(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
-            remove(tmp)
+            outputs.remove(tmp)
         raise
