@@ -16,6 +16,10 @@ timer "scrolls" through its slices (as a mouse wheel would), and the 99th percen
 gap of a 10 ms heartbeat are recorded while the Segment dock segments the stack, and while the
 Fine-tune dock trains (with its live preview). ``--busy`` runs a second process that keeps one core
 busy at normal priority during the measurement, as another program on a 2-core machine would.
+For the gaps over 50 ms it says how their time splits, for the main thread, into running on a CPU,
+waiting for a core (the machine is oversubscribed) and being blocked (the GIL held by another
+thread, or the software OpenGL driver's threads); ``--profile`` adds which code the main thread was
+in during those gaps, and where the other threads were when they kept the GIL.
 
 With ``--scenario preview`` it measures what the live preview costs: training throughput (steps
 per second of training) of the Fine-tune dock with the preview off and on, alternating runs of
@@ -23,7 +27,7 @@ per second of training) of the Fine-tune dock with the preview off and on, alter
 
 Usage: bash scripts/with-display.sh python benchmarks/bench_gui_latency.py [--size 2048]
        [--tile 0 (auto)] [--precision auto] [--repeats 2] [--model PATH]
-       [--scenario click|scroll|preview] [--busy] [--seconds 30]
+       [--scenario click|scroll|preview] [--busy] [--seconds 30] [--profile]
 """
 
 from __future__ import annotations
@@ -106,17 +110,34 @@ def gap_stats(beats: list[float]) -> tuple[float, float]:
 LONG_GAP_MS = 50.0
 
 
-def long_gap_split(beats: list[float], cpu: list[float]) -> tuple[int, float]:
-    """(number of gaps over LONG_GAP_MS, share of their time the main thread ran on a CPU).
+def thread_times() -> tuple[float, float]:
+    """(seconds on a CPU, seconds ready but waiting for a core) of the calling thread so far.
 
-    A share near 1 means the event loop was busy with work of its own (drawing, handlers); near 0
-    that it was ready but waited: for a core taken by other processes, or for the GIL.
+    From Linux's /proc/thread-self/schedstat; elsewhere the CPU time and 0.
     """
-    wall, busy = np.diff(beats), np.diff(cpu)
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return time.thread_time(), 0.0
+
+
+def long_gap_split(beats: list[float], times: list[tuple[float, float]]) -> tuple[int, float, float, float]:
+    """(number of gaps over LONG_GAP_MS, their mean length in ms, share of their time the main
+    thread ran on a CPU, share it was ready to run but waited for a core).
+
+    The rest of the time the main thread was blocked: waiting for the GIL another thread held, for
+    the OpenGL driver's threads, or idle.
+    """
+    wall = np.diff(beats)
+    on_cpu, queued = (np.diff(np.array([t[i] for t in times])) for i in (0, 1))
     long = wall * 1000 > LONG_GAP_MS
     if not long.any():
-        return 0, float("nan")
-    return int(long.sum()), float(busy[long].sum() / wall[long].sum())
+        return 0, float("nan"), float("nan"), float("nan")
+    total = wall[long].sum()
+    n = int(long.sum())
+    return n, 1000 * total / n, float(on_cpu[long].sum() / total), float(queued[long].sum() / total)
 
 
 class MainThreadSampler:
@@ -132,6 +153,9 @@ class MainThreadSampler:
 
         self.interval = interval
         self.samples: list[tuple[float, tuple[str, ...]]] = []
+        #: (time, innermost frames of the other threads) when a sample came over 20 ms late: the
+        #: sampler waited for the GIL or a core, and these threads were where they let it go
+        self.late: list[tuple[float, tuple[str, ...]]] = []
         self._main = threading.main_thread().ident
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -146,15 +170,27 @@ class MainThreadSampler:
 
     def _run(self) -> None:
         import sys
+        import threading
 
+        def where(frame) -> str:
+            code = frame.f_code
+            return f"{Path(code.co_filename).name}:{code.co_name}"
+
+        me = threading.get_ident()
+        last = time.perf_counter()
         while not self._stop.wait(self.interval):
-            frame = sys._current_frames().get(self._main)
+            now = time.perf_counter()
+            frames = sys._current_frames()
+            frame = frames.get(self._main)
             stack = []
             while frame is not None and len(stack) < 40:
-                code = frame.f_code
-                stack.append(f"{Path(code.co_filename).name}:{code.co_name}")
+                stack.append(where(frame))
                 frame = frame.f_back
-            self.samples.append((time.perf_counter(), tuple(stack)))
+            self.samples.append((now, tuple(stack)))
+            if now - last > self.interval + 0.020:
+                others = [where(f) for t, f in frames.items() if t not in (me, self._main)]
+                self.late.append((now, tuple(others)))
+            last = now
 
     def report(self, beats: list[float], top: int = 8) -> list[str]:
         """The functions most often on the main thread's stack during gaps over LONG_GAP_MS."""
@@ -175,13 +211,18 @@ class MainThreadSampler:
         for title, counter in (("handler entered from the event loop", entry), ("innermost frame", leaf)):
             lines.append(f"  by {title}:")
             lines += [f"    {100 * n / len(inside):4.0f} %  {name}" for name, n in counter.most_common(top)]
+        late = [s for t, s in self.late if any(a < t < b for a, b in gaps)]
+        if late:
+            where: Counter = Counter(name for stack in late for name in set(stack))
+            lines.append(f"  {len(late)} samples came late (GIL or core taken); other threads were then in:")
+            lines += [f"    {n:5d}  {name}" for name, n in where.most_common(top)]
         return lines
 
 
 def run_while_scrolling(
     app, viewer, is_running, seconds: float, stop, scroll_hz: float = 20.0
-) -> tuple[list[float], list[float]]:
-    """Heartbeat times and the main thread's CPU time at each, while a timer scrolls the stack
+) -> tuple[list[float], list[tuple[float, float]]]:
+    """Heartbeat times and the main thread's :func:`thread_times` at each, while a timer scrolls the stack
     ``scroll_hz`` times a second (0: not at all), until the work ends or ``seconds`` have passed.
 
     ``stop`` then asks the work to stop, and the event loop runs on until it has; None: there is
@@ -189,11 +230,11 @@ def run_while_scrolling(
     from qtpy.QtCore import QTimer
 
     beats: list[float] = []
-    cpu: list[float] = []
+    cpu: list[tuple[float, float]] = []
 
     def beat() -> None:
         beats.append(time.perf_counter())
-        cpu.append(time.thread_time())
+        cpu.append(thread_times())
 
     heart = QTimer()
     heart.setInterval(10)
@@ -266,8 +307,7 @@ def scroll_scenario(args, model_path: Path, model_note: str) -> None:
     def measure(name: str, *run_args, **run_kwargs) -> None:
         with MainThreadSampler() if args.profile else contextlib.nullcontext() as sampler:
             beats, cpu = run_while_scrolling(app, viewer, *run_args, **run_kwargs)
-        n_long, busy = long_gap_split(beats, cpu)
-        rows.append((name, *gap_stats(beats), n_long, busy))
+        rows.append((name, *gap_stats(beats), *long_gap_split(beats, cpu)))
         print(
             f"measured: {name}: p99 {rows[-1][1]:.0f} ms, max {rows[-1][2]:.0f} ms "
             f"(load average {os.getloadavg()[0]:.1f})",
@@ -300,11 +340,16 @@ def scroll_scenario(args, model_path: Path, model_note: str) -> None:
         f"{args.seconds:.0f} s per measurement; preview layer made: {bool(previews)}"
     )
     long = f"gaps > {LONG_GAP_MS:.0f} ms"
-    print(f"| situation | p99 gap (ms) | max gap (ms) | {long} | main thread on CPU in them |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, p99, mx, n_long, busy in rows:
-        share = "-" if not n_long else f"{100 * busy:.0f} %"
-        print(f"| {name} | {p99:.0f} | {mx:.0f} | {n_long} | {share} |")
+    print(
+        f"| situation | p99 gap (ms) | max gap (ms) | {long} (mean ms) | in them the main thread: on a CPU | "
+        "waiting for a core | blocked (GIL, GL driver) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, p99, mx, n_long, mean, on_cpu, queued in rows:
+        split = (
+            ["-"] * 3 if not n_long else [f"{100 * x:.0f} %" for x in (on_cpu, queued, 1 - on_cpu - queued)]
+        )
+        print(f"| {name} | {p99:.0f} | {mx:.0f} | {n_long} ({mean:.0f}) | {' | '.join(split)} |")
     for name, lines in profiles:
         print(f"\nmain thread during gaps > {LONG_GAP_MS:.0f} ms, {name}:")
         print("\n".join(lines) or "  no such gap")
