@@ -15,6 +15,7 @@ from napari_unet.instances import (
     class_index,
     instance_sections,
     instance_stream,
+    instances_of_class,
     merge_regions,
     objects_2d,
 )
@@ -123,6 +124,16 @@ def test_class_index_names_ids_and_errors():
         class_index("nucleus", names, 3)
     with pytest.raises(UserInputError, match="no class 7"):
         class_index(7, names, 3)
+
+
+def test_named_class_without_cells_gives_objects_not_cells():
+    """A background/mitochondrion model: its last class is objects on a background, not cells."""
+    mito = discs(centres=((30, 30),))
+    probs = np.stack([~mito, mito]).astype(np.float32)
+    obj = instances_of_class(probs, 2, class_names=["background", "mitochondrion"])
+    assert obj.max() == 1 and np.array_equal(obj > 0, mito)
+    cells = instances_of_class(probs, 2)  # unnamed: the last class is the cell class, which tiles
+    assert cells.min() >= 1
 
 
 def tube_stack(n=6):

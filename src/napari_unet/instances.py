@@ -275,7 +275,14 @@ def class_index(spec: str | int | None, class_names: Sequence[str] | None, n_cla
 
 
 def _is_cell_class(k: int, class_names: Sequence[str] | None, n_classes: int) -> bool:
-    """True for the class whose objects are separated by membranes (the cells)."""
+    """True for the class whose objects are separated by membranes (the cells).
+
+    A model whose classes are named has cells only when one is named "cell" (a fine-tuned
+    background/mitochondrion model has none); an unnamed one has them in its last class.
+    """
+    names = [str(n).lower() for n in (class_names or [])]
+    if len(names) == n_classes and "cell" not in names:
+        return False
     return k == class_index(None, class_names, n_classes) and n_classes > 1
 
 
