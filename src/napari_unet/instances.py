@@ -50,7 +50,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CellConfig:
-    """Parameters of the cell instance step (chosen on ISBI 2012 slices 15-19, see docs/instances.md)."""
+    """Parameters of the cell instance step (ISBI 2012 slices 15-19 and VNC 10-19, docs/instances.md)."""
 
     #: Gaussian smoothing of the membrane probability, px
     sigma: float = 1.0
