@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .device import resolve_precision, select_device
+from .device import preferred_memory_format, resolve_precision, select_device
 from .errors import UserInputError
 from .inference import CPU_MAX_AUTO_TILE, _check_tile_shape, check_image, check_tta, forward_probabilities
 from .model import UNet
@@ -283,8 +283,7 @@ def _model_for(
         dev = select_device(device)
         dtype = resolve_precision(precision, dev)
         model = payload.build().to(dev)
-        if dev.type == "cuda" or (dev.type == "cpu" and dtype == torch.bfloat16):
-            model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=preferred_memory_format(dev, dtype))
         _MODELS[key] = (model, dev, dtype)
         while len(_MODELS) > 2:
             _MODELS.popitem(last=False)
@@ -425,8 +424,7 @@ def _segment_block(
     out = np.empty((job.n_classes, bh, bw), dtype=np.float32)
     pairs = [(i, j) for i in iy for j in ix]
     batch = job.batch_size or (1 if dev.type == "cpu" else 4)
-    channels_last = dev.type == "cuda" or (dev.type == "cpu" and dtype == torch.bfloat16)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = preferred_memory_format(dev, dtype)
     for b0 in range(0, len(pairs), batch):
         part = pairs[b0 : b0 + batch]
         arr = np.empty((len(part), 1, th, tw), dtype=np.float32)

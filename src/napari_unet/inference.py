@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .device import autocast, memory_budget_bytes, resolve_precision, select_device
+from .device import (
+    autocast,
+    memory_budget_bytes,
+    preferred_memory_format,
+    resolve_precision,
+    select_device,
+)
 from .errors import UserInputError
 from .model import UNet
 from .normalize import Normalizer, compute_normalizer
@@ -231,8 +237,7 @@ def predict_tiles(
     tiles = [t for z in zs for t in plan.tiles(z)]
     batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
     th, tw = plan.tile_shape
-    channels_last = dev.type == "cuda" or (dev.type == "cpu" and dtype == torch.bfloat16)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = preferred_memory_format(dev, dtype)
 
     def load(batch: list[Tile]) -> torch.Tensor:
         arr = np.empty((len(batch), 1, th, tw), dtype=np.float32)
@@ -245,9 +250,7 @@ def predict_tiles(
         return x
 
     was_training = model.training
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=memory_format)
+    model.to(dev, memory_format=memory_format)
     model.eval()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-read")
     try:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment
 from .checkpoint import load_training_state, save_model
-from .device import autocast, resolve_precision, select_device
+from .device import autocast, preferred_memory_format, resolve_precision, select_device
 from .errors import UserInputError
 from .inference import predict
 from .model import UNet
@@ -603,8 +603,7 @@ class Trainer:
         limit_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
         start = time.perf_counter()
         first_step = self.step
-        channels_last = self.device.type == "cuda" or self.dtype == torch.bfloat16
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        fmt = preferred_memory_format(self.device, self.dtype, training=True)
         model.to(self.device, memory_format=fmt)
         lr = self.optimizer.param_groups[0]["lr"]
         validating = bool(self.val_slices or self.val_blocks)
