@@ -147,14 +147,18 @@ def score(name: str, probs, membranes, mito) -> float:
     return mito_iou(probs, mito, say=True) if name in "ab" else cell_rand(probs, membranes)
 
 
-def run_unet(name, recipe, minutes, overrides, raw, membranes, mito, labels_cache, figure_times=()):
+def run_unet(
+    name, recipe, minutes, overrides, raw, membranes, mito, labels_cache, figure_times=(), steps=None
+):
     images, labels, classes = labels_cache[name]
     model = load_model(default_model_path())
     if classes:
         model = with_classes(model, classes)
     plain = {k: v for k, v in overrides.items() if not k.startswith("augment.")}
     cfg = recipe_config(recipe, steps=None, max_minutes=minutes, validation="none", **plain)
-    cfg.steps = None
+    cfg.steps = steps
+    if steps:  # a step budget instead of a time budget: the result no longer depends on the load
+        cfg.max_minutes = None
     for key, value in overrides.items():
         if key == "augment" and value is False:
             cfg.augment = None
@@ -257,6 +261,12 @@ def main() -> None:
     ap.add_argument("--figure", type=Path, default=None)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train this many steps instead of --minutes (load-independent)",
+    )
     args = ap.parse_args()
     if not (args.data / "raw" / "10.tif").is_file():
         raise SystemExit(f"VNC development data not found at {args.data}")
@@ -264,7 +274,8 @@ def main() -> None:
     overrides = parse_sets(args.set)
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}; budget {args.minutes:g} min"
+        f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}; budget "
+        + (f"{args.steps} steps" if args.steps else f"{args.minutes:g} min")
     )
     if overrides:
         print(f"overrides: {overrides}")
@@ -288,7 +299,7 @@ def main() -> None:
             else:
                 times = (0, 1, 2, 5) if (args.figure and s == "a" and recipe == "fast") else ()
                 value, steps, spent, snaps = run_unet(
-                    s, recipe, args.minutes, overrides, raw, membranes, mito, cache, times
+                    s, recipe, args.minutes, overrides, raw, membranes, mito, cache, times, args.steps
                 )
                 rows.append((s, recipe, measure, value, steps, spent))
                 if snaps:

@@ -16,6 +16,10 @@ timer "scrolls" through its slices (as a mouse wheel would), and the 99th percen
 gap of a 10 ms heartbeat are recorded while the Segment dock segments the stack, and while the
 Fine-tune dock trains (with its live preview). ``--busy`` runs a second process that keeps one core
 busy at normal priority during the measurement, as another program on a 2-core machine would.
+For the gaps over 50 ms it says how their time splits, for the main thread, into running on a CPU,
+waiting for a core (the machine is oversubscribed) and being blocked (the GIL held by another
+thread, or the software OpenGL driver's threads); ``--profile`` adds which code the main thread was
+in during those gaps, and where the other threads were when they kept the GIL.
 
 With ``--scenario preview`` it measures what the live preview costs: training throughput (steps
 per second of training) of the Fine-tune dock with the preview off and on, alternating runs of
@@ -23,12 +27,13 @@ per second of training) of the Fine-tune dock with the preview off and on, alter
 
 Usage: bash scripts/with-display.sh python benchmarks/bench_gui_latency.py [--size 2048]
        [--tile 0 (auto)] [--precision auto] [--repeats 2] [--model PATH]
-       [--scenario click|scroll|preview] [--busy] [--seconds 30]
+       [--scenario click|scroll|preview] [--busy] [--seconds 30] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import tempfile
@@ -101,14 +106,139 @@ def gap_stats(beats: list[float]) -> tuple[float, float]:
     return float(np.percentile(gaps, 99)), float(gaps.max())
 
 
-def run_while_scrolling(app, viewer, is_running, seconds: float, stop) -> list[float]:
-    """Heartbeat times while a 20 Hz timer scrolls the stack, until the work ends or ``seconds``."""
+#: gaps longer than this (ms) are the ones a user feels; they are explained in the output
+LONG_GAP_MS = 50.0
+
+
+def thread_times() -> tuple[float, float]:
+    """(seconds on a CPU, seconds ready but waiting for a core) of the calling thread so far.
+
+    From Linux's /proc/thread-self/schedstat; elsewhere the CPU time and 0.
+    """
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return time.thread_time(), 0.0
+
+
+def long_gap_split(beats: list[float], times: list[tuple[float, float]]) -> tuple[int, float, float, float]:
+    """(number of gaps over LONG_GAP_MS, their mean length in ms, share of their time the main
+    thread ran on a CPU, share it was ready to run but waited for a core).
+
+    The rest of the time the main thread was blocked: waiting for the GIL another thread held, for
+    the OpenGL driver's threads, or idle.
+    """
+    wall = np.diff(beats)
+    on_cpu, queued = (np.diff(np.array([t[i] for t in times])) for i in (0, 1))
+    long = wall * 1000 > LONG_GAP_MS
+    if not long.any():
+        return 0, float("nan"), float("nan"), float("nan")
+    total = wall[long].sum()
+    n = int(long.sum())
+    return n, 1000 * total / n, float(on_cpu[long].sum() / total), float(queued[long].sum() / total)
+
+
+class MainThreadSampler:
+    """Samples the main thread's Python stack every ``interval`` s from a helper thread.
+
+    Samples that fall inside a long heartbeat gap say what the event loop was doing then. The
+    helper needs the GIL to take a sample, so a gap with no samples is one where the GIL was held
+    elsewhere (or the process had no core).
+    """
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import threading
+
+        self.interval = interval
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        #: (time, innermost frames of the other threads) when a sample came over 20 ms late: the
+        #: sampler waited for the GIL or a core, and these threads were where they let it go
+        self.late: list[tuple[float, tuple[str, ...]]] = []
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MainThreadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import sys
+        import threading
+
+        def where(frame) -> str:
+            code = frame.f_code
+            return f"{Path(code.co_filename).name}:{code.co_name}"
+
+        me = threading.get_ident()
+        last = time.perf_counter()
+        while not self._stop.wait(self.interval):
+            now = time.perf_counter()
+            frames = sys._current_frames()
+            frame = frames.get(self._main)
+            stack = []
+            while frame is not None and len(stack) < 40:
+                stack.append(where(frame))
+                frame = frame.f_back
+            self.samples.append((now, tuple(stack)))
+            if now - last > self.interval + 0.020:
+                others = [where(f) for t, f in frames.items() if t not in (me, self._main)]
+                self.late.append((now, tuple(others)))
+            last = now
+
+    def report(self, beats: list[float], top: int = 8) -> list[str]:
+        """The functions most often on the main thread's stack during gaps over LONG_GAP_MS."""
+        from collections import Counter
+
+        gaps = [(a, b) for a, b in zip(beats, beats[1:], strict=False) if (b - a) * 1000 > LONG_GAP_MS]
+        inside = [s for t, s in self.samples if any(a < t < b for a, b in gaps)]
+        if not inside:
+            return []
+        leaf: Counter = Counter()
+        entry: Counter = Counter()
+        for stack in inside:
+            own = [n for n in stack if not n.startswith(("bench_gui_latency.py", "threading.py"))]
+            leaf[own[0] if own else "(no Python: Qt, OpenGL or idle)"] += 1
+            entry[own[-1] if own else "(no Python: Qt, OpenGL or idle)"] += 1
+        total_ms = sum(b - a for a, b in gaps) * 1000
+        lines = [f"{len(inside)} samples in {len(gaps)} gaps ({total_ms:.0f} ms)"]
+        for title, counter in (("handler entered from the event loop", entry), ("innermost frame", leaf)):
+            lines.append(f"  by {title}:")
+            lines += [f"    {100 * n / len(inside):4.0f} %  {name}" for name, n in counter.most_common(top)]
+        late = [s for t, s in self.late if any(a < t < b for a, b in gaps)]
+        if late:
+            where: Counter = Counter(name for stack in late for name in set(stack))
+            lines.append(f"  {len(late)} samples came late (GIL or core taken); other threads were then in:")
+            lines += [f"    {n:5d}  {name}" for name, n in where.most_common(top)]
+        return lines
+
+
+def run_while_scrolling(
+    app, viewer, is_running, seconds: float, stop, scroll_hz: float = 20.0
+) -> tuple[list[float], list[tuple[float, float]]]:
+    """Heartbeat times and the main thread's :func:`thread_times` at each, while a timer scrolls the stack
+    ``scroll_hz`` times a second (0: not at all), until the work ends or ``seconds`` have passed.
+
+    ``stop`` then asks the work to stop, and the event loop runs on until it has; None: there is
+    no work, only the ``seconds``."""
     from qtpy.QtCore import QTimer
 
     beats: list[float] = []
+    cpu: list[tuple[float, float]] = []
+
+    def beat() -> None:
+        beats.append(time.perf_counter())
+        cpu.append(thread_times())
+
     heart = QTimer()
     heart.setInterval(10)
-    heart.timeout.connect(lambda: beats.append(time.perf_counter()))
+    heart.timeout.connect(beat)
     n = int(viewer.dims.range[0].stop - viewer.dims.range[0].start) + 1 if viewer.dims.ndim == 3 else 1
     pos = {"z": 0, "d": 1}
 
@@ -121,21 +251,24 @@ def run_while_scrolling(app, viewer, is_running, seconds: float, stop) -> list[f
         viewer.dims.set_current_step(0, z)
 
     wheel = QTimer()
-    wheel.setInterval(50)
+    wheel.setInterval(int(1000 / scroll_hz) if scroll_hz else 1000)
     wheel.timeout.connect(scroll)
     heart.start()
-    wheel.start()
+    if scroll_hz:
+        wheel.start()
     end = time.perf_counter() + seconds
     while is_running() and time.perf_counter() < end:
         app.processEvents()
         time.sleep(0.001)
     wheel.stop()
     heart.stop()
+    if stop is None:
+        return beats, cpu
     stop()
     while is_running():
         app.processEvents()
         time.sleep(0.005)
-    return beats
+    return beats, cpu
 
 
 def synthetic_annotations(truth: np.ndarray, zs: list[int]) -> np.ndarray:
@@ -169,21 +302,33 @@ def scroll_scenario(args, model_path: Path, model_note: str) -> None:
     ft.device_combo.setCurrentText("cpu")
     heartbeat_gaps(app, 10, 1.0)
     rows = []
+    profiles: list[tuple[str, list[str]]] = []
+
+    def measure(name: str, *run_args, **run_kwargs) -> None:
+        with MainThreadSampler() if args.profile else contextlib.nullcontext() as sampler:
+            beats, cpu = run_while_scrolling(app, viewer, *run_args, **run_kwargs)
+        rows.append((name, *gap_stats(beats), *long_gap_split(beats, cpu)))
+        print(
+            f"measured: {name}: p99 {rows[-1][1]:.0f} ms, max {rows[-1][2]:.0f} ms "
+            f"(load average {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+        if sampler is not None:
+            profiles.append((name, sampler.report(beats)))
+
     with Busy(args.busy):
-        idle = heartbeat_gaps(app, 10, 3.0)
-        rows.append(("idle, no scrolling", *gap_stats(np.cumsum([0.0, *idle]).tolist())))
-        beats = run_while_scrolling(app, viewer, lambda: True, 5.0, lambda: None)
-        rows.append(("scrolling, nothing running", *gap_stats(beats)))
+        measure("idle, no scrolling", lambda: True, 3.0, None, scroll_hz=0)
+        measure("scrolling, nothing running", lambda: True, 5.0, None)
         seg.segment()
-        beats = run_while_scrolling(app, viewer, lambda: seg.running, args.seconds, seg.task.cancel)
-        rows.append(("scrolling while Segment runs", *gap_stats(beats)))
+        measure("scrolling while Segment runs", lambda: seg.running, args.seconds, seg.task.cancel)
         layer = ft.add_annotation_layer()
         layer.data[...] = synthetic_annotations(truth, [0, 1, 2])
         ft.limit_combo.setCurrentText("minutes")
         ft.minutes_spin.setValue(60)
         ft.train()
-        beats = run_while_scrolling(app, viewer, lambda: ft.running, args.seconds, ft.stop)
-        rows.append(("scrolling while Fine-tune trains (live preview on)", *gap_stats(beats)))
+        measure(
+            "scrolling while Fine-tune trains (live preview on)", lambda: ft.running, args.seconds, ft.stop
+        )
         previews = sum(1 for ly in viewer.layers if ly.name == "em preview")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
@@ -194,10 +339,20 @@ def scroll_scenario(args, model_path: Path, model_note: str) -> None:
         f"model: {model_note}; stack {args.slices} x {args.size} x {args.size}; "
         f"{args.seconds:.0f} s per measurement; preview layer made: {bool(previews)}"
     )
-    print("| situation | p99 gap (ms) | max gap (ms) |")
-    print("| --- | --- | --- |")
-    for name, p99, mx in rows:
-        print(f"| {name} | {p99:.0f} | {mx:.0f} |")
+    long = f"gaps > {LONG_GAP_MS:.0f} ms"
+    print(
+        f"| situation | p99 gap (ms) | max gap (ms) | {long} (mean ms) | in them the main thread: on a CPU | "
+        "waiting for a core | blocked (GIL, GL driver) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, p99, mx, n_long, mean, on_cpu, queued in rows:
+        split = (
+            ["-"] * 3 if not n_long else [f"{100 * x:.0f} %" for x in (on_cpu, queued, 1 - on_cpu - queued)]
+        )
+        print(f"| {name} | {p99:.0f} | {mx:.0f} | {n_long} ({mean:.0f}) | {' | '.join(split)} |")
+    for name, lines in profiles:
+        print(f"\nmain thread during gaps > {LONG_GAP_MS:.0f} ms, {name}:")
+        print("\n".join(lines) or "  no such gap")
     viewer.close()
 
 
@@ -285,6 +440,9 @@ def main() -> None:
     ap.add_argument("--busy", action="store_true", help="a second busy process meanwhile")
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each measurement")
     ap.add_argument("--slices", type=int, default=6, help="slices of the scrolled stack")
+    ap.add_argument(
+        "--profile", action="store_true", help="scroll: sample the main thread's stack during long gaps"
+    )
     args = ap.parse_args()
 
     import napari

@@ -53,7 +53,7 @@ def before_after(data: Path, out: Path) -> None:
     overlay(axes[0], images[0], truth, "ISBI 2012 slice 15: true cells")
     e1, e2 = adapted_rand_error(truth, comp), adapted_rand_error(truth, new)
     overlay(axes[1], images[0], comp, f"components of P(cell) > 0.5: {e1:.4f}")
-    overlay(axes[2], images[0], new, f"new (watershed + merging): {e2:.4f}")
+    overlay(axes[2], images[0], new, f"new default (cells_2d): {e2:.4f}")
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.text(
         0.5,
@@ -66,22 +66,26 @@ def before_after(data: Path, out: Path) -> None:
     print(f"slice 15: components {e1:.4f}, new {e2:.4f} -> {out}")
 
 
-def linked_3d(data: Path, out: Path) -> None:
+def linked_3d(data: Path, out: Path, model: str | None = None) -> None:
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
     from PIL import Image
     from skimage.measure import marching_cubes
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_instances import MITO, degrade
+    from bench_instances import MITO, degrade, mito_prediction
 
     from napari_unet.instances import SectionLinker, objects_2d
 
     mito = np.stack(
         [np.asarray(Image.open(data / "vnc-dev" / "mitochondria" / f"{i}.png")) > 127 for i in MITO]
     )
-    degraded = degrade(mito, np.random.default_rng(0))
+    if model:  # a model with a mitochondrion class predicts the raw sections
+        raw = np.stack([np.asarray(Image.open(data / "vnc-dev" / "raw" / f"{i}.tif")) for i in MITO])
+        objects, _ = mito_prediction(model, raw, "none")
+    else:  # the true masks, degraded like a prediction
+        objects = [objects_2d(s, min_size=30) for s in degrade(mito, np.random.default_rng(0))]
     linker = SectionLinker(link=True, min_overlap=0.3)
-    vol = np.stack([linker.add(z, objects_2d(s, min_size=30)) for z, s in enumerate(degraded)])
+    vol = np.stack([linker.add(z, o) for z, o in enumerate(objects)])
     step, z_scale = 4, 3 * 50.0 / 4.6  # px per sample in x-y; section thickness in px, 3x
     small = vol[:, ::step, ::step]
     rng = np.random.default_rng(3)
@@ -105,7 +109,8 @@ def linked_3d(data: Path, out: Path) -> None:
     ax.set_zlabel("z (px / 4, stretched 3x)")
     ax.view_init(elev=25, azim=-60)
     ax.set_title(
-        f"VNC mitochondria, sections {MITO[0]}-{MITO[-1]}: 2-D objects linked into "
+        f"VNC mitochondria, sections {MITO[0]}-{MITO[-1]}, {'predicted' if model else 'degraded masks'}: "
+        f"2-D objects linked into "
         f"{len(np.unique(vol)) - 1} 3-D objects\n(one colour per id; 60 largest shown; z stretched 3x)",
         fontsize=10,
     )
@@ -119,13 +124,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--which", default="both", choices=["both", "before-after", "linked"])
+    ap.add_argument("--mito-model", default=None, help="link this model's mitochondria (else degraded masks)")
     args = ap.parse_args()
     data = Path(args.data)
     images = ROOT / "docs" / "images"
     if args.which != "linked":
         before_after(data, images / "instances_before_after.png")
     if args.which != "before-after":
-        linked_3d(data, images / "instances_linked_3d.png")
+        linked_3d(data, images / "instances_linked_3d.png", args.mito_model)
     return 0
 
 

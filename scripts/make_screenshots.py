@@ -5,8 +5,9 @@
 Writes docs/images/:
 - gui-plugins-menu.png: Plugins > napari-unet, where the docks are.
 - gui-segment-isbi.png: the ISBI 2012 sample segmented by the Segment dock.
-- gui-finetune.png: the Fine-tune dock after a short run on strokes painted on three slices: the
-  loss curve with its validation line, the verdict, and the live preview of the slice on screen.
+- gui-finetune.png: the Fine-tune dock mid-run on strokes painted on three slices: the falling
+  loss curve with its validation line, the validation figures, and the live preview of the slice
+  on screen in the same class colours as the strokes.
 - gui-save-masks.png: the Save masks dock.
 
 Needs the ISBI 2012 files (``NAPARI_UNET_DATA_DIR`` or the download cache) and a trained model: the
@@ -52,14 +53,40 @@ def close_notifications() -> None:
             w.close()
 
 
-def save_window(viewer, name: str) -> None:
-    """The whole window (canvas and docks), as napari renders it."""
+#: the most a screenshot may weigh; larger ones are shown at a smaller size
+MAX_BYTES = 290_000
+
+
+def write_png(pixels: np.ndarray, path: Path) -> None:
+    """Save RGB(A) ``pixels`` as a 256-colour PNG under MAX_BYTES, shrinking it only if needed.
+
+    The docks' text and the class colours survive the palette; the EM texture is what costs bytes.
+    """
+    import io
+
     from PIL import Image
 
+    image = Image.fromarray(np.asarray(pixels)[..., :3])
+    scale = 1.0
+    while True:
+        size = (round(image.width * scale), round(image.height * scale))
+        shown = image if scale == 1.0 else image.resize(size, Image.Resampling.LANCZOS)
+        small = shown.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        buffer = io.BytesIO()
+        small.save(buffer, format="PNG", optimize=True)
+        if buffer.tell() <= MAX_BYTES or scale < 0.5:
+            break
+        scale *= 0.9
+    path.write_bytes(buffer.getvalue())
+    print(f"wrote {path} ({size[0]} x {size[1]}, {buffer.tell() // 1000} kB)", flush=True)
+
+
+def save_window(viewer, name: str, app=None) -> None:
+    """The whole window (canvas and docks), as napari renders it; with ``app``, after a moment."""
     close_notifications()
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    Image.fromarray(np.asarray(shot)).save(OUT / name, optimize=True)
-    print("wrote", OUT / name, flush=True)
+    if app is not None:
+        wait(app, 0.3)
+    write_png(viewer.screenshot(canvas_only=False, flash=False), OUT / name)
 
 
 def plugins_menu(viewer, app) -> None:
@@ -139,7 +166,7 @@ def main() -> None:
     truth_layer = viewer.layers["ISBI 2012 ground truth"]
     truth_layer.visible = False
     viewer.dims.set_current_step(0, args.slice)
-    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    seg_dock, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     choose(segment.model_chooser, model, shipped=args.model is None)
     segment.image_combo.set_layer(viewer.layers["ISBI 2012 EM"])
     if not args.whole_stack:
@@ -152,6 +179,7 @@ def main() -> None:
     wait(app, 0.5)
     save_window(viewer, "gui-segment-isbi.png")
 
+    viewer.window.remove_dock_widget(seg_dock)  # the Fine-tune dock gets the window's height
     dock, finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     finetune.image_combo.set_layer(viewer.layers["ISBI 2012 EM"])
     choose(finetune.model_chooser, model, shipped=args.model is None)
@@ -163,13 +191,28 @@ def main() -> None:
     viewer.layers["ISBI 2012 EM segmentation"].visible = False
     finetune.steps_spin.setValue(args.steps)
     finetune.train_button.click()
-    wait(app, until=lambda: not finetune.running)
-    finetune.loss_curve.redraw()
+    run = finetune._run
+    curve = finetune.loss_curve
+
+    def mid_run() -> bool:
+        """Most steps done, a validation after the start model's, and a preview painted."""
+        return (
+            not finetune.running
+            or len(curve.steps) >= 0.75 * args.steps
+            and len(curve.val_steps) >= 2
+            and "ISBI 2012 EM preview" in viewer.layers
+        )
+
+    wait(app, until=mid_run)
+    curve.redraw()
     viewer.layers.selection.active = annotations
     annotations.mode = "paint"
     annotations.opacity = 0.9
-    wait(app, 1.0)
+    wait(app, 0.5)
+    print(f"fine-tune shot at step {curve.steps[-1] if curve.steps else 0}, running: {finetune.running}")
     save_window(viewer, "gui-finetune.png")
+    # a preview still computing would report to a closed viewer
+    wait(app, until=lambda: not finetune.running and not run["preview_busy"])
 
     viewer.window.remove_dock_widget(dock)
     _, save = viewer.window.add_plugin_dock_widget("napari-unet", "Save masks")

@@ -21,49 +21,12 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "images"
-#: a local copy of the ISBI 2012 files beside the checkout, used when present (read, never copied)
-LOCAL_DATA = ROOT.parent / "shared" / "data"
-WINDOW = (1500, 950)
-
-
-def wait(app, seconds: float = 0.0, until=None, timeout: float = 600.0) -> None:
-    """Let the event loop run for ``seconds``, or until ``until()`` is true."""
-    end = time.perf_counter() + (timeout if until is not None else seconds)
-    while time.perf_counter() < end:
-        app.processEvents()
-        if until is not None and until():
-            break
-        time.sleep(0.01)
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.01)
-
-
-def close_notifications() -> None:
-    """Close the notification pop-ups so they do not cover the picture."""
-    from qtpy.QtWidgets import QApplication
-
-    for w in QApplication.allWidgets():
-        if type(w).__name__ == "NapariQtNotification":
-            w.close()
-
-
-def save_window(viewer, app, name: str) -> None:
-    """The whole window (canvas and docks), as napari renders it."""
-    from PIL import Image
-
-    close_notifications()
-    wait(app, 0.3)
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    Image.fromarray(np.asarray(shot)).save(OUT / name, optimize=True)
-    print("wrote", OUT / name, flush=True)
+# the guide's screenshot helpers (this folder is on the path when the script runs)
+from make_screenshots import LOCAL_DATA, OUT, WINDOW, save_window, wait
 
 
 def write_stack(folder: Path, n_slices: int) -> Path:
@@ -74,8 +37,13 @@ def write_stack(folder: Path, n_slices: int) -> Path:
 
     images, _ = load_isbi2012("test", indices=range(n_slices))
     path = folder / "isbi2012_test.tif"
-    tifffile.imwrite(path, images, imagej=True, resolution=(1 / 0.004, 1 / 0.004),
-                     metadata={"spacing": 0.05, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        path,
+        images,
+        imagej=True,
+        resolution=(1 / 0.004, 1 / 0.004),
+        metadata={"spacing": 0.05, "unit": "um", "axes": "ZYX"},
+    )
     return path
 
 
@@ -118,7 +86,7 @@ def main() -> None:
         image = load.last_layer
         viewer.dims.set_point(0, 150)  # world z in nm: slice 3 of the file
         viewer.reset_view()
-        save_window(viewer, app, "load-dock.png")
+        save_window(viewer, "load-dock.png", app)
 
         # -- a segmentation to start from, made by the Segment dock
         viewer.window.remove_dock_widget(load_dock)
@@ -141,15 +109,14 @@ def main() -> None:
         viewer.dims.set_point(0, 150)
         shapes = annotate.draw_rectangle()
         z = 1
-        shapes.add_rectangles(np.array([[z, 140, 120], [z, 140, 330], [z, 300, 330],
-                                        [z, 300, 120]], float))
+        shapes.add_rectangles(np.array([[z, 140, 120], [z, 140, 330], [z, 300, 330], [z, 300, 120]], float))
         annotate.start_from_prediction()
         viewer.layers.selection.active = annotations
         annotations.mode = "paint"
         annotate.select_class(1)
         annotate.class_list.setCurrentRow(0)
         wait(app, until=lambda: not annotate.counting)
-        save_window(viewer, app, "annotate-dock.png")
+        save_window(viewer, "annotate-dock.png", app)
         viewer.close()
 
 

@@ -82,6 +82,22 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         yield
 
 
+def preferred_memory_format(
+    device: torch.device, dtype: torch.dtype = torch.float32, training: bool = False
+) -> torch.memory_format:
+    """The faster layout for the network's tensors, as measured by the speed benchmarks.
+
+    channels_last on CUDA, and on a CPU for bf16 and for fp32 prediction (oneDNN's channels_last
+    convolutions: about 1.7x for the shipped base-16 network on a Zen 3 core); plain NCHW for fp32
+    training on a CPU (its backward pass ran 0.87x as fast in channels_last there) and on MPS.
+    """
+    if device.type == "cuda":
+        return torch.channels_last
+    if device.type == "cpu" and (dtype != torch.float32 or not training):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def memory_budget_bytes(device: torch.device) -> int:
     """Memory one forward pass may use: part of free GPU memory, or of available host memory."""
     if device.type == "cuda":

@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .device import autocast
+from .device import autocast, preferred_memory_format
 from .errors import UserInputError
 from .model import UNet
 
@@ -68,18 +68,13 @@ def forward_probabilities(model: UNet, x: torch.Tensor, dev: torch.device, dtype
 
 
 def memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
-    """channels_last where it is faster (CUDA, bf16 on a CPU), else the contiguous layout."""
-    channels_last = device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
-    return torch.channels_last if channels_last else torch.contiguous_format
+    """The layout of tiles and weights in prediction: :func:`napari_unet.device.preferred_memory_format`."""
+    return preferred_memory_format(device, dtype)
 
 
 def place_model(model: UNet, device: torch.device, dtype: torch.dtype) -> UNet:
     """``model`` on ``device`` in the memory layout :func:`run_tiles` feeds it."""
-    model.to(device)
-    fmt = memory_format(device, dtype)
-    if fmt == torch.channels_last:
-        model.to(memory_format=fmt)
-    return model
+    return model.to(device, memory_format=memory_format(device, dtype))
 
 
 def run_tiles(

@@ -10,8 +10,11 @@ probability followed by merging of neighbouring regions across weak boundaries:
    of its own width. Flooding ``m`` from these seeds gives regions that meet on membrane ridges.
 3. Merging, weakest boundary first (a region adjacency graph): two neighbours become one while
    the mean of ``m`` on their common boundary is below ``merge_threshold``, or while that boundary
-   has an opening (at least ``gap`` boundary pixels with ``m < 0.5`` making up at least
-   ``gap_fraction`` of it) too wide to be a faint stretch of membrane.
+   has an opening (at least ``gap`` boundary pixels with ``m < 0.5``) that is not a faint stretch
+   of a real membrane. An opening is taken for a faint stretch when the rest of the boundary is a
+   confident membrane (mean ``m`` at least ``confident``) and the opening is less than
+   ``gap_fraction`` of the boundary; the model draws spurious membrane pieces inside cells with
+   less confidence than the real membranes between cells.
 
 Objects of other classes (e.g. mitochondria) are the connected components of ``P(class) > 0.5``,
 split at thin necks the same way and with small objects removed. A stack is treated section by
@@ -48,7 +51,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CellConfig:
-    """Parameters of the cell instance step (chosen on ISBI 2012 slices 15-19, see docs/instances.md)."""
+    """Parameters of the cell instance step (ISBI 2012 slices 15-19 and VNC 10-19, docs/instances.md)."""
 
     #: Gaussian smoothing of the membrane probability, px
     sigma: float = 1.0
@@ -59,8 +62,10 @@ class CellConfig:
     #: neighbours merge while the mean membrane probability on their boundary is below this
     merge_threshold: float = 0.6
     #: ... or while their boundary has an opening of at least this many pixels below 0.5
-    gap: int = 8
-    #: ... that is at least this share of the boundary
+    gap: int = 2
+    #: ... unless the rest of the boundary averages at least this (a confident membrane) ...
+    confident: float = 0.9
+    #: ... and the opening is less than this share of the boundary (a faint stretch of it)
     gap_fraction: float = 0.2
     #: objects smaller than this many pixels are given to their weakest-bounded neighbour
     min_size: int = 0
@@ -90,7 +95,7 @@ def _neck_seeds(mask: np.ndarray, neck: float) -> np.ndarray:
 
 
 def _boundary_edges(labels: np.ndarray, value: np.ndarray):
-    """Touching label pairs (a < b) with the sum, count and count below 0.5 of boundary values."""
+    """Touching label pairs (a < b): sum, count, count below 0.5 and sum below 0.5 of boundary values."""
     firsts, seconds, values = [], [], []
     for axis in (0, 1):
         a = labels[:-1] if axis == 0 else labels[:, :-1]
@@ -110,22 +115,26 @@ def _boundary_edges(labels: np.ndarray, value: np.ndarray):
     total = np.bincount(inverse, weights=v)
     count = np.bincount(inverse)
     low = np.bincount(inverse, weights=(v < 0.5))
-    return keys // n, keys % n, total, count, low
+    low_total = np.bincount(inverse, weights=np.where(v < 0.5, v, 0.0))
+    return keys // n, keys % n, total, count, low, low_total
 
 
 def merge_regions(
     labels: np.ndarray,
     boundary: np.ndarray,
     threshold: float,
-    gap: int = 8,
+    gap: int = 2,
     gap_fraction: float = 0.2,
     min_size: int = 0,
+    confident: float = 0.9,
 ) -> np.ndarray:
     """Merge touching regions of ``labels`` across weak boundaries, weakest first.
 
     ``boundary`` is the membrane probability; an edge's strength is its mean over the pixel pairs
     where the two regions touch. Neighbours merge while that mean is below ``threshold`` or while
-    the boundary has ``>= gap`` pixels below 0.5 that are ``>= gap_fraction`` of it. Regions below
+    the boundary has an opening of ``>= gap`` pixels below 0.5, except when the opening is less
+    than ``gap_fraction`` of the boundary and the rest of it averages ``>= confident`` (a faint
+    stretch of a confident membrane). Regions below
     ``min_size`` pixels then join the neighbour they share the weakest boundary with. Returns
     labels numbered 1..N (0 stays 0).
     """
@@ -133,18 +142,19 @@ def merge_regions(
     n = int(labels.max()) + 1
     if n <= 2:
         return labels.astype(np.int32)
-    lo, hi, total, count, low = _boundary_edges(labels, np.asarray(boundary, dtype=np.float32))
+    lo, hi, total, count, low, low_total = _boundary_edges(labels, np.asarray(boundary, dtype=np.float32))
     neighbours: list[dict[int, list[float]]] = [{} for _ in range(n)]
     size = np.bincount(labels.ravel(), minlength=n).astype(np.int64)
 
     def priority(edge: list[float]) -> float:
-        opened = edge[2] >= gap and edge[2] >= gap_fraction * edge[1]
-        return edge[0] / edge[1] - (1.0 if opened else 0.0)
+        total, count, low, low_total = edge
+        faint_stretch = low < gap_fraction * count and (total - low_total) >= confident * (count - low)
+        opened = low >= gap and not faint_stretch
+        return total / count - (1.0 if opened else 0.0)
 
     heap = []
-    rows = zip(lo.tolist(), hi.tolist(), total.tolist(), count.tolist(), low.tolist(), strict=True)
-    for a, b, t, c, g in rows:
-        edge = [t, c, g]
+    rows = zip(*(x.tolist() for x in (lo, hi, total, count, low, low_total)), strict=True)
+    for a, b, *edge in rows:
         neighbours[a][b] = neighbours[b][a] = edge
         heap.append((priority(edge), a, b))
     heapq.heapify(heap)
@@ -160,9 +170,8 @@ def merge_regions(
             if ea is None:
                 ea = neighbours[a][c] = neighbours[c][a] = list(eb)
             else:
-                ea[0] += eb[0]
-                ea[1] += eb[1]
-                ea[2] += eb[2]
+                for i, x in enumerate(eb):
+                    ea[i] += x
             heapq.heappush(heap, (priority(ea), min(a, c), max(a, c)))
         neighbours[b] = {}
         parent[b] = a
@@ -210,7 +219,9 @@ def cells_2d(p_cell: np.ndarray, config: CellConfig | None = None) -> np.ndarray
     if seeds.max() == 0:
         return np.zeros(p.shape, np.int32)
     regions = watershed(smooth, seeds)
-    return merge_regions(regions, membrane, cfg.merge_threshold, cfg.gap, cfg.gap_fraction, cfg.min_size)
+    return merge_regions(
+        regions, membrane, cfg.merge_threshold, cfg.gap, cfg.gap_fraction, cfg.min_size, cfg.confident
+    )
 
 
 def objects_2d(mask: np.ndarray, min_size: int = 0, neck: float = 1.0) -> np.ndarray:
@@ -263,7 +274,14 @@ def class_index(spec: str | int | None, class_names: Sequence[str] | None, n_cla
 
 
 def _is_cell_class(k: int, class_names: Sequence[str] | None, n_classes: int) -> bool:
-    """True for the class whose objects are separated by membranes (the cells)."""
+    """True for the class whose objects are separated by membranes (the cells).
+
+    A model whose classes are named has cells only when one is named "cell" (a fine-tuned
+    background/mitochondrion model has none); an unnamed one has them in its last class.
+    """
+    names = [str(n).lower() for n in (class_names or [])]
+    if len(names) == n_classes and "cell" not in names:
+        return False
     return k == class_index(None, class_names, n_classes) and n_classes > 1
 
 

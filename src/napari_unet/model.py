@@ -232,6 +232,41 @@ def kept_classes(model: UNet, names: Sequence[str]) -> tuple[list[str], list[str
     return kept, added, dropped
 
 
+def forward_macs(model: UNet, shape: Sequence[int], part: str = "all") -> int:
+    """Multiply-accumulates of one forward pass over an input of ``shape`` (H, W), batch 1.
+
+    Counted from the module shapes and the valid-convolution geometry: every 3x3 convolution,
+    up-convolution and the final 1x1 (two FLOPs per MAC; pooling, ReLU and softmax are not counted).
+    ``part`` "contracting" counts the down path and the bottom, "expanding" the rest.
+    """
+    if part not in ("all", "contracting", "expanding"):
+        raise ValueError(f"part must be 'all', 'contracting' or 'expanding', got {part!r}")
+    h, w = (int(s) for s in shape[-2:])
+    model.output_shape((h, w))  # raises for an invalid size
+
+    def conv(c_in: int, c_out: int, k: int) -> int:
+        nonlocal h, w
+        h, w = h - (k - 1), w - (k - 1)
+        return c_in * c_out * k * k * h * w
+
+    def double(c_in: int, c_out: int) -> int:
+        return conv(c_in, c_out, 3) + conv(c_out, c_out, 3)
+
+    chans = [model.base_channels * 2**i for i in range(model.depth + 1)]
+    down, prev = 0, model.in_channels
+    for c in chans[:-1]:
+        down += double(prev, c)
+        h, w, prev = h // 2, w // 2, c
+    down += double(chans[-2], chans[-1])
+    up = 0
+    for level in reversed(range(model.depth)):
+        h, w = 2 * h, 2 * w  # a 2x2 stride-2 up-convolution: one input pixel per output pixel
+        up += chans[level + 1] * chans[level] * h * w
+        up += double(2 * chans[level], chans[level])
+    up += conv(chans[0], model.n_classes, 1)
+    return {"all": down + up, "contracting": down, "expanding": up}[part]
+
+
 def count_conv_layers(model: UNet) -> int:
     """Number of convolution layers, counting up-convolutions and the final 1x1 (23 in the paper)."""
     return sum(isinstance(m, nn.Conv2d | nn.ConvTranspose2d) for m in model.modules())

@@ -17,15 +17,16 @@ from .train import TrainConfig
 #: the settings of each recipe; everything not named keeps TrainConfig's default
 RECIPES: dict[str, dict[str, Any]] = {
     # Measured to learn fastest from a few annotations on a 2-core CPU (docs/training.md): Adam at
-    # 1e-3 decaying to 0 (cosine) over the run; tiles drawn class by class (so a rare class is in
-    # half the tiles) instead of class-weighted loss, which over-predicts a rare class; the
+    # 1e-3 decaying to 0 (cosine) over the run; with dense labels, tiles drawn class by class (so a
+    # rare class is in half the tiles) instead of class-weighted loss, which over-predicts a rare
+    # class; with scribbles, tiles from any painted pixel (class by class over-predicts there); the
     # contracting path frozen for the first half, when only the new head and the expanding path
     # need to move (a step then costs about 0.6x).
     "fast": {
         "optimizer": "adam",
         "learning_rate": 1e-3,
         "lr_schedule": "cosine",
-        "sampling": "classes",
+        "sampling": "auto",
         "balance_classes": False,
         "tile_size": None,
         "batch_size": 1,

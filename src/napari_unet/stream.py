@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PaintTile", "segmentation_tiles", "slice_order"]
+__all__ = ["GLANCE_WINDOW", "PaintTile", "segmentation_tiles", "slice_order"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,32 @@ def _next_slice(remaining: list[int], control: dict[str, Any] | None) -> int:
     return remaining[0]
 
 
+#: side of the window segmented first, around the centre of the view, when the tile is automatic:
+#: one 700 px tile, about a third of a full 1212 px tile, so the first labels show within about a
+#: second. Only its centre (512 - margin px) is painted: there the window has real context and
+#: starts on the 2**depth grid, so those labels equal what the full tiles paint there later.
+GLANCE_WINDOW = 512
+
+
+def _glance(model: Any, plane: Any, centre: tuple[float, float], lead: tuple, dtype: np.dtype, **kw: Any):
+    """The first PaintTile of a large slice: the centre of a small window around ``centre``, or None."""
+    from .inference import predict
+
+    h, w = plane.shape[-2:]
+    if min(h, w) < 2 * GLANCE_WINDOW:
+        return None  # the first full tile comes soon enough
+    c, m = model.margin // 2, model.stride_multiple
+    y, x = (
+        min(max(int(v) - GLANCE_WINDOW // 2, 0), n - GLANCE_WINDOW) // m * m
+        for v, n in zip(centre, (h, w), strict=True)
+    )
+    probs = predict(model, plane[y : y + GLANCE_WINDOW, x : x + GLANCE_WINDOW], **kw)
+    keep = GLANCE_WINDOW - 2 * c
+    labels = (np.argmax(probs[:, c : c + keep, c : c + keep], axis=0) + 1).astype(dtype)
+    region = lead + (slice(y + c, y + c + keep), slice(x + c, x + c + keep))
+    return PaintTile(region, labels, -1, 0)
+
+
 def segmentation_tiles(
     model: Any,
     image: Any,
@@ -71,7 +97,8 @@ def segmentation_tiles(
     A stack goes slice by slice in ``z_order``, except that the slice on screen
     (``control["front"]``, set by the dock when the user changes slice) moves to the front of the
     queue. ``crop`` = (y0, y1, x0, x1) segments only that part of each slice (the visible region),
-    with the network's context read around it.
+    with the network's context read around it. With the automatic tile and ``control["glance"]``
+    = (y, x), the view centre, a small window there comes first (index -1, total 0).
     """
     from napari_unet.inference import predict_tiles
     from napari_unet.normalize import compute_normalizer
@@ -96,6 +123,21 @@ def segmentation_tiles(
 
         k_obj = class_index(instance_class, names, model.n_classes)
     done, total, next_id = 0, 0, 0
+    centre = control.get("glance") if control is not None else None
+    if centre is not None and tile_shape is None and output == "classes" and tta == "none" and crop is None:
+        z = _next_slice(remaining, control)
+        first = _glance(
+            model,
+            image[z] if is_stack else image,
+            centre,
+            (z,) if is_stack else (),
+            dtype,
+            device=device,
+            precision=precision,
+            normalizer=normalizer,
+        )
+        if first is not None:
+            yield first
     while remaining:
         z = _next_slice(remaining, control)
         remaining.remove(z)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment
 from .checkpoint import load_training_state, save_model
-from .device import autocast, resolve_precision, select_device
+from .device import autocast, preferred_memory_format, resolve_precision, select_device
 from .errors import UserInputError
 from .inference import predict
 from .model import UNet
@@ -32,7 +32,12 @@ from .tiling import mirror_indices
 from .weightmap import center_crop, class_balance_weights, weight_map, weighted_cross_entropy
 
 OPTIMIZERS = ("sgd", "adam")
-SAMPLINGS = ("classes", "annotated")
+SAMPLINGS = ("auto", "classes", "annotated")
+#: "auto" draws tiles by class when at least this share of the annotated slices' pixels is painted
+#: (dense labels), and from any annotated pixel otherwise (scribbles: drawing a sparsely painted
+#: class as often as the background teaches it a prior far above its true share, measured in
+#: docs/training.md as objects painted 1.4x too large)
+DENSE_SHARE = 0.5
 VALIDATIONS = ("auto", "none")
 
 
@@ -61,8 +66,9 @@ class TrainConfig:
     balance_classes: bool = True
     #: class whose connected components are the instances of the border term; "auto": "cell"
     border_class: int | str | None = "auto"
-    #: tile centres: "classes" (each class equally often, so a rare new class is seen early) or
-    #: "annotated" (any annotated pixel, so classes in proportion to the paint)
+    #: tile centres: "classes" (each class equally often, so a rare new class is seen early),
+    #: "annotated" (any annotated pixel, so classes in proportion to the paint) or "auto" (classes
+    #: for dense labels, annotated for scribbles; see DENSE_SHARE)
     sampling: str = "classes"
     #: share of the run (0..1, by steps or time) during which the contracting path is frozen and
     #: only the expanding path and the head learn; 1.0 freezes it for the whole run
@@ -334,6 +340,10 @@ class Trainer:
         if counts.sum() == 0:
             raise UserInputError("every annotated pixel was held out for validation; annotate more")
         self._slice_p = counts / counts.sum()
+        painted = counts.sum() / max(1, sum(lb.size for _, lb in self.train_slices if np.any(lb)))
+        self.sampling = self.config.sampling
+        if self.sampling == "auto":
+            self.sampling = "classes" if painted >= DENSE_SHARE else "annotated"
         self._annotated_px = [np.flatnonzero(lb) for _, lb in self.train_slices]
         # per class: the slices that have it (with their share) and its pixels in each
         self._class_px: dict[int, list[np.ndarray]] = {}
@@ -417,7 +427,7 @@ class Trainer:
             "augment": asdict(cfg.augment) if cfg.augment else None,
             "w0": cfg.w0,
             "sigma": cfg.sigma,
-            "sampling": cfg.sampling,
+            "sampling": self.sampling,
             "freeze_encoder": cfg.freeze_encoder,
             "dice_weight": cfg.dice_weight,
             "seed": cfg.seed,
@@ -479,7 +489,7 @@ class Trainer:
         t = self.tile
         xs, ys, ws = [], [], []
         for _ in range(self.config.batch_size):
-            if self.config.sampling == "classes" and self._class_px:
+            if self.sampling == "classes" and self._class_px:
                 c = list(self._class_px)[int(self._rng.integers(len(self._class_px)))]
                 per = self._class_px[c]
                 sizes = np.array([len(p) for p in per], dtype=np.float64)
@@ -593,8 +603,7 @@ class Trainer:
         limit_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
         start = time.perf_counter()
         first_step = self.step
-        channels_last = self.device.type == "cuda" or self.dtype == torch.bfloat16
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        fmt = preferred_memory_format(self.device, self.dtype, training=True)
         model.to(self.device, memory_format=fmt)
         lr = self.optimizer.param_groups[0]["lr"]
         validating = bool(self.val_slices or self.val_blocks)

@@ -65,6 +65,23 @@ def test_a_few_steps_learn_a_new_class():
     assert model.metadata["classes"] == ["background", "organelle"]
 
 
+def test_auto_sampling_draws_by_class_for_dense_labels_and_by_paint_for_scribbles():
+    """Dense labels: tiles class by class; scribbles (a few % painted): tiles from any painted pixel."""
+    images, dense = blob_task(seed=3)
+    cfg = recipe_config("fast", steps=1, tile_size=124, precision="fp32", validation="none")
+    assert cfg.sampling == "auto"
+    assert Trainer(with_classes(shipped_like(), ["bg", "o"]), images, dense, cfg).sampling == "classes"
+    rng = np.random.default_rng(0)
+    scribbles = [np.where(rng.random(lab.shape) < 0.03, lab, 0).astype(np.uint8) for lab in dense]
+    trainer = Trainer(with_classes(shipped_like(), ["bg", "o"]), images, scribbles, cfg)
+    assert trainer.sampling == "annotated"
+    list(trainer.run())
+    assert trainer.model.metadata["training"]["sampling"] == "annotated"
+    # an explicit choice is kept whatever the density
+    cfg.sampling = "classes"
+    assert Trainer(with_classes(shipped_like(), ["bg", "o"]), images, scribbles, cfg).sampling == "classes"
+
+
 def test_time_limit_alone_steps_alone_and_both():
     images, labels = synthetic_em(n_slices=1, shape=(96, 96), seed=2)
     base = dict(tile_size=124, precision="fp32", validation="none")

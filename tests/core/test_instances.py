@@ -15,6 +15,7 @@ from napari_unet.instances import (
     class_index,
     instance_sections,
     instance_stream,
+    instances_of_class,
     merge_regions,
     objects_2d,
 )
@@ -58,6 +59,39 @@ def test_merge_regions_weakest_first_and_threshold():
     assert len(np.unique(out)) == 1  # 8-pixel regions join their weakest-bounded neighbour
 
 
+def two_regions_with_opening(rest: float):
+    """Regions 1 | 2 meeting along 20 rows; 2 rows of their boundary are open (m = 0.2)."""
+    labels = np.repeat(np.array([[1] * 4 + [2] * 4]), 20, axis=0)
+    boundary = np.zeros(labels.shape, np.float32)
+    boundary[:, 3:5] = rest
+    boundary[:2, 3:5] = 0.2
+    return labels, boundary
+
+
+def test_opening_merges_unless_faint_stretch_of_confident_membrane():
+    # mean boundary 0.875 and 0.785: both above the mean threshold, so only the opening decides
+    labels, confident = two_regions_with_opening(0.95)
+    assert len(np.unique(merge_regions(labels, confident, threshold=0.6))) == 2
+    labels, unsure = two_regions_with_opening(0.85)
+    assert len(np.unique(merge_regions(labels, unsure, threshold=0.6))) == 1
+    # a wide opening (a fifth of the boundary or more) merges even a confident membrane
+    confident[:4, 3:5] = 0.2
+    assert len(np.unique(merge_regions(labels, confident, threshold=0.6))) == 1
+    # the earlier rule (openings of 8 px) kept the unsure pair apart
+    assert len(np.unique(merge_regions(labels, unsure, threshold=0.6, gap=8, confident=0.0))) == 2
+
+
+@pytest.mark.parametrize(("membrane", "cells"), [(0.03, 2), (0.15, 1)])
+def test_cells_join_through_gap_in_unsure_membrane(membrane, cells):
+    """A wall with a 3 px gap splits two cells when the model is sure of it, not when it is unsure."""
+    p = np.full((60, 90), 0.97, np.float32)
+    p[:, 44:47] = membrane
+    p[28:31, 44:47] = 0.9  # the gap
+    lab = cells_2d(p)
+    assert len(np.unique(lab)) == cells
+    assert (lab[45, 10] == lab[45, 80]) == (cells == 1)
+
+
 def discs(shape=(60, 100), centres=((30, 30), (30, 62)), r=15):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return np.any([(yy - y) ** 2 + (xx - x) ** 2 <= r * r for y, x in centres], axis=0)
@@ -90,6 +124,16 @@ def test_class_index_names_ids_and_errors():
         class_index("nucleus", names, 3)
     with pytest.raises(UserInputError, match="no class 7"):
         class_index(7, names, 3)
+
+
+def test_named_class_without_cells_gives_objects_not_cells():
+    """A background/mitochondrion model: its last class is objects on a background, not cells."""
+    mito = discs(centres=((30, 30),))
+    probs = np.stack([~mito, mito]).astype(np.float32)
+    obj = instances_of_class(probs, 2, class_names=["background", "mitochondrion"])
+    assert obj.max() == 1 and np.array_equal(obj > 0, mito)
+    cells = instances_of_class(probs, 2)  # unnamed: the last class is the cell class, which tiles
+    assert cells.min() >= 1
 
 
 def tube_stack(n=6):

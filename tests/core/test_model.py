@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_unet import UNet
-from napari_unet.model import count_conv_layers
+from napari_unet.model import count_conv_layers, forward_macs
 
 
 def test_paper_network_layers_and_shape():
@@ -105,3 +105,25 @@ def test_with_classes_by_name_keeps_new_and_drops_channels():
     assert torch.equal(new.down[0][0].weight, model.down[0][0].weight)
     with pytest.raises(ValueError, match="distinct"):
         with_classes(model, ["cell", "CELL"])
+
+
+@pytest.mark.parametrize(("depth", "size"), [(4, 572), (4, 252), (2, 188)])
+def test_forward_macs_match_the_layers_actually_run(depth, size):
+    """The analytic count equals the MACs of every conv layer as it ran (output size x weights)."""
+    model = UNet(depth=depth, base_channels=4, n_classes=3).eval()
+    counted = []
+
+    def hook(mod, _inp, out):
+        per_out = mod.weight[0].numel() if isinstance(mod, torch.nn.Conv2d) else mod.weight.shape[0]
+        counted.append(per_out * out.numel())
+
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            mod.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(1, 1, size, size + 2**depth))
+    assert forward_macs(model, (size, size + 2**depth)) == sum(counted)
+    assert len(counted) == count_conv_layers(model)
+    down = forward_macs(model, (size, size), "contracting")
+    assert 0 < down < forward_macs(model, (size, size))
+    assert down + forward_macs(model, (size, size), "expanding") == forward_macs(model, (size, size))

@@ -205,7 +205,7 @@ def test_minutes_limit_becomes_a_time_budget(dock):
     widget.minutes_spin.setValue(2.5)
     default = widget._config()
     assert widget.recipe_combo.currentText() == "fast" and default.optimizer == "adam"
-    assert default.sampling == "classes" and default.validation == "auto"
+    assert default.sampling == "auto" and default.validation == "auto"
     widget.recipe_combo.setCurrentText("paper")
     widget.lr_spin.setValue(0.001)
     widget.augment_check.setChecked(False)

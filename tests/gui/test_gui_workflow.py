@@ -444,3 +444,60 @@ def test_a_class_removed_in_annotate_is_dropped_from_the_model(qtbot, make_napar
     ft.train()
     wait_idle(qtbot, ft)
     assert ft.result.model.metadata["classes"] == ["cell", "mito"]
+
+
+# what Segment covers ----------------------------------------------------------------------------
+def test_segment_covers_this_slice_or_only_the_visible_region(qtbot, make_napari_viewer, model_file):
+    """Alt+S segments only the slice on screen; "visible region" only the pixels on screen,
+    each with the value the network gives for that pixel with its context read around the crop."""
+    from napari_unet.checkpoint import load_model
+    from napari_unet.inference import labels_from_probabilities, predict
+    from napari_unet.normalize import compute_normalizer
+
+    rng = np.random.default_rng(2)
+    stack = rng.integers(0, 255, size=(3, 160, 200), dtype=np.uint8)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(900, 700)
+    em = viewer.add_image(stack, name="em")
+    seg = open_dock(viewer, "Segment", model_file)
+    viewer.dims.set_current_step(0, 1)
+
+    # the shortcut: the slice on screen, nothing else
+    handler = viewer.window._qt_viewer.canvas._key_map_handler
+    handler.press_key("Alt-S")
+    handler.release_key("Alt-S")
+    assert seg.running
+    wait_idle(qtbot, seg)
+    out = viewer.layers["em segmentation"]
+    assert out.data[1].all() and not out.data[0].any() and not out.data[2].any()
+    viewer.layers.remove(out)
+
+    # zoomed in on a part of slice 2: only what is on screen is written
+    viewer.dims.set_current_step(0, 2)
+    camera = viewer.scene.camera
+    camera.center = (2, 70, 120)
+    camera.zoom *= 4
+    qtbot.waitUntil(lambda: np.asarray(em.corner_pixels)[1, 1] < 150, timeout=10_000)
+    crop = seg._visible_crop(em)
+    assert crop is not None
+    y0, y1, x0, x1 = crop
+    assert 0 < y1 - y0 < 160 and 0 < x1 - x0 < 200  # a part of the slice, not all of it
+    seg.scope_combo.setCurrentText("visible region")
+    seg.segment()
+    wait_idle(qtbot, seg)
+    out = viewer.layers["em segmentation"]
+    written = np.argwhere(out.data > 0)
+    assert (written[:, 0] == 2).all()
+    np.testing.assert_array_equal(written[:, 1:].min(axis=0), [y0, x0])
+    np.testing.assert_array_equal(written[:, 1:].max(axis=0), [y1 - 1, x1 - 1])
+    assert len(written) == (y1 - y0) * (x1 - x0)  # the whole rectangle, and nothing around it
+
+    # the values: the network on the crop with its context around it (the stack's grey scale)
+    model = load_model(model_file)
+    c = model.margin // 2
+    cy0, cx0 = max(0, y0 - c), max(0, x0 - c)
+    plane = stack[2, cy0 : min(160, y1 + c), cx0 : min(200, x1 + c)]
+    norm = compute_normalizer(stack, model.metadata.get("normalization"))
+    probs = predict(model, plane, device="cpu", precision="fp32", normalizer=norm)
+    want = labels_from_probabilities(probs)[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
+    np.testing.assert_array_equal(out.data[2, y0:y1, x0:x1], want)

@@ -199,3 +199,52 @@ def test_d4_tta_is_equivariant_to_turns_and_flips(tiny_model, rng):
 def test_unknown_tta_is_refused(tiny_model):
     with pytest.raises(UserInputError, match="test-time augmentation 'rot'"):
         predict(tiny_model, np.zeros((64, 64), np.uint8), tta="rot")
+
+
+def test_fast_default_path_agrees_with_plain_fp32_path(rng):
+    """The defaults (channels_last, auto precision) match a plain NCHW fp32 pass within tolerance."""
+    from napari_unet import UNet
+    from napari_unet.device import resolve_precision, select_device
+
+    torch.manual_seed(0)
+    model = UNet(base_channels=16).eval()
+    image = rng.integers(0, 256, (300, 260), dtype=np.uint8)
+    fast = predict(model, image, tile_shape=316, device="cpu")
+    assert len(list(predict_tiles(model, image, tile_shape=316, device="cpu"))) == 6
+    assert model.down[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = whole_image_pass(model.to(memory_format=torch.contiguous_format), image)
+    assert not model.down[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+    fp32 = resolve_precision("auto", select_device("cpu")) == torch.float32
+    assert np.abs(fast - plain).max() <= (1e-4 if fp32 else 0.1)
+    assert np.mean(np.argmax(fast, 0) != np.argmax(plain, 0)) <= (1e-4 if fp32 else 2e-3)
+
+
+def test_first_glance_at_the_view_centre_equals_the_full_result(tiny_model, rng):
+    """The Segment dock's first small window paints exactly what the full tiles paint there later."""
+    from napari_unet.stream import GLANCE_WINDOW, segmentation_tiles
+
+    image = rng.integers(0, 256, (1040, 1100), dtype=np.uint8)
+    tiles = list(
+        segmentation_tiles(
+            tiny_model,
+            image,
+            tile_shape=None,
+            device="cpu",
+            precision="fp32",
+            z_order=None,
+            dtype=np.dtype(np.uint8),
+            control={"front": None, "glance": (700.0, 300.0)},
+        )
+    )
+    first, rest = tiles[0], tiles[1:]
+    assert (first.index, first.total) == (-1, 0)
+    ry, rx = first.region
+    keep = GLANCE_WINDOW - tiny_model.margin
+    assert (ry.stop - ry.start, rx.stop - rx.start) == (keep, keep)
+    assert ry.start <= 700 < ry.stop and rx.start <= 300 < rx.stop
+    assert (ry.start - tiny_model.margin // 2) % 16 == 0
+    full = np.zeros(image.shape, np.uint8)
+    for t in rest:
+        full[t.region] = t.labels
+    assert full.all() and [t.index for t in rest] == list(range(len(rest)))
+    assert np.mean(full[first.region] != first.labels) < 1e-3

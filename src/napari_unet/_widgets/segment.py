@@ -445,7 +445,10 @@ class SegmentWidget(Dock):
             buffer = np.zeros(data.shape, dtype=dtype)
             if previous is not None and scope != "whole stack":
                 buffer[...] = np.asarray(previous.data, dtype=dtype)
-        control: dict[str, Any] = {"front": None}
+        control: dict[str, Any] = {"front": None, "glance": None}
+        if crop is None:
+            seen = self._visible_crop(image_layer) or (0, data.shape[-2], 0, data.shape[-1])
+            control["glance"] = ((seen[0] + seen[1]) / 2, (seen[2] + seen[3]) / 2)
         self._run = SegmentRun(
             live=previous if in_place else None,
             previous=None if in_place else previous,
@@ -477,7 +480,11 @@ class SegmentWidget(Dock):
             control=control,
             crop=crop,
             on_yield=self._paint,
-            progress=lambda t: (t.index + 1, t.total, f"tile {t.index + 1} of {t.total}"),
+            progress=lambda t: (
+                t.index + 1,
+                t.total,
+                f"tile {t.index + 1} of {t.total}" if t.total else "first look at the centre of the view",
+            ),
             message=f"segmenting '{image_layer.name}' ({scope}) with {model_name}…",
         )
         if not in_place:
