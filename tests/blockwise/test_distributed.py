@@ -295,10 +295,21 @@ def test_cli_killed_then_rerun_gives_the_same_result(
     assert not dist.partial_path(out).exists()
 
 
+def _sigint_as_in_a_shell() -> None:
+    """In the child before exec: SIGINT handled by default and not blocked."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_cli_ctrl_c_keeps_finished_blocks(model_file, volume, tmp_path):
     out = tmp_path / "seg.zarr"
     cmd = [sys.executable, "-m", "napari_unet.cli", "segment", str(volume), "-o", str(out)]
-    proc = subprocess.Popen([*cmd, "--model", str(model_file)], stderr=subprocess.PIPE)
+    parent = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    # a shell's Ctrl-C reaches a command that handles SIGINT by default, whatever the test runner's
+    # own state (an ignored or blocked SIGINT is inherited by a child and would make it run to the end)
+    proc = subprocess.Popen(
+        [*cmd, "--model", str(model_file)], stderr=subprocess.PIPE, preexec_fn=_sigint_as_in_a_shell
+    )
     markers = dist.partial_path(out) / dist.MARKER_DIR
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -308,8 +319,8 @@ def test_cli_ctrl_c_keeps_finished_blocks(model_file, volume, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     last = err.decode().replace("\r", "\n").strip().splitlines()[-1]
+    assert proc.returncode == 130, (last, parent)
     kept = len(list(markers.iterdir()))
-    assert proc.returncode == 130, last
     assert last == (
         f"napari-unet: interrupted; {kept} finished blocks are kept in {dist.partial_path(out)}. "
         "Run the same command again to resume"
