@@ -353,11 +353,18 @@ class Trainer:
                 self._class_px[c] = per
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimiser, with its fused kernel where this torch has one for the device
+        (one pass over each weight instead of about ten: a few percent of a CPU step)."""
         cfg = self.config
-        params = self.model.parameters()
+        params = list(self.model.parameters())
         if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.learning_rate)
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum)
+            kind, extra = torch.optim.Adam, {}
+        else:
+            kind, extra = torch.optim.SGD, {"momentum": cfg.momentum}
+        try:
+            return kind(params, lr=cfg.learning_rate, fused=True, **extra)
+        except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or torch
+            return kind(params, lr=cfg.learning_rate, **extra)
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Continue a run: step count, elapsed time, optimiser buffers and random states."""
@@ -375,7 +382,8 @@ class Trainer:
                 self._generator.set_state(value.to(torch.uint8))
             elif idx.isdigit() and int(idx) < len(params):
                 st = self.optimizer.state[params[int(idx)]]
-                st[name] = value.to(self.device) if name != "step" else value
+                fused = bool(self.optimizer.defaults.get("fused"))
+                st[name] = value.to(self.device) if name != "step" or fused else value
         if "rng" in state:
             self._rng = np.random.default_rng()
             self._rng.bit_generator.state = state["rng"]

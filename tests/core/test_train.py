@@ -172,3 +172,34 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         tr.save_checkpoint(ckpt)
     assert ckpt.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_fused_optimiser_matches_the_plain_one(optimizer, monkeypatch):
+    """The fused optimiser kernel (the default where torch has one) takes the same steps as the
+    per-weight loop it replaces."""
+    images, labels = synthetic_em(n_slices=1, shape=(96, 96), seed=6)
+    cfg = TrainConfig(steps=5, optimizer=optimizer, tile_size=124, precision="fp32", seed=3, augment=None)
+    fused_model = small_model()
+    fused = Trainer(fused_model, images, labels, cfg)
+    list(fused.run())
+    kind = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+    plain_init = kind.__init__
+
+    def no_fused(self, params, *args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("no fused kernel")
+        plain_init(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(kind, "__init__", no_fused)
+    plain_model = small_model()
+    plain = Trainer(plain_model, images, labels, cfg)
+    list(plain.run())
+    if torch.__version__ >= "2.4":
+        assert fused.optimizer.defaults.get("fused")
+    assert not plain.optimizer.defaults.get("fused")
+    moved = 0.0
+    for a, b, start in zip(fused_model.parameters(), plain_model.parameters(), small_model().parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+        moved = max(moved, float((a - start).abs().max()))
+    assert moved > 1e-4  # the steps did move the weights
