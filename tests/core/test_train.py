@@ -199,7 +199,8 @@ def test_fused_optimiser_matches_the_plain_one(optimizer, monkeypatch):
         assert fused.optimizer.defaults.get("fused")
     assert not plain.optimizer.defaults.get("fused")
     moved = 0.0
-    for a, b, start in zip(fused_model.parameters(), plain_model.parameters(), small_model().parameters()):
+    triples = zip(fused_model.parameters(), plain_model.parameters(), small_model().parameters(), strict=True)
+    for a, b, start in triples:
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
         moved = max(moved, float((a - start).abs().max()))
     assert moved > 1e-4  # the steps did move the weights
