@@ -316,7 +316,9 @@ class SectionLinker:
     each object of a new section takes the id of the object of an already finished neighbouring
     section (z - 1 or z + 1) it overlaps most, when that overlap is at least ``min_overlap`` of the
     smaller of the two; objects without such a partner get new ids. A finished section is never
-    relabelled, so every yielded section is final.
+    relabelled, so every yielded section is final. Without linking, the objects of each section
+    simply follow those of the sections before it (ids 1..n, then n+1..n+m, ...): the one place
+    where per-section ids are made unique in a stack.
     """
 
     def __init__(self, link: bool = True, min_overlap: float = 0.3) -> None:
@@ -366,7 +368,8 @@ class SectionLinker:
                     mapping[o] = self.next_id
                     self.next_id += 1
         out = mapping[labels]
-        self.done[z] = out
+        if self.link:  # only linking looks at finished sections again
+            self.done[z] = out
         return out
 
 

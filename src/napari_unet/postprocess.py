@@ -48,12 +48,12 @@ def instances(
         return _instances_2d(p, threshold, method, seed_threshold)
     if p.ndim != 3:
         raise UserInputError(f"P(cell) has shape {p.shape}; expected (H, W) or (Z, H, W)")
+    from .instances import SectionLinker
+
     out = np.zeros(p.shape, dtype=np.uint32)
-    offset = 0
+    stack_ids = SectionLinker(link=False)  # each slice's ids follow those of the slices before it
     for z in range(p.shape[0]):
-        lab = _instances_2d(p[z], threshold, method, seed_threshold)
-        out[z] = np.where(lab > 0, lab + offset, 0)
-        offset = max(offset, int(out[z].max()))
+        out[z] = stack_ids.add(z, _instances_2d(p[z], threshold, method, seed_threshold))
     return out
 
 

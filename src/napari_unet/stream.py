@@ -92,7 +92,8 @@ def segmentation_tiles(
     ``classes``: every tile becomes class labels 1..K at once. ``instances``: objects need their
     whole slice, so tiles only report progress (``labels`` None) until a slice is complete; then the
     slice's objects of ``instance_class`` (a name or id; None: the cells; ids unique across the
-    stack) come as one item, from :func:`napari_unet.instances.instances_of_class`.
+    stack, from :class:`napari_unet.instances.SectionLinker` as on the command line) come as one
+    item, from :func:`napari_unet.instances.instances_of_class`.
 
     A stack goes slice by slice in ``z_order``, except that the slice on screen
     (``control["front"]``, set by the dock when the user changes slice) moves to the front of the
@@ -119,10 +120,11 @@ def segmentation_tiles(
     k_obj = None
     names = model.metadata.get("classes")
     if output == "instances":
-        from napari_unet.instances import class_index, instances_of_class
+        from napari_unet.instances import SectionLinker, class_index, instances_of_class
 
         k_obj = class_index(instance_class, names, model.n_classes)
-    done, total, next_id = 0, 0, 0
+        stack_ids = SectionLinker(link=False)  # ids unique across the stack, in the order slices finish
+    done, total = 0, 0
     centre = control.get("glance") if control is not None else None
     if centre is not None and tile_shape is None and output == "classes" and tta == "none" and crop is None:
         z = _next_slice(remaining, control)
@@ -185,9 +187,7 @@ def segmentation_tiles(
             if res.index + 1 < res.total:
                 yield PaintTile(lead + (ry, rx), None, done - 1, total)
                 continue
-            ids = instances_of_class(p_all, k_obj, class_names=names).astype(dtype)
-            ids[ids > 0] += dtype.type(next_id)
-            next_id = max(next_id, int(ids.max()))
+            ids = stack_ids.add(z, instances_of_class(p_all, k_obj, class_names=names)).astype(dtype)
             if crop is not None:
                 region = lead + (slice(cy0, cy1), slice(cx0, cx1))
             else:

@@ -144,13 +144,13 @@ def test_demo_output_naming_a_file(tmp_path, capsys):
 
 
 def test_full_disk_is_one_line(tmp_path, model_file, image_tif, capsys, monkeypatch):
-    import napari_unet.io as io
+    import napari_unet.io.tiff as tiff
     import napari_unet.outputs as outputs
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(io, "_write_tiff", full)
+    monkeypatch.setattr(tiff, "_write_tiff", full)  # what the TIFF format's writers call
     code, err = run(["segment", image_tif, "-o", tmp_path / "o.tif", "--model", model_file], capsys)
     assert "No space left" in err and code == 2 and "Traceback" not in err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.tif")] == []

@@ -219,3 +219,32 @@ def test_isbi_validation_slices_beat_components(isbi_dir):
     old = evaluate_instances(segment_cells(p_cell), stored > 127)
     assert new["adapted_rand_error"] < old["adapted_rand_error"]
     assert new["adapted_rand_error"] <= 0.035
+
+
+def test_segment_dock_instances_equal_the_command_line_s(tiny_model, rng):
+    """The Segment dock's stream numbers a stack's objects as instance_sections does (CLI, API)."""
+    from napari_unet import predict
+    from napari_unet.normalize import compute_normalizer
+    from napari_unet.stream import segmentation_tiles
+
+    tiny_model.metadata["classes"] = names = ["background", "mito"]  # objects of the argmax mask
+    image = rng.integers(0, 256, (3, 96, 100), dtype=np.uint8)
+    order = [1, 0, 2]  # the slice on screen first, as the dock sends them
+    run = {"device": "cpu", "precision": "fp32"}
+    tiles = segmentation_tiles(
+        tiny_model, image, tile_shape=None, z_order=order, dtype=np.dtype(np.uint32), **run,
+        output="instances", instance_class="mito",
+    )  # fmt: skip
+    painted = {t.region[0]: t.labels for t in tiles if t.labels is not None}
+    norm = compute_normalizer(image, tiny_model.metadata.get("normalization"))
+    probs = {z: predict(tiny_model, image[z], normalizer=norm, **run) for z in order}
+    expected = dict(instance_sections(((z, probs[z]) for z in order), 2, class_names=names))
+    assert list(painted) == order
+    for z in order:
+        assert painted[z].dtype == np.uint32
+        np.testing.assert_array_equal(painted[z], expected[z])
+    counts = [len(np.unique(painted[z][painted[z] > 0])) for z in order]
+    assert min(counts) > 0
+    # ids continue from slice to slice in the order the slices finished: 1..a, a+1..a+b, ...
+    starts = [int(painted[z][painted[z] > 0].min()) for z in order]
+    assert starts == [1, 1 + counts[0], 1 + counts[0] + counts[1]]

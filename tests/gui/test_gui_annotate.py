@@ -9,6 +9,7 @@ from napari.layers import Labels
 
 from napari_unet import annotation as core
 from napari_unet import loading
+from napari_unet.annotation import default_classes
 
 pytestmark = pytest.mark.gui
 
@@ -89,15 +90,43 @@ def test_new_annotation_layer_fits_the_image(qtbot, dock):
     assert [widget.class_list.item(i).text() for i in range(2)] == ["membrane", "cell"]
 
 
+def _segmentation_of(image, names):
+    """Layer keywords of the Segment dock's output for ``image``: its role links it to the image."""
+    from napari_unet._widgets import image_key_of
+    from napari_unet.layers import segmentation_layer
+
+    return segmentation_layer(image.name, names, key=image_key_of(image))
+
+
 def test_classes_come_from_the_segmentation_when_there_is_one(qtbot, dock):
-    viewer, _image, widget = dock
-    viewer.add_labels(np.zeros((4, 20, 24), np.uint8), name="em segmentation",
-                      features={"index": [0, 1, 2, 3],
-                                "class": ["not segmented", "membrane", "cell", "mito"]})
+    viewer, image, widget = dock
+    names = ["membrane", "cell", "mito"]
+    viewer.add_labels(np.zeros((4, 20, 24), np.uint8), **_segmentation_of(image, names))
     layer = widget.new_annotation_layer()
     assert layer.features["class"].tolist() == ["not annotated", "membrane", "cell", "mito"]
     assert widget.labels_combo.layers() == [layer]  # a segmentation is not offered to paint on
     assert widget.prediction_combo.layer().name == "em segmentation"
+
+
+def test_a_layer_only_named_like_a_segmentation_is_never_picked_by_itself(qtbot, dock):
+    """Roles come from layer metadata: names such as "em segmentation" give a layer no role."""
+    viewer, image, widget = dock
+    named = viewer.add_labels(np.zeros((4, 20, 24), np.uint8), name="em segmentation",
+                              features={"index": [0, 1], "class": ["not segmented", "mito"]})
+    painted = viewer.add_labels(np.zeros((4, 20, 24), np.uint8), name="em annotations")
+    assert widget.prediction_combo.layer() is None  # not taken for the image's segmentation ...
+    assert widget.prediction_combo.layers() == [painted, named]  # ... but offered, to pick by hand
+    assert widget.labels_combo.layer() is None  # nor the other for its annotations
+    assert widget.labels_combo.layers() == [painted, named]
+    layer = widget.new_annotation_layer()  # classes are not read from the unlinked layer
+    assert layer.features["class"].tolist() == ["not annotated", *default_classes()]
+    assert widget.labels_combo.layer() is layer
+    widget.prediction_combo.set_layer(named)
+    assert widget.prediction_combo.layer() is named
+    seg = viewer.add_labels(np.zeros((4, 20, 24), np.uint8), **_segmentation_of(image, ["mito"]))
+    widget.prediction_combo.follow()
+    assert widget.prediction_combo.layer() is seg  # with its role it is found by itself
+    assert seg not in widget.labels_combo.layers()
 
 
 def test_picking_a_class_selects_it_for_the_brush(qtbot, dock):
@@ -150,8 +179,8 @@ def prediction(dock):
     viewer, image, _widget = dock
     rng = np.random.default_rng(7)
     data = rng.integers(1, 3, image.data.shape).astype(np.uint8)
-    viewer.add_labels(data, name="em segmentation", scale=image.scale, translate=image.translate,
-                      features={"index": [0, 1, 2], "class": ["not segmented", "membrane", "cell"]})
+    viewer.add_labels(data, scale=image.scale, translate=image.translate,
+                      **_segmentation_of(image, ["membrane", "cell"]))
     return data
 
 

@@ -1,7 +1,8 @@
 """How the Annotate dock recognises layers: an image's annotations and segmentation, their classes.
 
-A layer's role comes from its metadata (:mod:`napari_unet.layers`); names are only a fallback for
-layers made before roles were recorded.
+A layer's role comes only from its metadata (:mod:`napari_unet.layers`), never from its name: a
+layer without a role (made by hand, or before roles were recorded) is offered in the docks' layer
+lists but used only when a person picks it there.
 """
 
 from __future__ import annotations
@@ -53,25 +54,12 @@ def is_annotation_layer(layer: Any) -> bool:
 
 
 def looks_like_prediction(layer: Any) -> bool:
-    """True for a Segment dock output ("<image> segmentation", label 0 "not segmented")."""
-    if is_annotation_layer(layer):
-        return False
-    if is_derived(layer, roles.SEGMENTATION, roles.PREVIEW):
-        return True
-    features = getattr(layer, "features", None)
-    try:
-        first = str(list(features["class"])[0]) if "class" in features else ""
-    except (TypeError, KeyError, IndexError):
-        first = ""
-    name = layer.name
-    return first == "not segmented" or name.endswith(" segmentation") or " segmentation (" in name
+    """True for a layer recorded as a segmentation or a fine-tuning preview (by its role)."""
+    return not is_annotation_layer(layer) and is_derived(layer, roles.SEGMENTATION, roles.PREVIEW)
 
 
 def find_annotations(viewer: Any, image: Any) -> Any | None:
-    """The annotation layer of ``image``: linked by role, tied by source, or named after it.
-
-    A sample's ground truth or a segmentation is never taken for annotations here.
-    """
+    """The annotation layer of ``image``: linked to it by role, or tied to its source by autosave."""
     viewer = unwrap(viewer)
     linked = linked_layer(viewer, image, roles.ANNOTATIONS)
     if isinstance(linked, Labels):
@@ -81,24 +69,13 @@ def find_annotations(viewer: Any, image: Any) -> Any | None:
         tied = _source_of_annotations(layer) if isinstance(layer, Labels) else None
         if tied is not None and tied.key() == source.key() and tied.name == source.name:
             return layer
-    named = f"{image.name} annotations"
-    found = viewer.layers[named] if named in viewer.layers else None
-    if isinstance(found, Labels) and not is_derived(
-        found, roles.SEGMENTATION, roles.PREVIEW, roles.GROUND_TRUTH
-    ):
-        return found
     return None
 
 
 def find_segmentation(viewer: Any, image: Any) -> Any | None:
-    """The segmentation of ``image``: linked by role, or a Segment output named after it."""
-    viewer = unwrap(viewer)
-    linked = linked_layer(viewer, image, roles.SEGMENTATION)
-    if isinstance(linked, Labels):
-        return linked
-    named = f"{image.name} segmentation"
-    found = viewer.layers[named] if named in viewer.layers else None
-    return found if isinstance(found, Labels) and looks_like_prediction(found) else None
+    """The segmentation of ``image``: the Labels layer linked to it with the segmentation role."""
+    linked = linked_layer(unwrap(viewer), image, roles.SEGMENTATION)
+    return linked if isinstance(linked, Labels) else None
 
 
 def bind_class_keys(layer: Any) -> None:

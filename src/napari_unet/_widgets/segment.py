@@ -434,7 +434,7 @@ class SegmentWidget(Dock):
             image_layer.name, names, key=key, instances=output == "instances"
         )
         name = kwargs["name"]
-        previous = self._previous_output(image_layer, name, data.shape)
+        previous = self._previous_output(image_layer, data.shape)
         in_place = scope != "whole stack" and previous is not None
         if in_place and previous.data.dtype != dtype:
             in_place = False
@@ -491,7 +491,8 @@ class SegmentWidget(Dock):
             live_kwargs = dict(kwargs)
             if previous is not None:
                 live_kwargs["name"] = f"{name} (running)"
-                live_kwargs["metadata"] = {}  # linked only once it replaces the previous result
+                # a segmentation, linked to the image only once it replaces the previous result
+                live_kwargs["metadata"] = layer_roles.role_metadata(layer_roles.SEGMENTATION, None)
             self._run.live = self.viewer.add_labels(
                 buffer,
                 scale=image_layer.scale,
@@ -500,11 +501,9 @@ class SegmentWidget(Dock):
                 **live_kwargs,
             )
 
-    def _previous_output(self, image_layer: Any, name: str, shape: tuple[int, ...]) -> Any | None:
-        """The image's current segmentation layer (linked, or by name), if it fits the image."""
+    def _previous_output(self, image_layer: Any, shape: tuple[int, ...]) -> Any | None:
+        """The image's current segmentation layer (linked to it by role), if it fits the image."""
         found = linked_layer(self.viewer, image_layer, layer_roles.SEGMENTATION)
-        if found is None and name in self.viewer.layers:
-            found = self.viewer.layers[name]
         if isinstance(found, Labels) and tuple(found.data.shape) == tuple(shape):
             if isinstance(found.data, np.ndarray):
                 return found

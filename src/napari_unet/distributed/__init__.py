@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,20 +99,6 @@ __all__ = [
     "segment_volume",
     "tile_for_chunk",
 ]
-
-# ------------------------------------------------------------------------------------ geometry
-
-
-# --------------------------------------------------------------------------------- the model
-
-
-# --------------------------------------------------------------------------------- one block
-
-
-# -------------------------------------------------------------------------------- schedulers
-
-
-# ---------------------------------------------------------------------------- output stores
 
 
 # -------------------------------------------------------------------------------- the runner
@@ -266,6 +252,60 @@ def _segment_blocks(
     t0 = time.perf_counter()
     out = Path(output).absolute()
     prob_out = Path(probabilities).absolute() if probabilities is not None else None
+    _check_outputs(out, prob_out, overwrite)
+    image = _as_image(image)
+    shape = tuple(int(s) for s in image.shape)
+    if chunks is None:
+        chunks = default_chunks(model, image)
+    plan = plan_blocks(model, shape, chunks, tile_shape)
+    _check_options(batch_size, tta, scheduler, workers, torch_threads)
+    with dask_client(scheduler, workers=workers, timeout=connect_timeout) as client:
+        if normalizer is None:
+            normalizer = _whole_volume_normalizer(model, image)
+        payload = ModelPayload.from_model(model)
+        fingerprint = _fingerprint(
+            payload, image, plan, normalizer, device, precision, tta, prob_out is not None
+        )
+        stores = _prepare_stores(model, image, plan, out, prob_out, fingerprint)
+        done, changed = _blocks_done(image, plan, stores, workers)
+        resumed = sum(1 for b in plan.blocks() if b.key in done) if done else 0
+        yield BlockEvent(None, resumed, plan.n_blocks, 0.0)
+        job, run_mode = _job(
+            client,
+            scheduler,
+            plan,
+            stores,
+            normalizer,
+            model.n_classes,
+            workers,
+            torch_threads,
+            device=str(device),
+            precision=str(precision),
+            batch_size=batch_size,
+            tta=tta,
+        )
+        todo = (b for b in plan.blocks() if b.key not in done)
+        devices = yield from _run(client, run_mode, todo, payload, image, job, resumed, stores)
+    _finish(plan, stores, out, prob_out, overwrite)
+    return SegmentResult(
+        labels=out,
+        probabilities=prob_out,
+        shape=shape,
+        chunks=plan.output_chunks,
+        tile_shape=plan.tiles.tile_shape,
+        blocks=plan.n_blocks,
+        skipped=resumed,
+        changed=changed,
+        devices=tuple(sorted(devices)),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _check_outputs(out: Path, prob_out: Path | None, overwrite: bool) -> None:
+    """Refuse outputs that exist (without ``overwrite``), are not ours, or are the same path."""
     for target, what in ((out, "output"), (prob_out, "probabilities output")):
         if target is not None and target.exists() and not overwrite:
             raise UserInputError(f"{what} {target} exists; pass --overwrite to replace it")
@@ -275,11 +315,12 @@ def _segment_blocks(
             check_replaceable(target, what)
     if prob_out is not None and prob_out == out:
         raise UserInputError("labels and probabilities need two different output paths")
-    image = _as_image(image)
-    shape = tuple(int(s) for s in image.shape)
-    if chunks is None:
-        chunks = default_chunks(model, image)
-    plan = plan_blocks(model, shape, chunks, tile_shape)
+
+
+def _check_options(
+    batch_size: int | None, tta: str, scheduler: Any, workers: int | None, torch_threads: int | None
+) -> None:
+    """Refuse bad run options before any scheduler is reached or store created."""
     if batch_size is not None and batch_size < 1:
         raise UserInputError(f"batch size must be >= 1, got {batch_size}")
     check_tta(tta)
@@ -291,169 +332,235 @@ def _segment_blocks(
     if torch_threads is not None and torch_threads < 1:
         raise UserInputError(f"torch threads must be >= 1, got {torch_threads}")
 
-    with dask_client(scheduler, workers=workers, timeout=connect_timeout) as client:
-        if normalizer is None:
-            import dask
 
-            with dask.config.set(scheduler="threads"):
-                normalizer = compute_normalizer(image, model.metadata.get("normalization"))
-        payload = ModelPayload.from_model(model)
-        k = model.n_classes
-        fingerprint = hashlib.sha256(
-            json.dumps(
-                {
-                    "model": payload.digest,
-                    "image": _image_identity(image),
-                    "shape": shape,
-                    "dtype": str(np.dtype(image.dtype)),
-                    "chunks": plan.chunks,
-                    "tile": plan.tiles.tile_shape,
-                    "normalizer": [normalizer.low, normalizer.high],
-                    "device": str(device),
-                    "precision": str(precision),
-                    "tta": tta,
-                    "probabilities": prob_out is not None,
-                },
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()[:32]
-        tmp = partial_path(out)
-        tmp_p = partial_path(prob_out) if prob_out is not None else None
-        markers = tmp / MARKER_DIR
-        info = {
-            "fingerprint": fingerprint,
-            "complete": False,
-            "tile_shape": list(plan.tiles.tile_shape),
-            "chunks": list(plan.chunks),
-            "n_classes": k,
-            "class_names": [str(c) for c in (model.metadata.get("classes") or [])],
-        }
-        old = _store_attrs(tmp) if tmp.exists() else None
-        old_p = _store_attrs(tmp_p) if tmp_p is not None and tmp_p.exists() else None
-        resumable = (
-            old is not None
-            and old.get("fingerprint") == fingerprint
-            and markers.is_dir()
-            and (tmp_p is None or (old_p is not None and old_p.get("fingerprint") == fingerprint))
-        )
-        if not resumable:
-            for p in (tmp, tmp_p):
-                if p is not None and (p.exists() or p.is_symlink()):
-                    _remove(p)
-            try:
-                _create_store(tmp, shape, plan.output_chunks, np.uint8, {**info, "kind": "labels"})
-                if tmp_p is not None:
-                    _create_store(
-                        tmp_p,
-                        (k, *shape),
-                        (k, *plan.output_chunks),
-                        np.float32,
-                        {**info, "kind": "probabilities"},
-                    )
-                markers.mkdir()
-            except OSError as exc:
-                raise UserInputError(
-                    f"cannot create {tmp} ({exc.strerror or exc}); check the folder and free space"
-                ) from None
-        total = plan.n_blocks
-        done = {p.name for p in markers.iterdir()} if resumable else set()
-        recorded = len(done)
-        if done:  # resume only what is the same: blocks whose input changed are computed again
-            done = _verify_done(image, plan, markers, done, int(workers or min(4, _cores())))
-        changed = recorded - len(done)
-        todo = (b for b in plan.blocks() if b.key not in done)
-        completed = sum(1 for b in plan.blocks() if b.key in done) if done else 0
-        resumed = completed
-        devices: set[str] = set()
-        yield BlockEvent(None, completed, total, 0.0)
+def _whole_volume_normalizer(model: UNet, image: Any) -> Normalizer:
+    """The model's intensity mapping, computed once on a sample of the whole volume."""
+    import dask
 
-        host_threads: dict[str, int] | None = None
-        in_process = client is None and not (
-            isinstance(scheduler, str) and scheduler.lower() == "sync"
-        )
-        n_threads = int(workers or min(4, _cores()))
-        if torch_threads is None and client is not None:
-            host_threads = {}
-            for addr, nt in client.nthreads().items():
-                host_threads[_host(addr)] = host_threads.get(_host(addr), 0) + int(nt)
-        elif torch_threads is None and in_process:
-            torch_threads = max(1, _cores() // n_threads)
-        job = _Job(
-            plan=plan,
-            normalizer=normalizer,
-            n_classes=k,
-            device=str(device),
-            precision=str(precision),
-            batch_size=batch_size,
-            tta=tta,
-            labels=str(tmp),
-            probabilities=None if tmp_p is None else str(tmp_p),
-            markers=str(markers),
-            torch_threads=torch_threads,
-            host_threads=host_threads,
-        )
-        shipped = _Shipped(image)
-        main_threads = torch.get_num_threads()
-        if client is not None:
-            finished = _run_client(client, todo, payload, shipped, job)
-        else:
+    with dask.config.set(scheduler="threads"):
+        return compute_normalizer(image, model.metadata.get("normalization"))
 
-            def fn(block: Block) -> _Done:
-                return _run_block(block, payload, shipped, job)
 
-            if in_process:
-                finished = _run_threads(fn, todo, n_threads)
-            else:
-                finished = _run_inline(fn, todo)
-        try:
-            for res in finished:
-                completed += 1
-                devices.add(res.device)
-                yield BlockEvent(
-                    plan.block(res.index).region, completed, total, res.seconds, res.device
-                )
-        except OSError as exc:
-            raise UserInputError(
-                f"cannot write {tmp} ({exc.strerror or exc}); finished blocks are kept there: free "
-                "disk space and run again to resume"
-            ) from None
-        finally:
-            finished.close()
-            if client is None:
-                _forget_model(payload.digest)
-                torch.set_num_threads(main_threads)  # tasks changed the process-wide default
+def _fingerprint(
+    payload: ModelPayload,
+    image: Any,
+    plan: BlockPlan,
+    normalizer: Normalizer,
+    device: str,
+    precision: str,
+    tta: str,
+    with_probabilities: bool,
+) -> str:
+    """What a run computes, hashed: a partial store is resumed only by a run with the same one."""
+    settings = {
+        "model": payload.digest,
+        "image": _image_identity(image),
+        "shape": tuple(int(s) for s in image.shape),
+        "dtype": str(np.dtype(image.dtype)),
+        "chunks": plan.chunks,
+        "tile": plan.tiles.tile_shape,
+        "normalizer": [normalizer.low, normalizer.high],
+        "device": str(device),
+        "precision": str(precision),
+        "tta": tta,
+        "probabilities": with_probabilities,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
 
-    marked = {p.name for p in markers.iterdir()}
+
+# ------------------------------------------------------------------- partial stores, resume
+
+
+@dataclass(frozen=True)
+class _Stores:
+    """The hidden partial stores of a run and the folder of its blocks' completion markers."""
+
+    labels: Path
+    probabilities: Path | None
+    markers: Path
+    #: the stores are an earlier run's with the same fingerprint, kept with their markers
+    resumed: bool
+
+
+def _prepare_stores(
+    model: UNet, image: Any, plan: BlockPlan, out: Path, prob_out: Path | None, fingerprint: str
+) -> _Stores:
+    """Reuse the partial stores of an earlier run with the same fingerprint, else create them."""
+    tmp = partial_path(out)
+    tmp_p = partial_path(prob_out) if prob_out is not None else None
+    markers = tmp / MARKER_DIR
+    old = _store_attrs(tmp) if tmp.exists() else None
+    old_p = _store_attrs(tmp_p) if tmp_p is not None and tmp_p.exists() else None
+    resumable = (
+        old is not None
+        and old.get("fingerprint") == fingerprint
+        and markers.is_dir()
+        and (tmp_p is None or (old_p is not None and old_p.get("fingerprint") == fingerprint))
+    )
+    stores = _Stores(tmp, tmp_p, markers, resumable)
+    if not resumable:
+        _create_stores(model, image, plan, stores, fingerprint)
+    return stores
+
+
+def _create_stores(model: UNet, image: Any, plan: BlockPlan, stores: _Stores, fingerprint: str) -> None:
+    """Fresh, empty partial stores (removing any earlier ones) and an empty marker folder."""
+    k = model.n_classes
+    shape = tuple(int(s) for s in image.shape)
+    info = {
+        "fingerprint": fingerprint,
+        "complete": False,
+        "tile_shape": list(plan.tiles.tile_shape),
+        "chunks": list(plan.chunks),
+        "n_classes": k,
+        "class_names": [str(c) for c in (model.metadata.get("classes") or [])],
+    }
+    for p in (stores.labels, stores.probabilities):
+        if p is not None and (p.exists() or p.is_symlink()):
+            _remove(p)
+    try:
+        _create_store(stores.labels, shape, plan.output_chunks, np.uint8, {**info, "kind": "labels"})
+        if stores.probabilities is not None:
+            _create_store(
+                stores.probabilities,
+                (k, *shape),
+                (k, *plan.output_chunks),
+                np.float32,
+                {**info, "kind": "probabilities"},
+            )
+        stores.markers.mkdir()
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot create {stores.labels} ({exc.strerror or exc}); check the folder and free space"
+        ) from None
+
+
+def _blocks_done(image: Any, plan: BlockPlan, stores: _Stores, workers: int | None) -> tuple[set[str], int]:
+    """Keys of the blocks an earlier run finished on the same input, and how many changed since.
+
+    Only blocks whose input is unchanged are resumed; the others are computed again.
+    """
+    if not stores.resumed:
+        return set(), 0
+    recorded = {p.name for p in stores.markers.iterdir()}
+    if not recorded:
+        return set(), 0
+    done = _verify_done(image, plan, stores.markers, recorded, int(workers or min(4, _cores())))
+    return done, len(recorded) - len(done)
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def _job(
+    client: Any,
+    scheduler: Any,
+    plan: BlockPlan,
+    stores: _Stores,
+    normalizer: Normalizer,
+    n_classes: int,
+    workers: int | None,
+    torch_threads: int | None,
+    **settings: Any,
+) -> tuple[_Job, tuple[str, int]]:
+    """A block's settings, and how blocks run: ("client" | "threads" | "inline", threads).
+
+    CPU threads per block default to a host's cores shared among the blocks running on it.
+    """
+    host_threads: dict[str, int] | None = None
+    in_process = client is None and not (isinstance(scheduler, str) and scheduler.lower() == "sync")
+    n_threads = int(workers or min(4, _cores()))
+    if torch_threads is None and client is not None:
+        host_threads = {}
+        for addr, nt in client.nthreads().items():
+            host_threads[_host(addr)] = host_threads.get(_host(addr), 0) + int(nt)
+    elif torch_threads is None and in_process:
+        torch_threads = max(1, _cores() // n_threads)
+    job = _Job(
+        plan=plan,
+        normalizer=normalizer,
+        n_classes=n_classes,
+        labels=str(stores.labels),
+        probabilities=None if stores.probabilities is None else str(stores.probabilities),
+        markers=str(stores.markers),
+        torch_threads=torch_threads,
+        host_threads=host_threads,
+        **settings,
+    )
+    mode = "client" if client is not None else ("threads" if in_process else "inline")
+    return job, (mode, n_threads)
+
+
+def _run(
+    client: Any,
+    run_mode: tuple[str, int],
+    todo: Iterator[Block],
+    payload: ModelPayload,
+    image: Any,
+    job: _Job,
+    completed: int,
+    stores: _Stores,
+) -> Generator[BlockEvent, None, set[str]]:
+    """Run the blocks still to do, yielding one event per finished block; returns the devices used.
+
+    Closing early stops submitting blocks; the model copy and torch's thread count of this process
+    are restored whatever happens.
+    """
+    mode, n_threads = run_mode
+    shipped = _Shipped(image)
+    main_threads = torch.get_num_threads()
+    if mode == "client":
+        finished = _run_client(client, todo, payload, shipped, job)
+    else:
+
+        def fn(block: Block) -> _Done:
+            return _run_block(block, payload, shipped, job)
+
+        finished = _run_threads(fn, todo, n_threads) if mode == "threads" else _run_inline(fn, todo)
+    devices: set[str] = set()
+    total = job.plan.n_blocks
+    try:
+        for res in finished:
+            completed += 1
+            devices.add(res.device)
+            yield BlockEvent(job.plan.block(res.index).region, completed, total, res.seconds, res.device)
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot write {stores.labels} ({exc.strerror or exc}); finished blocks are kept there: "
+            "free disk space and run again to resume"
+        ) from None
+    finally:
+        finished.close()
+        if client is None:
+            _forget_model(payload.digest)
+            torch.set_num_threads(main_threads)  # tasks changed the process-wide default
+    return devices
+
+
+# -------------------------------------------------------------------------------- finishing
+
+
+def _finish(plan: BlockPlan, stores: _Stores, out: Path, prob_out: Path | None, overwrite: bool) -> None:
+    """Mark the partial stores complete and move them onto the outputs."""
+    marked = {p.name for p in stores.markers.iterdir()}
     missing = [b.key for b in plan.blocks() if b.key not in marked]
     if missing:  # pragma: no cover - every block reported success
         raise RuntimeError(f"blocks {missing[:5]} finished without a completion marker")
     import zarr
 
-    for p in (tmp, tmp_p):
+    for p in (stores.labels, stores.probabilities):
         if p is not None:
             arr = zarr.open_array(str(p), mode="r+")
             arr.attrs[ATTRS_KEY] = {**arr.attrs[ATTRS_KEY], "complete": True}
-    shutil.rmtree(markers)
+    shutil.rmtree(stores.markers)
     if not overwrite and (out.exists() or (prob_out is not None and prob_out.exists())):
         raise UserInputError(
-            f"output {out} appeared while segmenting; the result stays in {tmp}. "
+            f"output {out} appeared while segmenting; the result stays in {stores.labels}. "
             "Remove or rename the new output and rerun to finish"
         )
-    _swap_into_place(tmp, out)
-    if tmp_p is not None and prob_out is not None:
-        _swap_into_place(tmp_p, prob_out)
-    return SegmentResult(
-        labels=out,
-        probabilities=prob_out,
-        shape=shape,
-        chunks=plan.output_chunks,
-        tile_shape=plan.tiles.tile_shape,
-        blocks=total,
-        skipped=resumed,
-        changed=changed,
-        devices=tuple(sorted(devices)),
-        seconds=time.perf_counter() - t0,
-    )
+    _swap_into_place(stores.labels, out)
+    if stores.probabilities is not None and prob_out is not None:
+        _swap_into_place(stores.probabilities, prob_out)
 
 
 def segment_volume(

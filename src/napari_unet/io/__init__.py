@@ -10,10 +10,10 @@ Supported inputs: TIFF (.tif/.tiff), PNG, a folder of PNG/TIFF slices, zarr (.za
 (.h5/.hdf5/.hdf) and MRC (.mrc/.mrcs/.rec/.map). Outputs: TIFF, zarr, and (labels only) a folder of
 PNG slices. Physical sizes are reported in nanometres whenever the unit is known.
 
-Which formats exist, and their suffixes, is declared once in :mod:`napari_unet.formats`. This
-module dispatches on a format's name; each format's probing, opening and writing is in its own
-module here: :mod:`.tiff`, :mod:`.png` (PNG and slice folders), :mod:`.zarr_store`, :mod:`.hdf5`
-and :mod:`.mrc`, with what they share in :mod:`._common`.
+Each format is declared once, as the ``FORMAT`` entry of its module here (:mod:`.tiff`,
+:mod:`.png`, :mod:`.zarr_store`, :mod:`.hdf5`, :mod:`.mrc`, :mod:`.slices`; what they share is in
+:mod:`._common`), and registered in :mod:`napari_unet.formats` below. This module holds no list of
+formats: it finds a path's format, its probe, opener, reader and writers through the registry.
 """
 
 from __future__ import annotations
@@ -28,32 +28,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
-from dask.base import tokenize
 
 from napari_unet import formats
 from napari_unet.atomic import atomic_write
 from napari_unet.errors import UserInputError
 
+from . import hdf5, mrc, png, slices, tiff, zarr_store
 from ._common import (
     _as_array,
     _disk_size,
     _exists,
+    _file_token,
     _fit_voxel,
-    _has_zarr_metadata,
     _is_rgb_shape,
-    _is_zarr_group,
     _one_line,
     _Probe,
     _stem,
 )
-from .hdf5 import _h5_datasets, _h5_open, _open_hdf5, _probe_hdf5
-from .mrc import _open_mrc, _probe_mrc
-from .png import _png_header, _probe_slices, _read_png, _read_slice, _write_png_slices
-from .tiff import _open_tiff, _probe_tiff, _write_tiff
-from .zarr_store import _open_zarr, _probe_zarr, _write_zarr, _zarr_arrays, _zarr_open
+
+# The built-in formats, in the order messages, dialogs and napari.yaml list them. A new format is
+# a module here that declares its ``FORMAT``, added to this line.
+for _module in (tiff, png, zarr_store, hdf5, mrc, slices):
+    formats.register(_module.FORMAT)
 
 __all__ = [
     "HDF5_SUFFIXES",
@@ -73,25 +71,14 @@ __all__ = [
     "write_probabilities",
 ]
 
-# Suffixes come from the format registry (:mod:`napari_unet.formats`); these names stay for callers.
-TIFF_SUFFIXES = formats.TIFF.suffixes
-PNG_SUFFIXES = formats.PNG.suffixes
-ZARR_SUFFIXES = formats.ZARR.suffixes
-HDF5_SUFFIXES = formats.HDF5.suffixes
-MRC_SUFFIXES = formats.MRC.suffixes
-SLICE_SUFFIXES = formats.SLICE_SUFFIXES
+# Suffixes of the built-in formats, from their registry entries; these names stay for callers.
+TIFF_SUFFIXES = tiff.FORMAT.suffixes
+PNG_SUFFIXES = png.FORMAT.suffixes
+ZARR_SUFFIXES = zarr_store.FORMAT.suffixes
+HDF5_SUFFIXES = hdf5.FORMAT.suffixes
+MRC_SUFFIXES = mrc.FORMAT.suffixes
+SLICE_SUFFIXES = slices.SLICE_SUFFIXES
 READ_SUFFIXES = formats.read_suffixes()
-
-_READ_FORMATS = formats.readable_text()
-_LABEL_TARGETS = (
-    ".tif/.tiff (one TIFF), .zarr (chunked), .ome.zarr (OME-Zarr labels), or a name without suffix "
-    "(PNG slices)"
-)
-_PROB_TARGETS = ".tif/.tiff (one float32 TIFF) or .zarr (chunked)"
-
-# Length units -> nanometres. ImageJ writes "micron" or an escaped micro sign; OME uses full names.
-
-# Bytes per chunk above which a writer re-chunks a dask array instead of copying its chunking.
 
 
 @dataclass
@@ -130,45 +117,46 @@ def _split_container_path(path: str | os.PathLike, dataset: str | None) -> tuple
     """Accept "file.h5:/inner/path" (and "x.zarr:inner") when no explicit dataset is given."""
     text = os.fspath(path)
     if dataset is None and not os.path.exists(text):
-        m = re.match(r"^(.*\.(?:h5|hdf5|hdf|zarr)):(.+)$", text, flags=re.IGNORECASE)
+        suffixes = [s.lstrip(".") for f in formats.all_formats() if f.datasets for s in f.suffixes]
+        pattern = r"^(.*\.(?:" + "|".join(map(re.escape, suffixes)) + r")):(.+)$"
+        m = re.match(pattern, text, flags=re.IGNORECASE) if suffixes else None
         if m and os.path.exists(m.group(1)):
             return Path(m.group(1)), m.group(2)
     return Path(text), dataset
 
 
-def _detect(path: Path) -> str:
+def _format_of(path: Path) -> formats.Format:
+    """The registered format of an existing path: by suffix for a file, by asking for a folder."""
     if not path.exists():
         raise UserInputError(f"{path} does not exist; check the path")
-    suffix = path.suffix.lower()
-    found = formats.format_of_suffix(path)
     if path.is_dir():
-        if found is formats.ZARR or _has_zarr_metadata(path):
-            return "zarr"
-        return "slices"
-    if found is not None and not found.folder:
-        return found.name
+        by_suffix = formats.format_of_suffix(path)
+        if by_suffix is not None and by_suffix.folder:
+            return by_suffix
+        for f in formats.all_formats():
+            if f.folder and f.claims is not None and f.claims(path):
+                return f
+    else:
+        found = formats.format_of_suffix(path)
+        if found is not None and not found.folder:
+            return found
+    suffix = path.suffix.lower()
     raise UserInputError(
-        f"{path}: unsupported image format '{suffix or path.name}'; use one of {_READ_FORMATS}"
+        f"{path}: unsupported image format '{suffix or path.name}'; use one of {formats.readable_text()}"
     )
+
+
+def _detect(path: Path) -> str:
+    """The name of the format of an existing path (UserInputError for an unknown one)."""
+    return _format_of(path).name
 
 
 def _probe(path: str | os.PathLike, dataset: str | None, *, check_slices: bool) -> _Probe:
     p, key = _split_container_path(path, dataset)
-    fmt = _detect(p)
-    if key is not None and fmt not in formats.with_datasets():
-        raise UserInputError(f"{p} is a {fmt} image and holds no datasets; drop the dataset name")
-    if fmt == "tiff":
-        return _probe_tiff(p)
-    if fmt == "png":
-        shape, dtype = _png_header(p)
-        return _Probe("png", p, None, shape, dtype, files=[p])
-    if fmt == "slices":
-        return _probe_slices(p, check_all=check_slices)
-    if fmt == "zarr":
-        return _probe_zarr(p, key)
-    if fmt == "hdf5":
-        return _probe_hdf5(p, key)
-    return _probe_mrc(p)
+    fmt = _format_of(p)
+    if key is not None and not fmt.datasets:
+        raise UserInputError(f"{p} is a {fmt.name} image and holds no datasets; drop the dataset name")
+    return fmt.probe(p, key, check_slices)
 
 
 def split_dataset(path: str | os.PathLike) -> tuple[Path, str | None]:
@@ -181,9 +169,6 @@ def split_dataset(path: str | os.PathLike) -> tuple[Path, str | None]:
 
 # --------------------------------------------------------------------------------------------
 # lazy sources
-
-
-_OPENERS = {"tiff": _open_tiff, "zarr": _open_zarr, "hdf5": _open_hdf5, "mrc": _open_mrc}
 
 
 class _Source:
@@ -203,7 +188,9 @@ class _Source:
     def _open(self) -> Any:
         with self._lock:
             if self._arr is None:
-                self._arr, self._handle = _OPENERS[self.fmt](self.path, self.key)
+                opener = formats.by_name(self.fmt).open
+                assert opener is not None, f"format {self.fmt!r} has no opener"
+                self._arr, self._handle = opener(self.path, self.key)
             return self._arr
 
     def __getitem__(self, index: Any) -> np.ndarray:
@@ -230,41 +217,20 @@ class _Source:
         self._lock = threading.Lock()
 
 
-def _file_token(probe: _Probe) -> str:
-    stats = []
-    for f in probe.files[:1] + probe.files[-1:]:
-        with contextlib.suppress(OSError):
-            st = f.stat()
-            stats.append((str(f), st.st_mtime_ns, st.st_size))
-    return tokenize(probe.fmt, str(probe.path), probe.key, stats, len(probe.files))
-
-
 def _load(probe: _Probe, lazy: bool) -> Any:
-    """Pixels for a probe: numpy (``lazy=False`` or a single PNG) or a dask array."""
-    if probe.fmt == "png":
-        return _read_png(probe.path)
-    if probe.fmt == "slices":
-        files = probe.files
-        slice_shape = probe.shape if len(files) == 1 else probe.shape[1:]
-        dtype = probe.dtype.str
-        if not lazy:
-            stack = [_read_slice(str(f), slice_shape, dtype) for f in files]
-            return stack[0] if len(stack) == 1 else np.stack(stack)
-        token = _file_token(probe)
-        read = dask.delayed(_read_slice, pure=True)
-        parts = [
-            da.from_delayed(
-                read(str(f), slice_shape, dtype, dask_key_name=f"read-slice-{token}-{i}"),
-                shape=slice_shape, dtype=probe.dtype,
-            )
-            for i, f in enumerate(files)
-        ]
-        return parts[0] if len(parts) == 1 else da.stack(parts)
+    """Pixels for a probe: numpy (``lazy=False`` or a single PNG) or a dask array.
+
+    A format with its own ``read`` reads itself; the others are opened through a :class:`_Source`
+    whose dask chunks follow the file's storage.
+    """
+    fmt = formats.by_name(probe.fmt)
+    if fmt.read is not None:
+        return fmt.read(probe, lazy)
     source = _Source(probe.fmt, probe.path, probe.key, probe.shape, probe.dtype)
     if not lazy:
         return source[tuple(slice(None) for _ in probe.shape)]
     chunks: Any = probe.chunks
-    if probe.fmt == "tiff":
+    if fmt.chunks_on_open:
         chunks = tuple(int(c) for c in source._open().chunks)
     if chunks is None:  # unchunked storage: one chunk per 2-D plane
         chunks = (1,) * max(0, len(probe.shape) - 2) + probe.shape[-2:]
@@ -302,24 +268,8 @@ def list_datasets(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], s
 
     Single-image formats (TIFF, PNG, MRC, slice folders) return an empty list.
     """
-    p = Path(os.fspath(path))
-    fmt = _detect(p)
-    if fmt == "hdf5":
-        with _h5_open(p) as f:
-            try:
-                return [(n, tuple(int(s) for s in d.shape), str(d.dtype)) for n, d in
-                        _h5_datasets(f)]
-            except Exception as exc:
-                raise UserInputError(
-                    f"{p} is not a readable HDF5 file ({_one_line(exc)}); check that it is "
-                    "complete"
-                ) from exc
-    if fmt == "zarr":
-        node = _zarr_open(p)
-        if not _is_zarr_group(node):
-            return [("", tuple(int(s) for s in node.shape), str(node.dtype))]
-        return [(n, tuple(int(s) for s in a.shape), str(a.dtype)) for n, a in _zarr_arrays(node)]
-    return []
+    fmt = _format_of(Path(os.fspath(path)))
+    return fmt.list_datasets(Path(os.fspath(path))) if fmt.list_datasets is not None else []
 
 
 def image_info(path: str | os.PathLike, dataset: str | None = None) -> dict:
@@ -411,20 +361,21 @@ def _luminance(data: Any) -> Any:
 # writers
 
 
-def _target_kind(p: Path, *, what: str, allow_png: bool) -> str:
+def _target_format(p: Path, *, what: str) -> formats.Format:
+    """The registered format that writes ``what`` ("labels" or "probabilities") to ``p``."""
+    found = formats.target_format(p, what)
+    if found is not None:
+        return found
     suffix = p.suffix.lower()
-    if suffix in TIFF_SUFFIXES:
-        return "tiff"
-    if suffix in ZARR_SUFFIXES:
-        return "zarr"
+    targets = formats.targets_text(what)
     if suffix == "":
-        if allow_png:
-            return "png"
-        raise UserInputError(
-            f"{p}: {what} are floating point and cannot be PNG slices; use {_PROB_TARGETS}"
-        )
-    targets = _LABEL_TARGETS if allow_png else _PROB_TARGETS
+        raise UserInputError(f"{p}: {what} are floating point and cannot be PNG slices; use {targets}")
     raise UserInputError(f"{p}: cannot write {what} as '{suffix}'; use {targets}")
+
+
+def _target_kind(p: Path, *, what: str, allow_png: bool) -> str:
+    """The name of the format that writes labels (``allow_png``) or probabilities to ``p``."""
+    return _target_format(p, what="labels" if allow_png else "probabilities").name
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
@@ -485,10 +436,8 @@ def write_labels(
     ``voxel_size``, ``unit`` and ``class_names`` go into OME-Zarr label metadata (other formats
     ignore them).
     """
-    from napari_unet import omezarr
-
     target = Path(os.fspath(path))
-    kind = _target_kind(target, what="labels", allow_png=True)
+    fmt = _target_format(target, what="labels")
     arr = _as_array(labels)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -498,18 +447,9 @@ def write_labels(
         )
     if arr.ndim < 2 or any(int(s) == 0 for s in arr.shape):
         raise UserInputError(f"{target}: labels of shape {tuple(arr.shape)} are not an image")
+    assert fmt.write_labels is not None
     with _atomic_output(target, overwrite) as tmp:
-        if kind == "tiff":
-            _write_tiff(tmp, arr, compress=True)
-        elif omezarr.is_ome_zarr(target):  # NGFF label image with scale, pyramid and class names
-            omezarr.write_label_group(
-                tmp, arr, voxel_size=voxel_size, unit=unit, class_names=class_names,
-                name=_stem(target),
-            )  # fmt: skip
-        elif kind == "zarr":
-            _write_zarr(tmp, arr)
-        else:
-            _write_png_slices(tmp, arr, target)
+        fmt.write_labels(tmp, arr, target, voxel_size=voxel_size, unit=unit, class_names=class_names)
     return target
 
 
@@ -519,7 +459,7 @@ def write_probabilities(path: str | os.PathLike, probs: Any, *, overwrite: bool 
     Same atomic and overwrite rules as :func:`write_labels`. Returns the final path.
     """
     target = Path(os.fspath(path))
-    kind = _target_kind(target, what="probabilities", allow_png=False)
+    fmt = _target_format(target, what="probabilities")
     arr = _as_array(probs)
     if np.dtype(arr.dtype).kind not in "biuf":
         raise UserInputError(f"{target}: probabilities have dtype {arr.dtype}; expected numbers")
@@ -528,9 +468,7 @@ def write_probabilities(path: str | os.PathLike, probs: Any, *, overwrite: bool 
             f"{target}: probabilities of shape {tuple(arr.shape)} are not an image"
         )
     arr = arr.astype(np.float32)
+    assert fmt.write_probabilities is not None
     with _atomic_output(target, overwrite) as tmp:
-        if kind == "tiff":
-            _write_tiff(tmp, arr, compress=False)
-        else:
-            _write_zarr(tmp, arr)
+        fmt.write_probabilities(tmp, arr)
     return target

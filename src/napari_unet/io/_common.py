@@ -14,6 +14,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
 from napari_unet import formats
 from napari_unet.errors import UserInputError
@@ -53,7 +54,7 @@ def _stem(path: Path) -> str:
     for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
         if lower.endswith(suffix):
             return name[: -len(suffix)]
-    if path.is_dir() and path.suffix.lower() not in formats.ZARR.suffixes:
+    if path.is_dir() and path.suffix.lower() not in formats.by_name("zarr").suffixes:
         return name
     return path.stem
 
@@ -150,7 +151,7 @@ def _has_zarr_metadata(path: Path) -> bool:
 class _Probe:
     """What a reader learns from metadata alone: format, geometry, calibration, files."""
 
-    fmt: str  # "tiff" | "png" | "slices" | "zarr" | "hdf5" | "mrc"
+    fmt: str  # the name of its entry in napari_unet.formats
     path: Path
     key: str | None
     shape: tuple[int, ...]
@@ -221,3 +222,13 @@ def _pages(arr: Any) -> Iterator[np.ndarray]:
     else:
         for i in range(arr.shape[0]):
             yield from _pages(arr[i])
+
+
+def _file_token(probe: _Probe) -> str:
+    """A dask name for a probe's pixels that changes when its first or last file changes."""
+    stats = []
+    for f in probe.files[:1] + probe.files[-1:]:
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            stats.append((str(f), st.st_mtime_ns, st.st_size))
+    return tokenize(probe.fmt, str(probe.path), probe.key, stats, len(probe.files))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.errors import UserInputError
+from napari_unet.formats import Format
 
 from ._common import _calibration, _image_like, _one_line, _Probe, _several_arrays, _spatial_ndim
 
@@ -95,3 +96,23 @@ def _open_hdf5(path: str, key: str | None) -> tuple[Any, Any]:
 
     f = h5py.File(path, "r")
     return f[key], f
+
+
+def _list_hdf5(p: Path) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of every dataset in an HDF5 file."""
+    with _h5_open(p) as f:
+        try:
+            return [(n, tuple(int(s) for s in d.shape), str(d.dtype)) for n, d in _h5_datasets(f)]
+        except Exception as exc:
+            raise UserInputError(
+                f"{p} is not a readable HDF5 file ({_one_line(exc)}); check that it is complete"
+            ) from exc
+
+
+FORMAT = Format(
+    "hdf5",
+    (".h5", ".hdf5", ".hdf"),
+    probe=lambda p, key, check_all: _probe_hdf5(p, key),
+    open=_open_hdf5,
+    list_datasets=_list_hdf5,
+)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.errors import UserInputError
+from napari_unet.formats import Format
 
 from ._common import _calibration, _one_line, _Probe, _spatial_ndim
 
@@ -39,3 +40,11 @@ def _open_mrc(path: str, key: str | None) -> tuple[Any, Any]:
         warnings.simplefilter("ignore", RuntimeWarning)
         mrc = mrcfile.mmap(path, mode="r")
     return mrc.data, mrc
+
+
+FORMAT = Format(
+    "mrc",
+    (".mrc", ".mrcs", ".rec", ".map"),
+    probe=lambda p, key, check_all: _probe_mrc(p),
+    open=_open_mrc,
+)

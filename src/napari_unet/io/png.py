@@ -1,4 +1,4 @@
-"""PNG images and folders of PNG/TIFF slices: headers, reading one slice, writing labels as PNG slices."""
+"""PNG images: header, reading, and labels written as a folder of PNG slices."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet import formats
 from napari_unet.errors import UserInputError
+from napari_unet.formats import Format
 
-from ._common import _axis0_blocks, _fit_voxel, _natural_key, _one_line, _Probe
-from .tiff import _probe_tiff
+from ._common import _axis0_blocks, _one_line, _Probe
 
 # PIL mode -> (extra trailing axes, dtype, mode to convert to before np.asarray or None)
 _PIL_MODES: dict[str, tuple[tuple[int, ...], str, str | None]] = {
@@ -65,76 +64,6 @@ def _read_png(p: Path) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
-def _slice_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
-    if p.suffix.lower() in formats.PNG.suffixes:
-        return _png_header(p)
-    probe = _probe_tiff(p)
-    return probe.shape, probe.dtype
-
-
-def _read_slice(p: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """Read one slice of a slice folder; raises UserInputError when it is unreadable or off-shape."""
-    path = Path(p)
-    if path.suffix.lower() in formats.PNG.suffixes:
-        arr = _read_png(path)
-    else:
-        import tifffile
-
-        try:
-            arr = tifffile.imread(path, series=0, level=0)
-        except Exception as exc:
-            raise UserInputError(
-                f"{path} is not a readable TIFF ({_one_line(exc)}); check that it is complete"
-            ) from exc
-    if tuple(arr.shape) != tuple(shape):
-        raise UserInputError(
-            f"{path} has shape {tuple(arr.shape)} but the first slice has {tuple(shape)}; "
-            "all slices in a folder must have the same size"
-        )
-    return arr.astype(dtype, copy=False)
-
-
-def _probe_slices(p: Path, *, check_all: bool) -> _Probe:
-    try:
-        files = sorted(
-            (
-                f
-                for f in p.iterdir()
-                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in formats.SLICE_SUFFIXES
-            ),
-            key=lambda f: _natural_key(f.name),
-        )
-    except OSError as exc:
-        raise UserInputError(f"{p} cannot be listed ({_one_line(exc)}); check permissions") from exc
-    if not files:
-        raise UserInputError(
-            f"{p} holds no .png or .tif slices; point at an image file or a folder of slices"
-        )
-    shape, dtype = _slice_header(files[0])
-    if len(shape) != 2 and not (len(shape) == 3 and shape[-1] in (3, 4)):
-        raise UserInputError(f"{files[0]} has shape {shape}; a slice folder holds one 2-D image per file")
-    if check_all:
-        for f in files[1:]:
-            s, d = _slice_header(f)
-            if s != shape:
-                raise UserInputError(
-                    f"{f} has shape {s} but {files[0].name} has {shape}; "
-                    "all slices in a folder must have the same size"
-                )
-            if d != dtype:
-                raise UserInputError(
-                    f"{f} has dtype {d} but {files[0].name} has {dtype}; "
-                    "all slices in a folder must have the same bit depth"
-                )
-    voxel, unit = None, None
-    if files[0].suffix.lower() in formats.TIFF.suffixes:
-        first = _probe_tiff(files[0])
-        voxel = _fit_voxel(first.voxel_size, 3 if len(files) > 1 else 2)
-        unit = first.unit if voxel is not None else None
-    full = shape if len(files) == 1 else (len(files), *shape)
-    return _Probe("slices", p, None, full, dtype, voxel, unit, files=files)
-
-
 def _save_png(path: Path, plane: np.ndarray) -> None:
     from PIL import Image
 
@@ -176,3 +105,19 @@ def _write_png_slices(tmp: Path, arr: Any, target: Path) -> None:
             f = tmp / f"{start + i:0{width}d}.png"
             _save_png(f, plane.astype(dtype))
             written.append(f)
+
+
+def _probe_png(p: Path) -> _Probe:
+    shape, dtype = _png_header(p)
+    return _Probe("png", p, None, shape, dtype, files=[p])
+
+
+FORMAT = Format(
+    "png",
+    (".png",),
+    probe=lambda p, key, check_all: _probe_png(p),
+    read=lambda probe, lazy: _read_png(probe.path),  # decoded whole: PNG has no partial reads
+    write_labels=lambda tmp, arr, target, **_: _write_png_slices(tmp, arr, target),
+    target_suffixes=("",),  # labels go to a folder of slices named without suffix
+    labels_text="a name without suffix (PNG slices)",
+)

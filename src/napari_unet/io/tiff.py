@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.errors import UserInputError
+from napari_unet.formats import Format
 
 from ._common import _calibration, _compute, _one_line, _pages, _positive, _Probe, _spatial_ndim
 
@@ -103,3 +104,26 @@ def _write_tiff(tmp: Path, arr: Any, *, compress: bool) -> None:
         tifffile.imwrite(tmp, _compute(arr), **kwargs)
     else:
         tifffile.imwrite(tmp, _pages(arr), shape=tuple(arr.shape), dtype=arr.dtype, **kwargs)
+
+
+def _write_tiff_labels(tmp: Path, arr: Any, target: Path, **_: Any) -> None:
+    """Labels as one zlib-compressed TIFF (voxel size, unit and class names are not stored)."""
+    _write_tiff(tmp, arr, compress=True)
+
+
+def _write_tiff_probabilities(tmp: Path, arr: Any) -> None:
+    """float32 probabilities as one uncompressed TIFF."""
+    _write_tiff(tmp, arr, compress=False)
+
+
+FORMAT = Format(
+    "tiff",
+    (".tif", ".tiff"),
+    probe=lambda p, key, check_all: _probe_tiff(p),
+    open=_open_tiff,
+    chunks_on_open=True,
+    write_labels=_write_tiff_labels,
+    write_probabilities=_write_tiff_probabilities,
+    labels_text=".tif/.tiff (one TIFF)",
+    probabilities_text=".tif/.tiff (one float32 TIFF)",
+)

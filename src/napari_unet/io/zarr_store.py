@@ -12,10 +12,12 @@ import dask.array as da
 import numpy as np
 
 from napari_unet.errors import UserInputError
+from napari_unet.formats import Format
 
 from ._common import (
     _NM_PER_UNIT,
     _NO_UNIT,
+    _has_zarr_metadata,
     _image_like,
     _is_zarr_group,
     _natural_key,
@@ -23,11 +25,13 @@ from ._common import (
     _positive,
     _Probe,
     _several_arrays,
+    _stem,
     _unit_key,
     _zarr_major,
 )
 
 _MAX_CHUNK_BYTES = 64 * 2**20
+_SUFFIXES = (".zarr",)
 
 
 def _zarr_open(p: Path) -> Any:
@@ -216,3 +220,46 @@ def _write_zarr(tmp: Path, arr: Any) -> None:
         step = chunks[0] if arr.ndim >= 3 else arr.shape[0]
         for start in range(0, arr.shape[0], step):
             z[start : start + step] = arr[start : start + step]
+
+
+def _list_zarr(p: Path) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of every array in a zarr store ("" for a store that is one array)."""
+    node = _zarr_open(p)
+    if not _is_zarr_group(node):
+        return [("", tuple(int(s) for s in node.shape), str(node.dtype))]
+    return [(n, tuple(int(s) for s in a.shape), str(a.dtype)) for n, a in _zarr_arrays(node)]
+
+
+def _write_zarr_labels(
+    tmp: Path,
+    arr: Any,
+    target: Path,
+    *,
+    voxel_size: Sequence[float] | None = None,
+    unit: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """Labels as a chunked zarr array, or for ``.ome.zarr`` an NGFF label image with its metadata."""
+    from napari_unet import omezarr
+
+    if omezarr.is_ome_zarr(target):  # NGFF label image with scale, pyramid and class names
+        omezarr.write_label_group(
+            tmp, arr, voxel_size=voxel_size, unit=unit, class_names=class_names, name=_stem(target)
+        )
+    else:
+        _write_zarr(tmp, arr)
+
+
+FORMAT = Format(
+    "zarr",
+    _SUFFIXES,
+    probe=lambda p, key, check_all: _probe_zarr(p, key),
+    open=_open_zarr,
+    folder=True,
+    claims=lambda p: p.suffix.lower() in _SUFFIXES or _has_zarr_metadata(p),
+    list_datasets=_list_zarr,
+    write_labels=_write_zarr_labels,
+    write_probabilities=_write_zarr,
+    labels_text=".zarr (chunked), .ome.zarr (OME-Zarr labels)",
+    probabilities_text=".zarr (chunked)",
+)

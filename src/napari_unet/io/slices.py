@@ -1,0 +1,123 @@
+"""Folders of PNG/TIFF slices, one per section in natural name order: probing, reading per slice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from napari_unet.errors import UserInputError
+from napari_unet.formats import Format
+
+from . import png, tiff
+from ._common import _file_token, _fit_voxel, _natural_key, _one_line, _Probe
+from .png import _png_header, _read_png
+from .tiff import _probe_tiff
+
+#: suffixes of the files inside a slice folder
+SLICE_SUFFIXES: tuple[str, ...] = png.FORMAT.suffixes + tiff.FORMAT.suffixes
+
+
+def _slice_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
+    if p.suffix.lower() in png.FORMAT.suffixes:
+        return _png_header(p)
+    probe = _probe_tiff(p)
+    return probe.shape, probe.dtype
+
+
+def _read_slice(p: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Read one slice of a slice folder; raises UserInputError when it is unreadable or off-shape."""
+    path = Path(p)
+    if path.suffix.lower() in png.FORMAT.suffixes:
+        arr = _read_png(path)
+    else:
+        import tifffile
+
+        try:
+            arr = tifffile.imread(path, series=0, level=0)
+        except Exception as exc:
+            raise UserInputError(
+                f"{path} is not a readable TIFF ({_one_line(exc)}); check that it is complete"
+            ) from exc
+    if tuple(arr.shape) != tuple(shape):
+        raise UserInputError(
+            f"{path} has shape {tuple(arr.shape)} but the first slice has {tuple(shape)}; "
+            "all slices in a folder must have the same size"
+        )
+    return arr.astype(dtype, copy=False)
+
+
+def _probe_slices(p: Path, *, check_all: bool) -> _Probe:
+    try:
+        files = sorted(
+            (
+                f
+                for f in p.iterdir()
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in SLICE_SUFFIXES
+            ),
+            key=lambda f: _natural_key(f.name),
+        )
+    except OSError as exc:
+        raise UserInputError(f"{p} cannot be listed ({_one_line(exc)}); check permissions") from exc
+    if not files:
+        raise UserInputError(
+            f"{p} holds no .png or .tif slices; point at an image file or a folder of slices"
+        )
+    shape, dtype = _slice_header(files[0])
+    if len(shape) != 2 and not (len(shape) == 3 and shape[-1] in (3, 4)):
+        raise UserInputError(f"{files[0]} has shape {shape}; a slice folder holds one 2-D image per file")
+    if check_all:
+        for f in files[1:]:
+            s, d = _slice_header(f)
+            if s != shape:
+                raise UserInputError(
+                    f"{f} has shape {s} but {files[0].name} has {shape}; "
+                    "all slices in a folder must have the same size"
+                )
+            if d != dtype:
+                raise UserInputError(
+                    f"{f} has dtype {d} but {files[0].name} has {dtype}; "
+                    "all slices in a folder must have the same bit depth"
+                )
+    voxel, unit = None, None
+    if files[0].suffix.lower() in tiff.FORMAT.suffixes:
+        first = _probe_tiff(files[0])
+        voxel = _fit_voxel(first.voxel_size, 3 if len(files) > 1 else 2)
+        unit = first.unit if voxel is not None else None
+    full = shape if len(files) == 1 else (len(files), *shape)
+    return _Probe("slices", p, None, full, dtype, voxel, unit, files=files)
+
+
+def _read_slices(probe: _Probe, lazy: bool) -> Any:
+    """The stacked slices: numpy, or a dask array with one task per file."""
+    files = probe.files
+    slice_shape = probe.shape if len(files) == 1 else probe.shape[1:]
+    dtype = probe.dtype.str
+    if not lazy:
+        stack = [_read_slice(str(f), slice_shape, dtype) for f in files]
+        return stack[0] if len(stack) == 1 else np.stack(stack)
+    token = _file_token(probe)
+    read = dask.delayed(_read_slice, pure=True)
+    parts = [
+        da.from_delayed(
+            read(str(f), slice_shape, dtype, dask_key_name=f"read-slice-{token}-{i}"),
+            shape=slice_shape,
+            dtype=probe.dtype,
+        )
+        for i, f in enumerate(files)
+    ]
+    return parts[0] if len(parts) == 1 else da.stack(parts)
+
+
+FORMAT = Format(
+    "slices",
+    (),
+    probe=lambda p, key, check_all: _probe_slices(p, check_all=check_all),
+    read=_read_slices,
+    folder=True,
+    claims=lambda p: True,  # any other folder: the last folder format asked
+    description="a folder of PNG/TIFF slices",
+)
