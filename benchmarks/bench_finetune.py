@@ -35,7 +35,7 @@ from napari_unet import load_model, predict
 from napari_unet.metrics import evaluate_membrane
 from napari_unet.model import with_classes
 from napari_unet.models import default_model_path
-from napari_unet.recipes import recipe_config
+from napari_unet.recipes import DEFAULT_RECIPE, recipe_config, resolve_recipe
 from napari_unet.train import Trainer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vnc-dev"
@@ -311,7 +311,9 @@ def main() -> None:
     print("\n| scenario | recipe | measure | value | steps | training s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for s, recipe, measure, value, steps, spent in rows:
-        print(f"| {s} | {recipe} | {measure} | {value:.3f} | {steps} | {spent:.0f} |")
+        default = recipe == resolve_recipe(DEFAULT_RECIPE, new_classes=s in "ab")
+        name = f"{recipe} (default)" if default else recipe
+        print(f"| {s} | {name} | {measure} | {value:.3f} | {steps} | {spent:.0f} |")
 
 
 if __name__ == "__main__":

@@ -260,6 +260,7 @@ def test_train_classes_by_name_keep_new_and_drop(tmp_path, model_file, stack_tif
                         "--lr", "1e-12"], capsys)
     assert code == 0, err
     assert "kept: cell; new: organelle; dropped: membrane" in err
+    assert "recipe: fast (a class is new)" in err
     start, tuned = load_model(model_file), load_model(out)
     assert tuned.metadata["classes"] == ["organelle", "cell"] and tuned.n_classes == 2
     # lr 1e-12: the weights are (almost) those the mapping gave them
@@ -322,3 +323,8 @@ def test_train_time_limit_alone(tmp_path, model_file, stack_tif, capsys):
 
     steps = load_training_state(out)["step"]
     assert steps >= 2 and f"finished after {steps} steps" in err
+    # the start model's own classes, corrected: "auto" takes the paper's recipe
+    assert "recipe: paper (no class is new)" in err
+    from napari_unet import load_model
+
+    assert load_model(out).metadata["training"]["optimizer"] == "sgd"

@@ -9,7 +9,7 @@ import torch
 from napari_unet import UNet, UserInputError, load_model, predict, save_model
 from napari_unet.data import synthetic_em
 from napari_unet.model import with_classes
-from napari_unet.recipes import RECIPES, recipe_config
+from napari_unet.recipes import DEFAULT_RECIPE, RECIPE_CHOICES, RECIPES, recipe_config
 from napari_unet.train import TrainConfig, Trainer, _hold_out_blocks
 
 
@@ -209,3 +209,13 @@ def test_recipes_are_complete_and_the_paper_recipe_is_the_papers():
     assert recipe_config("fast", learning_rate=None).learning_rate == RECIPES["fast"]["learning_rate"]
     with pytest.raises(UserInputError, match="unknown recipe"):
         recipe_config("magic")
+
+
+def test_auto_recipe_is_fast_for_a_new_class_and_the_papers_for_corrections():
+    assert RECIPE_CHOICES[0] == DEFAULT_RECIPE == "auto"
+    new = recipe_config("auto", new_classes=True, steps=7)
+    same = recipe_config("auto", new_classes=False, steps=7)
+    assert (new.optimizer, new.freeze_encoder, new.steps) == ("adam", 0.5, 7)
+    assert (same.optimizer, same.momentum, same.tile_size, same.steps) == ("sgd", 0.99, 572, 7)
+    assert recipe_config("fast", new_classes=False).optimizer == "adam"  # a named recipe stays itself
+    assert recipe_config("auto", new_classes=False, learning_rate=0.01).learning_rate == 0.01

@@ -203,9 +203,11 @@ def test_minutes_limit_becomes_a_time_budget(dock):
     _viewer, widget = dock
     widget.limit_combo.setCurrentText("minutes")
     widget.minutes_spin.setValue(2.5)
-    default = widget._config()
-    assert widget.recipe_combo.currentText() == "fast" and default.optimizer == "adam"
+    default = widget._config()  # a class the model lacks: "auto" is the fast recipe
+    assert widget.recipe_combo.currentText() == "auto" and default.optimizer == "adam"
     assert default.sampling == "auto" and default.validation == "auto"
+    correcting = widget._config(new_classes=False)  # only the model's own classes: the paper's
+    assert (correcting.optimizer, correcting.momentum, correcting.tile_size) == ("sgd", 0.99, 572)
     widget.recipe_combo.setCurrentText("paper")
     widget.lr_spin.setValue(0.001)
     widget.augment_check.setChecked(False)

@@ -277,24 +277,27 @@ class FineTuneWidget(Dock):
         self.minutes_spin.setDecimals(1)
         self.minutes_spin.setValue(5.0)
         self.minutes_spin.setSuffix(" min")
-        from napari_unet.recipes import DEFAULT_RECIPE, RECIPES
+        from napari_unet.recipes import DEFAULT_RECIPE, RECIPE_CHOICES, RECIPES, resolve_recipe
 
         self.recipe_combo = QComboBox()
-        self.recipe_combo.addItems(list(RECIPES))
+        self.recipe_combo.addItems(list(RECIPE_CHOICES))
         self.recipe_combo.setCurrentText(DEFAULT_RECIPE)
         self.recipe_combo.setToolTip(
-            "fast: measured to learn fastest from a few annotations (Adam, tiles drawn class by class, "
-            "encoder frozen for the first half); paper: SGD with momentum 0.99, batch 1, 572 px tiles "
-            "(docs/training.md)"
+            "auto: fast when the palette has a class the model lacks, paper when only the model's own "
+            "classes are corrected; fast: measured to learn a new structure fastest (Adam, tiles drawn "
+            "class by class, encoder frozen for the first half); paper: SGD with momentum 0.99, batch 1, "
+            "572 px tiles (docs/training.md)"
         )
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(6)
         self.lr_spin.setRange(1e-6, 1.0)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(RECIPES[DEFAULT_RECIPE]["learning_rate"])
-        self.recipe_combo.currentTextChanged.connect(
-            lambda name: self.lr_spin.setValue(RECIPES[name]["learning_rate"])
-        )
+
+        def recipe_rate(name: str) -> float:
+            return RECIPES[resolve_recipe(name)]["learning_rate"]
+
+        self.lr_spin.setValue(recipe_rate(DEFAULT_RECIPE))
+        self.recipe_combo.currentTextChanged.connect(lambda name: self.lr_spin.setValue(recipe_rate(name)))
         self.augment_check = QCheckBox("elastic deformation, flips, rotations, grey values")
         self.augment_check.setChecked(True)
         self.preview_button = QPushButton("Preview augmentation")
@@ -456,12 +459,15 @@ class FineTuneWidget(Dock):
             )
         return layer
 
-    def _config(self) -> Any:
+    def _config(self, new_classes: bool = True) -> Any:
+        """The training settings of the dock; ``new_classes``: the palette has a class the start
+        model lacks (it picks the recipe that "auto" stands for)."""
         from napari_unet.recipes import recipe_config
 
         by_steps = self.limit_combo.currentText() == "steps"
         config = recipe_config(
             self.recipe_combo.currentText(),
+            new_classes=new_classes,
             steps=int(self.steps_spin.value()) if by_steps else None,
             validation="auto",
             snapshot_every_s=PREVIEW_EVERY_S if self.live_check.isChecked() else 0.0,
@@ -514,14 +520,18 @@ class FineTuneWidget(Dock):
                 "labels first (0 = not annotated)"
             )
         k_high = int(labels.max())
+        from napari_unet.model import kept_classes
+
         start_model, start_name = self.model_chooser.load()
-        start_model = self._match_classes(start_model, labels_layer)
+        matched = self._match_classes(start_model, labels_layer)
+        new_classes = bool(kept_classes(start_model, class_names_of(matched))[1])
+        start_model = matched
         if labels.min() < 0 or k_high > start_model.n_classes:
             raise UserInputError(
                 f"annotation layer '{labels_layer.name}' uses label {k_high}, but the model has "
                 f"classes 1..{start_model.n_classes}; repaint with those (0 = not annotated)"
             )
-        config = self._config()
+        config = self._config(new_classes)
         select_device(config.device)
         model = copy.deepcopy(start_model)  # the starting model stays as it was
         name = self.session.unique_name(f"{start_name} tuned on {image_layer.name}")

@@ -49,10 +49,11 @@ def add_parser(sub: Any) -> None:
     )
     tr.add_argument(
         "--recipe",
-        default="fast",
-        choices=["fast", "paper"],
-        help="fast: the measured default (Adam, tiles drawn class by class); paper: SGD momentum 0.99, "
-        "batch 1, 572 px tiles (docs/training.md compares them); the options below override single settings",
+        default="auto",
+        choices=["auto", "fast", "paper"],
+        help="auto (default): fast when a class is new, paper when only the model's own classes are "
+        "corrected; fast: Adam, tiles drawn class by class; paper: SGD momentum 0.99, batch 1, 572 px "
+        "tiles (docs/training.md compares them); the options below override single settings",
     )
     tr.add_argument("--steps", type=int, default=None, help="train this many steps")
     tr.add_argument(
@@ -98,10 +99,12 @@ def add_parser(sub: Any) -> None:
 
 
 def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
-    """The model to train: the start model given the classes of ``--classes`` (or its own)."""
+    """(model, new): the start model given the classes of ``--classes`` (or its own), and whether
+    it now has a class the start model lacked (always from scratch)."""
     from ..model import UNet, kept_classes, with_classes
 
     names = None
+    new = args.start == "scratch"
     if args.classes:
         names = [n.strip() for n in args.classes.split(",")]
         lowered = [n.lower() for n in names]
@@ -123,6 +126,7 @@ def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
         model = resolve_model(args.start)
         if names is not None:
             kept, added, dropped = kept_classes(model, names)
+            new = bool(added)
             model = with_classes(model, names)
             print(
                 f"classes 1..{len(names)}: {', '.join(names)} (kept: {', '.join(kept) or 'none'}; "
@@ -136,7 +140,7 @@ def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
             f"the labels go up to {high}, but the model has {model.n_classes} classes "
             f"({', '.join(class_names(model))}); name one class per label with --classes"
         )
-    return model
+    return model, new
 
 
 def _check_writable(out: Path) -> None:
@@ -157,8 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune or train a model; Ctrl-C stops after the current step and keeps a checkpoint."""
     import signal
 
-    from ..recipes import recipe_config
-    from ..train import Trainer
+    from ..recipes import AUTO_RECIPE, recipe_config, resolve_recipe
+    from ..train import TrainConfig, Trainer
 
     out = Path(args.output)
     if out.suffix != ".safetensors":
@@ -173,28 +177,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     lr = args.lr
     if lr is None and args.optimizer is not None:
         lr = 1e-4 if args.optimizer == "adam" else 0.001
-    cfg = recipe_config(
-        args.recipe,
-        steps=steps,
-        max_minutes=minutes,
-        learning_rate=lr,
-        momentum=args.momentum,
-        optimizer=args.optimizer,
-        tile_size=args.tile,
-        batch_size=args.batch,
-        validation=args.validation,
-        val_fraction=args.val_fraction,
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_path=str(out),
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-    )
-    if steps is None:
-        cfg.steps = None
-    if args.no_augment:
-        cfg.augment = None
-    cfg.check()  # numbers first: a bad option is reported before the data is read
+
+    def config(new_classes: bool) -> TrainConfig:
+        cfg = recipe_config(
+            args.recipe,
+            new_classes=new_classes,
+            steps=steps,
+            max_minutes=minutes,
+            learning_rate=lr,
+            momentum=args.momentum,
+            optimizer=args.optimizer,
+            tile_size=args.tile,
+            batch_size=args.batch,
+            validation=args.validation,
+            val_fraction=args.val_fraction,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_path=str(out),
+            seed=args.seed,
+            device=args.device,
+            precision=args.precision,
+        )
+        if steps is None:
+            cfg.steps = None
+        if args.no_augment:
+            cfg.augment = None
+        return cfg
+
+    # numbers first: a bad option is reported before the data is read (for either recipe of "auto")
+    for new_classes in (True, False):
+        config(new_classes).check()
     images = read_array(args.images, "images")
     labels = apply_label_map(read_array(args.labels, "labels"), parse_label_map(args.label_map))
     if images.ndim not in (2, 3):
@@ -203,7 +214,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserInputError(f"images have shape {images.shape} but labels have shape {labels.shape}")
     if labels.dtype.kind == "f":
         labels = labels.astype(np.int64)
-    model = _train_start_model(args, labels)
+    model, new_classes = _train_start_model(args, labels)
+    cfg = config(new_classes)
+    if args.recipe == AUTO_RECIPE:
+        why = "a class is new" if new_classes else "no class is new"
+        print(f"recipe: {resolve_recipe(args.recipe, new_classes)} ({why})", file=sys.stderr)
     trainer = Trainer(model, images, labels, cfg, resume_from=args.start if args.resume else None)
     interrupted = []
 
