@@ -23,31 +23,16 @@ ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]
 _LABEL_WORDS = ("label", "seg", "mask", "gt", "ground", "truth", "annot", "membrane")
 
 
-def _is_slice_folder(path: Path) -> bool:
-    """True for a folder holding at least one PNG or TIFF slice."""
-    try:
-        with os.scandir(path) as entries:
-            return any(
-                e.is_file() and Path(e.name).suffix.lower() in io.SLICE_SUFFIXES
-                for e in entries
-                if not e.name.startswith(".")
-            )
-    except OSError:
-        return False
-
-
 def _supported(path: str | os.PathLike) -> bool:
-    """Whether ``path`` looks like something :func:`napari_unet.io.read_image` opens."""
+    """Whether ``path`` looks like something :func:`napari_unet.io.read_image` opens: a file with
+    a registered suffix, or a folder that a registered folder format recognises."""
+    from napari_unet import formats
+
     text = os.fspath(path)
     p = Path(text.rstrip("/\\") or text)
-    suffix = p.suffix.lower()
     if p.is_dir():
-        return (
-            suffix in io.ZARR_SUFFIXES
-            or _is_slice_folder(p)
-            or any((p / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
-        )
-    return p.is_file() and suffix in io.READ_SUFFIXES
+        return any(f.offers_folder(p) for f in formats.all_formats())
+    return p.is_file() and p.suffix.lower() in formats.read_suffixes()
 
 
 def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:

@@ -66,6 +66,9 @@ class Format:
     #: stored as a folder: ``claims(path)`` says whether a folder is one of these
     folder: bool = False
     claims: Callable[[Path], bool] | None = None
+    #: a stricter ``claims`` for the napari reader, which must decline a folder it cannot read so
+    #: that other plugins get it (default: ``claims``)
+    recognises: Callable[[Path], bool] | None = None
     #: holds several named arrays, chosen as ``PATH:DATASET``; ``list_datasets(path)`` lists them
     list_datasets: Callable[[Path], list[tuple[str, tuple[int, ...], str]]] | None = None
     #: the dask chunks are the opened array's own (TIFF tiles), not the probe's
@@ -79,6 +82,11 @@ class Format:
     description: str = ""
     labels_text: str = ""
     probabilities_text: str = ""
+
+    def offers_folder(self, path: Path) -> bool:
+        """Whether the napari reader should open folder ``path`` as this format."""
+        test = self.recognises or self.claims
+        return self.folder and test is not None and test(path)
 
     @property
     def datasets(self) -> bool:

@@ -152,3 +152,29 @@ def test_a_suffix_belongs_to_one_format():
     with pytest.raises(ValueError, match="'.tif' of 'other' belongs to 'tiff'"):
         formats.register(formats.Format("other", (".tif",), probe=_probe_npy))
     assert "other" not in [f.name for f in formats.all_formats()]
+
+
+def test_the_napari_reader_offers_what_the_registry_recognises(tmp_path, npy_format):
+    """A registered file format and a registered folder format are offered to napari with no edit
+    of the reader; an empty folder is declined so that other plugins may take it."""
+    from napari_unet._reader import get_reader
+
+    path = io.write_labels(tmp_path / f"seg{NPY}", np.ones((8, 8), np.uint8))
+    assert get_reader(str(path)) is not None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert get_reader(str(empty)) is None
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    (marked / "volume.dirtest").write_bytes(b"")
+    assert get_reader(str(marked)) is None
+    formats.register(
+        formats.Format(
+            "dirtest", (), probe=_probe_npy, folder=True, claims=lambda p: any(p.glob("*.dirtest"))
+        )
+    )
+    try:
+        assert get_reader(str(marked)) is not None and get_reader(str(empty)) is None
+    finally:
+        formats.unregister("dirtest")
+    assert get_reader(str(marked)) is None

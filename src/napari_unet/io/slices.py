@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,19 @@ def _read_slices(probe: _Probe, lazy: bool) -> Any:
     return parts[0] if len(parts) == 1 else da.stack(parts)
 
 
+def _has_slices(path: Path) -> bool:
+    """True for a folder holding at least one PNG or TIFF slice."""
+    try:
+        with os.scandir(path) as entries:
+            return any(
+                e.is_file() and Path(e.name).suffix.lower() in SLICE_SUFFIXES
+                for e in entries
+                if not e.name.startswith(".")
+            )
+    except OSError:
+        return False
+
+
 FORMAT = Format(
     "slices",
     (),
@@ -119,5 +133,6 @@ FORMAT = Format(
     read=_read_slices,
     folder=True,
     claims=lambda p: True,  # any other folder: the last folder format asked
+    recognises=_has_slices,
     description="a folder of PNG/TIFF slices",
 )
