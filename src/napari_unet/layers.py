@@ -53,12 +53,13 @@ __all__ = [
 
 #: the key of napari-unet's entry in ``layer.metadata``
 ROLE_KEY = "napari_unet"
-IMAGE, ANNOTATIONS, SEGMENTATION, PREVIEW, GROUND_TRUTH = (
+IMAGE, ANNOTATIONS, SEGMENTATION, PREVIEW, GROUND_TRUTH, REGION = (
     "image",
     "annotations",
     "segmentation",
     "preview",
     "ground truth",
+    "region",
 )
 #: name of label 0 in a segmentation or preview layer
 NOT_SEGMENTED = "not segmented"

@@ -46,10 +46,15 @@ class PredictionCopy:
         return core.visible_region(layer.data.shape, fixed)
 
     def region_layer(self, layer: Any) -> Shapes | None:
-        """The Shapes layer whose rectangles 'drawn rectangles' copies for ``layer``."""
-        name = f"{layer.name} region"
-        found = self.viewer.layers[name] if name in self.viewer.layers else None
-        return found if isinstance(found, Shapes) else None
+        """The Shapes layer whose rectangles 'drawn rectangles' copies for ``layer``: the one whose
+        metadata records it as the region layer of ``layer`` (names are never read)."""
+        from napari_unet.layers import REGION, ROLE_KEY, role_of
+
+        for other in reversed(list(self.viewer.layers)):
+            entry = other.metadata.get(ROLE_KEY) if isinstance(other, Shapes) else None
+            if role_of(other.metadata) == REGION and entry.get("annotations") == str(layer.unique_id):
+                return other
+        return None
 
     def _box_regions(self, layer: Any) -> list[tuple[Any, ...]]:
         shapes = self.region_layer(layer)
@@ -68,6 +73,8 @@ class PredictionCopy:
 
     def draw_rectangle(self) -> Shapes | None:
         """Make (or pick) the region layer of the annotations and start drawing a rectangle."""
+        from napari_unet.layers import REGION, linked_image, role_metadata
+
         with user_errors():
             layer = self._layer_for_classes()
             shapes = self.region_layer(layer)
@@ -75,6 +82,9 @@ class PredictionCopy:
                 shapes = self.viewer.add_shapes(
                     ndim=layer.ndim,
                     name=f"{layer.name} region",
+                    metadata=role_metadata(
+                        REGION, linked_image(layer.metadata), annotations=str(layer.unique_id)
+                    ),
                     scale=layer.scale,
                     translate=layer.translate,
                     units=layer.units,
