@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import FunctionWorker, GeneratorWorker
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QThreadPool, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import create_worker
 
@@ -114,6 +114,18 @@ class _EndsQuietly:
         self.ended = threading.Event()
         _LIVE.add(self)
 
+    def start(self) -> None:
+        """Run in a thread of its own, started by the calling (main) thread.
+
+        Niceness and torch's thread count are settings of a thread: a pooled thread that ran a
+        preview at niceness 19 with one torch thread would keep both for the next training run
+        (measured: 20x slower), and one that trained at niceness 10 would build the next trainer
+        at low priority.
+        """
+        self._worker_set.add(self)
+        self._finished.connect(self._set_discard)
+        _fresh_threads().start(self)
+
     def run(self) -> None:
         try:
             super().run()  # type: ignore[misc]
@@ -140,6 +152,20 @@ class _ClosingGeneratorWorker(_EndsQuietly, GeneratorWorker):
 
 class _QuietFunctionWorker(_EndsQuietly, FunctionWorker):
     """A function worker that ends quietly (see :class:`_EndsQuietly`)."""
+
+
+#: one pool per running worker (a new pool has no thread to reuse); pruned on the main thread
+_POOLS: list[QThreadPool] = []
+
+
+def _fresh_threads() -> QThreadPool:
+    """A new one-thread pool, so the work gets a new thread; pools of ended work are dropped."""
+    _POOLS[:] = [p for p in _POOLS if p.activeThreadCount()]
+    pool = QThreadPool()
+    pool.setMaxThreadCount(1)
+    pool.setExpiryTimeout(0)
+    _POOLS.append(pool)
+    return pool
 
 
 def wait_for_workers(timeout_s: float = EXIT_WAIT_S) -> bool:
