@@ -4,8 +4,9 @@ Runs the trainer (:class:`napari_unet.train.Trainer`) at the default recipe ("fa
 tile, batch 1, the contracting path frozen for the first half of the run) on synthetic EM slices
 with scribble-like sparse labels, and times every step: the frozen half and the unfrozen half
 separately, with the layout the trainer chooses (NCHW for fp32 on a CPU, channels_last otherwise)
-and with the other one, interleaved (short runs alternate between the two), best of n. A step is
-all of it: drawing the tile, augmentation, forward, loss, backward, optimiser.
+and with the other one, and with the optimiser's per-weight loop instead of its fused kernel,
+interleaved (short runs alternate between the three), best of n. A step is all of it: drawing the
+tile, augmentation, forward, loss, backward, optimiser.
 
 FLOPs per step are counted from the module shapes and the tile (``forward_macs``): the forward pass,
 plus twice the trained part for the backward pass (gradients of inputs and of weights; frozen
@@ -64,6 +65,35 @@ def other_layout():
         train_mod.preferred_memory_format = original
 
 
+@contextlib.contextmanager
+def per_weight_optimiser():
+    """Train with the optimiser's per-weight loop instead of its fused kernel, for comparison."""
+    originals = {kind: kind.__init__ for kind in (torch.optim.Adam, torch.optim.SGD)}
+
+    def unfused(original):
+        def init(self, params, *args, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("fused kernel switched off for the comparison")
+            original(self, params, *args, **kwargs)
+
+        return init
+
+    for kind, original in originals.items():
+        kind.__init__ = unfused(original)
+    try:
+        yield
+    finally:
+        for kind, original in originals.items():
+            kind.__init__ = original
+
+
+VARIANTS = {
+    "defaults": contextlib.nullcontext,
+    "other layout": other_layout,
+    "per-weight optimiser": per_weight_optimiser,
+}
+
+
 def step_times(model: UNet, images, labels, steps: int) -> tuple[list[float], list[float], int]:
     """Wall time of each step of a ``2 * steps`` run: (frozen half, unfrozen half, tile size)."""
     cfg = recipe_config("fast", steps=2 * steps, validation="none", seed=0)
@@ -100,10 +130,9 @@ def main() -> None:
         best: dict[str, list[float]] = {}
         tile = 0
         for _ in range(args.repeats):
-            for layout in ("defaults", "other layout"):
+            for layout, variant in VARIANTS.items():
                 model.load_state_dict(state)  # every run starts from the same weights
-                ctx = other_layout() if layout != "defaults" else contextlib.nullcontext()
-                with ctx:
+                with variant():
                     frozen, full, tile = step_times(model, images, labels, args.steps)
                 for half, ts in (("frozen", frozen), ("unfrozen", full)):
                     key = f"{layout}, {half}"
@@ -120,9 +149,10 @@ def main() -> None:
         for key, (t,) in best.items():
             half = key.rsplit(", ", 1)[1]
             print(rate_row(key, t, flops[half], pk, f"{60 / t:.1f}"))
-        for half in ("frozen", "unfrozen"):
-            ratio = best[f"other layout, {half}"][0] / best[f"defaults, {half}"][0]
-            print(f"{half} step, defaults vs the other layout: {ratio:.2f}x faster")
+        for other in ("other layout", "per-weight optimiser"):
+            for half in ("frozen", "unfrozen"):
+                ratio = best[f"{other}, {half}"][0] / best[f"defaults, {half}"][0]
+                print(f"{half} step, defaults vs the {other}: {ratio:.2f}x faster")
     print(f"\nCPU: {cpu_line()}; {load_line()}")
 
 
