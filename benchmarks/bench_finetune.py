@@ -124,9 +124,9 @@ def cell_rand(prob_cell: dict[int, np.ndarray], membranes: dict[int, np.ndarray]
     )
 
 
-def unet_probabilities(model, raw, sections, channel: int) -> dict[int, np.ndarray]:
+def unet_probabilities(model, raw, sections, channel: int, tta: str = "none") -> dict[int, np.ndarray]:
     model.eval()
-    return {z: predict(model, raw[z])[channel] for z in sections}
+    return {z: predict(model, raw[z], tta=tta)[channel] for z in sections}
 
 
 def scenario_data(name: str, raw, membranes, mito, rng) -> tuple[list, list, list[str] | None]:
@@ -148,8 +148,19 @@ def score(name: str, probs, membranes, mito) -> float:
 
 
 def run_unet(
-    name, recipe, minutes, overrides, raw, membranes, mito, labels_cache, figure_times=(), steps=None
+    name,
+    recipe,
+    minutes,
+    overrides,
+    raw,
+    membranes,
+    mito,
+    labels_cache,
+    figure_times=(),
+    steps=None,
+    tta="none",
 ):
+    """Fine-tune a recipe on a scenario: (score, score with ``tta`` or None, steps, seconds, snapshots)."""
     images, labels, classes = labels_cache[name]
     model = load_model(default_model_path())
     if classes:
@@ -177,7 +188,11 @@ def run_unet(
     channel = 1
     sections = EVAL_MITO if name in "ab" else EVAL_CELLS
     probs = unet_probabilities(model, raw, sections, channel)
-    return score(name, probs, membranes, mito), trainer.step, spent, snaps
+    plain = score(name, probs, membranes, mito)
+    with_tta = None
+    if tta != "none":  # the same model segmented with test-time augmentation (segment --tta)
+        with_tta = score(name, unet_probabilities(model, raw, sections, channel, tta), membranes, mito)
+    return plain, with_tta, trainer.step, spent, snaps
 
 
 def run_forest(name, raw, membranes, mito, labels_cache, minutes):
@@ -267,6 +282,12 @@ def main() -> None:
         default=None,
         help="train this many steps instead of --minutes (load-independent)",
     )
+    ap.add_argument(
+        "--tta",
+        default="none",
+        choices=["none", "flips", "d4"],
+        help="also score each fine-tuned network segmented with this test-time augmentation",
+    )
     args = ap.parse_args()
     if not (args.data / "raw" / "10.tif").is_file():
         raise SystemExit(f"VNC development data not found at {args.data}")
@@ -295,26 +316,40 @@ def main() -> None:
         for recipe in args.recipes.split(","):
             if recipe == "forest":
                 value, spent = run_forest(s, raw, membranes, mito, cache, args.minutes)
-                rows.append((s, recipe, measure, value, "-", spent))
+                rows.append((s, recipe, measure, value, None, "-", spent))
             else:
                 times = (0, 1, 2, 5) if (args.figure and s == "a" and recipe == "fast") else ()
-                value, steps, spent, snaps = run_unet(
-                    s, recipe, args.minutes, overrides, raw, membranes, mito, cache, times, args.steps
+                value, with_tta, steps, spent, snaps = run_unet(
+                    s,
+                    recipe,
+                    args.minutes,
+                    overrides,
+                    raw,
+                    membranes,
+                    mito,
+                    cache,
+                    times,
+                    args.steps,
+                    args.tta,
                 )
-                rows.append((s, recipe, measure, value, steps, spent))
+                rows.append((s, recipe, measure, value, with_tta, steps, spent))
                 if snaps:
                     draw_figure(args.figure, snaps, raw, mito)
+            extra = f"  with tta {rows[-1][4]:.4f}" if rows[-1][4] is not None else ""
+            steps = rows[-1][5]
             print(
-                f"  {rows[-1][0]} {rows[-1][1]:7s} {measure} {value:.4f}  steps {rows[-1][4]}  {spent:.0f} s",
+                f"  {s} {recipe:7s} {measure} {value:.4f}{extra}  steps {steps}  {spent:.0f} s",
                 flush=True,
             )
-    print("\n| scenario | recipe | measure | value | steps | training s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for s, recipe, measure, value, steps, spent in rows:
+    tta_head = f" segmented with --tta {args.tta} |" if args.tta != "none" else ""
+    print(f"\n| scenario | recipe | measure | value |{tta_head} steps | training s |")
+    print("| --- | --- | --- | --- |" + (" --- |" if tta_head else "") + " --- | --- |")
+    for s, recipe, measure, value, with_tta, steps, spent in rows:
         default = recipe == resolve_recipe(DEFAULT_RECIPE, new_classes=s in "ab")
         name = f"{recipe} (default)" if default else recipe
         digits = 3 if s in "ab" else 4  # error rates of about 0.01 need the fourth digit
-        print(f"| {s} | {name} | {measure} | {value:.{digits}f} | {steps} | {spent:.0f} |")
+        tta_cell = "" if not tta_head else (f" {with_tta:.{digits}f} |" if with_tta is not None else " - |")
+        print(f"| {s} | {name} | {measure} | {value:.{digits}f} |{tta_cell} {steps} | {spent:.0f} |")
 
 
 if __name__ == "__main__":

@@ -215,7 +215,7 @@ def test_auto_recipe_is_fast_for_a_new_class_and_the_papers_for_corrections():
     assert RECIPE_CHOICES[0] == DEFAULT_RECIPE == "auto"
     new = recipe_config("auto", new_classes=True, steps=7)
     same = recipe_config("auto", new_classes=False, steps=7)
-    assert (new.optimizer, new.freeze_encoder, new.steps) == ("adam", 0.5, 7)
+    assert (new.optimizer, new.freeze_encoder, new.steps) == ("adam", 0.3, 7)
     assert (same.optimizer, same.momentum, same.tile_size, same.steps) == ("sgd", 0.99, 572, 7)
     assert recipe_config("fast", new_classes=False).optimizer == "adam"  # a named recipe stays itself
     assert recipe_config("auto", new_classes=False, learning_rate=0.01).learning_rate == 0.01

@@ -292,7 +292,7 @@ class FineTuneWidget(Dock):
         self.recipe_combo.setToolTip(
             "auto: fast when the palette has a class the model lacks, paper when only the model's own "
             "classes are corrected; fast: measured to learn a new structure fastest (Adam, tiles drawn "
-            "class by class, encoder frozen for the first half); paper: SGD with momentum 0.99, batch 1, "
+            "class by class, encoder frozen for the first 30 %); paper: SGD with momentum 0.99, batch 1, "
             "572 px tiles (docs/training.md)"
         )
         self.lr_spin = QDoubleSpinBox()
