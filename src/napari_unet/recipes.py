@@ -54,7 +54,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: the default: "fast" when the run teaches a class the start model does not have (or starts from
 #: scratch), "paper" when it only corrects classes the model already has. Measured on the VNC set
-#: (docs/training.md): "fast" learns a new structure about twice as well in five minutes, while on
+#: (docs/training.md): "fast" learns a new structure far better in five minutes (IoU 0.82 vs 0.12), while on
 #: corrections its large steps leave the cells' error worse than before as often as better, and the
 #: paper's small SGD steps improved it in every run.
 AUTO_RECIPE = "auto"
