@@ -53,6 +53,31 @@ def sample_pixels(image, max_pixels: int = 4_000_000, block: int = 512) -> np.nd
     return np.concatenate(parts)
 
 
+def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """numpy's linear interpolation between order statistics, step for step (so results match)."""
+    d = b - a
+    return np.where(t >= 0.5, b - d * (1 - t), a + d * t)
+
+
+def percentiles(values: np.ndarray, q: list[float]) -> np.ndarray:
+    """``np.percentile(values.astype(float64), q)``, from a histogram when the values are small ints.
+
+    8- and 16-bit images, the usual EM data, need one counting pass instead of a partial sort of a
+    float copy: about 10x faster on 4 M pixels, which the first painted tile waits for.
+    """
+    if values.dtype.kind not in "ui" or values.dtype.itemsize > 2 or values.size == 0:
+        return np.percentile(values.astype(np.float64), q)
+    offset = int(values.min())
+    counts = np.bincount((values.astype(np.int64) - offset) if offset else values)
+    ends = np.cumsum(counts)  # ends[v] = how many values are <= v + offset
+    pos = np.asarray(q, dtype=np.float64) / 100 * (values.size - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, values.size - 1)
+    a = np.searchsorted(ends, lo, side="right").astype(np.float64) + offset
+    b = np.searchsorted(ends, hi, side="right").astype(np.float64) + offset
+    return _lerp(a, b, pos - lo)
+
+
 def compute_normalizer(image, spec: dict[str, Any] | None = None) -> Normalizer:
     """Build the normaliser described by ``spec`` (a model's stored normalisation) for ``image``.
 
@@ -70,7 +95,7 @@ def compute_normalizer(image, spec: dict[str, Any] | None = None) -> Normalizer:
         values = values[np.isfinite(values)]
     if values.size == 0:
         return Normalizer(0.0, 0.0)
-    lo, hi = np.percentile(values.astype(np.float64), [spec["lower"], spec["upper"]])
+    lo, hi = percentiles(values, [spec["lower"], spec["upper"]])
     if hi <= lo:  # nearly constant image: fall back to the full range, then to identity
         lo, hi = float(values.min()), float(values.max())
     return Normalizer(float(lo), float(hi))

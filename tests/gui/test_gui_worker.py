@@ -68,9 +68,7 @@ def test_cancel_stops_between_yields_and_closes_the_generator_in_its_thread(qtbo
         holder["worker"].quit()
 
     seen = {"yielded": [], "finish": []}
-    worker = start_worker(
-        slow, on_yield=seen["yielded"].append, on_finish=seen["finish"].append, start=False
-    )
+    worker = start_worker(slow, on_yield=seen["yielded"].append, on_finish=seen["finish"].append, start=False)
     holder["worker"] = worker
     worker.yielded.connect(first)
     worker.start()
@@ -186,3 +184,38 @@ def test_every_run_gets_a_fresh_thread_at_the_callers_priority(qtbot):
     for _ in range(3):
         again = result(niceness)
         assert again[1] == main and again[0] != first[0], (main, first, again)
+
+
+def test_objects_are_left_out_of_full_collections_while_work_runs(qtbot):
+    """A running worker freezes the collector's objects; the last one to end gives them back, and
+    a reference cycle that became garbage meanwhile is collected then."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a reference cycle: only the collector frees it
+    ref = weakref.ref(a)
+    assert gc.get_freeze_count() == 0
+    go = threading.Event()
+
+    def waits():
+        go.wait(10)
+        yield 1
+
+    seen = {"finish": []}
+    worker = start_worker(waits, on_finish=seen["finish"].append, start=False)
+    worker.start()
+    qtbot.waitUntil(lambda: gc.get_freeze_count() > 0, timeout=TIMEOUT)
+    del a, b
+    gc.collect()
+    assert ref() is not None  # frozen: full collections skip it while the work runs
+    second, _ = run(qtbot, lambda: gc.get_freeze_count())  # a second worker ends first
+    assert second["done"][0] > 0 and gc.get_freeze_count() > 0
+    go.set()
+    qtbot.waitUntil(lambda: bool(seen["finish"]), timeout=TIMEOUT)
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert ref() is None
