@@ -182,7 +182,8 @@ def _hold_collector() -> None:
     back (:func:`_release_collector`), so whatever became garbage meanwhile is collected then.
     """
     _GC_HOLDS[0] += 1
-    gc.freeze()
+    if _GC_HOLDS[0] == 1:  # only the first: a preview started every few seconds during training
+        gc.freeze()  # would otherwise freeze that moment's young garbage each time, until the end
 
 
 def _release_collector() -> None:
@@ -289,7 +290,8 @@ def start_worker(
         # long-lived objects full collections would otherwise walk for the rest of the run
         if held[0] and not held[1]:
             held[1] = True
-            gc.freeze()
+            if _GC_HOLDS[0] == 1:
+                gc.freeze()
 
     def finished() -> None:
         try:
