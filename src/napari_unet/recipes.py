@@ -72,14 +72,19 @@ def resolve_recipe(name: str, new_classes: bool = True) -> str:
     return name
 
 
-def recipe_config(name: str = DEFAULT_RECIPE, *, new_classes: bool = True, **overrides: Any) -> TrainConfig:
+def recipe_config(
+    name: str = DEFAULT_RECIPE, *, new_classes: bool = True, pretrained: bool = True, **overrides: Any
+) -> TrainConfig:
     """The TrainConfig of recipe ``name`` with ``overrides`` (None values are ignored).
 
     ``new_classes`` says whether the model to train has a class its start model lacks (always true
-    from scratch); it only matters for "auto".
+    from scratch); it only matters for "auto". ``pretrained`` False (training from scratch) drops
+    the recipe's freeze of the contracting path: random weights have nothing to protect.
     """
     name = resolve_recipe(name, new_classes)
     settings = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if not pretrained and overrides.get("freeze_encoder") is None:
+        settings["freeze_encoder"] = 0.0
     if isinstance(settings.get("augment"), AugmentConfig):
         settings["augment"] = replace(settings["augment"])
     return TrainConfig(**settings)

@@ -205,6 +205,7 @@ def test_train_then_evaluate(tmp_path, stack_tif, capsys):
 
     m = load_model(model)
     assert m.metadata["classes"] == ["membrane", "cell"]
+    assert m.metadata["training"]["freeze_encoder"] == 0.0  # from scratch: nothing to protect
     assert load_training_state(model)["step"] == 3
     # resume continues the count
     code, _, err = run(["train", "--images", stack_tif, "--labels", truth, "-o", model, "--from", model,

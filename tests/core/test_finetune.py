@@ -219,3 +219,6 @@ def test_auto_recipe_is_fast_for_a_new_class_and_the_papers_for_corrections():
     assert (same.optimizer, same.momentum, same.tile_size, same.steps) == ("sgd", 0.99, 572, 7)
     assert recipe_config("fast", new_classes=False).optimizer == "adam"  # a named recipe stays itself
     assert recipe_config("auto", new_classes=False, learning_rate=0.01).learning_rate == 0.01
+    # from scratch there is no pretrained contracting path to protect
+    assert recipe_config("auto", new_classes=True, pretrained=False).freeze_encoder == 0.0
+    assert recipe_config("fast", pretrained=False, freeze_encoder=0.2).freeze_encoder == 0.2

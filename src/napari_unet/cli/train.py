@@ -182,6 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = recipe_config(
             args.recipe,
             new_classes=new_classes,
+            pretrained=args.start != "scratch",
             steps=steps,
             max_minutes=minutes,
             learning_rate=lr,
