@@ -20,10 +20,12 @@ class Normalizer:
 
     def __call__(self, data: np.ndarray) -> np.ndarray:
         """Normalised float32 copy of ``data``."""
-        x = np.asarray(data, dtype=np.float32)
+        data = np.asarray(data)
         scale = 1.0 / (self.high - self.low) if self.high > self.low else 1.0
-        out = (x - np.float32(self.low)) * np.float32(scale)
-        if not np.isfinite(out).all():
+        out = data.astype(np.float32)  # always a copy: the arithmetic below is in place
+        out -= np.float32(self.low)
+        out *= np.float32(scale)
+        if data.dtype.kind in "fc" and not np.isfinite(out).all():  # integers are always finite
             hi = 1.0 if self.high > self.low else 0.0
             out = np.nan_to_num(out, nan=0.0, posinf=hi, neginf=0.0)
         return out

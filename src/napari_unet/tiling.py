@@ -37,6 +37,14 @@ def read_mirrored(image2d, y0: int, x0: int, height: int, width: int) -> np.ndar
     without loading the whole image.
     """
     h, w = image2d.shape[-2], image2d.shape[-1]
+    r0, r1 = max(y0, 0), min(y0 + height, h)
+    c0, c1 = max(x0, 0), min(x0 + width, w)
+    pads = ((r0 - y0, y0 + height - r1), (c0 - x0, x0 + width - c1))
+    if all(0 <= p < n - 1 for p, n in zip(pads[0] + pads[1], (r1 - r0,) * 2 + (c1 - c0,) * 2, strict=True)):
+        # the common case, one reflection at most on each side: a slice and numpy's "reflect"
+        # padding, about 10x faster than gathering every pixel by index
+        core = np.asarray(image2d[r0:r1, c0:c1])
+        return np.pad(core, pads, mode="reflect") if any(pads[0] + pads[1]) else core.copy()
     rows = mirror_indices(y0, height, h)
     cols = mirror_indices(x0, width, w)
     r0, r1 = int(rows.min()), int(rows.max()) + 1
