@@ -392,6 +392,18 @@ class Trainer:
             self._rng = np.random.default_rng()
             self._rng.bit_generator.state = state["rng"]
 
+    def _match_optimizer_layout(self) -> None:
+        """Give every optimiser buffer its weight's device and memory layout.
+
+        Restored buffers load contiguous, and the weights change layout when a run starts
+        (channels_last on a GPU); the fused optimiser kernels need both alike (on CUDA they fail).
+        """
+        for p in self.model.parameters():
+            st = self.optimizer.state.get(p, {})
+            for name, value in list(st.items()):
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    st[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
     # ----------------------------------------------------------------- state
     def stop(self) -> None:
         """Ask the run to end after the current step (thread-safe); it then checkpoints and ends."""
@@ -617,6 +629,7 @@ class Trainer:
         first_step = self.step
         fmt = preferred_memory_format(self.device, self.dtype, training=True)
         model.to(self.device, memory_format=fmt)
+        self._match_optimizer_layout()
         lr = self.optimizer.param_groups[0]["lr"]
         validating = bool(self.val_slices or self.val_blocks)
         last_snapshot = start

@@ -93,6 +93,42 @@ def test_resume_continues_step_count_and_optimizer_exactly(tmp_path):
     assert load_training_state(ckpt)["buffers"]
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resumed_optimizer_buffers_follow_the_weights_layout(tmp_path, optimizer):
+    """bf16 trains channels_last; restored buffers load contiguous and must be re-laid like their
+    weights, or the fused optimiser kernels refuse them on CUDA."""
+    images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=4)
+    base = dict(tile_size=124, precision="bf16", seed=5, optimizer=optimizer, validation="none")
+    ckpt = tmp_path / "half.safetensors"
+    first = TrainConfig(steps=2, checkpoint_path=str(ckpt), **base)
+    list(Trainer(small_model(), images, labels, first).run())
+    tr = Trainer(load_model(ckpt), images, labels, TrainConfig(steps=4, **base), resume_from=ckpt)
+    run = tr.run()
+    assert next(e for e in run if e.kind == "step").step == 3
+    convs = [p for p in tr.model.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    for p in tr.model.parameters():
+        for name, value in tr.optimizer.state[p].items():
+            if torch.is_tensor(value) and value.shape == p.shape:
+                assert value.stride() == p.stride(), name
+    assert [e.step for e in run if e.kind == "step"] == [4]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_resumes_on_a_gpu(tmp_path, optimizer):
+    """On CUDA the weights train channels_last and the fused kernels check every buffer's layout:
+    a resumed run must go on from its checkpoint (it stopped with a RuntimeError before)."""
+    images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=4)
+    base = dict(tile_size=124, seed=5, optimizer=optimizer, validation="none", device="cuda")
+    ckpt = tmp_path / "half.safetensors"
+    first = TrainConfig(steps=2, checkpoint_path=str(ckpt), **base)
+    list(Trainer(small_model(), images, labels, first).run())
+    tr = Trainer(load_model(ckpt), images, labels, TrainConfig(steps=4, **base), resume_from=ckpt)
+    assert [e.step for e in tr.run() if e.kind == "step"] == [3, 4]
+    assert all(torch.isfinite(p).all() and p.device.type == "cuda" for p in tr.model.parameters())
+
+
 def test_training_history_has_one_entry_per_run(tmp_path):
     """Checkpoints within a run update that run's entry; a resume continues it; a new run adds one."""
     images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=4)
@@ -202,5 +238,5 @@ def test_fused_optimiser_matches_the_plain_one(optimizer, monkeypatch):
     triples = zip(fused_model.parameters(), plain_model.parameters(), small_model().parameters(), strict=True)
     for a, b, start in triples:
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
-        moved = max(moved, float((a - start).abs().max()))
+        moved = max(moved, float((a - start.to(a.device)).abs().max()))
     assert moved > 1e-4  # the steps did move the weights
