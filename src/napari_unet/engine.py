@@ -77,6 +77,11 @@ def place_model(model: UNet, device: torch.device, dtype: torch.dtype) -> UNet:
     return model.to(device, memory_format=memory_format(device, dtype))
 
 
+#: On CUDA, queue the next batch on the GPU before handing out the last one's probabilities, so the
+#: GPU computes while the host stitches and reads (False: one batch at a time, for comparison).
+OVERLAP_GPU = True
+
+
 def run_tiles(
     model: UNet,
     tiles: Sequence[T],
@@ -94,36 +99,69 @@ def run_tiles(
     ``read(tile)`` returns the tile's normalised network input, shape ``tile_shape``. The model must
     already be placed (:func:`place_model`) and in eval mode. With ``prefetch`` the next batch is
     read in a helper thread while the network computes the current one (worth it when reading is
-    slow: a lazy array, a slice of a big stack).
+    slow: a lazy array, a slice of a big stack). On CUDA, batches are read into pinned memory and
+    copied both ways asynchronously, and the next batch is queued on the GPU before the previous
+    one's probabilities are handed out (:data:`OVERLAP_GPU`).
     """
     th, tw = tile_shape
     fmt = memory_format(device, dtype)
+    cuda = device.type == "cuda"
     batches = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
 
     def load(batch: list[T]) -> torch.Tensor:
-        arr = np.empty((len(batch), 1, th, tw), dtype=np.float32)
+        # pinned from the start on CUDA: the copy to the GPU is then asynchronous and there is no
+        # second host copy to pin it
+        x = torch.empty((len(batch), 1, th, tw), dtype=torch.float32, pin_memory=cuda)
+        arr = x.numpy()
         for i, t in enumerate(batch):
             arr[i, 0] = read(t)
-        x = torch.from_numpy(arr)
-        if device.type == "cuda":
-            x = x.pin_memory()
         return x
 
-    def compute(batch: list[T], x: torch.Tensor) -> Iterator[tuple[T, np.ndarray]]:
+    def launch(batch: list[T], x: torch.Tensor) -> tuple[list[T], torch.Tensor, object]:
+        """Queue one batch; its probabilities are ready on the host once the returned event is."""
         x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-        probs = forward_probabilities(model, x, device, dtype, tta).cpu().numpy()
-        yield from zip(batch, probs, strict=True)
+        probs = forward_probabilities(model, x, device, dtype, tta)
+        if not cuda:
+            return batch, probs.cpu(), None
+        host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+        host.copy_(probs, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return batch, host, done
 
-    if not prefetch:
-        for batch in batches:
-            yield from compute(batch, load(batch))
-        return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-read")
+    def hand_out(queued: tuple[list[T], torch.Tensor, object]) -> Iterator[tuple[T, np.ndarray]]:
+        batch, host, done = queued
+        if done is not None:
+            done.synchronize()  # type: ignore[attr-defined]
+        yield from zip(batch, host.numpy(), strict=True)
+
+    def inputs() -> Iterator[tuple[list[T], torch.Tensor]]:
+        if not prefetch:
+            for batch in batches:
+                yield batch, load(batch)
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-read")
+        try:
+            pending: Future | None = pool.submit(load, batches[0]) if batches else None
+            for bi, batch in enumerate(batches):
+                x = pending.result()  # type: ignore[union-attr]
+                pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
+                yield batch, x
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    feed = inputs()
     try:
-        pending: Future | None = pool.submit(load, batches[0]) if batches else None
-        for bi, batch in enumerate(batches):
-            x = pending.result()  # type: ignore[union-attr]
-            pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
-            yield from compute(batch, x)
+        queued = None
+        for batch, x in feed:
+            current = launch(batch, x)
+            if queued is not None:
+                yield from hand_out(queued)
+            queued = current
+            if not (cuda and OVERLAP_GPU):
+                yield from hand_out(queued)
+                queued = None
+        if queued is not None:
+            yield from hand_out(queued)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        feed.close()  # stops the reading thread when the caller stops early

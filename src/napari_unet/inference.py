@@ -89,7 +89,8 @@ def predict_tiles(
         The network's input tile (an int or (h, w)), e.g. 572 for the paper's tiles. None chooses the
         largest tile that memory allows, shrunk to the image where the image is smaller.
     batch_size
-        Tiles per forward pass; None: 1 on a CPU (batching gains nothing there), more on a GPU.
+        Tiles per forward pass; None: 1 on a CPU (batching gains nothing there); on a GPU up to 4
+        small tiles, one big one (:func:`napari_unet.tileplan.default_batch`).
     device
         "auto" (cuda > mps > cpu), "cpu", "cuda", "mps" or a torch.device.
     precision
@@ -120,14 +121,14 @@ def predict_tiles(
     is_stack = image.ndim == 3
     n_slices = image.shape[0] if is_stack else 1
     hw = tuple(int(s) for s in image.shape[-2:])
-    if batch_size is None:
-        batch_size = default_batch(dev)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UserInputError(f"batch size must be >= 1, got {batch_size}")
     if tile_shape is None:
-        tile = auto_tile_shape(model, hw, dev, dtype, batch_size)
+        tile = auto_tile_shape(model, hw, dev, dtype, batch_size or 1)
     else:
         tile = check_tile_shape(model, tile_shape)
+    if batch_size is None:
+        batch_size = default_batch(dev, tile)
     plan: TilePlan = plan_tiles(
         hw,
         tile,

@@ -59,9 +59,23 @@ TRAIN_TILE_GPU = 572
 TRAIN_TILE_CPU = 412
 
 
-def default_batch(device: torch.device) -> int:
-    """Tiles per forward pass when none is given: 1 on a CPU (batching gains nothing there), else 4."""
-    return 1 if device.type == "cpu" else 4
+#: On a GPU a forward pass gets about this many input pixels when no batch size is given: small
+#: tiles are batched, while big ones go one at a time, so that reading, computing and stitching
+#: overlap in finer steps (measured on an H200: one 2236² tile per pass 1.3-1.5x faster than four).
+GPU_BATCH_PIXELS = 2**21
+#: Most tiles per pass when no batch size is given.
+GPU_MAX_AUTO_BATCH = 4
+
+
+def default_batch(device: torch.device, tile_shape: Sequence[int] | None = None) -> int:
+    """Tiles per forward pass when none is given: 1 on a CPU (batching gains nothing there); on a GPU
+    up to 4, as many as make about :data:`GPU_BATCH_PIXELS` input pixels of ``tile_shape``."""
+    if device.type == "cpu":
+        return 1
+    if tile_shape is None:
+        return GPU_MAX_AUTO_BATCH
+    th, tw = (int(t) for t in tile_shape)
+    return max(1, min(GPU_MAX_AUTO_BATCH, GPU_BATCH_PIXELS // max(1, th * tw)))
 
 
 def training_tile(model: UNet, device: torch.device) -> int:

@@ -154,7 +154,7 @@ def _segment_block(
         return window[ty : ty + th, tx : tx + tw]
 
     pairs = [(i, j) for i in iy for j in ix]
-    batch = job.batch_size or default_batch(dev)
+    batch = job.batch_size or default_batch(dev, (th, tw))
     for (i, j), p in run_tiles(model, pairs, read, (th, tw), dev, dtype, batch_size=batch, tta=job.tta):
         s_y, s_x = tp.starts[0][i], tp.starts[1][j]
         r0, r1 = max(tp.keeps[0][i][0], block.y[0]), min(tp.keeps[0][i][1], block.y[1])
