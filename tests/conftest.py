@@ -17,6 +17,18 @@ if SHARED_DATA.is_dir():
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request, monkeypatch):
+    """The suite's numbers are the CPU's: on a machine with a GPU, "auto" stays on the CPU (for this
+    process and the command lines it starts) except in tests marked ``cuda``, which need one."""
+    if request.node.get_closest_marker("cuda"):
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 def _make_unet(
     depth: int = 4,
     base_channels: int = 4,

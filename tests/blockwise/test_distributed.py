@@ -89,6 +89,7 @@ def model_file(model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cluster():
     """Two single-threaded worker processes, as a cluster on other machines would be."""
+    pytest.importorskip("distributed", reason="dask.distributed (napari-unet[distributed]) not installed")
     from distributed import Client, LocalCluster
 
     cl = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
@@ -374,6 +375,7 @@ def test_cli_zarr_output_from_tiff_overwrites_only_when_asked(
 
 # ------------------------------------------------------------------------------------- errors
 def test_scheduler_that_does_not_answer(model_file, volume, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("distributed", reason="dask.distributed (napari-unet[distributed]) not installed")
     monkeypatch.setattr("napari_unet.distributed.schedulers.CONNECT_TIMEOUT_S", 1.0)
     out = tmp_path / "seg.zarr"
     t0 = time.monotonic()

@@ -54,6 +54,22 @@ def test_segment_tif_with_probabilities(tmp_path, model_file, stack_tif, capsys)
     assert np.abs(expected - p).max() < 1e-5
 
 
+@pytest.mark.cuda
+def test_segment_on_the_gpu_agrees_with_the_cpu(tmp_path, model_file, stack_tif, capsys):
+    """``--device cuda`` with the defaults (bf16, channels_last, overlapped copies) against fp32 on
+    the CPU; fp32 on the GPU may use TF32 tensor cores in cuDNN's convolutions, so 1e-2 there."""
+    from napari_unet import load_model
+
+    cpu = predict(load_model(model_file), tifffile.imread(stack_tif), precision="fp32", device="cpu")
+    for precision, tol in (("auto", 0.1), ("fp32", 1e-2)):
+        probs = tmp_path / f"probs-{precision}.tif"
+        code, _, err = run(["segment", stack_tif, "-o", tmp_path / f"m-{precision}.tif", "--model",
+                            model_file, "--device", "cuda", "--precision", precision, "--tile", 252,
+                            "--probabilities", probs], capsys)
+        assert code == 0, err
+        assert np.abs(tifffile.imread(probs) - cpu).max() <= tol
+
+
 def test_segment_with_test_time_augmentation(tmp_path, model_file, stack_tif, capsys):
     probs = tmp_path / "probs.tif"
     code, _, err = run(["segment", stack_tif, "-o", tmp_path / "m.tif", "--model", model_file, "--precision",

@@ -268,7 +268,7 @@ def test_bad_inputs_are_refused():
         augment(image, labels, weights, config(interpolation="nearest"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_runs_on_the_tensors_device():
     image, labels, weights = batch(b=2, h=64, w=64)
     g = torch.Generator().manual_seed(17)
