@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _speed import cpu_line, load_line, measure_peak, rate_row  # noqa: E402
+from _speed import device_line, load_line, measure_peak, rate_row  # noqa: E402
 from bench_predict import load_models  # noqa: E402
 
 from napari_unet import train as train_mod  # noqa: E402
@@ -117,13 +117,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="side of the synthetic training slices")
     args = ap.parse_args()
 
-    print(f"CPU: {cpu_line()}; native bf16: {cpu_has_fast_bf16()}; {load_line()}")
     dev = train_mod.select_device("auto")
+    print(f"{device_line(dev)}; native bf16 on the CPU: {cpu_has_fast_bf16()}; {load_line()}")
     prec = train_mod.resolve_precision("auto", dev)
     print(f"trainer layout: {train_mod.preferred_memory_format(dev, prec, training=True)}")
     models = load_models(args.models.split(","))
     widths = sorted({m.base_channels * 2**i for _, m in models for i in range(m.depth + 1)})
-    peak = measure_peak(widths, cpu_has_fast_bf16())
+    peak = measure_peak(widths, cpu_has_fast_bf16(), dev)
     images, truth = synthetic_em(n_slices=3, shape=(args.size, args.size), seed=0)
     labels = scribbles(truth)
     for label, model in models:
@@ -154,7 +154,7 @@ def main() -> None:
             for half in ("frozen", "unfrozen"):
                 ratio = best[f"{other}, {half}"][0] / best[f"defaults, {half}"][0]
                 print(f"{half} step, defaults vs the {other}: {ratio:.2f}x faster")
-    print(f"\nCPU: {cpu_line()}; {load_line()}")
+    print(f"\n{device_line(dev)}; {load_line()}")
 
 
 if __name__ == "__main__":
