@@ -375,9 +375,24 @@ def scroll_scenario(args, model_path: Path, model_note: str) -> None:
         ft.limit_combo.setCurrentText("minutes")
         ft.minutes_spin.setValue(60)
         ft.train()
+
+        def stepping() -> bool:
+            last = getattr(ft._run, "last", None)
+            return last is not None and last.kind != "validation"
+
+        t0 = time.perf_counter()
+        measure(
+            "scrolling while Fine-tune prepares (until its first step)",
+            lambda: ft.running and not stepping(),
+            120.0,
+            None,
+        )
+        print(f"measured: the first training step came after {time.perf_counter() - t0:.1f} s", flush=True)
         measure(
             "scrolling while Fine-tune trains (live preview on)", lambda: ft.running, args.seconds, ft.stop
         )
+        layers = ", ".join(f"{type(ly).__name__} '{ly.name}'" for ly in viewer.layers)
+        measure(f"scrolling, nothing running, layers now: {layers}", lambda: True, 5.0, None)
         previews = sum(1 for ly in viewer.layers if ly.name == "em preview")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
