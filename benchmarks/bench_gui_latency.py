@@ -454,7 +454,7 @@ def train_start_scenario(args, model_path: Path, model_note: str) -> None:
     ft.add_annotation_layer().data[...] = labels
     ft.limit_combo.setCurrentText("minutes")
     ft.minutes_spin.setValue(60)
-    heartbeat_gaps(app, 10, 1.0)
+    heartbeat_gaps(app, 10, 1.0 + args.wait)  # the dock open a while, as when the user paints first
     events: list[tuple[float, str]] = []
     t0 = time.perf_counter()
     ft.task.yielded.connect(lambda e: events.append((time.perf_counter() - t0, e.kind)))
@@ -464,6 +464,7 @@ def train_start_scenario(args, model_path: Path, model_note: str) -> None:
     p99, mx = gap_stats(beats)
     worst = float(beats[int(np.argmax(np.diff(beats))) + 1] - t0)
     first = next((t for t, kind in events if kind == "validation"), None)
+    first_step = next((t for t, kind in events if kind == "step"), None)
     steps = sum(1 for _, kind in events if kind == "step")
     n_long, mean, on_cpu, queued = long_gap_split(beats, cpu)
     print(
@@ -474,7 +475,9 @@ def train_start_scenario(args, model_path: Path, model_note: str) -> None:
     print(
         f"from the click on Train, {args.seconds:.0f} s: p99 gap {p99:.0f} ms, longest {mx:.0f} ms "
         f"(ending {worst:.1f} s after the click); {n_long} gaps > {LONG_GAP_MS:.0f} ms; start "
-        f"validation shown after {first if first is None else round(first, 1)} s; {steps} steps"
+        f"validation shown after {first if first is None else round(first, 1)} s; first step after "
+        f"{first_step if first_step is None else round(first_step, 1)} s; {steps} steps; the dock was "
+        f"open {1 + args.wait:.0f} s before the click"
     )
     if n_long:
         print(
@@ -561,6 +564,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", help="a .safetensors model (default: the shipped one)")
     ap.add_argument("--scenario", choices=("click", "scroll", "preview", "train-start"), default="click")
+    ap.add_argument(
+        "--wait", type=float, default=0.0, help="train-start: seconds the dock is open before the click"
+    )
     ap.add_argument(
         "--sections", help="train-start: a folder with raw/*.tif and membranes/*.png (dense labels)"
     )

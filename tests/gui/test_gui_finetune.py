@@ -245,3 +245,23 @@ def test_class_added_in_annotate_gets_its_own_output(qtbot, dock, image):
     assert result.model.n_classes == 3
     assert result.model.metadata["classes"] == ["membrane", "cell", "mitochondria"]
     assert widget.model_chooser.load()[0].n_classes == 2  # the starting model is unchanged
+
+
+def test_training_imports_are_warmed_while_the_dock_is_open(qtbot, make_napari_viewer, monkeypatch, tmp_path):
+    """What the first step would import is imported in the background once the dock has been
+    open a moment (a stand-in module here: torch's own may already be loaded by other tests)."""
+    import sys
+
+    from napari_unet._widgets import finetune
+
+    (tmp_path / "napari_unet_warm_probe.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "napari_unet_warm_probe", raising=False)
+    monkeypatch.setattr(finetune, "WARM_IMPORTS", ("napari_unet_warm_probe",))
+    monkeypatch.setattr(finetune, "WARM_DELAY_MS", 200)
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    assert "napari_unet_warm_probe" not in sys.modules  # not while the dock is being built
+    qtbot.waitUntil(lambda: "napari_unet_warm_probe" in sys.modules, timeout=10_000)
+    assert sys.modules["napari_unet_warm_probe"].LOADED
+    assert finetune.warm_imports(("napari_unet_warm_probe",)) is None  # nothing left to import

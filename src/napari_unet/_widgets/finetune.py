@@ -9,10 +9,14 @@ viewer's session, so the Segment dock can choose it, and it can be saved to a fi
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
 import math
 import os
 import re
+import sys
+import threading
 import time
 import weakref
 from collections.abc import Generator
@@ -60,6 +64,29 @@ PREVIEW_SHARE = 0.10
 PREVIEW_THREADS = 1
 #: niceness of the preview thread: training keeps the CPU, the preview takes what is left
 PREVIEW_NICENESS = 19
+#: modules the first training run imports (the optimiser's first use imports torch's compiler
+#: front end, about 2 s of Python), imported in the background once the dock has been open for
+#: WARM_DELAY_MS, while the user paints, so that Train starts its first step sooner
+WARM_IMPORTS: tuple[str, ...] = ("torch._dynamo",)
+WARM_DELAY_MS = 3000
+
+
+def warm_imports(names: tuple[str, ...]) -> threading.Thread | None:
+    """Import ``names`` in a background thread at normal priority (a thread that holds the GIL
+    at low priority would hold up the event loop on a busy machine); None when all are loaded."""
+    missing = [n for n in names if n not in sys.modules]
+    if not missing:
+        return None
+
+    def load() -> None:
+        for name in missing:
+            with contextlib.suppress(Exception):  # a failed warm-up costs only the time it saves
+                importlib.import_module(name)
+
+    # a plain thread: it touches no widget or viewer, so it cannot outlive one it uses
+    thread = threading.Thread(target=load, name="napari-unet-warm-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def class_names_of(model: Any) -> list[str]:
@@ -373,6 +400,7 @@ class FineTuneWidget(Dock):
         self._run: TrainingRun | AugmentationRun | None = None
         #: the model made by the last run, as kept in the session
         self.result: SessionModel | None = None
+        QTimer.singleShot(WARM_DELAY_MS, lambda: warm_imports(WARM_IMPORTS))
 
     # ------------------------------------------------------------------ small views
     def _apply_theme(self, *_: Any) -> None:
