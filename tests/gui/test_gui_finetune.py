@@ -265,3 +265,51 @@ def test_training_imports_are_warmed_while_the_dock_is_open(qtbot, make_napari_v
     qtbot.waitUntil(lambda: "napari_unet_warm_probe" in sys.modules, timeout=10_000)
     assert sys.modules["napari_unet_warm_probe"].LOADED
     assert finetune.warm_imports(("napari_unet_warm_probe",)) is None  # nothing left to import
+
+
+def test_live_preview_computes_where_training_runs(qtbot, make_napari_viewer, model_file, image, monkeypatch):
+    """The preview gets the run's device (on a GPU it computes there, not on one CPU thread)."""
+    from napari_unet._widgets import finetune
+
+    devices = []
+    real = finetune.live_preview
+
+    def recorded(model, data, z, device):
+        devices.append(device)
+        return (yield from real(model, data, z, device))
+
+    monkeypatch.setattr(finetune, "PREVIEW_EVERY_S", 0.05)
+    monkeypatch.setattr(finetune, "live_preview", recorded)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    widget.model_chooser.select_file(model_file)
+    widget.device_combo.setCurrentText("cpu")
+    annotate(viewer, widget, image)
+    widget.steps_spin.setValue(100_000)
+    widget.train()
+    assert widget._run.device == "cpu"
+    qtbot.waitUntil(lambda: "em preview" in viewer.layers, timeout=TIMEOUT)
+    widget.task.cancel()
+    wait_done(qtbot, widget)
+    assert devices and set(devices) == {"cpu"}
+
+
+@pytest.mark.cuda
+def test_live_preview_on_a_gpu_agrees_with_the_cpu(model_file, image):
+    """The preview on a GPU (bf16) labels the slice as the CPU's fp32 preview does, within the
+    bf16 tolerance of tests/predict (at most 1 % of pixels of another class)."""
+    from napari_unet._widgets.finetune import live_preview
+
+    model = load_model(model_file)
+
+    def labels(device):
+        gen = live_preview(model, image, 1, device)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value[1]
+
+    cpu, gpu = labels("cpu"), labels("cuda")
+    assert cpu.shape == gpu.shape == image.shape[1:]
+    assert np.mean(cpu != gpu) <= 0.01

@@ -95,14 +95,16 @@ def class_names_of(model: Any) -> list[str]:
 
 
 def live_preview(
-    model: Any, image: Any, z: int | None
+    model: Any, image: Any, z: int | None, device: str = "cpu"
 ) -> Generator[None, None, tuple[int | None, np.ndarray, float]]:
     """Worker: segment slice ``z`` of ``image`` (the whole image when None) with a snapshot.
 
     The thread runs at the lowest CPU priority with one torch thread, so training keeps the cores
     and the preview takes what is left; ``model`` is the trainer's CPU copy, never the model being
-    trained. Yields after each tile, so a closed dock stops it there. Returns (z, labels, CPU
-    seconds this thread spent).
+    trained. ``device`` is where training runs: on a GPU the preview computes there too, with the
+    defaults (a slice in milliseconds instead of seconds on one CPU thread); on the CPU in fp32.
+    Yields after each tile, so a closed dock stops it there. Returns (z, labels, CPU seconds this
+    thread spent).
     """
     import torch
 
@@ -113,7 +115,9 @@ def live_preview(
     t0 = time.thread_time()
     plane = np.asarray(image[z] if z is not None else image)
     probs = np.zeros((model.n_classes, *plane.shape), dtype=np.float32)
-    for tile in predict_tiles(model, plane, device="cpu", precision="fp32", batch_size=1):
+    on_cpu = torch.device(device).type == "cpu"
+    precision, batch = ("fp32", 1) if on_cpu else ("auto", None)
+    for tile in predict_tiles(model, plane, device=device, precision=precision, batch_size=batch):
         probs[(slice(None), *tile.region)] = tile.probabilities
         yield
     return z, labels_from_probabilities(probs), time.thread_time() - t0
@@ -232,6 +236,8 @@ class TrainingRun:
     classes: list[str]
     minutes: float | None
     checkpoint: str | None
+    #: where training runs ("cpu", "cuda", ...): the live preview computes there too
+    device: str = "cpu"
     t0: float = field(default_factory=time.perf_counter)
     #: the last training event, and the validation figures of the start model
     last: Any = None
@@ -567,7 +573,7 @@ class FineTuneWidget(Dock):
                 f"classes 1..{start_model.n_classes}; repaint with those (0 = not annotated)"
             )
         config = self._config(new_classes)
-        select_device(config.device)
+        device = str(select_device(config.device))
         model = copy.deepcopy(start_model)  # the starting model stays as it was
         name = self.session.unique_name(f"{start_name} tuned on {image_layer.name}")
         config.checkpoint_path = str(self.session.checkpoint_dir / f"{_safe(name)}.safetensors")
@@ -581,6 +587,7 @@ class FineTuneWidget(Dock):
             classes=class_names_of(model),
             minutes=config.max_minutes,
             checkpoint=config.checkpoint_path,
+            device=device,
         )
         self.loss_curve.clear()
         self.verdict_label.setText("")
@@ -679,6 +686,7 @@ class FineTuneWidget(Dock):
             model,
             data,
             z,
+            run.device,
             on_done=lambda result: me() is not None and me()._show_live(run, image, result),
             on_finish=finished,
         )
