@@ -265,7 +265,7 @@ def write_profile(model: UNet, image: np.ndarray, dev: torch.device, path: str) 
 
 def bench_preview(model: UNet, image: np.ndarray, args, peak: dict[str, float]) -> None:
     """The Fine-tune dock's live preview: the slice on screen, fp32, one torch thread."""
-    flops = predict_flops(model, image.shape, "fp32")[0]
+    flops = predict_flops(model, image.shape, torch.device("cpu"), "fp32")[0]
     with torch_threads(1):
         one = conv_peak([model.base_channels, 2 * model.base_channels], torch.float32)
         t_new = best_time(lambda: predict(model, image, precision="fp32"), args.repeats)
