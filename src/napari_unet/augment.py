@@ -196,16 +196,32 @@ def augment(
     config: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Randomly transform a training batch; see :func:`augment_with_targets` (without soft targets)."""
+    image, labels, weights, _ = augment_with_targets(image, labels, weights, None, config, generator)
+    return image, labels, weights
+
+
+def augment_with_targets(
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    config: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Randomly transform a training batch, moving image, labels and weights together.
 
     image: float (B, C, H, W); labels: integer (B, H, W), 0 = not annotated; weights: optional
     float (B, H, W). Each sample gets its own random flips, rotation (quarter turns when H == W,
     else half turns), integer shift up to ``config.shift`` px and elastic warp, applied to all
     three with one resampling each (image: ``config.interpolation``, labels: nearest so they keep
-    only their own values, weights: bilinear; mirrored borders). Then brightness, contrast and
-    gamma change the image only. Returns (image, labels, weights or None) with the input shapes
-    and dtypes. A ``torch.Generator`` makes the draws repeatable; with everything switched off
-    (or only ``sigma = 0``) the output equals the input exactly.
+    only their own values, weights: bilinear; mirrored borders). ``targets``, optional float
+    (B, C, H, W) soft targets (the start model's probabilities, for distillation), move with them
+    (bilinear, so they stay probabilities). Then brightness, contrast and gamma change the image
+    only. Returns (image, labels, weights or None, targets or None) with the input shapes and
+    dtypes; the random draws do not depend on whether targets are given. A ``torch.Generator``
+    makes the draws repeatable; with everything switched off (or only ``sigma = 0``) the output
+    equals the input exactly.
     """
     config = AugmentConfig() if config is None else config
     if config.interpolation not in _INTERPOLATIONS:
@@ -226,6 +242,12 @@ def augment(
         raise ValueError(
             f"weights must be a float (B, H, W) tensor matching the image "
             f"{(batch, height, width)}, got {weights.dtype} {tuple(weights.shape)}"
+        )
+    if targets is not None and (
+        targets.dim() != 4 or targets.shape[0] != batch or targets.shape[2:] != (height, width)
+    ):
+        raise ValueError(
+            f"targets must be a float (B, C, H, W) tensor matching the image, got {tuple(targets.shape)}"
         )
     device = image.device
 
@@ -252,6 +274,7 @@ def augment(
             image = _gather(image, flat)
             labels = _gather(labels, flat)
             weights = None if weights is None else _gather(weights, flat)
+            targets = None if targets is None else _gather(targets, flat)
     else:
         work = torch.float64 if image.dtype == torch.float64 else torch.float32
         source_rows = rows.to(work) + displacement[:, 0].to(work)
@@ -267,6 +290,7 @@ def augment(
         image = _sample(image, grid, config.interpolation)
         labels = _sample(labels, grid, "nearest")
         weights = None if weights is None else _sample(weights, grid, "bilinear")
+        targets = None if targets is None else _sample(targets, grid, "bilinear")
 
     image = _grey_values(image, config, generator)
-    return image, labels, weights
+    return image, labels, weights, targets

@@ -54,6 +54,8 @@ class UNet(nn.Module):
         self.base_channels = base_channels
         self.dropout_p = dropout
         self.metadata: dict[str, Any] = {}
+        #: classes given a fresh output channel by :func:`with_classes` (nothing trained there yet)
+        self.added_classes: list[str] = []
 
         chans = [base_channels * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
@@ -187,6 +189,7 @@ def with_classes(model: UNet, names: Sequence[str]) -> UNet:
     A name the model already has (matched case-insensitively) keeps its output channel's trained
     weights; a new name (e.g. "mitochondrion" painted in the viewer) gets a fresh, He-initialised
     channel; the model's classes not named are dropped. Only the final 1x1 convolution changes.
+    The copy's ``added_classes`` lists the new names (the trainer learns them from paint alone).
     """
     import copy
 
@@ -211,6 +214,9 @@ def with_classes(model: UNet, names: Sequence[str]) -> UNet:
     new.head = head
     new.n_classes = len(names)
     new.metadata = {**model.metadata, "classes": list(names)}
+    # the classes whose channels hold no trained weights yet: the trainer distils only the others
+    before = {str(n).lower() for n in getattr(model, "added_classes", ())}
+    new.added_classes = [n for n in names if n.lower() not in old_names or n.lower() in before]
     return new
 
 

@@ -19,16 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment_with_targets
 from .checkpoint import load_training_state, save_model
 from .device import autocast, preferred_memory_format, resolve_precision, select_device
 from .errors import UserInputError
 from .inference import predict
 from .model import UNet
 from .model import class_names as model_class_names
-from .normalize import DEFAULT_NORMALIZATION, compute_normalizer
+from .normalize import DEFAULT_NORMALIZATION, Normalizer, compute_normalizer
 from .tileplan import training_tile
 from .tiling import mirror_indices
+from .verdict import UnitCounts, Verdict, judge
 from .weightmap import center_crop, class_balance_weights, weight_map, weighted_cross_entropy
 
 OPTIMIZERS = ("sgd", "adam")
@@ -39,6 +40,12 @@ SAMPLINGS = ("auto", "classes", "annotated")
 #: docs/training.md as objects painted 1.4x too large)
 DENSE_SHARE = 0.5
 VALIDATIONS = ("auto", "none")
+#: blocks nobody painted, held out of training on each annotated slice, where validation compares
+#: the tuned model's kept classes with the start model's (at most this many in all)
+PROBE_BLOCKS = 8
+#: a later validation must score this much lower than the best one for the best weights to be
+#: restored at the end of a run (validation on a few hundred pixels is noisy)
+BEST_MARGIN = 0.02
 
 
 @dataclass
@@ -75,6 +82,13 @@ class TrainConfig:
     freeze_encoder: float = 0.0
     #: weight of a soft Dice term added to the cross-entropy (0 = the paper's loss alone)
     dice_weight: float = 0.0
+    #: weight of distillation on the pixels nobody painted: there the start model's own
+    #: probabilities of the classes it already had are the targets, so a new class painted with a
+    #: few strokes does not grow at the expense of the old ones (0 = off; new classes only take
+    #: the pixels the strokes teach them)
+    distill: float = 0.0
+    #: end the run with the weights that validated best (when clearly better than the last ones)
+    keep_best: bool = True
     #: "auto": hold out whole annotated slices when there are >= 3, else about 10 % of the annotated
     #: pixels in square blocks, and report validation figures from step 0; "none": no validation
     validation: str = "auto"
@@ -122,6 +136,7 @@ class TrainConfig:
         finite("the validation fraction", self.val_fraction, 0.0, 0.9)
         finite("freeze_encoder", self.freeze_encoder, 0.0, 1.0)
         finite("the Dice weight", self.dice_weight, 0.0, 100.0)
+        finite("the distillation weight", self.distill, 0.0, 100.0)
         finite("snapshot_every_s", self.snapshot_every_s, 0.0)
         if not 1 <= self.batch_size <= 64:
             raise UserInputError(f"batch size must be between 1 and 64, got {self.batch_size}")
@@ -263,6 +278,13 @@ class Trainer:
         self.train_slices = [(norms[i](imgs[i]), lb) for i, lb in zip(train_idx, train_labs, strict=True)]
         self._val_block_labels = [labs[train_idx[j]][y : y + b, x : x + b] for j, y, x, b in self.val_blocks]
         self.train_indices, self.val_indices = train_idx, val_idx
+        # The start model's classes ("kept"): a class that with_classes just added is new.
+        added = {str(n).lower() for n in getattr(model, "added_classes", ())}
+        self.kept = [n.lower() not in added for n in names]
+        validates = cfg.validation == "auto" or cfg.val_fraction > 0
+        self.probe_blocks = _probe_blocks(train_labs, self.val_blocks, self._rng) if (
+            validates and any(self.kept)
+        ) else []
         if self.val_slices or self.val_blocks:
             # imported with the rest of the setup (scikit-image: about 1 s of Python holding the
             # GIL), not at the first validation, which a viewer runs at low priority
@@ -296,6 +318,14 @@ class Trainer:
             for _, lb in self.train_slices
         ]
         self._prepare_sampling(k)
+        #: per unit of validation: the start model's predicted classes, its counts, the last counts
+        self._start_pred: list[np.ndarray] | None = None
+        self.start_units: list[UnitCounts] = []
+        self.last_units: list[UnitCounts] = []
+        #: (score, step, weights, metrics, units) of the best validation after step 0
+        self._best: tuple[float, int, dict[str, torch.Tensor], dict[str, float], list] | None = None
+        #: the step whose weights the run ended with (differs from ``step`` when the best were kept)
+        self.kept_step: int | None = None
 
         self.device = select_device(cfg.device)
         self.dtype = resolve_precision(cfg.precision, self.device)
@@ -318,6 +348,12 @@ class Trainer:
             self._generator.manual_seed(int(cfg.seed))
             torch.manual_seed(int(cfg.seed))
         model.to(self.device)
+        #: distillation targets per training slice: the start model's probabilities of its kept
+        #: classes (float16, (kept, H, W)), 0 in held-out and probe blocks; None when not distilling
+        self.targets: list[np.ndarray] | None = None
+        self._kept_channels = [c for c, keep in enumerate(self.kept) if keep]
+        if cfg.distill > 0 and self._kept_channels:
+            self.targets = self._start_targets()
         self.optimizer = self._make_optimizer()
         if resume_from is not None:
             state = load_training_state(resume_from)
@@ -337,6 +373,22 @@ class Trainer:
         n_val = min(max(int(round(fraction * len(annotated))), 1), len(annotated) - 1)
         order = list(self._rng.permutation(annotated))
         return sorted(int(i) for i in order[:n_val]), sorted(int(i) for i in order[n_val:])
+
+    def _start_targets(self) -> list[np.ndarray]:
+        """The model's probabilities of its kept classes on each training slice, before training
+        (renormalised over the kept classes), blanked where validation looks."""
+        precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+        identity = Normalizer(0.0, 1.0)  # the training slices are normalised already
+        out = []
+        self.model.eval()
+        for img, _lab in self.train_slices:
+            p = predict(self.model, img, device=self.device, precision=precision, normalizer=identity)
+            p = p[self._kept_channels]
+            p /= np.maximum(p.sum(axis=0, keepdims=True), 1e-6)
+            out.append(p.astype(np.float16))
+        for j, y, x, b in [*self.val_blocks, *self.probe_blocks]:
+            out[j][:, y : y + b, x : x + b] = 0
+        return out
 
     def _prepare_sampling(self, k: int) -> None:
         """Where tile centres are drawn from: annotated pixels, per class when sampling by class."""
@@ -466,6 +518,12 @@ class Trainer:
             run["validation_start"] = self.start_metrics
         if self.last_metrics:
             run["validation_end"] = self.last_metrics
+        if self.kept_step is not None and self.kept_step != self.step:
+            run["kept_step"] = self.kept_step
+        if cfg.distill:
+            run["distill"] = cfg.distill
+        if self.start_units and self.last_units:
+            run["verdict"] = self.verdict().as_dict()
         return {
             "classes": self.class_names,
             "normalization": self._spec,
@@ -504,14 +562,15 @@ class Trainer:
         return copy_.eval()
 
     # ----------------------------------------------------------------- the loop
-    def _sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A batch of input tiles centred near annotated pixels, with their labels and weights.
+    def _sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A batch of input tiles centred near annotated pixels, with their labels, weights and
+        (when distilling) the start model's probabilities.
 
         With ``sampling="classes"`` the class is drawn first (each present class equally often), so
         a new structure painted on a few objects is in most tiles from the first step on.
         """
         t = self.tile
-        xs, ys, ws = [], [], []
+        xs, ys, ws, ss = [], [], [], []
         for _ in range(self.config.batch_size):
             if self.sampling == "classes" and self._class_px:
                 c = list(self._class_px)[int(self._rng.integers(len(self._class_px)))]
@@ -532,34 +591,54 @@ class Trainer:
             xs.append(_read_window(img, y0, x0, t, t, mirror=True))
             ys.append(_read_window(lab, y0, x0, t, t, mirror=False))
             ws.append(_read_window(self.weights[i], y0, x0, t, t, mirror=False))
+            if self.targets is not None:
+                ss.append(np.stack([_read_window(p, y0, x0, t, t, mirror=True) for p in self.targets[i]]))
         x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))
         y = torch.from_numpy(np.stack(ys))
         w = torch.from_numpy(np.stack(ws).astype(np.float32))
-        return x, y, w
+        s = torch.from_numpy(np.stack(ss).astype(np.float32)) if ss else None
+        return x, y, w, s
 
-    def _val_probabilities(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(probabilities (K, h, w), labels (h, w)) for each held-out slice or block."""
+    def _block_probabilities(self, j: int, y: int, x: int, b: int) -> np.ndarray:
+        """The model's probabilities (K, b, b) of a square block of training slice ``j``."""
+        model = self.model
+        img = self.train_slices[j][0]
+        size = model.input_size_for_output(b)
+        out = model.output_size(size)
+        off = (size - b) // 2
+        win = _read_window(img, y - off, x - off, size, size, mirror=True)
+        xt = torch.from_numpy(np.ascontiguousarray(win, dtype=np.float32))[None, None].to(self.device)
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            logits = model(xt)
+        c = (out - b) // 2
+        p = torch.softmax(logits.float(), dim=1)[0, :, c : c + b, c : c + b]
+        return p.cpu().numpy()
+
+    def _val_probabilities(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(probabilities (K, h, w), labels (h, w)) for each held-out slice or block, then
+        (probabilities, None) for each probe block nobody painted."""
         precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
         for img, lab, norm in self.val_slices:
             p = predict(self.model, img, device=self.device, precision=precision, normalizer=norm)
             yield p, lab
-        model = self.model
         for (j, y, x, b), lab in zip(self.val_blocks, self._val_block_labels, strict=True):
-            img = self.train_slices[j][0]
-            size = model.input_size_for_output(b)
-            out = model.output_size(size)
-            off = (size - b) // 2
-            win = _read_window(img, y - off, x - off, size, size, mirror=True)
-            xt = torch.from_numpy(np.ascontiguousarray(win, dtype=np.float32))[None, None].to(self.device)
-            with torch.no_grad(), autocast(self.device, self.dtype):
-                logits = model(xt)
-            c = (out - b) // 2
-            p = torch.softmax(logits.float(), dim=1)[0, :, c : c + b, c : c + b]
-            yield p.cpu().numpy(), lab
+            yield self._block_probabilities(j, y, x, b), lab
+        for j, y, x, b in self.probe_blocks:
+            yield self._block_probabilities(j, y, x, b), None
+
+    def _start_classes(self, p: np.ndarray) -> np.ndarray:
+        """The start model's classes (1..K) from probabilities: its kept channels only (a new
+        channel holds random weights before training); the plain argmax when none is kept."""
+        if not any(self.kept) or all(self.kept):
+            return np.argmax(p, axis=0) + 1
+        channels = np.array(self._kept_channels)
+        return channels[np.argmax(p[channels], axis=0)] + 1
 
     def validate(self) -> dict[str, float]:
         """Figures on the held-out annotations: weighted loss and pixel error on annotated pixels,
-        IoU per class, and the adapted Rand error of the cell class where a slice is dense."""
+        IoU per class, the adapted Rand error of the cell class where a slice is dense, and for the
+        start model's classes the agreement with it on pixels nobody painted. The first call (step
+        0) measures the start model, predicting only its own classes."""
         from . import metrics
 
         if not self.val_slices and not self.val_blocks:
@@ -567,16 +646,28 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         k = self.model.n_classes
-        inter, union = np.zeros(k + 1), np.zeros(k + 1)
+        first = self._start_pred is None
+        start_pred: list[np.ndarray] = [] if first else self._start_pred  # type: ignore[assignment]
+        units: list[UnitCounts] = []
         loss_sum = weight_sum = 0.0
         wrong = total = 0
         rands = []
         try:
-            for p, lab in self._val_probabilities():
-                mask = lab > 0
-                if not mask.any():
+            for idx, (p, lab) in enumerate(self._val_probabilities()):
+                pred = self._start_classes(p) if first else np.argmax(p, axis=0) + 1
+                if first:
+                    start_pred.append(pred.astype(np.uint8))
+                before = start_pred[idx]
+                unit = UnitCounts(*(np.zeros(k + 1) for _ in range(4)))
+                mask = lab > 0 if lab is not None else np.zeros(pred.shape, bool)
+                for c in range(1, k + 1):
+                    if self.kept[c - 1]:
+                        mine, theirs = (pred == c) & ~mask, (before == c) & ~mask
+                        unit.agree_inter[c] = np.count_nonzero(mine & theirs)
+                        unit.agree_union[c] = np.count_nonzero(mine | theirs)
+                units.append(unit)
+                if lab is None or not mask.any():
                     continue
-                pred = np.argmax(p, axis=0) + 1
                 truth = lab[mask]
                 guess = pred[mask]
                 w = self._class_weights[truth]
@@ -586,8 +677,8 @@ class Trainer:
                 wrong += int(np.count_nonzero(guess != truth))
                 total += int(truth.size)
                 for c in range(1, k + 1):
-                    inter[c] += np.count_nonzero((truth == c) & (guess == c))
-                    union[c] += np.count_nonzero((truth == c) | (guess == c))
+                    unit.inter[c] = np.count_nonzero((truth == c) & (guess == c))
+                    unit.union[c] = np.count_nonzero((truth == c) | (guess == c))
                 if self.border_class is not None and mask.all() and lab.shape[0] >= 64:
                     r = metrics.evaluate_membrane(p[self.border_class - 1], lab == self.border_class)
                     rands.append(r["adapted_rand_error"])
@@ -595,6 +686,13 @@ class Trainer:
             self.model.train(was_training)
         if not total:
             return {}
+        if first:
+            self._start_pred, self.start_units = start_pred, units
+        self.last_units = units
+        inter = np.sum([u.inter for u in units], axis=0)
+        union = np.sum([u.union for u in units], axis=0)
+        agree_i = np.sum([u.agree_inter for u in units], axis=0)
+        agree_u = np.sum([u.agree_union for u in units], axis=0)
         out = {
             "val_loss": loss_sum / max(weight_sum, 1e-12),
             "val_pixel_error": wrong / total,
@@ -602,9 +700,43 @@ class Trainer:
         for c in range(1, k + 1):
             if union[c]:
                 out[f"val_iou_{self.class_names[c - 1]}"] = float(inter[c] / union[c])
+        if not first:
+            for c in range(1, k + 1):
+                if agree_u[c]:
+                    out[f"val_agreement_{self.class_names[c - 1]}"] = float(agree_i[c] / agree_u[c])
         if rands:
             out["val_rand_error"] = float(np.mean(rands))
         return out
+
+    def verdict(self) -> Verdict:
+        """Better than the start model, worse, or cannot tell yet: see :mod:`napari_unet.verdict`."""
+        seed = self.config.seed or 0
+        return judge(self.class_names, self.kept, self.start_units, self.last_units, seed=seed)
+
+    @staticmethod
+    def _score(metrics: dict[str, float]) -> float:
+        """One figure to choose weights by: the mean of held-out IoUs and kept-class agreements."""
+        values = [v for key, v in metrics.items() if key.startswith(("val_iou_", "val_agreement_"))]
+        return float(np.mean(values)) if values else -math.inf
+
+    def _remember(self, metrics: dict[str, float]) -> None:
+        """Keep a copy of the weights when this validation is the best so far."""
+        if not self.config.keep_best or not metrics:
+            return
+        score = self._score(metrics)
+        if self._best is None or score > self._best[0]:
+            weights = {key: v.detach().to("cpu", copy=True) for key, v in self.model.state_dict().items()}
+            self._best = (score, self.step, weights, dict(metrics), list(self.last_units))
+
+    def _restore_best(self) -> None:
+        """End with the best validated weights when the last ones validate clearly worse."""
+        self.kept_step = self.step
+        if self._best is None or not self.last_metrics:
+            return
+        score, step, weights, metrics, units = self._best
+        if step != self.step and score > self._score(self.last_metrics) + BEST_MARGIN:
+            self.model.load_state_dict(weights)
+            self.last_metrics, self.last_units, self.kept_step = metrics, units, step
 
     def _set_frozen(self, frozen: bool) -> None:
         """Freeze (or release) the contracting path: only the expanding path and the head learn."""
@@ -612,10 +744,14 @@ class Trainer:
             if name.startswith(("down.", "bottom.")):
                 p.requires_grad_(not frozen)
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None = None
+    ) -> torch.Tensor:
         loss = weighted_cross_entropy(logits, y, w)
         if self.config.dice_weight:
             loss = loss + self.config.dice_weight * soft_dice_loss(logits, y)
+        if s is not None:
+            loss = loss + self.config.distill * distillation_loss(logits, y, s, self._kept_channels)
         return loss
 
     def run(self) -> Iterator[TrainEvent]:
@@ -670,15 +806,16 @@ class Trainer:
                     lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                x, y, w = self._sample()
+                x, y, w, s = self._sample()
                 x = x.to(self.device).contiguous(memory_format=fmt)
                 y, w = y.to(self.device), w.to(self.device)
+                s = None if s is None else s.to(self.device)
                 if cfg.augment is not None:
-                    x, y, w = augment(x, y, w, cfg.augment, generator=self._generator)
+                    x, y, w, s = augment_with_targets(x, y, w, s, cfg.augment, generator=self._generator)
                     x = x.contiguous(memory_format=fmt)
                 with autocast(self.device, self.dtype):
                     logits = model(x)
-                loss = self._loss(logits, y, w)
+                loss = self._loss(logits, y, w, s)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -691,6 +828,7 @@ class Trainer:
                 yield event("step", value)
                 if validating and cfg.val_every and self.step % cfg.val_every == 0:
                     self.last_metrics = self.validate()
+                    self._remember(self.last_metrics)
                     yield event("validation", value, metrics=self.last_metrics)
                 now = time.perf_counter()
                 if cfg.snapshot_every_s and now - last_snapshot >= cfg.snapshot_every_s:
@@ -709,6 +847,7 @@ class Trainer:
         if validating:
             if not (cfg.val_every and self.step % cfg.val_every == 0 and self.last_metrics):
                 self.last_metrics = self.validate()
+            self._restore_best()
             metrics_ = self.last_metrics
             self.model.metadata.update(self.metadata(elapsed()))
         ckpt = None
@@ -759,6 +898,50 @@ def _hold_out_blocks(
         blocks.append((j, y, x, b))
         block[...] = 0
     return out, blocks
+
+
+def distillation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, channels: Sequence[int]
+) -> torch.Tensor:
+    """Mean KL divergence from the start model's probabilities to the model's, on unpainted pixels.
+
+    logits (B, K, h, w); labels (B, H, W), 0 = not annotated; targets (B, len(channels), H, W): the
+    start model's probabilities of its kept classes, which are output channels ``channels`` now
+    (all 0 where validation looks: those pixels are left out). A new class's probability counts
+    against the kept ones there, so it grows only where painted strokes teach it to.
+    """
+    _, _, h, w = logits.shape
+    labels = center_crop(labels, (h, w))
+    targets = center_crop(targets, (h, w)).float()
+    mask = (labels == 0) & (targets.sum(dim=1) > 0.5)
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    log_q = F.log_softmax(logits.float(), dim=1)[:, list(channels)]
+    kl = (targets * (torch.log(targets.clamp_min(1e-6)) - log_q)).sum(dim=1)
+    return torch.where(mask, kl, 0.0).sum() / mask.sum()
+
+
+def _probe_blocks(
+    labels: list[np.ndarray], taken: list[tuple[int, int, int, int]], rng: np.random.Generator
+) -> list[tuple[int, int, int, int]]:
+    """Up to PROBE_BLOCKS square blocks (slice, y, x, size) with no paint and away from ``taken``
+    blocks, spread over the slices: where validation compares the tuned model with the start model
+    on pixels nobody painted. They are left out of distillation, so the comparison is honest."""
+    if not labels:
+        return []
+    side = min(min(lb.shape) for lb in labels)
+    b = int(min(128, max(32, side // 4)))
+    candidates = []
+    for j, lb in enumerate(labels):
+        for y in range(0, lb.shape[0] - b + 1, b):
+            for x in range(0, lb.shape[1] - b + 1, b):
+                clash = any(t[0] == j and abs(t[1] - y) < b and abs(t[2] - x) < b for t in taken)
+                if not clash and not np.any(lb[y : y + b, x : x + b]):
+                    candidates.append((j, y, x, b))
+    if not candidates:
+        return []
+    order = rng.permutation(len(candidates))[:PROBE_BLOCKS]
+    return sorted(candidates[int(i)] for i in order)
 
 
 def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
