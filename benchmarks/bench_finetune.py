@@ -322,25 +322,36 @@ def person_labels(grey: np.ndarray, names: tuple[str, ...], painter: Painter, rn
     return out
 
 
-def wrong_regions(truth: np.ndarray, start: np.ndarray, k: int, n: int = 40) -> list[tuple[int, np.ndarray]]:
-    """The ``n`` largest connected regions where the start model is wrong, with their true class."""
-    regions = []
-    for c in range(1, k + 1):
-        regions += [(c, r) for r in largest_regions((start != truth) & (truth == c), n)]
-    regions.sort(key=lambda cr: -int(np.count_nonzero(cr[1])))
-    return regions[:n]
+def wrong_regions(truth: np.ndarray, start: np.ndarray, k: int, n: int = 20) -> dict[int, list[np.ndarray]]:
+    """By true class: the ``n`` largest connected regions of that class the start model gets wrong."""
+    return {c: largest_regions((start != truth) & (truth == c), n) for c in range(1, k + 1)}
 
 
 def correction_labels(
-    regions: list[tuple[int, np.ndarray]], shape: tuple[int, int], painter: Painter, rng
+    regions: dict[int, list[np.ndarray]], shape: tuple[int, int], painter: Painter, rng, least: float = 0.002
 ) -> np.ndarray:
     """(e): 10-20 strokes, each inside one of the largest regions the start model got wrong (chosen
-    at random among them), painted with the true class; nothing else."""
+    at random among them), painted with the true class; nothing else. Each class the start model
+    gets wrong somewhere gets at least a quarter of the strokes, the rest go by the wrong area; where
+    the strokes cover less than ``least`` of the pixels, more follow (40 at most)."""
     out = np.zeros(shape, np.uint8)
-    n = min(len(regions), int(rng.integers(10, 21)))
-    for i in rng.choice(len(regions), size=n, replace=False):
-        c, region = regions[int(i)]
-        out[strokes_in_region(region, painter, rng)] = c
+    classes = [c for c in regions if regions[c]]
+    if not classes:
+        return out
+    n = int(rng.integers(10, 21))
+    area = np.array([sum(int(np.count_nonzero(r)) for r in regions[c]) for c in classes], float)
+    floor = n // 4 if len(classes) > 1 else 0
+    p = floor / n + (1 - floor * len(classes) / n) * area / area.sum()
+    order = [c for c in classes for _ in range(floor)]
+    order += [classes[int(i)] for i in rng.choice(len(classes), size=n - len(order), p=p / p.sum())]
+    unused = {c: list(rng.permutation(len(regions[c]))) for c in classes}
+    done = 0
+    while order or (np.count_nonzero(out) < least * out.size and done < 40):
+        c = order.pop() if order else classes[int(rng.choice(len(classes), p=p / p.sum()))]
+        if not unused[c]:  # every region of this class has a stroke: another stroke in one of them
+            unused[c] = list(rng.permutation(len(regions[c])))
+        out[strokes_in_region(regions[c][int(unused[c].pop())], painter, rng, (30, 100))] = c
+        done += 1
     return out
 
 
