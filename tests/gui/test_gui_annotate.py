@@ -476,3 +476,88 @@ def test_autosave_goes_on_after_the_dock_is_closed(qtbot, make_napari_viewer, tm
     assert sidecar_value(sidecar, (2, 7, 7)) == 1
     again = open_annotate(viewer)  # the same viewer's autosaver is found again
     assert again.autosaver is autosaver
+
+
+# ------------------------------------------------------------------------------ undo and redo
+
+
+def press(viewer, key, modifiers):
+    """A key press on the canvas, as a person's Ctrl+Z reaches napari's key bindings."""
+    from qtpy.QtTest import QTest
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    QTest.keyClick(canvas, key, modifiers)
+
+
+def pixels(widget):
+    return [(c.name, c.pixels, c.slices) for c in widget.class_counts()]
+
+
+def test_undo_and_redo_recount(qtbot, make_napari_viewer):
+    """Ctrl+Z and Ctrl+Shift+Z recount at once, also before the first autosave (3 s) has run."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    viewer.add_image(image_data(), name="em")
+    widget = open_annotate(viewer, fast=False)
+    widget.count_timer.setInterval(10)
+    layer = widget.new_annotation_layer()
+    viewer.dims.set_current_step(0, 1)
+    layer.brush_size = 3
+    layer.paint((1, 5, 5), 2)  # napari's brush: a 3 px disc, one undoable step with a paint event
+    layer.paint((1, 12, 12), 1)
+    qtbot.waitUntil(lambda: not widget.counting, timeout=TIMEOUT)
+    assert pixels(widget) == [("membrane", 9, (1,)), ("cell", 9, (1,))]
+
+    press(viewer, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert layer.data[1, 12, 12] == 0  # the key reached napari's undo
+    qtbot.waitUntil(lambda: pixels(widget)[0][1] == 0, timeout=TIMEOUT)
+    assert pixels(widget) == [("membrane", 0, ()), ("cell", 9, (1,))]
+    layer.undo()
+    qtbot.waitUntil(lambda: pixels(widget)[1][1] == 0, timeout=TIMEOUT)
+    assert widget.counts_label.text().startswith("0 pixels annotated on 0 of 4 slices")
+
+    layer.redo()
+    press(viewer, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    qtbot.waitUntil(lambda: pixels(widget)[0][1] == 9, timeout=TIMEOUT)
+    assert pixels(widget) == [("membrane", 9, (1,)), ("cell", 9, (1,))]
+    assert widget.counts_table.item(1, 1).text() == "9"
+    layer.undo()  # a step napari does not have (nothing to redo afterwards) changes nothing
+    layer.redo()
+    layer.redo()
+    qtbot.waitUntil(lambda: not widget.counting, timeout=TIMEOUT)
+    assert pixels(widget) == [("membrane", 9, (1,)), ("cell", 9, (1,))]
+
+
+def test_undoing_a_copy_from_the_prediction_uncounts_it(qtbot, dock, prediction):
+    viewer, _image, widget = dock
+    widget.autosaver.timer.setInterval(3000)
+    layer = widget.new_annotation_layer()
+    viewer.dims.set_current_step(0, 2)
+    widget.copy_button.click()
+    qtbot.waitUntil(lambda: sum(c.pixels for c in widget.class_counts()) == 20 * 24, timeout=TIMEOUT)
+    layer.undo()  # Ctrl+Z takes back the whole copy in one step
+    qtbot.waitUntil(lambda: sum(c.pixels for c in widget.class_counts()) == 0, timeout=TIMEOUT)
+    layer.redo()
+    qtbot.waitUntil(lambda: not widget.counting, timeout=TIMEOUT)
+    assert [(c.pixels, c.slices) for c in widget.class_counts()] == [
+        (int((prediction[2] == k).sum()), (2,)) for k in (1, 2)
+    ]
+
+
+def test_a_redo_after_an_empty_autosave_is_autosaved(qtbot, dock, config):
+    """Paint, undo, autosave (nothing to write), redo: the redone paint reaches the sidecar."""
+    viewer, image, widget = dock
+    layer = widget.new_annotation_layer()
+    viewer.dims.set_current_step(0, 3)
+    layer.paint((3, 8, 8), 1)
+    layer.undo()
+    settle(qtbot, widget)
+    source = core.ImageSource.from_metadata("em", image.data.shape, {})
+    assert core.find_sidecar(source) is None  # an empty layer writes no file
+    layer.redo()
+    qtbot.waitUntil(lambda: core.find_sidecar(source) is not None, timeout=TIMEOUT)
+    settle(qtbot, widget)
+    np.testing.assert_array_equal(core.read_sidecar(core.find_sidecar(source).path).labels, layer.data)
+    assert [(c.pixels, c.slices) for c in widget.class_counts()] == [(int(layer.data.sum()), (3,)), (0, ())]

@@ -51,6 +51,7 @@ from napari_unet.errors import UserInputError
 from . import Dock, LayerComboBox, _alive, image_key_of, layer_data, unwrap
 from ._annotate_classes import ClassPalette
 from ._annotate_files import AnnotationFiles
+from ._annotate_history import watch_history
 from ._annotate_regions import REGION_BOXES, REGION_SLICE, PredictionCopy
 from ._annotation_layers import (
     META_KEY,
@@ -359,6 +360,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles):
                 old.events.selected_label.disconnect(self._on_selected_label)
             if layer is not None:
                 layer.events.selected_label.connect(self._on_selected_label)
+                watch_history(layer, self._on_undo_redo)
             self._label_events = weakref.ref(layer) if layer is not None else None
         self.layer_note.setText("")
         if layer is not None and image is not None:
@@ -408,6 +410,13 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles):
     def _on_edited(self, layer: Any, slices: set[int] | None) -> None:
         if _alive(self) and layer is self.labels_combo.layer():
             self._recount(slices)
+
+    def _on_undo_redo(self, layer: Any, slices: set[int] | None) -> None:
+        """Ctrl+Z / Ctrl+Shift+Z changed the annotations: recount, and autosave the result."""
+        if not _alive(self) or self.closed or layer is not self.labels_combo.layer():
+            return
+        self._recount(slices)
+        self.autosaver.mark(layer, slices)  # an undone stroke must not live on in the sidecar
 
     def _on_saved(self, layer: Any, result: Any) -> None:
         if not _alive(self):
