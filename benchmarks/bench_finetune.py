@@ -457,6 +457,7 @@ class PersonBench:
         model = load_model(default_model_path())
         new = any(n not in self.start_names for n in names)
         if tuple(names) != self.start_names:
+            torch.manual_seed(seed)  # the new channels' initial weights: the same in every run of a draw
             model = with_classes(model, names)
         cfg = make_config(recipe, new, self.args.minutes, self.args.steps, self.overrides, "auto")
         if "seed" not in self.overrides:
