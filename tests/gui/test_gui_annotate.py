@@ -561,3 +561,176 @@ def test_a_redo_after_an_empty_autosave_is_autosaved(qtbot, dock, config):
     settle(qtbot, widget)
     np.testing.assert_array_equal(core.read_sidecar(core.find_sidecar(source).path).labels, layer.data)
     assert [(c.pixels, c.slices) for c in widget.class_counts()] == [(int(layer.data.sum()), (3,)), (0, ())]
+
+
+# ------------------------------------------------------------------------------ where to paint next
+
+
+@pytest.fixture
+def next_dock(make_napari_viewer, model_file):
+    """A 3-slice stack, the Annotate dock with a tiny model chosen and 32 px windows."""
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(5).integers(0, 255, (3, 96, 112), dtype=np.uint8)
+    image = viewer.add_image(data, name="em", scale=(50, 4, 4), translate=(100, 0, 8))
+    widget = open_annotate(viewer)
+    widget.next_model.select_file(model_file)
+    widget.next_window.setValue(32)
+    return viewer, image, widget
+
+
+def wait_next(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.suggesting, timeout=TIMEOUT)
+
+
+def test_where_to_paint_next_shows_the_uncertainty_and_moves_there(qtbot, next_dock, model_file):
+    from napari_unet import load_model
+    from napari_unet._widgets._annotate_next import _camera, _canvas_size
+    from napari_unet.layers import image_key, linked_image, role_of
+    from napari_unet.uncertainty import UNCERTAINTY, most_uncertain_window, slice_uncertainty, to_uint8
+
+    viewer, image, widget = next_dock
+    layer = widget.new_annotation_layer()
+    viewer.dims.set_current_step(0, 1)
+    paint(layer, 1, range(48), range(112), 2)  # the top half of the slice is painted
+    widget.next_button.click()
+    wait_next(qtbot, widget)
+
+    unc = viewer.layers["em uncertainty"]
+    assert role_of(unc.metadata) == UNCERTAINTY
+    assert linked_image(unc.metadata) == image_key(image.metadata)
+    np.testing.assert_allclose(unc.scale, image.scale)
+    np.testing.assert_allclose(unc.translate, image.translate)
+    want = slice_uncertainty(load_model(model_file), image.data[1], device="auto", precision="auto")
+    np.testing.assert_array_equal(unc.data[1], to_uint8(want))
+    assert unc.data[1].any() and not unc.data[[0, 2]].any()  # only the slice on screen
+    assert viewer.layers.index(unc) == viewer.layers.index(image) + 1
+    assert viewer.layers.selection.active is layer  # painting goes on in the annotations
+    assert unc not in widget.image_combo.layers()  # and it is no image to annotate
+
+    win = widget._next.shown[-1]
+    assert win == most_uncertain_window(unc.data, layer.data, size=32, zs=[1])
+    assert win.z == 1 and win.y + win.height > 48  # not where everything is painted
+    assert viewer.dims.current_step[0] == 1
+    camera = _camera(viewer)
+    centre = image.data_to_world((1, *win.centre))
+    np.testing.assert_allclose(camera.center[-2:], centre[-2:])
+    h, w = _canvas_size(viewer)
+    assert camera.zoom == pytest.approx(0.8 * min(h, w) / (32 * 4))
+    status = widget.next_task.status.text()
+    assert f"slice 1, y {win.y}-{win.y + 32}, x {win.x}-{win.x + 32}" in status
+    assert f"Uncertainty {win.uncertainty:.2f}" in status
+
+
+def test_clicks_walk_through_the_unsure_places_and_compute_each_slice_once(
+    qtbot, next_dock, monkeypatch
+):
+    from napari_unet import uncertainty
+
+    viewer, _image, widget = next_dock
+    computed = []
+    original = uncertainty.slice_uncertainty
+
+    def counting(model, plane, **kw):
+        computed.append(plane.shape)
+        return original(model, plane, **kw)
+
+    monkeypatch.setattr(uncertainty, "slice_uncertainty", counting)
+    viewer.dims.set_current_step(0, 2)
+    seen = []
+    for _ in range(3):
+        widget.where_to_paint_next()
+        wait_next(qtbot, widget)
+        seen.append(widget._next.shown[-1])
+    assert len(computed) == 1  # later clicks reuse the slice's uncertainty
+    assert len({(w.y, w.x) for w in seen}) == 3 and all(w.z == 2 for w in seen)
+    assert seen[0].score >= seen[1].score >= seen[2].score
+
+    widget.next_scope.setCurrentText("slices near it (±2)")
+    widget.where_to_paint_next()
+    wait_next(qtbot, widget)
+    assert len(computed) == 3  # slices 0 and 1, not 2 again
+    assert widget._next.shown[-1] not in seen
+
+    model_before = widget._next.model()
+    viewer.layers.remove(viewer.layers["em uncertainty"])  # a deleted layer is made again
+    widget.where_to_paint_next()
+    wait_next(qtbot, widget)
+    assert len(computed) == 6 and "em uncertainty" in viewer.layers
+    assert widget._next.model() is model_before
+
+
+def test_shift_n_asks_from_anywhere_in_the_viewer(qtbot, next_dock):
+    from qtpy.QtCore import Qt
+
+    viewer, _image, widget = next_dock
+    layer = widget.new_annotation_layer()
+    viewer.layers.selection.active = layer  # the annotation layer's own keys do not take Shift+N
+    press(viewer, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)
+    assert widget.suggesting or widget._next is not None
+    wait_next(qtbot, widget)
+    assert "em uncertainty" in viewer.layers and widget._next.shown
+
+
+def test_the_newest_fine_tuned_model_is_chosen_until_one_is_picked(qtbot, next_dock, make_unet):
+    from napari_unet._widgets._session import session_for
+
+    viewer, _image, widget = next_dock
+    session = session_for(viewer)
+    session.add_model("first", make_unet(depth=2))
+    assert widget.next_model.choice() == ("session", "first")
+    session.add_model("second", make_unet(depth=2, seed=1))
+    assert widget.next_model.choice() == ("session", "second")
+    index = widget.next_model.combo.findData("session:first")
+    widget.next_model.combo.setCurrentIndex(index)
+    widget.next_model.combo.activated.emit(index)  # picked by hand: it stays
+    session.add_model("third", make_unet(depth=2, seed=2))
+    assert widget.next_model.choice() == ("session", "first")
+
+
+def test_where_to_paint_next_with_bad_input_notifies_once(qtbot, make_napari_viewer, next_dock, notes):
+    viewer, _image, widget = next_dock
+    wrong = viewer.add_labels(np.zeros((3, 96, 100), np.uint8), name="other")
+    widget.labels_combo.set_layer(wrong)
+    widget.where_to_paint_next()
+    assert len(notes.errors()) == 1 and "(3, 96, 100)" in notes.errors()[0]
+    widget.labels_combo.follow()
+
+    viewer.dims.ndisplay = 3
+    widget.where_to_paint_next()
+    assert len(notes.errors()) == 2 and "2-D" in notes.errors()[1]
+    viewer.dims.ndisplay = 2
+
+    widget.next_model.select_file("/nonexistent/model.safetensors")
+    widget.where_to_paint_next()
+    assert len(notes.errors()) == 3 and "does not exist" in notes.errors()[2]
+    assert not widget.suggesting and "em uncertainty" not in viewer.layers
+
+    empty = make_napari_viewer()
+    alone = open_annotate(empty)
+    alone.where_to_paint_next()
+    assert len(notes.errors()) == 4 and "no image layer" in notes.errors()[3]
+    assert len(empty.layers) == 0
+
+
+def test_when_every_place_was_shown_the_walk_starts_again(qtbot, make_napari_viewer, model_file, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(6).integers(0, 255, (40, 40), dtype=np.uint8), name="em")
+    widget = open_annotate(viewer)
+    widget.next_model.select_file(model_file)
+    widget.next_window.setValue(32)
+    seen = []
+    for _ in range(6):
+        widget.where_to_paint_next()
+        wait_next(qtbot, widget)
+        seen.append(widget._next.shown[-1])
+    again = next(i for i in range(1, 6) if seen[i] == seen[0])
+    assert 2 <= again <= 5 and len(set(seen[:again])) == again  # distinct places, then from the top
+    assert seen[0].z is None and (seen[0].height, seen[0].width) == (32, 32)
+
+    layer = widget.new_annotation_layer()
+    layer.data[...] = 1  # everything painted: nothing left to suggest
+    widget.where_to_paint_next()
+    wait_next(qtbot, widget)
+    assert "nothing left to paint" in widget.next_task.status.text()
+    assert any("nothing left to paint" in str(n.message) for n in notes.all)
+    assert not notes.errors()

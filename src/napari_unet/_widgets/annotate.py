@@ -5,6 +5,10 @@ and position (0 = not annotated). The class palette lists the classes (the model
 colours); clicking one selects it for the brush, and classes can be added and renamed. A table
 shows how many pixels and which slices are annotated per class.
 
+**Where to paint next** (Shift+N) shows how unsure the model is, as the image layer
+"<image> uncertainty", and moves the view to the most unsure place not painted yet; each click the
+next such place (:mod:`._annotate_next`, over :mod:`napari_unet.uncertainty`).
+
 **Start from prediction** copies the segmentation (the Segment dock's "<image> segmentation") of
 the slice on screen, or of rectangles drawn on a region layer, into the annotations, so the user
 corrects the model's mistakes instead of painting from nothing; **Undo copy** puts back what it
@@ -47,11 +51,13 @@ from qtpy.QtWidgets import (
 from napari_unet import annotation as core
 from napari_unet import layers as roles
 from napari_unet.errors import UserInputError
+from napari_unet.uncertainty import UNCERTAINTY
 
-from . import Dock, LayerComboBox, _alive, image_key_of, layer_data, unwrap
+from . import Dock, LayerComboBox, _alive, image_key_of, is_derived, layer_data, unwrap
 from ._annotate_classes import ClassPalette
 from ._annotate_files import AnnotationFiles
 from ._annotate_history import watch_history
+from ._annotate_next import PaintNext
 from ._annotate_regions import REGION_BOXES, REGION_SLICE, PredictionCopy
 from ._annotation_layers import (
     META_KEY,
@@ -117,11 +123,16 @@ def add_annotation_layer(
     return layer
 
 
+def _annotatable(layer: Any) -> bool:
+    """An image layer to annotate: greyscale, and not an "<image> uncertainty" layer."""
+    return not layer.rgb and not is_derived(layer, UNCERTAINTY)
+
+
 # ------------------------------------------------------------------------------ the dock
 
 
-class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles):
-    """Paint annotations per class, start from a prediction, and keep them safe on disk."""
+class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintNext):
+    """Paint annotations per class, see where to paint next, start from a prediction, keep them safe."""
 
     COUNT_DELAY_MS = 300
 
@@ -134,7 +145,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles):
         me = weakref.ref(self)
 
         # -- layers
-        self.image_combo = LayerComboBox(napari_viewer, Image, accept=lambda ly: not ly.rgb)
+        self.image_combo = LayerComboBox(napari_viewer, Image, accept=_annotatable)
         self.labels_combo = LayerComboBox(
             napari_viewer,
             Labels,
@@ -217,6 +228,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles):
         self.autosave_label.setWordWrap(True)
         self.task = TaskPanel("Cancel")
         self.task.finished.connect(self._on_task_finished)
+        self.next_box = self._build_next()
 
         self._build_layout()
 
@@ -294,6 +306,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles):
         layout.addWidget(self.restore_bar)
         layout.addWidget(classes_box)
         layout.addWidget(counts_box)
+        layout.addWidget(self.next_box)
         layout.addWidget(pred_box)
         layout.addLayout(files_row)
         layout.addWidget(self.autosave_label)
@@ -311,6 +324,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles):
         """Stop counting and saving from this dock; the viewer's autosaver goes on."""
         super().dock_closed()
         self.count_timer.stop()
+        self._release_next_shortcut()
         old = self._label_events() if self._label_events is not None else None
         if old is not None:
             old.events.selected_label.disconnect(self._on_selected_label)
@@ -379,7 +393,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles):
         if not _alive(self):
             return
         layer = event.value
-        if isinstance(layer, Image) and not layer.rgb:
+        if isinstance(layer, Image) and _annotatable(layer):
             if self.image_combo.layer() is None or self._has_sidecar(layer):
                 self.image_combo.set_layer(layer)
             self._check_sidecar()
