@@ -104,7 +104,7 @@ class PaintNext:
             "Segment the slice on screen, show how unsure the model is, and move to the most "
             "unsure place not painted yet; again for the next place"
         )
-        self.next_button.clicked.connect(lambda: self.where_to_paint_next())
+        self.next_button.clicked.connect(self._on_next_clicked)
         self.next_task = TaskPanel("Cancel")
         self.next_task.finished.connect(self._on_next_finished)
         self._next: _Uncertainty | None = None
@@ -157,6 +157,9 @@ class PaintNext:
     def suggesting(self) -> bool:
         """True while "Where to paint next" computes."""
         return self.next_task.running
+
+    def _on_next_clicked(self, _checked: bool = False) -> None:
+        self.where_to_paint_next()
 
     def where_to_paint_next(self) -> None:
         """Compute the uncertainty where needed and move the view to the next place to paint."""
