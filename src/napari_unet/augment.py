@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment", "elastic_displacement"]
+__all__ = ["AugmentConfig", "augment", "augment_with_targets", "elastic_displacement"]
 
 _INTERPOLATIONS = ("bilinear", "bicubic")
 

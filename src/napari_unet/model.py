@@ -203,7 +203,10 @@ def with_classes(model: UNet, names: Sequence[str]) -> UNet:
     new = copy.deepcopy(model)
     old = new.head
     head = nn.Conv2d(old.in_channels, len(names), kernel_size=1).to(old.weight.device, old.weight.dtype)
-    nn.init.normal_(head.weight, 0.0, math.sqrt(2.0 / old.in_channels))
+    # a fixed draw: the same classes give the same start, so a fine-tuning run can be repeated
+    draw = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=draw) * math.sqrt(2.0 / old.in_channels))
     nn.init.zeros_(head.bias)
     with torch.no_grad():
         for k, name in enumerate(lowered):

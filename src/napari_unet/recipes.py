@@ -79,12 +79,15 @@ def recipe_config(
 
     ``new_classes`` says whether the model to train has a class its start model lacks (always true
     from scratch); it only matters for "auto". ``pretrained`` False (training from scratch) drops
-    the recipe's freeze of the contracting path: random weights have nothing to protect.
+    the recipe's freeze of the contracting path and its distillation: random weights have nothing
+    to protect.
     """
     name = resolve_recipe(name, new_classes)
     settings = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
     if not pretrained and overrides.get("freeze_encoder") is None:
         settings["freeze_encoder"] = 0.0
+    if not pretrained and overrides.get("distill") is None:
+        settings["distill"] = 0.0  # a random start model has no knowledge to keep
     if isinstance(settings.get("augment"), AugmentConfig):
         settings["augment"] = replace(settings["augment"])
     return TrainConfig(**settings)

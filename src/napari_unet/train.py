@@ -42,7 +42,7 @@ DENSE_SHARE = 0.5
 VALIDATIONS = ("auto", "none")
 #: blocks nobody painted, held out of training on each annotated slice, where validation compares
 #: the tuned model's kept classes with the start model's (at most this many in all)
-PROBE_BLOCKS = 8
+PROBE_BLOCKS = 4
 #: a later validation must score this much lower than the best one for the best weights to be
 #: restored at the end of a run (validation on a few hundred pixels is noisy)
 BEST_MARGIN = 0.02
@@ -670,15 +670,13 @@ class Trainer:
                     continue
                 truth = lab[mask]
                 guess = pred[mask]
+                units.extend(_paint_units(mask, truth, guess, k))
                 w = self._class_weights[truth]
                 picked = np.take_along_axis(p[:, mask], (truth - 1)[None], axis=0)[0]
                 loss_sum += float(np.sum(w * -np.log(np.clip(picked, 1e-7, 1.0))))
                 weight_sum += float(w.sum())
                 wrong += int(np.count_nonzero(guess != truth))
                 total += int(truth.size)
-                for c in range(1, k + 1):
-                    unit.inter[c] = np.count_nonzero((truth == c) & (guess == c))
-                    unit.union[c] = np.count_nonzero((truth == c) | (guess == c))
                 if self.border_class is not None and mask.all() and lab.shape[0] >= 64:
                     r = metrics.evaluate_membrane(p[self.border_class - 1], lab == self.border_class)
                     rands.append(r["adapted_rand_error"])
@@ -689,7 +687,7 @@ class Trainer:
         if first:
             self._start_pred, self.start_units = start_pred, units
         self.last_units = units
-        inter = np.sum([u.inter for u in units], axis=0)
+        inter = np.sum([u.inter for u in units], axis=0)  # pooled: the IoU of all held-out paint
         union = np.sum([u.union for u in units], axis=0)
         agree_i = np.sum([u.agree_inter for u in units], axis=0)
         agree_u = np.sum([u.agree_union for u in units], axis=0)
@@ -874,7 +872,9 @@ def _hold_out_blocks(
     k = max(int(lb.max()) for lb in labels)
     class_total = sum(np.bincount(lb.ravel(), minlength=k + 1)[: k + 1] for lb in labels)
     side = min(min(lb.shape) for lb in labels)
-    b = int(min(128, max(32, side // 4)))
+    # strokes (under 5 % painted): smaller blocks, so the held-out paint comes from more places
+    sparse = total < 0.05 * sum(lb.size for lb in labels)
+    b = int(min(64 if sparse else 128, max(32, side // 4)))
     candidates = []
     for j, lb in enumerate(labels):
         for y in range(0, lb.shape[0] - b + 1, b):
@@ -919,6 +919,30 @@ def distillation_loss(
     log_q = F.log_softmax(logits.float(), dim=1)[:, list(channels)]
     kl = (targets * (torch.log(targets.clamp_min(1e-6)) - log_q)).sum(dim=1)
     return torch.where(mask, kl, 0.0).sum() / mask.sum()
+
+
+#: side of the grid that cuts held-out paint into units for the verdict's bootstrap
+UNIT_CELL = 128
+
+
+def _paint_units(mask: np.ndarray, truth: np.ndarray, guess: np.ndarray, k: int) -> list[UnitCounts]:
+    """Counts per unit of held-out paint: each stroke (8-connected piece of paint) within each
+    UNIT_CELL square, so a few held-out strokes give several units and a dense slice many."""
+    from scipy import ndimage
+
+    pieces, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    ys, xs = np.nonzero(mask)
+    cells = (ys // UNIT_CELL) * (mask.shape[1] // UNIT_CELL + 1) + xs // UNIT_CELL
+    keys = pieces[mask].astype(np.int64) * (cells.max() + 1) + cells
+    _, unit = np.unique(keys, return_inverse=True)
+    n = int(unit.max()) + 1
+    out = [UnitCounts(*(np.zeros(k + 1) for _ in range(4))) for _ in range(n)]
+    for c in range(1, k + 1):
+        inter = np.bincount(unit, weights=(truth == c) & (guess == c), minlength=n)
+        union = np.bincount(unit, weights=(truth == c) | (guess == c), minlength=n)
+        for i in range(n):
+            out[i].inter[c], out[i].union[c] = inter[i], union[i]
+    return out
 
 
 def _probe_blocks(

@@ -8,6 +8,8 @@ held-out slice or block of paint, or a probe block nobody painted). :func:`judge
 - for each kept class, the agreement with the start model on pixels nobody painted (IoU of the
   two models' masks of that class in the probe blocks): a new class may take some pixels from a
   kept one, but a kept class that the tuned model redraws where nobody asked has been damaged.
+  This rule holds when the run adds a class; a run that only corrects the start model's classes
+  is meant to redraw them, so there agreement is reported but the held-out paint decides.
 
 "better" needs the evidence: every kept class at most ``TOLERANCE`` worse at the low end of its
 interval and in agreement, and each new class learned (IoU interval above ``NEW_CLASS_IOU``) or,
@@ -192,11 +194,17 @@ def _decide(classes: list[ClassEvidence], units: int) -> Verdict:
     kept = [c for c in classes if c.kept]
     new = [c for c in classes if not c.kept]
     evidence = "; ".join(c.describe() for c in classes)
+
+    def agrees(c: ClassEvidence, end: int) -> bool | None:
+        """Whether the agreement interval's end ``end`` (0 low, 1 high) reaches AGREEMENT_MIN."""
+        if not new or c.agreement_interval is None:
+            return None
+        return c.agreement_interval[end] >= AGREEMENT_MIN
+
     damaged = [
         c.name
         for c in kept
-        if (c.change_interval is not None and c.change_interval[1] < 0)
-        or (c.agreement_interval is not None and c.agreement_interval[1] < AGREEMENT_MIN)
+        if (c.change_interval is not None and c.change_interval[1] < 0) or agrees(c, 1) is False
     ]
     if damaged:
         return Verdict(
@@ -216,8 +224,8 @@ def _decide(classes: list[ClassEvidence], units: int) -> Verdict:
         )
     kept_hold = all(
         (c.change_interval is None or c.change_interval[0] >= -TOLERANCE)
-        and (c.agreement_interval is None or c.agreement_interval[0] >= AGREEMENT_MIN)
-        and (c.change_interval is not None or c.agreement_interval is not None)
+        and agrees(c, 0) is not False
+        and (c.change_interval is not None or agrees(c, 0) is not None)
         for c in kept
     )
     if new:

@@ -277,3 +277,29 @@ def test_runs_on_the_tensors_device():
     ref = augment(image, labels, weights, AugmentConfig(), torch.Generator().manual_seed(17))
     torch.testing.assert_close(out[0].cpu(), ref[0], atol=1e-4, rtol=0)
     assert float((out[1].cpu() == ref[1]).float().mean()) > 0.99
+
+
+def test_targets_move_with_the_labels_and_leave_the_draws_alone():
+    """Soft targets (one-hot of the labels here) follow the same geometry as the labels, bilinear
+    so they stay probabilities; giving them does not change the image, labels or weights."""
+    from napari_unet.augment import augment_with_targets
+
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(2, 1, 48, 48, generator=g)
+    labels = torch.randint(1, 4, (2, 48, 48), generator=g)
+    labels = torch.nn.functional.max_pool2d(labels[:, None].float(), 6, 1, padding=3)[:, 0, :48, :48].long()
+    weights = torch.rand(2, 48, 48, generator=g)
+    onehot = torch.nn.functional.one_hot(labels - 1, 3).permute(0, 3, 1, 2).float()
+    for cfg in (AugmentConfig(elastic=False), AugmentConfig()):
+        a = augment(image, labels, weights, cfg, torch.Generator().manual_seed(1))
+        b = augment_with_targets(image, labels, weights, onehot, cfg, torch.Generator().manual_seed(1))
+        for x, y in zip(a, b[:3], strict=True):
+            assert torch.equal(x, y)
+        targets = b[3]
+        assert targets.shape == onehot.shape
+        assert torch.allclose(targets.sum(1), torch.ones(2, 48, 48), atol=1e-5)
+        agree = (targets.argmax(1) + 1 == b[1]).float().mean()
+        if not cfg.elastic:  # exact moves: the targets are the labels' one-hot, exactly
+            assert torch.equal(targets, torch.nn.functional.one_hot(b[1] - 1, 3).permute(0, 3, 1, 2).float())
+        else:  # bilinear against nearest differs only along the borders between classes
+            assert agree > 0.9

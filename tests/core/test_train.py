@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -240,3 +242,70 @@ def test_fused_optimiser_matches_the_plain_one(optimizer, monkeypatch):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
         moved = max(moved, float((a - start.to(a.device)).abs().max()))
     assert moved > 1e-4  # the steps did move the weights
+
+
+def test_distillation_loss_is_zero_on_agreement_and_ignores_paint():
+    from napari_unet.train import distillation_loss
+
+    targets = torch.tensor([0.2, 0.8]).view(1, 2, 1, 1).expand(1, 2, 4, 4).clone()
+    agree = torch.log(torch.tensor([0.2, 0.8, 1e-9])).view(1, 3, 1, 1).expand(1, 3, 4, 4).clone()
+    unpainted = torch.zeros(1, 4, 4, dtype=torch.long)
+    assert float(distillation_loss(agree, unpainted, targets, [0, 1])) == pytest.approx(0.0, abs=1e-6)
+    grown = torch.log(torch.tensor([0.1, 0.4, 0.5])).view(1, 3, 1, 1).expand(1, 3, 4, 4).clone()
+    kl = float(distillation_loss(grown, unpainted, targets, [0, 1]))
+    assert kl == pytest.approx(np.log(2.0), rel=1e-4)  # the new class took half of the mass
+    painted = torch.full((1, 4, 4), 3, dtype=torch.long)
+    assert float(distillation_loss(grown, painted, targets, [0, 1])) == 0.0
+    held_out = torch.zeros_like(targets)  # blanked targets (validation) are left out as well
+    assert float(distillation_loss(grown, unpainted, held_out, [0, 1])) == 0.0
+
+
+def _strokes_task():
+    """Synthetic EM with a few painted strokes per class and a new class "spot" on a few dots."""
+    from napari_unet.model import with_classes
+
+    images, labels = synthetic_em(2, (160, 160), seed=3)
+    sparse = np.zeros_like(labels)
+    sparse[:, 40:50, 10:150] = labels[:, 40:50, 10:150]
+    sparse[:, 100:140, 60:62] = labels[:, 100:140, 60:62]
+    sparse[:, 80:84, 80:84] = 3
+    start = small_model(seed=1)
+    return images, sparse, start, with_classes(start, ["membrane", "cell", "spot"])
+
+
+def test_distillation_targets_are_the_start_model_and_blank_where_validation_looks():
+    images, sparse, start, model = _strokes_task()
+    assert model.added_classes == ["spot"]
+    cfg = TrainConfig(steps=1, distill=1.0, augment=None, val_every=0)
+    tr = Trainer(model, images, sparse, cfg)
+    assert tr.kept == [True, True, False] and tr.targets is not None and tr.probe_blocks
+    p = predict(start, images[0], precision="fp32")
+    expect = p / p.sum(0, keepdims=True)
+    got = tr.targets[0].astype(np.float32)
+    blank = np.zeros(got.shape[1:], bool)
+    for j, y, x, b in [*tr.val_blocks, *tr.probe_blocks]:
+        if j == 0:
+            blank[y : y + b, x : x + b] = True
+    assert np.all(got[:, blank] == 0)
+    np.testing.assert_allclose(got[:, ~blank], expect[:, ~blank], atol=4e-3)  # float16
+    assert Trainer(model, images, sparse, TrainConfig(steps=1, distill=0.0)).targets is None
+
+
+def test_distillation_keeps_the_start_model_where_nobody_painted():
+    """With distillation the kept classes agree far more with the start model on unpainted pixels
+    than without, after the same steps on the same strokes."""
+    images, sparse, _start, model = _strokes_task()
+    agreement = {}
+    for distill in (0.0, 2.0):
+        m = copy.deepcopy(model)
+        tile = m.valid_input_size(96)
+        cfg = TrainConfig(
+            steps=40, distill=distill, optimizer="adam", learning_rate=3e-3, val_every=20, tile_size=tile
+        )
+        tr = Trainer(m, images, sparse, cfg)
+        events = list(tr.run())
+        assert events[-1].kind == "done"
+        kept = [v for k, v in tr.last_metrics.items() if k.startswith("val_agreement_")]
+        agreement[distill] = np.mean(kept)
+        assert tr.verdict().kind in ("better", "unclear", "worse")
+    assert agreement[2.0] > agreement[0.0] + 0.05, agreement

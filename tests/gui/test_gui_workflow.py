@@ -400,11 +400,10 @@ def test_training_previews_the_slice_on_screen_and_validates_from_the_start(
     np.testing.assert_allclose(preview.get_color(1)[:3], [0xE6 / 255, 0x9F / 255, 0], atol=1e-3)
     # validation: the start model at step 0, then the end of the run
     assert ft.loss_curve.val_steps[0] == 0 and ft.loss_curve.val_steps[-1] == 12
-    assert "Validation" in ft.verdict_label.text() or "validation loss" in ft.verdict_label.text()
+    assert ft.verdict is not None and ft.verdict.text in ft.verdict_label.text()
     name = ft.result.name
     chosen = seg.model_chooser.choice()
-    worse = "validates worse" in ft.verdict_label.text()
-    assert chosen == (("file", "") if worse else ("session", name))
+    assert chosen == (("session", name) if ft.verdict.kind == "better" else ("file", ""))
 
 
 def slow_preview(monkeypatch, started, release):
@@ -506,25 +505,70 @@ def test_exiting_while_a_preview_computes_does_not_crash(model_file, tmp_path):
     assert done.returncode == 0
 
 
-def test_a_run_that_validates_worse_is_flagged_and_not_offered(
-    qtbot, make_napari_viewer, model_file, image, monkeypatch, notes
-):
-    from napari_unet import train
+@pytest.fixture(scope="module")
+def em_task(tmp_path_factory):
+    """Synthetic EM (membrane, cell) and a small model trained on it: a start model that knows
+    something, so that damaging it shows."""
+    from napari_unet.data import synthetic_em
+    from napari_unet.recipes import recipe_config
+    from napari_unet.train import Trainer
 
-    monkeypatch.setattr(train.Trainer, "worse_than_start", property(lambda self: True))
+    images, labels = synthetic_em(3, (128, 128), seed=4)
+    torch.manual_seed(0)
+    model = UNet(depth=2, base_channels=8, dropout=0.0)
+    model.metadata["classes"] = ["membrane", "cell"]
+    cfg = recipe_config("fast", steps=80, validation="none", freeze_encoder=0.0, tile_size=124)
+    for _ in Trainer(model, images, labels, cfg).run():
+        pass
+    path = tmp_path_factory.mktemp("em") / "em.safetensors"
+    save_model(model, path)
+    return images, labels, path
+
+
+def paint_strokes(layer, labels, new_class):
+    """Strokes through napari's own paint path (the brush the mouse uses): a few along cell
+    interiors and membranes, and dabs of a new class on dark spots, on every slice."""
+    layer.brush_size = 5
+    for z in range(labels.shape[0]):
+        for cls in (1, 2):
+            ys, xs = np.nonzero(labels[z] == cls)
+            for i in np.linspace(0, len(ys) - 1, 10).astype(int):
+                layer.paint((z, ys[i], xs[i]), cls, refresh=False)
+        for y, x in ((20, 20), (60, 90), (100, 40)):
+            layer.paint((z, y, x), new_class, refresh=False)
+    layer.refresh()
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_the_verdict_decides_what_segment_offers(qtbot, make_napari_viewer, em_task, notes, damaged):
+    """Paint strokes with a new class, train: Segment preselects the tuned model only when the
+    verdict is "better"; a deliberately damaged run (a learning rate that wrecks the start
+    model's classes) is called worse, with a warning, and the start model stays selected."""
+    images, labels, path = em_task
     viewer = make_napari_viewer()
-    viewer.add_image(image, name="em")
-    ft = open_dock(viewer, "Fine-tune", model_file)
+    viewer.add_image(images, name="em")
+    ft = open_dock(viewer, "Fine-tune", path)
     ft.live_check.setChecked(False)
-    seg = open_dock(viewer, "Segment", model_file)
-    paint_three_slices(ft.add_annotation_layer())
-    ft.steps_spin.setValue(3)
+    seg = open_dock(viewer, "Segment", path)
+    ann = open_dock(viewer, "Annotate")
+    layer = ann.new_annotation_layer()
+    ann.add_class("spot")
+    paint_strokes(layer, labels, 3)
+    assert np.count_nonzero(layer.data) > 500
+    ft.steps_spin.setValue(20)
+    if damaged:
+        ft.lr_spin.setValue(0.05)
     ft.train()
     wait_idle(qtbot, ft)
-    assert "validates worse" in ft.verdict_label.text()
-    assert any("validates worse" in str(n.message) for n in notes.all if n.severity == "warning")
-    assert seg.model_chooser.choice() == ("file", "")  # the start model stays selected
-    assert "em preview" not in viewer.layers
+    verdict = ft.verdict
+    assert verdict is not None and verdict.text in ft.verdict_label.text()
+    offered = seg.model_chooser.choice() == ("session", ft.result.name)
+    assert offered == (verdict.kind == "better")
+    if damaged:
+        assert verdict.kind == "worse", verdict.text
+        warnings = [str(n.message) for n in notes.all if n.severity == "warning"]
+        assert any("worse than the start model" in w for w in warnings)
+        assert seg.model_chooser.choice() == ("file", "")
 
 
 def test_a_class_removed_in_annotate_is_dropped_from_the_model(qtbot, make_napari_viewer, model_file, image):

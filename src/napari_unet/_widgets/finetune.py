@@ -404,8 +404,9 @@ class FineTuneWidget(Dock):
         self._show_limit()
         self._show_classes()
         self._run: TrainingRun | AugmentationRun | None = None
-        #: the model made by the last run, as kept in the session
+        #: the model made by the last run, as kept in the session, and what validation said of it
         self.result: SessionModel | None = None
+        self.verdict: Any = None
         QTimer.singleShot(WARM_DELAY_MS, lambda: warm_imports(WARM_IMPORTS))
 
     # ------------------------------------------------------------------ small views
@@ -753,7 +754,7 @@ class FineTuneWidget(Dock):
             notify_warning("training stopped before its first step; no model was made")
             return
         checkpoint = Path(run.checkpoint) if Path(run.checkpoint).is_file() else None
-        worse = bool(getattr(trainer, "worse_than_start", None))
+        verdict = trainer.verdict() if getattr(trainer, "start_units", None) else None
         self.result = self.session.add_model(
             run.name,
             trainer.model,
@@ -761,24 +762,31 @@ class FineTuneWidget(Dock):
             checkpoint,
         )
         run.steps = trainer.step
-        run.worse = worse
+        run.worse = verdict is not None and verdict.kind == "worse"
+        self.verdict = verdict
         self.save_button.setEnabled(True)
-        start, end = getattr(trainer, "start_metrics", None), getattr(trainer, "last_metrics", None)
-        if worse and start and end:
-            text = (
-                f"'{self.result.name}' validates worse than {run.start} (validation loss "
-                f"{start['val_loss']:.3f} -> {end['val_loss']:.3f}); {run.start} stays selected "
-                "in Segment. Paint more, or train fewer steps"
+        kept = getattr(trainer, "kept_step", None)
+        note = ""
+        if kept not in (None, trainer.step):
+            note = f" Kept the weights of step {kept}, which validated best."
+        if verdict is None:
+            self.verdict_label.setText(
+                f"'{self.result.name}' was not validated (too little paint to hold some back); "
+                f"{run.start} stays selected in Segment.{note}"
             )
-            self.verdict_label.setText(text)
+            return
+        if verdict.kind == "better":
+            self.verdict_label.setText(
+                f"'{self.result.name}' is {verdict.text}; Segment now offers it.{note}"
+            )
+            self.session.model_offered.emit(self.result.name)
+            return
+        if verdict.kind == "worse":
+            text = f"'{self.result.name}' is {verdict.text}.{note}"
             notify_warning(text)
         else:
-            if start and end:
-                self.verdict_label.setText(
-                    f"validation loss {start['val_loss']:.3f} -> {end['val_loss']:.3f}: better "
-                    f"than {run.start}; Segment now offers '{self.result.name}'"
-                )
-            self.session.model_offered.emit(self.result.name)
+            text = f"'{self.result.name}': {verdict.text}; the new model is in Segment's list.{note}"
+        self.verdict_label.setText(text)
 
     def _on_finished(self, outcome: str) -> None:
         run, self._run = self._run, None

@@ -247,11 +247,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
     how = "stopped" if interrupted else "finished"
     print(f"{how} after {trainer.step} steps; model -> {out}", file=sys.stderr)
-    if trainer.worse_than_start:
-        print(
-            "warning: the validation loss ended higher than the start model's "
-            f"({trainer.last_metrics['val_loss']:.4f} > {trainer.start_metrics['val_loss']:.4f}); "
-            "keep using the start model, or annotate more and train again",
-            file=sys.stderr,
-        )
+    if trainer.kept_step is not None and trainer.kept_step != trainer.step:
+        print(f"kept the weights of step {trainer.kept_step}: they validated best", file=sys.stderr)
+    if trainer.start_units and trainer.last_units:
+        verdict = trainer.verdict()
+        prefix = "verdict" if verdict.kind == "better" else "warning"
+        print(f"{prefix}: {verdict.text}", file=sys.stderr)
     return 0
