@@ -270,6 +270,10 @@ def _validation_text(step: int, metrics: dict[str, float], start: dict[str, floa
     ious = [f"{k[len('val_iou_') :]} {v:.2f}" for k, v in metrics.items() if k.startswith("val_iou_")]
     if ious:
         parts.append("IoU " + ", ".join(ious))
+    prefix = "val_agreement_"
+    agree = [f"{k[len(prefix) :]} {v:.0%}" for k, v in metrics.items() if k.startswith(prefix)]
+    if agree:
+        parts.append("agrees with the start model where unpainted: " + ", ".join(agree))
     where = "start model" if step == 0 else f"step {step}"
     text = f"Validation ({where}): " + "; ".join(parts)
     if step > 0 and start and "val_loss" in start and "val_loss" in metrics:

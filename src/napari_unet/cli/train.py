@@ -64,9 +64,10 @@ def add_parser(sub: Any) -> None:
     )
     tr.add_argument(
         "--validation",
-        default="none",
+        default="auto",
         choices=["auto", "none"],
-        help="auto: hold out a few annotated slices or blocks and report validation from step 0",
+        help="auto (default): hold out a few annotated slices or blocks, report validation from step 0 "
+        "and a verdict against the start model at the end; none: train on every annotated pixel",
     )
     tr.add_argument("--val-fraction", type=float, default=None, help="share of annotated slices held out")
     tr.add_argument(
