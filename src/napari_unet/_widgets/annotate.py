@@ -23,6 +23,7 @@ one per viewer), so it goes on when the dock is closed.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
 from typing import Any
@@ -325,6 +326,12 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         super().dock_closed()
         self.count_timer.stop()
         self._release_next_shortcut()
+        for panel in (self.task, self.next_task):
+            # their work was cancelled above; the panels' stop-on-destroy hooks would otherwise
+            # run while the garbage collector takes the closed dock apart, when a Python slot may
+            # already be cleared (a crash in QObject::destroyed)
+            with contextlib.suppress(TypeError, RuntimeError):
+                panel.destroyed.disconnect()
         old = self._label_events() if self._label_events is not None else None
         if old is not None:
             old.events.selected_label.disconnect(self._on_selected_label)
