@@ -687,7 +687,13 @@ def test_the_newest_fine_tuned_model_is_chosen_until_one_is_picked(qtbot, next_d
     assert widget.next_model.choice() == ("session", "first")
 
 
-def test_where_to_paint_next_with_bad_input_notifies_once(qtbot, make_napari_viewer, next_dock, notes):
+def test_where_to_paint_next_with_bad_input_notifies_once(
+    qtbot, make_napari_viewer, next_dock, notes, model_file, monkeypatch
+):
+    import types
+
+    import psutil
+
     viewer, _image, widget = next_dock
     wrong = viewer.add_labels(np.zeros((3, 96, 100), np.uint8), name="other")
     widget.labels_combo.set_layer(wrong)
@@ -703,12 +709,18 @@ def test_where_to_paint_next_with_bad_input_notifies_once(qtbot, make_napari_vie
     widget.next_model.select_file("/nonexistent/model.safetensors")
     widget.where_to_paint_next()
     assert len(notes.errors()) == 3 and "does not exist" in notes.errors()[2]
+
+    widget.next_model.select_file(model_file)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=40_000))
+    widget.where_to_paint_next()  # 3 x 96 x 112 bytes is more than half of 40 kB
+    assert len(notes.errors()) == 4 and "would take" in notes.errors()[3]
     assert not widget.suggesting and "em uncertainty" not in viewer.layers
+    monkeypatch.undo()
 
     empty = make_napari_viewer()
     alone = open_annotate(empty)
     alone.where_to_paint_next()
-    assert len(notes.errors()) == 4 and "no image layer" in notes.errors()[3]
+    assert len(notes.errors()) == 5 and "no image layer" in notes.errors()[4]
     assert len(empty.layers) == 0
 
 

@@ -50,6 +50,23 @@ class _Uncertainty:
     shown: list[core.Window] = field(default_factory=list)
 
 
+#: largest share of the free memory the uncertainty layer may take
+MEMORY_SHARE = 0.5
+
+
+def _check_memory(name: str, shape: tuple[int, ...]) -> None:
+    """Refuse an uncertainty layer (1 byte per voxel) that would not fit, and say what to do."""
+    import psutil
+
+    need = int(np.prod(shape, dtype=np.int64))
+    free = psutil.virtual_memory().available
+    if need > MEMORY_SHARE * free:
+        raise UserInputError(
+            f"the uncertainty of '{name}' would take {need / 2**30:.1f} GiB of memory and "
+            f"{free / 2**30:.1f} GiB are free; open part of the stack (Load EM stack: z-range)"
+        )
+
+
 def _camera(viewer: Any) -> Any:
     """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
@@ -211,6 +228,7 @@ class PaintNext:
             buffer[...] = 0
             old.refresh()
         else:
+            _check_memory(image.name, shape)
             buffer = np.zeros(shape, np.uint8)
         state = _Uncertainty(weakref.ref(image), weakref.ref(model), flips, buffer)
         state.layer = weakref.ref(old) if old is not None else None
