@@ -103,6 +103,7 @@ class PaintNext:
         self.next_model.combo.activated.connect(self._on_next_model_picked)
         self.session.models_changed.connect(self._on_session_models)
         self._select_newest_model()
+        self.next_model.preload()  # the shipped model, in the background: the first click is quicker
         self.next_scope = QComboBox()
         self.next_scope.addItems(list(SCOPES))
         self.next_window = QSpinBox()
