@@ -28,7 +28,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet import layers as roles
 from napari_unet.errors import UserInputError
+from napari_unet.uncertainty import UNCERTAINTY
 
 from ._qtobject import _alive
 from ._session import Session, session_for
@@ -83,6 +85,11 @@ def grey_image(layer: Any, verb: str, missing: str) -> tuple[Any, Any]:
     except UserInputError as exc:
         raise UserInputError(f"layer '{layer.name}': {exc}") from None
     return layer, data
+
+
+#: roles of layers that only show something about another layer (the uncertainty of a model):
+#: never offered as an input to segment, train on or save
+VIEW_ROLES = frozenset({UNCERTAINTY})
 
 
 class LayerComboBox(QComboBox):
@@ -144,7 +151,11 @@ class LayerComboBox(QComboBox):
         viewer = self._viewer_ref()
         if viewer is None:
             return []
-        found = [ly for ly in viewer.layers if isinstance(ly, self._type)]
+        found = [
+            ly
+            for ly in viewer.layers
+            if isinstance(ly, self._type) and roles.role_of(getattr(ly, "metadata", None)) not in VIEW_ROLES
+        ]
         if self._accept is not None:
             found = [ly for ly in found if self._accept(ly)]
         return found[::-1]
