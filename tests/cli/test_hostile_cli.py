@@ -101,7 +101,7 @@ def test_bad_checkpoint_header_is_one_line(tmp_path, model_file, image_tif, caps
 
 CLI_CASES = [
     ("batch 1000", ["--batch", "1000"], "--batch must be from 1 to 256"),
-    ("batch 0", ["--batch", "0"], "--batch must be from 1 to 256"),
+    ("batch 0", ["--batch", "0"], "--batch must be a positive number of tiles"),
     ("tile 0", ["--tile", "0"], "--tile must be a positive size"),
     ("jpg output", ["-o", "{tmp}/x.jpg"], "cannot write labels as '.jpg'"),
     ("png probabilities", ["--probabilities", "{tmp}/p.png"], "cannot write probabilities as '.png'"),

@@ -39,7 +39,12 @@ def check_output(path: Path, overwrite: bool, what: str = "output", inputs: Sequ
 
 
 def input_spec(text: str, what: str, dataset: str | None = None) -> tuple[Path, str | None]:
-    """``PATH`` or ``PATH:DATASET`` (HDF5, zarr) -> (path, dataset), refusing a missing path."""
+    """``PATH`` or ``PATH:DATASET`` (HDF5, zarr) -> (path, dataset), refusing a missing path.
+
+    A plain missing path is refused before the readers are imported, so the answer is immediate.
+    """
+    if ":" not in text and dataset is None and not (Path(text).exists() or Path(text).is_symlink()):
+        raise UserInputError(f"{what} {text} does not exist")
     from .. import formats, io
 
     path, key = io.split_dataset(text)

@@ -40,7 +40,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print ISBI-style metrics per slice and overall."""
     import json
 
-    from .. import metrics
     from ..outputs import ATTRS_KEY, write_text
 
     mapping = parse_label_map(args.label_map)
@@ -52,6 +51,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_output(Path(args.json), args.overwrite, "metrics file", inputs=[pred_src, gt_src])
         if Path(args.json).suffix.lower() != ".json":
             raise UserInputError(f"--json {args.json} must end in .json")
+    from .. import metrics  # scikit-image: imported once the inputs are known to exist
+
     pred = read_array(args.pred, "prediction")
     gt = apply_label_map(read_array(args.gt, "ground truth"), mapping)
     if pred.shape != gt.shape:

@@ -124,13 +124,17 @@ def add_parser(sub: Any) -> None:
 def _check_segment_args(args: argparse.Namespace) -> tuple[Path, str | None]:
     """Every option and output of ``segment`` checked before the model or any pixel is read."""
     from .. import io
-    from ..tileplan import MAX_BATCH
 
     src, key = input_spec(args.input, "input", getattr(args, "dataset", None))
     if args.tile is not None and args.tile < 1:
         raise UserInputError(f"--tile must be a positive size, got {args.tile}")
-    if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
-        raise UserInputError(f"--batch must be from 1 to {MAX_BATCH} tiles, got {args.batch}")
+    if args.batch is not None and args.batch < 1:
+        raise UserInputError(f"--batch must be a positive number of tiles, got {args.batch}")
+    if args.batch is not None:
+        from ..tileplan import MAX_BATCH  # imports torch: only for a batch that is otherwise valid
+
+        if not 1 <= args.batch <= MAX_BATCH:
+            raise UserInputError(f"--batch must be from 1 to {MAX_BATCH} tiles, got {args.batch}")
     out = Path(args.output)
     io._target_kind(out, what="labels", allow_png=True)
     check_output(out, args.overwrite, inputs=[src])
@@ -154,9 +158,11 @@ def _check_segment_space(args: argparse.Namespace, shape: tuple[int, ...], n_cla
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    """Segment an image or stack with overlap-tile prediction and write class labels."""
+    """Segment an image or stack with overlap-tile prediction and write class labels.
+
+    Options, input and outputs are checked before torch is imported, so bad input is answered at once.
+    """
     from .. import io, omezarr
-    from ..inference import check_image
 
     if getattr(args, "into_input", None) is not None or args.output is None:
         return _segment_into_input(args)  # labels/ group of an OME-Zarr input
@@ -164,6 +170,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         omezarr.require_library()  # a missing extra is said before any work, not after
     out = Path(args.output)
     src, dataset = _check_segment_args(args)
+    from ..inference import check_image
+
     model = resolve_model(args.model)
     img = io.read_image(src, dataset=dataset)
     data = io.to_grey(img.data)
@@ -188,7 +196,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         written = io.write_labels(
             out, result, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit
         )
-        print(f"{len(np.unique(result)) - 1} objects {result.shape} -> {written}", file=sys.stderr)
+        count = int(np.count_nonzero(np.unique(result)))  # cells tile the image: there may be no 0
+        print(f"{count} objects {result.shape} -> {written}", file=sys.stderr)
     else:
         written = io.write_labels(
             out, labels, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit,

@@ -233,13 +233,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         with progress() as bar:
-            task = bar.add_task("train", total=1000, completed=0, info="")
+            task = bar.add_task("train", total=None, completed=0, info="")  # steps, when --steps caps the run
             for ev in trainer.run():
                 info = f"step {ev.step}"
                 info += f"  loss {ev.loss:.4f}" if ev.loss is not None else ""
                 if ev.remaining is not None:
                     info += f"  {clock(ev.remaining)} left"
-                bar.update(task, completed=round(1000 * ev.progress), info=info)
+                bar.update(task, total=ev.total_steps or None, completed=ev.step, info=info)
                 if ev.kind == "validation" and ev.metrics:
                     bar.console.print(
                         f"step {ev.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.metrics.items())

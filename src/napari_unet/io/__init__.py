@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from napari_unet import formats
@@ -42,6 +41,7 @@ from ._common import (
     _exists,
     _file_token,
     _fit_voxel,
+    _is_dask,
     _is_rgb_shape,
     _one_line,
     _Probe,
@@ -99,7 +99,7 @@ class ImageData:
     @property
     def is_lazy(self) -> bool:
         """True when ``data`` is a dask array (pixels are read on demand)."""
-        return isinstance(self.data, da.Array)
+        return _is_dask(self.data)
 
     def grey(self) -> ImageData:
         """Return a copy whose data went through :func:`to_grey`, with voxel_size matched to it."""
@@ -238,6 +238,8 @@ def _load(probe: _Probe, lazy: bool) -> Any:
             chunks = (1,) * max(0, len(probe.shape) - 3) + probe.shape[-3:]
     chunks = tuple(min(max(int(c), 1), max(int(s), 1)) for c, s in zip(chunks, probe.shape,
                                                                         strict=True))
+    import dask.array as da
+
     meta = np.empty((0,) * len(probe.shape), dtype=probe.dtype)
     return da.from_array(
         source, chunks=chunks, name=f"read-{_file_token(probe)}", meta=meta, lock=False,

@@ -7,14 +7,13 @@ import math
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
-from dask.base import tokenize
 
 from napari_unet import formats
 from napari_unet.errors import UserInputError
@@ -179,8 +178,15 @@ def _several_arrays(p: Path, names: Sequence[str]) -> UserInputError:
     )
 
 
+def _is_dask(data: Any) -> bool:
+    """True for a dask array, without importing dask: a process that never imported dask.array
+    holds none, so the command line's argument checks stay fast."""
+    module = sys.modules.get("dask.array")
+    return module is not None and isinstance(data, module.Array)
+
+
 def _as_array(data: Any) -> Any:
-    return data if isinstance(data, da.Array) else np.asarray(data)
+    return data if _is_dask(data) else np.asarray(data)
 
 
 def _remove(p: Path) -> None:
@@ -196,12 +202,12 @@ def _exists(p: Path) -> bool:
 
 
 def _compute(arr: Any) -> np.ndarray:
-    return np.asarray(arr.compute() if isinstance(arr, da.Array) else arr)
+    return np.asarray(arr.compute() if _is_dask(arr) else arr)
 
 
 def _axis0_blocks(arr: Any) -> Iterator[tuple[int, np.ndarray]]:
     """(start, block) along axis 0, one dask chunk at a time (numpy: a plane at a time)."""
-    if isinstance(arr, da.Array):
+    if _is_dask(arr):
         start = 0
         for size in arr.chunks[0]:
             yield start, _compute(arr[start : start + size])
@@ -226,6 +232,8 @@ def _pages(arr: Any) -> Iterator[np.ndarray]:
 
 def _file_token(probe: _Probe) -> str:
     """A dask name for a probe's pixels that changes when its first or last file changes."""
+    from dask.base import tokenize
+
     stats = []
     for f in probe.files[:1] + probe.files[-1:]:
         with contextlib.suppress(OSError):

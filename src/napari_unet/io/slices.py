@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 
 from napari_unet.errors import UserInputError
@@ -100,6 +98,9 @@ def _read_slices(probe: _Probe, lazy: bool) -> Any:
     if not lazy:
         stack = [_read_slice(str(f), slice_shape, dtype) for f in files]
         return stack[0] if len(stack) == 1 else np.stack(stack)
+    import dask
+    import dask.array as da
+
     token = _file_token(probe)
     read = dask.delayed(_read_slice, pure=True)
     parts = [

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from napari_unet.errors import UserInputError
@@ -19,6 +18,7 @@ from ._common import (
     _NO_UNIT,
     _has_zarr_metadata,
     _image_like,
+    _is_dask,
     _is_zarr_group,
     _natural_key,
     _one_line,
@@ -166,7 +166,7 @@ def _regular_chunks(chunks: tuple[tuple[int, ...], ...]) -> bool:
 def _zarr_chunks(arr: Any) -> tuple[int, ...]:
     """Zarr chunking: the dask chunking when regular and modest, else 2-D planes up to 512 x 512."""
     itemsize = np.dtype(arr.dtype).itemsize
-    if isinstance(arr, da.Array) and _regular_chunks(arr.chunks):
+    if _is_dask(arr) and _regular_chunks(arr.chunks):
         chunks = tuple(max(cs[0], 1) for cs in arr.chunks)
         if int(np.prod(chunks, dtype=np.int64)) * itemsize <= _MAX_CHUNK_BYTES:
             return chunks
@@ -212,7 +212,9 @@ def _write_zarr(tmp: Path, arr: Any) -> None:
     from napari_unet.outputs import ATTRS_KEY
 
     z.attrs[ATTRS_KEY] = {"written_by": "napari-unet", "complete": True}
-    if isinstance(arr, da.Array):
+    if _is_dask(arr):
+        import dask.array as da
+
         if tuple(c[0] for c in arr.chunks) != chunks or not _regular_chunks(arr.chunks):
             arr = arr.rechunk(chunks)
         _compute_settled(da.store(arr, z, lock=False, compute=False))

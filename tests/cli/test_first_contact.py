@@ -1,0 +1,69 @@
+"""What a new user meets first on the command line: quick refusals, honest counts and progress."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet import save_model
+from napari_unet.cli import main
+from napari_unet.data import synthetic_em
+from napari_unet.io import read_labels
+from napari_unet.models import default_model_path
+
+
+@pytest.fixture
+def stack_tif(tmp_path):
+    images, labels = synthetic_em(n_slices=2, shape=(96, 90), seed=0)
+    tifffile.imwrite(tmp_path / "stack.tif", images)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    return tmp_path / "stack.tif"
+
+
+REFUSALS = [
+    (["segment", "nope.tif", "-o", "{tmp}/x.tif"], "input nope.tif does not exist"),
+    (["segment", "{stack}", "-o", "{tmp}/x.bmp"], "cannot write labels as '.bmp'"),
+    (["segment", "{stack}", "-o", "{stack}"], "is also an input"),
+    (["segment", "{stack}", "-o", "{tmp}/labels.tif"], "exists; pass --overwrite"),
+    (["segment", "{stack}", "-o", "{tmp}/x.tif", "--batch", "0"], "--batch must be a positive"),
+    (["segment", "{stack}", "-o", "{tmp}/x.tif", "--tile", "0"], "--tile must be a positive"),
+    (["evaluate", "--pred", "nope.tif", "--gt", "{stack}"], "prediction nope.tif does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv, message", REFUSALS)
+def test_bad_input_is_refused_before_torch_or_dask_is_imported(tmp_path, stack_tif, argv, message):
+    """The checks answer at once: neither torch nor dask.array (seconds to import) is loaded first."""
+    argv = [a.format(tmp=tmp_path, stack=stack_tif) for a in argv]
+    code = (
+        "import sys\nfrom napari_unet.cli.main import main\n"
+        f"rc = main({argv!r})\n"
+        "print(rc, 'torch' in sys.modules, 'dask.array' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(default_model_path() is None, reason="no shipped model in this installation")
+def test_instances_count_every_object_when_none_is_background(tmp_path, stack_tif, capsys):
+    out = tmp_path / "cells.tif"
+    assert main(["segment", str(stack_tif), "-o", str(out), "--instances"]) == 0
+    err = capsys.readouterr().err
+    ids = np.unique(read_labels(out))
+    assert ids[0] != 0  # the shipped model's cells tile each slice: no id 0 to subtract
+    assert f"{len(ids)} objects" in err
+
+
+def test_train_progress_counts_steps_not_thousandths(tmp_path, make_unet, stack_tif, capsys):
+    start = save_model(make_unet(), tmp_path / "start.safetensors")
+    argv = ["train", "--images", str(stack_tif), "--labels", str(tmp_path / "labels.tif"),
+            "--from", str(start), "-o", str(tmp_path / "t.safetensors"), "--steps", "3",
+            "--validation", "none"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "3/3" in err and "/1000" not in err
