@@ -38,6 +38,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import UNet
 
 
+def __dir__() -> list[str]:
+    """The public API (loaded on first use), not the helpers this module imports for itself."""
+    return sorted(__all__)
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

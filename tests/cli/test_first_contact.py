@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,3 +68,29 @@ def test_train_progress_counts_steps_not_thousandths(tmp_path, make_unet, stack_
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "3/3" in err and "/1000" not in err
+
+
+def test_dir_of_the_package_lists_its_public_api():
+    import napari_unet
+
+    names = dir(napari_unet)
+    assert {"load_model", "predict", "predict_tiles", "save_model", "UNet"} <= set(names)
+    assert not {"Any", "TYPE_CHECKING", "annotations", "importlib"} & set(names)
+    assert all(callable(getattr(napari_unet, n)) for n in names if n != "__version__")
+
+
+def test_only_our_own_warnings_are_labelled_as_ours(tmp_path, stack_tif, capsys):
+    """A third-party warning keeps its own file and line; main() leaves the format as it found it."""
+    import importlib
+    import warnings
+
+    cli_main = importlib.import_module("napari_unet.cli.main")  # the module, not its main()
+
+    before = warnings.formatwarning
+    ours = cli_main._warning_formatter(before)
+    own_file = str(Path(cli_main.__file__).parent.parent / "io" / "__init__.py")
+    assert ours("grey", UserWarning, own_file, 3) == "napari-unet: warning: grey\n"
+    theirs = ours("deprecated", DeprecationWarning, "/site-packages/npe2/schema.py", 197)
+    assert theirs.startswith("/site-packages/npe2/schema.py:197: DeprecationWarning: deprecated")
+    main(["segment", "nope.tif", "-o", str(tmp_path / "x.tif")])
+    assert warnings.formatwarning is before

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import UserInputError
@@ -33,8 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"{PROG}: warning: {message}\n"
+#: the package's folder: warnings raised from a file under it are ours and read as one line
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _warning_formatter(fallback: Callable[..., str]) -> Callable[..., str]:
+    """A ``warnings.formatwarning`` that shows napari-unet's own warnings as one labelled line and
+    leaves every other library's warning as ``fallback`` formats it (with its file and line)."""
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if os.path.abspath(str(filename)).startswith(_PACKAGE_DIR + os.sep):
+            return f"{PROG}: warning: {message}\n"
+        return fallback(message, category, filename, lineno, line)
+
+    return format_warning
 
 
 def _output_locks(args: argparse.Namespace):
@@ -56,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.formatwarning = _format_warning
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _warning_formatter(previous_format)
     try:
         with _output_locks(args):
             return int(args.func(args) or 0)
@@ -78,3 +91,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # pragma: no cover - e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:  # a caller that runs main() in its own process keeps its own warning format
+        warnings.formatwarning = previous_format
