@@ -766,7 +766,7 @@ class Trainer:
         self._match_optimizer_layout()
         lr = self.optimizer.param_groups[0]["lr"]
         validating = bool(self.val_slices or self.val_blocks)
-        last_snapshot = start
+        last_snapshot = -math.inf  # the first snapshot comes with the first step, then every few s
 
         def elapsed() -> float:
             return self.elapsed_before + time.perf_counter() - start
@@ -794,7 +794,7 @@ class Trainer:
             self.start_metrics = self.validate()
             self.last_metrics = self.start_metrics
             yield event("validation", None, metrics=self.start_metrics)
-            start = last_snapshot = time.perf_counter()  # the start's validation is not training time
+            start = time.perf_counter()  # the start's validation is not training time
         try:
             while (not total or self.step < total) and not self._stop.is_set() and elapsed() < limit_s:
                 model.train()

@@ -223,3 +223,12 @@ def test_auto_recipe_is_fast_for_a_new_class_and_the_papers_for_corrections():
     # from scratch there is no pretrained contracting path to protect
     assert recipe_config("auto", new_classes=True, pretrained=False).freeze_encoder == 0.0
     assert recipe_config("fast", pretrained=False, freeze_encoder=0.2).freeze_encoder == 0.2
+
+
+def test_the_first_snapshot_comes_with_the_first_step():
+    """The live preview need not wait a whole interval: the first step brings a snapshot, the
+    next one only after ``snapshot_every_s``."""
+    images, labels = synthetic_em(n_slices=1, shape=(96, 96), seed=2)
+    cfg = TrainConfig(steps=3, tile_size=124, precision="fp32", snapshot_every_s=3600, validation="none")
+    kinds = [(e.kind, e.step) for e in Trainer(shipped_like(), images, labels, cfg).run()]
+    assert [step for kind, step in kinds if kind == "snapshot"] == [1]
