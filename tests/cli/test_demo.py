@@ -22,6 +22,11 @@ def test_demo_on_synthetic_stack_writes_masks_instances_overlay(tmp_path, capsys
     assert inst.max() > 10
     assert (tmp_path / "out" / "overlay.png").stat().st_size > 10_000
     assert "metrics vs ground truth" in out
+    assert "data: synthetic EM stack, 1 slice of 512x512" in out
+    share = float(out.split("membrane: ")[1].split(" % of pixels predicted")[0])
+    assert share == round(100 * float((masks == 1).mean()))
+    assert "as asked (--data synthetic)" in out and "not how well the model segments EM" in out
+    assert "adapted_rand_error 0.0431" in out  # the model's own held-out ISBI figure beside it
 
 
 def test_shipped_model_is_small_and_named():
