@@ -43,6 +43,8 @@ from .errors import UserInputError
 
 #: File inside a PNG-slice folder that napari-unet wrote.
 FOLDER_MARKER = ".napari-unet"
+#: File inside a PNG-slice folder that keeps the voxel size, which PNG files cannot hold.
+VOXEL_SIDECAR = "voxel_size.json"
 #: Key of napari-unet's entry in zarr attributes and JSON documents.
 ATTRS_KEY = "napari_unet"
 #: TIFF ``Software`` tag of napari-unet outputs.
@@ -137,7 +139,8 @@ def is_ours(path: str | os.PathLike) -> bool:
         if not any(e.name == FOLDER_MARKER and e.is_file(follow_symlinks=False) for e in entries):
             return False
         return all(
-            e.name == FOLDER_MARKER or (_SLICE_NAME.match(e.name) and e.is_file(follow_symlinks=False))
+            e.name in (FOLDER_MARKER, VOXEL_SIDECAR)
+            or (_SLICE_NAME.match(e.name) and e.is_file(follow_symlinks=False))
             for e in entries
         )
     suffix = p.suffix.lower()

@@ -105,3 +105,40 @@ def test_no_labels_layer_notifies(qtbot, dock, notes, tmp_path):
     save(qtbot, widget, tmp_path / "x", "TIFF (.tif)")
     assert any("no Labels layer" in m for m in notes.errors())
     assert not any(tmp_path.iterdir())
+
+
+def test_a_preview_layer_is_never_offered(qtbot, dock, labels):
+    from napari_unet.layers import SEGMENTATION, preview_layer, role_metadata
+
+    viewer, widget = dock
+    viewer.add_labels(labels, name="vnc5 segmentation", metadata=role_metadata(SEGMENTATION, "k"))
+    viewer.add_labels(labels, **preview_layer("vnc5", ["membrane", "cell"], key="k"))  # on top
+    assert widget.labels_combo.layer().name == "vnc5 segmentation"
+    offered = [widget.labels_combo.itemText(i) for i in range(widget.labels_combo.count())]
+    assert offered == ["vnc5 segmentation"]
+    assert widget.path_edit.text().endswith("vnc5_segmentation")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("TIFF (.tif)", "masks.tif"), ("zarr (.zarr)", "masks.zarr"), ("PNG slices (folder)", "masks")],
+)
+def test_saved_masks_reopen_at_the_image_scale(qtbot, dock, labels, tmp_path, fmt, name):
+    """Masks of an nm-scaled image reopen (with napari-unet's reader) on top of the image."""
+    import tifffile
+
+    viewer, widget = dock
+    image = tmp_path / "em.tif"
+    tifffile.imwrite(image, np.zeros(labels.shape, np.uint8), imagej=True, resolution=(250.0, 250.0),
+                     metadata={"spacing": 0.05, "unit": "um"})  # fmt: skip
+    (em,) = viewer.open(str(image), plugin="napari-unet")
+    assert tuple(em.scale) == pytest.approx((50.0, 4.0, 4.0))
+    viewer.add_labels(labels, name="em segmentation", scale=em.scale, units=em.units)
+    widget.labels_combo.set_layer(viewer.layers["em segmentation"])
+    save(qtbot, widget, tmp_path / "masks", fmt)
+    assert "saved 'em segmentation'" in widget.task.status.text()
+
+    (reopened,) = viewer.open(str(tmp_path / name), plugin="napari-unet")
+    np.testing.assert_allclose(reopened.scale, em.scale)
+    assert tuple(reopened.units) == tuple(em.units)
+    np.testing.assert_array_equal(np.asarray(reopened.data), labels)

@@ -86,13 +86,20 @@ def layer_classes(layer: Any) -> tuple[list[str] | None, dict[int | None, str] |
     return names, colors
 
 
+def _worth_saving(layer: Any) -> bool:
+    """Every Labels layer but a fine-tuning preview, a live view that is replaced at every step."""
+    from napari_unet.layers import PREVIEW, role_of
+
+    return role_of(getattr(layer, "metadata", None)) != PREVIEW
+
+
 class SaveMasksWidget(Dock):
     """Save a Labels layer to a file; an existing file is replaced only after confirmation."""
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
-        self.labels_combo = LayerComboBox(napari_viewer, Labels)
+        self.labels_combo = LayerComboBox(napari_viewer, Labels, accept=_worth_saving)
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("where to save, e.g. ~/masks.tif")
         self.browse_button = QPushButton("Browse…")

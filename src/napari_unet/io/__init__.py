@@ -435,8 +435,9 @@ def write_labels(
 
     The output appears at ``path`` only once complete; an existing output is kept unless
     ``overwrite`` is true, and survives any failure during the write. Returns the final path.
-    ``voxel_size``, ``unit`` and ``class_names`` go into OME-Zarr label metadata (other formats
-    ignore them).
+    ``voxel_size`` and ``unit`` are kept by every format (TIFF tags, zarr attributes, a sidecar in
+    a PNG folder, OME-Zarr metadata), so the masks reopen at the image's scale; ``class_names`` go
+    into OME-Zarr label metadata.
     """
     target = Path(os.fspath(path))
     fmt = _target_format(target, what="labels")

@@ -106,6 +106,21 @@ def _calibration(
     return None, None
 
 
+def _voxel_to_store(
+    voxel_size: Sequence[float] | None, unit: Any, ndim: int
+) -> tuple[tuple[float, ...], str] | None:
+    """The voxel size labels should carry, in nm when the unit is a known length, one value per
+    spatial axis; None when there is nothing worth keeping (no size, a non-positive one, or a unit
+    such as "pixel", which says the image was never calibrated)."""
+    key = _unit_key(unit)
+    voxel = _fit_voxel(tuple(float(v) for v in voxel_size), min(ndim, 3)) if voxel_size else None
+    if voxel is None or key in _NO_UNIT or not all(_positive(v) for v in voxel):
+        return None
+    if key in _NM_PER_UNIT:
+        return tuple(v * _NM_PER_UNIT[key] for v in voxel), "nm"
+    return voxel, str(unit).strip()
+
+
 def _fit_voxel(voxel: tuple[float, ...] | None, ndim: int) -> tuple[float, ...] | None:
     """Match a (z, y, x)/(y, x) voxel size to an array with ``ndim`` spatial axes."""
     if not voxel or ndim < 2:

@@ -10,7 +10,7 @@ import numpy as np
 from napari_unet.errors import UserInputError
 from napari_unet.formats import Format
 
-from ._common import _axis0_blocks, _one_line, _Probe
+from ._common import _axis0_blocks, _one_line, _Probe, _voxel_to_store
 
 # PIL mode -> (extra trailing axes, dtype, mode to convert to before np.asarray or None)
 _PIL_MODES: dict[str, tuple[tuple[int, ...], str, str | None]] = {
@@ -70,8 +70,11 @@ def _save_png(path: Path, plane: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(plane)).save(path, compress_level=3)
 
 
-def _write_png_slices(tmp: Path, arr: Any, target: Path) -> None:
-    """One PNG per z slice (0000.png, ...): 8-bit, or 16-bit when a label exceeds 255."""
+def _write_png_slices(
+    tmp: Path, arr: Any, target: Path, voxel: tuple[tuple[float, ...], str] | None = None
+) -> None:
+    """One PNG per z slice (0000.png, ...): 8-bit, or 16-bit when a label exceeds 255; the voxel
+    size, when known, in a sidecar beside them (``outputs.VOXEL_SIDECAR``)."""
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -79,10 +82,15 @@ def _write_png_slices(tmp: Path, arr: Any, target: Path) -> None:
             f"{target}: PNG slices hold 2-D or 3-D labels, these have shape {tuple(arr.shape)}; "
             "use a .tif or .zarr output"
         )
-    from napari_unet.outputs import FOLDER_MARKER
+    from napari_unet.outputs import FOLDER_MARKER, VOXEL_SIDECAR
 
     tmp.mkdir()
     (tmp / FOLDER_MARKER).write_text("PNG slices written by napari-unet\n")
+    if voxel is not None:
+        import json
+
+        sizes = voxel[0] if arr.shape[0] > 1 else voxel[0][-2:]  # one slice reads back 2-D
+        (tmp / VOXEL_SIDECAR).write_text(json.dumps({"voxel_size": list(sizes), "unit": voxel[1]}))
     width = max(4, len(str(arr.shape[0] - 1)))
     dtype: type = np.uint8
     written: list[Path] = []
@@ -117,7 +125,9 @@ FORMAT = Format(
     (".png",),
     probe=lambda p, key, check_all: _probe_png(p),
     read=lambda probe, lazy: _read_png(probe.path),  # decoded whole: PNG has no partial reads
-    write_labels=lambda tmp, arr, target, **_: _write_png_slices(tmp, arr, target),
+    write_labels=lambda tmp, arr, target, voxel_size=None, unit=None, **_: _write_png_slices(
+        tmp, arr, target, _voxel_to_store(voxel_size, unit, arr.ndim)
+    ),
     target_suffixes=("",),  # labels go to a folder of slices named without suffix
     labels_text="a name without suffix (PNG slices)",
 )

@@ -12,7 +12,7 @@ from napari_unet.errors import UserInputError
 from napari_unet.formats import Format
 
 from . import png, tiff
-from ._common import _file_token, _fit_voxel, _natural_key, _one_line, _Probe
+from ._common import _file_token, _fit_voxel, _natural_key, _one_line, _Probe, _voxel_to_store
 from .png import _png_header, _read_png
 from .tiff import _probe_tiff
 
@@ -86,8 +86,25 @@ def _probe_slices(p: Path, *, check_all: bool) -> _Probe:
         first = _probe_tiff(files[0])
         voxel = _fit_voxel(first.voxel_size, 3 if len(files) > 1 else 2)
         unit = first.unit if voxel is not None else None
+    stored = _sidecar_voxel(p, 3 if len(files) > 1 else 2)
+    if stored is not None:
+        voxel, unit = stored
     full = shape if len(files) == 1 else (len(files), *shape)
     return _Probe("slices", p, None, full, dtype, voxel, unit, files=files)
+
+
+def _sidecar_voxel(folder: Path, ndim: int) -> tuple[tuple[float, ...], str] | None:
+    """The voxel size in a slice folder's sidecar (written with PNG masks); None when there is none
+    or it cannot be read, so a damaged sidecar costs the calibration, never the pixels."""
+    import json
+
+    from napari_unet.outputs import VOXEL_SIDECAR
+
+    try:
+        doc = json.loads((folder / VOXEL_SIDECAR).read_text())
+        return _voxel_to_store(doc.get("voxel_size"), doc.get("unit"), ndim)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _read_slices(probe: _Probe, lazy: bool) -> Any:

@@ -13,7 +13,16 @@ import numpy as np
 from napari_unet.errors import UserInputError
 from napari_unet.formats import Format
 
-from ._common import _calibration, _compute, _one_line, _pages, _positive, _Probe, _spatial_ndim
+from ._common import (
+    _calibration,
+    _compute,
+    _one_line,
+    _pages,
+    _positive,
+    _Probe,
+    _spatial_ndim,
+    _voxel_to_store,
+)
 
 
 def _tiff_voxel(tif: Any, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None]:
@@ -87,7 +96,9 @@ def _open_tiff(path: str, key: str | None) -> tuple[Any, Any]:
     return zarr.open(store, mode="r"), store
 
 
-def _write_tiff(tmp: Path, arr: Any, *, compress: bool) -> None:
+def _write_tiff(
+    tmp: Path, arr: Any, *, compress: bool, voxel: tuple[tuple[float, ...], str] | None = None
+) -> None:
     import tifffile
 
     nbytes = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
@@ -100,15 +111,38 @@ def _write_tiff(tmp: Path, arr: Any, *, compress: bool) -> None:
     }
     if compress:
         kwargs.update(compression="zlib", compressionargs={"level": 1})
+    if voxel is not None:
+        kwargs.update(_calibration_tags(voxel, arr.ndim))
     if arr.ndim == 2:
         tifffile.imwrite(tmp, _compute(arr), **kwargs)
     else:
         tifffile.imwrite(tmp, _pages(arr), shape=tuple(arr.shape), dtype=arr.dtype, **kwargs)
 
 
-def _write_tiff_labels(tmp: Path, arr: Any, target: Path, **_: Any) -> None:
-    """Labels as one zlib-compressed TIFF (voxel size, unit and class names are not stored)."""
-    _write_tiff(tmp, arr, compress=True)
+def _calibration_tags(voxel: tuple[tuple[float, ...], str], ndim: int) -> dict[str, Any]:
+    """tifffile arguments that store a voxel size: OME-XML physical sizes (any dtype, z included,
+    read first by :func:`_tiff_voxel`) and, for a length unit, the resolution tags in centimetres,
+    which viewers without OME support read."""
+    sizes, unit = voxel
+    axes = "ZYX"[-len(sizes):] if ndim == len(sizes) else None
+    meta: dict[str, Any] = {"axes": axes} if axes else {}
+    for ax, size in zip("ZYX"[-len(sizes):], sizes, strict=True):
+        meta[f"PhysicalSize{ax}"] = size
+        meta[f"PhysicalSize{ax}Unit"] = unit
+    tags: dict[str, Any] = {"ome": True, "metadata": meta}
+    if unit == "nm":
+        y_cm, x_cm = (v * 1e-7 for v in sizes[-2:])
+        tags.update(resolution=(1.0 / x_cm, 1.0 / y_cm), resolutionunit="CENTIMETER")
+    return tags
+
+
+def _write_tiff_labels(
+    tmp: Path, arr: Any, target: Path, *, voxel_size: Sequence[float] | None = None, unit: str | None = None,
+    **_: Any,
+) -> None:
+    """Labels as one zlib-compressed TIFF with the voxel size and unit, when given (class names go
+    to a sidecar the dock writes)."""
+    _write_tiff(tmp, arr, compress=True, voxel=_voxel_to_store(voxel_size, unit, arr.ndim))
 
 
 def _write_tiff_probabilities(tmp: Path, arr: Any) -> None:

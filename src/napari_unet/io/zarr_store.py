@@ -27,6 +27,7 @@ from ._common import (
     _several_arrays,
     _stem,
     _unit_key,
+    _voxel_to_store,
     _zarr_major,
 )
 
@@ -108,7 +109,7 @@ def _zarr_pick(
             raise UserInputError(f"{p} has no array '{key}'; available: {names or 'none'}") from None
         prefix = key + "/"
     if not _is_zarr_group(node):
-        return node, key, None, None
+        return (node, key, *_stored_voxel(node))
     ms = _ome_multiscales(dict(node.attrs))
     if ms is not None:
         try:
@@ -134,6 +135,19 @@ def _zarr_pick(
         name, arr = images[0]
         return arr, prefix + name, None, None
     raise _several_arrays(p, [prefix + n for n, _ in (images or arrays)])
+
+
+def _stored_voxel(arr: Any) -> tuple[tuple[float, ...] | None, str | None]:
+    """The voxel size and unit napari-unet stored in a plain zarr array's attributes, if any."""
+    from napari_unet.outputs import ATTRS_KEY
+
+    try:
+        attrs = dict(arr.attrs.get(ATTRS_KEY) or {})
+        sizes, unit = attrs.get("voxel_size"), attrs.get("unit")
+        voxel = _voxel_to_store(sizes, unit, len(arr.shape)) if sizes else None
+    except (TypeError, ValueError, AttributeError):  # attributes someone else wrote: no calibration
+        return None, None
+    return (voxel[0], voxel[1]) if voxel else (None, None)
 
 
 def _probe_zarr(p: Path, key: str | None) -> _Probe:
@@ -195,7 +209,7 @@ def _compute_settled(work: Any) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _write_zarr(tmp: Path, arr: Any) -> None:
+def _write_zarr(tmp: Path, arr: Any, voxel: tuple[tuple[float, ...], str] | None = None) -> None:
     import zarr
 
     chunks = _zarr_chunks(arr)
@@ -211,7 +225,10 @@ def _write_zarr(tmp: Path, arr: Any) -> None:
     z = zarr.open_array(str(tmp), **kwargs)
     from napari_unet.outputs import ATTRS_KEY
 
-    z.attrs[ATTRS_KEY] = {"written_by": "napari-unet", "complete": True}
+    attrs: dict[str, Any] = {"written_by": "napari-unet", "complete": True}
+    if voxel is not None:
+        attrs.update(voxel_size=list(voxel[0]), unit=voxel[1])
+    z.attrs[ATTRS_KEY] = attrs
     if _is_dask(arr):
         import dask.array as da
 
@@ -249,7 +266,7 @@ def _write_zarr_labels(
             tmp, arr, voxel_size=voxel_size, unit=unit, class_names=class_names, name=_stem(target)
         )
     else:
-        _write_zarr(tmp, arr)
+        _write_zarr(tmp, arr, _voxel_to_store(voxel_size, unit, arr.ndim))
 
 
 FORMAT = Format(
