@@ -311,3 +311,41 @@ def test_a_stack_too_big_for_memory_is_refused_before_any_layer(qtbot, dock, not
     assert not widget.running
     assert any("would take" in m and "--scheduler local" in m for m in notes.errors())
     assert [ly.name for ly in viewer.layers] == before
+
+
+def test_rerun_shows_its_tiles_on_top_with_the_old_result_hidden(qtbot, dock, tmp_path, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    widget.tile_spin.setValue(60)
+    widget.segment()
+    wait_done(qtbot, widget)
+    old = viewer.layers["em segmentation"]
+    during = []
+
+    def check(_tile):
+        if not during:
+            during.append(([ly.name for ly in viewer.layers], old.visible))
+
+    widget.task.yielded.connect(check)
+    widget.segment()
+    wait_done(qtbot, widget)
+    names, old_visible = during[0]
+    assert names[-1] == "em segmentation (running)" and not old_visible
+    assert [ly.name for ly in viewer.layers] == ["em", "em segmentation"] and old.visible
+
+
+def test_cancelled_rerun_shows_the_old_result_again_and_a_full_run_drops_its_partial(qtbot, dock, image):
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    widget.tile_spin.setValue(60)
+    widget.segment()
+    wait_done(qtbot, widget)
+    cancel = widget.task.yielded.connect(lambda _t: widget.task.cancel())
+    widget.segment()
+    wait_done(qtbot, widget)
+    assert viewer.layers["em segmentation"].visible
+    viewer.layers["em segmentation (partial)"].name = "first try"  # renamed: still that run's partial
+    widget.task.yielded.disconnect(cancel)
+    widget.segment()
+    wait_done(qtbot, widget)
+    assert [ly.name for ly in viewer.layers] == ["em", "em segmentation"]

@@ -8,8 +8,9 @@ thread, so the labels appear tile by tile while the viewer stays interactive.
 The output is the Labels layer "<image> segmentation": classes 1..K (0 = not segmented yet), or
 objects of one class (default: cells), which need a whole slice and so appear slice by slice. The first
 run paints straight into it. A later run paints into a temporary "<image> segmentation
-(running)" layer above it and replaces the previous result only when it finishes; if it is
-cancelled, the previous result stays and the finished tiles are kept as "... (partial)".
+(running)" layer above it, with the previous result hidden so that the new tiles show, and replaces
+the previous result only when it finishes; if it is cancelled, the previous result is shown again and
+the finished tiles are kept as "... (partial)", which the next finished run removes.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class SegmentRun:
     first_tile: float | None = None
     #: the output layer was deleted mid-run
     deleted: bool = False
+    #: the previous result, hidden while the rerun paints above it, shown again when it ends
+    hidden: Any = None
+    #: the image's key, which marks the partial results of its runs
+    key: str | None = None
 
 
 def class_features(model: Any) -> dict[str, list]:
@@ -462,6 +467,7 @@ class SegmentWidget(Dock):
             control=control,
             scope=scope,
             mpx=est.input_mpx,
+            key=key,
         )
         self.segment_button.setEnabled(False)
         # The worker starts first, so the network computes while napari builds the layer.
@@ -500,6 +506,9 @@ class SegmentWidget(Dock):
                 units=image_layer.units,
                 **live_kwargs,
             )
+            if previous is not None and previous.visible:
+                previous.visible = False  # else the old labels show through where no tile is yet
+                self._run.hidden = previous
 
     def _previous_output(self, image_layer: Any, shape: tuple[int, ...]) -> Any | None:
         """The image's current segmentation layer (linked to it by role), if it fits the image."""
@@ -563,6 +572,8 @@ class SegmentWidget(Dock):
         if run is None:
             return
         live, previous, layers = run.live, run.previous, self.viewer.layers
+        if run.hidden is not None and run.hidden in layers:
+            run.hidden.visible = True
         seconds = time.perf_counter() - run.t0
         if live is None:  # the output layer could not be made; the run had nowhere to show
             return
@@ -593,7 +604,7 @@ class SegmentWidget(Dock):
                         units=live.units,
                         **kwargs,
                     )
-            self._remove_stale_partials(run.name)
+            self._remove_stale_partials(run.name, run.key)
             self.task.status.setText(
                 f"segmented '{run.image}' ({run.scope}) with {run.model}: "
                 f"{run.total} tiles in {seconds:.1f} s"
@@ -606,8 +617,12 @@ class SegmentWidget(Dock):
             if kept == 0 and live in layers:
                 layers.remove(live)  # nothing finished: leave the viewer as it was
             elif live in layers:
-                self._remove_stale_partials(run.name)
+                self._remove_stale_partials(run.name, run.key)
                 live.name = f"{run.name} (partial)"
+                live.metadata = {
+                    **live.metadata,
+                    **layer_roles.role_metadata(layer_roles.SEGMENTATION, None, partial_of=run.key),
+                }
         elif kept == 0 and live in layers and run.scope == "whole stack":
             layers.remove(live)
         what = "cancelled" if outcome == CANCELLED else "stopped by an error"
@@ -615,8 +630,15 @@ class SegmentWidget(Dock):
         if outcome == CANCELLED:
             notify_warning(f"segmentation {what}; {kept} finished tiles kept")
 
-    def _remove_stale_partials(self, name: str) -> None:
-        """Drop "<name> (partial)" layers of earlier runs: a newer result is there now."""
+    def _remove_stale_partials(self, name: str, key: str | None) -> None:
+        """Drop the partial results of earlier runs on this image, renamed or not: a newer result
+        is there now."""
         layers = self.viewer.layers
-        for layer in [ly for ly in layers if ly.name.startswith(f"{name} (partial")]:
+
+        def stale(layer: Any) -> bool:
+            entry = (getattr(layer, "metadata", None) or {}).get(layer_roles.ROLE_KEY) or {}
+            marked = key is not None and isinstance(entry, dict) and entry.get("partial_of") == key
+            return marked or layer.name.startswith(f"{name} (partial")
+
+        for layer in [ly for ly in layers if stale(ly)]:
             layers.remove(layer)
