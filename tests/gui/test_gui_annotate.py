@@ -746,3 +746,24 @@ def test_when_every_place_was_shown_the_walk_starts_again(qtbot, make_napari_vie
     assert "nothing left to paint" in widget.next_task.status.text()
     assert any("nothing left to paint" in str(n.message) for n in notes.all)
     assert not notes.errors()
+
+
+def test_counts_table_gives_class_names_the_room_numbers_do_not_need(qtbot, dock):
+    _viewer, _image, widget = dock
+    layer = widget.new_annotation_layer()
+    widget.add_class("mitochondrion")
+    paint(layer, 1, [2], [4, 5], 3)
+    settle(qtbot, widget)
+    table = widget.counts_table
+    home = table.parentWidget()
+    table.setParent(None)  # on its own, as wide as in a narrow dock
+    table.setFixedWidth(240)
+    table.show()
+    qtbot.waitExposed(table)
+    qtbot.waitUntil(lambda: sum(table.columnWidth(i) for i in range(3)) <= table.viewport().width() + 1)
+    row = next(i for i in range(table.rowCount()) if table.item(i, 0).text() == "3 mitochondrion")
+    needed = table.fontMetrics().horizontalAdvance("3 mitochondrion") + table.iconSize().width()
+    assert table.columnWidth(0) >= needed
+    assert table.item(row, 0).toolTip() == "3 mitochondrion"
+    table.hide()
+    table.setParent(home)  # the dock owns it again, and closes it with itself

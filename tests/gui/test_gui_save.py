@@ -142,3 +142,17 @@ def test_saved_masks_reopen_at_the_image_scale(qtbot, dock, labels, tmp_path, fm
     np.testing.assert_allclose(reopened.scale, em.scale)
     assert tuple(reopened.units) == tuple(em.units)
     np.testing.assert_array_equal(np.asarray(reopened.data), labels)
+
+
+def test_a_refusal_is_not_shown_once_the_path_changes(qtbot, dock, labels, tmp_path, monkeypatch):
+    viewer, widget = dock
+    viewer.add_labels(labels, name="seg")
+    target = tmp_path / "seg.tif"
+    io.write_labels(target, np.zeros((2, 5, 5), np.uint8))
+    answer(monkeypatch, QMessageBox.StandardButton.No)
+    save(qtbot, widget, target, "TIFF (.tif)")
+    assert widget.task.status.text() == f"not saved: {target} exists"
+    save(qtbot, widget, tmp_path / "other", "TIFF (.tif)")
+    assert widget.task.status.text() == f"saved 'seg' to {tmp_path / 'other.tif'}"
+    widget.format_combo.setCurrentText("zarr (.zarr)")
+    assert widget.task.status.text() == ""

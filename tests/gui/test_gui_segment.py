@@ -349,3 +349,14 @@ def test_cancelled_rerun_shows_the_old_result_again_and_a_full_run_drops_its_par
     widget.segment()
     wait_done(qtbot, widget)
     assert [ly.name for ly in viewer.layers] == ["em", "em segmentation"]
+
+
+def test_one_tile_is_said_in_the_singular_and_the_main_controls_explain_themselves(qtbot, dock, image):
+    viewer, widget = dock
+    viewer.add_image(image[0], name="em")  # 72 x 80: one automatic tile
+    assert "1 tile," in widget.plan_label.text()
+    widget.segment()
+    wait_done(qtbot, widget)
+    assert "with tiny: 1 tile in" in widget.task.status.text()
+    for control in (widget.device_combo, widget.output_combo, widget.segment_button):
+        assert len(control.toolTip()) > 30

@@ -195,7 +195,10 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         self.counts_table.setHorizontalHeaderLabels(["Class", "Pixels", "Slices"])
         self.counts_table.verticalHeader().setVisible(False)
         self.counts_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.counts_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header = self.counts_table.horizontalHeader()  # numbers take what they need, names the rest
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         self.counts_table.setMaximumHeight(110)
         self.counts_label = QLabel("")
         self.counts_label.setWordWrap(True)
@@ -516,6 +519,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         self.counts_table.setRowCount(len(rows))
         for i, row in enumerate(rows):
             item = QTableWidgetItem(f"{row.index} {row.name}")
+            item.setToolTip(item.text())  # the whole name where the column is too narrow for it
             item.setIcon(_swatch(core.class_color(row.index)))
             self.counts_table.setItem(i, 0, item)
             self.counts_table.setItem(i, 1, QTableWidgetItem(f"{row.pixels:,}"))

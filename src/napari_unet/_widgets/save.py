@@ -131,6 +131,9 @@ class SaveMasksWidget(Dock):
         self.labels_combo.currentIndexChanged.connect(self._suggest_path)
         self.path_edit.textChanged.connect(self._show_target)
         self.format_combo.currentIndexChanged.connect(self._show_target)
+        for changed in (self.labels_combo.currentIndexChanged, self.path_edit.textChanged,
+                        self.format_combo.currentIndexChanged):  # fmt: skip
+            changed.connect(self._forget_outcome)
         self._suggest_path()
         self._show_target()
         self._pending: dict[str, Any] | None = None
@@ -143,6 +146,11 @@ class SaveMasksWidget(Dock):
         """Where the chosen layer will be written, or None without a path."""
         text = self.path_edit.text().strip()
         return target_path(text, self._suffix()) if text else None
+
+    def _forget_outcome(self, *_: Any) -> None:
+        """A new layer, path or format: the last save's outcome is about something else now."""
+        if not self.task.running:
+            self.task.status.setText("")
 
     def _show_target(self, *_: Any) -> None:
         target = self.target()

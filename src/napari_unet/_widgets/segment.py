@@ -108,6 +108,11 @@ def class_features(model: Any) -> dict[str, list]:
     return layer_roles.segmentation_features(class_names_of(model))
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 tile``, ``2 tiles``, ``1,024 tiles``: a count with its noun in the right number."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _instances_available() -> bool:
     """True once the core offers instance post-processing."""
     try:
@@ -170,6 +175,9 @@ class SegmentWidget(Dock):
         )
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
+        self.device_combo.setToolTip(
+            "Where the network runs: auto takes a GPU (CUDA or Apple MPS) when there is one, else the CPU"
+        )
         self.precision_combo = QComboBox()
         self.precision_combo.addItems(list(PRECISIONS))
         self.precision_combo.setToolTip("bf16 is faster where the hardware computes it natively")
@@ -192,6 +200,10 @@ class SegmentWidget(Dock):
         )
         self.output_combo = QComboBox()
         self.output_combo.addItems(list(OUTPUTS))
+        self.output_combo.setToolTip(
+            "classes: one label per class (membrane, cell, ...); instances: one id per object of "
+            "the class below, for counting and measuring"
+        )
         if not _instances_available():
             item = self.output_combo.model().item(OUTPUTS.index("instances"))
             item.setEnabled(False)
@@ -204,6 +216,10 @@ class SegmentWidget(Dock):
             "classes are connected components split at thin necks"
         )
         self.segment_button = QPushButton("Segment")
+        self.segment_button.setToolTip(
+            "Fill '<image> segmentation' tile by tile, the slice on screen first; Cancel keeps the "
+            "finished tiles"
+        )
         self.segment_button.clicked.connect(self.segment)
         self.task = TaskPanel("Cancel")
         self.task.finished.connect(self._on_finished)
@@ -364,7 +380,7 @@ class SegmentWidget(Dock):
         used = f"{est.tile[0]} x {est.tile[1]} px"
         if typed and est.tile[0] != typed and est.tile[1] != typed:
             used += f" (the network takes {est.tile[0]}, not {typed})"
-        text = f"{used}: {est.tiles:,} tiles, about {format_seconds(est.seconds)}"
+        text = f"{used}: {_count(est.tiles, 'tile')}, about {format_seconds(est.seconds)}"
         if typed and est.ratio > 1.5:
             text += f", {est.ratio:.0f}x the auto tile's {format_seconds(est.auto_seconds)}"
         self.plan_label.setText(text)
@@ -607,7 +623,7 @@ class SegmentWidget(Dock):
             self._remove_stale_partials(run.name, run.key)
             self.task.status.setText(
                 f"segmented '{run.image}' ({run.scope}) with {run.model}: "
-                f"{run.total} tiles in {seconds:.1f} s"
+                f"{_count(run.total, 'tile')} in {seconds:.1f} s"
             )
             notify_info(f"segmented '{run.image}' in {seconds:.1f} s")
             self._show_plan()
