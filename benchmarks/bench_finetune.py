@@ -371,14 +371,11 @@ def class_scores(pred: dict[int, np.ndarray], truth: dict[int, np.ndarray], name
 
 
 def verdict_of(trainer: Trainer) -> tuple[str, str] | None:
-    """(kind, text) of the trainer's verdict on its run, where the trainer gives one."""
-    if not hasattr(trainer, "verdict"):
+    """(kind, text) of the trainer's verdict on its run; None when nothing was held out."""
+    if not trainer.start_units:
         return None
-    v = trainer.verdict
-    v = v() if callable(v) else v
-    if v is None:
-        return None
-    return str(getattr(v, "kind", v)), str(getattr(v, "text", ""))
+    v = trainer.verdict()
+    return v.kind, v.text
 
 
 class PersonBench:
