@@ -33,7 +33,15 @@ REFUSALS = [
     (["segment", "{stack}", "-o", "{tmp}/x.tif", "--batch", "0"], "--batch must be a positive"),
     (["segment", "{stack}", "-o", "{tmp}/x.tif", "--tile", "0"], "--tile must be a positive"),
     (["evaluate", "--pred", "nope.tif", "--gt", "{stack}"], "prediction nope.tif does not exist"),
-]
+    (["train", "--images", "nope.tif", "--labels", "{tmp}/labels.tif", "-o", "{tmp}/m.safetensors"],
+     "images nope.tif does not exist"),
+    (["train", "--images", "{stack}", "--labels", "nope.tif", "-o", "{tmp}/m.safetensors"],
+     "labels nope.tif does not exist"),
+    (["train", "--images", "{stack}", "--labels", "{tmp}/labels.tif", "-o", "{tmp}/m.pt"],
+     "must end in .safetensors"),
+    (["train", "--images", "{stack}", "--labels", "{tmp}/labels.tif", "-o", "{tmp}/m.safetensors",
+      "--label-map", "255"], "--label-map '255' is not of the form"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("argv, message", REFUSALS)

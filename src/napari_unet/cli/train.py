@@ -11,7 +11,7 @@ import numpy as np
 
 from ..classes import default_class_names
 from ..errors import UserInputError
-from .common import apply_label_map, check_output, parse_label_map, read_array, resolve_model
+from .common import apply_label_map, check_output, input_spec, parse_label_map, read_array, resolve_model
 from .progress import clock, progress
 
 if TYPE_CHECKING:
@@ -162,9 +162,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune or train a model; Ctrl-C stops after the current step and keeps a checkpoint."""
     import signal
 
-    from ..recipes import AUTO_RECIPE, recipe_config, resolve_recipe
-    from ..train import TrainConfig, Trainer
-
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise UserInputError(f"model output {out} must end in .safetensors")
@@ -172,6 +169,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not resume_same:
         check_output(out, args.overwrite, "model output")
     _check_writable(out)
+    # paths before torch (seconds to import): a missing input is answered at once
+    input_spec(args.images, "images")
+    input_spec(args.labels, "labels")
+    parse_label_map(args.label_map)
+    from ..recipes import AUTO_RECIPE, recipe_config, resolve_recipe
+    from ..train import TrainConfig, Trainer
+
     steps, minutes = args.steps, args.max_minutes
     if steps is None and minutes is None:
         minutes = DEFAULT_TRAIN_MINUTES
