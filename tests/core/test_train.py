@@ -309,3 +309,30 @@ def test_distillation_keeps_the_start_model_where_nobody_painted():
         agreement[distill] = np.mean(kept)
         assert tr.verdict().kind in ("better", "unclear", "worse")
     assert agreement[2.0] > agreement[0.0] + 0.05, agreement
+
+
+def test_a_run_ends_with_its_best_validated_weights():
+    """The trainer remembers the best validated weights; when the last validation scores clearly
+    below them, the run ends with them and says from which step."""
+    images, sparse, _start, model = _strokes_task()
+    tile = model.valid_input_size(96)
+    cfg = TrainConfig(steps=4, val_every=2, optimizer="adam", learning_rate=1e-2, tile_size=tile)
+    tr = Trainer(model, images, sparse, cfg)
+    events = list(tr.run())
+    assert events[-1].kind == "done" and tr._best is not None
+    score, step, weights, metrics, _units = tr._best
+    assert step in (2, 4) and tr.kept_step in (2, 4)
+    if tr.kept_step == step:  # whatever the run ended with is the remembered copy
+        for key, value in tr.model.state_dict().items():
+            assert torch.equal(value.cpu(), weights[key])
+    # a later validation clearly below the best one: the best weights come back
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            p.add_(1.0)
+    tr._best = (score, 2, weights, metrics, [])  # as if remembered at step 2 of 4
+    tr.last_metrics = {key: 0.0 for key in metrics}
+    tr._restore_best()
+    assert tr.kept_step == 2 and tr.last_metrics == metrics
+    for key, value in tr.model.state_dict().items():
+        assert torch.equal(value.cpu(), weights[key])
+    assert tr.metadata(0.0)["training"]["kept_step"] == 2
