@@ -284,6 +284,11 @@ def test_train_classes_by_name_keep_new_and_drop(tmp_path, model_file, stack_tif
     assert torch.allclose(tuned.head.weight[1], start.head.weight[1], atol=1e-6)
     assert not torch.allclose(tuned.head.weight[0], start.head.weight[0], atol=1e-3)
     assert torch.allclose(tuned.down[0][0].weight, start.down[0][0].weight, atol=1e-6)
+    # validation is on by default: the run ends with a verdict against the start model, also kept
+    # in the model's record
+    verdict = tuned.metadata["training"]["verdict"]
+    assert verdict["kind"] in ("better", "unclear", "worse")
+    assert ("verdict: " if verdict["kind"] == "better" else "warning: ") + verdict["text"][:40] in err
 
 
 @pytest.mark.parametrize(
