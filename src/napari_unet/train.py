@@ -71,6 +71,9 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     balance_classes: bool = True
+    #: how far class balancing goes: 1 gives every class the same total weight, 0.5 the square
+    #: root of those weights (rare classes count more, without the full inverse frequency)
+    balance_power: float = 1.0
     #: class whose connected components are the instances of the border term; "auto": "cell"
     border_class: int | str | None = "auto"
     #: tile centres: "classes" (each class equally often, so a rare new class is seen early),
@@ -137,6 +140,7 @@ class TrainConfig:
         finite("freeze_encoder", self.freeze_encoder, 0.0, 1.0)
         finite("the Dice weight", self.dice_weight, 0.0, 100.0)
         finite("the distillation weight", self.distill, 0.0, 100.0)
+        finite("the class-balance power", self.balance_power, 0.0, 1.0)
         finite("snapshot_every_s", self.snapshot_every_s, 0.0)
         if not 1 <= self.batch_size <= 64:
             raise UserInputError(f"batch size must be between 1 and 64, got {self.batch_size}")
@@ -301,7 +305,7 @@ class Trainer:
             border = cfg.border_class  # type: ignore[assignment]
         self.border_class = border
         all_train = np.concatenate([lb.reshape(-1) for _, lb in self.train_slices])
-        cw = class_balance_weights(all_train, k) if cfg.balance_classes else None
+        cw = class_balance_weights(all_train, k, cfg.balance_power) if cfg.balance_classes else None
         if cw is None:
             cw = np.ones(k + 1)
             cw[0] = 0

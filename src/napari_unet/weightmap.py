@@ -53,13 +53,14 @@ def _check_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return labels
 
 
-def class_balance_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+def class_balance_weights(labels: np.ndarray, n_classes: int, power: float = 1.0) -> np.ndarray:
     """Weight per class id (n_classes + 1,) that gives every present class the same total weight.
 
     Among annotated pixels (label > 0) class k gets N / (P * n_k), N annotated pixels, P classes
     present, n_k pixels of class k, so the weights average to 1 over the annotated pixels. Index 0
     (not annotated) gets 0; a class with no pixels gets 1 (neutral, should it appear elsewhere).
-    Works on a single image or a whole stack.
+    ``power`` < 1 balances part of the way (0.5: weights as the square root of those, rescaled to
+    average 1 again). Works on a single image or a whole stack.
     """
     labels = _check_labels(labels, n_classes)
     flat = labels.ravel().astype(np.intp, copy=False)
@@ -70,6 +71,10 @@ def class_balance_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     if present.any():
         total = counts[1:].sum()
         weights[1:][present] = total / (present.sum() * counts[1:][present])
+        if power != 1.0:
+            weights[1:][present] **= power
+            mean = (weights[1:][present] * counts[1:][present]).sum() / total
+            weights[1:][present] /= mean
     return weights
 
 

@@ -261,3 +261,18 @@ def test_loss_with_no_annotated_pixels_is_zero_with_a_gradient():
 def test_loss_refuses_labels_beyond_the_logit_channels():
     with pytest.raises(UserInputError):
         weighted_cross_entropy(torch.zeros((1, 2, 2, 2)), torch.full((1, 2, 2), 3))
+
+
+def test_class_balance_part_of_the_way():
+    """power 1: equal total weight per class; 0.5: the square roots, still averaging 1; 0: none."""
+    from napari_unet.weightmap import class_balance_weights
+
+    labels = np.array([1] * 900 + [2] * 90 + [3] * 10)
+    full = class_balance_weights(labels, 3)
+    half = class_balance_weights(labels, 3, power=0.5)
+    flat = class_balance_weights(labels, 3, power=0.0)
+    np.testing.assert_allclose(full[1:] * [900, 90, 10], 1000 / 3)
+    np.testing.assert_allclose(half[1:] / half[1], np.sqrt(full[1:] / full[1]))
+    for w in (full, half, flat):
+        assert w[0] == 0 and np.mean(w[labels]) == pytest.approx(1.0)
+    np.testing.assert_allclose(flat[1:], 1.0)
