@@ -369,6 +369,46 @@ def test_three_docks_fit_a_1000_px_screen_and_the_empty_loss_plot_is_sane(make_n
     assert ft.loss_curve.ax.get_xlim() == (0.0, 10.0)
 
 
+#: each dock's main button, the one it is opened for
+MAIN_BUTTONS = {
+    "Load EM stack": "load_button",
+    "Annotate": "copy_button",
+    "Fine-tune": "train_button",
+    "Segment": "segment_button",
+    "Save masks": "save_button",
+}
+
+
+def test_five_docks_at_1400_by_1000_show_each_main_button_and_progress(qtbot, make_napari_viewer):
+    """All five docks open in a 1400 x 1000 window: the window keeps its size, and every dock's main
+    button and running progress bar lie whole inside what the dock shows; only the forms scroll."""
+    from qtpy.QtCore import QPoint, QRect
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1400, 1000)
+    docks = {name: open_dock(viewer, name) for name in MAIN_BUTTONS}
+    for dock in docks.values():
+        dock.task._show_running(True)  # the bar is what a run shows; it must fit too
+        dock.task.status.setText("tile 3 of 12, 0:41 left")
+    qtbot.wait(300)
+    assert (window.width(), window.height()) == (1400, 1000)
+
+    def shown_whole(widget, dock) -> bool:
+        frame = dock.parentWidget()  # napari's dock widget: what the window gives this dock
+        rect = QRect(widget.mapTo(frame, QPoint(0, 0)), widget.size())
+        return widget.isVisible() and frame.rect().contains(rect) and not widget.visibleRegion().isEmpty()
+
+    for name, dock in docks.items():
+        frame = dock.parentWidget()
+        assert window.rect().contains(QRect(frame.mapTo(window, QPoint(0, 0)), frame.size())), name
+        button = getattr(dock, MAIN_BUTTONS[name])
+        assert shown_whole(button, dock), name
+        assert shown_whole(dock.task.progress_bar, dock), name
+        assert dock.task.progress_bar.height() >= dock.task.progress_bar.sizeHint().height(), name
+        assert dock.scroll.widget().height() > dock.scroll.viewport().height(), name  # the form scrolls
+
+
 # the live fine-tuning view ----------------------------------------------------------------------
 def paint_three_slices(layer):
     for z in range(3):

@@ -18,12 +18,14 @@ import wrapt
 from qtpy.QtCore import QEvent, QSize, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
+    QDockWidget,
     QFileDialog,
     QFrame,
     QHBoxLayout,
     QLineEdit,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -246,45 +248,125 @@ def is_derived(layer: Any, *roles: str) -> bool:
     return role_of(getattr(layer, "metadata", None)) in roles
 
 
+class _PlainColumn(QVBoxLayout):
+    """A column that never asks for a height for its width.
+
+    A wrapping status line in the action row would otherwise make the window size the dock by
+    height-for-width at whatever width the dock had when it was added, and keep that height.
+    """
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt's name
+        """No: :class:`Dock` sizes its action row itself (:meth:`Dock._fit_actions`)."""
+        return False
+
+
 class Dock(QWidget):
     """A dock that stops its work when it is closed with its × (napari then unparents it).
 
-    Subclasses lay out their form in :attr:`body`, which scrolls: several docks stacked in one
-    window then fit a 1 000 px screen instead of making the window taller. Subclasses extend
+    Subclasses lay out their form in :attr:`body`, which scrolls, and put their main button and
+    progress in :attr:`actions` with :meth:`pin`, below the form and never scrolled away: five docks
+    stacked in a 1 000 px window then all fit, each with its action in sight. Subclasses extend
     :meth:`dock_closed`; by default every :class:`~._worker.TaskPanel` in the dock is cancelled,
     which stops after the current tile or step and keeps what is finished.
     """
 
-    #: the least height a dock asks for; the rest of its form scrolls
-    MIN_HEIGHT = 220
+    #: the least height the scrolled form asks for (about two rows); the action row comes on top
+    MIN_HEIGHT = 56
 
     def __init__(self) -> None:
         super().__init__()
         self._docked = False
         self.closed = False
-        outer = QVBoxLayout(self)
+        outer = _PlainColumn(self)
         outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setMinimumHeight(self.MIN_HEIGHT)  # its own hint is taller than two rows
         #: the dock's form goes here
         self.body = QWidget()
         self.scroll.setWidget(self.body)
-        outer.addWidget(self.scroll)
+        outer.addWidget(self.scroll, 1)
+        #: the dock's main button and progress go here (:meth:`pin`), below the scrolled form
+        self.actions = QWidget()
+        self._actions_layout = QVBoxLayout(self.actions)
+        margins = self._actions_layout.contentsMargins()
+        self._actions_layout.setContentsMargins(margins.left(), 2, margins.right(), margins.bottom())
+        self._actions_layout.setSpacing(4)
+        # the action row keeps its full height: the form gives way, never the button or the bar
+        self.actions.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        self.actions.setVisible(False)
+        self.actions.installEventFilter(self)
+        outer.addWidget(self.actions)
+
+    def pin(self, *items: QWidget | QHBoxLayout) -> None:
+        """Put ``items`` (widgets or row layouts) in the action row, in order, below the form."""
+        for item in items:
+            if isinstance(item, QWidget):
+                self._actions_layout.addWidget(item)
+            else:
+                self._actions_layout.addLayout(item)
+        self.actions.setVisible(True)
+
+    def _pinned_height(self, hint: QSize) -> int:
+        if self.actions.isHidden():
+            return 0
+        return max(hint.height(), self.actions.minimumHeight())
+
+    def _fit_actions(self) -> None:
+        """Give the action row the height its wrapped lines need at the dock's present width."""
+        layout = self._actions_layout
+        if not self.actions.isHidden() and layout.hasHeightForWidth() and self.width() > 0:
+            need = layout.totalHeightForWidth(self.width())
+            if need != self.actions.minimumHeight():
+                self.actions.setMinimumHeight(need)
+                self.updateGeometry()
+        self._release_frame()
+
+    def _release_frame(self) -> None:
+        """Let napari's dock frame shrink with this dock again.
+
+        The frame has an explicit minimum height (napari sets one), so Qt keeps the largest minimum
+        it ever computed for it as if a person had set it: one tall moment (a wrapped status line,
+        the form before styling) would keep the window taller than the screen for good. Clearing it
+        makes Qt compute the frame's minimum from this dock's hints again.
+        """
+        frame = self.parentWidget()
+        if not isinstance(frame, QDockWidget):
+            return
+        title = max(frame.height() - self.height(), 0)  # the title bar and margins around this dock
+        if frame.minimumHeight() > self.minimumSizeHint().height() + title:
+            frame.setMinimumHeight(0)
+
+    def eventFilter(self, watched: Any, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        """Refit the action row when its contents change (a new status line)."""
+        if watched is self.actions and event.type() == QEvent.Type.LayoutRequest:
+            self._fit_actions()
+        return super().eventFilter(watched, event)
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        """Refit the action row to the new width."""
+        super().resizeEvent(event)
+        self._fit_actions()
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
-        """The whole form when there is room."""
-        return self.body.sizeHint()
+        """The whole form and the action row when there is room."""
+        form, action = self.body.sizeHint(), self.actions.sizeHint()
+        return QSize(max(form.width(), action.width()), form.height() + self._pinned_height(action))
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
-        """As wide as the form, but only :data:`MIN_HEIGHT` tall: the rest scrolls."""
-        hint = self.body.minimumSizeHint()
+        """As wide as the form; :data:`MIN_HEIGHT` of the form (the rest scrolls) and the action row."""
+        form, action = self.body.minimumSizeHint(), self.actions.sizeHint()
         bar = self.scroll.verticalScrollBar().sizeHint().width()
-        return QSize(hint.width() + bar, min(hint.height(), self.MIN_HEIGHT))
+        height = min(form.height(), self.MIN_HEIGHT) + self._pinned_height(action)
+        return QSize(max(form.width() + bar, action.width()), height)
 
     def event(self, event: QEvent) -> bool:
-        """Notice being put into a dock, and being taken out of it (closed)."""
+        """Notice being put into a dock, and being taken out of it (closed); follow new hints."""
+        if event.type() == QEvent.Type.LayoutRequest:
+            self._release_frame()
         if event.type() == QEvent.Type.ParentChange:
             if self.parent() is not None:
                 self._docked = True

@@ -298,7 +298,6 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         copy_row.setContentsMargins(0, 0, 0, 0)
         copy_row.addWidget(self.copy_button, 1)
         copy_row.addWidget(self.undo_copy_button)
-        pred_form.addRow(copy_row)
 
         files_row = QHBoxLayout()
         files_row.setContentsMargins(0, 0, 0, 0)
@@ -314,8 +313,8 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         layout.addWidget(pred_box)
         layout.addLayout(files_row)
         layout.addWidget(self.autosave_label)
-        layout.addWidget(self.task)
         layout.addStretch(1)
+        self.pin(copy_row, self.task)  # the dock's action: in sight however small the dock
 
     def event(self, event: QEvent) -> bool:
         """Once the dock sits in the viewer's window, have the autosaver watch it for closing."""

@@ -389,11 +389,10 @@ class FineTuneWidget(Dock):
         form.addRow("Live preview", self.live_check)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
-        layout.addWidget(self.train_button)
-        layout.addWidget(self.task)
         layout.addWidget(self.loss_curve)
         layout.addWidget(self.verdict_label)
         layout.addWidget(self.save_button)
+        self.pin(self.train_button, self.task)
         layout.addStretch(1)
 
         self.limit_combo.currentIndexChanged.connect(self._show_limit)

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 from napari_unet import formats, loading
 from napari_unet.errors import UserInputError
 
-from . import _alive, unwrap
+from . import Dock, _alive, unwrap
 from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel, start_worker
 
@@ -79,7 +79,7 @@ def restore_offer(viewer: Any, layer: Any) -> Notification | None:
     return note
 
 
-class LoadStackWidget(QWidget):
+class LoadStackWidget(Dock):
     """Open an EM stack lazily, with a preview of what it holds and options for big data."""
 
     PREVIEW_DELAY_MS = 250
@@ -137,11 +137,10 @@ class LoadStackWidget(QWidget):
         form.addRow("", self.info_label)
         form.addRow("Slices", self._z_row)
         form.addRow("Downsample", self.factor_spin)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
-        layout.addWidget(self.load_button)
-        layout.addWidget(self.task)
         layout.addStretch(1)
+        self.pin(self.load_button, self.task)
 
         #: the last preview shown (what the path holds), or None
         self.preview_result: loading.Preview | None = None

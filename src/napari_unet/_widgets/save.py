@@ -124,9 +124,8 @@ class SaveMasksWidget(Dock):
         form.addRow("", self.target_label)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
-        layout.addWidget(self.save_button)
-        layout.addWidget(self.task)
         layout.addStretch(1)
+        self.pin(self.save_button, self.task)
 
         self.labels_combo.currentIndexChanged.connect(self._suggest_path)
         self.path_edit.textChanged.connect(self._show_target)

@@ -237,9 +237,8 @@ class SegmentWidget(Dock):
         form.addRow("Objects of", self.instance_combo)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
-        layout.addWidget(self.segment_button)
-        layout.addWidget(self.task)
         layout.addStretch(1)
+        self.pin(self.segment_button, self.task)
         self._run: SegmentRun | None = None
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
