@@ -546,6 +546,26 @@ def test_undoing_a_copy_from_the_prediction_uncounts_it(qtbot, dock, prediction)
     ]
 
 
+def test_the_copy_and_undo_lines_go_at_the_next_edit(qtbot, dock, prediction):
+    """'copied …' and 'undid the copy …' describe one action: a later stroke takes them away."""
+    viewer, _image, widget = dock
+    widget.autosaver.timer.setInterval(60_000)  # no autosave line replaces them in this test
+    layer = widget.new_annotation_layer()
+    viewer.dims.set_current_step(0, 2)
+    widget.copy_button.click()
+    qtbot.wait(50)
+    assert widget.autosave_label.text().startswith("copied 480 pixels")
+    paint(layer, 2, [5], [5], 3 - prediction[2, 5, 5])
+    assert widget.autosave_label.text() == ""
+    widget.copy_button.click()
+    widget.undo_copy_button.click()
+    qtbot.wait(50)
+    assert widget.autosave_label.text() == "undid the copy from the prediction"
+    paint(layer, 1, [4, 5], [6], 1)
+    assert widget.autosave_label.text() == ""
+    assert layer.data[1, 4:6, 6].tolist() == [1, 1]
+
+
 def test_a_redo_after_an_empty_autosave_is_autosaved(qtbot, dock, config):
     """Paint, undo, autosave (nothing to write), redo: the redone paint reaches the sidecar."""
     viewer, image, widget = dock

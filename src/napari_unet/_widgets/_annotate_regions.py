@@ -147,7 +147,7 @@ class PredictionCopy:
                 if self.region_combo.currentText() == REGION_BOXES
                 else "the slice on screen"
             )
-            self.autosave_label.setText(
+            self._say_until_edited(
                 f"copied {changed:,} pixels of '{pred.name}' in {where}; correct them by painting"
             )
             return results
@@ -182,4 +182,4 @@ class PredictionCopy:
                     layer.data_setitem(r.indices, r.previous[_local(r)], refresh=False)
         layer.refresh()
         self.autosaver.mark(layer, self._slices_of(results, layer))
-        self.autosave_label.setText("undid the copy from the prediction")
+        self._say_until_edited("undid the copy from the prediction")

@@ -244,6 +244,8 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         self._label_events: weakref.ref | None = None
         self._last_copy: tuple[weakref.ref, list[core.CopyResult]] | None = None
         self._pending_task: dict[str, Any] | None = None
+        #: a status line about one action (a copy, its undo): the next edit makes it stale
+        self._action_note: str | None = None
         self._restore_for: weakref.ref | None = None
 
         self.count_timer = QTimer(self)
@@ -430,14 +432,27 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         return self.autosaver.track(layer, source)
 
     # ------------------------------------------------------------------ edits -> counts, status
+    def _say_until_edited(self, text: str) -> None:
+        """Show what an action just did, until the next edit of the annotations."""
+        self.autosave_label.setText(text)
+        self._action_note = text
+
+    def _forget_action_note(self) -> None:
+        """An edit came after the action: its line no longer describes the annotations."""
+        if self._action_note is not None and self.autosave_label.text() == self._action_note:
+            self.autosave_label.setText("")
+        self._action_note = None
+
     def _on_edited(self, layer: Any, slices: set[int] | None) -> None:
         if _alive(self) and layer is self.labels_combo.layer():
+            self._forget_action_note()
             self._recount(slices)
 
     def _on_undo_redo(self, layer: Any, slices: set[int] | None) -> None:
         """Ctrl+Z / Ctrl+Shift+Z changed the annotations: recount, and autosave the result."""
         if not _alive(self) or self.closed or layer is not self.labels_combo.layer():
             return
+        self._forget_action_note()
         self._recount(slices)
         self.autosaver.mark(layer, slices)  # an undone stroke must not live on in the sidecar
 
