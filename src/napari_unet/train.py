@@ -356,7 +356,8 @@ class Trainer:
         #: classes (float16, (kept, H, W)), 0 in held-out and probe blocks; None when not distilling
         self.targets: list[np.ndarray] | None = None
         self._kept_channels = [c for c, keep in enumerate(self.kept) if keep]
-        if cfg.distill > 0 and self._kept_channels:
+        unpainted = any(not np.all(lb > 0) for _, lb in self.train_slices)
+        if cfg.distill > 0 and self._kept_channels and unpainted:
             self.targets = self._start_targets()
         self.optimizer = self._make_optimizer()
         if resume_from is not None:
