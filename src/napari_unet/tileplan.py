@@ -8,7 +8,8 @@ and the training tile. They rest on the model's public size methods only.
 The Segment dock shows this for the tile size the user chose, so a size that would take hours
 says so up front: :func:`check_tile_size` turns a typed size into the tile actually used (or says
 why none fits), :func:`estimate` counts the tiles of the overlap-tile plan and prices them with a
-throughput figure (measured here, or from the last run in this viewer). Nothing here imports Qt.
+throughput figure: the last run's in this viewer, else one tile timed on this machine
+(:func:`measure_seconds_per_mpx`), else a fixed figure. Nothing here imports Qt.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "default_seconds_per_mpx",
     "estimate",
     "format_seconds",
+    "measure_seconds_per_mpx",
     "smallest_tile",
 ]
 
@@ -40,7 +42,7 @@ __all__ = [
 CONFIRM_RATIO = 10.0
 #: seconds per megapixel of network input for a base-16, depth-4 U-Net in fp32: measured 1.8 s
 #: with one torch thread on the 2-core AMD EPYC (Zen 3) here, other work running. The Segment
-#: dock replaces it with the rate of its own last run as soon as it has one.
+#: dock replaces it with one tile timed in the background, then with the rate of its last run.
 SECONDS_PER_MPX_BASE16 = 1.8
 TTA_VIEWS = {"none": 1, "flips": 4, "d4": 8}
 
@@ -193,6 +195,32 @@ def check_tile_size(model: UNet, size: int) -> int:
 def default_seconds_per_mpx(model: UNet) -> float:
     """Seconds per megapixel of input on this kind of CPU; scales with the channels squared."""
     return SECONDS_PER_MPX_BASE16 * (model.base_channels / 16) ** 2
+
+
+def measure_seconds_per_mpx(
+    model: UNet,
+    tile: Sequence[int],
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+) -> float:
+    """Seconds per input megapixel of one ``tile`` through the tile engine, as a run here takes it.
+
+    The Segment dock times this once per model and device before its first run, because
+    :data:`SECONDS_PER_MPX_BASE16` is one machine's figure under load: on an idle 2-core CPU it was
+    2-3x too high, and it knows nothing of threads or GPUs. The tile is noise, so what is timed is
+    the network, the normalisation and the stitching of one tile, not the content of an image.
+    """
+    import time
+
+    from napari_unet.inference import predict_tiles
+
+    th, tw = (int(t) for t in tile)
+    out = (max(th - model.margin, 1), max(tw - model.margin, 1))  # one tile covers it exactly
+    image = np.random.default_rng(0).random(out, dtype=np.float32)
+    start = time.perf_counter()
+    for _ in predict_tiles(model, image, (th, tw), batch_size=1, device=device, precision=precision):
+        pass
+    return (time.perf_counter() - start) / (th * tw / 1e6)
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,18 @@ def test_tile_plan_explains_the_tile_and_the_cost():
     assert small.tiles == 20 * 32 * 32 and small.needs_confirming and small.ratio > 10
     one = estimate(model, (20, 512, 512), 204, n_slices=1, seconds_per_mpx=1.0)
     assert one.tiles == 1024 and one.seconds == pytest.approx(small.seconds / 20)
+
+
+def test_timing_a_tile_runs_exactly_that_tile_once(make_unet):
+    """What the Segment dock times before its first run is one pass of the tile the run uses."""
+    import math
+
+    from napari_unet.tileplan import measure_seconds_per_mpx
+
+    model = make_unet(depth=2, dropout=0.0)
+    tile = (model.valid_input_size(100), model.valid_input_size(124))
+    seen = []
+    model.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+    rate = measure_seconds_per_mpx(model, tile, "cpu", "fp32")
+    assert seen == [(1, 1, *tile)]
+    assert math.isfinite(rate) and rate > 0

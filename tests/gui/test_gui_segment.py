@@ -351,6 +351,34 @@ def test_cancelled_rerun_shows_the_old_result_again_and_a_full_run_drops_its_par
     assert [ly.name for ly in viewer.layers] == ["em", "em segmentation"]
 
 
+def test_the_first_estimate_uses_a_tile_timed_here_and_a_run_replaces_it(
+    qtbot, dock, model_file, image, monkeypatch
+):
+    """Before any run the time comes from one tile timed on this machine (in the background),
+    not from a fixed figure; a finished run's own rate then replaces it."""
+    from napari_unet import tileplan
+    from napari_unet.checkpoint import load_model
+
+    timed = []
+
+    def fake_timing(model, tile, device, precision):
+        timed.append((tuple(tile), device, precision))
+        return 900.0  # s per input megapixel: far from any real figure, so the line shows its use
+
+    monkeypatch.setattr(tileplan, "measure_seconds_per_mpx", fake_timing)
+    viewer, widget = dock
+    viewer.add_image(image, name="em")
+    est = tileplan.estimate(load_model(model_file), image.shape, None, seconds_per_mpx=900.0)
+    timed_text = f"about {tileplan.format_seconds(est.seconds)}"
+    qtbot.waitUntil(lambda: timed_text in widget.plan_label.text(), timeout=TIMEOUT)
+    assert timed == [(est.tile, "cpu", "fp32")]
+    widget.segment()
+    wait_done(qtbot, widget)
+    widget._show_plan()
+    assert timed_text not in widget.plan_label.text()
+    assert len(timed) == 1  # measured once: the run's rate is used from now on
+
+
 def test_one_tile_is_said_in_the_singular_and_the_main_controls_explain_themselves(qtbot, dock, image):
     viewer, widget = dock
     viewer.add_image(image[0], name="em")  # 72 x 80: one automatic tile

@@ -55,7 +55,7 @@ from . import (
 )
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import session_for
-from ._worker import CANCELLED, DONE, TaskPanel
+from ._worker import CANCELLED, DONE, TaskPanel, start_worker
 
 __all__ = ["SegmentWidget", "class_features", "segmentation_tiles", "slice_order"]
 
@@ -246,6 +246,10 @@ class SegmentWidget(Dock):
         self._refresh_timer.timeout.connect(self._refresh_live)
         #: measured seconds per input megapixel of the last run, per model name
         self._rates: dict[str, float] = {}
+        #: seconds per input megapixel of one tile timed before any run, per (model, device,
+        #: precision); a measured run's rate replaces it
+        self._timed: dict[tuple[str, str, str], float] = {}
+        self._timing: set[tuple[str, str, str]] = set()
         #: answer for the next run when a slow tile size needs confirming (tests set it)
         self.confirm_slow: Callable[[str], bool] | None = None
 
@@ -351,8 +355,42 @@ class SegmentWidget(Dock):
             self._tile_size(model),
             n_slices=n_slices,
             tta=TTA_CHOICES[self.tta_combo.currentText()],
-            seconds_per_mpx=self._rates.get(model_name),
+            seconds_per_mpx=self._rates.get(model_name) or self._timed.get(self._timing_key(model_name)),
         )
+
+    def _timing_key(self, model_name: str) -> tuple[str, str, str]:
+        return model_name, self.device_combo.currentText(), self.precision_combo.currentText()
+
+    def _time_one_tile(self, model: Any, model_name: str, tile: tuple[int, int]) -> None:
+        """Time one tile in the background, once per model and device, so that the estimate
+        before the first run is this machine's, not a fixed figure (2-3x off on an idle CPU)."""
+        from napari_unet.tileplan import measure_seconds_per_mpx
+
+        key = self._timing_key(model_name)
+        if model_name in self._rates or key in self._timed or key in self._timing or self.closed:
+            return
+        self._timing.add(key)
+        me = weakref.ref(self)
+
+        def timed() -> float | None:
+            try:
+                return measure_seconds_per_mpx(model, tile, key[1], key[2])
+            except (UserInputError, RuntimeError, ValueError):
+                return None  # no estimate from it; the run itself reports what is wrong
+
+        def done(rate: float | None) -> None:
+            dock = me()
+            if rate is None or dock is None or not _alive(dock) or dock.task.running:
+                return  # a run shared the CPU with the timing: its own rate comes soon anyway
+            dock._timed[key] = rate
+            dock._show_plan()
+
+        def finish(_outcome: str) -> None:
+            dock = me()
+            if dock is not None:
+                dock._timing.discard(key)
+
+        start_worker(timed, on_done=done, on_finish=finish)
 
     def _show_plan(self, *_: Any) -> None:
         """Say the tile used, the number of tiles and about how long, before anything runs."""
@@ -383,6 +421,7 @@ class SegmentWidget(Dock):
         if typed and est.ratio > 1.5:
             text += f", {est.ratio:.0f}x the auto tile's {format_seconds(est.auto_seconds)}"
         self.plan_label.setText(text)
+        self._time_one_tile(model, name, est.tile)
 
     def _confirm(self, message: str) -> bool:
         if self.confirm_slow is not None:
