@@ -369,6 +369,30 @@ def test_three_docks_fit_a_1000_px_screen_and_the_empty_loss_plot_is_sane(make_n
     assert ft.loss_curve.ax.get_xlim() == (0.0, 10.0)
 
 
+def test_loss_spikes_leave_the_top_of_the_plot_and_the_trend_fills_it(qtbot):
+    """A falling loss with three spikes of 12: the axis spans the fall, not the spikes."""
+    from napari_unet._widgets.finetune import LossCurve
+
+    curve = LossCurve()
+    qtbot.addWidget(curve)
+    rng = np.random.default_rng(0)
+    losses = np.linspace(0.9, 0.3, 200) + rng.normal(0, 0.03, 200)
+    losses[[40, 120, 170]] = 12.0
+    for step, loss in enumerate(losses, start=1):
+        curve.add(step, float(loss))
+    for step, loss in [(0, 0.95), (100, 0.55), (200, 0.35)]:
+        curve.add_validation(step, loss)
+    curve.redraw()
+    bottom, top = curve.ax.get_ylim()
+    ordinary = np.delete(losses, [40, 120, 170])
+    assert bottom <= ordinary.min() and ordinary.max() <= top < 2.0  # before: 0 .. 12.9
+    assert bottom <= min(curve._trend) and max(curve._trend) <= top  # the running median is all shown
+    assert max(curve._trend) < 1.0  # and no spike moves it
+    assert top >= 0.95  # and the start model's validation loss
+    curve.clear()
+    assert curve.ax.get_ylim() == (0.0, 1.0)
+
+
 #: each dock's main button, the one it is opened for
 MAIN_BUTTONS = {
     "Load EM stack": "load_button",

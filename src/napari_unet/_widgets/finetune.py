@@ -123,8 +123,30 @@ def live_preview(
     return z, labels_from_probabilities(probs), time.thread_time() - t0
 
 
+#: steps in the running median drawn over the step losses: one spike in them moves it not at all
+TREND_STEPS = 25
+#: how far above the upper quartile of the step losses the loss axis reaches, in interquartile ranges
+SPIKE_FENCE = 3.0
+
+
+def loss_axis_limits(losses: list[float], trend: list[float]) -> tuple[float, float]:
+    """The loss axis: every ``trend`` value (running median, validation) and the step losses up to
+    Tukey's far fence (upper quartile + 3 IQR); a rare spike leaves the top instead of flattening
+    a falling loss into a line along the bottom."""
+    raw = np.asarray([v for v in losses if math.isfinite(v)], dtype=float)
+    kept = [v for v in trend if math.isfinite(v)]
+    if raw.size:
+        q25, q75 = np.percentile(raw, [25, 75])
+        kept += [float(raw.min()), min(float(raw.max()), q75 + SPIKE_FENCE * (q75 - q25))]
+    if not kept:
+        return 0.0, 1.0
+    lo, hi = min(kept), max(kept)
+    pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1e-3)
+    return max(0.0, lo - pad), hi + pad
+
+
 class LossCurve(FigureCanvasQTAgg):
-    """The training loss per step, its running mean and the validation loss, redrawn twice a
+    """The training loss per step, its running median and the validation loss, redrawn twice a
     second. Before the first point the axes show steps 0-10 and loss 0-1, not an empty range."""
 
     def __init__(self) -> None:
@@ -135,12 +157,13 @@ class LossCurve(FigureCanvasQTAgg):
         self.figure.subplots_adjust(left=0.2, right=0.97, bottom=0.23, top=0.95)
         self.steps: list[int] = []
         self.losses: list[float] = []
-        self._mean: list[float] = []
+        #: the running median of the last :data:`TREND_STEPS` step losses, per step
+        self._trend: list[float] = []
         #: validation loss per step (step 0: the start model)
         self.val_steps: list[int] = []
         self.val_losses: list[float] = []
         (self._raw_line,) = self.ax.plot([], [], lw=0.8, alpha=0.45, label="loss")
-        (self._mean_line,) = self.ax.plot([], [], lw=1.6, label="running mean")
+        (self._mean_line,) = self.ax.plot([], [], lw=1.6, label="running median")
         (self._val_line,) = self.ax.plot(
             [], [], lw=1.2, ls="--", marker="o", ms=3, color="#e69f00", label="validation"
         )
@@ -178,7 +201,7 @@ class LossCurve(FigureCanvasQTAgg):
         """Forget all points (a new run starts)."""
         self.steps.clear()
         self.losses.clear()
-        self._mean.clear()
+        self._trend.clear()
         self.val_steps.clear()
         self.val_losses.clear()
         self.redraw()
@@ -187,8 +210,8 @@ class LossCurve(FigureCanvasQTAgg):
         """Add one step's loss; the drawing follows within a quarter of a second."""
         self.steps.append(int(step))
         self.losses.append(float(loss))
-        prev = self._mean[-1] if self._mean else float(loss)
-        self._mean.append(0.9 * prev + 0.1 * float(loss))
+        recent = [v for v in self.losses[-TREND_STEPS:] if math.isfinite(v)]
+        self._trend.append(float(np.median(recent)) if recent else math.nan)
         self._schedule()
 
     def add_validation(self, step: int, loss: float) -> None:
@@ -204,17 +227,14 @@ class LossCurve(FigureCanvasQTAgg):
     def redraw(self) -> None:
         """Draw the current points now."""
         self._raw_line.set_data(self.steps, self.losses)
-        self._mean_line.set_data(self.steps, self._mean)
+        self._mean_line.set_data(self.steps, self._trend)
         self._val_line.set_data(self.val_steps, self.val_losses)
-        values = [v for v in self.losses + self.val_losses if math.isfinite(v)]
         if self.steps or self.val_steps:
             last = max(self.steps[-1] if self.steps else 0, max(self.val_steps, default=0))
             self.ax.set_xlim(0, max(last, 10))
             # the range of the data, so a loss that falls from 0.52 to 0.31 shows as a fall and
-            # not as a flat line near the top of a 0..0.55 axis
-            lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-            pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1e-3)
-            self.ax.set_ylim(max(0.0, lo - pad), hi + pad)
+            # not as a flat line near the top of a 0..0.55 axis (nor under a spike of 12)
+            self.ax.set_ylim(*loss_axis_limits(self.losses, self._trend + self.val_losses))
         else:
             self._empty_limits()
         self.draw_idle()
