@@ -89,3 +89,19 @@ def test_corrections_only_better_when_a_kept_class_improves():
 
 def test_no_units_is_unclear():
     assert judge(NAMES, KEPT, [], []).kind == "unclear"
+
+
+def test_corrections_that_lose_a_class_are_worse_though_the_paint_improved():
+    """Corrections are painted where the start model is wrong (its held-out IoU there is ~0); a
+    run that wipes out membrane where nobody painted is still worse."""
+    names, kept = ["membrane", "cell"], [True, True]
+
+    def two(iou, agree):
+        u = unit((*iou, 0.0), agree)
+        return UnitCounts(u.inter[:3], u.union[:3], u.agree_inter[:3], u.agree_union[:3])
+
+    start = [two((0.0, 0.05), (1.0, 1.0)) for _ in range(6)]
+    lost = judge(names, kept, start, [two((0.0, 0.8), (0.0, 0.67)) for _ in range(6)])
+    assert lost.kind == "worse" and "membrane" in lost.text.split("(")[0]
+    fixed = judge(names, kept, start, [two((0.3, 0.8), (0.67, 0.9)) for _ in range(6)])
+    assert fixed.kind == "better", fixed.text
