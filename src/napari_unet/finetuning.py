@@ -7,6 +7,7 @@ and :func:`augmentation_preview` shows what the trainer's augmentation makes of 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -48,6 +49,9 @@ def train_events(
 ) -> Iterator[Any]:
     """Run in the worker: build the trainer on the annotated slices and yield its events.
 
+    A copy of ``model`` is trained, made here in the worker: the model passed stays as it was,
+    and the click that starts training does not wait for its weights to be copied.
+
     ``control`` is shared with the dock: the trainer is put there so that Stop can reach it, and a
     Stop that came before the trainer existed is honoured as soon as it does.
     ``before_training`` is called between building the trainer and its first step; the dock
@@ -56,6 +60,7 @@ def train_events(
     """
     from .train import Trainer
 
+    model = copy.deepcopy(model)
     images, labs, _zs = annotated_slices(image, labels)
     if labs.shape[0] == 0 or not labs.any():
         raise UserInputError("the annotations have no labelled pixel; paint some labels first")

@@ -232,3 +232,20 @@ def test_the_first_snapshot_comes_with_the_first_step():
     cfg = TrainConfig(steps=3, tile_size=124, precision="fp32", snapshot_every_s=3600, validation="none")
     kinds = [(e.kind, e.step) for e in Trainer(shipped_like(), images, labels, cfg).run()]
     assert [step for kind, step in kinds if kind == "snapshot"] == [1]
+
+
+def test_train_events_trains_a_copy_and_leaves_the_start_model_as_it_was():
+    """The dock hands its start model over as is; the copy is made in the worker, not at the click."""
+    from napari_unet.finetuning import train_events
+
+    images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=2)
+    start = shipped_like()
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    config = TrainConfig(steps=2, tile_size=124, precision="fp32", validation="none")
+    control: dict = {}
+    events = list(train_events(start, np.stack(images), np.stack(labels), config, control))
+    trained = control["trainer"].model
+    assert [e.step for e in events if e.kind == "step"] == [1, 2]
+    assert trained is not start
+    assert all(torch.equal(before[k], v) for k, v in start.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())

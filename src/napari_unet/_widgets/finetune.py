@@ -10,7 +10,6 @@ viewer's session, so the Segment dock can choose it, and it can be saved to a fi
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib
 import math
 import os
@@ -598,7 +597,7 @@ class FineTuneWidget(Dock):
             )
         config = self._config(new_classes)
         device = str(select_device(config.device))
-        model = copy.deepcopy(start_model)  # the starting model stays as it was
+        model = start_model  # train_events trains a copy, made in the worker
         name = self.session.unique_name(f"{start_name} tuned on {image_layer.name}")
         config.checkpoint_path = str(self.session.checkpoint_dir / f"{_safe(name)}.safetensors")
         control: dict[str, Any] = {}
