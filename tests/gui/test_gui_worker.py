@@ -222,3 +222,38 @@ def test_objects_are_left_out_of_full_collections_while_work_runs(qtbot):
     assert gc.get_freeze_count() == 0
     gc.collect()
     assert ref() is None
+
+
+def test_a_worker_reads_a_dask_array_outside_napari_s_dask_cache(qtbot):
+    """napari slices dask layers inside its cache, a global dask callback that is not thread-safe:
+    a worker's reads of the same array must neither run it nor take it away from napari."""
+    import dask.array as da
+    import numpy as np
+    from dask.callbacks import Callback
+
+    from napari_unet.lazy import OwnReads
+
+    calls = []
+
+    class NapariLikeCache(Callback):  # records which thread runs it, as napari's Cache would
+        def _start(self, dsk):
+            calls.append(threading.get_ident())
+
+    stack = da.arange(4 * 6 * 8, chunks=48).reshape(4, 6, 8)
+
+    def read(image):
+        plane = image[2]
+        return type(image).__name__, type(plane).__name__, np.asarray(plane[1:3, 2:5]), len(Callback.active)
+
+    with NapariLikeCache() as cache:
+        active = set(Callback.active)
+        seen, _ = run(qtbot, read, stack)
+        assert Callback.active == active  # still napari's after the worker's reads
+        np.asarray(stack[0])  # napari's own slicing still goes through it
+    (kind, plane_kind, values, n_active), = seen["done"]
+    assert (kind, plane_kind) == ("OwnReads", "OwnReads")
+    np.testing.assert_array_equal(values, np.arange(4 * 6 * 8).reshape(4, 6, 8)[2, 1:3, 2:5])
+    assert n_active == 1  # the cache stayed registered while the worker read
+    assert calls == [threading.get_ident()]  # run once, by the main thread's read, never the worker's
+    assert isinstance(OwnReads(stack)[1], OwnReads) and np.asarray(OwnReads(stack)).shape == (4, 6, 8)
+    del cache

@@ -31,6 +31,8 @@ from qtpy.QtCore import QThreadPool, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import create_worker
 
+from napari_unet.lazy import own_reads
+
 from ._notify import notify_error
 from ._qtobject import _alive
 
@@ -237,7 +239,13 @@ def start_worker(
     that holds the GIL (imports, numpy and scipy calls) must not run at low priority on a busy
     machine: other programs then keep the low-priority thread off the CPU while it holds the GIL,
     and the event loop waits for it, for seconds.
+
+    A dask array among ``args`` and ``kwargs`` reaches ``func`` wrapped by
+    :func:`napari_unet.lazy.own_reads`: its reads in the thread keep out of napari's dask cache,
+    which napari's slicing uses on the main thread and which is not thread-safe.
     """
+    args = tuple(own_reads(a) for a in args)
+    kwargs = {k: own_reads(v) for k, v in kwargs.items()}
     # set by returned/errored; a run that ends with neither was cancelled
     outcome: dict[str, str | None] = {"value": None}
     if inspect.isgeneratorfunction(func):
