@@ -28,7 +28,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
         "lr_schedule": "cosine",
         "sampling": "auto",
-        "balance_classes": False,
+        # no class weights (they made a 5 % class too large), except for dense labels with a class
+        # under 1 % of the paint, weighted half-way (square roots): on VNC's five classes (synapse
+        # 0.6 %) glia IoU 0.03 -> 0.49, mitochondria 0.43 -> 0.71, synapse 0.00 -> 0.12
+        "balance_classes": "rare",
+        "balance_power": 0.5,
         "tile_size": None,
         "batch_size": 1,
         "freeze_encoder": 0.3,

@@ -40,6 +40,8 @@ SAMPLINGS = ("auto", "classes", "annotated")
 #: docs/training.md as objects painted 1.4x too large)
 DENSE_SHARE = 0.5
 VALIDATIONS = ("auto", "none")
+#: balance_classes="rare" weighs classes when one has less than this share of dense paint
+RARE_SHARE = 0.01
 #: blocks nobody painted, held out of training on each annotated slice, where validation compares
 #: the tuned model's kept classes with the start model's (at most this many in all)
 PROBE_BLOCKS = 4
@@ -70,7 +72,9 @@ class TrainConfig:
     #: border weight map (w0 = 0 switches it off) and class balancing
     w0: float = 10.0
     sigma: float = 5.0
-    balance_classes: bool = True
+    #: True: class-balancing loss weights; "rare": only for dense labels with a class under
+    #: RARE_SHARE of the paint (where an unweighted loss never learns it); False: none
+    balance_classes: bool | str = True
     #: how far class balancing goes: 1 gives every class the same total weight, 0.5 the square
     #: root of those weights (rare classes count more, without the full inverse frequency)
     balance_power: float = 1.0
@@ -144,6 +148,10 @@ class TrainConfig:
         finite("snapshot_every_s", self.snapshot_every_s, 0.0)
         if not 1 <= self.batch_size <= 64:
             raise UserInputError(f"batch size must be between 1 and 64, got {self.batch_size}")
+        if self.balance_classes not in (True, False, "rare"):
+            raise UserInputError(
+                f"balance_classes must be true, false or 'rare', got {self.balance_classes!r}"
+            )
         if self.sampling not in SAMPLINGS:
             raise UserInputError(f"unknown sampling {self.sampling!r}; choose one of {SAMPLINGS}")
         if self.validation not in VALIDATIONS:
@@ -305,7 +313,13 @@ class Trainer:
             border = cfg.border_class  # type: ignore[assignment]
         self.border_class = border
         all_train = np.concatenate([lb.reshape(-1) for _, lb in self.train_slices])
-        cw = class_balance_weights(all_train, k, cfg.balance_power) if cfg.balance_classes else None
+        self.balanced = bool(cfg.balance_classes)
+        if cfg.balance_classes == "rare":
+            counts = np.bincount(all_train, minlength=k + 1)[1 : k + 1]
+            dense = counts.sum() >= DENSE_SHARE * all_train.size
+            present = counts[counts > 0]
+            self.balanced = bool(dense and present.size > 1 and present.min() < RARE_SHARE * counts.sum())
+        cw = class_balance_weights(all_train, k, cfg.balance_power) if self.balanced else None
         if cw is None:
             cw = np.ones(k + 1)
             cw[0] = 0
@@ -509,6 +523,7 @@ class Trainer:
             "w0": cfg.w0,
             "sigma": cfg.sigma,
             "sampling": self.sampling,
+            "class_weights": self.balanced,
             "freeze_encoder": cfg.freeze_encoder,
             "dice_weight": cfg.dice_weight,
             "seed": cfg.seed,

@@ -336,3 +336,25 @@ def test_a_run_ends_with_its_best_validated_weights():
     for key, value in tr.model.state_dict().items():
         assert torch.equal(value.cpu(), weights[key])
     assert tr.metadata(0.0)["training"]["kept_step"] == 2
+
+
+def test_rare_class_balancing_only_for_dense_labels_with_a_rare_class():
+    """balance_classes="rare": class weights (half-way) for dense labels with a class under 1 % of
+    the paint; none for dense labels without one, nor for strokes."""
+    images, labels = synthetic_em(2, (128, 128), seed=5)
+    rare = labels.copy()
+    rare[:, 60:66, 60:66] = 3  # 72 of 32 768 px: about 0.2 %
+    model = small_model()
+    from napari_unet.model import with_classes
+
+    three = with_classes(model, ["membrane", "cell", "synapse"])
+    cfg = TrainConfig(steps=1, balance_classes="rare", balance_power=0.5, validation="none")
+    tr = Trainer(three, images, rare, cfg)
+    assert tr.balanced and tr._class_weights[3] > tr._class_weights[1] > tr._class_weights[2] > 0
+    assert not Trainer(model, images, labels, cfg).balanced  # no class under 1 %
+    strokes = np.zeros_like(rare)
+    strokes[:, 40:44, :] = rare[:, 40:44, :]
+    strokes[:, 60:62, 60:66] = 3
+    assert not Trainer(three, images, strokes, cfg).balanced  # sparse paint: not dense
+    with pytest.raises(UserInputError, match="balance_classes"):
+        TrainConfig(balance_classes="sometimes").check()
