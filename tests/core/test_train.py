@@ -292,23 +292,29 @@ def test_distillation_targets_are_the_start_model_and_blank_where_validation_loo
 
 
 def test_distillation_keeps_the_start_model_where_nobody_painted():
-    """With distillation the kept classes agree far more with the start model on unpainted pixels
-    than without, after the same steps on the same strokes."""
-    images, sparse, _start, model = _strokes_task()
-    agreement = {}
+    """With distillation the tuned model's probabilities of the kept classes stay far closer to the
+    start model's on unpainted pixels than without, and the new class painted on a few dots does
+    not spread over them, after the same steps on the same strokes."""
+    images, sparse, start, model = _strokes_task()
+    before = predict(start, images, precision="fp32")
+    unpainted = sparse == 0
+    drift = {}
     for distill in (0.0, 2.0):
         m = copy.deepcopy(model)
         tile = m.valid_input_size(96)
         cfg = TrainConfig(
-            steps=40, distill=distill, optimizer="adam", learning_rate=3e-3, val_every=20, tile_size=tile
+            steps=30, distill=distill, optimizer="adam", learning_rate=3e-3, val_every=15, tile_size=tile
         )
         tr = Trainer(m, images, sparse, cfg)
         events = list(tr.run())
-        assert events[-1].kind == "done"
-        kept = [v for k, v in tr.last_metrics.items() if k.startswith("val_agreement_")]
-        agreement[distill] = np.mean(kept)
-        assert tr.verdict().kind in ("better", "unclear", "worse")
-    assert agreement[2.0] > agreement[0.0] + 0.05, agreement
+        assert events[-1].kind == "done" and tr.verdict().kind in ("better", "unclear", "worse")
+        after = predict(m, images, precision="fp32")
+        # mass the new class took from the kept ones counts as drift: that is what the strokes
+        # did not ask for
+        kl = np.sum(before * (np.log(before + 1e-7) - np.log(after[:2] + 1e-7)), axis=0)
+        drift[distill] = (float(kl[unpainted].mean()), float(np.mean(after.argmax(0)[unpainted] == 2)))
+    assert drift[2.0][0] < 0.5 * drift[0.0][0], drift
+    assert drift[2.0][1] < 0.5 * drift[0.0][1], drift  # the new class does not spread
 
 
 def test_a_run_ends_with_its_best_validated_weights():
