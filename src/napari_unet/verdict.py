@@ -201,12 +201,13 @@ def _decide(classes: list[ClassEvidence], units: int) -> Verdict:
     new = [c for c in classes if not c.kept]
     evidence = "; ".join(c.describe() for c in classes)
 
-    floor = AGREEMENT_MIN if new else AGREEMENT_MIN_CORRECTIONS
-
     def agrees(c: ClassEvidence, end: int) -> bool | None:
-        """Whether the agreement interval's end ``end`` (0 low, 1 high) reaches the floor."""
+        """Whether the agreement interval's end ``end`` (0 low, 1 high) reaches its floor: for
+        "worse" (high end) the run's floor, for "better" (low end) AGREEMENT_MIN always, since
+        corrections' held-out paint (where the start model was wrong) cannot show the rest held."""
         if c.agreement_interval is None:
             return None
+        floor = AGREEMENT_MIN if new or end == 0 else AGREEMENT_MIN_CORRECTIONS
         return c.agreement_interval[end] >= floor
 
     damaged = [
