@@ -18,6 +18,17 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)
+def model_library(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own, empty model library, so none writes into the user's data folder
+    (command lines started by a test inherit it through the environment)."""
+    from napari_unet.library import LIBRARY_ENV
+
+    folder = tmp_path_factory.mktemp("models")
+    monkeypatch.setenv(LIBRARY_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
 def _cpu_unless_marked_cuda(request, monkeypatch):
     """The suite's numbers are the CPU's: on a machine with a GPU, "auto" stays on the CPU (for this
     process and the command lines it starts) except in tests marked ``cuda``, which need one."""

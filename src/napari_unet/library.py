@@ -1,0 +1,624 @@
+"""The model library: every model trained here, kept in the user's data folder with its record.
+
+One folder (``$NAPARI_UNET_MODELS``, else the user data folder of platformdirs + ``models``) holds
+``NAME.safetensors`` for each model and ``NAME.json`` beside it: the training record (start model,
+image, classes, recipe, steps, seconds, the verdict and its figures, and whether the run finished).
+A model file put there without a record is listed under its file name. The Fine-tune dock and the
+``train`` command write here; the model choosers and ``--model NAME`` read here. A run killed
+mid-way leaves its last checkpoint as "unfinished", which a later run can resume. Nothing here
+imports Qt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import UserInputError
+
+__all__ = [
+    "CHECKPOINT_EVERY_S",
+    "CLEAN_AFTER_DAYS",
+    "LIBRARY_ENV",
+    "Library",
+    "LibraryModel",
+    "keep_training",
+    "library_dir",
+    "readable_name",
+    "train_into_library",
+]
+
+#: environment variable that moves the library (a folder path)
+LIBRARY_ENV = "NAPARI_UNET_MODELS"
+#: version of the record written beside each model
+RECORD_VERSION = 1
+#: a run in the library writes a checkpoint at least this often (seconds of training), so a crash
+#: loses at most this much work
+CHECKPOINT_EVERY_S = 60.0
+#: unfinished runs older than this are what "clean" removes
+CLEAN_AFTER_DAYS = 7.0
+#: what a record's status says: trained to the end (or stopped by hand), cut short, still training,
+#: or brought in from a file
+FINISHED, UNFINISHED, RUNNING, IMPORTED = "finished", "unfinished", "running", "imported"
+_MODEL_SUFFIX, _RECORD_SUFFIX = ".safetensors", ".json"
+_RECORD_KEY = "napari_unet"  # the key outputs.is_ours recognises in a JSON document
+_MAX_FILE_STEM = 120
+
+
+def library_dir() -> Path:
+    """The library folder: ``$NAPARI_UNET_MODELS``, else ``<user data folder>/napari-unet/models``."""
+    env = os.environ.get(LIBRARY_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-unet", appauthor=False)) / "models"
+
+
+def readable_name(start: str, image: str, when: datetime | None = None) -> str:
+    """"<start model> tuned on <image> <date time>": what a library model is called by default."""
+    when = when or datetime.now()
+    return f"{start} tuned on {image} {when:%Y-%m-%d %H:%M}"
+
+
+def _file_stem(name: str) -> str:
+    """A file name for a library name: letters, digits, spaces and ``.,()-_`` kept, the rest '-'."""
+    stem = re.sub(r"[^\w .,()+-]+", "-", name).strip(" .-") or "model"
+    return stem[:_MAX_FILE_STEM].rstrip(" .")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class LibraryModel:
+    """One model in the library: its name, file, record and status ("finished", "unfinished", ...)."""
+
+    name: str
+    path: Path
+    record: dict[str, Any]
+    status: str
+
+    @property
+    def record_path(self) -> Path:
+        """The JSON record beside the model file."""
+        return self.path.with_suffix(_RECORD_SUFFIX)
+
+    @property
+    def created(self) -> datetime:
+        """When the run started (or the file was imported), in local time."""
+        try:
+            return datetime.fromisoformat(self.record["created"]).astimezone()
+        except (KeyError, TypeError, ValueError):
+            with contextlib.suppress(OSError):
+                return datetime.fromtimestamp(self.path.stat().st_mtime).astimezone()
+            return datetime.fromtimestamp(0).astimezone()
+
+    @property
+    def verdict(self) -> str | None:
+        """"better", "unclear" or "worse" when the run was validated; None otherwise."""
+        verdict = self.record.get("verdict")
+        return verdict.get("kind") if isinstance(verdict, dict) else None
+
+    @property
+    def steps(self) -> int:
+        """Training steps behind the model (0 when unknown)."""
+        steps = self.record.get("steps")
+        return steps if isinstance(steps, int) else 0
+
+    @property
+    def loadable(self) -> bool:
+        """Whether there is a model file to load (a run that crashed before its first checkpoint has none)."""
+        return self.path.is_file()
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk of the model file and its record."""
+        total = 0
+        for p in (self.path, self.record_path):
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    def label(self) -> str:
+        """One line for a model chooser: the name and the verdict (or that the run is unfinished)."""
+        if self.status == UNFINISHED:
+            return f"{self.name} (unfinished at step {self.steps}: resume in Fine-tune)"
+        if self.status == RUNNING:
+            return f"{self.name} (training, step {self.steps})"
+        if self.verdict is not None:
+            return f"{self.name} ({self.verdict})"
+        return self.name
+
+    def describe(self) -> str:
+        """A few lines for a tooltip or ``models list``: where from, classes, steps, time, verdict."""
+        r = self.record
+        lines = [f"{self.name} — {self.status}, {self.created:%Y-%m-%d %H:%M}"]
+        if r.get("start_model") or r.get("image"):
+            lines.append(f"from {r.get('start_model', '?')} on '{r.get('image', '?')}'")
+        if r.get("source_file"):
+            lines.append(f"imported from {r['source_file']}")
+        if r.get("classes"):
+            lines.append("classes: " + ", ".join(map(str, r["classes"])))
+        if self.steps:
+            seconds = r.get("seconds")
+            took = f" in {seconds:.0f} s" if isinstance(seconds, int | float) else ""
+            recipe = f" ({r['recipe']} recipe)" if r.get("recipe") else ""
+            lines.append(f"{self.steps} steps{took}{recipe}")
+        verdict = r.get("verdict")
+        if isinstance(verdict, dict) and verdict.get("text"):
+            lines.append(f"verdict: {verdict['text']}")
+        return "\n".join(lines)
+
+
+def _alive_here(record: dict[str, Any]) -> bool | None:
+    """Whether the process named in a running record still runs; None when it ran on another host."""
+    from .outputs import pid_alive
+
+    if record.get("host") != socket.gethostname():
+        return None
+    pid = record.get("pid")
+    return isinstance(pid, int) and pid_alive(pid)
+
+
+class Library:
+    """The models in one library folder (by default :func:`library_dir`), newest first."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else library_dir()
+
+    # ------------------------------------------------------------------ reading
+    def models(self) -> list[LibraryModel]:
+        """Every model of the library, newest first; a record that cannot be read is skipped."""
+        if not self.root.is_dir():
+            return []
+        found: dict[str, LibraryModel] = {}
+        try:
+            names = sorted(os.listdir(self.root))
+        except OSError:
+            return []
+        for file in names:
+            if file.startswith("."):
+                continue  # temporary files of writes in progress, locks
+            p = self.root / file
+            if file.endswith(_RECORD_SUFFIX):
+                entry = self._from_record(p)
+            elif file.endswith(_MODEL_SUFFIX) and not p.with_suffix(_RECORD_SUFFIX).exists():
+                entry = LibraryModel(p.stem, p, {"source": "file"}, IMPORTED)
+            else:
+                continue
+            if entry is not None and entry.name.lower() not in found:
+                found[entry.name.lower()] = entry
+        return sorted(found.values(), key=lambda e: e.created, reverse=True)
+
+    def _from_record(self, p: Path) -> LibraryModel | None:
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+            record = doc[_RECORD_KEY]
+            name = record["name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(record, dict) or not isinstance(name, str) or not name.strip():
+            return None
+        status = record.get("status", FINISHED)
+        if status == RUNNING and _alive_here(record) is False:
+            status = UNFINISHED  # its process is gone: a crash or a killed window
+        model = p.with_suffix(_MODEL_SUFFIX)
+        if not model.is_file() and status != RUNNING:
+            status = UNFINISHED  # a run that ended before its first checkpoint
+        return LibraryModel(name, model, record, status)
+
+    def find(self, name: str) -> LibraryModel | None:
+        """The model called ``name``: exact, else ignoring case, else the one whose name starts so.
+
+        Several models starting with ``name`` raise UserInputError naming them.
+        """
+        models = self.models()
+        for match in (
+            lambda e: e.name == name,
+            lambda e: e.name.lower() == name.lower(),
+            lambda e: e.path.stem.lower() == name.lower(),
+        ):
+            hits = [e for e in models if match(e)]
+            if hits:
+                return hits[0]
+        hits = [e for e in models if e.name.lower().startswith(name.lower())]
+        if len(hits) > 1:
+            listed = "; ".join(e.name for e in hits[:5])
+            raise UserInputError(
+                f"{len(hits)} library models start with {name!r} ({listed}); give more of the name"
+            )
+        return hits[0] if hits else None
+
+    def get(self, name: str) -> LibraryModel:
+        """The model called ``name`` (see :meth:`find`), or UserInputError saying how to list them."""
+        entry = self.find(name)
+        if entry is None:
+            raise UserInputError(
+                f"no model called {name!r} in the model library ({self.root}); "
+                "'napari-unet models' lists them"
+            )
+        return entry
+
+    def disk_use(self) -> int:
+        """Bytes the library's files take (models, records and any temporary files)."""
+        total = 0
+        with contextlib.suppress(OSError):
+            for e in os.scandir(self.root):
+                with contextlib.suppress(OSError):
+                    if e.is_file(follow_symlinks=False):
+                        total += e.stat(follow_symlinks=False).st_size
+        return total
+
+    def summary(self) -> str:
+        """"3 models, 1 unfinished, 12.3 MiB in <folder>": one line for the dock and ``models``."""
+        from .outputs import human_bytes
+
+        models = self.models()
+        unfinished = sum(e.status == UNFINISHED for e in models)
+        text = f"{len(models)} model{'s' if len(models) != 1 else ''}"
+        if unfinished:
+            text += f", {unfinished} unfinished"
+        return f"{text}, {human_bytes(self.disk_use())} in {self.root}"
+
+    # ------------------------------------------------------------------ writing
+    def _make_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _write_error(exc, self.root, "the model library folder") from None
+
+    def _taken(self, name: str, stem: str) -> bool:
+        lowered = name.lower()
+        if any(e.name.lower() == lowered for e in self.models()):
+            return True
+        return any((self.root / f"{stem}{s}").exists() for s in (_MODEL_SUFFIX, _RECORD_SUFFIX))
+
+    def _claim(self, base: str) -> tuple[str, Path]:
+        """A name not taken yet (``base``, ``base (2)``, ...) and its record file, created empty
+        with O_EXCL so that two runs starting at once never share one."""
+        base = " ".join(str(base).split()) or "model"
+        self._make_root()
+        n = 1
+        while True:
+            name = base if n == 1 else f"{base} ({n})"
+            stem = _file_stem(name)
+            record = self.root / f"{stem}{_RECORD_SUFFIX}"
+            if not self._taken(name, stem):
+                try:
+                    os.close(os.open(record, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    return name, record
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise _write_error(exc, record, "the model record") from None
+            n += 1
+
+    def _write_record(self, path: Path, record: dict[str, Any]) -> None:
+        from .atomic import atomic_write
+
+        record = {**record, "version": RECORD_VERSION, "updated": _now()}
+        try:
+            with atomic_write(path) as tmp:
+                tmp.write_text(json.dumps({_RECORD_KEY: record}, indent=1, default=str), encoding="utf-8")
+        except OSError as exc:
+            raise _write_error(exc, path, "the model record") from None
+
+    def create(self, name: str, **record: Any) -> LibraryModel:
+        """Start a new model called ``name`` (made unique): its record says "running" in this process.
+
+        The model file does not exist yet; the trainer writes its checkpoints to ``.path``.
+        """
+        name, record_path = self._claim(name)
+        full = {
+            "name": name,
+            "created": _now(),
+            "status": RUNNING,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            **record,
+        }
+        self._write_record(record_path, full)
+        return LibraryModel(name, record_path.with_suffix(_MODEL_SUFFIX), full, RUNNING)
+
+    def update(self, entry: LibraryModel, **changes: Any) -> LibraryModel:
+        """Write ``changes`` into the record of ``entry``; returns the entry as it is now."""
+        entry.record.update(changes)
+        if "status" in changes:
+            entry.status = changes["status"]
+        self._write_record(entry.record_path, entry.record)
+        return entry
+
+    def resume(self, entry: LibraryModel) -> LibraryModel:
+        """Mark an unfinished model as running again in this process (its record keeps the rest)."""
+        if entry.status == RUNNING:
+            raise UserInputError(f"'{entry.name}' is still training (process {entry.record.get('pid')})")
+        if not entry.loadable:
+            raise UserInputError(f"'{entry.name}' has no checkpoint to resume from")
+        return self.update(entry, status=RUNNING, pid=os.getpid(), host=socket.gethostname(), resumed=True)
+
+    def add_file(self, source: str | os.PathLike, name: str, /, **record: Any) -> LibraryModel:
+        """Keep a copy of the model file ``source`` under ``name`` (a hard link where the file
+        system allows: no second copy on disk, and later writes to ``source`` replace its file,
+        not the library's)."""
+        from .atomic import atomic_write
+        from .checkpoint import read_header
+
+        source = Path(source)
+        doc = read_header(source)  # a clear line for a file that is not a napari-unet model
+        name, record_path = self._claim(name)
+        target = record_path.with_suffix(_MODEL_SUFFIX)
+        try:
+            with atomic_write(target) as tmp:
+                try:
+                    os.link(source, tmp)
+                except OSError:
+                    shutil.copyfile(source, tmp)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                record_path.unlink()
+            raise _write_error(exc, target, "the library's copy of the model") from None
+        meta = doc.get("metadata") or {}
+        full = {
+            "name": name,
+            "created": _now(),
+            "status": FINISHED,
+            "classes": meta.get("classes"),
+            **_from_training(meta.get("training")),
+            **record,
+        }
+        self._write_record(record_path, full)
+        return LibraryModel(name, target, full, full["status"])
+
+    def import_model(self, source: str | os.PathLike, name: str | None = None) -> LibraryModel:
+        """Bring a ``.safetensors`` model or a bioimage.io package (exported by napari-unet) in."""
+        from .bioimageio import is_package
+
+        source = Path(source).expanduser()
+        if not (source.exists() or source.is_symlink()):
+            raise UserInputError(f"model file {source} does not exist")
+        name = name or (source.parent.name if source.name in ("rdf.yaml", "bioimageio.yaml") else source.stem)
+        record = {"status": IMPORTED, "source": "import", "source_file": str(source.resolve())}
+        if not is_package(source):
+            if source.suffix.lower() != _MODEL_SUFFIX:
+                raise UserInputError(
+                    f"{source} is neither a .safetensors model nor a bioimage.io package "
+                    "(.zip, folder, rdf.yaml)"
+                )
+            return self.add_file(source, name, **record)
+        from .checkpoint import load_model, save_model
+
+        model = load_model(source)  # refuses a package from another tool with one line
+        claimed, record_path = self._claim(name)
+        target = record_path.with_suffix(_MODEL_SUFFIX)
+        try:
+            save_model(model, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                record_path.unlink()
+            raise
+        meta = model.metadata
+        full = {
+            "name": claimed,
+            "created": _now(),
+            "classes": meta.get("classes"),
+            **_from_training(meta.get("training")),
+            **record,
+        }
+        self._write_record(record_path, full)
+        return LibraryModel(claimed, target, full, IMPORTED)
+
+    def rename(self, name: str, new_name: str) -> LibraryModel:
+        """Give the model ``name`` the name ``new_name``; its files are renamed to match."""
+        entry = self.get(name)
+        if entry.status == RUNNING:
+            raise UserInputError(f"'{entry.name}' is still training; rename it when it has finished")
+        new_name = " ".join(str(new_name).split())
+        if not new_name:
+            raise UserInputError("a model needs a name: type one")
+        if new_name == entry.name:
+            return entry
+        other = self.find_exact(new_name)
+        if other is not None and new_name.lower() != entry.name.lower():
+            raise UserInputError(f"the library already has a model called '{other.name}'")
+        stem = _file_stem(new_name)
+        model = self.root / f"{stem}{_MODEL_SUFFIX}"
+        record_path = model.with_suffix(_RECORD_SUFFIX)
+        if stem != entry.path.stem and (model.exists() or record_path.exists()):
+            raise UserInputError(f"the library already has a file {model.name}; choose another name")
+        record = {**entry.record, "name": new_name}
+        try:
+            if entry.path.exists() and model != entry.path:
+                os.replace(entry.path, model)
+            self._write_record(record_path, record)
+            if entry.record_path != record_path:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.record_path.unlink()
+        except OSError as exc:
+            raise _write_error(exc, model, "the renamed model") from None
+        return LibraryModel(new_name, model, record, entry.status)
+
+    def find_exact(self, name: str) -> LibraryModel | None:
+        """The model called ``name`` (ignoring case), or None: no prefixes."""
+        return next((e for e in self.models() if e.name.lower() == name.lower()), None)
+
+    def remove(self, name: str) -> LibraryModel:
+        """Delete the model ``name`` and its record; a model still training is refused."""
+        entry = self.get(name)
+        if entry.status == RUNNING:
+            raise UserInputError(f"'{entry.name}' is still training; stop it first")
+        from .outputs import clean_stale, remove
+
+        for p in (entry.path, entry.record_path):
+            try:
+                remove(p)
+            except OSError as exc:
+                raise UserInputError(f"cannot delete {p} ({exc.strerror or exc})") from None
+            clean_stale(p)
+        return entry
+
+    def clean(self, older_than_days: float = CLEAN_AFTER_DAYS) -> list[LibraryModel]:
+        """Delete unfinished runs started more than ``older_than_days`` ago, and the temporary
+        files of writes that died; returns the models deleted."""
+        if older_than_days < 0 or older_than_days != older_than_days:
+            raise UserInputError(f"the age of runs to delete must be 0 days or more, not {older_than_days}")
+        cutoff = time.time() - older_than_days * 86400
+        removed = []
+        for entry in self.models():
+            if entry.status == UNFINISHED and entry.created.timestamp() <= cutoff:
+                removed.append(self.remove(entry.name))
+        from .outputs import clean_stale
+
+        with contextlib.suppress(OSError):
+            for e in os.scandir(self.root):
+                if not e.name.startswith("."):
+                    clean_stale(Path(e.path))
+        return removed
+
+
+def _write_error(exc: OSError, target: Path, what: str) -> UserInputError:
+    """One line for a failed write in the library (full disk, read-only, no permission)."""
+    from .outputs import os_error_message
+
+    return UserInputError(os_error_message(exc, target, what))
+
+
+def _from_training(training: Any) -> dict[str, Any]:
+    """The record's figures from a model's ``training`` metadata (the Trainer writes it)."""
+    if not isinstance(training, dict):
+        return {}
+    out: dict[str, Any] = {
+        "steps": training.get("steps"),
+        "seconds": training.get("elapsed_seconds"),
+        "verdict": training.get("verdict"),
+        "figures": {
+            k: training[k] for k in ("validation_start", "validation_end", "kept_step") if k in training
+        },
+        "training": {k: v for k, v in training.items() if k not in ("history", "verdict")},
+    }
+    return {k: v for k, v in out.items() if v not in (None, {})}
+
+
+def keep_training(
+    events: Iterable[Any],
+    control: dict[str, Any],
+    library: Library,
+    entry: LibraryModel,
+    every_s: float = CHECKPOINT_EVERY_S,
+) -> Generator[Any, None, Any]:
+    """Yield a training run's events unchanged while the library keeps its checkpoint and record.
+
+    A checkpoint is written at least every ``every_s`` seconds of training (the trainer's own
+    step-count checkpoints count too). The record ends "finished" when the run ends by itself or by
+    Stop, and "unfinished" when it is cut short: ``control["closed"]`` (the window was closed), an
+    error, or the generator being closed. A run that made no step leaves nothing behind. Returns
+    what ``events`` returns (the trainer).
+    """
+    status = UNFINISHED
+    result = None
+    last_saved: float | None = None
+    iterator: Iterator[Any] = iter(events)
+    try:
+        while True:
+            try:
+                event = next(iterator)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            trainer = control.get("trainer")
+            if last_saved is None:
+                last_saved = event.elapsed  # a resumed run counts from where it went on
+            if event.kind == "checkpoint":
+                last_saved = event.elapsed
+                library.update(entry, steps=event.step, seconds=round(event.elapsed, 1))
+            elif event.kind == "step" and trainer is not None and event.elapsed - last_saved >= every_s:
+                if trainer.config.checkpoint_path:
+                    trainer.save_checkpoint(trainer.config.checkpoint_path, event.elapsed)
+                    last_saved = event.elapsed
+                    library.update(entry, steps=event.step, seconds=round(event.elapsed, 1))
+            elif event.kind == "done":
+                status = UNFINISHED if control.get("closed") else FINISHED
+            yield event
+    finally:
+        _finish(library, entry, control.get("trainer"), status)
+    return result
+
+
+def _finish(library: Library, entry: LibraryModel, trainer: Any, status: str) -> None:
+    """Write the record's last word, or remove the entry when no training step was made."""
+    made = trainer is not None and trainer.step > 0 and entry.path.is_file()
+    if not made and not entry.record.get("resumed"):
+        from .outputs import remove
+
+        for p in (entry.path, entry.record_path):
+            with contextlib.suppress(OSError):
+                remove(p)
+        return
+    changes: dict[str, Any] = {"status": status}
+    if trainer is not None:
+        changes.update(_from_training(trainer.model.metadata.get("training")))
+        changes["steps"] = trainer.step
+        changes["classes"] = list(trainer.class_names)
+    with contextlib.suppress(UserInputError):  # a full disk must not hide the run's own error
+        library.update(entry, **changes)
+
+
+def train_into_library(
+    library: Library,
+    entry: LibraryModel,
+    model: Any,
+    image: Any,
+    labels: Any,
+    config: Any,
+    control: dict[str, Any],
+    before_training: Any = None,
+    resume: bool = False,
+) -> Generator[Any, None, Any]:
+    """Worker: train a copy of ``model`` on the annotated slices into the library model ``entry``.
+
+    ``config.checkpoint_path`` is set to the entry's file. With ``resume`` the run goes on from the
+    entry's checkpoint (its step count, optimiser state and random state). Returns the trainer.
+    """
+    from .finetuning import train_events
+
+    config.checkpoint_path = str(entry.path)
+    if not resume:
+        events = train_events(model, image, labels, config, control, before_training)
+    else:
+        events = _resumed_events(model, image, labels, config, control, entry.path, before_training)
+    return (yield from keep_training(events, control, library, entry))
+
+
+def _resumed_events(model, image, labels, config, control, checkpoint, before_training):
+    """The events of a run that goes on from ``checkpoint`` (what train_events does, resumed)."""
+    import copy
+
+    import numpy as np
+
+    from .finetuning import annotated_slices
+    from .layers import class_names_of
+    from .train import Trainer
+
+    images, labs, _zs = annotated_slices(image, labels)
+    if labs.shape[0] == 0 or not np.any(labs):
+        raise UserInputError("the annotations have no labelled pixel; paint some labels first")
+    trainer = Trainer(
+        copy.deepcopy(model), images, labs, config, class_names=class_names_of(model), resume_from=checkpoint
+    )
+    control["trainer"] = trainer
+    if control.get("stop"):
+        trainer.stop()
+    if before_training is not None:
+        before_training()
+    return (yield from trainer.run())
