@@ -10,6 +10,7 @@ A path ending in ``.png`` means "PNG slices": the folder is the path without ``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,20 @@ def output_path(path: str | Path) -> Path:
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write one Labels layer's data to ``path``; returns the written path (napari's contract).
 
-    Raises UserInputError for an unsupported suffix or data that cannot be stored as labels.
+    Raises UserInputError for an unsupported suffix or data that cannot be stored as labels,
+    TypeError for a path or data of the wrong kind; metadata of the wrong kind is ignored.
     """
     from napari_unet.annotation import class_names_from_features
+    from napari_unet.arguments import check_image_argument, writer_metadata
     from napari_unet.layers import save_masks
 
-    meta = meta if isinstance(meta, dict) else {}
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"write_labels: path must be a file path (str or os.PathLike), got {type(path).__name__}"
+        )
+    if not isinstance(data, list | tuple):  # napari hands a multiscale layer's levels as a list
+        check_image_argument(data, "write_labels", "data")
+    meta = writer_metadata(meta)  # entries of the wrong kind are dropped, never a crash
     names = class_names_from_features(meta.get("features"))
     units = meta.get("units")
     written = save_masks(

@@ -36,7 +36,9 @@ def save_model(
     a checkpoint can be inspected with any safetensors reader and loaded without unpickling. A
     trainer passes ``training_state`` (step, optimiser buffers) so that a run can be resumed.
     """
-    path = Path(path)
+    from .arguments import check_save_model
+
+    path = check_save_model(model, path, metadata)
     meta = {**model.metadata, **(metadata or {})}
     doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "architecture": model.config, "metadata": meta}
     extra: dict[str, torch.Tensor] = {}
@@ -51,15 +53,26 @@ def save_model(
         raise UserInputError(f"model metadata cannot be stored as JSON: {exc}") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors.update(extra)
-    from .atomic import atomic_write
-    from .outputs import clean_stale, file_mode
+    from .outputs import exists, file_mode, safe_output
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(path)  # temporary files of killed earlier runs on this machine
-    with atomic_write(path) as tmp:
+    if exists(path) and not (path.is_file() and not path.is_symlink() and _is_model_file(path)):
+        kind = "folder" if path.is_dir() else "file"
+        raise UserInputError(
+            f"model file {path} is a {kind} that is not a napari-unet model, so it is never "
+            "replaced; choose another path"
+        )
+    with safe_output(path, overwrite=True, what="model file") as tmp:
         save_file(tensors, tmp, metadata={HEADER_KEY: header})
         os.chmod(tmp, file_mode())  # the same permissions as any other output (0644 under umask 022)
     return path
+
+
+def _is_model_file(path: Path) -> bool:
+    try:
+        read_header(path)
+    except UserInputError:
+        return False
+    return True
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -163,7 +176,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
     Missing or corrupt files and weights that do not fit the stored architecture raise
     UserInputError naming the file.
     """
-    path = Path(path)
+    from .arguments import check_load_model
+    from .outputs import check_not_special
+
+    path, device = check_load_model(path, device)
+    check_not_special(path, "model file")
     from .bioimageio import is_package
 
     if is_package(path):  # a bioimage.io package exported by napari-unet
@@ -172,6 +189,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
         return load_package(path, device=device)
     doc = read_header(path)
     arch = doc["architecture"]
+    _check_declared_size(path, arch)
     try:
         model = UNet(**arch)
     except (TypeError, ValueError) as exc:
@@ -192,8 +210,38 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
         raise UserInputError(
             f"model file {path}: weights do not fit the stored architecture ({detail})"
         ) from None
+    _check_finite(path, state)
     model.metadata = dict(doc.get("metadata") or {})
     return model.to(device)
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights with NaN or infinity: such a network answers one class everywhere, silently."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise UserInputError(
+            f"model file {path} holds weights that are not finite numbers (NaN or infinity in "
+            f"{bad[0]}{more}); it cannot segment. Use another model or train it again"
+        )
+
+
+def _check_declared_size(path: Path, arch: dict[str, Any]) -> None:
+    """Refuse a header that declares more weights than the file holds, before anything is allocated."""
+    with torch.device("meta"):
+        try:
+            declared = sum(p.numel() * 2 for p in UNet(**arch).parameters())  # bf16 at least
+        except (TypeError, ValueError, RuntimeError):
+            return  # the constructor's own message follows
+    size = path.stat().st_size
+    if declared > 4 * size + 2**20:  # far beyond rounding: smaller mismatches are "do not fit" below
+        from .outputs import human_bytes
+
+        raise UserInputError(
+            f"model file {path} declares a network of {human_bytes(declared)} of weights "
+            f"(depth {arch.get('depth', 4)}, {arch.get('base_channels', 64)} base channels) but holds "
+            f"{human_bytes(size)}; the header does not match the file"
+        )
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any] | None:

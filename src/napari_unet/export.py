@@ -5,24 +5,26 @@ Every exported network computes softmax **probabilities** (B, K, H - margin, W -
 mapping) is the caller's part, written into the bioimage.io package as its preprocessing. Tile
 sizes are dynamic: any ``min + n * 2**depth`` (188, 204, ... at depth 4) that
 :meth:`UNet.valid_input_size` accepts. Files appear only when complete (written under a hidden
-name, then renamed). Nothing here imports Qt or napari; ONNX and bioimage.io need the optional
-extra ``export``.
+name, then renamed) through :func:`napari_unet.outputs.safe_output`: an existing output is replaced
+only with ``--overwrite`` and only if napari-unet exported it (a marker inside each format), never
+the input model. Nothing here imports Qt or napari; ONNX and bioimage.io need the optional extra
+``export``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
+import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._extras import require
-from .atomic import atomic_write
 from .errors import UserInputError
 from .model import UNet
 
@@ -62,53 +64,123 @@ def example_tile(model: UNet, size: int = 0) -> torch.Tensor:
     return torch.rand((1, model.in_channels, s, s), generator=g)
 
 
-@contextlib.contextmanager
-def atomic_path(target: Path, overwrite: bool) -> Iterator[Path]:
-    """A hidden sibling path to write to; renamed onto ``target`` only when writing succeeded."""
-    target = Path(target)
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise UserInputError(f"{target} exists; pass --overwrite to replace it")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserInputError(f"cannot create folder {target.parent} ({exc.strerror or exc})") from None
-    try:
-        with atomic_write(target) as tmp:
-            yield tmp
-    except OSError as exc:
-        raise UserInputError(
-            f"cannot write {target} ({exc.strerror or exc}); check space and permissions"
-        ) from exc
+#: Name of napari-unet's marker inside an exported file (ONNX metadata, TorchScript extra file).
+MARKER_KEY = "napari_unet"
+_TS_EXTRA = "napari_unet.json"
+
+
+def _marker(model: UNet) -> str:
+    return json.dumps({"written_by": "napari-unet", "n_classes": model.n_classes})
+
+
+def _write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write bytes with Python's own I/O, so a full disk is an OSError (not an abort in C++)."""
+    with open(os.fspath(path), "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_onnx(model: UNet, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
     """Write the probability network as ONNX with dynamic batch, height and width."""
-    require("onnx", "ONNX export")
+    onnx = require("onnx", "ONNX export")
     net = probability_network(model)
     dynamic = {0: "batch", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, still exact
         torch.onnx.export(
             net,
             (example_tile(model),),
-            os.fspath(path),
+            buffer,
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
         )
+    proto = onnx.load_from_string(buffer.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = MARKER_KEY, _marker(model)
+    _write_bytes(proto.SerializeToString(), path)
     return Path(path)
 
 
 def write_torchscript(model: UNet, path: str | os.PathLike) -> Path:
     """Write the probability network as TorchScript (traced; tile size stays dynamic)."""
     net = probability_network(model)
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(net, example_tile(model))
-        traced.save(os.fspath(path))
+        torch.jit.save(traced, buffer, _extra_files={_TS_EXTRA: _marker(model)})
+    _write_bytes(buffer.getvalue(), path)  # torch's own file writer aborts the process on a full disk
     return Path(path)
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether napari-unet exported ``path``: an ONNX or TorchScript file with its marker, or a
+    bioimage.io package (zip or folder) whose description names napari-unet and that holds
+    nothing else."""
+    p = Path(os.fspath(path))
+    if p.is_symlink():
+        return False
+    try:
+        if p.is_dir():
+            return _package_folder_ours(p)
+        if not p.is_file():
+            return False
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+        if head == b"PK\x03\x04":
+            with zipfile.ZipFile(p) as zf:
+                names = zf.namelist()
+                if any(n.endswith("/extra/" + _TS_EXTRA) for n in names):
+                    return True
+                rdf = next((n for n in ("rdf.yaml", "bioimageio.yaml") if n in names), None)
+                return rdf is not None and _rdf_ours(zf.read(rdf))
+        if p.suffix.lower() != ".onnx":
+            return False
+        onnx = require("onnx", "reading ONNX files")
+        proto = onnx.load(os.fspath(p), load_external_data=False)
+        return any(e.key == MARKER_KEY for e in proto.metadata_props)
+    except Exception:  # noqa: BLE001 - unreadable means "not recognisably ours"
+        return False
+
+
+def _rdf_ours(text: bytes) -> bool:
+    import yaml
+
+    doc = yaml.safe_load(text)
+    config = doc.get("config") if isinstance(doc, dict) else None
+    return isinstance(config, dict) and isinstance(config.get(MARKER_KEY), dict)
+
+
+def _package_folder_ours(p: Path) -> bool:
+    """A package folder napari-unet wrote: its marker lists every file in it, and nothing else is there."""
+    from .outputs import FOLDER_MARKER
+
+    doc = json.loads((p / FOLDER_MARKER).read_text())
+    listed = set(doc.get("files") or []) if isinstance(doc, dict) else set()
+    rdf = next((p / n for n in ("rdf.yaml", "bioimageio.yaml") if (p / n).is_file()), None)
+    if rdf is None or not _rdf_ours(rdf.read_bytes()):
+        return False
+    for root, dirs, files in os.walk(p):
+        for name in files + [d for d in dirs if Path(root, d).is_symlink()]:
+            rel = Path(root, name).relative_to(p).as_posix()
+            if rel != FOLDER_MARKER and rel not in listed:
+                return False
+    return True
+
+
+def _mark_package_folder(folder: Path) -> None:
+    """List the files of a package folder in its marker, so a later export may replace it."""
+    from .outputs import FOLDER_MARKER
+
+    files = sorted(
+        Path(root, f).relative_to(folder).as_posix() for root, _, names in os.walk(folder) for f in names
+    )
+    (folder / FOLDER_MARKER).write_text(json.dumps({MARKER_KEY: {"kind": "bioimageio"}, "files": files}))
 
 
 def onnx_probabilities(path: str | os.PathLike, tile: np.ndarray) -> np.ndarray:
@@ -138,6 +210,15 @@ def load_source_model(spec: str) -> UNet:
     return model
 
 
+def _source_path(spec: str) -> Path | None:
+    """The file a model spec names (the shipped model for ``default``), to keep it from being an output."""
+    if spec == "default":
+        from .models import default_model_path
+
+        return default_model_path()
+    return Path(spec)
+
+
 def export_model(
     spec: str,
     output: str | os.PathLike,
@@ -151,13 +232,18 @@ def export_model(
 
     ``sample`` (bioimage.io only) is an image whose centre becomes the package's test input;
     without it a synthetic EM image is used. ``check`` runs bioimage.io's own model test on the
-    package before it is put in place.
+    package before it is put in place. The output follows the safe-output rules (see module notes).
     """
+    from .outputs import check_not_special, check_output, safe_output
+
     if fmt not in FORMATS:
         raise UserInputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     target = Path(output)
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise UserInputError(f"{target} exists; pass --overwrite to replace it")
+    source = _source_path(spec)
+    if source is not None and spec != "default":
+        check_not_special(source, "model")
+    inputs = [source, sample]
+    check_output(target, overwrite=overwrite, inputs=inputs, what="export")  # before minutes of work
     if fmt == "onnx":
         require("onnx", "ONNX export")
     if fmt == "bioimageio":
@@ -174,13 +260,15 @@ def export_model(
         from .bioimageio import write_package
 
         with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as work:
-            with atomic_path(target, overwrite) as tmp:
+            with safe_output(target, overwrite=overwrite, inputs=inputs, what="export") as tmp:
                 write_package(
                     model, tmp, Path(work), sample=sample, check=check, zipped=_zipped(target),
                     shipped=shipped,
                 )  # fmt: skip
+                if tmp.is_dir():
+                    _mark_package_folder(tmp)
         return target
-    with atomic_path(target, overwrite) as tmp:
+    with safe_output(target, overwrite=overwrite, inputs=inputs, what="export") as tmp:
         if fmt == "onnx":
             write_onnx(model, tmp)
         else:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .arguments import check_predict
 from .device import resolve_precision, select_device
 from .engine import TTA_MODES as TTA_MODES  # re-exported: the old import path keeps working
 from .engine import check_tta, place_model, run_tiles
@@ -113,6 +114,7 @@ def predict_tiles(
     runs in a helper thread while the network computes the current one. A colour image (last axis
     3 or 4) is turned grey with a warning, exactly as the command line reads it.
     """
+    check_predict(model, image, "predict_tiles", tile_shape, batch_size, device, precision, tta)
     image = as_grey(image)
     check_image(image)
     check_tta(tta)
@@ -182,6 +184,7 @@ def predict(
 
     See :func:`predict_tiles` for the parameters and the tiling strategy; this collects its tiles.
     """
+    check_predict(model, image, "predict", tile_shape, batch_size, device, precision, tta)
     image = as_grey(image)
     check_image(image)
     out = np.zeros((model.n_classes, *image.shape), dtype=np.float32)

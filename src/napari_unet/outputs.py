@@ -15,9 +15,16 @@ these rules before it writes a byte:
   a second run to the same output is refused with one line naming the first.
 - **Litter.** Temporary names carry this host and process id (``.NAME.partial-HOST-PID-RAND``);
   a later run removes those of runs on this host whose process is gone (:func:`clean_stale`).
+- **Not a pipe.** A named pipe, device or socket is refused as an input or an output before any
+  work (opening one would wait forever).
+- **One message.** A full disk, a read-only file system or a folder without permission is said in
+  one line naming the output (:func:`os_error_message`).
 - **Swaps.** A finished folder replaces an old one by one atomic exchange (Linux
   ``renameat2(RENAME_EXCHANGE)``), so the path always holds the old or the new output; where the
   exchange is not available, a cut-short swap is undone by the next run's :func:`clean_stale`.
+
+:func:`safe_output` applies all of these around one write; every writer of the package (labels,
+probabilities, models, exports, metrics, the demo, OME-Zarr labels) goes through it.
 """
 
 from __future__ import annotations
@@ -123,15 +130,102 @@ def _zarr_attrs(p: Path) -> dict | None:
     return None
 
 
+_ZARR_META = (".zattrs", ".zgroup", ".zarray", "zarr.json", ".zmetadata")
+_CHUNK_NAME = re.compile(r"^(c|\d+([._]\d+)*)$")
+#: Folders napari-unet keeps inside a store it writes block by block.
+_OWN_FOLDERS = (".napari-unet-blocks",)
+
+
+def _is_zarr_node(p: Path) -> bool:
+    return any((p / n).is_file() for n in _ZARR_META)
+
+
+def _chunks_only(folder: Path) -> bool:
+    """Whether a zarr array's folder holds only chunks (no group or array someone added inside)."""
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        if here != folder and _is_zarr_node(here):
+            return False
+        if any(not _CHUNK_NAME.match(d) for d in dirs if here != folder or d not in _OWN_FOLDERS):
+            return False
+        if here != folder and any(not _CHUNK_NAME.match(f) for f in files):
+            return False
+    return True
+
+
+def _zarr_store_ours(p: Path) -> bool:
+    """A zarr store napari-unet wrote, holding nothing else: our marker at its root, and only
+    chunks (a plain array) or only the levels its multiscales metadata lists (an OME-Zarr label
+    image). A group or array the user added inside makes it theirs, so it is never replaced whole."""
+    attrs = _zarr_attrs(p)
+    if not attrs or ATTRS_KEY not in attrs:
+        return False
+    try:
+        entries = list(os.scandir(p))
+    except OSError:
+        return False
+    if any(e.is_symlink() for e in entries):
+        return False
+    files = [e.name for e in entries if e.is_file()]
+    folders = [e.name for e in entries if e.is_dir()]
+    if any(f not in _ZARR_META and not _CHUNK_NAME.match(f) for f in files):
+        return False
+    is_array = (p / ".zarray").is_file() or '"array"' in _read_small(p / "zarr.json")
+    if is_array:
+        return _chunks_only(p)
+    ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    try:
+        levels = {str(d["path"]) for d in ms[0]["datasets"]}
+    except (TypeError, KeyError, IndexError):
+        return not folders
+    return all(f in levels and _chunks_only(p / f) for f in folders)
+
+
+def _read_small(p: Path) -> str:
+    try:
+        return p.read_text()[:4096] if p.is_file() else ""
+    except OSError:
+        return ""
+
+
+def special_kind(path: str | os.PathLike) -> str | None:
+    """"a named pipe", "a device" or "a socket" for such a path (links followed); None otherwise."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def check_not_special(path: str | os.PathLike, what: str) -> None:
+    """Refuse a named pipe, device or socket before it is opened: reading or writing one waits forever."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise UserInputError(
+            f"{what} {path} is {kind}, not a file or folder; napari-unet reads and writes files only"
+        )
+
+
 def is_ours(path: str | os.PathLike) -> bool:
     """Whether napari-unet wrote ``path`` (see the module notes for the markers)."""
     p = Path(path)
-    if p.is_symlink() or not p.exists():
+    if p.is_symlink() or not p.exists() or special_kind(p) is not None:
         return False
     if p.is_dir():
-        if any((p / n).exists() for n in (".zattrs", ".zgroup", ".zarray", "zarr.json")):
-            attrs = _zarr_attrs(p)
-            return bool(attrs) and ATTRS_KEY in attrs
+        if _is_zarr_node(p):
+            return _zarr_store_ours(p)
+        if (p / FOLDER_MARKER).is_file() and any((p / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml")):
+            from .export import is_export
+
+            return is_export(p)
         try:
             entries = list(os.scandir(p))
         except OSError:
@@ -163,9 +257,11 @@ def is_ours(path: str | os.PathLike) -> bool:
 
             read_header(p)
             return True
+        from .export import is_export  # ONNX, TorchScript or a zipped package, by its contents
+
+        return is_export(p)
     except Exception:  # noqa: BLE001 - unreadable means "not recognisably ours"
         return False
-    return False
 
 
 # ------------------------------------------------------------------------------ checks
@@ -213,6 +309,30 @@ def check_writable_folder(target: Path, what: str) -> None:
         os.unlink(probe)
 
 
+def check_name(name: str, what: str = "name") -> str:
+    """Refuse a name that is a path: empty, ``.``/``..``, hidden, with a separator, or absolute.
+
+    Checked before anything is created or removed, so a refused name never touches a file.
+    """
+    text = str(name)
+    bad = (
+        not text.strip()
+        or text in (".", "..")
+        or text.startswith(".")
+        or "/" in text
+        or "\\" in text
+        or "\0" in text
+        or os.path.isabs(text)
+        or any(ord(c) < 32 for c in text)
+    )
+    if bad:
+        raise UserInputError(
+            f"{what} {text!r} must be a plain name (letters, digits, '-', '_'; no '/', '..' or "
+            "leading '.'), not a path"
+        )
+    return text
+
+
 def check_output(
     path: str | os.PathLike,
     *,
@@ -223,6 +343,7 @@ def check_output(
 ) -> Path:
     """Every check an output gets before any work: not an input, replaceable, folder writable."""
     target = Path(os.fspath(path)).expanduser()
+    check_not_special(target, what)
     check_not_input(target, inputs, what)
     if exists(target):
         if not overwrite:
@@ -253,9 +374,94 @@ def check_free_space(target: Path, nbytes: int, what: str = "output") -> None:
         return
     if nbytes > free:
         raise UserInputError(
-            f"{what} {target} needs {nbytes / 2**30:.2f} GiB but {parent} has {free / 2**30:.2f} GiB "
+            f"{what} {target} needs {human_bytes(nbytes)} but {parent} has {human_bytes(free)} "
             "free; free some space or choose another location"
         )
+
+
+def human_bytes(n: float) -> str:
+    """A size as people read it: "0 bytes", "812 bytes", "3.4 KiB", "1.20 GiB"."""
+    n = max(float(n), 0.0)
+    if n < 1024:
+        return f"{int(n)} bytes"
+    for unit, scale in (("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30), ("TiB", 2**40)):
+        if n < scale * 1024 or unit == "TiB":
+            return f"{n / scale:.1f} {unit}" if unit != "GiB" else f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _free_text(target: Path) -> str:
+    parent = Path(os.path.abspath(target)).parent
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    try:
+        return f"{human_bytes(shutil.disk_usage(parent).free)} free in {parent}"
+    except OSError:
+        return f"no space left in {parent}"
+
+
+def os_error_message(exc: BaseException, target: str | os.PathLike, what: str = "output") -> str:
+    """One line for a failed write: a full disk, a read-only file system, no permission, or else."""
+    err = getattr(exc, "errno", None)
+    folder = Path(os.path.abspath(target)).parent
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        reason = getattr(exc, "strerror", None) or "No space left on device"
+        return (
+            f"cannot write {what} {target}: {reason} ({_free_text(Path(target))}); free some "
+            "space or choose another location"
+        )
+    if err == errno.EROFS:
+        return (
+            f"cannot write {what} {target}: {folder} is on a read-only file system; choose another "
+            "location"
+        )
+    if err in (errno.EACCES, errno.EPERM):
+        return (
+            f"cannot write {what} {target}: permission denied in {folder}; check the folder's "
+            "permissions or choose another location"
+        )
+    lines = str(exc).strip().splitlines()
+    text = getattr(exc, "strerror", None) or (lines[0] if lines else type(exc).__name__)
+    return f"cannot write {what} {target} ({text}); check free disk space and permissions"
+
+
+@contextlib.contextmanager
+def safe_output(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    what: str = "output",
+    flag: str = "--overwrite",
+) -> Iterator[Path]:
+    """The one safe output: yield a temporary path to write ``path``'s file or folder to.
+
+    Before: not a pipe or device, not an input, replaced only with ``overwrite`` and only if
+    napari-unet wrote it, folder writable. During: the output's lock is held and temporary files
+    of dead runs are removed. After: the temporary is swapped into place; on any failure it is
+    removed and ``path`` is untouched. A failed write (full disk, read-only) is one line.
+    """
+    inputs = list(inputs)
+    target = check_output(path, overwrite=overwrite, inputs=inputs, what=what, flag=flag)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(os_error_message(exc, target, what)) from None
+    with OutputLock(target, what):
+        clean_stale(target)
+        from .atomic import atomic_write
+
+        try:
+            with atomic_write(target) as tmp:
+                yield tmp
+                if exists(target):  # it may have appeared, or changed hands, while we wrote
+                    if not overwrite:
+                        raise UserInputError(
+                            f"{what} {target} appeared while it was written; nothing was replaced"
+                        )
+                    check_replaceable(target, what)
+        except OSError as exc:
+            raise UserInputError(os_error_message(exc, target, what)) from None
 
 
 # ------------------------------------------------------------------------------ the lock
@@ -276,6 +482,25 @@ def _describe(lock: Path) -> str:
         return f"pid {int(doc['pid'])} on {doc['host']}, since {when}"
     except Exception:  # noqa: BLE001 - the message still names the lock file
         return "another process"
+
+
+def _lock_file_is_ours(fd: int) -> bool | None:
+    """True for a lock file an earlier napari-unet run left, False for an empty file (used as a lock
+    but kept), None for anything else (refused: it is someone's file)."""
+    import stat
+
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+        return None
+    if st.st_size == 0:
+        return False
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0))
+    except (OSError, ValueError):
+        return None
+    if isinstance(doc, dict) and {"pid", "host", "started"} <= set(doc):
+        return True
+    return None
 
 
 class OutputLock:
@@ -315,9 +540,21 @@ class OutputLock:
                     "output location"
                 ) from None
             for _ in range(10):
+                created = False
                 try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                    try:
+                        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                        created = True
+                    except FileExistsError:
+                        fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except FileNotFoundError:
+                    continue  # removed between the two opens: try again
                 except OSError as exc:
+                    if exc.errno == errno.ELOOP or special_kind(self.path) is not None:
+                        raise UserInputError(
+                            f"{self.path} is not a napari-unet lock file, and napari-unet locks "
+                            f"{self.target} there while writing it; rename it or choose another output"
+                        ) from None
                     raise UserInputError(
                         f"cannot write {self.what} {self.target} ({exc.strerror or exc}); check the "
                         "folder's permissions"
@@ -341,10 +578,24 @@ class OutputLock:
                 if not same:  # the previous holder removed the file between open and flock
                     os.close(fd)
                     continue
-                doc = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-                os.ftruncate(fd, 0)
-                os.write(fd, json.dumps(doc).encode())
-                _held[key] = [fd, 1]
+                owned = created or _lock_file_is_ours(fd)
+                if owned is None:
+                    os.close(fd)
+                    raise UserInputError(
+                        f"{self.path} is a file napari-unet did not write, kept where napari-unet "
+                        f"locks {self.target} while writing it; rename that file or choose another output"
+                    )
+                if owned:
+                    doc = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+                    try:
+                        os.ftruncate(fd, 0)
+                        os.write(fd, json.dumps(doc).encode())
+                    except OSError as exc:  # a full disk: the lock file is ours, so it goes
+                        with contextlib.suppress(OSError):
+                            os.unlink(self.path)
+                        os.close(fd)
+                        raise UserInputError(os_error_message(exc, self.target, self.what)) from None
+                _held[key] = [fd, 1, owned]
                 return
             raise UserInputError(f"cannot take the lock {self.path}; try again")  # pragma: no cover
 
@@ -359,8 +610,9 @@ class OutputLock:
             if entry[1] > 0:
                 return
             del _held[key]
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+            if entry[2]:  # only a lock file of ours is removed, never a file someone else keeps there
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
             os.close(entry[0])
 
 
@@ -453,20 +705,6 @@ def swap_into_place(tmp: Path, target: Path) -> None:
 
 def write_text(target: str | os.PathLike, text: str, *, overwrite: bool, what: str = "output") -> Path:
     """Write a small text file atomically under the ownership and lock rules."""
-    target = Path(os.fspath(target))
-    with OutputLock(target, what):
-        if exists(target):
-            if not overwrite:
-                raise UserInputError(f"{what} {target} exists; pass --overwrite to replace it")
-            check_replaceable(target, what)
-        clean_stale(target)
-        from .atomic import atomic_write
-
-        try:
-            with atomic_write(target) as tmp:
-                tmp.write_text(text)
-        except OSError as exc:
-            raise UserInputError(
-                f"cannot write {what} {target} ({exc.strerror or exc}); check free disk space and permissions"
-            ) from None
-    return target
+    with safe_output(target, overwrite=overwrite, what=what) as tmp:
+        tmp.write_text(text)
+    return Path(os.fspath(target))

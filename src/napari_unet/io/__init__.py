@@ -31,14 +31,12 @@ from typing import Any
 import numpy as np
 
 from napari_unet import formats
-from napari_unet.atomic import atomic_write
 from napari_unet.errors import UserInputError
 
 from . import hdf5, mrc, png, slices, tiff, zarr_store
 from ._common import (
     _as_array,
     _disk_size,
-    _exists,
     _file_token,
     _fit_voxel,
     _is_dask,
@@ -380,46 +378,17 @@ def _target_kind(p: Path, *, what: str, allow_png: bool) -> str:
     return _target_format(p, what="labels" if allow_png else "probabilities").name
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
-    """Refuse a target that exists without ``overwrite``, or that napari-unet did not write."""
-    from napari_unet import outputs
-
-    if _exists(target):
-        if not overwrite:
-            raise UserInputError(f"{target} exists (use overwrite to replace it)")
-        outputs.check_replaceable(target)
-
-
 @contextlib.contextmanager
-def _atomic_output(target: Path, overwrite: bool) -> Iterator[Path]:
+def _atomic_output(target: Path, overwrite: bool, what: str = "output") -> Iterator[Path]:
     """Yield a hidden sibling path to write to; move it onto ``target`` only if writing succeeds.
 
-    The output's lock is held throughout; an existing output is replaced only if napari-unet wrote
-    it (:mod:`napari_unet.outputs`); temporary files of dead earlier runs are removed first.
+    :func:`napari_unet.outputs.safe_output`: the lock is held throughout, an existing output is
+    replaced only if napari-unet wrote it, a failed write is one line and leaves nothing behind.
     """
     from napari_unet import outputs
 
-    _check_target(target, overwrite)
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserInputError(
-            f"cannot create folder {parent} ({_one_line(exc)}); choose another output location"
-        ) from exc
-    with outputs.OutputLock(target):
-        outputs.clean_stale(target)
-        try:
-            with atomic_write(target) as tmp:
-                yield tmp
-                _check_target(target, overwrite)  # it may have appeared while we wrote
-        except BaseException as exc:
-            if isinstance(exc, OSError):
-                raise UserInputError(
-                    f"cannot write {target} ({_one_line(exc)}); check free disk space and "
-                    "permissions"
-                ) from exc
-            raise
+    with outputs.safe_output(target, overwrite=overwrite, what=what, flag="overwrite") as tmp:
+        yield tmp
 
 
 def write_labels(
@@ -451,7 +420,7 @@ def write_labels(
     if arr.ndim < 2 or any(int(s) == 0 for s in arr.shape):
         raise UserInputError(f"{target}: labels of shape {tuple(arr.shape)} are not an image")
     assert fmt.write_labels is not None
-    with _atomic_output(target, overwrite) as tmp:
+    with _atomic_output(target, overwrite, "labels") as tmp:
         fmt.write_labels(tmp, arr, target, voxel_size=voxel_size, unit=unit, class_names=class_names)
     return target
 
@@ -472,6 +441,6 @@ def write_probabilities(path: str | os.PathLike, probs: Any, *, overwrite: bool 
         )
     arr = arr.astype(np.float32)
     assert fmt.write_probabilities is not None
-    with _atomic_output(target, overwrite) as tmp:
+    with _atomic_output(target, overwrite, "probabilities") as tmp:
         fmt.write_probabilities(tmp, arr)
     return target
