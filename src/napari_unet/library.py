@@ -340,6 +340,25 @@ class Library:
         self._write_record(entry.record_path, entry.record)
         return entry
 
+    def finish(self, entry: LibraryModel, trainer: Any, status: str = UNFINISHED) -> None:
+        """Write a run's last word (``status`` and the trainer's figures) into its record; a new
+        run that made no step (or no trainer at all) leaves nothing behind."""
+        made = trainer is not None and trainer.step > 0 and entry.path.is_file()
+        if not made and not entry.record.get("resumed"):
+            from .outputs import remove
+
+            for p in (entry.path, entry.record_path):
+                with contextlib.suppress(OSError):
+                    remove(p)
+            return
+        changes: dict[str, Any] = {"status": status}
+        if trainer is not None:
+            changes.update(_from_training(trainer.model.metadata.get("training")))
+            changes["steps"] = trainer.step
+            changes["classes"] = list(trainer.class_names)
+        with contextlib.suppress(UserInputError):  # a full disk must not hide the run's own error
+            self.update(entry, **changes)
+
     def resume(self, entry: LibraryModel) -> LibraryModel:
         """Mark an unfinished model as running again in this process (its record keeps the rest)."""
         if entry.status == RUNNING:
@@ -551,27 +570,8 @@ def keep_training(
                 status = UNFINISHED if control.get("closed") else FINISHED
             yield event
     finally:
-        _finish(library, entry, control.get("trainer"), status)
+        library.finish(entry, control.get("trainer"), status)
     return result
-
-
-def _finish(library: Library, entry: LibraryModel, trainer: Any, status: str) -> None:
-    """Write the record's last word, or remove the entry when no training step was made."""
-    made = trainer is not None and trainer.step > 0 and entry.path.is_file()
-    if not made and not entry.record.get("resumed"):
-        from .outputs import remove
-
-        for p in (entry.path, entry.record_path):
-            with contextlib.suppress(OSError):
-                remove(p)
-        return
-    changes: dict[str, Any] = {"status": status}
-    if trainer is not None:
-        changes.update(_from_training(trainer.model.metadata.get("training")))
-        changes["steps"] = trainer.step
-        changes["classes"] = list(trainer.class_names)
-    with contextlib.suppress(UserInputError):  # a full disk must not hide the run's own error
-        library.update(entry, **changes)
 
 
 def train_into_library(

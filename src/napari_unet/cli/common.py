@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,8 +17,33 @@ if TYPE_CHECKING:
 PROG = "napari-unet"
 
 
+def model_path(spec: str) -> Path:
+    """The file of the model named on the command line: a path, else a model of the model library.
+
+    A name that is no file is looked up in the library (exactly, ignoring case, or by the start of
+    its name); a path-like name that does not exist is reported as a missing file.
+    """
+    path = Path(spec).expanduser()
+    if path.exists() or path.is_symlink():
+        return path
+    looks_like_path = os.sep in spec or path.suffix.lower() in (".safetensors", ".zip", ".yaml")
+    from ..library import Library
+
+    entry = Library().find(spec) if spec.strip() else None
+    if entry is not None:
+        if not entry.loadable:
+            raise UserInputError(f"library model '{entry.name}' has no checkpoint yet (its run made none)")
+        return entry.path
+    if looks_like_path:
+        raise UserInputError(f"model file {spec} does not exist")
+    raise UserInputError(
+        f"model {spec!r} is neither a file nor a model of the model library; "
+        "'napari-unet models' lists the library"
+    )
+
+
 def resolve_model(spec: str | None) -> UNet:
-    """Load the model named on the command line: a file, or the shipped default."""
+    """Load the model named on the command line: a file, a library model's name, or the shipped default."""
     from ..checkpoint import load_model
     from ..models import default_model_path
 
@@ -28,7 +54,7 @@ def resolve_model(spec: str | None) -> UNet:
                 "this installation ships no default model; pass --model PATH to a .safetensors model"
             )
         return load_model(path)
-    return load_model(Path(spec))
+    return load_model(model_path(spec))
 
 
 def check_output(path: Path, overwrite: bool, what: str = "output", inputs: Sequence = ()) -> None:

@@ -1,6 +1,7 @@
 """The ``napari-unet`` command line: the same core as the napari plugin, headless.
 
-Each subcommand lives in its own module (``segment``, ``train``, ``evaluate``, ``export``, ``demo``)
+Each subcommand lives in its own module (``segment``, ``train``, ``evaluate``, ``export``, ``demo``,
+``models``)
 with its options and its body; this module builds the parser from them and turns errors into exit
 codes. The core never imports this package.
 """
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import UserInputError
-from . import demo, evaluate, export, segment, train
+from . import demo, evaluate, export, models, segment, train
 from .common import PROG
 
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    for command in (segment, train, evaluate, export, demo):
+    for command in (segment, train, evaluate, export, demo, models):
         command.add_parser(sub)
     return parser
 

@@ -11,7 +11,15 @@ import numpy as np
 
 from ..classes import default_class_names
 from ..errors import UserInputError
-from .common import apply_label_map, check_output, input_spec, parse_label_map, read_array, resolve_model
+from .common import (
+    apply_label_map,
+    check_output,
+    input_spec,
+    model_path,
+    parse_label_map,
+    read_array,
+    resolve_model,
+)
 from .progress import clock, progress
 
 if TYPE_CHECKING:
@@ -37,15 +45,29 @@ def add_parser(sub: Any) -> None:
     tr.add_argument(
         "--labels", required=True, help="annotations of the same shape (PATH:DATASET for HDF5/zarr)"
     )
-    tr.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    tr.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="model file to write (.safetensors); the model library keeps the model either way",
+    )
+    tr.add_argument(
+        "--name",
+        default=None,
+        help="its name in the model library (default: '<start> tuned on <images> <date time>')",
+    )
     tr.add_argument(
         "--from",
         dest="start",
         default="default",
-        help="starting model: a .safetensors file, 'default' (shipped) or 'scratch'",
+        help="starting model: a .safetensors file, a library model's name ('napari-unet models'), "
+        "'default' (shipped) or 'scratch'",
     )
     tr.add_argument(
-        "--resume", action="store_true", help="continue the step count and optimiser state stored in --from"
+        "--resume",
+        action="store_true",
+        help="continue the step count and optimiser state stored in --from (an unfinished library "
+        "model goes on in the library)",
     )
     tr.add_argument(
         "--recipe",
@@ -144,6 +166,35 @@ def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
     return model, new
 
 
+def _start_label(spec: str, library: Any) -> str:
+    """How the library records the start model: the shipped model's or a file's stem, a library
+    model's name, or "scratch"."""
+    from ..models import default_model_path
+
+    if spec == "default":
+        shipped = default_model_path()
+        return shipped.stem if shipped is not None else spec
+    path = Path(spec).expanduser()
+    if spec == "scratch" or path.exists():
+        return spec if spec == "scratch" else path.stem
+    entry = library.find(spec)
+    return entry.name if entry is not None else path.stem
+
+
+def _resumed_library_model(args: argparse.Namespace, library: Any) -> Any:
+    """The unfinished library model that ``--resume --from NAME`` (without -o) goes on with, or None."""
+    if not args.resume or args.output is not None or args.start in ("default", "scratch"):
+        return None
+    if Path(args.start).expanduser().exists():
+        return None
+    entry = library.find(args.start)
+    if entry is not None and entry.status == "finished":
+        raise UserInputError(
+            f"library model '{entry.name}' has finished; train on from it without --resume, or give -o"
+        )
+    return entry
+
+
 def _check_writable(out: Path) -> None:
     """Refuse a model output whose folder cannot be written, before any training step."""
     import tempfile
@@ -162,17 +213,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune or train a model; Ctrl-C stops after the current step and keeps a checkpoint."""
     import signal
 
-    out = Path(args.output)
-    if out.suffix != ".safetensors":
-        raise UserInputError(f"model output {out} must end in .safetensors")
-    resume_same = args.resume and Path(args.start).resolve() == out.resolve()
-    if not resume_same:
-        check_output(out, args.overwrite, "model output")
-    _check_writable(out)
+    from ..library import Library
+
+    library = Library()
+    resume_entry = _resumed_library_model(args, library)
+    start_path = None if args.start in ("default", "scratch") else model_path(args.start)
+    out = Path(args.output) if args.output is not None else None
+    if out is not None:
+        if out.suffix != ".safetensors":
+            raise UserInputError(f"model output {out} must end in .safetensors")
+        resume_same = args.resume and start_path is not None and start_path.resolve() == out.resolve()
+        if not resume_same:
+            check_output(out, args.overwrite, "model output")
+        _check_writable(out)
+    elif args.overwrite:
+        raise UserInputError("--overwrite needs -o/--output: the model library never replaces a model")
+    if args.resume and start_path is None:
+        raise UserInputError("--resume needs --from with the model file or library model to go on from")
     # paths before torch (seconds to import): a missing input is answered at once
     input_spec(args.images, "images")
     input_spec(args.labels, "labels")
     parse_label_map(args.label_map)
+    from ..library import keep_training, readable_name
     from ..recipes import AUTO_RECIPE, recipe_config, resolve_recipe
     from ..train import TrainConfig, Trainer
 
@@ -198,7 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             validation=args.validation,
             val_fraction=args.val_fraction,
             checkpoint_every=args.checkpoint_every,
-            checkpoint_path=str(out),
+            checkpoint_path=None if out is None else str(out),
             seed=args.seed,
             device=args.device,
             precision=args.precision,
@@ -225,7 +287,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.recipe == AUTO_RECIPE:
         why = "a class is new" if new_classes else "no class is new"
         print(f"recipe: {resolve_recipe(args.recipe, new_classes)} ({why})", file=sys.stderr)
-    trainer = Trainer(model, images, labels, cfg, resume_from=args.start if args.resume else None)
+    record = {
+        "source": "command line",
+        "start_model": _start_label(args.start, library),
+        "image": input_spec(args.images, "images")[0].name,
+        "recipe": resolve_recipe(args.recipe, new_classes),
+        "planned": {"steps": steps, "minutes": minutes},
+    }
+    name = args.name or readable_name(record["start_model"], record["image"])
+    entry = None
+    if out is None:  # the library's file is the checkpoint: a killed run stays there as unfinished
+        entry = library.resume(resume_entry) if resume_entry is not None else library.create(name, **record)
+        cfg.checkpoint_path = str(entry.path)
+    try:
+        trainer = Trainer(model, images, labels, cfg, resume_from=start_path if args.resume else None)
+    except BaseException:
+        if entry is not None:
+            library.finish(entry, None)  # a new entry goes, a resumed one stays unfinished
+        raise
     interrupted = []
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop after this step; second: abort
@@ -238,7 +317,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         with progress() as bar:
             task = bar.add_task("train", total=None, completed=0, info="")  # steps, when --steps caps the run
-            for ev in trainer.run():
+            control = {"trainer": trainer}
+            events = trainer.run() if entry is None else keep_training(trainer.run(), control, library, entry)
+            for ev in events:
                 info = f"step {ev.step}"
                 info += f"  loss {ev.loss:.4f}" if ev.loss is not None else ""
                 if ev.remaining is not None:
@@ -251,7 +332,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     how = "stopped" if interrupted else "finished"
-    print(f"{how} after {trainer.step} steps; model -> {out}", file=sys.stderr)
+    kept = "kept in the model library as '{}' ('napari-unet models' lists it)"
+    if out is not None:
+        print(f"{how} after {trainer.step} steps; model -> {out}", file=sys.stderr)
+        if trainer.step > 0:
+            print(kept.format(library.add_file(out, name, **record).name), file=sys.stderr)
+    elif entry is not None and entry.path.is_file():
+        print(f"{how} after {trainer.step} steps; " + kept.format(entry.name), file=sys.stderr)
+    else:
+        print(f"{how} after {trainer.step} steps; no model was made", file=sys.stderr)
     if trainer.kept_step is not None and trainer.kept_step != trainer.step:
         print(f"kept the weights of step {trainer.kept_step}: they validated best", file=sys.stderr)
     if trainer.start_units and trainer.last_units:

@@ -1,0 +1,130 @@
+"""``napari-unet models`` and library names on the command line: train, list, find, resume, remove."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet import load_model, save_model
+from napari_unet.cli import main
+from napari_unet.data import synthetic_em
+from napari_unet.library import FINISHED, UNFINISHED, Library
+
+
+@pytest.fixture
+def model_file(tmp_path, make_unet):
+    return save_model(make_unet(depth=2, dropout=0.0), tmp_path / "tiny.safetensors")
+
+
+@pytest.fixture
+def stack(tmp_path):
+    images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=0)
+    tifffile.imwrite(tmp_path / "stack.tif", images)
+    tifffile.imwrite(tmp_path / "truth.tif", labels)
+    return tmp_path / "stack.tif", tmp_path / "truth.tif"
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def train(stack, model_file, capsys, *extra):
+    images, labels = stack
+    return run(["train", "--images", images, "--labels", labels, "--from", model_file, "--tile", "92",
+                "--precision", "fp32", "--validation", "none", *extra], capsys)
+
+
+def test_train_without_output_keeps_the_model_in_the_library(tmp_path, stack, model_file, capsys):
+    code, _, err = train(stack, model_file, capsys, "--steps", "2", "--name", "my membranes")
+    assert code == 0, err
+    assert "kept in the model library as 'my membranes'" in err
+    [entry] = Library().models()
+    assert entry.name == "my membranes" and entry.status == FINISHED and entry.steps == 2
+    assert entry.record["start_model"] == "tiny" and entry.record["image"] == "stack.tif"
+    assert entry.record["source"] == "command line" and entry.record["recipe"] == "paper"
+
+    code, out, _ = run(["models"], capsys)
+    header = ["NAME", "CREATED", "STATUS", "VERDICT", "STEPS", "SIZE"]
+    assert code == 0 and out.splitlines()[0].split() == header
+    assert out.splitlines()[1].startswith("my membranes ") and " finished " in out.splitlines()[1]
+    code, out, _ = run(["models", "list", "--json"], capsys)
+    [doc] = json.loads(out)
+    assert doc["name"] == "my membranes" and doc["steps"] == 2 and doc["path"] == str(entry.path)
+    code, out, _ = run(["models", "path"], capsys)
+    assert out.strip() == str(Library().root)
+    code, out, _ = run(["models", "path", "my memb"], capsys)  # the start of a name is enough
+    assert out.strip() == str(entry.path)
+
+    # --model NAME segments with the library model, exactly as with its file
+    images, _ = stack
+    by_name, by_file = tmp_path / "by_name.tif", tmp_path / "by_file.tif"
+    assert run(["segment", images, "-o", by_name, "--model", "my membranes"], capsys)[0] == 0
+    assert run(["segment", images, "-o", by_file, "--model", entry.path], capsys)[0] == 0
+    np.testing.assert_array_equal(tifffile.imread(by_name), tifffile.imread(by_file))
+
+    code, _, err = run(["models", "rename", "my membranes", "membranes v2"], capsys)
+    assert code == 0 and Library().find_exact("membranes v2").path.name == "membranes v2.safetensors"
+    code, _, err = run(["models", "remove", "membranes v2"], capsys)
+    assert code == 0 and "removed 'membranes v2'" in err and Library().models() == []
+
+
+def test_train_with_output_also_keeps_a_copy(tmp_path, stack, model_file, capsys):
+    out = tmp_path / "mine.safetensors"
+    code, _, err = train(stack, model_file, capsys, "--steps", "1", "-o", out)
+    assert code == 0, err
+    [entry] = Library().models()
+    assert entry.name.startswith("tiny tuned on stack.tif ") and entry.path.read_bytes() == out.read_bytes()
+    assert f"kept in the model library as '{entry.name}'" in err
+
+
+def test_an_unfinished_library_run_resumes_by_name(stack, model_file, capsys):
+    code, _, err = train(stack, model_file, capsys, "--steps", "2", "--name", "cut short",
+                         "--checkpoint-every", "1")
+    assert code == 0, err
+    library = Library()
+    library.update(library.get("cut short"), status=UNFINISHED)  # as a killed run leaves it
+    assert library.get("cut short").status == UNFINISHED
+    code, _, err = train(stack, "cut short", capsys, "--steps", "4", "--resume")
+    assert code == 0, err
+    [entry] = Library().models()
+    assert entry.name == "cut short" and entry.status == FINISHED and entry.steps == 4
+    assert load_model(entry.path).metadata["training"]["steps"] == 4
+    # a finished model is trained on from, not resumed
+    code, _, err = train(stack, "cut short", capsys, "--steps", "5", "--resume")
+    assert code == 2 and "has finished; train on from it without --resume" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["models", "remove", "nothing"], "no model called 'nothing' in the model library"),
+        (["models", "path", "nothing"], "'napari-unet models' lists them"),
+        (["models", "import", "missing.safetensors"], "missing.safetensors does not exist"),
+        (["models", "clean", "--older-than", "-1"], "0 days or more"),
+        (["segment", "x.tif", "-o", "o.tif", "--model", "nothing"], "does not exist"),
+    ],
+)
+def test_bad_names_are_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(args, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_model_name_that_is_neither_file_nor_library_model(stack, capsys, tmp_path):
+    images, _ = stack
+    code, _, err = run(["segment", images, "-o", tmp_path / "o.tif", "--model", "nothing"], capsys)
+    assert code == 2 and "neither a file nor a model of the model library" in err
+
+
+def test_clean_removes_old_unfinished_runs(stack, model_file, capsys):
+    code, _, err = train(stack, model_file, capsys, "--steps", "1", "--name", "left over")
+    assert code == 0, err
+    library = Library()
+    library.update(library.get("left over"), status=UNFINISHED, created="2020-01-01T00:00:00+00:00")
+    code, _, err = run(["models", "clean"], capsys)
+    assert code == 0 and "removed unfinished 'left over'" in err and Library().models() == []
