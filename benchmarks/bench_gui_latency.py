@@ -454,6 +454,7 @@ def train_start_scenario(args, model_path: Path, model_note: str) -> None:
     ft.add_annotation_layer().data[...] = labels
     ft.limit_combo.setCurrentText("minutes")
     ft.minutes_spin.setValue(60)
+    ft.live_check.setChecked(not args.no_live_preview)
     heartbeat_gaps(app, 10, 1.0 + args.wait)  # the dock open a while, as when the user paints first
     events: list[tuple[float, str]] = []
     t0 = time.perf_counter()
@@ -470,7 +471,8 @@ def train_start_scenario(args, model_path: Path, model_note: str) -> None:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, load average {os.getloadavg()[0]:.1f}; second busy process: "
-        f"{'yes' if args.busy else 'no'}; model: {model_note}; data: {what}"
+        f"{'yes' if args.busy else 'no'}; live preview: {'off' if args.no_live_preview else 'on'}; "
+        f"model: {model_note}; data: {what}"
     )
     print(
         f"from the click on Train, {args.seconds:.0f} s: p99 gap {p99:.0f} ms, longest {mx:.0f} ms "
@@ -573,6 +575,9 @@ def main() -> None:
     ap.add_argument("--busy", action="store_true", help="a second busy process meanwhile")
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each measurement")
     ap.add_argument("--slices", type=int, default=6, help="slices of the scrolled stack")
+    ap.add_argument(
+        "--no-live-preview", action="store_true", help="train-start: training without the live preview"
+    )
     ap.add_argument(
         "--profile", action="store_true", help="scroll: sample the main thread's stack during long gaps"
     )

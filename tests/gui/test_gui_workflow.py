@@ -365,8 +365,8 @@ def test_three_docks_fit_a_1000_px_screen_and_the_empty_loss_plot_is_sane(make_n
     assert window.minimumSizeHint().height() <= 1000
     assert window.minimumSize().height() <= 1000
     ft = docks[1]
-    assert ft.loss_curve.ax.get_ylim() == (0.0, 1.0)
-    assert ft.loss_curve.ax.get_xlim() == (0.0, 10.0)
+    assert ft.loss_curve.ylim == (0.0, 1.0)
+    assert ft.loss_curve.xlim == (0.0, 10.0)
 
 
 def test_loss_spikes_leave_the_top_of_the_plot_and_the_trend_fills_it(qtbot):
@@ -383,14 +383,47 @@ def test_loss_spikes_leave_the_top_of_the_plot_and_the_trend_fills_it(qtbot):
     for step, loss in [(0, 0.95), (100, 0.55), (200, 0.35)]:
         curve.add_validation(step, loss)
     curve.redraw()
-    bottom, top = curve.ax.get_ylim()
+    bottom, top = curve.ylim
     ordinary = np.delete(losses, [40, 120, 170])
     assert bottom <= ordinary.min() and ordinary.max() <= top < 2.0  # before: 0 .. 12.9
     assert bottom <= min(curve._trend) and max(curve._trend) <= top  # the running median is all shown
     assert max(curve._trend) < 1.0  # and no spike moves it
     assert top >= 0.95  # and the start model's validation loss
     curve.clear()
-    assert curve.ax.get_ylim() == (0.0, 1.0)
+    assert curve.ylim == (0.0, 1.0)
+
+
+def test_loss_curve_draws_its_lines_in_the_theme_colours(qtbot):
+    """The median line is drawn in the accent colour, falling from left to right, on the dock's
+    background; a spike of 12 is clipped at the top and 10 000 steps thin to the widget's width."""
+    from napari_unet._widgets._loss_curve import LossCurve, _decimated, nice_ticks
+
+    curve = LossCurve()
+    qtbot.addWidget(curve)
+    curve.resize(320, 200)
+    curve.apply_theme("#000000", "#ffffff", "#00ff00")
+    losses = np.linspace(0.9, 0.3, 300)
+    losses[150] = 12.0
+    for step, loss in enumerate(losses, start=1):
+        curve.add(step, float(loss))
+    curve.redraw()
+    image = curve.grab().toImage()
+    green = np.array(
+        [
+            [image.pixelColor(x, y).green() > 200 and image.pixelColor(x, y).red() < 80 for x in range(320)]
+            for y in range(200)
+        ]
+    )
+    ys, xs = np.nonzero(green[:, :180])  # left of the legend
+    assert xs.size > 100  # the median line is there
+    left, right = ys[xs < xs.min() + 20].mean(), ys[xs > xs.max() - 20].mean()
+    assert right > left + 15  # the loss falls: lower on screen (larger y) at the right
+    assert image.pixelColor(2, 2).name() == "#000000"  # the background is the theme's
+    assert nice_ticks(0.0, 10.0) == [0.0, 5.0, 10.0]
+    assert nice_ticks(0.0, 10.0, most=6) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert nice_ticks(0.27, 0.93) == [0.4, 0.6, 0.8]
+    thin = _decimated(list(range(10_000)), list(np.sin(np.arange(10_000.0))), 300)
+    assert len(thin) <= 600 and max(y for _, y in thin) > 0.99  # thinned, and the peaks kept
 
 
 #: each dock's main button, the one it is opened for

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 import os
 import re
 import sys
@@ -24,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -47,6 +44,7 @@ from napari_unet.errors import UserInputError
 from napari_unet.finetuning import annotated_slices, augmentation_preview, train_events
 
 from . import Dock, LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
+from ._loss_curve import LossCurve
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import SessionModel, session_for
 from ._worker import DONE, TaskPanel, lower_thread_priority, start_worker
@@ -120,125 +118,6 @@ def live_preview(
         probs[(slice(None), *tile.region)] = tile.probabilities
         yield
     return z, labels_from_probabilities(probs), time.thread_time() - t0
-
-
-#: steps in the running median drawn over the step losses: one spike in them moves it not at all
-TREND_STEPS = 25
-#: how far above the upper quartile of the step losses the loss axis reaches, in interquartile ranges
-SPIKE_FENCE = 3.0
-
-
-def loss_axis_limits(losses: list[float], trend: list[float]) -> tuple[float, float]:
-    """The loss axis: every ``trend`` value (running median, validation) and the step losses up to
-    Tukey's far fence (upper quartile + 3 IQR); a rare spike leaves the top instead of flattening
-    a falling loss into a line along the bottom."""
-    raw = np.asarray([v for v in losses if math.isfinite(v)], dtype=float)
-    kept = [v for v in trend if math.isfinite(v)]
-    if raw.size:
-        q25, q75 = np.percentile(raw, [25, 75])
-        kept += [float(raw.min()), min(float(raw.max()), q75 + SPIKE_FENCE * (q75 - q25))]
-    if not kept:
-        return 0.0, 1.0
-    lo, hi = min(kept), max(kept)
-    pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1e-3)
-    return max(0.0, lo - pad), hi + pad
-
-
-class LossCurve(FigureCanvasQTAgg):
-    """The training loss per step, its running median and the validation loss, redrawn twice a
-    second. Before the first point the axes show steps 0-10 and loss 0-1, not an empty range."""
-
-    def __init__(self) -> None:
-        self.figure = Figure(figsize=(3.2, 2.0), dpi=100)
-        super().__init__(self.figure)
-        self.ax = self.figure.add_subplot(111)
-        # fixed margins: a tight layout measured every label's text at each redraw, 40 % of it
-        self.figure.subplots_adjust(left=0.2, right=0.97, bottom=0.23, top=0.95)
-        self.steps: list[int] = []
-        self.losses: list[float] = []
-        #: the running median of the last :data:`TREND_STEPS` step losses, per step
-        self._trend: list[float] = []
-        #: validation loss per step (step 0: the start model)
-        self.val_steps: list[int] = []
-        self.val_losses: list[float] = []
-        (self._raw_line,) = self.ax.plot([], [], lw=0.8, alpha=0.45, label="loss")
-        (self._mean_line,) = self.ax.plot([], [], lw=1.6, label="running median")
-        (self._val_line,) = self.ax.plot(
-            [], [], lw=1.2, ls="--", marker="o", ms=3, color="#e69f00", label="validation"
-        )
-        self.ax.set_xlabel("step")
-        self.ax.set_ylabel("loss")
-        self.ax.legend(loc="upper right", fontsize="small", frameon=False)
-        self._empty_limits()
-        self.setMinimumHeight(150)
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(500)  # a redraw costs the event loop tens of ms
-        self._timer.timeout.connect(self.redraw)
-
-    def _empty_limits(self) -> None:
-        self.ax.set_xlim(0, 10)
-        self.ax.set_ylim(0, 1)
-
-    def apply_theme(self, background: str, text: str, accent: str) -> None:
-        """Draw in the viewer's colours (hex strings): dock background, text, and the mean line."""
-        self.figure.set_facecolor(background)
-        self.ax.set_facecolor(background)
-        for spine in self.ax.spines.values():
-            spine.set_color(text)
-        self.ax.tick_params(colors=text)
-        self.ax.xaxis.label.set_color(text)
-        self.ax.yaxis.label.set_color(text)
-        self._raw_line.set_color(text)
-        self._mean_line.set_color(accent)
-        legend = self.ax.legend(loc="upper right", fontsize="small", frameon=False)
-        for label in legend.get_texts():
-            label.set_color(text)
-        self.redraw()
-
-    def clear(self) -> None:
-        """Forget all points (a new run starts)."""
-        self.steps.clear()
-        self.losses.clear()
-        self._trend.clear()
-        self.val_steps.clear()
-        self.val_losses.clear()
-        self.redraw()
-
-    def add(self, step: int, loss: float) -> None:
-        """Add one step's loss; the drawing follows within a quarter of a second."""
-        self.steps.append(int(step))
-        self.losses.append(float(loss))
-        recent = [v for v in self.losses[-TREND_STEPS:] if math.isfinite(v)]
-        self._trend.append(float(np.median(recent)) if recent else math.nan)
-        self._schedule()
-
-    def add_validation(self, step: int, loss: float) -> None:
-        """Add a validation loss (step 0 is the start model's)."""
-        self.val_steps.append(int(step))
-        self.val_losses.append(float(loss))
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._timer.isActive():
-            self._timer.start()
-
-    def redraw(self) -> None:
-        """Draw the current points now."""
-        self._raw_line.set_data(self.steps, self.losses)
-        self._mean_line.set_data(self.steps, self._trend)
-        self._val_line.set_data(self.val_steps, self.val_losses)
-        if self.steps or self.val_steps:
-            last = max(self.steps[-1] if self.steps else 0, max(self.val_steps, default=0))
-            self.ax.set_xlim(0, max(last, 10))
-            # the range of the data, so a loss that falls from 0.52 to 0.31 shows as a fall and
-            # not as a flat line near the top of a 0..0.55 axis (nor under a spike of 12)
-            self.ax.set_ylim(*loss_axis_limits(self.losses, self._trend + self.val_losses))
-        else:
-            self._empty_limits()
-        self.draw_idle()
-
-
 
 
 @dataclass
