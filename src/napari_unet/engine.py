@@ -1,17 +1,19 @@
 """The overlap-tile engine: batches of tiles through the network, one way for every caller.
 
-In-process prediction (:func:`napari_unet.inference.predict_tiles`) and the dask blocks
-(:mod:`napari_unet.distributed`) differ only in where a tile's pixels come from and where its
-probabilities go. Both hand this engine a list of tiles and a function that reads one tile's
-normalised input; the engine batches them, lays the batch out for the device (channels-last where
-that is faster, pinned memory for a GPU), runs the network with test-time augmentation and yields
-each tile's softmax probabilities in order. One engine is why the two agree bit for bit.
+Every caller (:mod:`napari_unet.pipeline`: a source, this engine, a sink) hands it a list of tiles,
+a function that reads one tile's normalised input, and optionally the sink's device step. The
+engine batches the tiles, lays the batch out for the device (channels-last where that is faster,
+pinned memory for a GPU), runs the network with test-time augmentation and hands each tile's
+softmax probabilities, still on the device, to the device step (``keep``); only what that returns
+(a crop, one byte a pixel of labels) is copied to the host and yielded, in order. One engine is why
+in-process and block-by-block prediction agree bit for bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -81,28 +83,61 @@ def place_model(model: UNet, device: torch.device, dtype: torch.dtype) -> UNet:
 #: GPU computes while the host stitches and reads (False: one batch at a time, for comparison).
 OVERLAP_GPU = True
 
+#: A sink's device step: a tile and its probabilities (K, h, w) on the device -> what to copy back.
+Keep = Callable[[T, torch.Tensor], torch.Tensor]
+
+
+def _read_batches(
+    batches: list[list[T]], load: Callable[[list[T]], torch.Tensor], prefetch: bool
+) -> Iterator[tuple[list[T], torch.Tensor]]:
+    """``(batch, load(batch))`` in order; with ``prefetch`` the next batch loads in a helper thread
+    while the caller works on this one."""
+    if not prefetch:
+        for batch in batches:
+            yield batch, load(batch)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-read")
+    try:
+        pending: Future | None = pool.submit(load, batches[0]) if batches else None
+        for bi, batch in enumerate(batches):
+            x = pending.result()  # type: ignore[union-attr]
+            pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
+            yield batch, x
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a run computes: where, in which precision, how many tiles a forward pass, which views."""
+
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int
+    tta: str = "none"
+
 
 def run_tiles(
     model: UNet,
     tiles: Sequence[T],
     read: Callable[[T], np.ndarray],
     tile_shape: tuple[int, int],
-    device: torch.device,
-    dtype: torch.dtype,
+    settings: Settings,
     *,
-    batch_size: int,
-    tta: str = "none",
     prefetch: bool = False,
+    keep: Keep | None = None,
 ) -> Iterator[tuple[T, np.ndarray]]:
-    """Yield ``(tile, probabilities)`` for every tile in order; probabilities are float32 (K, h, w).
+    """Yield ``(tile, kept)`` for every tile in order: ``keep(tile, probabilities)`` on the host.
 
-    ``read(tile)`` returns the tile's normalised network input, shape ``tile_shape``. The model must
-    already be placed (:func:`place_model`) and in eval mode. With ``prefetch`` the next batch is
-    read in a helper thread while the network computes the current one (worth it when reading is
-    slow: a lazy array, a slice of a big stack). On CUDA, batches are read into pinned memory and
-    copied both ways asynchronously, and the next batch is queued on the GPU before the previous
-    one's probabilities are handed out (:data:`OVERLAP_GPU`).
+    ``keep`` runs where the network ran, on the tile's float32 probabilities (K, h, w); without it
+    the whole probabilities come back. ``read(tile)`` returns the tile's normalised network input,
+    shape ``tile_shape``. The model must already be placed (:func:`place_model`) and in eval mode.
+    With ``prefetch`` the next batch is read in a helper thread while the network computes the
+    current one (worth it when reading is slow: a lazy array, a slice of a big stack). On CUDA,
+    batches are read into pinned memory and copied both ways asynchronously, and the next batch is
+    queued on the GPU before the previous one's kept results are handed out (:data:`OVERLAP_GPU`).
     """
+    device, dtype, batch_size, tta = settings.device, settings.dtype, settings.batch_size, settings.tta
     th, tw = tile_shape
     fmt = memory_format(device, dtype)
     cuda = device.type == "cuda"
@@ -117,40 +152,28 @@ def run_tiles(
             arr[i, 0] = read(t)
         return x
 
-    def launch(batch: list[T], x: torch.Tensor) -> tuple[list[T], torch.Tensor, object]:
-        """Queue one batch; its probabilities are ready on the host once the returned event is."""
+    def launch(batch: list[T], x: torch.Tensor) -> tuple[list[T], list[torch.Tensor], object]:
+        """Queue one batch and its device steps; the kept results are on the host once the
+        returned event is."""
         x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
         probs = forward_probabilities(model, x, device, dtype, tta)
+        kept = [p if keep is None else keep(t, p) for t, p in zip(batch, probs, strict=True)]
         if not cuda:
-            return batch, probs.cpu(), None
-        host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
-        host.copy_(probs, non_blocking=True)
+            return batch, [k.cpu() for k in kept], None
+        host = [torch.empty(k.shape, dtype=k.dtype, pin_memory=True) for k in kept]
+        for h, k in zip(host, kept, strict=True):
+            h.copy_(k, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
         return batch, host, done
 
-    def hand_out(queued: tuple[list[T], torch.Tensor, object]) -> Iterator[tuple[T, np.ndarray]]:
+    def hand_out(queued: tuple[list[T], list[torch.Tensor], object]) -> Iterator[tuple[T, np.ndarray]]:
         batch, host, done = queued
         if done is not None:
             done.synchronize()  # type: ignore[attr-defined]
-        yield from zip(batch, host.numpy(), strict=True)
+        yield from zip(batch, (h.numpy() for h in host), strict=True)
 
-    def inputs() -> Iterator[tuple[list[T], torch.Tensor]]:
-        if not prefetch:
-            for batch in batches:
-                yield batch, load(batch)
-            return
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-read")
-        try:
-            pending: Future | None = pool.submit(load, batches[0]) if batches else None
-            for bi, batch in enumerate(batches):
-                x = pending.result()  # type: ignore[union-attr]
-                pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
-                yield batch, x
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    feed = inputs()
+    feed = _read_batches(batches, load, prefetch)
     try:
         queued = None
         for batch, x in feed:

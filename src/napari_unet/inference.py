@@ -1,43 +1,34 @@
 """Overlap-tile prediction: the paper's seamless segmentation of arbitrarily large images.
 
-``predict_tiles`` plans the tiles of an image and runs them through the tile engine
-(:mod:`napari_unet.engine`); it yields every finished tile so a GUI can paint tiles as they arrive
-and a caller can stop between tiles. ``predict`` collects the tiles into one probability array.
+:func:`plan` turns an image into the source of a tile pipeline (:mod:`napari_unet.pipeline`): its
+tiles, how one tile's normalised input is read, where each tile's output lands. :func:`predict_into`
+runs that source through the engine into any sink (:mod:`napari_unet.sinks`). ``predict_tiles``
+(every finished tile's probabilities, so a caller can paint tiles as they arrive and stop between
+them) and ``predict`` (one probability array) are two sinks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from . import sinks
 from .arguments import check_predict
 from .device import resolve_precision, select_device
 from .engine import TTA_MODES as TTA_MODES  # re-exported: the old import path keeps working
-from .engine import check_tta, place_model, run_tiles
+from .engine import Settings, check_tta, place_model
 from .engine import forward_probabilities as forward_probabilities
 from .errors import UserInputError
 from .model import UNet
 from .normalize import Normalizer, compute_normalizer
+from .pipeline import Placed, Sink, Source, drain, run
+from .sinks import TileResult as TileResult  # re-exported: defined with the sink that yields it
 from .tileplan import CPU_MAX_AUTO_TILE as CPU_MAX_AUTO_TILE
 from .tileplan import auto_tile_shape, check_tile_shape, default_batch
 from .tiling import Tile, TilePlan, plan_tiles, read_mirrored
-
-
-@dataclass(frozen=True)
-class TileResult:
-    """A finished tile: where it goes in the output and its class probabilities."""
-
-    #: where the tile goes: (y, x) slices for 2-D input, (z, y-slice, x-slice) for a stack, so that
-    #: ``labels[region] = ...`` and ``probs[(slice(None), *region)] = probabilities`` both work
-    region: tuple[int | slice, ...]
-    #: float32 softmax probabilities, shape (n_classes, h, w) matching ``region``'s y and x extent
-    probabilities: np.ndarray
-    #: 0-based position in the run and the number of tiles in the run
-    index: int
-    total: int
 
 
 def as_grey(image):
@@ -115,8 +106,19 @@ def predict_tiles(
     3 or 4) is turned grey with a warning, exactly as the command line reads it.
     """
     check_predict(model, image, "predict_tiles", tile_shape, batch_size, device, precision, tta)
-    image = as_grey(image)
-    check_image(image)
+    yield from predict_into(
+        model, image, sinks.TileResults(), tile_shape, batch_size, device, precision,
+        z_order=z_order, normalizer=normalizer, tta=tta,
+    )  # fmt: skip
+
+
+def plan(
+    model: UNet, image, tile_shape: Sequence[int] | int | None = None, batch_size: int | None = None,
+    device: str | torch.device | None = None, precision: str = "auto", *,
+    z_order: Sequence[int] | None = None, normalizer: Normalizer | None = None, tta: str = "none",
+) -> tuple[Source, Settings]:  # fmt: skip
+    """The source of ``image``'s tiles and the run's settings, parameters as for
+    :func:`predict_tiles` (nine: the public face it serves). ``image`` must be checked already."""
     check_tta(tta)
     dev = select_device(device)
     dtype = resolve_precision(precision, dev)
@@ -131,41 +133,44 @@ def predict_tiles(
         tile = check_tile_shape(model, tile_shape)
     if batch_size is None:
         batch_size = default_batch(dev, tile)
-    plan: TilePlan = plan_tiles(
-        hw,
-        tile,
-        margin=model.margin,
-        multiple=model.stride_multiple,
+    tp: TilePlan = plan_tiles(
+        hw, tile, margin=model.margin, multiple=model.stride_multiple,
         output_size_fn=model.input_size_for_output,
-    )
+    )  # fmt: skip
     if normalizer is None:
         normalizer = compute_normalizer(image, model.metadata.get("normalization"))
     zs = list(range(n_slices)) if z_order is None else [int(z) for z in z_order]
     for z in zs:
         if not 0 <= z < n_slices:
             raise UserInputError(f"slice {z} is outside the stack of {n_slices} slices")
-    tiles = [t for z in zs for t in plan.tiles(z)]
+    lead = (lambda t: (t.z,)) if is_stack else (lambda t: ())
+    tiles = [Placed(t, lead(t) + t.out, t.crop) for z in zs for t in tp.tiles(z)]
 
     def read(t: Tile) -> np.ndarray:
         plane = image[t.z] if is_stack else image
-        return normalizer(read_mirrored(plane, t.in_y, t.in_x, *plan.tile_shape))
+        return normalizer(read_mirrored(plane, t.in_y, t.in_x, *tp.tile_shape))
 
+    source = Source(tiles, read, tp.tile_shape, tuple(int(s) for s in image.shape), prefetch=True)
+    return source, Settings(dev, dtype, batch_size, tta)
+
+
+def predict_into(
+    model: UNet, image, sink: Sink | str, *args: Any, **kwargs: Any
+) -> Generator[Any, None, Any]:
+    """Segment ``image`` into ``sink`` (a :class:`~napari_unet.pipeline.Sink` or the name of a
+    registered one, :data:`napari_unet.sinks.SINKS`): yields the sink's item per tile and returns
+    its result. The other parameters are :func:`predict_tiles`'s."""
+    image = as_grey(image)
+    check_image(image)
+    source, settings = plan(model, image, *args, **kwargs)
+    if isinstance(sink, str):
+        names = tuple(model.metadata.get("classes") or ())
+        sink = sinks.make(sink, sinks.Target(source.shape, model.n_classes, names))
     was_training = model.training
-    place_model(model, dev, dtype).eval()
-    results = run_tiles(
-        model, tiles, read, plan.tile_shape, dev, dtype, batch_size=batch_size, tta=tta, prefetch=True
-    )
+    place_model(model, settings.device, settings.dtype).eval()
     try:
-        for done, (t, p) in enumerate(results):
-            region = ((t.z,) if is_stack else ()) + t.out
-            yield TileResult(
-                region=region,
-                probabilities=np.ascontiguousarray(p[:, t.crop[0], t.crop[1]]),
-                index=done,
-                total=len(tiles),
-            )
+        return (yield from run(model, source, sink, settings))
     finally:
-        results.close()  # stops the reading thread when the caller stops early
         model.train(was_training)
 
 
@@ -185,17 +190,27 @@ def predict(
     See :func:`predict_tiles` for the parameters and the tiling strategy; this collects its tiles.
     """
     check_predict(model, image, "predict", tile_shape, batch_size, device, precision, tta)
-    image = as_grey(image)
-    check_image(image)
-    out = np.zeros((model.n_classes, *image.shape), dtype=np.float32)
-    tiles = predict_tiles(
-        model, image, tile_shape, batch_size, device, precision, normalizer=normalizer, tta=tta
+    steps = predict_into(
+        model, image, "probabilities", tile_shape, batch_size, device, precision,
+        normalizer=normalizer, tta=tta,
+    )  # fmt: skip
+    return drain(steps).probabilities
+
+
+def predict_labels(
+    model: UNet, image, tile_shape: Sequence[int] | int | None = None, batch_size: int | None = None,
+    device: str | torch.device | None = None, precision: str = "auto", *,
+    normalizer: Normalizer | None = None, tta: str = "none",
+) -> np.ndarray:  # fmt: skip
+    """Class labels 1..K (uint8) shaped like ``image``: :func:`predict`'s argmax, taken on the device
+    tile by tile, so only one byte a pixel comes back from a GPU. Parameters as :func:`predict`."""
+    check_predict(model, image, "predict_labels", tile_shape, batch_size, device, precision, tta)
+    steps = predict_into(
+        model, image, "labels", tile_shape, batch_size, device, precision, normalizer=normalizer, tta=tta
     )
-    for res in tiles:
-        out[(slice(None), *res.region)] = res.probabilities
-    return out
+    return drain(steps).labels
 
 
 def labels_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
     """Class ids 1..K (uint8) from probabilities shaped (K, ...): channel k-1 is class k."""
-    return (np.argmax(probabilities, axis=0) + 1).astype(np.uint8)
+    return sinks.class_labels(np.asarray(probabilities))

@@ -9,22 +9,15 @@ complete. It is Qt-free, so tests and scripts iterate it directly.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from .sinks import Paint, Sections
+from .sinks import PaintTile as PaintTile  # re-exported: the dock imports it from here
+
 __all__ = ["GLANCE_WINDOW", "PaintTile", "segmentation_tiles", "slice_order"]
-
-
-@dataclass(frozen=True)
-class PaintTile:
-    """A finished tile as the worker hands it to the main thread: where, what, how far along."""
-
-    region: tuple[int | slice, ...]
-    labels: np.ndarray
-    index: int
-    total: int
 
 
 def slice_order(n_slices: int, first: int) -> list[int]:
@@ -55,7 +48,7 @@ GLANCE_WINDOW = 512
 
 def _glance(model: Any, plane: Any, centre: tuple[float, float], lead: tuple, dtype: np.dtype, **kw: Any):
     """The first PaintTile of a large slice: the centre of a small window around ``centre``, or None."""
-    from .inference import predict
+    from .inference import predict_labels
 
     h, w = plane.shape[-2:]
     if min(h, w) < 2 * GLANCE_WINDOW:
@@ -65,9 +58,9 @@ def _glance(model: Any, plane: Any, centre: tuple[float, float], lead: tuple, dt
         min(max(int(v) - GLANCE_WINDOW // 2, 0), n - GLANCE_WINDOW) // m * m
         for v, n in zip(centre, (h, w), strict=True)
     )
-    probs = predict(model, plane[y : y + GLANCE_WINDOW, x : x + GLANCE_WINDOW], **kw)
+    window = plane[y : y + GLANCE_WINDOW, x : x + GLANCE_WINDOW]
     keep = GLANCE_WINDOW - 2 * c
-    labels = (np.argmax(probs[:, c : c + keep, c : c + keep], axis=0) + 1).astype(dtype)
+    labels = predict_labels(model, window, **kw)[c : c + keep, c : c + keep].astype(dtype)
     region = lead + (slice(y + c, y + c + keep), slice(x + c, x + c + keep))
     return PaintTile(region, labels, -1, 0)
 
@@ -89,6 +82,8 @@ def segmentation_tiles(
 ) -> Iterator[PaintTile]:
     """Run in the worker: predict tile by tile and hand over labels ready to paint.
 
+    (Twelve parameters: the Segment dock's call, kept as it is until the dock builds its sink.)
+
     ``classes``: every tile becomes class labels 1..K at once. ``instances``: objects need their
     whole slice, so tiles only report progress (``labels`` None) until a slice is complete; then the
     slice's objects of ``instance_class`` (a name or id; None: the cells; ids unique across the
@@ -101,7 +96,7 @@ def segmentation_tiles(
     with the network's context read around it. With the automatic tile and ``control["glance"]``
     = (y, x), the view centre, a small window there comes first (index -1, total 0).
     """
-    from napari_unet.inference import predict_tiles
+    from napari_unet.inference import predict_into
     from napari_unet.normalize import compute_normalizer
 
     is_stack = image.ndim == 3
@@ -113,18 +108,15 @@ def segmentation_tiles(
     )
     n_slices = len(remaining)
     h, w = image.shape[-2:]
+    cy0, cy1, cx0, cx1 = 0, h, 0, w
     if crop is not None:
-        y0, y1, x0, x1 = crop
-        c = model.margin // 2
-        cy0, cy1, cx0, cx1 = max(0, y0 - c), min(h, y1 + c), max(0, x0 - c), min(w, x1 + c)
-    k_obj = None
-    names = model.metadata.get("classes")
+        c = model.margin // 2  # the network's context around the visible region
+        cy0, cy1 = max(0, crop[0] - c), min(h, crop[1] + c)
+        cx0, cx1 = max(0, crop[2] - c), min(w, crop[3] + c)
+    objects = None
     if output == "instances":
-        from napari_unet.instances import SectionLinker, class_index, instances_of_class
-
-        k_obj = class_index(instance_class, names, model.n_classes)
-        stack_ids = SectionLinker(link=False)  # ids unique across the stack, in the order slices finish
-    done, total = 0, 0
+        objects = _section_objects(model, instance_class)
+    done = 0
     centre = control.get("glance") if control is not None else None
     if centre is not None and tile_shape is None and output == "classes" and tta == "none" and crop is None:
         z = _next_slice(remaining, control)
@@ -140,56 +132,33 @@ def segmentation_tiles(
         )
         if first is not None:
             yield first
+    run = {"tile_shape": tile_shape, "device": device, "precision": precision, "tta": tta}
     while remaining:
         z = _next_slice(remaining, control)
         remaining.remove(z)
         plane = image[z] if is_stack else image
         if crop is not None:
-            plane = plane[cy0:cy1, cx0:cx1]
-        lead = (z,) if is_stack else ()
-        p_all = None
-        if k_obj is not None:
-            p_all = np.zeros((model.n_classes, *plane.shape[-2:]), dtype=np.float32)
-        tiles = predict_tiles(
-            model,
-            plane,
-            tile_shape=tile_shape,
-            device=device,
-            precision=precision,
-            normalizer=normalizer,
-            tta=tta,
-        )
-        for res in tiles:
-            total = res.total * n_slices
-            ry, rx = res.region[-2:]
-            probs = res.probabilities
-            if crop is not None:
-                # keep only the visible part of the tile, in whole-image coordinates
-                gy0, gy1 = max(ry.start + cy0, y0), min(ry.stop + cy0, y1)
-                gx0, gx1 = max(rx.start + cx0, x0), min(rx.stop + cx0, x1)
-                if gy0 >= gy1 or gx0 >= gx1:
-                    done += 1
-                    yield PaintTile(lead + (slice(0, 0), slice(0, 0)), None, done - 1, total)
-                    continue
-                probs = probs[
-                    :,
-                    gy0 - cy0 - ry.start : gy1 - cy0 - ry.start,
-                    gx0 - cx0 - rx.start : gx1 - cx0 - rx.start,
-                ]
-                ry, rx = slice(gy0, gy1), slice(gx0, gx1)
+            plane = plane[cy0:cy1, cx0:cx1]  # the visible region and its context
+        where = {"dtype": dtype, "lead": (z,) if is_stack else (), "offset": (cy0, cx0), "bounds": crop}
+        if objects is None:
+            sink = Paint(**where)
+        else:
+            sink = Sections(objects, model.n_classes, plane.shape[-2:], z, **where)
+        for item in predict_into(model, plane, sink, normalizer=normalizer, **run):
             done += 1
-            if p_all is None:
-                labels = (np.argmax(probs, axis=0) + 1).astype(dtype)
-                yield PaintTile(lead + (ry, rx), labels, done - 1, total)
-                continue
-            oy, ox = (cy0, cx0) if crop is not None else (0, 0)
-            p_all[:, ry.start - oy : ry.stop - oy, rx.start - ox : rx.stop - ox] = probs
-            if res.index + 1 < res.total:
-                yield PaintTile(lead + (ry, rx), None, done - 1, total)
-                continue
-            ids = stack_ids.add(z, instances_of_class(p_all, k_obj, class_names=names)).astype(dtype)
-            if crop is not None:
-                region = lead + (slice(cy0, cy1), slice(cx0, cx1))
-            else:
-                region = lead + (slice(None), slice(None))
-            yield PaintTile(region, ids, done - 1, total)
+            yield replace(item, index=done - 1, total=item.total * n_slices)
+
+
+def _section_objects(model: Any, instance_class: str | None):
+    """``objects(z, probabilities)``: a finished slice's objects of ``instance_class``, their ids
+    following those of the slices finished before (:class:`napari_unet.instances.SectionLinker`)."""
+    from napari_unet.instances import SectionLinker, class_index, instances_of_class
+
+    names = model.metadata.get("classes")
+    k_obj = class_index(instance_class, names, model.n_classes)
+    stack_ids = SectionLinker(link=False)  # ids unique across the stack, in the order slices finish
+
+    def objects(z: int, probabilities: np.ndarray) -> np.ndarray:
+        return stack_ids.add(z, instances_of_class(probabilities, k_obj, class_names=names))
+
+    return objects

@@ -620,19 +620,20 @@ class Trainer:
         return x, y, w, s
 
     def _block_probabilities(self, j: int, y: int, x: int, b: int) -> np.ndarray:
-        """The model's probabilities (K, b, b) of a square block of training slice ``j``."""
+        """The model's probabilities (K, b, b) of a square block of training slice ``j``: one tile
+        through the tile pipeline (:mod:`napari_unet.pipeline`) into a probabilities sink."""
+        from .engine import Settings
+        from .pipeline import Placed, Source, drain, run
+        from .sinks import Collect
+
         model = self.model
-        img = self.train_slices[j][0]
         size = model.input_size_for_output(b)
-        out = model.output_size(size)
-        off = (size - b) // 2
-        win = _read_window(img, y - off, x - off, size, size, mirror=True)
-        xt = torch.from_numpy(np.ascontiguousarray(win, dtype=np.float32))[None, None].to(self.device)
-        with torch.no_grad(), autocast(self.device, self.dtype):
-            logits = model(xt)
-        c = (out - b) // 2
-        p = torch.softmax(logits.float(), dim=1)[0, :, c : c + b, c : c + b]
-        return p.cpu().numpy()
+        off, c = (size - b) // 2, (model.output_size(size) - b) // 2
+        win = _read_window(self.train_slices[j][0], y - off, x - off, size, size, mirror=True)
+        tile = Placed(None, (slice(0, b), slice(0, b)), (slice(c, c + b), slice(c, c + b)))
+        source = Source([tile], lambda _: win, (size, size), (b, b))
+        sink = Collect(model.n_classes, (b, b), labels=False, probabilities=True)
+        return drain(run(model, source, sink, Settings(self.device, self.dtype, 1))).probabilities
 
     def _val_probabilities(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(probabilities (K, h, w), labels (h, w)) for each held-out slice or block, then

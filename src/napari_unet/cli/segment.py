@@ -312,22 +312,21 @@ def predict_with_progress(
     keep_probabilities: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class labels (uint8, 1..K) of ``data`` by in-process overlap-tile prediction under a progress bar,
-    and its probabilities (K, ...) when ``keep_probabilities``; ``segment`` and ``demo`` both use it."""
-    from ..inference import predict_tiles
+    and its probabilities (K, ...) when ``keep_probabilities``; ``segment`` and ``demo`` both use it.
+    Labels alone are taken on the device (:class:`napari_unet.sinks.Collect`)."""
+    from ..inference import predict_into
+    from ..sinks import Collect
 
-    labels = np.zeros(data.shape, dtype=np.uint8)
-    probs = np.zeros((model.n_classes, *data.shape), dtype=np.float32) if keep_probabilities else None
-    tiles = predict_tiles(
-        model, data, tile_shape=tile, batch_size=batch, device=device, precision=precision, tta=tta
+    sink = Collect(model.n_classes, data.shape, probabilities=keep_probabilities)
+    steps = predict_into(
+        model, data, sink, tile_shape=tile, batch_size=batch, device=device, precision=precision, tta=tta
     )
     with progress() as bar:
         task = bar.add_task("segment", total=None, info=name)
-        for res in tiles:
-            bar.update(task, total=res.total, completed=res.index + 1)
-            labels[res.region] = (np.argmax(res.probabilities, axis=0) + 1).astype(np.uint8)
-            if probs is not None:
-                probs[(slice(None), *res.region)] = res.probabilities
-    return labels, probs
+        for step in steps:
+            bar.update(task, total=step.total, completed=step.index + 1)
+    kept = sink.finish()
+    return kept.labels, kept.probabilities
 
 
 def run_blockwise(args: argparse.Namespace, model: UNet, data: Any) -> int:

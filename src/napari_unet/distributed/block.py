@@ -1,5 +1,5 @@
-"""One block: read its mirrored input window, run its tiles through the tile engine, write its
-chunk and marker.
+"""One block: read its mirrored input window (the source), run its tiles through the tile engine
+into a zarr chunk (the sink, :class:`napari_unet.sinks.ZarrChunk`), then leave its marker.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine import run_tiles
+from ..engine import Settings
 from ..model import UNet
 from ..normalize import Normalizer
+from ..pipeline import Placed, Source, drain, run
+from ..sinks import ZarrChunk
 from ..tileplan import default_batch
 from ..tiling import read_mirrored
 from .geometry import Block, BlockPlan
@@ -130,57 +132,55 @@ def _read_block_input(image: Any, plan: BlockPlan, block: Block) -> np.ndarray:
     return _read_window(image, block.z, wy0, wx0, h, w)
 
 
-def _segment_block(
-    model: UNet, dev: torch.device, dtype: torch.dtype, image: Any, job: _Job, block: Block
-) -> tuple[np.ndarray, str]:
-    """Class probabilities (K, bh, bw) of one block, and the hash of the input it read.
-
-    Each tile is fed exactly the pixels ``predict_tiles`` feeds it (same window, same normaliser,
-    same batch layout), so the block's values equal the in-process result bit for bit.
-    """
+def _block_source(job: _Job, block: Block, window: np.ndarray) -> Source:
+    """The tiles of one block, read from its normalised input ``window``; each keeps its part of
+    the block, in the block's own coordinates."""
     tp = job.plan.tiles
     c = tp.margin // 2
     th, tw = tp.tile_shape
     iy, ix = job.plan.tiles_of(block)
     wy0, wx0, _, _ = _block_window(job.plan, block)
-    raw = _read_block_input(image, job.plan, block)
-    digest = _window_digest(raw)
-    window = job.normalizer(raw)
-    bh, bw = block.y[1] - block.y[0], block.x[1] - block.x[0]
-    out = np.empty((job.n_classes, bh, bw), dtype=np.float32)
+    (by0, by1), (bx0, bx1) = block.y, block.x
+    tiles = []
+    for i in iy:
+        s_y, (k0, k1) = tp.starts[0][i], tp.keeps[0][i]
+        r0, r1 = max(k0, by0), min(k1, by1)
+        for j in ix:
+            s_x, (q0, q1) = tp.starts[1][j], tp.keeps[1][j]
+            q0, q1 = max(q0, bx0), min(q1, bx1)
+            region = (slice(r0 - by0, r1 - by0), slice(q0 - bx0, q1 - bx0))
+            tiles.append(Placed((i, j), region, (slice(r0 - s_y, r1 - s_y), slice(q0 - s_x, q1 - s_x))))
 
     def read(ij: tuple[int, int]) -> np.ndarray:
         ty, tx = tp.starts[0][ij[0]] - c - wy0, tp.starts[1][ij[1]] - c - wx0
         return window[ty : ty + th, tx : tx + tw]
 
-    pairs = [(i, j) for i in iy for j in ix]
-    batch = job.batch_size or default_batch(dev, (th, tw))
-    for (i, j), p in run_tiles(model, pairs, read, (th, tw), dev, dtype, batch_size=batch, tta=job.tta):
-        s_y, s_x = tp.starts[0][i], tp.starts[1][j]
-        r0, r1 = max(tp.keeps[0][i][0], block.y[0]), min(tp.keeps[0][i][1], block.y[1])
-        q0, q1 = max(tp.keeps[1][j][0], block.x[0]), min(tp.keeps[1][j][1], block.x[1])
-        out[:, r0 - block.y[0] : r1 - block.y[0], q0 - block.x[0] : q1 - block.x[0]] = p[
-            :, r0 - s_y : r1 - s_y, q0 - s_x : q1 - s_x
-        ]
-    return out, digest
+    return Source(tiles, read, (th, tw), (by1 - by0, bx1 - bx0))
+
+
+def _segment_block(
+    model: UNet, dev: torch.device, dtype: torch.dtype, image: Any, job: _Job, block: Block
+) -> str:
+    """Segment one block into its chunk of the output stores; the hash of the input it read.
+
+    Each tile is fed exactly the pixels ``predict_tiles`` feeds it (same window, same normaliser,
+    same batch layout), so the block's values equal the in-process result bit for bit. Without a
+    probabilities store the labels are taken on the device: one byte a pixel comes back.
+    """
+    raw = _read_block_input(image, job.plan, block)
+    source = _block_source(job, block, job.normalizer(raw))
+    sink = ZarrChunk(job.n_classes, source.shape, block.region, job.labels, job.probabilities)
+    batch = job.batch_size or default_batch(dev, source.tile_shape)
+    drain(run(model, source, sink, Settings(dev, dtype, batch, job.tta)))
+    return _window_digest(raw)
 
 
 def _run_block(block: Block, payload: ModelPayload, shipped: _Shipped, job: _Job) -> _Done:
-    """Task body: segment one block, write its chunk(s), then leave its completion marker."""
-    import zarr
-
+    """Task body: segment one block into its chunk(s), then leave its completion marker."""
     t0 = time.perf_counter()
     _set_task_threads(job)
     model, dev, dtype = _model_for(payload, job.device, job.precision)
-    probs, digest = _segment_block(model, dev, dtype, shipped.array, job, block)
-    labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
-    region = block.region
-    if block.z is not None:
-        labels = labels[None]
-        probs = probs[:, None]
-    zarr.open_array(job.labels, mode="r+")[region] = labels
-    if job.probabilities is not None:
-        zarr.open_array(job.probabilities, mode="r+")[(slice(None), *region)] = probs
+    digest = _segment_block(model, dev, dtype, shipped.array, job, block)
     Path(job.markers, block.key).write_text(digest)  # what the block read, checked on resume
     iy, ix = job.plan.tiles_of(block)
     device = f"{dev.type}:{torch.cuda.current_device()}" if dev.type == "cuda" else dev.type
