@@ -487,16 +487,17 @@ class Library:
             clean_stale(p)
         return entry
 
-    def clean(self, older_than_days: float = CLEAN_AFTER_DAYS) -> list[LibraryModel]:
-        """Delete unfinished runs started more than ``older_than_days`` ago, and the temporary
-        files of writes that died; returns the models deleted."""
+    def cleanable(self, older_than_days: float = CLEAN_AFTER_DAYS) -> list[LibraryModel]:
+        """The unfinished runs started more than ``older_than_days`` ago (what :meth:`clean` deletes)."""
         if older_than_days < 0 or older_than_days != older_than_days:
             raise UserInputError(f"the age of runs to delete must be 0 days or more, not {older_than_days}")
         cutoff = time.time() - older_than_days * 86400
-        removed = []
-        for entry in self.models():
-            if entry.status == UNFINISHED and entry.created.timestamp() <= cutoff:
-                removed.append(self.remove(entry.name))
+        return [e for e in self.models() if e.status == UNFINISHED and e.created.timestamp() <= cutoff]
+
+    def clean(self, older_than_days: float = CLEAN_AFTER_DAYS) -> list[LibraryModel]:
+        """Delete unfinished runs started more than ``older_than_days`` ago, and the temporary
+        files of writes that died; returns the models deleted."""
+        removed = [self.remove(entry.name) for entry in self.cleanable(older_than_days)]
         from .outputs import clean_stale
 
         with contextlib.suppress(OSError):
@@ -547,6 +548,7 @@ def keep_training(
     status = UNFINISHED
     result = None
     last_saved: float | None = None
+    event = None
     iterator: Iterator[Any] = iter(events)
     try:
         while True:
@@ -569,9 +571,23 @@ def keep_training(
             elif event.kind == "done":
                 status = UNFINISHED if control.get("closed") else FINISHED
             yield event
+    except GeneratorExit:  # the worker was told to quit (its window closed): keep the last step
+        _save_last(iterator, control.get("trainer"), event)
+        raise
     finally:
         library.finish(entry, control.get("trainer"), status)
     return result
+
+
+def _save_last(iterator: Iterator[Any], trainer: Any, event: Any) -> None:
+    """Write the checkpoint of a run stopped between two steps, so it resumes from its last one."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()  # the trainer's own clean-up first (eval mode, unfrozen, metadata)
+    if trainer is None or trainer.step == 0 or not trainer.config.checkpoint_path or event is None:
+        return
+    with contextlib.suppress(UserInputError, OSError):  # diverged or a full disk: the last one stays
+        trainer.save_checkpoint(trainer.config.checkpoint_path, event.elapsed)
 
 
 def train_into_library(
@@ -621,4 +637,5 @@ def _resumed_events(model, image, labels, config, control, checkpoint, before_tr
         trainer.stop()
     if before_training is not None:
         before_training()
-    return (yield from trainer.run())
+    yield from trainer.run()
+    return trainer

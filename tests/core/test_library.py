@@ -155,6 +155,22 @@ def test_a_closed_window_leaves_an_unfinished_run(make_unet, data):
     assert Trainer(load_model(kept.path), images, labels, config(10), resume_from=kept.path).step == 2
 
 
+def test_a_worker_told_to_quit_keeps_its_last_step(make_unet, data):
+    """Closing the generator between steps (a quitting worker) saves that step as unfinished."""
+    images, labels = data
+    library = Library()
+    entry = library.create("quit")
+    control: dict = {}
+    run = train_into_library(library, entry, make_unet(depth=2), images, labels, config(1000), control)
+    for event in run:
+        if event.kind == "step" and event.step == 3:
+            break
+    run.close()
+    [kept] = library.models()
+    assert kept.status == UNFINISHED and kept.steps == 3
+    assert load_model(kept.path).metadata["training"]["steps"] == 3
+
+
 def test_a_run_stopped_before_its_first_step_leaves_nothing(make_unet, data):
     images, labels = data
     library = Library()

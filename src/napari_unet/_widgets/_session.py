@@ -3,12 +3,12 @@
 A :class:`Session` belongs to one napari viewer and lives as long as it; :func:`session_for` finds
 it (the registry holds viewers weakly, so closing a viewer frees its models). The Fine-tune dock
 adds a model when training ends and the Segment dock lists it at once, through ``models_changed``.
-Nothing here imports Qt.
+The files of those models are in the model library (:mod:`napari_unet.library`), which outlives
+the session; nothing is written to a temporary folder. Nothing here imports Qt.
 """
 
 from __future__ import annotations
 
-import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ class SessionModel:
     model: UNet
     #: where it came from, e.g. "fine-tuned from em_membrane on 'stack' (200 steps)"
     description: str = ""
-    #: the checkpoint written when its training ended, if any
+    #: its file in the model library (written when its training ended), if any
     checkpoint: Path | None = None
     #: the file it was last saved to by the user, if any
     saved_to: Path | None = None
@@ -42,9 +42,8 @@ class Session:
     models: dict[str, SessionModel] = field(default_factory=dict)
     #: model files loaded in this viewer, keyed by (path, mtime, size), most recently used last
     file_models: dict[tuple[str, float, int], UNet] = field(default_factory=dict)
-    _checkpoint_dir: Path | None = None
 
-    #: emitted with no arguments whenever a model is added or removed
+    #: emitted with no arguments whenever a model is added or removed, here or in the model library
     models_changed = Signal()
     #: emitted with the image layer a person chose in one dock, so the other docks follow
     image_chosen = Signal(object)
@@ -80,12 +79,9 @@ class Session:
         """The session model called ``name``, or None."""
         return self.models.get(name)
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        """A private temporary folder for this session's checkpoints, made on first use."""
-        if self._checkpoint_dir is None:
-            self._checkpoint_dir = Path(tempfile.mkdtemp(prefix="napari-unet-"))
-        return self._checkpoint_dir
+    def with_checkpoint(self, path: Path) -> SessionModel | None:
+        """The session model whose file is ``path`` (a model of the library), or None."""
+        return next((m for m in self.models.values() if m.checkpoint == Path(path)), None)
 
 
 def _is_proxy(obj: Any) -> bool:

@@ -4,7 +4,10 @@ Annotations are a Labels layer over the image: 0 = not annotated, 1..K = the mod
 Clicking **Train** runs :class:`napari_unet.train.Trainer` in a worker thread (only the annotated
 slices of a stack are handed over) and plots each step's loss in the dock. **Stop** ends the run
 after the current step; the trainer then writes its checkpoint. The fine-tuned model joins this
-viewer's session, so the Segment dock can choose it, and it can be saved to a file.
+viewer's session, so the Segment dock can choose it, and it can be saved to a file. Every run
+trains into the model library (:mod:`napari_unet.library`), so the model is offered in later
+sessions too; a run cut short by a closed window or a crash stays there as "unfinished" and
+choosing it as the start model resumes it.
 """
 
 from __future__ import annotations
@@ -41,9 +44,12 @@ from qtpy.QtWidgets import (
 from napari_unet import layers as roles
 from napari_unet.device import DEVICES, select_device
 from napari_unet.errors import UserInputError
-from napari_unet.finetuning import annotated_slices, augmentation_preview, train_events
+from napari_unet.finetuning import annotated_slices, augmentation_preview
+from napari_unet.library import UNFINISHED, Library, readable_name, train_into_library
+from napari_unet.recipes import RECIPE_CHOICES, resolve_recipe
 
-from . import Dock, LayerComboBox, ModelChooser, _alive, grey_image, layer_data, unwrap
+from . import Dock, LayerComboBox, _alive, grey_image, layer_data, unwrap
+from ._library import LibraryModelChooser, LibraryPanel
 from ._loss_curve import LossCurve
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import SessionModel, session_for
@@ -134,6 +140,8 @@ class TrainingRun:
     classes: list[str]
     minutes: float | None
     checkpoint: str | None
+    #: the run's model in the model library
+    library_name: str = ""
     #: where training runs ("cpu", "cuda", ...): the live preview computes there too
     device: str = "cpu"
     t0: float = field(default_factory=time.perf_counter)
@@ -206,7 +214,8 @@ class FineTuneWidget(Dock):
             "An annotation layer for the image (the same as Annotate's): its classes, colours and autosave"
         )
         self.add_layer_button.clicked.connect(self.add_annotation_layer)
-        self.model_chooser = ModelChooser(napari_viewer)
+        self.model_chooser = LibraryModelChooser(napari_viewer)
+        self.library_panel = LibraryPanel(self.model_chooser)
         self.classes_label = QLabel("")
         self.classes_label.setWordWrap(True)
         self.limit_combo = QComboBox()
@@ -219,7 +228,7 @@ class FineTuneWidget(Dock):
         self.minutes_spin.setDecimals(1)
         self.minutes_spin.setValue(5.0)
         self.minutes_spin.setSuffix(" min")
-        from napari_unet.recipes import DEFAULT_RECIPE, RECIPE_CHOICES, RECIPES, resolve_recipe
+        from napari_unet.recipes import DEFAULT_RECIPE, RECIPES
 
         self.recipe_combo = QComboBox()
         self.recipe_combo.addItems(list(RECIPE_CHOICES))
@@ -277,6 +286,7 @@ class FineTuneWidget(Dock):
         form.addRow("Image", self.image_combo)
         form.addRow("Annotations", annot)
         form.addRow("Start from", self.model_chooser)
+        form.addRow("Library", self.library_panel)
         form.addRow("", self.classes_label)
         form.addRow("Train for", limit)
         form.addRow("Recipe", self.recipe_combo)
@@ -295,6 +305,7 @@ class FineTuneWidget(Dock):
 
         self.limit_combo.currentIndexChanged.connect(self._show_limit)
         self.model_chooser.changed.connect(self._show_classes)
+        self.model_chooser.changed.connect(self._show_resume)
         self.labels_combo.currentIndexChanged.connect(self._show_classes)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.image_combo.activated.connect(self._on_image_chosen)
@@ -304,6 +315,7 @@ class FineTuneWidget(Dock):
         self._apply_theme()
         self._show_limit()
         self._show_classes()
+        self._show_resume()
         self._run: TrainingRun | AugmentationRun | None = None
         #: the model made by the last run, as kept in the session, and what validation said of it
         self.result: SessionModel | None = None
@@ -466,7 +478,13 @@ class FineTuneWidget(Dock):
         from napari_unet.model import kept_classes
 
         start_model, start_name = self.model_chooser.load()
+        resume = self._unfinished()
         matched = self._match_classes(start_model, labels_layer)
+        if resume is not None and matched is not start_model:
+            raise UserInputError(
+                f"'{resume.name}' trains the classes {', '.join(class_names_of(start_model))}; resume it "
+                f"with annotations of those classes, or start a new run from another model"
+            )
         new_classes = bool(kept_classes(start_model, class_names_of(matched))[1])
         start_model = matched
         if labels.min() < 0 or k_high > start_model.n_classes:
@@ -476,9 +494,24 @@ class FineTuneWidget(Dock):
             )
         config = self._config(new_classes)
         device = str(select_device(config.device))
-        model = start_model  # train_events trains a copy, made in the worker
-        name = self.session.unique_name(f"{start_name} tuned on {image_layer.name}")
-        config.checkpoint_path = str(self.session.checkpoint_dir / f"{_safe(name)}.safetensors")
+        model = start_model  # train_into_library trains a copy, made in the worker
+        library = Library()
+        if resume is not None:
+            entry = library.resume(resume)
+            name = self.session.unique_name(entry.name)
+        else:
+            name = self.session.unique_name(f"{start_name} tuned on {image_layer.name}")
+            entry = library.create(
+                readable_name(start_name, image_layer.name),
+                source="viewer",
+                start_model=start_name,
+                image=image_layer.name,
+                classes=class_names_of(model),
+                recipe=resolve_recipe(self.recipe_combo.currentText(), new_classes),
+                planned={"steps": config.steps, "minutes": config.max_minutes},
+                learning_rate=config.learning_rate,
+            )
+        config.checkpoint_path = str(entry.path)
         control: dict[str, Any] = {}
         self._run = TrainingRun(
             control=control,
@@ -490,18 +523,22 @@ class FineTuneWidget(Dock):
             minutes=config.max_minutes,
             checkpoint=config.checkpoint_path,
             device=device,
+            library_name=entry.name,
         )
         self.loss_curve.clear()
         self.verdict_label.setText("")
         self.train_button.setEnabled(False)
         self.preview_button.setEnabled(False)
         self.task.start(
-            train_events,
+            train_into_library,
+            library,
+            entry,
             model,
             data,
             labels,
             config,
             control,
+            resume=resume is not None,
             on_yield=self._on_event,
             on_done=self._on_done,
             progress=self._progress,
@@ -527,6 +564,37 @@ class FineTuneWidget(Dock):
                 f"cannot train the classes of '{labels_layer.name}' ({', '.join(names)}) from "
                 f"this model: {exc}"
             ) from None
+
+    def _unfinished(self) -> Any:
+        """The unfinished library run chosen as the start model (Train resumes it), or None."""
+        entry = self.model_chooser.library_entry()
+        return entry if entry is not None and entry.status == UNFINISHED else None
+
+    def _show_resume(self, *_: Any) -> None:
+        """An unfinished run chosen: Train resumes it with its recipe and its planned length."""
+        if not _alive(self):
+            return
+        entry = self._unfinished()
+        self.train_button.setText("Resume" if entry is not None else "Train")
+        if entry is None:
+            return
+        record = entry.record
+        if record.get("recipe") in RECIPE_CHOICES:
+            self.recipe_combo.setCurrentText(record["recipe"])
+        rate = record.get("learning_rate")
+        if isinstance(rate, int | float):
+            self.lr_spin.setValue(float(rate))
+        planned = record.get("planned") or {}
+        if isinstance(planned.get("steps"), int):
+            self.limit_combo.setCurrentText("steps")
+            self.steps_spin.setValue(max(planned["steps"], entry.steps + 1))
+        elif isinstance(planned.get("minutes"), int | float):
+            self.limit_combo.setCurrentText("minutes")
+            self.minutes_spin.setValue(float(planned["minutes"]))
+        self.task.status.setText(
+            f"'{entry.name}' stopped at step {entry.steps}; Resume goes on from there on the same "
+            "image and annotations"
+        )
 
     @staticmethod
     def _stop(control: dict[str, Any]) -> None:
@@ -594,10 +662,12 @@ class FineTuneWidget(Dock):
         )
 
     def dock_closed(self) -> None:
-        """Stop training (after its step, keeping the checkpoint) and the live preview (after its
-        tile): no work outlives the dock."""
-        super().dock_closed()
+        """Stop training (after its step, keeping the checkpoint in the library as "unfinished")
+        and the live preview (after its tile): no work outlives the dock."""
         run = self._run
+        if isinstance(run, TrainingRun):
+            run.control["closed"] = True  # the library keeps the run as unfinished, to resume
+        super().dock_closed()
         if isinstance(run, TrainingRun) and run.preview_worker is not None:
             run.preview_worker.quit()
 
@@ -702,7 +772,7 @@ class FineTuneWidget(Dock):
                 "Segment or save it"
             )
             if self.result.checkpoint is not None:
-                text += f" (checkpoint {self.result.checkpoint})"
+                text += f" (kept in the model library as '{run.library_name}')"
             self.task.status.setText(text)
             notify_info(f"fine-tuned model '{self.result.name}' is ready")
         elif outcome == DONE:

@@ -45,7 +45,6 @@ from napari_unet.stream import PaintTile, segmentation_tiles, slice_order
 from . import (
     Dock,
     LayerComboBox,
-    ModelChooser,
     _alive,
     grey_image,
     image_key_of,
@@ -53,6 +52,7 @@ from . import (
     linked_layer,
     unwrap,
 )
+from ._library import LibraryModelChooser
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import session_for
 from ._worker import CANCELLED, DONE, TaskPanel, start_worker
@@ -167,7 +167,7 @@ class SegmentWidget(Dock):
         self.viewer = napari_viewer = unwrap(napari_viewer)
         self.session = session_for(napari_viewer)
         self.image_combo = LayerComboBox(napari_viewer, Image)
-        self.model_chooser = ModelChooser(napari_viewer)
+        self.model_chooser = LibraryModelChooser(napari_viewer)  # the library too: earlier sessions' models
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(list(SCOPES))
         self.scope_combo.setToolTip(
