@@ -146,7 +146,8 @@ for _ in train_into_library(lib, entry, load_model({str(model_file)!r}),
     assert entry.status == UNFINISHED
     step = load_model(entry.path).metadata["training"]["steps"]
 
-    widget.model_chooser.refresh()  # the library changed outside this viewer
+    assert widget.model_chooser.refresh_if_changed()  # the library changed outside this viewer
+    assert not widget.model_chooser.refresh_if_changed()
     items = chooser_items(widget.model_chooser)
     assert f"Library: killed run (unfinished at step {entry.steps}: resume in Fine-tune)" in items
     widget.model_chooser.select_library("killed run")

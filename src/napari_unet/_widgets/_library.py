@@ -12,7 +12,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import Qt, QUrl
+from qtpy.QtCore import QEvent, Qt, QUrl
 from qtpy.QtGui import QDesktopServices
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -40,9 +40,36 @@ class LibraryModelChooser(ModelChooser):
 
     LIBRARY = "library"
 
+    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(viewer, parent)
+        # a model trained meanwhile elsewhere (another viewer, the command line) shows up when the
+        # list is opened
+        self.combo.installEventFilter(self)
+
+    def eventFilter(self, watched: Any, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        """Before the list opens (click or key), list the library again if its folder changed."""
+        if watched is self.combo and event.type() in (QEvent.Type.MouseButtonPress, QEvent.Type.KeyPress):
+            self.refresh_if_changed()
+        return super().eventFilter(watched, event)
+
+    def _library_stamp(self) -> tuple[str, int]:
+        root = Library().root
+        try:
+            return str(root), root.stat().st_mtime_ns
+        except OSError:
+            return str(root), 0
+
+    def refresh_if_changed(self) -> bool:
+        """List the library again when its folder changed since the last listing; True if it did."""
+        if getattr(self, "_listed", None) == self._library_stamp():
+            return False
+        self.refresh()
+        return True
+
     def refresh(self) -> None:
         """List the shipped model, this viewer's models, the library's models and "Model file…"."""
         current = self.choice()
+        self._listed = self._library_stamp()
         super().refresh()
         self.combo.blockSignals(True)
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,28 +17,10 @@ PROG = "napari-unet"
 
 
 def model_path(spec: str) -> Path:
-    """The file of the model named on the command line: a path, else a model of the model library.
+    """The file of the model named on the command line: a path, or a model library name."""
+    from ..models import find_model_file
 
-    A name that is no file is looked up in the library (exactly, ignoring case, or by the start of
-    its name); a path-like name that does not exist is reported as a missing file.
-    """
-    path = Path(spec).expanduser()
-    if path.exists() or path.is_symlink():
-        return path
-    looks_like_path = os.sep in spec or path.suffix.lower() in (".safetensors", ".zip", ".yaml")
-    from ..library import Library
-
-    entry = Library().find(spec) if spec.strip() else None
-    if entry is not None:
-        if not entry.loadable:
-            raise UserInputError(f"library model '{entry.name}' has no checkpoint yet (its run made none)")
-        return entry.path
-    if looks_like_path:
-        raise UserInputError(f"model file {spec} does not exist")
-    raise UserInputError(
-        f"model {spec!r} is neither a file nor a model of the model library; "
-        "'napari-unet models' lists the library"
-    )
+    return find_model_file(spec)
 
 
 def resolve_model(spec: str | None) -> UNet:
@@ -91,6 +72,9 @@ def parse_label_map(text: str | None) -> dict[int, int] | None:
     """``"0:1,255:2"`` -> {0: 1, 255: 2}; None stays None."""
     if not text:
         return None
+    from ..arguments import check_label_map
+
+    check_label_map(text)  # one stored value, one class: 0:1,0:2 is refused
     mapping: dict[int, int] = {}
     try:
         for part in text.split(","):

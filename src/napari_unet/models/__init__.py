@@ -1,8 +1,11 @@
-"""Models shipped inside the package."""
+"""Models shipped inside the package, and finding a model by file or by library name."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from ..errors import UserInputError
 
 #: File name of the default EM membrane model shipped with the package.
 DEFAULT_MODEL_NAME = "em_membrane.safetensors"
@@ -12,3 +15,28 @@ def default_model_path() -> Path | None:
     """Path of the shipped default model, or None when this installation has none."""
     path = Path(__file__).with_name(DEFAULT_MODEL_NAME)
     return path if path.is_file() else None
+
+
+def find_model_file(spec: str) -> Path:
+    """The file of a model named by a path or by its name in the model library.
+
+    A path that exists wins; otherwise the library is asked (the exact name, ignoring case, or the
+    start of a name). A path-like name (a folder separator or a model suffix) that is neither is
+    reported as a missing file, anything else as an unknown model.
+    """
+    path = Path(spec).expanduser()
+    if path.exists() or path.is_symlink():
+        return path
+    from ..library import Library
+
+    entry = Library().find(spec) if spec.strip() else None
+    if entry is not None:
+        if not entry.loadable:
+            raise UserInputError(f"library model '{entry.name}' has no checkpoint yet (its run made none)")
+        return entry.path
+    if os.sep in spec or path.suffix.lower() in (".safetensors", ".zip", ".yaml"):
+        raise UserInputError(f"model file {spec} does not exist")
+    raise UserInputError(
+        f"model {spec!r} is neither a file nor a model of the model library; "
+        "'napari-unet models' lists the library"
+    )
