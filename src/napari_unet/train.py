@@ -27,6 +27,7 @@ from .inference import predict
 from .model import UNet
 from .model import class_names as model_class_names
 from .normalize import DEFAULT_NORMALIZATION, Normalizer, compute_normalizer
+from .sinks import class_labels
 from .tileplan import training_tile
 from .tiling import mirror_indices
 from .verdict import UnitCounts, Verdict, judge
@@ -651,7 +652,7 @@ class Trainer:
         """The start model's classes (1..K) from probabilities: its kept channels only (a new
         channel holds random weights before training); the plain argmax when none is kept."""
         if not any(self.kept) or all(self.kept):
-            return np.argmax(p, axis=0) + 1
+            return class_labels(p)
         channels = np.array(self._kept_channels)
         return channels[np.argmax(p[channels], axis=0)] + 1
 
@@ -675,7 +676,7 @@ class Trainer:
         rands = []
         try:
             for idx, (p, lab) in enumerate(self._val_probabilities()):
-                pred = self._start_classes(p) if first else np.argmax(p, axis=0) + 1
+                pred = self._start_classes(p) if first else class_labels(p)
                 if first:
                     start_pred.append(pred.astype(np.uint8))
                 before = start_pred[idx]
