@@ -222,3 +222,19 @@ def writer_metadata(meta: Any) -> dict[str, Any]:
     if features is not None and not (hasattr(features, "columns") or isinstance(features, Mapping)):
         meta["features"] = None
     return meta
+
+
+def check_label_map(text: str | None, flag: str = "--label-map") -> None:
+    """Refuse a label map that sends one stored value to two classes (``0:1,0:2``)."""
+    if not text:
+        return
+    seen: dict[str, str] = {}
+    for part in str(text).split(","):
+        value, _, cls = part.partition(":")
+        value, cls = value.strip(), cls.strip()
+        if value in seen and seen[value] != cls:
+            raise UserInputError(
+                f"{flag} {text!r} maps the value {value} to class {seen[value]} and to class {cls}; "
+                "give each stored value one class"
+            )
+        seen[value] = cls

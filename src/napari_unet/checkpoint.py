@@ -62,9 +62,23 @@ def save_model(
             "replaced; choose another path"
         )
     with safe_output(path, overwrite=True, what="model file") as tmp:
-        save_file(tensors, tmp, metadata={HEADER_KEY: header})
+        try:
+            save_file(tensors, tmp, metadata={HEADER_KEY: header})
+        except SafetensorError as exc:  # its I/O errors (a full disk) come wrapped: unwrap them
+            raise _as_os_error(exc) from None
         os.chmod(tmp, file_mode())  # the same permissions as any other output (0644 under umask 022)
     return path
+
+
+def _as_os_error(exc: Exception) -> OSError:
+    """The OSError inside a safetensors error ("... (os error 28)"), so it reads as one line."""
+    import re
+
+    m = re.search(r"os error (\d+)", str(exc))
+    if m:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code))
+    return OSError(str(exc).strip().splitlines()[0] if str(exc).strip() else "safetensors could not write")
 
 
 def _is_model_file(path: Path) -> bool:

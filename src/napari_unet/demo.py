@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -61,14 +62,31 @@ def save_overlay(path: Path, rgb: np.ndarray) -> None:
     """The overlay PNG, tagged as napari-unet's and renamed into place only when complete."""
     from PIL import Image, PngImagePlugin
 
-    from .atomic import atomic_write
-    from .outputs import TIFF_SOFTWARE, OutputLock
+    from .outputs import TIFF_SOFTWARE, safe_output
 
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", TIFF_SOFTWARE)
-    with OutputLock(path):
-        try:
-            with atomic_write(path) as tmp:
-                Image.fromarray(rgb).save(tmp, format="PNG", pnginfo=info)
-        except OSError as exc:
-            raise UserInputError(f"cannot write {path} ({exc.strerror or exc}); check free space") from None
+    with safe_output(path, overwrite=True, what="demo overlay") as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG", pnginfo=info)
+
+
+def write_results(output: Path, classes: np.ndarray, inst: np.ndarray, overlay: np.ndarray) -> None:
+    """The demo's three files, all or none; a folder made for them goes again if they could not be."""
+    from . import io
+    from .outputs import os_error_message, staged
+
+    created = not output.exists()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(os_error_message(exc, output / DEMO_FILES[0], "demo results")) from None
+    try:
+        with staged([output / n for n in DEMO_FILES]) as (masks, instances, picture):
+            io.write_labels(masks, classes, overwrite=True)
+            io.write_labels(instances, inst, overwrite=True)
+            save_overlay(picture, overlay)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only when empty: nothing of anyone's is removed
+        raise

@@ -227,3 +227,45 @@ def evaluate_instances(instances, gt_cell_mask) -> dict[str, float]:
         rows.append((adapted_rand_error(cells, grown), split, merge))
     mean = np.nanmean(np.array(rows, dtype=float), axis=0)
     return {"adapted_rand_error": float(mean[0]), "vi_split": float(mean[1]), "vi_merge": float(mean[2])}
+
+
+def check_class_labels(labels: np.ndarray, what: str) -> np.ndarray:
+    """Class labels as integers; float data must hold whole, finite class ids (not probabilities).
+
+    A float map that is all NaN, holds NaN or holds fractions is refused with one line instead of
+    being scored as if it were classes.
+    """
+    arr = np.asarray(labels)
+    if arr.dtype.kind == "b":
+        return arr.astype(np.uint8)
+    if arr.dtype.kind in "iu":
+        return arr
+    if arr.dtype.kind != "f":
+        raise UserInputError(f"{what} has data type {arr.dtype}; expected class labels (integers)")
+    finite = np.isfinite(arr)
+    if not finite.any():
+        raise UserInputError(f"{what} holds no finite values (all NaN or infinite); it is not a segmentation")
+    if not finite.all():
+        bad = int(arr.size - np.count_nonzero(finite))
+        raise UserInputError(f"{what} holds {bad} NaN or infinite pixels; class labels are whole numbers")
+    if np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 2**31:
+        raise UserInputError(
+            f"{what} holds fractional or negative values ({float(arr.min()):.3g}..{float(arr.max()):.3g}); "
+            "evaluate compares class labels such as segment's -o output, not probabilities"
+        )
+    return arr.astype(np.int64)
+
+
+def check_class_present(cls: int, pred: np.ndarray, gt: np.ndarray, flag: str = "--cell-class") -> None:
+    """Refuse a class that is in neither map: its scores would be NaN or a meaningless perfect 0."""
+    if np.any(gt == cls) or np.any(pred == cls):
+        return
+
+    def listed(a: np.ndarray) -> str:
+        values = [int(v) for v in np.unique(a) if v > 0][:12]
+        return ", ".join(map(str, values)) or "none"
+
+    raise UserInputError(
+        f"{flag} {cls} appears in neither the prediction (classes {listed(pred)}) nor the ground "
+        f"truth (classes {listed(gt)}); name a class they hold"
+    )

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from ._extras import require
-from .atomic import atomic_write
 from .errors import UserInputError
 
 #: Suffix that selects an OME-Zarr output.
@@ -234,9 +233,10 @@ def write_into_image(
     ome = require_library()
     import zarr
 
+    from .outputs import check_name, safe_output
+
     root = Path(os.fspath(image))
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise UserInputError(f"label name {name!r} must be a plain folder name (no '/', not hidden)")
+    check_name(name, "label name")
     version, ms = image_metadata(root)
     axes = [a if isinstance(a, dict) else {"name": str(a)} for a in (ms.get("axes") or [])]
     datasets = ms.get("datasets") or []
@@ -259,21 +259,15 @@ def write_into_image(
     arr = arr[index]  # size-1 axes where the image has channels or time
     labels_dir = root / "labels"
     target = labels_dir / name
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise UserInputError(f"{target} exists; pass --overwrite to replace it")
     zarr_format = 2 if version == "0.4" else 3
     fmt = ome.format.format_from_version(version)
-    lgroup = zarr.open_group(str(labels_dir), mode="a", zarr_format=zarr_format)
-    try:
-        with atomic_write(target) as tmp:
-            write_label_group(
-                tmp, arr, axes=axes, scale=scale, class_names=class_names, version=version,
-                source_image="../../",
-            )  # fmt: skip
-    except OSError as exc:
-        raise UserInputError(
-            f"cannot write {target} ({exc}); check free disk space and permissions"
-        ) from exc
+    # replaced only with overwrite, only if napari-unet wrote it and nothing was added inside
+    with safe_output(target, overwrite=overwrite, what="labels") as tmp:
+        write_label_group(
+            tmp, arr, axes=axes, scale=scale, class_names=class_names, version=version,
+            source_image="../../",
+        )  # fmt: skip
+        lgroup = zarr.open_group(str(labels_dir), mode="a", zarr_format=zarr_format)
     listed = [str(n) for n in (ome.writer.get_metadata(lgroup).get("labels") or [])]
     if name not in listed:
         ome.writer.add_metadata(lgroup, {"labels": [*listed, name]}, fmt=fmt)

@@ -170,7 +170,7 @@ def _zarr_store_ours(p: Path) -> bool:
     folders = [e.name for e in entries if e.is_dir()]
     if any(f not in _ZARR_META and not _CHUNK_NAME.match(f) for f in files):
         return False
-    is_array = (p / ".zarray").is_file() or '"array"' in _read_small(p / "zarr.json")
+    is_array = (p / ".zarray").is_file() or _v3_node_type(p) == "array"
     if is_array:
         return _chunks_only(p)
     ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
@@ -181,11 +181,12 @@ def _zarr_store_ours(p: Path) -> bool:
     return all(f in levels and _chunks_only(p / f) for f in folders)
 
 
-def _read_small(p: Path) -> str:
+def _v3_node_type(p: Path) -> str | None:
     try:
-        return p.read_text()[:4096] if p.is_file() else ""
-    except OSError:
-        return ""
+        doc = json.loads((p / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get("node_type") if isinstance(doc, dict) else None
 
 
 def special_kind(path: str | os.PathLike) -> str | None:
@@ -395,9 +396,9 @@ def _free_text(target: Path) -> str:
     while not parent.exists() and parent.parent != parent:
         parent = parent.parent
     try:
-        return f"{human_bytes(shutil.disk_usage(parent).free)} free in {parent}"
+        return f"it needs more than the {human_bytes(shutil.disk_usage(parent).free)} free in {parent}"
     except OSError:
-        return f"no space left in {parent}"
+        return f"no space is left in {parent}"
 
 
 def os_error_message(exc: BaseException, target: str | os.PathLike, what: str = "output") -> str:
@@ -701,6 +702,52 @@ def swap_into_place(tmp: Path, target: Path) -> None:
         os.replace(old, target)
         raise
     remove(old)
+
+
+@contextlib.contextmanager
+def staged(targets: Iterable[str | os.PathLike | None]) -> Iterator[list[Path | None]]:
+    """Yield a staging path per output of one run (None stays None); put them all in place together.
+
+    Each staging path has its output's own name, inside a hidden folder beside it
+    (``.NAME.partial-HOST-PID-RAND/NAME``), so a writer that goes by the suffix writes it as it would
+    the output. Only when the whole block succeeds are the finished outputs swapped into place; on
+    any failure none is, the staging folders are removed, and every output is as it was before.
+    Ownership was checked before the work; it is checked again just before each swap.
+    """
+    finals = [None if t is None else Path(os.fspath(t)) for t in targets]
+    folders = [None if t is None else temp_name(t) for t in finals]
+    paths: list[Path | None] = []
+    try:
+        for t, folder in zip(finals, folders, strict=True):
+            if t is None or folder is None:
+                paths.append(None)
+                continue
+            folder.mkdir(parents=True)
+            paths.append(folder / t.name)
+        yield paths
+        for t, path in zip(finals, paths, strict=True):
+            if t is not None and path is not None and exists(path):
+                check_replaceable(t)
+        for t, path in zip(finals, paths, strict=True):
+            if t is not None and path is not None and exists(path):
+                from .atomic import commit
+
+                try:
+                    commit(path, t)
+                except OSError as exc:
+                    raise UserInputError(os_error_message(exc, t)) from None
+    except OSError as exc:
+        raise UserInputError(os_error_message(exc, finals[0] or "output")) from None
+    except UserInputError as exc:  # a writer's message names its staging path: name the output
+        text = str(exc)
+        for t, path, folder in zip(finals, paths, folders, strict=False):
+            if t is not None and path is not None and folder is not None:
+                text = text.replace(str(path), str(t)).replace(str(folder), str(t.parent))
+        raise UserInputError(text) from None
+    finally:
+        for folder in folders:
+            if folder is not None:
+                remove(folder)
 
 
 def write_text(target: str | os.PathLike, text: str, *, overwrite: bool, what: str = "output") -> Path:

@@ -156,7 +156,7 @@ def test_full_disk_is_one_line(tmp_path, model_file, image_tif, capsys, monkeypa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.tif")] == []
     monkeypatch.setattr(outputs, "swap_into_place", full)
     truth = tmp_path / "t.tif"
-    tifffile.imwrite(truth, np.ones((8, 8), np.uint8))
+    tifffile.imwrite(truth, (np.indices((8, 8)).sum(0) % 2 + 1).astype(np.uint8))  # classes 1 and 2
     code, err = run(["evaluate", "--pred", truth, "--gt", truth, "--json", tmp_path / "m.json"], capsys)
     assert code == 2 and "No space left" in err.splitlines()[-1] and not (tmp_path / "m.json").exists()
 
@@ -221,7 +221,9 @@ def test_zarr_with_two_arrays_from_the_command_line(tmp_path, model_file, capsys
     code, err = run(["segment", f"{store}:raw", "-o", tmp_path / "a.tif", "--model", model_file], capsys)
     assert code == 0, err
     # evaluate reads PATH:DATASET too
-    code, err = run(["evaluate", "--pred", f"{store}:mask", "--gt", f"{store}:mask"], capsys)
+    code, err = run(
+        ["evaluate", "--pred", f"{store}:mask", "--gt", f"{store}:mask", "--cell-class", "1"], capsys
+    )
     assert code == 0, err
     code, err = run(["evaluate", "--pred", f"{store}:nope", "--gt", f"{store}:mask"], capsys)
     assert code == 2 and one_line(err) and "no array 'nope'" in err

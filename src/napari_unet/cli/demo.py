@@ -39,9 +39,9 @@ def run_demo(
     output: Path, data: str = "auto", slices: int | None = None, device: str = "auto", tta: str = "none"
 ) -> dict:
     """Segment the sample with the shipped model; write masks.tif, instances.tif, overlay.png."""
-    from .. import io, metrics
+    from .. import metrics
     from ..checkpoint import load_model
-    from ..demo import check_demo_output, load_sample, overlay_rgb, save_overlay
+    from ..demo import check_demo_output, load_sample, overlay_rgb
     from ..models import default_model_path
     from ..postprocess import cell_class_index, instances
 
@@ -60,13 +60,9 @@ def run_demo(
     )
     cell = cell_class_index(model.metadata.get("classes"), k)
     inst = instances(probs[cell - 1])
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserInputError(f"cannot create {output} ({exc.strerror or exc}); pick another folder") from None
-    io.write_labels(output / "masks.tif", classes, overwrite=True)
-    io.write_labels(output / "instances.tif", inst, overwrite=True)
-    save_overlay(output / "overlay.png", overlay_rgb(images[0], inst[0]))
+    from ..demo import write_results
+
+    write_results(output, classes, inst, overlay_rgb(images[0], inst[0]))
     summary = {"data": name, "shape": list(images.shape), "instances": int(inst.max())}
     if truth is not None:
         result = metrics.evaluate_stack(probs[cell - 1], truth == cell)

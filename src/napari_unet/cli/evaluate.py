@@ -53,13 +53,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise UserInputError(f"--json {args.json} must end in .json")
     from .. import metrics  # scikit-image: imported once the inputs are known to exist
 
-    pred = read_array(args.pred, "prediction")
-    gt = apply_label_map(read_array(args.gt, "ground truth"), mapping)
+    pred = metrics.check_class_labels(read_array(args.pred, "prediction"), f"prediction {args.pred}")
+    gt = read_array(args.gt, "ground truth")
+    if mapping is None:
+        gt = metrics.check_class_labels(gt, f"ground truth {args.gt}")
+    gt = apply_label_map(gt, mapping)
     if pred.shape != gt.shape:
         raise UserInputError(f"prediction has shape {pred.shape} but ground truth has shape {gt.shape}")
     if pred.ndim == 2:
         pred, gt = pred[None], gt[None]
     cell = args.cell_class
+    metrics.check_class_present(cell, pred, gt)
     classes = sorted({int(c) for c in np.unique(gt) if c > 0})
     rows = []
     for z in range(pred.shape[0]):

@@ -59,7 +59,7 @@ def _output_locks(args: argparse.Namespace):
         targets = [args.output, args.probabilities]
     elif args.command == "evaluate":
         targets = [args.json]
-    elif args.command == "demo":
+    elif args.command in ("demo", "train", "export"):  # two runs to one -o: the second is refused
         targets = [args.output]
     existing = [t for t in targets if t is not None and Path(t).absolute().parent.is_dir()]
     return locked(existing)

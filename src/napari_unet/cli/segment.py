@@ -191,22 +191,27 @@ def cmd_segment(args: argparse.Namespace) -> int:
         model, data, src.name, tile=args.tile, batch=args.batch, device=args.device,
         precision=args.precision, tta=args.tta, keep_probabilities=bool(args.probabilities or args.instances),
     )  # fmt: skip
-    if args.instances:
-        result = _instances_from_probabilities(args, model, probs)
-        written = io.write_labels(
-            out, result, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit
-        )
-        count = int(np.count_nonzero(np.unique(result)))  # cells tile the image: there may be no 0
-        print(f"{count} objects {result.shape} -> {written}", file=sys.stderr)
-    else:
-        written = io.write_labels(
-            out, labels, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit,
-            class_names=model.metadata.get("classes"),
-        )  # fmt: skip
-        print(f"labels {labels.shape} (classes 1..{k}) -> {written}", file=sys.stderr)
-    if args.probabilities:
-        p = io.write_probabilities(Path(args.probabilities), probs, overwrite=args.overwrite)
-        print(f"probabilities {probs.shape} -> {p}", file=sys.stderr)
+    from ..outputs import staged
+
+    # both outputs or neither: a failed --probabilities leaves no new labels and no litter
+    with staged([out, args.probabilities]) as (out_tmp, probs_tmp):
+        if args.instances:
+            result = _instances_from_probabilities(args, model, probs)
+            io.write_labels(
+                out_tmp, result, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit
+            )
+            count = int(np.count_nonzero(np.unique(result)))  # cells tile the image: there may be no 0
+            done = [f"{count} objects {result.shape} -> {out}"]
+        else:
+            io.write_labels(
+                out_tmp, labels, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit,
+                class_names=model.metadata.get("classes"),
+            )  # fmt: skip
+            done = [f"labels {labels.shape} (classes 1..{k}) -> {out}"]
+        if probs_tmp is not None:
+            io.write_probabilities(probs_tmp, probs, overwrite=args.overwrite)
+            done.append(f"probabilities {probs.shape} -> {args.probabilities}")
+    print("\n".join(done), file=sys.stderr)
     return 0
 
 
@@ -220,6 +225,9 @@ def _segment_into_input(args: argparse.Namespace) -> int:
         raise UserInputError("segment needs -o/--output, or --into-input for an OME-Zarr input")
     if args.output is not None:
         raise UserInputError("give either -o/--output or --into-input, not both")
+    from ..outputs import check_name, temp_name
+
+    check_name(args.into_input, "--into-input")  # a name, not a path: before anything is touched
     src = Path(args.input)
     if not src.exists():
         raise UserInputError(f"input {src} does not exist")
@@ -230,7 +238,8 @@ def _segment_into_input(args: argparse.Namespace) -> int:
         check_output(Path(args.probabilities), args.overwrite, "probabilities output")
     classes = None if args.instances else resolve_model(args.model).metadata.get("classes")
     omezarr.require_library()  # the extra is there before the segmentation runs
-    tmp = src.parent / f".{src.name}.{args.into_input}.labels.zarr"
+    work = temp_name(src)
+    tmp = work.with_name(work.name + ".labels.zarr")  # unique to this run: never someone else's folder
     overwrite = args.overwrite
     args.output, args.into_input, args.overwrite = str(tmp), None, True
     try:

@@ -127,6 +127,9 @@ def _format_of(path: Path) -> formats.Format:
     """The registered format of an existing path: by suffix for a file, by asking for a folder."""
     if not path.exists():
         raise UserInputError(f"{path} does not exist; check the path")
+    from napari_unet.outputs import check_not_special
+
+    check_not_special(path, "input")  # reading a named pipe would wait forever
     if path.is_dir():
         by_suffix = formats.format_of_suffix(path)
         if by_suffix is not None and by_suffix.folder:

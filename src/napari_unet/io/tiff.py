@@ -61,6 +61,30 @@ def _tiff_voxel(tif: Any, shape: Sequence[int]) -> tuple[tuple[float, ...] | Non
     return _calibration([None, y, x], [unit] * 3, ndim)
 
 
+def _check_declared_data(p: Path, tif: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a TIFF whose first or last page declares pixel data past the end of the file.
+
+    A damaged or hostile header (a few hundred bytes declaring 60000 x 60000 pixels) is named as
+    what it is before any memory is reserved for it.
+    """
+    size = p.stat().st_size
+    pages = [tif.pages[0]] if len(tif.pages) < 2 else [tif.pages[0], tif.pages[-1]]
+    for page in pages:
+        offsets = getattr(page, "dataoffsets", None) or ()
+        counts = getattr(page, "databytecounts", None) or ()
+        end = max((int(o) + int(c) for o, c in zip(offsets, counts, strict=False)), default=0)
+        if end > size:
+            from napari_unet.outputs import human_bytes
+
+            declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            dims = " x ".join(str(s) for s in shape)
+            raise UserInputError(
+                f"{p} declares a {dims} image ({human_bytes(declared)}) whose pixel data would end at "
+                f"byte {end}, but the file holds {human_bytes(size)}; it is truncated or its header is "
+                "damaged"
+            )
+
+
 def _probe_tiff(p: Path) -> _Probe:
     import tifffile
 
@@ -78,6 +102,7 @@ def _probe_tiff(p: Path) -> _Probe:
             level = series.levels[0] if getattr(series, "levels", None) else series
             shape = tuple(int(s) for s in level.shape)
             dtype = np.dtype(level.dtype)
+            _check_declared_data(p, tif, shape, dtype)
             voxel, unit = _tiff_voxel(tif, shape)
     except UserInputError:
         raise

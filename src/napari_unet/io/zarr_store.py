@@ -63,14 +63,17 @@ def _ome_multiscales(attrs: dict) -> list | None:
     return ms if isinstance(ms, list) and ms else None
 
 
-def _ome_voxel(ms: dict, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None]:
-    """Voxel size of the full-resolution level from OME-Zarr multiscales metadata."""
+def _ome_voxel(
+    ms: dict, shape: Sequence[int], level: str | None = None
+) -> tuple[tuple[float, ...] | None, str | None]:
+    """Voxel size of the level ``level`` (default: the first) from OME-Zarr multiscales metadata."""
     axes = ms.get("axes") or []
     axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
     if len(axes) != len(shape):
         return None, None
     scale = [1.0] * len(shape)
-    transforms = list(ms["datasets"][0].get("coordinateTransformations") or [])
+    dataset = next((d for d in ms["datasets"] if str(d.get("path")) == level), ms["datasets"][0])
+    transforms = list(dataset.get("coordinateTransformations") or [])
     transforms += list(ms.get("coordinateTransformations") or [])
     found = False
     for t in transforms:
@@ -113,17 +116,15 @@ def _zarr_pick(
     ms = _ome_multiscales(dict(node.attrs))
     if ms is not None:
         try:
-            level = str(ms[0]["datasets"][0]["path"])
-            arr = node[level]
+            level, arr = _full_resolution(node, ms[0])
         except Exception as exc:
             raise UserInputError(
-                f"{p} has OME multiscales metadata without a readable level 0 "
+                f"{p} has OME multiscales metadata without a readable full-resolution level "
                 f"({_one_line(exc)}); check the store"
             ) from exc
-        voxel, unit = _ome_voxel(ms[0], arr.shape)
+        voxel, unit = _ome_voxel(ms[0], arr.shape, level)
         return arr, prefix + level, voxel, unit
-    if "0" in set(node.array_keys()):
-        return node["0"], prefix + "0", None, None
+    # no OME metadata: an array named "0" is not a pyramid level by its name alone (HDF5's rule)
     arrays = _zarr_arrays(node)
     if len(arrays) == 1:
         name, arr = arrays[0]
@@ -135,6 +136,20 @@ def _zarr_pick(
         name, arr = images[0]
         return arr, prefix + name, None, None
     raise _several_arrays(p, [prefix + n for n, _ in (images or arrays)])
+
+
+def _full_resolution(node: Any, ms: dict) -> tuple[str, Any]:
+    """(path, array) of the full-resolution level of OME multiscales: the largest of its datasets
+    (the first one, when the store follows the specification's order)."""
+    levels = []
+    for d in ms["datasets"]:
+        path = str(d["path"])
+        arr = node[path]
+        levels.append((int(np.prod([int(s) for s in arr.shape], dtype=np.int64)), -len(levels), path, arr))
+    if not levels:
+        raise ValueError("its datasets list is empty")
+    _, _, path, arr = max(levels, key=lambda t: (t[0], t[1]))
+    return path, arr
 
 
 def _stored_voxel(arr: Any) -> tuple[tuple[float, ...] | None, str | None]:
