@@ -222,8 +222,10 @@ class Library:
     def find(self, name: str) -> LibraryModel | None:
         """The model called ``name``: exact, else ignoring case, else the one whose name starts so.
 
-        Several models starting with ``name`` raise UserInputError naming them.
+        Several models starting with ``name`` raise UserInputError naming them; an empty name finds none.
         """
+        if not name.strip():
+            return None
         models = self.models()
         for match in (
             lambda e: e.name == name,
@@ -440,7 +442,7 @@ class Library:
 
     def rename(self, name: str, new_name: str) -> LibraryModel:
         """Give the model ``name`` the name ``new_name``; its files are renamed to match."""
-        entry = self.get(name)
+        entry = self.exact(name)
         if entry.status == RUNNING:
             raise UserInputError(f"'{entry.name}' is still training; rename it when it has finished")
         new_name = " ".join(str(new_name).split())
@@ -472,9 +474,22 @@ class Library:
         """The model called ``name`` (ignoring case), or None: no prefixes."""
         return next((e for e in self.models() if e.name.lower() == name.lower()), None)
 
+    def exact(self, name: str) -> LibraryModel:
+        """The model called exactly ``name`` (ignoring case): what deleting and renaming act on, so
+        that the start of a name never deletes a model; UserInputError names a near one."""
+        entry = self.find_exact(name)
+        if entry is not None:
+            return entry
+        try:
+            near = self.find(name)
+        except UserInputError:
+            near = None
+        hint = f"; did you mean '{near.name}'? Give the whole name" if near is not None else ""
+        raise UserInputError(f"no model called {name!r} in the model library ({self.root}){hint}")
+
     def remove(self, name: str) -> LibraryModel:
         """Delete the model ``name`` and its record; a model still training is refused."""
-        entry = self.get(name)
+        entry = self.exact(name)
         if entry.status == RUNNING:
             raise UserInputError(f"'{entry.name}' is still training; stop it first")
         from .outputs import clean_stale, remove

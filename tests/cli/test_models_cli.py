@@ -67,6 +67,8 @@ def test_train_without_output_keeps_the_model_in_the_library(tmp_path, stack, mo
     assert run(["segment", images, "-o", by_file, "--model", entry.path], capsys)[0] == 0
     np.testing.assert_array_equal(tifffile.imread(by_name), tifffile.imread(by_file))
 
+    code, _, err = run(["models", "remove", "my memb"], capsys)  # deleting needs the whole name
+    assert code == 2 and "did you mean 'my membranes'? Give the whole name" in err
     code, _, err = run(["models", "rename", "my membranes", "membranes v2"], capsys)
     assert code == 0 and Library().find_exact("membranes v2").path.name == "membranes v2.safetensors"
     code, _, err = run(["models", "remove", "membranes v2"], capsys)
@@ -103,6 +105,7 @@ def test_an_unfinished_library_run_resumes_by_name(stack, model_file, capsys):
     "args, message",
     [
         (["models", "remove", "nothing"], "no model called 'nothing' in the model library"),
+        (["models", "remove", ""], "no model called '' in the model library"),
         (["models", "path", "nothing"], "'napari-unet models' lists them"),
         (["models", "import", "missing.safetensors"], "missing.safetensors does not exist"),
         (["models", "clean", "--older-than", "-1"], "0 days or more"),

@@ -90,13 +90,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(library.root if args.name is None else library.get(args.name).path)
         return 0
     if action == "remove":
-        entries = [library.get(name) for name in args.names]  # every name checked before any goes
+        entries = [library.exact(name) for name in args.names]  # every name checked before any goes
         for entry in entries:
             library.remove(entry.name)
             print(f"removed '{entry.name}'", file=sys.stderr)
         return 0
     if action == "rename":
-        entry = library.rename(library.get(args.name).name, args.new_name)
+        entry = library.rename(args.name, args.new_name)
         print(f"'{args.name}' is now '{entry.name}' ({entry.path})", file=sys.stderr)
         return 0
     if action == "import":
