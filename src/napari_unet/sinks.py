@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-def class_labels(probabilities):
+def class_labels(probabilities: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Class ids 1..K (uint8) from probabilities shaped (K, ...): channel k-1 is class k.
 
     A torch tensor stays where it is (the argmax of a tile on the GPU), a numpy array stays numpy.
@@ -48,7 +48,7 @@ def class_labels(probabilities):
     return (np.argmax(probabilities, axis=0) + 1).astype(np.uint8)
 
 
-def crop(tile: Placed, probabilities):
+def crop(tile: Placed, probabilities: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """The part of a tile's output (K, h, w) that the tile keeps."""
     return probabilities[:, tile.crop[0], tile.crop[1]]
 
@@ -91,12 +91,15 @@ class TileResults:
     """Every tile's kept probabilities, as :class:`TileResult` (what ``predict_tiles`` yields)."""
 
     def on_device(self, tile: Placed, probabilities: torch.Tensor) -> torch.Tensor:
+        """The kept part of the tile's probabilities."""
         return crop(tile, probabilities)
 
     def take(self, tile: Placed, kept: np.ndarray, index: int, total: int) -> TileResult:
+        """The tile as the caller gets it."""
         return TileResult(tile.region, np.ascontiguousarray(kept), index, total)
 
     def finish(self) -> None:
+        """Nothing: every tile went to the caller."""
         return None
 
 
@@ -125,10 +128,12 @@ class Collect:
         self.probabilities = np.zeros((n_classes, *shape), np.float32) if probabilities else None
 
     def on_device(self, tile: Placed, probabilities: torch.Tensor) -> torch.Tensor:
+        """The kept probabilities, or only their labels when no probabilities are kept."""
         kept = crop(tile, probabilities)
         return kept if self.probabilities is not None else class_labels(kept)
 
     def take(self, tile: Placed, kept: np.ndarray, index: int, total: int) -> Step:
+        """Place the tile in the arrays."""
         if self.probabilities is not None:
             self.probabilities[(slice(None), *tile.region)] = kept
             if self.labels is not None:
@@ -138,6 +143,7 @@ class Collect:
         return Step(tile.region, index, total)
 
     def finish(self) -> Collected:
+        """The filled arrays."""
         return Collected(self.labels, self.probabilities)
 
 
@@ -154,6 +160,7 @@ class ZarrChunk(Collect):
         self.region, self.labels_path, self.probabilities_path = region, labels_path, probabilities_path
 
     def finish(self) -> Collected:
+        """Write the block's arrays into its chunk of the stores; the arrays."""
         import zarr
 
         labels, probs = self.labels, self.probabilities
@@ -195,18 +202,21 @@ class Paint:
         self.dtype, self.lead, self.offset, self.bounds = np.dtype(dtype), lead, offset, bounds
 
     def on_device(self, tile: Placed, probabilities: torch.Tensor) -> torch.Tensor:
+        """Labels (uint8) of the part of the tile inside the bounds."""
         placed = clip(tile, self.offset, self.bounds)
         if placed is None:
             return probabilities.new_empty((0, 0), dtype=torch.uint8)
         return class_labels(probabilities[:, placed[1][0], placed[1][1]])
 
     def take(self, tile: Placed, kept: np.ndarray, index: int, total: int) -> PaintTile:
+        """The labels where they go in the layer, in its data type (None: nothing inside)."""
         placed = clip(tile, self.offset, self.bounds)
         if placed is None:
             return PaintTile(self.lead + (slice(0, 0), slice(0, 0)), None, index, total)
         return PaintTile(self.lead + placed[0], kept.astype(self.dtype, copy=False), index, total)
 
     def finish(self) -> None:
+        """Nothing: every tile was painted."""
         return None
 
 
@@ -229,12 +239,14 @@ class Sections(Paint):
         self.filled = 0
 
     def on_device(self, tile: Placed, probabilities: torch.Tensor) -> torch.Tensor:
+        """The probabilities of the part of the tile inside the bounds."""
         placed = clip(tile, self.offset, self.bounds)
         if placed is None:
             return probabilities.new_empty((probabilities.shape[0], 0, 0))
         return probabilities[:, placed[1][0], placed[1][1]]
 
     def take(self, tile: Placed, kept: np.ndarray, index: int, total: int) -> PaintTile:
+        """Progress (labels None) until the section is filled, then its objects over it."""
         placed = clip(tile, self.offset, self.bounds)
         if placed is None:
             return PaintTile(self.lead + (slice(0, 0), slice(0, 0)), None, index, total)

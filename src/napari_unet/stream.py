@@ -8,7 +8,7 @@ complete. It is Qt-free, so tests and scripts iterate it directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -149,7 +149,7 @@ def segmentation_tiles(
             yield replace(item, index=done - 1, total=item.total * n_slices)
 
 
-def _section_objects(model: Any, instance_class: str | None):
+def _section_objects(model: Any, instance_class: str | None) -> Callable[[int, np.ndarray], np.ndarray]:
     """``objects(z, probabilities)``: a finished slice's objects of ``instance_class``, their ids
     following those of the slices finished before (:class:`napari_unet.instances.SectionLinker`)."""
     from napari_unet.instances import SectionLinker, class_index, instances_of_class

@@ -208,18 +208,18 @@ def measure_seconds_per_mpx(
     The Segment dock times this once per model and device before its first run, because
     :data:`SECONDS_PER_MPX_BASE16` is one machine's figure under load: on an idle 2-core CPU it was
     2-3x too high, and it knows nothing of threads or GPUs. The tile is noise, so what is timed is
-    the network, the normalisation and the stitching of one tile, not the content of an image.
+    the network, the normalisation and the stitching of one tile, not the content of an image;
+    it goes into the labels sink the dock's run uses (the argmax on the device).
     """
     import time
 
-    from napari_unet.inference import predict_tiles
+    from napari_unet.inference import predict_labels
 
     th, tw = (int(t) for t in tile)
     out = (max(th - model.margin, 1), max(tw - model.margin, 1))  # one tile covers it exactly
     image = np.random.default_rng(0).random(out, dtype=np.float32)
     start = time.perf_counter()
-    for _ in predict_tiles(model, image, (th, tw), batch_size=1, device=device, precision=precision):
-        pass
+    predict_labels(model, image, (th, tw), batch_size=1, device=device, precision=precision)
     return (time.perf_counter() - start) / (th * tw / 1e6)
 
 
