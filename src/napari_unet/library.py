@@ -353,6 +353,13 @@ class Library:
                 with contextlib.suppress(OSError):
                     remove(p)
             return
+        if status == FINISHED and trainer is not None:
+            from .checkpoint import save_model
+
+            # a finished model keeps its weights and record; the optimiser state (twice the weights
+            # with Adam) only serves a resume, which an unfinished run alone needs
+            with contextlib.suppress(UserInputError, OSError):
+                save_model(trainer.model, entry.path)
         changes: dict[str, Any] = {"status": status}
         if trainer is not None:
             changes.update(_from_training(trainer.model.metadata.get("training")))

@@ -85,11 +85,18 @@ def test_train_with_output_also_keeps_a_copy(tmp_path, stack, model_file, capsys
 
 
 def test_an_unfinished_library_run_resumes_by_name(stack, model_file, capsys):
-    code, _, err = train(stack, model_file, capsys, "--steps", "2", "--name", "cut short",
-                         "--checkpoint-every", "1")
-    assert code == 0, err
+    from napari_unet.library import train_into_library
+    from napari_unet.recipes import recipe_config
+
+    images, labels = (tifffile.imread(p) for p in stack)
     library = Library()
-    library.update(library.get("cut short"), status=UNFINISHED)  # as a killed run leaves it
+    entry = library.create("cut short", recipe="paper")
+    control: dict = {}
+    cfg = recipe_config("paper", steps=1000, tile_size=92, precision="fp32", validation="none")
+    for event in train_into_library(library, entry, load_model(model_file), images, labels, cfg, control):
+        if event.kind == "step" and event.step == 2:
+            control["closed"] = True  # as a closed window leaves it
+            control["trainer"].stop()
     assert library.get("cut short").status == UNFINISHED
     code, _, err = train(stack, "cut short", capsys, "--steps", "4", "--resume")
     assert code == 0, err

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from napari_unet import UserInputError, load_model, save_model
+from napari_unet.checkpoint import load_training_state
 from napari_unet.data import synthetic_em
 from napari_unet.library import (
     FINISHED,
@@ -66,6 +67,7 @@ def test_a_run_lands_in_the_library_with_its_record(make_unet, data):
     assert record["steps"] == 3 and record["image"] == "em" and record["start_model"] == "start"
     assert record["training"]["optimizer"] == "adam" and record["seconds"] >= 0
     assert record["classes"] == ["membrane", "cell"]
+    assert load_training_state(kept.path) is None  # the optimiser state went with the run
     model = load_model(kept.path)
     trained = control["trainer"].model.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
@@ -152,6 +154,7 @@ def test_a_closed_window_leaves_an_unfinished_run(make_unet, data):
             control["trainer"].stop()
     [kept] = library.models()
     assert kept.status == UNFINISHED and kept.steps == 2 and kept.path.is_file()
+    assert load_training_state(kept.path)["step"] == 2
     assert Trainer(load_model(kept.path), images, labels, config(10), resume_from=kept.path).step == 2
 
 
