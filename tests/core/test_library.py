@@ -74,6 +74,25 @@ def test_a_run_lands_in_the_library_with_its_record(make_unet, data):
     assert kept.label() == name and "3 steps" in kept.describe()
 
 
+def test_the_record_carries_the_verdict_and_its_figures(make_unet):
+    """A validated run: its verdict and the validation figures at start and end are in the record,
+    and the chooser's line shows the verdict."""
+    images, labels = synthetic_em(n_slices=3, shape=(64, 64), seed=1)
+    library = Library()
+    entry = library.create("validated")
+    control: dict = {}
+    cfg = config(4, validation="auto", val_every=2)
+    list(train_into_library(library, entry, make_unet(depth=2), images, labels, cfg, control))
+    [kept] = library.models()
+    trainer = control["trainer"]
+    assert kept.record["verdict"] == json.loads(json.dumps(trainer.verdict().as_dict()))
+    assert kept.verdict in ("better", "unclear", "worse") and kept.label() == f"validated ({kept.verdict})"
+    assert kept.record["figures"]["validation_start"] == trainer.start_metrics
+    assert kept.record["figures"]["validation_end"] == trainer.last_metrics
+    assert "val_loss" in kept.record["figures"]["validation_end"]
+    assert f"verdict: {trainer.verdict().text}" in kept.describe()
+
+
 def test_names_are_unique_and_found_by_prefix():
     library = Library()
     a = library.create("start tuned on em")
