@@ -510,11 +510,16 @@ class Library:
         return entry
 
     def cleanable(self, older_than_days: float = CLEAN_AFTER_DAYS) -> list[LibraryModel]:
-        """The unfinished runs started more than ``older_than_days`` ago (what :meth:`clean` deletes)."""
+        """The unfinished runs started more than ``older_than_days`` ago, and those of any age that
+        ended before their first checkpoint (nothing to resume): what :meth:`clean` deletes."""
         if older_than_days < 0 or older_than_days != older_than_days:
             raise UserInputError(f"the age of runs to delete must be 0 days or more, not {older_than_days}")
         cutoff = time.time() - older_than_days * 86400
-        return [e for e in self.models() if e.status == UNFINISHED and e.created.timestamp() <= cutoff]
+        return [
+            e
+            for e in self.models()
+            if e.status == UNFINISHED and (e.created.timestamp() <= cutoff or not e.loadable)
+        ]
 
     def clean(self, older_than_days: float = CLEAN_AFTER_DAYS) -> list[LibraryModel]:
         """Delete unfinished runs started more than ``older_than_days`` ago, and the temporary

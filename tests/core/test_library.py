@@ -253,8 +253,10 @@ def test_rename_remove_import_and_clean(make_unet, tmp_path):
     young = library.create("young run")
     save_model(make_unet(depth=2), young.path)
     library.update(young, status=UNFINISHED)
+    empty = library.create("no checkpoint")  # a run that died before its first checkpoint
+    library.update(empty, status=UNFINISHED)
     before = library.disk_use()
-    assert [m.name for m in library.clean(7)] == ["old run"]
+    assert sorted(m.name for m in library.clean(7)) == ["no checkpoint", "old run"]
     assert not old.path.exists() and young.path.exists() and library.disk_use() < before
     assert "1 unfinished" in library.summary() and str(library.root) in library.summary()
     library.remove("young run")

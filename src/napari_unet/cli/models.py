@@ -34,7 +34,9 @@ def add_parser(sub: Any) -> None:
     im = actions.add_parser("import", help="bring a .safetensors model or a bioimage.io package in")
     im.add_argument("file")
     im.add_argument("--name", default=None, help="its name in the library (default: the file's name)")
-    cl = actions.add_parser("clean", help="delete unfinished runs that are older than a few days")
+    cl = actions.add_parser(
+        "clean", help="delete unfinished runs older than a few days, and runs that made no checkpoint"
+    )
     cl.add_argument(
         "--older-than",
         type=float,
