@@ -276,6 +276,10 @@ class Library:
 
     # ------------------------------------------------------------------ writing
     def _make_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise UserInputError(
+                f"the model library {self.root} is a file, not a folder; set {LIBRARY_ENV} to a folder"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -125,6 +125,13 @@ def test_bad_names_are_one_line_and_exit_2(args, message, capsys, tmp_path, monk
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_library_that_is_a_file_is_one_line(tmp_path, monkeypatch, model_file, capsys):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("NAPARI_UNET_MODELS", str(tmp_path / "afile"))
+    code, _, err = run(["models", "import", model_file], capsys)
+    assert code == 2 and "is a file, not a folder; set NAPARI_UNET_MODELS to a folder" in err
+
+
 def test_model_name_that_is_neither_file_nor_library_model(stack, capsys, tmp_path):
     images, _ = stack
     code, _, err = run(["segment", images, "-o", tmp_path / "o.tif", "--model", "nothing"], capsys)
