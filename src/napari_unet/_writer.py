@@ -40,7 +40,10 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     if not isinstance(data, list | tuple):  # napari hands a multiscale layer's levels as a list
         check_image_argument(data, "write_labels", "data")
     meta = writer_metadata(meta)  # entries of the wrong kind are dropped, never a crash
-    names = class_names_from_features(meta.get("features"))
+    try:
+        names = class_names_from_features(meta.get("features"))
+    except (TypeError, ValueError, KeyError):  # a features table with entries of the wrong kind
+        names = None
     units = meta.get("units")
     written = save_masks(
         output_path(path),

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import outputs
+from .errors import UserInputError
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -26,10 +27,16 @@ def fsync_path(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
-def commit(tmp: Path, target: Path) -> None:
-    """Put a finished temporary file or folder at ``target``, flushed to disk before and after."""
+def commit(tmp: Path, target: Path, what: str = "output") -> None:
+    """Put a finished temporary file or folder at ``target``, flushed to disk before and after.
+
+    A failed swap (a full disk, a read-only folder) is one line naming ``target``.
+    """
     fsync_path(tmp)
-    outputs.swap_into_place(tmp, target)
+    try:
+        outputs.swap_into_place(tmp, target)
+    except OSError as exc:
+        raise UserInputError(outputs.os_error_message(exc, target, what)) from None
     fsync_path(target.parent)
 
 

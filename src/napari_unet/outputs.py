@@ -725,17 +725,10 @@ def staged(targets: Iterable[str | os.PathLike | None]) -> Iterator[list[Path | 
             folder.mkdir(parents=True)
             paths.append(folder / t.name)
         yield paths
-        for t, path in zip(finals, paths, strict=True):
-            if t is not None and path is not None and exists(path):
-                check_replaceable(t)
-        for t, path in zip(finals, paths, strict=True):
-            if t is not None and path is not None and exists(path):
-                from .atomic import commit
-
-                try:
-                    commit(path, t)
-                except OSError as exc:
-                    raise UserInputError(os_error_message(exc, t)) from None
+        ready = [(t, p) for t, p in zip(finals, paths, strict=True) if t is not None and p and exists(p)]
+        for t, _ in ready:
+            check_replaceable(t)
+        _commit_all(ready)
     except OSError as exc:
         raise UserInputError(os_error_message(exc, finals[0] or "output")) from None
     except UserInputError as exc:  # a writer's message names its staging path: name the output
@@ -748,6 +741,52 @@ def staged(targets: Iterable[str | os.PathLike | None]) -> Iterator[list[Path | 
         for folder in folders:
             if folder is not None:
                 remove(folder)
+
+
+def _commit_all(ready: list[tuple[Path, Path]]) -> None:
+    """Swap several finished outputs into place; if one fails, those already swapped are undone.
+
+    Old outputs are parked beside their targets (``.NAME.old-HOST-PID-RAND``, which the next run's
+    :func:`clean_stale` puts back should this process be killed) until every new one is in place.
+    """
+    from .atomic import fsync_path
+
+    done: list[tuple[Path, Path | None]] = []
+    current = ready[0][0] if ready else Path("output")
+    try:
+        for target, new in ready:
+            current = target
+            fsync_path(new)
+            old = None
+            if exists(target):
+                old = temp_name(target, "old")
+                os.replace(target, old)
+            done.append((target, old))
+            try:
+                swap_into_place(new, target)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, target)
+                done.pop()
+                raise
+            fsync_path(target.parent)
+    except OSError as exc:
+        _undo(done)
+        raise UserInputError(os_error_message(exc, current)) from None
+    except BaseException:
+        _undo(done)
+        raise
+    for _, old in done:
+        if old is not None:
+            remove(old)
+
+
+def _undo(done: list[tuple[Path, Path | None]]) -> None:
+    for target, old in reversed(done):
+        remove(target)
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.replace(old, target)
 
 
 def write_text(target: str | os.PathLike, text: str, *, overwrite: bool, what: str = "output") -> Path:

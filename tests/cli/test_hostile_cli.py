@@ -12,7 +12,7 @@ import zarr
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from napari_unet import UserInputError, load_model, save_model
+from napari_unet import UserInputError, load_model
 from napari_unet.checkpoint import HEADER_KEY
 from napari_unet.cli import main
 from napari_unet.inference import labels_from_probabilities, predict
@@ -27,23 +27,6 @@ def run(args, capsys):
 def one_line(err: str) -> bool:
     lines = err.strip().splitlines()
     return len(lines) == 1 and lines[0].startswith("napari-unet: error: ") and "Traceback" not in err
-
-
-@pytest.fixture(scope="module")
-def small_model(make_unet):
-    return make_unet(depth=2, base_channels=2).eval()
-
-
-@pytest.fixture
-def model_file(small_model, tmp_path):
-    return save_model(small_model, tmp_path / "m.safetensors")
-
-
-@pytest.fixture
-def image_tif(tmp_path):
-    p = tmp_path / "img.tif"
-    tifffile.imwrite(p, np.random.default_rng(0).integers(0, 255, (2, 40, 36), dtype=np.uint8))
-    return p
 
 
 def rewrite_header(src, dst, change):

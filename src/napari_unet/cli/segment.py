@@ -170,12 +170,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         omezarr.require_library()  # a missing extra is said before any work, not after
     out = Path(args.output)
     src, dataset = _check_segment_args(args)
+    from ..arguments import check_finite_image
     from ..inference import check_image
 
     model = resolve_model(args.model)
     img = io.read_image(src, dataset=dataset)
     data = io.to_grey(img.data)
     check_image(data)
+    check_finite_image(data, f"input {args.input}")  # an all-NaN image has nothing to segment
     _check_instance_options(args, model, data)
     _check_segment_space(args, tuple(data.shape), model.n_classes)
     from ..distributed import needs_blockwise
@@ -225,7 +227,7 @@ def _segment_into_input(args: argparse.Namespace) -> int:
         raise UserInputError("segment needs -o/--output, or --into-input for an OME-Zarr input")
     if args.output is not None:
         raise UserInputError("give either -o/--output or --into-input, not both")
-    from ..outputs import check_name, temp_name
+    from ..outputs import check_name, exists, is_ours
 
     check_name(args.into_input, "--into-input")  # a name, not a path: before anything is touched
     src = Path(args.input)
@@ -238,8 +240,9 @@ def _segment_into_input(args: argparse.Namespace) -> int:
         check_output(Path(args.probabilities), args.overwrite, "probabilities output")
     classes = None if args.instances else resolve_model(args.model).metadata.get("classes")
     omezarr.require_library()  # the extra is there before the segmentation runs
-    work = temp_name(src)
-    tmp = work.with_name(work.name + ".labels.zarr")  # unique to this run: never someone else's folder
+    tmp = src.parent / f".{src.name}.{args.into_input}.labels.zarr"  # the same each run: it resumes
+    if exists(tmp) and not is_ours(tmp):
+        raise UserInputError(f"{tmp} is in the way: --into-input works there; move it and run again")
     overwrite = args.overwrite
     args.output, args.into_input, args.overwrite = str(tmp), None, True
     try:
