@@ -545,3 +545,26 @@ def test_traceback_demo_results_all_or_none_on_a_full_disk(tmp_path, monkeypatch
         write_results(out, classes, classes.astype(np.uint32), np.zeros((8, 16, 3), np.uint8))
     assert ".partial" not in str(info.value)
     assert not out.exists()  # the folder made for the results goes with them
+
+
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.EROFS, "is on a read-only file system"),
+        (errno.EACCES, "permission denied in"),
+        (errno.EDQUOT, "Disk quota exceeded"),
+    ],
+)
+def test_traceback_read_only_or_forbidden_folder_is_one_line(
+    tmp_path, model_file, capsys, monkeypatch, code, words
+):
+    import napari_unet.export as export
+
+    def refuse(*a, **k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(export, "_write_bytes", refuse)
+    out = tmp_path / "m.pt"
+    code_, err = run(["export", model_file, "-o", out, "--format", "torchscript"], capsys)
+    assert one_line(code_, err) and words in err and f"export {out}" in err, err
+    assert hidden(tmp_path) == [] and not out.exists()
