@@ -7,6 +7,7 @@ QThread, the CLI under a progress bar and the tests directly, through one code p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -233,6 +234,13 @@ class Trainer:
         self.config = cfg = config or TrainConfig()
         cfg.check()
         self.model = model
+        state = None
+        if resume_from is not None:
+            state = load_training_state(resume_from)
+            if state is None:
+                raise UserInputError(f"{resume_from} holds no training state to resume from")
+            # classes the interrupted run was learning from paint alone stay new ones
+            model.added_classes = list(state.get("added_classes", model.added_classes))
         prev = model.metadata.get("training")
         history = list(prev.get("history", [])) if isinstance(prev, dict) else []
         if resume_from is not None and history:
@@ -367,18 +375,19 @@ class Trainer:
             self._generator.manual_seed(int(cfg.seed))
             torch.manual_seed(int(cfg.seed))
         model.to(self.device)
+        #: the weights this run started from (CPU copies), kept in every checkpoint's training
+        #: state, so a resumed run distils from and is judged against them, not the interrupted model
+        self._start_weights = _start_weights_of(model, state)
         #: distillation targets per training slice: the start model's probabilities of its kept
         #: classes (float16, (kept, H, W)), 0 in held-out and probe blocks; None when not distilling
         self.targets: list[np.ndarray] | None = None
         self._kept_channels = [c for c, keep in enumerate(self.kept) if keep]
         unpainted = any(not np.all(lb > 0) for _, lb in self.train_slices)
         if cfg.distill > 0 and self._kept_channels and unpainted:
-            self.targets = self._start_targets()
+            with self._as_start_model():
+                self.targets = self._start_targets()
         self.optimizer = self._make_optimizer()
-        if resume_from is not None:
-            state = load_training_state(resume_from)
-            if state is None:
-                raise UserInputError(f"{resume_from} holds no training state to resume from")
+        if state is not None:
             self._restore(state)
 
     # ----------------------------------------------------------------- setup helpers
@@ -393,6 +402,21 @@ class Trainer:
         n_val = min(max(int(round(fraction * len(annotated))), 1), len(annotated) - 1)
         order = list(self._rng.permutation(annotated))
         return sorted(int(i) for i in order[:n_val]), sorted(int(i) for i in order[n_val:])
+
+    @contextlib.contextmanager
+    def _as_start_model(self) -> Iterator[None]:
+        """Within the block the model holds the weights the run started from; the current ones
+        come back after it (a fresh run's weights are the start's, so nothing moves)."""
+        current = self.model.state_dict()
+        if all(torch.equal(current[k].cpu(), v) for k, v in self._start_weights.items()):
+            yield
+            return
+        kept = {k: v.detach().clone() for k, v in current.items()}
+        self.model.load_state_dict(self._start_weights)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(kept)
 
     def _start_targets(self) -> list[np.ndarray]:
         """The model's probabilities of its kept classes on each training slice, before training
@@ -501,10 +525,13 @@ class Trainer:
                 if torch.is_tensor(value):
                     buffers[f"{i}.{name}"] = value
         buffers[_AUGMENT_RNG_KEY] = self._generator.get_state()
+        for name, value in self._start_weights.items():
+            buffers[_START_PREFIX + name] = value
         return {
             "step": self.step,
             "elapsed": elapsed,
             "optimizer": self.config.optimizer,
+            "added_classes": list(getattr(self.model, "added_classes", [])),
             "buffers": buffers,
             "rng": self._rng.bit_generator.state,
         }
@@ -813,7 +840,8 @@ class Trainer:
             )
 
         if validating and self.start_metrics is None:
-            self.start_metrics = self.validate()
+            with self._as_start_model():  # a resumed run: the start, not where it was interrupted
+                self.start_metrics = self.validate()
             self.last_metrics = self.start_metrics
             yield event("validation", None, metrics=self.start_metrics)
             start = time.perf_counter()  # the start's validation is not training time
@@ -877,6 +905,22 @@ class Trainer:
 
 
 _AUGMENT_RNG_KEY = "augment.rng"
+#: training-state buffers that hold the weights a run started from
+_START_PREFIX = "start."
+
+
+def _start_weights_of(model: UNet, state: dict[str, Any] | None) -> dict[str, torch.Tensor]:
+    """The weights a run started from: those a resumed checkpoint kept, else the model's own
+    (a checkpoint written before they were kept resumes with the interrupted model as its start)."""
+    own = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    if state is None:
+        return own
+    kept = {
+        k[len(_START_PREFIX) :]: v for k, v in state["buffers"].items() if k.startswith(_START_PREFIX)
+    }
+    if set(kept) != set(own) or any(kept[k].shape != own[k].shape for k in own):
+        return own
+    return {k: v.to(own[k].dtype) for k, v in kept.items()}
 
 
 def _hold_out_blocks(

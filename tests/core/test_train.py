@@ -317,6 +317,33 @@ def test_distillation_keeps_the_start_model_where_nobody_painted():
     assert drift[2.0][1] < 0.5 * drift[0.0][1], drift  # the new class does not spread
 
 
+def test_a_resumed_run_distils_from_and_is_judged_against_the_weights_it_started_from(tmp_path):
+    """An interrupted run's checkpoint keeps the start weights: resumed, the trainer's distillation
+    targets and start validation are the start model's, not those of the interrupted model."""
+    images, sparse, _start, model = _strokes_task()
+    tile = model.valid_input_size(96)
+    ckpt = tmp_path / "unfinished.safetensors"
+    base = dict(distill=1.0, optimizer="adam", learning_rate=1e-2, tile_size=tile, seed=2, val_every=0)
+    fresh = Trainer(copy.deepcopy(model), images, sparse, TrainConfig(steps=6, **base))
+    first = Trainer(model, images, sparse, TrainConfig(steps=3, checkpoint_path=str(ckpt), **base))
+    list(first.run())
+    interrupted = load_model(ckpt)
+    resumed = Trainer(interrupted, images, sparse, TrainConfig(steps=6, **base), resume_from=ckpt)
+    for a, b in zip(fresh.targets, resumed.targets, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.start_metrics is None
+    events = list(resumed.run())
+    assert resumed.start_metrics == pytest.approx(first.start_metrics, rel=1e-6)
+    assert first.start_metrics == pytest.approx(fresh.validate(), rel=1e-6)
+    assert [e.step for e in events if e.kind == "step"] == [4, 5, 6]
+    # the swap for the start's figures left the trained weights in place
+    assert not torch.equal(interrupted.head.weight.cpu(), _start_weight(ckpt, "head.weight"))
+
+
+def _start_weight(path, name):
+    return load_training_state(path)["buffers"][f"start.{name}"]
+
+
 def test_a_run_ends_with_its_best_validated_weights():
     """The trainer remembers the best validated weights; when the last validation scores clearly
     below them, the run ends with them and says from which step."""
