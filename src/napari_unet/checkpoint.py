@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import UserInputError
-from .model import UNet
+from .model import UNet, architecture_problem, build_model, model_header
 
 #: Key of the JSON document inside the safetensors header.
 HEADER_KEY = "napari_unet"
@@ -40,7 +40,7 @@ def save_model(
 
     path = check_save_model(model, path, metadata)
     meta = {**model.metadata, **(metadata or {})}
-    doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "architecture": model.config, "metadata": meta}
+    doc: dict[str, Any] = {"format_version": FORMAT_VERSION, **model_header(model), "metadata": meta}
     extra: dict[str, torch.Tensor] = {}
     if training_state is not None:
         state = {k: v for k, v in training_state.items() if k != "buffers"}
@@ -114,16 +114,6 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
-#: Limits of a loadable network: labels are uint8 (classes 1..255), inputs are grey images.
-MAX_CLASSES = 255
-MAX_DEPTH = 8
-MAX_BASE_CHANNELS = 1024
-
-
-def _int_in(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
 def _number(value: Any) -> bool:
     import math
 
@@ -155,24 +145,9 @@ def header_problem(doc: dict[str, Any]) -> str | None:
     Checked before anything is built, so a hostile header cannot allocate a huge network or reach
     the code with values it was never meant to see.
     """
-    arch = doc["architecture"]
-    unknown = sorted(set(arch) - {"in_channels", "n_classes", "depth", "base_channels", "dropout"})
-    if unknown:
-        return f"unknown architecture entries {', '.join(map(str, unknown))}"
-    in_ch = arch.get("in_channels", 1)
-    if in_ch != 1 or isinstance(in_ch, bool):
-        return f"the network takes {in_ch!r} input channels; napari-unet feeds it grey images (1 channel)"
-    if not _int_in(arch.get("n_classes", 2), 2, MAX_CLASSES):
-        return f"n_classes {arch.get('n_classes')!r} is not a whole number from 2 to {MAX_CLASSES}"
-    if not _int_in(arch.get("depth", 4), 1, MAX_DEPTH):
-        return f"depth {arch.get('depth')!r} is not a whole number from 1 to {MAX_DEPTH}"
-    if not _int_in(arch.get("base_channels", 64), 1, MAX_BASE_CHANNELS):
-        return (
-            f"base_channels {arch.get('base_channels')!r} is not a whole number from 1 to {MAX_BASE_CHANNELS}"
-        )
-    dropout = arch.get("dropout", 0.5)
-    if not (_number(dropout) and 0 <= dropout < 1):
-        return f"dropout {dropout!r} is not a number from 0 to below 1"
+    problem = architecture_problem(doc)  # the network's own entries, checked by its registration
+    if problem:
+        return problem
     meta = doc.get("metadata")
     if meta is None:
         return None
@@ -202,10 +177,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
 
         return load_package(path, device=device)
     doc = read_header(path)
-    arch = doc["architecture"]
-    _check_declared_size(path, arch)
+    _check_declared_size(path, doc)
     try:
-        model = UNet(**arch)
+        model = build_model(doc)
     except (TypeError, ValueError) as exc:
         raise UserInputError(f"model file {path} describes an invalid network ({exc})") from None
     try:
@@ -240,11 +214,12 @@ def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
         )
 
 
-def _check_declared_size(path: Path, arch: dict[str, Any]) -> None:
+def _check_declared_size(path: Path, doc: dict[str, Any]) -> None:
     """Refuse a header that declares more weights than the file holds, before anything is allocated."""
+    arch = doc["architecture"]
     with torch.device("meta"):
         try:
-            declared = sum(p.numel() * 2 for p in UNet(**arch).parameters())  # bf16 at least
+            declared = sum(p.numel() * 2 for p in build_model(doc).parameters())  # bf16 at least
         except (TypeError, ValueError, RuntimeError):
             return  # the constructor's own message follows
     size = path.stat().st_size

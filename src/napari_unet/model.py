@@ -1,16 +1,22 @@
-"""The U-Net of Ronneberger et al. (2015): valid 3x3 convolutions, 2x2 max-pooling, skip connections."""
+"""The U-Net of Ronneberger et al. (2015): valid 3x3 convolutions, 2x2 max-pooling, skip connections.
+
+Also the registry of architectures: a checkpoint header names its network (``"network"``, absent in
+files that hold the paper's U-Net, "unet2d") and :func:`build_model` builds it from the header; a new
+architecture is one module and one :func:`register_architecture` call.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 
-def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
+def double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     """Two unpadded 3x3 convolutions, each followed by ReLU (one U-Net level)."""
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=0),
@@ -61,19 +67,24 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         prev = in_channels
         for c in chans[:-1]:
-            self.down.append(_double_conv(prev, c))
+            self.down.append(self.level(prev, c))
             prev = c
         self.pool = nn.MaxPool2d(2, 2)
-        self.bottom = _double_conv(chans[-2], chans[-1])
+        self.bottom = self.level(chans[-2], chans[-1])
         # The paper: "Drop-out layers at the end of the contracting path".
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.up = nn.ModuleList()
         self.up_conv = nn.ModuleList()
         for level in reversed(range(depth)):
             self.up.append(nn.ConvTranspose2d(chans[level + 1], chans[level], 2, stride=2))
-            self.up_conv.append(_double_conv(chans[level] * 2, chans[level]))
+            self.up_conv.append(self.level(chans[level] * 2, chans[level]))
         self.head = nn.Conv2d(chans[0], n_classes, kernel_size=1)
         self.reset_parameters()
+
+    def level(self, in_ch: int, out_ch: int) -> nn.Module:
+        """One level's block (two valid 3x3 convolutions); a variant overrides it and keeps the geometry
+        as long as its block also loses 4 px per axis."""
+        return double_conv(in_ch, out_ch)
 
     def reset_parameters(self) -> None:
         """He initialisation: weights from N(0, sqrt(2/N)), N = incoming connections of a unit."""
@@ -279,3 +290,122 @@ def forward_macs(model: UNet, shape: Sequence[int], part: str = "all") -> int:
 def count_conv_layers(model: UNet) -> int:
     """Number of convolution layers, counting up-convolutions and the final 1x1 (23 in the paper)."""
     return sum(isinstance(m, nn.Conv2d | nn.ConvTranspose2d) for m in model.modules())
+
+
+# ------------------------------------------------------------------ architectures
+#: The checkpoint header's key that names the architecture; a header without it holds "unet2d".
+ARCHITECTURE_KEY = "network"
+DEFAULT_ARCHITECTURE = "unet2d"
+#: Limits of a loadable U-Net: labels are uint8 (classes 1..255), inputs are grey images.
+MAX_CLASSES = 255
+MAX_DEPTH = 8
+MAX_BASE_CHANNELS = 1024
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registered network: its builder, the header entries it takes and their check."""
+
+    name: str
+    #: called with the header's ``architecture`` entries as keyword arguments
+    builder: Callable[..., nn.Module]
+    header_keys: frozenset[str]
+    #: what is wrong with the entries, in a few words (None: usable); runs before anything is built
+    check: Callable[[dict[str, Any]], str | None] | None = None
+
+
+#: Architectures by the name a checkpoint header gives (see :func:`register_architecture`).
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register_architecture(
+    name: str,
+    builder: Callable[..., nn.Module],
+    header_keys: Iterable[str],
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+) -> Architecture:
+    """Make ``builder`` the network named ``name`` in checkpoint headers; a later call replaces it.
+
+    The built network must offer what the tile policy and the engine use of :class:`UNet` (its size
+    methods, ``n_classes``, ``config``, ``metadata``, ``head``); subclassing UNet gives all of it.
+    """
+    entry = Architecture(str(name), builder, frozenset(header_keys), check)
+    ARCHITECTURES[entry.name] = entry
+    return entry
+
+
+def unregister_architecture(name: str) -> None:
+    """Forget the architecture ``name`` (the default one stays)."""
+    if name != DEFAULT_ARCHITECTURE:
+        ARCHITECTURES.pop(name, None)
+
+
+def architecture_problem(header: dict[str, Any]) -> str | None:
+    """What is wrong with a header's network and its entries, in a few words; None when buildable."""
+    name = header.get(ARCHITECTURE_KEY, DEFAULT_ARCHITECTURE)
+    entry = ARCHITECTURES.get(name) if isinstance(name, str) else None
+    if entry is None:
+        return f"network {name!r} is not one napari-unet knows ({', '.join(ARCHITECTURES)})"
+    arch = header.get("architecture", {})
+    unknown = sorted(set(arch) - entry.header_keys)
+    if unknown:
+        return f"unknown architecture entries {', '.join(map(str, unknown))}"
+    return entry.check(arch) if entry.check is not None else None
+
+
+def build_model(header: dict[str, Any]) -> UNet:
+    """The untrained network a checkpoint header describes: its ``network`` (default "unet2d")
+    built from its ``architecture`` entries. The one place a model is rebuilt from a header."""
+    name = header.get(ARCHITECTURE_KEY, DEFAULT_ARCHITECTURE)
+    entry = ARCHITECTURES.get(name) if isinstance(name, str) else None
+    if entry is None:
+        raise ValueError(f"unknown network {name!r}; registered: {', '.join(ARCHITECTURES)}")
+    model = entry.builder(**dict(header.get("architecture", {})))
+    model.architecture_name = entry.name
+    return model
+
+
+def architecture_name(model: nn.Module) -> str:
+    """The registered name of ``model``'s architecture: the one it was built as, else its class's."""
+    name = model.__dict__.get("architecture_name")
+    if name in ARCHITECTURES:
+        return name
+    for cls in type(model).__mro__:
+        for entry in ARCHITECTURES.values():
+            if entry.builder is cls:
+                return entry.name
+    raise ValueError(f"{type(model).__name__} is not a registered architecture; register_architecture it")
+
+
+def model_header(model: UNet) -> dict[str, Any]:
+    """The header entries that rebuild ``model``'s network: ``{"network": name, "architecture": config}``."""
+    return {ARCHITECTURE_KEY: architecture_name(model), "architecture": dict(model.config)}
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def unet_problem(arch: dict[str, Any]) -> str | None:
+    """The U-Net's header entries checked before anything is built, so a hostile header cannot
+    allocate a huge network or reach the code with values it was never meant to see."""
+    in_ch = arch.get("in_channels", 1)
+    if in_ch != 1 or isinstance(in_ch, bool):
+        return f"the network takes {in_ch!r} input channels; napari-unet feeds it grey images (1 channel)"
+    if not _whole(arch.get("n_classes", 2), 2, MAX_CLASSES):
+        return f"n_classes {arch.get('n_classes')!r} is not a whole number from 2 to {MAX_CLASSES}"
+    if not _whole(arch.get("depth", 4), 1, MAX_DEPTH):
+        return f"depth {arch.get('depth')!r} is not a whole number from 1 to {MAX_DEPTH}"
+    if not _whole(arch.get("base_channels", 64), 1, MAX_BASE_CHANNELS):
+        return (
+            f"base_channels {arch.get('base_channels')!r} is not a whole number from 1 to {MAX_BASE_CHANNELS}"
+        )
+    dropout = arch.get("dropout", 0.5)
+    if not (isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        return f"dropout {dropout!r} is not a number from 0 to below 1"
+    return None
+
+
+#: the header entries of :class:`UNet` (its constructor's arguments)
+UNET_KEYS = ("in_channels", "n_classes", "depth", "base_channels", "dropout")
+register_architecture(DEFAULT_ARCHITECTURE, UNet, UNET_KEYS, unet_problem)

@@ -25,7 +25,7 @@ from .checkpoint import load_training_state, save_model
 from .device import autocast, preferred_memory_format, resolve_precision, select_device
 from .errors import UserInputError
 from .inference import predict
-from .model import UNet
+from .model import UNet, build_model, model_header
 from .model import class_names as model_class_names
 from .normalize import DEFAULT_NORMALIZATION, Normalizer, compute_normalizer
 from .sinks import class_labels
@@ -603,7 +603,7 @@ class Trainer:
 
     def snapshot(self) -> UNet:
         """A CPU float32 copy of the current model in eval mode, for a preview in another thread."""
-        copy_ = UNet(**self.model.config)
+        copy_ = build_model(model_header(self.model))
         state = {k: v.detach().to("cpu", torch.float32) for k, v in self.model.state_dict().items()}
         copy_.load_state_dict(state)
         copy_.metadata = {**self.model.metadata, "classes": list(self.class_names)}

@@ -124,7 +124,7 @@ def add_parser(sub: Any) -> None:
 def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
     """(model, new): the start model given the classes of ``--classes`` (or its own), and whether
     it now has a class the start model lacked (always from scratch)."""
-    from ..model import UNet, kept_classes, with_classes
+    from ..model import build_model, kept_classes, with_classes
 
     names = None
     new = args.start == "scratch"
@@ -143,7 +143,7 @@ def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
         names = names or default_class_names(max(high, 2))
         if args.base_channels < 1 or args.base_channels > 512:
             raise UserInputError(f"--base-channels must be between 1 and 512, got {args.base_channels}")
-        model = UNet(n_classes=len(names), base_channels=args.base_channels)
+        model = build_model({"architecture": {"n_classes": len(names), "base_channels": args.base_channels}})
         model.metadata["classes"] = names
     else:
         model = resolve_model(args.start)

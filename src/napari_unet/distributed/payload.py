@@ -14,14 +14,15 @@ import torch
 
 from ..device import resolve_precision, select_device
 from ..engine import place_model
-from ..model import UNet
+from ..model import UNet, build_model, model_header
 
 
 @dataclass(frozen=True)
 class ModelPayload:
-    """A model as it travels to the workers: architecture, metadata and safetensors weight bytes."""
+    """A model as it travels to the workers: its header (network and architecture), metadata and
+    safetensors weight bytes."""
 
-    config: dict
+    header: dict
     metadata: dict
     weights: bytes
     digest: str
@@ -34,14 +35,15 @@ class ModelPayload:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         weights = save(tensors)
         h = hashlib.sha256(weights)
-        h.update(json.dumps(model.config, sort_keys=True).encode())
-        return cls(dict(model.config), dict(model.metadata), weights, h.hexdigest()[:32])
+        header = model_header(model)
+        h.update(json.dumps(header, sort_keys=True).encode())
+        return cls(header, dict(model.metadata), weights, h.hexdigest()[:32])
 
     def build(self) -> UNet:
-        """A fresh UNet with these weights, in eval mode, on the CPU."""
+        """A fresh network with these weights, in eval mode, on the CPU."""
         from safetensors.torch import load
 
-        model = UNet(**self.config)
+        model = build_model(self.header)
         model.load_state_dict(load(self.weights), strict=True)
         model.metadata = dict(self.metadata)
         return model.eval()
