@@ -88,8 +88,8 @@ def check_finite_image(image: Any, name: str = "image") -> None:
     A numpy array is checked whole; a lazy one (zarr, dask) by its first and middle slices, so a
     huge stack is not read twice.
     """
-    if np.dtype(image.dtype).kind != "f":
-        return
+    if np.dtype(image.dtype).kind != "f" or 0 in tuple(image.shape):
+        return  # an empty image is the shape check's to refuse, by its own name
     if isinstance(image, np.ndarray):
         samples = [image]
     else:

@@ -47,6 +47,7 @@ BAD_PREDICT = [
     ("image text", lambda m, i, f: ((m, "img.tif"), {}), TypeError, ["image must be", "str 'img.tif'"]),
     ("image complex", lambda m, i, f: ((m, i.astype(complex)), {}), TypeError, ["image has data type complex"]),
     ("image all NaN", lambda m, i, f: ((m, np.full_like(i, np.nan)), {}), ValueError, ["no finite pixel"]),
+    ("image empty float", lambda m, i, f: ((m, np.zeros((0, 64), np.float32)), {}), ValueError, ["is empty"]),
     ("tile nan", lambda m, i, f: ((m, i), {"tile_shape": float("nan")}), ValueError, ["tile_shape must be", "nan"]),
     ("tile 2.5", lambda m, i, f: ((m, i), {"tile_shape": 2.5}), TypeError, ["tile_shape must be", "float 2.5"]),
     ("tile -3", lambda m, i, f: ((m, i), {"tile_shape": -3}), ValueError, ["tile_shape must be", "positive"]),
@@ -69,7 +70,7 @@ def test_bad_predict_arguments_name_the_argument(model, image, model_file, func,
     with pytest.raises(error) as info:
         PREDICTORS[func](*args, **kwargs)
     text = str(info.value)
-    assert text.startswith(f"{func}: ") or "no finite pixel" in text, text
+    assert text.startswith(f"{func}: ") or "no finite pixel" in text or "is empty" in text, text
     assert all(w in text for w in words), text
     assert len(text.splitlines()) == 1
 
