@@ -191,32 +191,26 @@ def onnx_probabilities(path: str | os.PathLike, tile: np.ndarray) -> np.ndarray:
 
 
 def load_source_model(spec: str) -> UNet:
-    """The model to export: ``default`` (the shipped model), a .safetensors file or a package."""
+    """The model to export: ``default`` (the shipped model), a .safetensors file or package, or
+    the name of a model in the model library."""
     from .checkpoint import load_model
-    from .models import default_model_path
 
-    if spec == "default":
-        path = default_model_path()
-        if path is None:
-            raise UserInputError("this installation ships no default model; pass a .safetensors file")
-        model = load_model(path)
-        model.metadata.setdefault("name", path.stem)
-        return model
-    path = Path(spec)
-    if not path.exists():
-        raise UserInputError(f"model {path} does not exist")
+    path = _source_path(spec)
+    if path is None:
+        raise UserInputError("this installation ships no default model; pass a .safetensors file")
     model = load_model(path)
     model.metadata.setdefault("name", path.stem)
     return model
 
 
 def _source_path(spec: str) -> Path | None:
-    """The file a model spec names (the shipped model for ``default``), to keep it from being an output."""
-    if spec == "default":
-        from .models import default_model_path
+    """The file a model spec names (the shipped model for ``default``, a library model by its
+    name), to read it and to keep it from being an output."""
+    from .models import default_model_path, find_model_file
 
+    if spec == "default":
         return default_model_path()
-    return Path(spec)
+    return find_model_file(spec)
 
 
 def export_model(
@@ -255,7 +249,7 @@ def export_model(
 
         shipped_path = default_model_path()
         shipped = spec == "default" or (
-            shipped_path is not None and Path(spec).resolve() == shipped_path.resolve()
+            shipped_path is not None and source is not None and source.resolve() == shipped_path.resolve()
         )
         from .bioimageio import write_package
 

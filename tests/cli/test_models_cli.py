@@ -145,3 +145,18 @@ def test_clean_removes_old_unfinished_runs(stack, model_file, capsys):
     library.update(library.get("left over"), status=UNFINISHED, created="2020-01-01T00:00:00+00:00")
     code, _, err = run(["models", "clean"], capsys)
     assert code == 0 and "removed unfinished 'left over'" in err and Library().models() == []
+
+
+def test_export_takes_a_library_name_and_never_writes_over_it(tmp_path, stack, model_file, capsys):
+    code, _, err = train(stack, model_file, capsys, "--steps", "1", "--name", "for sharing")
+    assert code == 0, err
+    [entry] = Library().models()
+    code, _, err = run(["export", "for sharing", "-o", tmp_path / "shared.pt", "--format", "torchscript"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "shared.pt").stat().st_size > 10_000
+    before = entry.path.read_bytes()
+    code, _, err = run(["export", "for sharing", "-o", entry.path, "--format", "onnx", "--overwrite"], capsys)
+    assert code == 2 and "also an input" in err
+    assert entry.path.read_bytes() == before
+    code, _, err = run(["export", "no such model", "-o", tmp_path / "x.pt", "--format", "torchscript"], capsys)
+    assert code == 2 and "neither a file nor a model of the model library" in err

@@ -22,7 +22,8 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QPushBu
 from napari_unet import uncertainty as core
 from napari_unet.errors import UserInputError
 
-from . import ModelChooser, _alive, grey_image, image_key_of, layer_data, linked_layer
+from . import _alive, grey_image, image_key_of, layer_data, linked_layer
+from ._library import LibraryModelChooser
 from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel
 
@@ -95,7 +96,7 @@ class PaintNext:
 
     def _build_next(self) -> QGroupBox:
         """The "Where to paint next" box: model, scope, window, flips, button, progress."""
-        self.next_model = ModelChooser(self.viewer)
+        self.next_model = LibraryModelChooser(self.viewer)
         self.next_model.setToolTip(
             "The model whose uncertainty is shown; the newest fine-tuned one by default"
         )
