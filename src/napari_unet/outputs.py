@@ -30,22 +30,26 @@ probabilities, models, exports, metrics, the demo, OME-Zarr labels) goes through
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import hashlib
 import json
 import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from . import atomic
+from .atomic import exists as exists  # the primitives below are atomic's, re-exported for writers
+from .atomic import host_id as host_id
+from .atomic import human_bytes as human_bytes
+from .atomic import os_error_message as os_error_message
+from .atomic import remove as remove
+from .atomic import swap_into_place as swap_into_place
+from .atomic import temp_name as temp_name
 from .errors import UserInputError
 
 #: File inside a PNG-slice folder that napari-unet wrote.
@@ -64,17 +68,6 @@ _LITTER = re.compile(
 
 
 # ------------------------------------------------------------------------------ identities
-def host_id() -> str:
-    """Eight hex digits naming this machine in temporary file names."""
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def temp_name(target: Path, kind: str = "partial") -> Path:
-    """A hidden sibling of ``target`` for work in progress, named after this host and process."""
-    target = Path(target)
-    return target.parent / f".{target.name}.{kind}-{host_id()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id runs on this machine (a process we may not signal counts)."""
     if pid <= 0:
@@ -100,19 +93,6 @@ def file_mode() -> int:
         os.umask(umask)
     return 0o666 & ~umask
 
-
-def exists(p: Path) -> bool:
-    """True for anything at ``p``, a dangling symlink included."""
-    return p.exists() or p.is_symlink()
-
-
-def remove(p: Path) -> None:
-    """Delete a file, link or folder; missing is fine."""
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
 
 
 # ------------------------------------------------------------------------------ ownership
@@ -380,52 +360,6 @@ def check_free_space(target: Path, nbytes: int, what: str = "output") -> None:
         )
 
 
-def human_bytes(n: float) -> str:
-    """A size as people read it: "0 bytes", "812 bytes", "3.4 KiB", "1.20 GiB"."""
-    n = max(float(n), 0.0)
-    if n < 1024:
-        return f"{int(n)} bytes"
-    for unit, scale in (("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30), ("TiB", 2**40)):
-        if n < scale * 1024 or unit == "TiB":
-            return f"{n / scale:.1f} {unit}" if unit != "GiB" else f"{n / scale:.2f} {unit}"
-    return f"{n} bytes"  # pragma: no cover
-
-
-def _free_text(target: Path) -> str:
-    parent = Path(os.path.abspath(target)).parent
-    while not parent.exists() and parent.parent != parent:
-        parent = parent.parent
-    try:
-        return f"it needs more than the {human_bytes(shutil.disk_usage(parent).free)} free in {parent}"
-    except OSError:
-        return f"no space is left in {parent}"
-
-
-def os_error_message(exc: BaseException, target: str | os.PathLike, what: str = "output") -> str:
-    """One line for a failed write: a full disk, a read-only file system, no permission, or else."""
-    err = getattr(exc, "errno", None)
-    folder = Path(os.path.abspath(target)).parent
-    if err in (errno.ENOSPC, errno.EDQUOT):
-        reason = getattr(exc, "strerror", None) or "No space left on device"
-        return (
-            f"cannot write {what} {target}: {reason} ({_free_text(Path(target))}); free some "
-            "space or choose another location"
-        )
-    if err == errno.EROFS:
-        return (
-            f"cannot write {what} {target}: {folder} is on a read-only file system; choose another "
-            "location"
-        )
-    if err in (errno.EACCES, errno.EPERM):
-        return (
-            f"cannot write {what} {target}: permission denied in {folder}; check the folder's "
-            "permissions or choose another location"
-        )
-    lines = str(exc).strip().splitlines()
-    text = getattr(exc, "strerror", None) or (lines[0] if lines else type(exc).__name__)
-    return f"cannot write {what} {target} ({text}); check free disk space and permissions"
-
-
 @contextlib.contextmanager
 def safe_output(
     path: str | os.PathLike,
@@ -450,10 +384,8 @@ def safe_output(
         raise UserInputError(os_error_message(exc, target, what)) from None
     with OutputLock(target, what):
         clean_stale(target)
-        from .atomic import atomic_write
-
         try:
-            with atomic_write(target) as tmp:
+            with atomic.atomic_write(target) as tmp:
                 yield tmp
                 if exists(target):  # it may have appeared, or changed hands, while we wrote
                     if not overwrite:
@@ -657,53 +589,6 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2); False where the system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def swap_into_place(tmp: Path, target: Path) -> None:
-    """Put a finished ``tmp`` at ``target``; an old output is removed only after the swap.
-
-    Files are renamed over the old one; folders are exchanged atomically where the system can, so
-    a kill at any moment leaves either the old or the new output at ``target``.
-    """
-    if not exists(target):
-        os.replace(tmp, target)
-        return
-    if tmp.is_file() and target.is_file() and not target.is_symlink():
-        os.replace(tmp, target)
-        return
-    if _exchange(tmp, target):
-        remove(tmp)  # now the old output
-        return
-    old = temp_name(target, "old")
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    remove(old)
-
-
 @contextlib.contextmanager
 def staged(targets: Iterable[str | os.PathLike | None]) -> Iterator[list[Path | None]]:
     """Yield a staging path per output of one run (None stays None); put them all in place together.
@@ -749,27 +634,25 @@ def _commit_all(ready: list[tuple[Path, Path]]) -> None:
     Old outputs are parked beside their targets (``.NAME.old-HOST-PID-RAND``, which the next run's
     :func:`clean_stale` puts back should this process be killed) until every new one is in place.
     """
-    from .atomic import fsync_path
-
     done: list[tuple[Path, Path | None]] = []
     current = ready[0][0] if ready else Path("output")
     try:
         for target, new in ready:
             current = target
-            fsync_path(new)
+            atomic.fsync_path(new)
             old = None
             if exists(target):
                 old = temp_name(target, "old")
                 os.replace(target, old)
             done.append((target, old))
             try:
-                swap_into_place(new, target)
+                atomic.swap_into_place(new, target)
             except BaseException:
                 if old is not None:
                     os.replace(old, target)
                 done.pop()
                 raise
-            fsync_path(target.parent)
+            atomic.fsync_path(target.parent)
     except OSError as exc:
         _undo(done)
         raise UserInputError(os_error_message(exc, current)) from None

@@ -127,8 +127,8 @@ def test_demo_output_naming_a_file(tmp_path, capsys):
 
 
 def test_full_disk_is_one_line(tmp_path, model_file, image_tif, capsys, monkeypatch):
+    import napari_unet.atomic as atomic
     import napari_unet.io.tiff as tiff
-    import napari_unet.outputs as outputs
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
@@ -137,7 +137,7 @@ def test_full_disk_is_one_line(tmp_path, model_file, image_tif, capsys, monkeypa
     code, err = run(["segment", image_tif, "-o", tmp_path / "o.tif", "--model", model_file], capsys)
     assert "No space left" in err and code == 2 and "Traceback" not in err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.tif")] == []
-    monkeypatch.setattr(outputs, "swap_into_place", full)
+    monkeypatch.setattr(atomic, "swap_into_place", full)
     truth = tmp_path / "t.tif"
     tifffile.imwrite(truth, (np.indices((8, 8)).sum(0) % 2 + 1).astype(np.uint8))  # classes 1 and 2
     code, err = run(["evaluate", "--pred", truth, "--gt", truth, "--json", tmp_path / "m.json"], capsys)

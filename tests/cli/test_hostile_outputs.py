@@ -502,7 +502,7 @@ def test_traceback_full_disk_is_one_line_and_leaves_nothing(
 
         monkeypatch.setattr(checkpoint, "save_file", wrapped)
     else:
-        monkeypatch.setattr(atomic.outputs, "swap_into_place", _full)
+        monkeypatch.setattr(atomic, "swap_into_place", _full)
     args = {
         "segment ome.zarr": ["segment", image_tif, "-o", work / "x.ome.zarr", "--model", model_file],
         "segment zarr": ["segment", image_tif, "-o", work / "x.zarr", "--model", model_file],
@@ -531,7 +531,7 @@ def test_traceback_demo_results_all_or_none_on_a_full_disk(tmp_path, monkeypatch
 
     classes = np.ones((1, 8, 8), np.uint8)
     out = tmp_path / "demo"
-    real = atomic.outputs.swap_into_place
+    real = atomic.swap_into_place
     calls = []
 
     def third_fails(tmp, target):
@@ -540,7 +540,7 @@ def test_traceback_demo_results_all_or_none_on_a_full_disk(tmp_path, monkeypatch
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tmp, target)
 
-    monkeypatch.setattr(atomic.outputs, "swap_into_place", third_fails)
+    monkeypatch.setattr(atomic, "swap_into_place", third_fails)
     with pytest.raises(UserInputError, match="No space left on device") as info:
         write_results(out, classes, classes.astype(np.uint32), np.zeros((8, 16, 3), np.uint8))
     assert ".partial" not in str(info.value)

@@ -14,7 +14,7 @@ import tifffile
 import torch
 import zarr
 
-from napari_unet import UserInputError, outputs, save_model
+from napari_unet import UserInputError, atomic, outputs, save_model
 from napari_unet import distributed as dist
 from napari_unet.cli import main
 from napari_unet.inference import labels_from_probabilities, predict
@@ -244,14 +244,14 @@ def test_folders_are_exchanged_atomically(tmp_path):
     b.mkdir()
     (a / "x").write_text("new")
     (b / "y").write_text("old")
-    if not outputs._exchange(a, b):
+    if not atomic._exchange(a, b):
         pytest.skip("this file system cannot exchange two paths atomically")
     assert (b / "x").read_text() == "new" and (a / "y").read_text() == "old"
 
 
 def test_fallback_swap_restores_the_old_folder_on_failure(tmp_path, monkeypatch):
     target = write_labels(tmp_path / "masks", np.full((2, 6, 6), 4, np.uint8))
-    monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     real = os.replace
     calls = []
 
