@@ -20,13 +20,20 @@ Objects of other classes (e.g. mitochondria) are the connected components of ``P
 split at thin necks the same way and with small objects removed. A stack is treated section by
 section; :class:`SectionLinker` joins the 2-D objects of neighbouring sections into 3-D objects by
 overlap, one finished section at a time, so the CLI and the napari dock share one code path.
+
+Methods are registered by name (:func:`register_method`): "auto" (the default: cells for the cell
+class, objects for any other), "cells", "objects", "components" and "watershed". Every face asks for
+them by name: :func:`instances_of_class` (one section), :func:`linked_objects` (finished sections,
+numbered across the stack: the Segment dock's ``Sections`` sink), :func:`instance_sections` (the
+command line) and :func:`instance_labels` (a whole probability map).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -35,17 +42,23 @@ from .classes import class_names_or_default
 from .errors import UserInputError
 
 __all__ = [
+    "METHODS",
     "CellConfig",
+    "InstanceMethod",
+    "InstanceOptions",
     "SectionLinker",
     "cells_2d",
     "class_index",
+    "instance_labels",
+    "instance_method",
     "instance_sections",
-    "instance_stream",
     "instances_of_class",
+    "linked_objects",
     "merge_regions",
     "model_class_names",
     "objects_2d",
-    "sections_from_tiles",
+    "register_method",
+    "unregister_method",
 ]
 
 
@@ -285,28 +298,114 @@ def _is_cell_class(k: int, class_names: Sequence[str] | None, n_classes: int) ->
     return k == class_index(None, class_names, n_classes) and n_classes > 1
 
 
+@dataclass(frozen=True)
+class InstanceOptions:
+    """What an instance method may use besides the probabilities; each method reads what it needs."""
+
+    #: the model's class names (they say which class holds cells)
+    class_names: tuple[str, ...] | None = None
+    #: objects smaller than this many pixels are dropped (cells: given to a neighbour)
+    min_size: int = 0
+    #: the cell method's parameters (None: :class:`CellConfig`'s defaults)
+    config: CellConfig | None = None
+    #: ``components`` and ``watershed``: P(class) above which a pixel belongs to an object
+    threshold: float = 0.5
+    #: ``watershed``: P(class) above which a pixel seeds an object
+    seed_threshold: float = 0.9
+
+
+#: ``method(probabilities (K, H, W), k, options) -> objects``: the objects of class ``k`` (1-based)
+#: in one 2-D section, as integer ids (0 = none, 1..n).
+InstanceMethod = Callable[[np.ndarray, int, InstanceOptions], np.ndarray]
+
+#: Instance methods by name (see :func:`register_method`); "auto" is the default everywhere.
+METHODS: dict[str, InstanceMethod] = {}
+
+
+def register_method(name: str, method: InstanceMethod) -> None:
+    """Make ``method`` the instance method ``name``; a later registration under the same name replaces it."""
+    METHODS[str(name)] = method
+
+
+def unregister_method(name: str) -> None:
+    """Forget the instance method ``name`` (an unknown name is ignored)."""
+    METHODS.pop(name, None)
+
+
+def instance_method(name: str) -> InstanceMethod:
+    """The instance method registered as ``name``; an unknown name is a UserInputError listing them."""
+    found = METHODS.get(name)
+    if found is None:
+        raise UserInputError(f"unknown instance method {name!r}; choose one of {', '.join(METHODS)}")
+    return found
+
+
+def _cells(probabilities: np.ndarray, k: int, options: InstanceOptions) -> np.ndarray:
+    """:func:`cells_2d` of P(class k): the cells tile the section, membranes shared out between them."""
+    cfg = options.config or CellConfig()
+    if options.min_size:
+        cfg = CellConfig(**{**cfg.__dict__, "min_size": int(options.min_size)})
+    return cells_2d(probabilities[k - 1], cfg)
+
+
+def _objects(probabilities: np.ndarray, k: int, options: InstanceOptions) -> np.ndarray:
+    """:func:`objects_2d` of the pixels where class k wins: components split at thin necks."""
+    return objects_2d(np.argmax(probabilities, axis=0) == (k - 1), min_size=options.min_size)
+
+
+def _auto(probabilities: np.ndarray, k: int, options: InstanceOptions) -> np.ndarray:
+    """Cells for the cell class (membranes are split between the cells they bound), else objects."""
+    if _is_cell_class(k, options.class_names, probabilities.shape[0]):
+        return _cells(probabilities, k, options)
+    return _objects(probabilities, k, options)
+
+
+def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """``labels`` without objects under ``min_size`` pixels, renumbered 1..n (unchanged for 0)."""
+    if min_size <= 0:
+        return labels
+    from skimage.segmentation import relabel_sequential
+
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    return relabel_sequential(np.where(small[labels], 0, labels))[0]
+
+
+def _components(probabilities: np.ndarray, k: int, options: InstanceOptions) -> np.ndarray:
+    """Connected components (4-connectivity, as the ISBI evaluation) of P(class k) > threshold."""
+    labels, _ = ndi.label(probabilities[k - 1] > options.threshold)
+    return _drop_small(labels, options.min_size)
+
+
+def _watershed(probabilities: np.ndarray, k: int, options: InstanceOptions) -> np.ndarray:
+    """Seeds P(class k) > seed_threshold flooded over 1 - P within P > threshold (the earlier default).
+
+    Flooding the membrane probability splits cells that touch through a gap in a thin membrane,
+    which plain components would merge.
+    """
+    from skimage.segmentation import watershed
+
+    p = probabilities[k - 1]
+    seeds, _ = ndi.label(p > options.seed_threshold)
+    return _drop_small(watershed(1.0 - p, markers=seeds, mask=p > options.threshold), options.min_size)
+
+
+register_method("auto", _auto)
+register_method("cells", _cells)
+register_method("objects", _objects)
+register_method("components", _components)
+register_method("watershed", _watershed)
+
+
 def instances_of_class(
-    probabilities: np.ndarray,
-    k: int,
-    *,
-    class_names: Sequence[str] | None = None,
-    min_size: int = 0,
-    config: CellConfig | None = None,
+    probabilities: np.ndarray, k: int, *, method: str = "auto", **options: Any
 ) -> np.ndarray:
     """Objects of class ``k`` (1-based) in one 2-D section of probabilities shaped (K, H, W).
 
-    The cell class gets :func:`cells_2d` (membranes are split between the cells they bound);
-    any other class gets :func:`objects_2d` of its argmax mask. int32, 0 = not this class.
+    ``method`` names a registered method (:data:`METHODS`; "auto": cells for the cell class, objects
+    of the argmax mask for any other); ``options`` are :class:`InstanceOptions` fields. 0 = none.
     """
-    probs = np.asarray(probabilities)
-    n_classes = probs.shape[0]
-    if _is_cell_class(k, class_names, n_classes):
-        cfg = config or CellConfig()
-        if min_size:
-            cfg = CellConfig(**{**cfg.__dict__, "min_size": int(min_size)})
-        return cells_2d(probs[k - 1], cfg)
-    mask = np.argmax(probs, axis=0) == (k - 1)
-    return objects_2d(mask, min_size=min_size)
+    return instance_method(method)(np.asarray(probabilities), int(k), InstanceOptions(**options))
 
 
 class SectionLinker:
@@ -373,81 +472,67 @@ class SectionLinker:
         return out
 
 
+def linked_objects(
+    k: int, *, method: str = "auto", link: bool = False, min_overlap: float = 0.3, **options: Any
+) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``objects(z, probabilities (K, H, W))``: a finished section's objects of class ``k`` by
+    ``method``, their ids (uint32) unique across the stack in the order sections finish and, with
+    ``link``, shared with overlapping objects of neighbouring sections (:class:`SectionLinker`).
+
+    The one numbering of the command line, the Segment dock's ``Sections`` sink and the API.
+    """
+    instance_method(method)  # an unknown name is refused before any section is predicted
+    linker = SectionLinker(link=link, min_overlap=min_overlap)
+
+    def objects(z: int, probabilities: np.ndarray) -> np.ndarray:
+        return linker.add(z, instances_of_class(probabilities, k, method=method, **options))
+
+    return objects
+
+
 def instance_sections(
     sections: Iterable[tuple[int, np.ndarray]],
     k: int,
     *,
-    class_names: Sequence[str] | None = None,
-    min_size: int = 0,
+    method: str = "auto",
     link: bool = False,
     min_overlap: float = 0.3,
-    config: CellConfig | None = None,
+    **options: Any,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """For each finished section ``(z, probabilities (K, H, W))``, yield ``(z, ids)``.
 
     Ids are uint32, unique across the stack, and with ``link`` shared by the objects of
-    neighbouring sections that overlap (see :class:`SectionLinker`). The CLI and the Segment dock
-    both iterate this generator.
+    neighbouring sections that overlap (see :func:`linked_objects`). The CLI iterates this generator.
     """
-    linker = SectionLinker(link=link, min_overlap=min_overlap)
+    objects = linked_objects(k, method=method, link=link, min_overlap=min_overlap, **options)
     for z, probs in sections:
-        objects = instances_of_class(probs, k, class_names=class_names, min_size=min_size, config=config)
-        yield z, linker.add(z, objects)
+        yield z, objects(z, probs)
 
 
-def sections_from_tiles(
-    tiles: Iterable, image_shape: Sequence[int], n_classes: int
-) -> Iterator[tuple[object, int | None, np.ndarray | None]]:
-    """Collect tiles of ``predict_tiles`` into whole sections.
-
-    Yields ``(tile, z, probabilities)`` for every tile: ``probabilities`` (K, H, W) and the
-    section index ``z`` (0 for a 2-D image) when the tile completed its section, else None.
-    """
-    is_stack = len(image_shape) == 3
-    plane = tuple(image_shape[-2:])
-    area = int(np.prod(plane))
-    buffers: dict[int, np.ndarray] = {}
-    filled: dict[int, int] = {}
-    for res in tiles:
-        z = int(res.region[0]) if is_stack else 0
-        buf = buffers.get(z)
-        if buf is None:
-            buf = buffers[z] = np.zeros((n_classes, *plane), np.float32)
-            filled[z] = 0
-        ys, xs = res.region[-2:]
-        buf[:, ys, xs] = res.probabilities
-        filled[z] += (ys.stop - ys.start) * (xs.stop - xs.start)
-        if filled[z] >= area:
-            del buffers[z], filled[z]
-            yield res, z, buf
-        else:
-            yield res, None, None
-
-
-def instance_stream(
-    tiles: Iterable,
-    image_shape: Sequence[int],
+def instance_labels(
+    probabilities: np.ndarray,
     k: int,
     *,
-    n_classes: int,
-    class_names: Sequence[str] | None = None,
-    min_size: int = 0,
+    method: str = "auto",
     link: bool = False,
     min_overlap: float = 0.3,
-    config: CellConfig | None = None,
-) -> Iterator[tuple[object, int | None, np.ndarray | None]]:
-    """Objects of class ``k`` from the tiles of ``predict_tiles``, one finished section at a time.
+    **options: Any,
+) -> np.ndarray:
+    """Objects (uint32) of class ``k`` in a whole probability map (K, H, W) or (K, Z, H, W).
 
-    Yields ``(tile, z, ids)`` for every tile; ``ids`` (uint32, final) when the tile completed
-    section ``z``, else None, so a caller can report progress per tile and paint per section.
+    A stack goes section by section, ids unique across it (linked with ``link``); a 2-D map gives
+    the method's own ids. ``method`` and ``options`` as for :func:`instances_of_class`.
     """
-    linker = SectionLinker(link=link, min_overlap=min_overlap)
-    for res, z, probs in sections_from_tiles(tiles, image_shape, n_classes):
-        if probs is None:
-            yield res, None, None
-            continue
-        objects = instances_of_class(probs, k, class_names=class_names, min_size=min_size, config=config)
-        yield res, z, linker.add(z, objects)
+    probs = np.asarray(probabilities)
+    if probs.ndim == 3:
+        return instances_of_class(probs, k, method=method, **options).astype(np.uint32)
+    if probs.ndim != 4:
+        raise UserInputError(f"probabilities have shape {probs.shape}; expected (K, H, W) or (K, Z, H, W)")
+    objects = linked_objects(k, method=method, link=link, min_overlap=min_overlap, **options)
+    out = np.zeros(probs.shape[1:], dtype=np.uint32)
+    for z in range(probs.shape[1]):
+        out[z] = objects(z, probs[:, z])
+    return out
 
 
 def model_class_names(path: str | None = None) -> list[str]:

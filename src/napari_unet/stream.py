@@ -77,18 +77,19 @@ def segmentation_tiles(
     output: str = "classes",
     tta: str = "none",
     instance_class: str | None = None,
+    instance_method: str = "auto",
     control: dict[str, Any] | None = None,
     crop: tuple[int, int, int, int] | None = None,
 ) -> Iterator[PaintTile]:
     """Run in the worker: predict tile by tile and hand over labels ready to paint.
 
-    (Twelve parameters: the Segment dock's call, kept as it is until the dock builds its sink.)
+    (Thirteen parameters: the Segment dock's call, kept as it is until the dock builds its sink.)
 
     ``classes``: every tile becomes class labels 1..K at once. ``instances``: objects need their
     whole slice, so tiles only report progress (``labels`` None) until a slice is complete; then the
     slice's objects of ``instance_class`` (a name or id; None: the cells; ids unique across the
-    stack, from :class:`napari_unet.instances.SectionLinker` as on the command line) come as one
-    item, from :func:`napari_unet.instances.instances_of_class`.
+    stack, as on the command line) come as one item, from
+    :func:`napari_unet.instances.linked_objects` with the registered method ``instance_method``.
 
     A stack goes slice by slice in ``z_order``, except that the slice on screen
     (``control["front"]``, set by the dock when the user changes slice) moves to the front of the
@@ -115,7 +116,7 @@ def segmentation_tiles(
         cx0, cx1 = max(0, crop[2] - c), min(w, crop[3] + c)
     objects = None
     if output == "instances":
-        objects = _section_objects(model, instance_class)
+        objects = _section_objects(model, instance_class, instance_method)
     done = 0
     centre = control.get("glance") if control is not None else None
     if centre is not None and tile_shape is None and output == "classes" and tta == "none" and crop is None:
@@ -149,16 +150,13 @@ def segmentation_tiles(
             yield replace(item, index=done - 1, total=item.total * n_slices)
 
 
-def _section_objects(model: Any, instance_class: str | None) -> Callable[[int, np.ndarray], np.ndarray]:
-    """``objects(z, probabilities)``: a finished slice's objects of ``instance_class``, their ids
-    following those of the slices finished before (:class:`napari_unet.instances.SectionLinker`)."""
-    from napari_unet.instances import SectionLinker, class_index, instances_of_class
+def _section_objects(
+    model: Any, instance_class: str | None, method: str
+) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``objects(z, probabilities)``: a finished slice's objects of ``instance_class`` by ``method``,
+    their ids following those of the slices finished before, as on the command line."""
+    from napari_unet.instances import class_index, linked_objects
 
     names = model.metadata.get("classes")
-    k_obj = class_index(instance_class, names, model.n_classes)
-    stack_ids = SectionLinker(link=False)  # ids unique across the stack, in the order slices finish
-
-    def objects(z: int, probabilities: np.ndarray) -> np.ndarray:
-        return stack_ids.add(z, instances_of_class(probabilities, k_obj, class_names=names))
-
-    return objects
+    k = class_index(instance_class, names, model.n_classes)
+    return linked_objects(k, method=method, class_names=names)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -14,8 +12,8 @@ from napari_unet.instances import (
     cells_2d,
     class_index,
     instance_sections,
-    instance_stream,
     instances_of_class,
+    linked_objects,
     merge_regions,
     objects_2d,
 )
@@ -176,31 +174,33 @@ def test_linker_needs_enough_overlap():
         SectionLinker(min_overlap=0)
 
 
-def test_instance_stream_from_tiles_equals_whole_sections():
-    rng = np.random.default_rng(0)
+def test_sections_sink_gathers_tiles_into_the_objects_of_whole_sections():
+    """The Segment dock's Sections sink, fed tiles in any order, gives instance_sections' ids."""
+    from napari_unet.pipeline import Placed
+    from napari_unet.sinks import Sections
+
     probs = np.stack([membrane_map()] * 3)  # (Z, H, W) P(cell)
     probs[1] = np.roll(probs[1], 2, axis=1)
     full = np.stack([1 - probs, probs])  # (K, Z, H, W)
-    tiles = []
+    objects = linked_objects(2, link=True)
+    got, events = {}, 0
+    parts = ((slice(0, 30), slice(0, 90)), (slice(30, 60), slice(0, 50)), (slice(30, 60), slice(50, 90)))
     for z in (1, 0, 2):  # the slice on screen first, as in the dock
-        for ys, xs in (
-            (slice(0, 30), slice(0, 90)),
-            (slice(30, 60), slice(0, 50)),
-            (slice(30, 60), slice(50, 90)),
-        ):
-            tiles.append(SimpleNamespace(region=(z, ys, xs), probabilities=full[:, z, ys, xs]))
-    got = {}
-    events = list(instance_stream(tiles, probs.shape, 2, n_classes=2, link=True))
-    assert len(events) == 9 and [z for _, z, _ in events if z is not None] == [1, 0, 2]
-    for _, z, ids in events:
-        if ids is not None:
-            got[z] = ids
+        sink = Sections(objects, 2, probs.shape[1:], z, dtype=np.uint32, lead=(z,))
+        for ys, xs in parts:
+            tile = Placed(None, (ys, xs), (slice(0, ys.stop - ys.start), slice(0, xs.stop - xs.start)))
+            painted = sink.take(tile, full[:, z, ys, xs], events, 9)
+            events += 1
+            if painted.labels is not None:
+                assert painted.region[0] == z and z not in got
+                got[z] = painted.labels
+    assert list(got) == [1, 0, 2]
     expected = dict(instance_sections([(z, full[:, z]) for z in (1, 0, 2)], 2, link=True))
     for z in range(3):
+        assert got[z].dtype == np.uint32
         np.testing.assert_array_equal(got[z], expected[z])
     # linked: the cells of all three sections carry the same two ids
     assert len(np.unique(np.stack([got[z] for z in range(3)]))) == 2
-    assert rng is not None
 
 
 def test_isbi_validation_slices_beat_components(isbi_dir):

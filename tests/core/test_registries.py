@@ -160,3 +160,105 @@ def test_the_shipped_model_file_has_no_network_entry_and_loads():
         pytest.skip("no shipped model")
     assert "network" not in read_header(path)
     assert type(load_model(path)) is UNet
+
+
+# ------------------------------------------------------------------ a throwaway instance method
+def _halves(probabilities: np.ndarray, k: int, options) -> np.ndarray:
+    """Where class k wins: id 1 in the left half of the section, 2 in the right half."""
+    ids = (np.argmax(probabilities, axis=0) == k - 1).astype(np.int32)
+    ids[:, probabilities.shape[-1] // 2 :] *= 2
+    return ids
+
+
+@pytest.fixture
+def halves():
+    """The throwaway instance method "halves-test", registered for one test."""
+    from napari_unet.instances import register_method, unregister_method
+
+    register_method("halves-test", _halves)
+    yield "halves-test"
+    unregister_method("halves-test")
+
+
+def test_a_registered_instance_method_runs_by_name_in_the_api(halves):
+    from napari_unet.instances import instance_labels, instances_of_class, linked_objects
+    from napari_unet.postprocess import instances
+
+    p_cell = np.full((3, 8, 10), 0.9, np.float32)
+    p_cell[:, :, 4:6] = 0.1  # a membrane down the middle
+    probs = np.stack([1 - p_cell, p_cell])
+    one = instances_of_class(probs[:, 0], 2, method=halves)
+    assert one[0].tolist() == [1, 1, 1, 1, 0, 0, 2, 2, 2, 2]
+    stack = instance_labels(probs, 2, method=halves)  # each section's ids follow those before it
+    assert stack.dtype == np.uint32 and [sorted(set(s.ravel().tolist())) for s in stack] == [
+        [0, 1, 2], [0, 3, 4], [0, 5, 6]]  # fmt: skip
+    linked = instance_labels(probs, 2, method=halves, link=True)
+    assert sorted(set(linked.ravel().tolist())) == [0, 1, 2]  # the same two objects through the stack
+    np.testing.assert_array_equal(instances(p_cell, method=halves), stack)  # P(cell) alone
+    objects = linked_objects(1, method=halves)  # class 1 wins on the membrane only
+    assert objects(0, probs[:, 0])[0].tolist() == [0, 0, 0, 0, 1, 2, 0, 0, 0, 0]
+
+
+def test_an_unknown_instance_method_is_refused_with_the_known_ones():
+    from napari_unet.instances import instance_sections, instances_of_class, linked_objects
+    from napari_unet.postprocess import instances
+
+    message = "unknown instance method 'nope'; choose one of auto, cells, objects, components, watershed"
+    probs = np.full((2, 6, 6), 0.5, np.float32)
+    for call in (
+        lambda: instances_of_class(probs, 2, method="nope"),
+        lambda: linked_objects(2, method="nope"),
+        lambda: next(instance_sections([(0, probs)], 2, method="nope")),
+        lambda: instances(probs[0], method="nope"),
+    ):
+        with pytest.raises(UserInputError, match=message):
+            call()
+
+
+def test_segment_instances_runs_a_registered_method_by_name(tmp_path, tiny_model, halves, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.instances import instance_labels
+    from napari_unet.io import read_labels
+
+    image = np.random.default_rng(0).integers(0, 255, (2, 64, 60), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    model = save_model(tiny_model, tmp_path / "m.safetensors")
+    args = ["segment", tmp_path / "in.tif", "--model", model, "--instances", "--instance-method"]
+    assert main([str(a) for a in [*args, halves, "-o", tmp_path / "o.tif"]]) == 0, capsys.readouterr().err
+    probs = predict(load_model(model), image)
+    expected = instance_labels(probs, 2, method=halves)
+    assert expected.max() > 0
+    np.testing.assert_array_equal(read_labels(tmp_path / "o.tif"), expected)
+    capsys.readouterr()
+    assert main([str(a) for a in [*args, "nope", "-o", tmp_path / "x.tif"]]) == 2
+    err = capsys.readouterr().err
+    assert "unknown instance method 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.tif").exists()
+    bare = ["segment", tmp_path / "in.tif", "--model", model, "--instance-method", halves]
+    assert main([str(a) for a in [*bare, "-o", tmp_path / "y.tif"]]) == 2
+    assert "add --instances" in capsys.readouterr().err
+
+
+def test_the_segment_dock_stream_runs_a_registered_method_by_name(tiny_model, halves):
+    from napari_unet.instances import instance_sections
+    from napari_unet.normalize import compute_normalizer
+    from napari_unet.stream import segmentation_tiles
+
+    image = np.random.default_rng(1).integers(0, 256, (3, 64, 60), dtype=np.uint8)
+    order, run = [2, 0, 1], {"device": "cpu", "precision": "fp32"}
+    tiles = segmentation_tiles(
+        tiny_model, image, tile_shape=None, z_order=order, dtype=np.dtype(np.uint32), **run,
+        output="instances", instance_method=halves,
+    )  # fmt: skip
+    painted = {t.region[0]: t.labels for t in tiles if t.labels is not None}
+    norm = compute_normalizer(image, tiny_model.metadata.get("normalization"))
+    probs = {z: predict(tiny_model, image[z], normalizer=norm, **run) for z in order}
+    expected = dict(instance_sections(((z, probs[z]) for z in order), 2, method=halves))
+    assert list(painted) == order and painted[2].max() > 0
+    for z in order:
+        np.testing.assert_array_equal(painted[z], expected[z])
+    with pytest.raises(UserInputError, match="unknown instance method"):
+        next(segmentation_tiles(tiny_model, image, tile_shape=None, z_order=order, dtype=np.dtype(np.uint32),
+                                **run, output="instances", instance_method="nope"))  # fmt: skip

@@ -106,6 +106,13 @@ def add_parser(sub: Any) -> None:
         "overlap by at least OVERLAP of the smaller one (default 0.3)",
     )
     seg.add_argument(
+        "--instance-method",
+        default=None,
+        metavar="NAME",
+        help="with --instances: how objects are made: auto (default: cells for the cell class, "
+        "components split at thin necks for others), cells, objects, components or watershed",
+    )
+    seg.add_argument(
         "--overwrite",
         action="store_true",
         help="replace existing outputs, only if napari-unet wrote them (never anything else)",
@@ -259,14 +266,21 @@ def _segment_into_input(args: argparse.Namespace) -> int:
 
 def _check_instance_options(args: argparse.Namespace, model, data) -> None:
     """Refuse instance options that cannot work, before any prediction runs."""
-    from ..instances import class_index
+    from ..instances import class_index, instance_method
 
+    method = getattr(args, "instance_method", None)
     if args.instances is None:
-        for flag, value in (("--link-sections", args.link_sections), ("--min-size", args.min_size)):
+        flags = (
+            ("--link-sections", args.link_sections),
+            ("--min-size", args.min_size),
+            ("--instance-method", method),
+        )
+        for flag, value in flags:
             if value is not None:
                 raise UserInputError(f"{flag} shapes instance labels; add --instances [CLASS]")
         return
     class_index(_instance_class(args), model.metadata.get("classes"), model.n_classes)
+    instance_method(method or "auto")
     if args.link_sections is not None:
         if data.ndim != 3:
             raise UserInputError(
@@ -298,6 +312,7 @@ def _instances_from_probabilities(args: argparse.Namespace, model, probs: np.nda
     steps = instance_sections(
         sections,
         k,
+        method=getattr(args, "instance_method", None) or "auto",
         class_names=names,
         min_size=args.min_size or 0,
         link=link,
