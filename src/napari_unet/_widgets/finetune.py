@@ -111,19 +111,20 @@ def live_preview(
     """
     import torch
 
-    from napari_unet.inference import labels_from_probabilities, predict_tiles
+    from napari_unet.inference import predict_into
+    from napari_unet.sinks import Collect
 
     lower_thread_priority(PREVIEW_NICENESS)
     torch.set_num_threads(PREVIEW_THREADS)  # this thread's own setting; training keeps its threads
     t0 = time.thread_time()
     plane = np.asarray(image[z] if z is not None else image)
-    probs = np.zeros((model.n_classes, *plane.shape), dtype=np.float32)
     on_cpu = torch.device(device).type == "cpu"
     precision, batch = ("fp32", 1) if on_cpu else ("auto", None)
-    for tile in predict_tiles(model, plane, device=device, precision=precision, batch_size=batch):
-        probs[(slice(None), *tile.region)] = tile.probabilities
+    sink = Collect(model.n_classes, plane.shape)  # labels only: the argmax where the network ran
+    tiles = predict_into(model, plane, sink, device=device, precision=precision, batch_size=batch)
+    for _ in tiles:
         yield
-    return z, labels_from_probabilities(probs), time.thread_time() - t0
+    return z, sink.finish().labels, time.thread_time() - t0
 
 
 @dataclass
