@@ -2,6 +2,10 @@
 
 A format is one :class:`Format` entry, declared by its module in :mod:`napari_unet.io` (``FORMAT``
 there) and registered by :mod:`napari_unet.io` in the order messages and dialogs list formats.
+This module sits below ``io`` and never imports it: the built-in formats are here once ``io`` is
+imported, so a caller that asks the registry imports ``napari_unet.io`` first (every reader and
+writer does).
+
 :mod:`napari_unet.io` finds everything through this registry: which format a path is (by suffix,
 or for a folder by asking each folder format), how to probe and open it, and how to write labels
 or probabilities to it. The error line that names what is readable, the napari reader's filename
@@ -117,13 +121,6 @@ class Format:
 _REGISTRY: dict[str, Format] = {}
 
 
-def _builtin() -> dict[str, Format]:
-    """The registry, with the built-in formats (registered when :mod:`napari_unet.io` loads)."""
-    import napari_unet.io  # noqa: F401  (registers the built-in formats)
-
-    return _REGISTRY
-
-
 def register(fmt: Format) -> Format:
     """Add ``fmt`` to the registry (after the formats already there) and return it.
 
@@ -149,12 +146,12 @@ def unregister(name: str) -> None:
 
 def all_formats() -> tuple[Format, ...]:
     """Every registered format, in the order error messages and dialogs list them."""
-    return tuple(_builtin().values())
+    return tuple(_REGISTRY.values())
 
 
 def by_name(name: str) -> Format:
     """The format called ``name`` (KeyError for an unknown one)."""
-    return _builtin()[name]
+    return _REGISTRY[name]
 
 
 def read_suffixes() -> tuple[str, ...]:
