@@ -214,3 +214,27 @@ def predict_labels(
 def labels_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
     """Class ids 1..K (uint8) from probabilities shaped (K, ...): channel k-1 is class k."""
     return sinks.class_labels(np.asarray(probabilities))
+
+
+def measure_seconds_per_mpx(
+    model: UNet,
+    tile: Sequence[int],
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+) -> float:
+    """Seconds per input megapixel of one ``tile`` through the tile engine, as a run here takes it.
+
+    The Segment dock times this once per model and device before its first run, because
+    :data:`napari_unet.tileplan.SECONDS_PER_MPX_BASE16` is one machine's figure under load: on an
+    idle 2-core CPU it was 2-3x too high, and it knows nothing of threads or GPUs. The tile is
+    noise, so what is timed is the network, the normalisation and the stitching of one tile, not
+    the content of an image; it goes into the labels sink the dock's run uses (the argmax on the device).
+    """
+    import time
+
+    th, tw = (int(t) for t in tile)
+    out = (max(th - model.margin, 1), max(tw - model.margin, 1))  # one tile covers it exactly
+    image = np.random.default_rng(0).random(out, dtype=np.float32)
+    start = time.perf_counter()
+    predict_labels(model, image, (th, tw), batch_size=1, device=device, precision=precision)
+    return (time.perf_counter() - start) / (th * tw / 1e6)

@@ -9,7 +9,8 @@ The Segment dock shows this for the tile size the user chose, so a size that wou
 says so up front: :func:`check_tile_size` turns a typed size into the tile actually used (or says
 why none fits), :func:`estimate` counts the tiles of the overlap-tile plan and prices them with a
 throughput figure: the last run's in this viewer, else one tile timed on this machine
-(:func:`measure_seconds_per_mpx`), else a fixed figure. Nothing here imports Qt.
+(:func:`napari_unet.inference.measure_seconds_per_mpx`, which runs prediction and so sits above this
+module), else a fixed figure. Nothing here imports Qt.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ __all__ = [
     "default_seconds_per_mpx",
     "estimate",
     "format_seconds",
-    "measure_seconds_per_mpx",
     "smallest_tile",
 ]
 
@@ -195,32 +195,6 @@ def check_tile_size(model: UNet, size: int) -> int:
 def default_seconds_per_mpx(model: UNet) -> float:
     """Seconds per megapixel of input on this kind of CPU; scales with the channels squared."""
     return SECONDS_PER_MPX_BASE16 * (model.base_channels / 16) ** 2
-
-
-def measure_seconds_per_mpx(
-    model: UNet,
-    tile: Sequence[int],
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-) -> float:
-    """Seconds per input megapixel of one ``tile`` through the tile engine, as a run here takes it.
-
-    The Segment dock times this once per model and device before its first run, because
-    :data:`SECONDS_PER_MPX_BASE16` is one machine's figure under load: on an idle 2-core CPU it was
-    2-3x too high, and it knows nothing of threads or GPUs. The tile is noise, so what is timed is
-    the network, the normalisation and the stitching of one tile, not the content of an image;
-    it goes into the labels sink the dock's run uses (the argmax on the device).
-    """
-    import time
-
-    from napari_unet.inference import predict_labels
-
-    th, tw = (int(t) for t in tile)
-    out = (max(th - model.margin, 1), max(tw - model.margin, 1))  # one tile covers it exactly
-    image = np.random.default_rng(0).random(out, dtype=np.float32)
-    start = time.perf_counter()
-    predict_labels(model, image, (th, tw), batch_size=1, device=device, precision=precision)
-    return (time.perf_counter() - start) / (th * tw / 1e6)
 
 
 @dataclass(frozen=True)

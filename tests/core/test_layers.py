@@ -105,7 +105,7 @@ def test_timing_a_tile_runs_exactly_that_tile_once(make_unet):
     """What the Segment dock times before its first run is one pass of the tile the run uses."""
     import math
 
-    from napari_unet.tileplan import measure_seconds_per_mpx
+    from napari_unet.inference import measure_seconds_per_mpx
 
     model = make_unet(depth=2, dropout=0.0)
     tile = (model.valid_input_size(100), model.valid_input_size(124))

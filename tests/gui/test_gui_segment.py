@@ -356,7 +356,7 @@ def test_the_first_estimate_uses_a_tile_timed_here_and_a_run_replaces_it(
 ):
     """Before any run the time comes from one tile timed on this machine (in the background),
     not from a fixed figure; a finished run's own rate then replaces it."""
-    from napari_unet import tileplan
+    from napari_unet import inference, tileplan
     from napari_unet.checkpoint import load_model
 
     timed = []
@@ -365,7 +365,7 @@ def test_the_first_estimate_uses_a_tile_timed_here_and_a_run_replaces_it(
         timed.append((tuple(tile), device, precision))
         return 900.0  # s per input megapixel: far from any real figure, so the line shows its use
 
-    monkeypatch.setattr(tileplan, "measure_seconds_per_mpx", fake_timing)
+    monkeypatch.setattr(inference, "measure_seconds_per_mpx", fake_timing)
     viewer, widget = dock
     viewer.add_image(image, name="em")
     est = tileplan.estimate(load_model(model_file), image.shape, None, seconds_per_mpx=900.0)

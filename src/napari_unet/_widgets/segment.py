@@ -364,7 +364,7 @@ class SegmentWidget(Dock):
     def _time_one_tile(self, model: Any, model_name: str, tile: tuple[int, int]) -> None:
         """Time one tile in the background, once per model and device, so that the estimate
         before the first run is this machine's, not a fixed figure (2-3x off on an idle CPU)."""
-        from napari_unet.tileplan import measure_seconds_per_mpx
+        from napari_unet.inference import measure_seconds_per_mpx
 
         key = self._timing_key(model_name)
         if model_name in self._rates or key in self._timed or key in self._timing or self.closed:
