@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import UserInputError
+
 
 def double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     """Two unpadded 3x3 convolutions, each followed by ReLU (one U-Net level)."""
@@ -307,8 +309,9 @@ class Architecture:
     """A registered network: its builder, the header entries it takes and their check."""
 
     name: str
-    #: called with the header's ``architecture`` entries as keyword arguments
-    builder: Callable[..., nn.Module]
+    #: called with the header's ``architecture`` entries as keyword arguments; or "module:Class",
+    #: imported on first use (so a network in its own module needs no import here)
+    builder: Callable[..., nn.Module] | str
     header_keys: frozenset[str]
     #: what is wrong with the entries, in a few words (None: usable); runs before anything is built
     check: Callable[[dict[str, Any]], str | None] | None = None
@@ -320,14 +323,16 @@ ARCHITECTURES: dict[str, Architecture] = {}
 
 def register_architecture(
     name: str,
-    builder: Callable[..., nn.Module],
+    builder: Callable[..., nn.Module] | str,
     header_keys: Iterable[str],
     check: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> Architecture:
     """Make ``builder`` the network named ``name`` in checkpoint headers; a later call replaces it.
 
-    The built network must offer what the tile policy and the engine use of :class:`UNet` (its size
-    methods, ``n_classes``, ``config``, ``metadata``, ``head``); subclassing UNet gives all of it.
+    The network is a :class:`UNet` subclass (the public API takes UNets): it keeps what the tile
+    policy and the engine use (size methods, ``n_classes``, ``metadata``, ``head``), overrides
+    :meth:`UNet.level` or ``forward``, and its ``config`` holds ``header_keys``. ``builder`` may be
+    "package.module:Class", imported when a header first names ``name``.
     """
     entry = Architecture(str(name), builder, frozenset(header_keys), check)
     ARCHITECTURES[entry.name] = entry
@@ -360,21 +365,34 @@ def build_model(header: dict[str, Any]) -> UNet:
     entry = ARCHITECTURES.get(name) if isinstance(name, str) else None
     if entry is None:
         raise ValueError(f"unknown network {name!r}; registered: {', '.join(ARCHITECTURES)}")
-    model = entry.builder(**dict(header.get("architecture", {})))
+    builder = entry.builder
+    if isinstance(builder, str):
+        import importlib
+
+        module, _, attribute = builder.partition(":")
+        builder = getattr(importlib.import_module(module), attribute)
+    model = builder(**dict(header.get("architecture", {})))
     model.architecture_name = entry.name
     return model
 
 
 def architecture_name(model: nn.Module) -> str:
-    """The registered name of ``model``'s architecture: the one it was built as, else its class's."""
+    """The registered name of ``model``'s architecture: the one it was built as, else its class's.
+
+    Only the class itself counts, not a parent: an unregistered variant of the U-Net saved as
+    "unet2d" would load as the plain network.
+    """
     name = model.__dict__.get("architecture_name")
     if name in ARCHITECTURES:
         return name
-    for cls in type(model).__mro__:
-        for entry in ARCHITECTURES.values():
-            if entry.builder is cls:
-                return entry.name
-    raise ValueError(f"{type(model).__name__} is not a registered architecture; register_architecture it")
+    cls = type(model)
+    for entry in ARCHITECTURES.values():
+        if entry.builder is cls or entry.builder == f"{cls.__module__}:{cls.__qualname__}":
+            return entry.name
+    raise UserInputError(
+        f"{cls.__name__} is not a registered architecture, so it could not be rebuilt from a file; "
+        "register it with napari_unet.model.register_architecture"
+    )
 
 
 def model_header(model: UNet) -> dict[str, Any]:

@@ -123,6 +123,19 @@ def test_dask_payload_and_unregistered_network(tmp_path, residual):
         load_model(path)
 
 
+def test_an_architecture_registered_by_module_path_is_imported_when_named():
+    register_architecture("residual-lazy", f"{ResidualUNet.__module__}:ResidualUNet", ("shortcut", "depth"))
+    try:
+        model = build_model({"network": "residual-lazy", "architecture": {"shortcut": 0.25, "depth": 1}})
+        assert type(model) is ResidualUNet and model.shortcut == 0.25 and model.depth == 1
+        del model.__dict__["architecture_name"]  # as if built directly: found by its class's path
+        assert architecture_name(model) == "residual-lazy"
+    finally:
+        unregister_architecture("residual-lazy")
+    with pytest.raises(ValueError, match="ResidualUNet is not a registered architecture"):
+        architecture_name(model)
+
+
 def test_the_registration_checks_the_header_entries(residual):
     good = {"network": "residual-test", "architecture": {"shortcut": 0.2}}
     assert architecture_problem(good) is None
