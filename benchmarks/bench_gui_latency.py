@@ -523,13 +523,13 @@ def preview_scenario(args, model_path: Path, model_note: str) -> None:
                 cpu = _process_cpu() - cpu0
                 ft.task.yielded.disconnect(events.append)
                 if live and run:
-                    shares.append(run.preview_cpu / cpu)
+                    shares.append(run.preview.cpu / cpu)
                 steps = [e for e in events if e.kind == "step"]
                 first = steps[0]
                 rate = (steps[-1].step - first.step) / (steps[-1].elapsed - first.elapsed)
                 rates[live].append(rate)
                 if live:
-                    previews.append(run.previews if run else 0)
+                    previews.append(run.preview.count if run else 0)
                 print(
                     f"run {repeat + 1}, preview {'on ' if live else 'off'}: {rate:.3f} steps/s, "
                     f"{len(steps)} steps, process CPU {cpu:.0f} s",

@@ -269,17 +269,17 @@ def test_training_imports_are_warmed_while_the_dock_is_open(qtbot, make_napari_v
 
 def test_live_preview_computes_where_training_runs(qtbot, make_napari_viewer, model_file, image, monkeypatch):
     """The preview gets the run's device (on a GPU it computes there, not on one CPU thread)."""
-    from napari_unet._widgets import finetune
+    from napari_unet._widgets import _live_preview, finetune
 
     devices = []
-    real = finetune.live_preview
+    real = _live_preview.live_preview
 
     def recorded(model, data, z, device):
         devices.append(device)
         return (yield from real(model, data, z, device))
 
     monkeypatch.setattr(finetune, "PREVIEW_EVERY_S", 0.05)
-    monkeypatch.setattr(finetune, "live_preview", recorded)
+    monkeypatch.setattr(_live_preview, "live_preview", recorded)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     widget.model_chooser.select_file(model_file)
@@ -298,7 +298,7 @@ def test_live_preview_computes_where_training_runs(qtbot, make_napari_viewer, mo
 def test_live_preview_on_a_gpu_agrees_with_the_cpu(model_file, image):
     """The preview on a GPU (bf16) labels the slice as the CPU's fp32 preview does, within the
     bf16 tolerance of tests/predict (at most 1 % of pixels of another class)."""
-    from napari_unet._widgets.finetune import live_preview
+    from napari_unet._widgets._live_preview import live_preview
 
     model = load_model(model_file)
 

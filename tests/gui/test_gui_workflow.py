@@ -505,9 +505,9 @@ def test_training_previews_the_slice_on_screen_and_validates_from_the_start(
 
 def slow_preview(monkeypatch, started, release):
     """Make the live preview wait for ``release`` before its first tile, setting ``started``."""
-    from napari_unet._widgets import finetune
+    from napari_unet._widgets import _live_preview, finetune
 
-    real = finetune.live_preview
+    real = _live_preview.live_preview
 
     def held(*args):
         started.set()
@@ -515,7 +515,7 @@ def slow_preview(monkeypatch, started, release):
         return (yield from real(*args))
 
     monkeypatch.setattr(finetune, "PREVIEW_EVERY_S", 0.05)
-    monkeypatch.setattr(finetune, "live_preview", held)
+    monkeypatch.setattr(_live_preview, "live_preview", held)
 
 
 def test_closing_the_dock_stops_a_preview_in_flight(
@@ -529,7 +529,7 @@ def test_closing_the_dock_stops_a_preview_in_flight(
     ft = start_training(viewer, model_file, image)
     ft.train()
     qtbot.waitUntil(started.is_set, timeout=TIMEOUT)
-    preview = ft._run.preview_worker
+    preview = ft._run.preview.worker
     assert preview is not None and not preview.ended.is_set()
     close_dock(viewer, ft)
     assert preview.abort_requested  # quit with the dock, not left to run the whole slice
@@ -545,10 +545,10 @@ import sys, threading, time
 import numpy as np
 import napari
 from qtpy.QtWidgets import QApplication
-from napari_unet._widgets import finetune
+from napari_unet._widgets import _live_preview, finetune
 
 started = threading.Event()
-real = finetune.live_preview
+real = _live_preview.live_preview
 
 def held(*args):
     started.set()
@@ -556,7 +556,7 @@ def held(*args):
     return (yield from real(*args))
 
 finetune.PREVIEW_EVERY_S = 0.05
-finetune.live_preview = held
+_live_preview.live_preview = held
 viewer = napari.Viewer(show=False)
 rng = np.random.default_rng(1)
 viewer.add_image(rng.integers(0, 255, size=(3, 72, 80), dtype=np.uint8), name="em")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import wrapt
 from qtpy.QtCore import QEvent, QSize, Qt, Signal
 from qtpy.QtWidgets import (
@@ -41,6 +42,7 @@ __all__ = [
     "Dock",
     "LayerComboBox",
     "ModelChooser",
+    "current_slice",
     "image_key_of",
     "is_derived",
     "layer_data",
@@ -63,6 +65,15 @@ def unwrap(obj: Any) -> Any:
 def layer_data(layer: Any) -> Any:
     """A layer's full-resolution array: the data, or level 0 of a multiscale pyramid."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def current_slice(viewer: Any, layer: Any) -> int:
+    """The slice of a stack layer that is on screen, in data coordinates."""
+    try:
+        z = float(layer.world_to_data(viewer.dims.point)[0])
+    except (IndexError, ValueError):
+        return 0
+    return int(np.clip(round(z), 0, layer_data(layer).shape[0] - 1))
 
 
 def grey_image(layer: Any, verb: str, missing: str) -> tuple[Any, Any]:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import re
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,23 +48,16 @@ from napari_unet.recipes import RECIPE_CHOICES, resolve_recipe
 
 from . import Dock, LayerComboBox, _alive, grey_image, layer_data, unwrap
 from ._library import LibraryModelChooser, LibraryPanel
+from ._live_preview import LivePreview
 from ._loss_curve import LossCurve
 from ._notify import notify_info, notify_warning, user_errors
 from ._session import SessionModel, session_for
-from ._worker import DONE, TaskPanel, lower_thread_priority, start_worker
+from ._worker import DONE, TaskPanel, lower_thread_priority
 
 __all__ = ["FineTuneWidget", "LossCurve", "annotated_slices", "augmentation_preview"]
 
 #: seconds between two live previews while training (at least; see PREVIEW_SHARE)
 PREVIEW_EVERY_S = 5.0
-#: the most of the machine's CPU time the preview may take: after a preview that took c seconds
-#: of CPU the next waits c / (PREVIEW_SHARE * cores) seconds, so a large slice is previewed less
-#: often. Half of the 20 % budget: the snapshot copy and the painting cost a little too.
-PREVIEW_SHARE = 0.10
-#: the preview computes in one torch thread (per-thread setting), so it takes one core at most
-PREVIEW_THREADS = 1
-#: niceness of the preview thread: training keeps the CPU, the preview takes what is left
-PREVIEW_NICENESS = 19
 #: modules the first training run imports (the optimiser's first use imports torch's compiler
 #: front end, about 2 s of Python), imported in the background once the dock has been open for
 #: WARM_DELAY_MS, while the user paints, so that Train starts its first step sooner
@@ -97,36 +88,6 @@ def class_names_of(model: Any) -> list[str]:
     return roles.class_names_of(model)
 
 
-def live_preview(
-    model: Any, image: Any, z: int | None, device: str = "cpu"
-) -> Generator[None, None, tuple[int | None, np.ndarray, float]]:
-    """Worker: segment slice ``z`` of ``image`` (the whole image when None) with a snapshot.
-
-    The thread runs at the lowest CPU priority with one torch thread, so training keeps the cores
-    and the preview takes what is left; ``model`` is the trainer's CPU copy, never the model being
-    trained. ``device`` is where training runs: on a GPU the preview computes there too, with the
-    defaults (a slice in milliseconds instead of seconds on one CPU thread); on the CPU in fp32.
-    Yields after each tile, so a closed dock stops it there. Returns (z, labels, CPU seconds this
-    thread spent).
-    """
-    import torch
-
-    from napari_unet.inference import predict_into
-    from napari_unet.sinks import Collect
-
-    lower_thread_priority(PREVIEW_NICENESS)
-    torch.set_num_threads(PREVIEW_THREADS)  # this thread's own setting; training keeps its threads
-    t0 = time.thread_time()
-    plane = np.asarray(image[z] if z is not None else image)
-    on_cpu = torch.device(device).type == "cpu"
-    precision, batch = ("fp32", 1) if on_cpu else ("auto", None)
-    sink = Collect(model.n_classes, plane.shape)  # labels only: the argmax where the network ran
-    tiles = predict_into(model, plane, sink, device=device, precision=precision, batch_size=batch)
-    for _ in tiles:
-        yield
-    return z, sink.finish().labels, time.thread_time() - t0
-
-
 @dataclass
 class TrainingRun:
     """What the dock knows about the training it is running (main thread only)."""
@@ -149,12 +110,8 @@ class TrainingRun:
     #: the last training event, and the validation figures of the start model
     last: Any = None
     start_metrics: dict[str, float] | None = None
-    #: live preview: one at a time, within PREVIEW_SHARE of the CPU
-    preview_worker: Any = None
-    previewed: int | None = None
-    next_preview: float = 0.0
-    preview_cpu: float = 0.0
-    previews: int = 0
+    #: the run's live previews (None until the run starts)
+    preview: LivePreview | None = None
     #: set when training has finished: its steps, and whether it validates worse than the start
     steps: int | None = None
     worse: bool = False
@@ -525,6 +482,7 @@ class FineTuneWidget(Dock):
             checkpoint=config.checkpoint_path,
             device=device,
             library_name=entry.name,
+            preview=LivePreview(self.viewer, image_layer, class_names_of(model), device),
         )
         self.loss_curve.clear()
         self.verdict_label.setText("")
@@ -634,33 +592,10 @@ class FineTuneWidget(Dock):
 
     # ------------------------------------------------------------------ live preview
     def _preview(self, model: Any) -> None:
-        """Segment the slice on screen with a snapshot, unless the last preview still runs."""
+        """Segment the slice on screen with a snapshot (see :class:`LivePreview`)."""
         run = self._run
-        if not isinstance(run, TrainingRun) or run.preview_worker is not None:
-            return
-        if not self.live_check.isChecked() or self.closed:
-            return
-        if time.perf_counter() < run.next_preview:
-            return  # the last preview was costly: keep within PREVIEW_SHARE of the CPU
-        image = run.image_layer()
-        if image is None or image not in self.viewer.layers:
-            return
-        data = layer_data(image)
-        z = self._current_slice(image) if data.ndim == 3 else None
-
-        def finished(_outcome: str) -> None:
-            run.preview_worker = None
-
-        me = weakref.ref(self)
-        run.preview_worker = start_worker(
-            live_preview,
-            model,
-            data,
-            z,
-            run.device,
-            on_done=lambda result: me() is not None and me()._show_live(run, image, result),
-            on_finish=finished,
-        )
+        if isinstance(run, TrainingRun) and run.preview and self.live_check.isChecked() and not self.closed:
+            run.preview.offer(model, self)
 
     def dock_closed(self) -> None:
         """Stop training (after its step, keeping the checkpoint in the library as "unfinished")
@@ -669,53 +604,8 @@ class FineTuneWidget(Dock):
         if isinstance(run, TrainingRun):
             run.control["closed"] = True  # the library keeps the run as unfinished, to resume
         super().dock_closed()
-        if isinstance(run, TrainingRun) and run.preview_worker is not None:
-            run.preview_worker.quit()
-
-    def _current_slice(self, layer: Any) -> int:
-        try:
-            z = float(layer.world_to_data(self.viewer.dims.point)[0])
-        except (IndexError, ValueError):
-            return 0
-        return int(np.clip(round(z), 0, layer_data(layer).shape[0] - 1))
-
-    def _show_live(self, run: TrainingRun, image: Any, result: tuple[Any, ...]) -> None:
-        """Main thread: paint a preview into "<image> preview" (linked to the image by role)."""
-        from . import image_key_of, linked_layer
-
-        if not _alive(self) or image not in self.viewer.layers:
-            return
-        z, labels, cpu = result
-        cores = os.cpu_count() or 1
-        run.preview_cpu += cpu
-        run.next_preview = time.perf_counter() + cpu / (PREVIEW_SHARE * cores)
-        shape = tuple(layer_data(image).shape)
-        names = run.classes
-        layer = linked_layer(self.viewer, image, roles.PREVIEW)
-        if layer is None or tuple(layer.data.shape) != shape:
-            if layer is not None:
-                self.viewer.layers.remove(layer)
-            kwargs = roles.preview_layer(image.name, names, key=image_key_of(image))
-            layer = self.viewer.add_labels(
-                np.zeros(shape, np.uint8),
-                scale=image.scale,
-                translate=image.translate,
-                units=image.units,
-                **kwargs,
-            )
-        elif roles.class_names_of_features(layer.features) != names:
-            layer.features = roles.preview_layer(image.name, names, key=None)["features"]
-            layer.colormap = roles.class_palette(names)
-        if z is None:
-            layer.data[...] = labels
-        else:
-            previous = run.previewed
-            if previous is not None and previous != z:
-                layer.data[previous] = 0  # one slice at a time: what the model does now
-            layer.data[z] = labels
-            run.previewed = z
-        layer.refresh()
-        run.previews += 1
+        if isinstance(run, TrainingRun) and run.preview:
+            run.preview.quit()
 
     def _on_done(self, trainer: Any) -> None:
         run = self._run

@@ -46,6 +46,7 @@ from . import (
     Dock,
     LayerComboBox,
     _alive,
+    current_slice,
     grey_image,
     image_key_of,
     layer_data,
@@ -323,11 +324,7 @@ class SegmentWidget(Dock):
 
     def _current_slice(self, layer: Any) -> int:
         """The slice of a stack layer that is on screen, in data coordinates."""
-        try:
-            z = float(layer.world_to_data(self.viewer.dims.point)[0])
-        except (IndexError, ValueError):
-            return 0
-        return int(np.clip(round(z), 0, layer_data(layer).shape[0] - 1))
+        return current_slice(self.viewer, layer)
 
     def _visible_crop(self, layer: Any) -> tuple[int, int, int, int] | None:
         """(y0, y1, x0, x1) of the image on screen, or None when all of it is visible."""
