@@ -46,7 +46,6 @@ from napari_unet.errors import UserInputError
 
 __all__ = [
     "DEFAULT_CLASSES",
-    "default_classes",
     "NOT_ANNOTATED",
     "PALETTE",
     "SIDECAR_SUFFIX",
@@ -790,28 +789,3 @@ def load_annotations(path: str | os.PathLike, shape: Sequence[int]) -> Annotatio
         labels = labels.astype(np.uint8)
     found.labels = labels
     return found
-
-
-_model_classes: dict[tuple[str, int], list[str]] = {}
-
-
-def default_classes() -> list[str]:
-    """The shipped model's class names (read from its header once), or membrane and cell."""
-    from napari_unet.models import default_model_path
-
-    path = default_model_path()
-    if path is None:
-        return list(DEFAULT_CLASSES)
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _model_classes:
-        names: list[str] = list(DEFAULT_CLASSES)
-        try:
-            from napari_unet.checkpoint import read_header
-
-            found = (read_header(path).get("metadata") or {}).get("classes")
-            if found and all(isinstance(n, str) for n in found):
-                names = list(found)
-        except (UserInputError, OSError):
-            pass
-        _model_classes[key] = names
-    return list(_model_classes[key])

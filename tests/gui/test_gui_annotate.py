@@ -9,7 +9,7 @@ from napari.layers import Labels
 
 from napari_unet import annotation as core
 from napari_unet import loading
-from napari_unet.annotation import default_classes
+from napari_unet.models import default_classes
 
 pytestmark = pytest.mark.gui
 

@@ -15,7 +15,7 @@ from qtpy.QtGui import QColor, QIcon, QPixmap
 
 from napari_unet import annotation as core
 from napari_unet import layers as roles
-from napari_unet.annotation import default_classes as default_classes  # re-exported for the docks
+from napari_unet.models import default_classes as default_classes  # re-exported for the docks
 
 from . import is_derived, layer_data, linked_layer, unwrap
 

@@ -1,4 +1,5 @@
-"""Models shipped inside the package, and finding a model by file or by library name."""
+"""Models shipped inside the package (and their class names), and finding a model by file or by
+library name."""
 
 from __future__ import annotations
 
@@ -15,6 +16,31 @@ def default_model_path() -> Path | None:
     """Path of the shipped default model, or None when this installation has none."""
     path = Path(__file__).with_name(DEFAULT_MODEL_NAME)
     return path if path.is_file() else None
+
+
+_model_classes: dict[tuple[str, int], list[str]] = {}
+
+
+def default_classes() -> list[str]:
+    """The shipped model's class names (read from its header once), or membrane and cell: what a
+    new annotation starts with."""
+    from ..annotation import DEFAULT_CLASSES
+    from ..checkpoint import read_header
+
+    path = default_model_path()
+    if path is None:
+        return list(DEFAULT_CLASSES)
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _model_classes:
+        names: list[str] = list(DEFAULT_CLASSES)
+        try:
+            found = (read_header(path).get("metadata") or {}).get("classes")
+            if found and all(isinstance(n, str) for n in found):
+                names = list(found)
+        except (UserInputError, OSError):
+            pass
+        _model_classes[key] = names
+    return list(_model_classes[key])
 
 
 def find_model_file(spec: str) -> Path:
