@@ -176,6 +176,28 @@ class FineTuneWidget(Dock):
         self.library_panel = LibraryPanel(self.model_chooser)
         self.classes_label = QLabel("")
         self.classes_label.setWordWrap(True)
+        self._build_settings()
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.train)
+        self.verdict_label = QLabel("")
+        self.verdict_label.setWordWrap(True)
+        self.task = TaskPanel("Stop")
+        self.task.finished.connect(self._on_finished)
+        self.loss_curve = LossCurve()
+        self.save_button = QPushButton("Save model…")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(self._save_dialog)
+
+        self._lay_out()
+        self._connect()
+        self._run: TrainingRun | AugmentationRun | None = None
+        #: the model made by the last run, as kept in the session, and what validation said of it
+        self.result: SessionModel | None = None
+        self.verdict: Any = None
+        QTimer.singleShot(WARM_DELAY_MS, lambda: warm_imports(WARM_IMPORTS))
+
+    def _build_settings(self) -> None:
+        """The training settings: length, recipe, learning rate, augmentation, device, preview."""
         self.limit_combo = QComboBox()
         self.limit_combo.addItems(["steps", "minutes"])
         self.steps_spin = QSpinBox()
@@ -220,17 +242,9 @@ class FineTuneWidget(Dock):
             "'<image> preview', in a low-priority thread (measured to cost under 20 % of the "
             "training speed)"
         )
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(self.train)
-        self.verdict_label = QLabel("")
-        self.verdict_label.setWordWrap(True)
-        self.task = TaskPanel("Stop")
-        self.task.finished.connect(self._on_finished)
-        self.loss_curve = LossCurve()
-        self.save_button = QPushButton("Save model…")
-        self.save_button.setEnabled(False)
-        self.save_button.clicked.connect(self._save_dialog)
 
+    def _lay_out(self) -> None:
+        """The form, the loss curve and the verdict; Train and its progress pinned below."""
         limit = QHBoxLayout()
         limit.setContentsMargins(0, 0, 0, 0)
         limit.addWidget(self.limit_combo)
@@ -261,6 +275,10 @@ class FineTuneWidget(Dock):
         self.pin(self.train_button, self.task)
         layout.addStretch(1)
 
+
+    def _connect(self) -> None:
+        """Follow the viewer, the session and the choosers; first state of the small views."""
+        napari_viewer = self.viewer
         self.limit_combo.currentIndexChanged.connect(self._show_limit)
         self.model_chooser.changed.connect(self._show_classes)
         self.model_chooser.changed.connect(self._show_resume)
@@ -274,11 +292,6 @@ class FineTuneWidget(Dock):
         self._show_limit()
         self._show_classes()
         self._show_resume()
-        self._run: TrainingRun | AugmentationRun | None = None
-        #: the model made by the last run, as kept in the session, and what validation said of it
-        self.result: SessionModel | None = None
-        self.verdict: Any = None
-        QTimer.singleShot(WARM_DELAY_MS, lambda: warm_imports(WARM_IMPORTS))
 
     # ------------------------------------------------------------------ small views
     def _apply_theme(self, *_: Any) -> None:
