@@ -7,8 +7,9 @@ sizes (``min + n * 2**depth``), output axes ``margin`` px smaller than the input
 side), the model's percentile normalisation as preprocessing, the class names as output channel
 names, a test input with its expected output computed by napari-unet itself, a cover picture and a
 documentation page made from the model card. The original ``.safetensors`` travels as an attachment
-and ``config.napari_unet`` points at it, which is how :func:`load_package` gets the model back
-(with its classes and normalisation) without unpickling anything and without bioimage.io libraries.
+and ``config.napari_unet`` points at it, which is how :mod:`napari_unet.package` gets the model
+back (with its classes and normalisation) without unpickling anything and without bioimage.io
+libraries.
 
 Validation runs offline: every file is local, and nothing is fetched.
 """
@@ -19,8 +20,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,8 @@ from ._extras import require
 from .classes import class_names_or_default, default_class_names
 from .errors import UserInputError
 from .model import UNet
+from .package import CONFIG_KEY, MODEL_FILE, is_package
 
-#: Names a package's description file may have (0.5 writes rdf.yaml; bioimageio.yaml is the newer one).
-RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
-#: Key of napari-unet's entry in the package's ``config``.
-CONFIG_KEY = "napari_unet"
-#: File name of the original model inside a package.
-MODEL_FILE = "model.safetensors"
 #: Output tile size (y and x) of the test input, rounded up to a valid size.
 TEST_OUTPUT_SIZE = 256
 
@@ -81,96 +75,18 @@ SHIPPED_CARD = {
 
 
 # ------------------------------------------------------------------------------ reading back
-def _rdf_in_folder(path: Path) -> Path | None:
-    for name in RDF_NAMES:
-        if (path / name).is_file():
-            return path / name
-    return None
-
-
-def is_package(path: str | os.PathLike) -> bool:
-    """Whether ``path`` looks like a bioimage.io model package (folder, .zip, or its rdf.yaml)."""
-    p = Path(os.fspath(path))
-    if p.is_dir():
-        return _rdf_in_folder(p) is not None
-    return p.is_file() and (p.suffix.lower() == ".zip" or p.name in RDF_NAMES)
-
-
-def _read_package(path: Path) -> tuple[dict, Any]:
-    """(description, reader of a file name -> bytes) of a package folder, zip or rdf.yaml."""
-    import yaml
-
-    if p_is_zip := (path.is_file() and path.suffix.lower() == ".zip"):
-        try:
-            zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise UserInputError(f"model {path} is not a readable zip file ({exc})") from None
-        names = [n for n in RDF_NAMES if n in zf.namelist()]
-        if not names:
-            raise UserInputError(
-                f"model {path} is a zip file without rdf.yaml; it is not a bioimage.io package"
-            )
-
-        def read(name: str) -> bytes:
-            return zf.read(name)
-
-        text = read(names[0])
-    else:
-        rdf = path if path.is_file() else _rdf_in_folder(path)
-        if rdf is None:  # pragma: no cover - is_package said yes
-            raise UserInputError(f"model {path} has no rdf.yaml")
-        root = rdf.parent
-
-        def read(name: str) -> bytes:
-            return (root / name).read_bytes()
-
-        text = rdf.read_bytes()
-    del p_is_zip
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserInputError(
-            f"model {path}: its rdf.yaml is not valid YAML ({str(exc).splitlines()[0]})"
-        ) from None
-    if not isinstance(doc, dict):
-        raise UserInputError(f"model {path}: its rdf.yaml is not a description")
-    return doc, read
-
-
 def load_package(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
     """The napari-unet model inside a package this tool exported, with its classes and normalisation.
 
-    A package from another tool (no ``config.napari_unet``) raises UserInputError saying so.
+    A package from another tool (no ``config.napari_unet``) raises UserInputError saying so; the
+    reading itself is :mod:`napari_unet.package`'s, which :func:`napari_unet.checkpoint.load_model`
+    uses for any package it is given.
     """
     from .checkpoint import load_model
 
-    p = Path(os.fspath(path))
-    doc, read = _read_package(p)
-    entry = (doc.get("config") or {}).get(CONFIG_KEY) if isinstance(doc.get("config"), dict) else None
-    if doc.get("type") != "model":
-        raise UserInputError(f"{p} is a bioimage.io {doc.get('type', 'resource')!r}, not a model package")
-    if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
-        raise UserInputError(
-            f"{p} is a bioimage.io model ({doc.get('name', 'unnamed')!r}) that napari-unet did not "
-            "export; only packages made with 'napari-unet export' can be used as --model"
-        )
-    name = entry["model"]
-    try:
-        data = read(name)
-    except (KeyError, OSError):
-        raise UserInputError(f"{p}: the package lacks its napari-unet model file {name}") from None
-    digest = entry.get("sha256")
-    if digest and hashlib.sha256(data).hexdigest() != digest:
-        raise UserInputError(f"{p}: the model file {name} in the package is damaged (checksum differs)")
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        model = load_model(tmp, device=device)
-    finally:
-        os.unlink(tmp)
-    model.metadata.setdefault("name", doc.get("name"))
-    return model
+    if not is_package(path):
+        raise UserInputError(f"{path} is not a bioimage.io package (a folder, .zip or rdf.yaml)")
+    return load_model(path, device=device)
 
 
 # ------------------------------------------------------------------------------ writing

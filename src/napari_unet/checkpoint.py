@@ -170,12 +170,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
 
     path, device = check_load_model(path, device)
     check_not_special(path, "model file")
-    from .bioimageio import is_package
+    from .package import is_package, unpacked
 
-    if is_package(path):  # a bioimage.io package exported by napari-unet
-        from .bioimageio import load_package
-
-        return load_package(path, device=device)
+    if is_package(path):  # a bioimage.io package exported by napari-unet: the model file inside
+        with unpacked(path) as (inner, name):
+            model = load_model(inner, device=device)
+        model.metadata.setdefault("name", name)
+        return model
     doc = read_header(path)
     _check_declared_size(path, doc)
     try:
