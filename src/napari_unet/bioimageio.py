@@ -286,7 +286,7 @@ def write_package(
     from bioimageio.spec.model import v0_5 as bio
 
     from .checkpoint import save_model
-    from .export import ONNX_OPSET, probability_network, write_onnx, write_torchscript
+    from .portable import ONNX_OPSET, probability_network, write_onnx, write_torchscript
 
     net = probability_network(model)
     name = str(model.metadata.get("name") or "napari-unet model")

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from .errors import UserInputError
 from .model import UNet, architecture_problem, build_model, model_header
+from .outputs import register_marker
 
 #: Key of the JSON document inside the safetensors header.
 HEADER_KEY = "napari_unet"
@@ -81,6 +82,7 @@ def _as_os_error(exc: Exception) -> OSError:
     return OSError(str(exc).strip().splitlines()[0] if str(exc).strip() else "safetensors could not write")
 
 
+@register_marker  # a model file napari-unet saved may be replaced by a later save
 def _is_model_file(path: Path) -> bool:
     try:
         read_header(path)

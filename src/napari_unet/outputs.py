@@ -7,7 +7,8 @@ these rules before it writes a byte:
   by a marker: the TIFF ``Software`` tag ``napari-unet``, the ``napari_unet`` key in a zarr store's
   root attributes or a JSON document, a ``.napari-unet`` file in a folder that holds nothing but
   numbered PNG slices, or a napari-unet header in a ``.safetensors`` model. Anything else is
-  refused with one line.
+  refused with one line. Markers that only a writer above this module knows (a model's header, an
+  export's metadata) are recognised by the function that writer registers (:func:`register_marker`).
 - **Inputs are never outputs.** An output equal to an input, inside an input folder, or a folder
   that holds an input is refused.
 - **One writer.** :class:`OutputLock` holds ``.NAME.lock`` beside the output (an advisory
@@ -39,7 +40,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import atomic
@@ -92,7 +93,6 @@ def file_mode() -> int:
         umask = os.umask(0o022)
         os.umask(umask)
     return 0o666 & ~umask
-
 
 
 # ------------------------------------------------------------------------------ ownership
@@ -204,9 +204,7 @@ def is_ours(path: str | os.PathLike) -> bool:
         if _is_zarr_node(p):
             return _zarr_store_ours(p)
         if (p / FOLDER_MARKER).is_file() and any((p / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml")):
-            from .export import is_export
-
-            return is_export(p)
+            return _marked(p)  # a bioimage.io package folder: its writer knows its marker
         try:
             entries = list(os.scandir(p))
         except OSError:
@@ -233,16 +231,36 @@ def is_ours(path: str | os.PathLike) -> bool:
         if suffix == ".json":
             doc = json.loads(p.read_text())
             return isinstance(doc, dict) and ATTRS_KEY in doc
-        if suffix == ".safetensors":
-            from .checkpoint import read_header
-
-            read_header(p)
-            return True
-        from .export import is_export  # ONNX, TorchScript or a zipped package, by its contents
-
-        return is_export(p)
     except Exception:  # noqa: BLE001 - unreadable means "not recognisably ours"
         return False
+    return _marked(p)  # a model file, ONNX, TorchScript or a zipped package, by its contents
+
+
+#: Recognisers of the files whose markers only their writers know (a model's header, an export's
+#: metadata); each writing module registers its own when it loads (:func:`register_marker`).
+_MARKERS: list[Callable[[Path], bool]] = []
+
+
+def register_marker(recognise: Callable[[Path], bool]) -> Callable[[Path], bool]:
+    """Let :func:`is_ours` recognise what a module above this one writes; returns ``recognise``.
+
+    Ownership matters only when something is about to be replaced, and whatever writes such a file
+    has imported its writer, so the writer's recogniser is registered by then.
+    """
+    if recognise not in _MARKERS:
+        _MARKERS.append(recognise)
+    return recognise
+
+
+def _marked(p: Path) -> bool:
+    """Whether a registered recogniser knows ``p`` as napari-unet's; an unreadable file is not."""
+    for recognise in _MARKERS:
+        try:
+            if recognise(p):
+                return True
+        except Exception:  # noqa: BLE001 - unreadable means "not recognisably ours"
+            continue
+    return False
 
 
 # ------------------------------------------------------------------------------ checks

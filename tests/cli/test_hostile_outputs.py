@@ -482,7 +482,7 @@ def test_traceback_full_disk_is_one_line_and_leaves_nothing(
     tmp_path, model_file, image_tif, truth_tif, capsys, monkeypatch, case
 ):
     import napari_unet.atomic as atomic
-    import napari_unet.export as export
+    import napari_unet.portable as portable
 
     if case.startswith("segment"):
         pytest.importorskip("ome_zarr")
@@ -491,7 +491,7 @@ def test_traceback_full_disk_is_one_line_and_leaves_nothing(
     work = tmp_path / "work"
     work.mkdir()
     if case.startswith("export"):
-        monkeypatch.setattr(export, "_write_bytes", _full)  # torch's own writer would abort the process
+        monkeypatch.setattr(portable, "_write_bytes", _full)  # torch's own writer would abort the process
     elif case == "train model":
         from safetensors import SafetensorError
 
