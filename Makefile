@@ -33,6 +33,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
 bench: setup

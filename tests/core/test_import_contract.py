@@ -1,5 +1,8 @@
 """The package's layers, checked on every import statement (lazy ones inside functions included).
 
+- The layers of docs/architecture.md, from the faces down to storage, and no import cycle anywhere:
+  import-linter's contracts in pyproject.toml (``[tool.importlinter]``), run here as ``lint-imports``
+  runs them.
 - The core never imports Qt or napari: only ``_widgets/`` may (the reader, writer and sample-data
   modules that napari calls return plain tuples and import neither).
 - The core never imports the docks (``_widgets``) or the command line (``cli``); nothing imports
@@ -86,6 +89,17 @@ def test_layers(path):
         if mod.startswith("napari_unet.cli") and not (in_cli or entry):
             wrong.append(f"{where}:{line} imports {mod}: only the entry points import the command line")
     assert not wrong, "\n".join(wrong)
+
+
+def test_layers_and_no_cycles(capsys):
+    """import-linter's contracts hold: no layer imports one above it, and no module imports itself
+    back through others (the report names each import that breaks a contract, with its line)."""
+    from importlinter.cli import lint_imports
+
+    code = lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True)
+    report = capsys.readouterr().out
+    assert code == 0, report
+    assert "0 broken" in report
 
 
 def _declared() -> set[str]:
