@@ -32,6 +32,7 @@ from .classes import class_names_or_default, default_class_names
 from .errors import UserInputError
 from .model import UNet
 from .package import CONFIG_KEY, MODEL_FILE, is_package
+from .package import RDF_NAMES as RDF_NAMES  # re-exported: reading a package back is package.py
 
 #: Output tile size (y and x) of the test input, rounded up to a valid size.
 TEST_OUTPUT_SIZE = 256

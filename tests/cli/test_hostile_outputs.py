@@ -558,12 +558,12 @@ def test_traceback_demo_results_all_or_none_on_a_full_disk(tmp_path, monkeypatch
 def test_traceback_read_only_or_forbidden_folder_is_one_line(
     tmp_path, model_file, capsys, monkeypatch, code, words
 ):
-    import napari_unet.export as export
+    import napari_unet.portable as portable
 
     def refuse(*a, **k):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(export, "_write_bytes", refuse)
+    monkeypatch.setattr(portable, "_write_bytes", refuse)
     out = tmp_path / "m.pt"
     code_, err = run(["export", model_file, "-o", out, "--format", "torchscript"], capsys)
     assert one_line(code_, err) and words in err and f"export {out}" in err, err
