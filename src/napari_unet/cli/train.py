@@ -166,6 +166,16 @@ def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
     return model, new
 
 
+def _interrupted_run(model: Any) -> tuple[bool, bool] | None:
+    """(new_classes, pretrained) of the run a ``--resume`` goes on with, from its record in the
+    checkpoint: "auto" had chosen Adam ("fast", a class was new) or SGD ("paper"), and a run from
+    scratch neither froze nor distilled. None for a checkpoint without a record."""
+    run = model.metadata.get("training")
+    if not isinstance(run, dict) or run.get("optimizer") not in ("adam", "sgd"):
+        return None
+    return run["optimizer"] == "adam", bool(run.get("freeze_encoder") or run.get("distill"))
+
+
 def _start_label(spec: str, library: Any) -> str:
     """How the library records the start model: the shipped model's or a file's stem, a library
     model's name, or "scratch"."""
@@ -245,11 +255,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if lr is None and args.optimizer is not None:
         lr = 1e-4 if args.optimizer == "adam" else 0.001
 
-    def config(new_classes: bool) -> TrainConfig:
+    def config(new_classes: bool, pretrained: bool = args.start != "scratch") -> TrainConfig:
         cfg = recipe_config(
             args.recipe,
             new_classes=new_classes,
-            pretrained=args.start != "scratch",
+            pretrained=pretrained,
             steps=steps,
             max_minutes=minutes,
             learning_rate=lr,
@@ -283,9 +293,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if labels.dtype.kind == "f":
         labels = labels.astype(np.int64)
     model, new_classes = _train_start_model(args, labels)
-    cfg = config(new_classes)
+    pretrained = args.start != "scratch"
+    resumed = _interrupted_run(model) if args.resume else None
+    if resumed is not None:  # the run goes on as it started, not as its checkpoint would start one
+        new_classes, pretrained = resumed
+    cfg = config(new_classes, pretrained)
     if args.recipe == AUTO_RECIPE:
         why = "a class is new" if new_classes else "no class is new"
+        why = "as the run it resumes" if resumed is not None else why
         print(f"recipe: {resolve_recipe(args.recipe, new_classes)} ({why})", file=sys.stderr)
     record = {
         "source": "command line",
