@@ -89,6 +89,7 @@ def export_model(
         require("bioimageio.spec", "bioimage.io export")
         require("onnx", "bioimage.io export")
     model = load_source_model(spec)
+    probability_network(model)  # a network export cannot hold is refused before minutes of work
     if fmt == "bioimageio":
         from .models import default_model_path
 

@@ -42,7 +42,21 @@ class ProbabilityUNet(UNet):
 
 
 def probability_network(model: UNet) -> ProbabilityUNet:
-    """A CPU, fp32, eval-mode :class:`ProbabilityUNet` with ``model``'s weights."""
+    """A CPU, fp32, eval-mode :class:`ProbabilityUNet` with ``model``'s weights.
+
+    Only the plain U-Net ("unet2d") is exported: another registered network would need its own
+    class in every consumer of the files, so it is refused with one line instead of being written
+    as the plain U-Net.
+    """
+    from .errors import UserInputError
+    from .model import architecture_name
+
+    network = architecture_name(model)
+    if network != "unet2d":
+        raise UserInputError(
+            f"export holds the plain U-Net only; this model is a {network!r} network "
+            "(segment with it here, or share its .safetensors file)"
+        )
     net = ProbabilityUNet(**model.config)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     net.load_state_dict(state, strict=True)

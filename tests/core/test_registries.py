@@ -106,6 +106,12 @@ def test_a_registered_architecture_trains_saves_loads_and_predicts(tmp_path, res
     # a plain U-Net with the same entries predicts something else: the shortcut is really there
     plain = UNet(depth=2, base_channels=4, dropout=0.0)
     assert not np.array_equal(predict(plain, image, precision="fp32"), expected)
+    # export holds the plain U-Net only: another network is refused in one line, nothing written
+    from napari_unet.export import export_model
+
+    with pytest.raises(UserInputError, match="plain U-Net only; this model is a 'residual-test' network"):
+        export_model(str(path), tmp_path / "residual.pt", "torchscript")
+    assert not (tmp_path / "residual.pt").exists()
 
 
 def test_dask_payload_and_unregistered_network(tmp_path, residual):
