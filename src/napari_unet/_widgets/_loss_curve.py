@@ -243,18 +243,21 @@ class LossCurve(QWidget):
 def _decimated(xs: list, ys: list, width: int) -> list[tuple[float, float]]:
     """Finite ``(x, y)`` pairs, thinned to the lowest and highest value per pixel column when there
     are more points than columns, so a long run draws as fast as a short one and keeps its spikes."""
-    pairs = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)]
+    x = np.asarray(xs, dtype=float)
+    y = np.asarray(ys, dtype=float)
+    finite = np.isfinite(y)
+    x, y = x[finite], y[finite]
     columns = max(width, 1)
-    if len(pairs) <= 2 * columns:
-        return pairs
-    x = np.array([p[0] for p in pairs])
-    y = np.array([p[1] for p in pairs])
-    bins = np.minimum(((x - x[0]) / (x[-1] - x[0] or 1.0) * columns).astype(int), columns - 1)
-    starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    out: list[tuple[float, float]] = []
-    for a, b in zip(starts, ends, strict=True):
-        lo, hi = a + int(np.argmin(y[a:b])), a + int(np.argmax(y[a:b]))
-        for i in sorted({lo, hi}):
-            out.append((float(x[i]), float(y[i])))
-    return out
+    if x.size > 2 * columns:
+        bins = np.minimum(((x - x[0]) / (x[-1] - x[0] or 1.0) * columns).astype(int), columns - 1)
+        by_low = np.lexsort((y, bins))  # within each column, lowest first
+        by_high = np.lexsort((-y, bins))
+        lo, hi = by_low[_firsts(bins[by_low])], by_high[_firsts(bins[by_high])]
+        keep = np.unique(np.r_[lo, hi])
+        x, y = x[keep], y[keep]
+    return list(zip(x.tolist(), y.tolist(), strict=True))
+
+
+def _firsts(sorted_bins: np.ndarray) -> np.ndarray:
+    """Where each run of equal values begins in a sorted array (a mask)."""
+    return np.r_[True, sorted_bins[1:] != sorted_bins[:-1]]
