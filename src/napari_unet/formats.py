@@ -40,7 +40,7 @@ __all__ = [
     "with_datasets",
 ]
 
-#: ``probe(path, dataset, check_all) -> napari_unet.io._common._Probe``: shape, dtype, calibration
+#: ``probe(path, dataset, check_all) -> napari_unet.io._common.ProbeResult``: shape, dtype, calibration
 #: and files from metadata alone (``check_all``: check every file of a multi-file format)
 Probe = Callable[[Path, "str | None", bool], Any]
 #: ``open(path, dataset) -> (array, handle)``: an array-like read on demand and what keeps it open

@@ -52,22 +52,22 @@ def test_io_detects_each_file_format_by_its_suffixes(tmp_path, fmt):
     for suffix in fmt.suffixes:
         p = tmp_path / f"x{suffix.upper()}"
         p.write_bytes(b"")
-        assert io._detect(p) == fmt.name
+        assert io.detect_format(p) == fmt.name
 
 
 def test_unknown_suffix_names_every_readable_one(tmp_path):
     p = tmp_path / "x.jpg"
     p.write_bytes(b"")
     with pytest.raises(UserInputError) as err:
-        io._detect(p)
+        io.detect_format(p)
     assert all(s in str(err.value) for s in formats.read_suffixes())
 
 
 def test_folders_are_zarr_or_slices(tmp_path):
     (tmp_path / "a.zarr").mkdir()
     (tmp_path / "slices").mkdir()
-    assert io._detect(tmp_path / "a.zarr") == "zarr"
-    assert io._detect(tmp_path / "slices") == "slices"
+    assert io.detect_format(tmp_path / "a.zarr") == "zarr"
+    assert io.detect_format(tmp_path / "slices") == "slices"
     assert np.all([s in io.SLICE_SUFFIXES for s in (".png", ".tif", ".tiff")])
 
 
@@ -85,10 +85,10 @@ NPY = ".npytest"
 
 
 def _probe_npy(path: Path, key: str | None, check_all: bool):
-    from napari_unet.io._common import _Probe
+    from napari_unet.io._common import ProbeResult
 
     arr = np.load(path, mmap_mode="r")
-    return _Probe("npytest", path, None, tuple(arr.shape), arr.dtype, files=[path])
+    return ProbeResult("npytest", path, None, tuple(arr.shape), arr.dtype, files=[path])
 
 
 def _write_npy(tmp: Path, arr, target: Path, **_) -> None:

@@ -63,7 +63,7 @@ def input_spec(text: str, what: str, dataset: str | None = None) -> tuple[Path, 
         key = dataset
     if not (path.exists() or path.is_symlink()):
         raise UserInputError(f"{what} {path} does not exist")
-    if key is not None and (fmt := io._detect(path)) not in formats.with_datasets():
+    if key is not None and (fmt := io.detect_format(path)) not in formats.with_datasets():
         raise UserInputError(f"{what} {path} is a {fmt} image and holds no datasets; drop the dataset name")
     return path, key
 

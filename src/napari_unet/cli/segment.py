@@ -143,11 +143,11 @@ def _check_segment_args(args: argparse.Namespace) -> tuple[Path, str | None]:
         if not 1 <= args.batch <= MAX_BATCH:
             raise UserInputError(f"--batch must be from 1 to {MAX_BATCH} tiles, got {args.batch}")
     out = Path(args.output)
-    io._target_kind(out, what="labels", allow_png=True)
+    io.output_format(out, what="labels")
     check_output(out, args.overwrite, inputs=[src])
     if args.probabilities:
         probs = Path(args.probabilities)
-        io._target_kind(probs, what="probabilities", allow_png=False)
+        io.output_format(probs, what="probabilities")
         if os.path.realpath(probs) == os.path.realpath(out):
             raise UserInputError("--probabilities and -o name the same path; give each its own")
         check_output(probs, args.overwrite, "probabilities output", inputs=[src])

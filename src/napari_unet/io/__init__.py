@@ -35,15 +35,15 @@ from napari_unet.errors import UserInputError
 
 from . import hdf5, mrc, png, slices, tiff, zarr_store
 from ._common import (
-    _as_array,
-    _disk_size,
-    _file_token,
-    _fit_voxel,
-    _is_dask,
-    _is_rgb_shape,
-    _one_line,
-    _Probe,
-    _stem,
+    ProbeResult,
+    as_array,
+    disk_size,
+    file_token,
+    fit_voxel,
+    is_dask,
+    is_rgb_shape,
+    one_line,
+    path_stem,
 )
 
 # The built-in formats, in the order messages, dialogs and napari.yaml list them. A new format is
@@ -97,12 +97,12 @@ class ImageData:
     @property
     def is_lazy(self) -> bool:
         """True when ``data`` is a dask array (pixels are read on demand)."""
-        return _is_dask(self.data)
+        return is_dask(self.data)
 
     def grey(self) -> ImageData:
         """Return a copy whose data went through :func:`to_grey`, with voxel_size matched to it."""
         data = to_grey(self.data, name=self.name)
-        voxel = _fit_voxel(self.voxel_size, data.ndim)
+        voxel = fit_voxel(self.voxel_size, data.ndim)
         return ImageData(data, voxel, self.unit if voxel else None, self.path, self.name,
                          self.dataset)
 
@@ -147,12 +147,12 @@ def _format_of(path: Path) -> formats.Format:
     )
 
 
-def _detect(path: Path) -> str:
+def detect_format(path: Path) -> str:
     """The name of the format of an existing path (UserInputError for an unknown one)."""
     return _format_of(path).name
 
 
-def _probe(path: str | os.PathLike, dataset: str | None, *, check_slices: bool) -> _Probe:
+def _probe(path: str | os.PathLike, dataset: str | None, *, check_slices: bool) -> ProbeResult:
     p, key = _split_container_path(path, dataset)
     fmt = _format_of(p)
     if key is not None and not fmt.datasets:
@@ -202,7 +202,7 @@ class _Source:
             raise
         except Exception as exc:
             raise UserInputError(
-                f"reading {self.path} failed ({_one_line(exc)}); the file may be corrupt or "
+                f"reading {self.path} failed ({one_line(exc)}); the file may be corrupt or "
                 "truncated"
             ) from exc
         return out.astype(self.dtype, copy=False)
@@ -218,7 +218,7 @@ class _Source:
         self._lock = threading.Lock()
 
 
-def _load(probe: _Probe, lazy: bool) -> Any:
+def _load(probe: ProbeResult, lazy: bool) -> Any:
     """Pixels for a probe: numpy (``lazy=False`` or a single PNG) or a dask array.
 
     A format with its own ``read`` reads itself; the others are opened through a :class:`_Source`
@@ -235,7 +235,7 @@ def _load(probe: _Probe, lazy: bool) -> Any:
         chunks = tuple(int(c) for c in source._open().chunks)
     if chunks is None:  # unchunked storage: one chunk per 2-D plane
         chunks = (1,) * max(0, len(probe.shape) - 2) + probe.shape[-2:]
-        if _is_rgb_shape(probe.shape):
+        if is_rgb_shape(probe.shape):
             chunks = (1,) * max(0, len(probe.shape) - 3) + probe.shape[-3:]
     chunks = tuple(min(max(int(c), 1), max(int(s), 1)) for c, s in zip(chunks, probe.shape,
                                                                         strict=True))
@@ -243,7 +243,7 @@ def _load(probe: _Probe, lazy: bool) -> Any:
 
     meta = np.empty((0,) * len(probe.shape), dtype=probe.dtype)
     return da.from_array(
-        source, chunks=chunks, name=f"read-{_file_token(probe)}", meta=meta, lock=False,
+        source, chunks=chunks, name=f"read-{file_token(probe)}", meta=meta, lock=False,
         asarray=True, fancy=False,
     )
 
@@ -262,7 +262,7 @@ def read_image(
     """
     probe = _probe(path, dataset, check_slices=True)
     data = _load(probe, lazy)
-    return ImageData(data, probe.voxel_size, probe.unit, str(probe.path), _stem(probe.path),
+    return ImageData(data, probe.voxel_size, probe.unit, str(probe.path), path_stem(probe.path),
                      probe.key)
 
 
@@ -284,14 +284,14 @@ def image_info(path: str | os.PathLike, dataset: str | None = None) -> dict:
     probe = _probe(path, dataset, check_slices=False)
     return {
         "path": str(probe.path),
-        "name": _stem(probe.path),
+        "name": path_stem(probe.path),
         "format": probe.fmt,
         "dataset": probe.key,
         "shape": probe.shape,
         "dtype": str(probe.dtype),
         "voxel_size": probe.voxel_size,
         "unit": probe.unit,
-        "size_bytes": _disk_size(probe.files),
+        "size_bytes": disk_size(probe.files),
         "nbytes": int(np.prod(probe.shape, dtype=np.int64)) * probe.dtype.itemsize,
         "n_files": len(probe.files),
     }
@@ -331,7 +331,7 @@ def to_grey(data: Any, *, name: str = "the image") -> Any:
     if singletons:
         data = data.squeeze(axis=singletons)
     squeezed = tuple(int(s) for s in data.shape)
-    if _is_rgb_shape(squeezed):
+    if is_rgb_shape(squeezed):
         data = _luminance(data)
         colour = "RGBA" if squeezed[-1] == 4 else "RGB"
         dropped = ", alpha dropped" if squeezed[-1] == 4 else ""
@@ -364,7 +364,7 @@ def _luminance(data: Any) -> Any:
 # writers
 
 
-def _target_format(p: Path, *, what: str) -> formats.Format:
+def output_format(p: Path, *, what: str) -> formats.Format:
     """The registered format that writes ``what`` ("labels" or "probabilities") to ``p``."""
     found = formats.target_format(p, what)
     if found is not None:
@@ -374,11 +374,6 @@ def _target_format(p: Path, *, what: str) -> formats.Format:
     if suffix == "":
         raise UserInputError(f"{p}: {what} are floating point and cannot be PNG slices; use {targets}")
     raise UserInputError(f"{p}: cannot write {what} as '{suffix}'; use {targets}")
-
-
-def _target_kind(p: Path, *, what: str, allow_png: bool) -> str:
-    """The name of the format that writes labels (``allow_png``) or probabilities to ``p``."""
-    return _target_format(p, what="labels" if allow_png else "probabilities").name
 
 
 @contextlib.contextmanager
@@ -412,8 +407,8 @@ def write_labels(
     into OME-Zarr label metadata.
     """
     target = Path(os.fspath(path))
-    fmt = _target_format(target, what="labels")
-    arr = _as_array(labels)
+    fmt = output_format(target, what="labels")
+    arr = as_array(labels)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if np.dtype(arr.dtype).kind not in "iu":
@@ -434,8 +429,8 @@ def write_probabilities(path: str | os.PathLike, probs: Any, *, overwrite: bool 
     Same atomic and overwrite rules as :func:`write_labels`. Returns the final path.
     """
     target = Path(os.fspath(path))
-    fmt = _target_format(target, what="probabilities")
-    arr = _as_array(probs)
+    fmt = output_format(target, what="probabilities")
+    arr = as_array(probs)
     if np.dtype(arr.dtype).kind not in "biuf":
         raise UserInputError(f"{target}: probabilities have dtype {arr.dtype}; expected numbers")
     if arr.ndim < 2 or any(int(s) == 0 for s in arr.shape):

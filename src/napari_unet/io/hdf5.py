@@ -11,7 +11,7 @@ import numpy as np
 from napari_unet.errors import UserInputError
 from napari_unet.formats import Format
 
-from ._common import _calibration, _image_like, _one_line, _Probe, _several_arrays, _spatial_ndim
+from ._common import ProbeResult, calibration, image_like, one_line, several_arrays, spatial_ndim
 
 
 def _h5_open(p: Path) -> Any:
@@ -21,7 +21,7 @@ def _h5_open(p: Path) -> Any:
         return h5py.File(p, "r")
     except Exception as exc:
         raise UserInputError(
-            f"{p} is not a readable HDF5 file ({_one_line(exc)}); check that it is complete"
+            f"{p} is not a readable HDF5 file ({one_line(exc)}); check that it is complete"
         ) from exc
 
 
@@ -38,7 +38,7 @@ def _h5_datasets(f: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def _probe_hdf5(p: Path, key: str | None) -> _Probe:
+def _probe_hdf5(p: Path, key: str | None) -> ProbeResult:
     import h5py
 
     with _h5_open(p) as f:
@@ -54,9 +54,9 @@ def _probe_hdf5(p: Path, key: str | None) -> _Probe:
                 candidates = [(n, d) for n, d in _h5_datasets(f) if d.ndim >= 2]
                 if not candidates:
                     raise UserInputError(f"{p} holds no dataset with at least 2 dimensions; check the file")
-                images = [(n, d) for n, d in candidates if _image_like(d.shape, d.dtype)]
+                images = [(n, d) for n, d in candidates if image_like(d.shape, d.dtype)]
                 if len(images) > 1:
-                    raise _several_arrays(p, [n for n, _ in images])
+                    raise several_arrays(p, [n for n, _ in images])
                 name, obj = images[0] if images else candidates[0]
             shape = tuple(int(s) for s in obj.shape)
             dtype = np.dtype(obj.dtype)
@@ -66,12 +66,12 @@ def _probe_hdf5(p: Path, key: str | None) -> _Probe:
             raise
         except Exception as exc:
             raise UserInputError(
-                f"{p} is not a readable HDF5 file ({_one_line(exc)}); check that it is complete"
+                f"{p} is not a readable HDF5 file ({one_line(exc)}); check that it is complete"
             ) from exc
     if dtype.kind not in "biuf":
         raise UserInputError(f"{p}: dataset '{name}' has dtype {dtype}, which is not an image")
     voxel, unit = _h5_voxel(attrs, shape)
-    return _Probe("hdf5", p, name, shape, dtype, voxel, unit, chunks, files=[p])
+    return ProbeResult("hdf5", p, name, shape, dtype, voxel, unit, chunks, files=[p])
 
 
 def _h5_voxel(attrs: dict, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None]:
@@ -85,7 +85,7 @@ def _h5_voxel(attrs: dict, shape: Sequence[int]) -> tuple[tuple[float, ...] | No
             if len(values) < 2:
                 continue
             zyx = [values[-3] if len(values) >= 3 else None, values[-2], values[-1]]
-            voxel, u = _calibration(zyx, [unit] * 3, _spatial_ndim(shape))
+            voxel, u = calibration(zyx, [unit] * 3, spatial_ndim(shape))
             if voxel is not None:
                 return voxel, u
     return None, None
@@ -105,7 +105,7 @@ def _list_hdf5(p: Path) -> list[tuple[str, tuple[int, ...], str]]:
             return [(n, tuple(int(s) for s in d.shape), str(d.dtype)) for n, d in _h5_datasets(f)]
         except Exception as exc:
             raise UserInputError(
-                f"{p} is not a readable HDF5 file ({_one_line(exc)}); check that it is complete"
+                f"{p} is not a readable HDF5 file ({one_line(exc)}); check that it is complete"
             ) from exc
 
 

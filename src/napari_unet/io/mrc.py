@@ -11,10 +11,10 @@ import numpy as np
 from napari_unet.errors import UserInputError
 from napari_unet.formats import Format
 
-from ._common import _calibration, _one_line, _Probe, _spatial_ndim
+from ._common import ProbeResult, calibration, one_line, spatial_ndim
 
 
-def _probe_mrc(p: Path) -> _Probe:
+def _probe_mrc(p: Path) -> ProbeResult:
     import mrcfile
 
     try:
@@ -27,10 +27,10 @@ def _probe_mrc(p: Path) -> _Probe:
                 zyx_a = [float(vs.z), float(vs.y), float(vs.x)]
     except Exception as exc:
         raise UserInputError(
-            f"{p} is not a readable MRC file ({_one_line(exc)}); check that it is complete"
+            f"{p} is not a readable MRC file ({one_line(exc)}); check that it is complete"
         ) from exc
-    voxel, unit = _calibration(zyx_a, ["Å"] * 3, _spatial_ndim(shape))
-    return _Probe("mrc", p, None, shape, dtype, voxel, unit, files=[p])
+    voxel, unit = calibration(zyx_a, ["Å"] * 3, spatial_ndim(shape))
+    return ProbeResult("mrc", p, None, shape, dtype, voxel, unit, files=[p])
 
 
 def _open_mrc(path: str, key: str | None) -> tuple[Any, Any]:

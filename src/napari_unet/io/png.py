@@ -10,7 +10,7 @@ import numpy as np
 from napari_unet.errors import UserInputError
 from napari_unet.formats import Format
 
-from ._common import _axis0_blocks, _one_line, _Probe, _voxel_to_store
+from ._common import ProbeResult, axis0_blocks, one_line, voxel_to_store
 
 # PIL mode -> (extra trailing axes, dtype, mode to convert to before np.asarray or None)
 _PIL_MODES: dict[str, tuple[tuple[int, ...], str, str | None]] = {
@@ -33,7 +33,7 @@ def _pil_layout(mode: str) -> tuple[tuple[int, ...], str, str | None]:
     return _PIL_MODES.get(mode, ((3,), "uint8", "RGB"))
 
 
-def _png_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
+def png_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of a PNG from its header (no pixel decoding)."""
     from PIL import Image
 
@@ -43,12 +43,12 @@ def _png_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
             width, height = im.size
     except Exception as exc:
         raise UserInputError(
-            f"{p} is not a readable PNG ({_one_line(exc)}); check that it is a complete image"
+            f"{p} is not a readable PNG ({one_line(exc)}); check that it is a complete image"
         ) from exc
     return (height, width, *extra), np.dtype(dtype)
 
 
-def _read_png(p: Path) -> np.ndarray:
+def read_png(p: Path) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -59,7 +59,7 @@ def _read_png(p: Path) -> np.ndarray:
             arr = np.asarray(im)
     except Exception as exc:
         raise UserInputError(
-            f"{p} is not a readable PNG ({_one_line(exc)}); check that it is a complete image"
+            f"{p} is not a readable PNG ({one_line(exc)}); check that it is a complete image"
         ) from exc
     return arr.astype(dtype, copy=False)
 
@@ -94,7 +94,7 @@ def _write_png_slices(
     width = max(4, len(str(arr.shape[0] - 1)))
     dtype: type = np.uint8
     written: list[Path] = []
-    for start, block in _axis0_blocks(arr):
+    for start, block in axis0_blocks(arr):
         if block.size and int(block.min()) < 0:
             raise UserInputError(
                 f"{target}: labels contain negative values, which PNG cannot hold; use a .tif or .zarr output"
@@ -108,25 +108,25 @@ def _write_png_slices(
         if top > 255 and dtype is np.uint8:
             dtype = np.uint16
             for f in written:  # keep one bit depth across the folder
-                _save_png(f, _read_png(f).astype(np.uint16))
+                _save_png(f, read_png(f).astype(np.uint16))
         for i, plane in enumerate(block):
             f = tmp / f"{start + i:0{width}d}.png"
             _save_png(f, plane.astype(dtype))
             written.append(f)
 
 
-def _probe_png(p: Path) -> _Probe:
-    shape, dtype = _png_header(p)
-    return _Probe("png", p, None, shape, dtype, files=[p])
+def _probe_png(p: Path) -> ProbeResult:
+    shape, dtype = png_header(p)
+    return ProbeResult("png", p, None, shape, dtype, files=[p])
 
 
 FORMAT = Format(
     "png",
     (".png",),
     probe=lambda p, key, check_all: _probe_png(p),
-    read=lambda probe, lazy: _read_png(probe.path),  # decoded whole: PNG has no partial reads
+    read=lambda probe, lazy: read_png(probe.path),  # decoded whole: PNG has no partial reads
     write_labels=lambda tmp, arr, target, voxel_size=None, unit=None, **_: _write_png_slices(
-        tmp, arr, target, _voxel_to_store(voxel_size, unit, arr.ndim)
+        tmp, arr, target, voxel_to_store(voxel_size, unit, arr.ndim)
     ),
     target_suffixes=("",),  # labels go to a folder of slices named without suffix
     labels_text="a name without suffix (PNG slices)",

@@ -12,9 +12,9 @@ from napari_unet.errors import UserInputError
 from napari_unet.formats import Format
 
 from . import png, tiff
-from ._common import _file_token, _fit_voxel, _natural_key, _one_line, _Probe, _voxel_to_store
-from .png import _png_header, _read_png
-from .tiff import _probe_tiff
+from ._common import ProbeResult, file_token, fit_voxel, natural_key, one_line, voxel_to_store
+from .png import png_header, read_png
+from .tiff import probe_tiff
 
 #: suffixes of the files inside a slice folder
 SLICE_SUFFIXES: tuple[str, ...] = png.FORMAT.suffixes + tiff.FORMAT.suffixes
@@ -22,8 +22,8 @@ SLICE_SUFFIXES: tuple[str, ...] = png.FORMAT.suffixes + tiff.FORMAT.suffixes
 
 def _slice_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
     if p.suffix.lower() in png.FORMAT.suffixes:
-        return _png_header(p)
-    probe = _probe_tiff(p)
+        return png_header(p)
+    probe = probe_tiff(p)
     return probe.shape, probe.dtype
 
 
@@ -31,7 +31,7 @@ def _read_slice(p: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """Read one slice of a slice folder; raises UserInputError when it is unreadable or off-shape."""
     path = Path(p)
     if path.suffix.lower() in png.FORMAT.suffixes:
-        arr = _read_png(path)
+        arr = read_png(path)
     else:
         import tifffile
 
@@ -39,7 +39,7 @@ def _read_slice(p: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
             arr = tifffile.imread(path, series=0, level=0)
         except Exception as exc:
             raise UserInputError(
-                f"{path} is not a readable TIFF ({_one_line(exc)}); check that it is complete"
+                f"{path} is not a readable TIFF ({one_line(exc)}); check that it is complete"
             ) from exc
     if tuple(arr.shape) != tuple(shape):
         raise UserInputError(
@@ -49,7 +49,7 @@ def _read_slice(p: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
-def _probe_slices(p: Path, *, check_all: bool) -> _Probe:
+def _probe_slices(p: Path, *, check_all: bool) -> ProbeResult:
     try:
         files = sorted(
             (
@@ -57,10 +57,10 @@ def _probe_slices(p: Path, *, check_all: bool) -> _Probe:
                 for f in p.iterdir()
                 if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in SLICE_SUFFIXES
             ),
-            key=lambda f: _natural_key(f.name),
+            key=lambda f: natural_key(f.name),
         )
     except OSError as exc:
-        raise UserInputError(f"{p} cannot be listed ({_one_line(exc)}); check permissions") from exc
+        raise UserInputError(f"{p} cannot be listed ({one_line(exc)}); check permissions") from exc
     if not files:
         raise UserInputError(
             f"{p} holds no .png or .tif slices; point at an image file or a folder of slices"
@@ -83,14 +83,14 @@ def _probe_slices(p: Path, *, check_all: bool) -> _Probe:
                 )
     voxel, unit = None, None
     if files[0].suffix.lower() in tiff.FORMAT.suffixes:
-        first = _probe_tiff(files[0])
-        voxel = _fit_voxel(first.voxel_size, 3 if len(files) > 1 else 2)
+        first = probe_tiff(files[0])
+        voxel = fit_voxel(first.voxel_size, 3 if len(files) > 1 else 2)
         unit = first.unit if voxel is not None else None
     stored = _sidecar_voxel(p, 3 if len(files) > 1 else 2)
     if stored is not None:
         voxel, unit = stored
     full = shape if len(files) == 1 else (len(files), *shape)
-    return _Probe("slices", p, None, full, dtype, voxel, unit, files=files)
+    return ProbeResult("slices", p, None, full, dtype, voxel, unit, files=files)
 
 
 def _sidecar_voxel(folder: Path, ndim: int) -> tuple[tuple[float, ...], str] | None:
@@ -102,12 +102,12 @@ def _sidecar_voxel(folder: Path, ndim: int) -> tuple[tuple[float, ...], str] | N
 
     try:
         doc = json.loads((folder / VOXEL_SIDECAR).read_text())
-        return _voxel_to_store(doc.get("voxel_size"), doc.get("unit"), ndim)
+        return voxel_to_store(doc.get("voxel_size"), doc.get("unit"), ndim)
     except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 
-def _read_slices(probe: _Probe, lazy: bool) -> Any:
+def _read_slices(probe: ProbeResult, lazy: bool) -> Any:
     """The stacked slices: numpy, or a dask array with one task per file."""
     files = probe.files
     slice_shape = probe.shape if len(files) == 1 else probe.shape[1:]
@@ -118,7 +118,7 @@ def _read_slices(probe: _Probe, lazy: bool) -> Any:
     import dask
     import dask.array as da
 
-    token = _file_token(probe)
+    token = file_token(probe)
     read = dask.delayed(_read_slice, pure=True)
     parts = [
         da.from_delayed(

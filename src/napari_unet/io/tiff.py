@@ -14,20 +14,20 @@ from napari_unet.errors import UserInputError
 from napari_unet.formats import Format
 
 from ._common import (
-    _calibration,
-    _compute,
-    _one_line,
-    _pages,
-    _positive,
-    _Probe,
-    _spatial_ndim,
-    _voxel_to_store,
+    ProbeResult,
+    calibration,
+    computed,
+    is_positive,
+    one_line,
+    planes,
+    spatial_ndim,
+    voxel_to_store,
 )
 
 
 def _tiff_voxel(tif: Any, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None]:
     """Voxel size from OME-XML, ImageJ metadata or the resolution tags (cm/mm/um units only)."""
-    ndim = _spatial_ndim(shape)
+    ndim = spatial_ndim(shape)
     page = tif.pages[0]
     if tif.is_ome and tif.ome_metadata:
         try:
@@ -41,24 +41,24 @@ def _tiff_voxel(tif: Any, shape: Sequence[int]) -> tuple[tuple[float, ...] | Non
         )
         if pixels is not None:
             a = pixels.attrib
-            return _calibration(
+            return calibration(
                 [a.get(f"PhysicalSize{ax}") for ax in "ZYX"],
                 [a.get(f"PhysicalSize{ax}Unit", "µm") for ax in "ZYX"],
                 ndim,
             )
     xres, yres = getattr(page, "resolution", (None, None)) or (None, None)
-    x = 1.0 / xres if _positive(xres) else None
-    y = 1.0 / yres if _positive(yres) else None
+    x = 1.0 / xres if is_positive(xres) else None
+    y = 1.0 / yres if is_positive(yres) else None
     if tif.is_imagej:
         meta = tif.imagej_metadata or {}
         unit = meta.get("unit")
-        return _calibration([meta.get("spacing"), y, x], [unit] * 3, ndim)
+        return calibration([meta.get("spacing"), y, x], [unit] * 3, ndim)
     # Plain TIFF: only metric resolution units; dots-per-inch are print settings, not pixel sizes.
     resunit = int(getattr(page, "resolutionunit", 1) or 1)
     unit = {3: "cm", 4: "mm", 5: "um"}.get(resunit)
     if unit is None:
         return None, None
-    return _calibration([None, y, x], [unit] * 3, ndim)
+    return calibration([None, y, x], [unit] * 3, ndim)
 
 
 def _check_declared_data(p: Path, tif: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -85,7 +85,7 @@ def _check_declared_data(p: Path, tif: Any, shape: tuple[int, ...], dtype: np.dt
             )
 
 
-def _probe_tiff(p: Path) -> _Probe:
+def probe_tiff(p: Path) -> ProbeResult:
     import tifffile
 
     try:
@@ -108,9 +108,9 @@ def _probe_tiff(p: Path) -> _Probe:
         raise
     except Exception as exc:
         raise UserInputError(
-            f"{p} is not a readable TIFF ({_one_line(exc)}); check that it is a complete TIFF image"
+            f"{p} is not a readable TIFF ({one_line(exc)}); check that it is a complete TIFF image"
         ) from exc
-    return _Probe("tiff", p, None, shape, dtype, voxel, unit, files=[p])
+    return ProbeResult("tiff", p, None, shape, dtype, voxel, unit, files=[p])
 
 
 def _open_tiff(path: str, key: str | None) -> tuple[Any, Any]:
@@ -139,9 +139,9 @@ def _write_tiff(
     if voxel is not None:
         kwargs.update(_calibration_tags(voxel, arr.ndim))
     if arr.ndim == 2:
-        tifffile.imwrite(tmp, _compute(arr), **kwargs)
+        tifffile.imwrite(tmp, computed(arr), **kwargs)
     else:
-        tifffile.imwrite(tmp, _pages(arr), shape=tuple(arr.shape), dtype=arr.dtype, **kwargs)
+        tifffile.imwrite(tmp, planes(arr), shape=tuple(arr.shape), dtype=arr.dtype, **kwargs)
 
 
 def _calibration_tags(voxel: tuple[tuple[float, ...], str], ndim: int) -> dict[str, Any]:
@@ -167,7 +167,7 @@ def _write_tiff_labels(
 ) -> None:
     """Labels as one zlib-compressed TIFF with the voxel size and unit, when given (class names go
     to a sidecar the dock writes)."""
-    _write_tiff(tmp, arr, compress=True, voxel=_voxel_to_store(voxel_size, unit, arr.ndim))
+    _write_tiff(tmp, arr, compress=True, voxel=voxel_to_store(voxel_size, unit, arr.ndim))
 
 
 def _write_tiff_probabilities(tmp: Path, arr: Any) -> None:
@@ -178,7 +178,7 @@ def _write_tiff_probabilities(tmp: Path, arr: Any) -> None:
 FORMAT = Format(
     "tiff",
     (".tif", ".tiff"),
-    probe=lambda p, key, check_all: _probe_tiff(p),
+    probe=lambda p, key, check_all: probe_tiff(p),
     open=_open_tiff,
     chunks_on_open=True,
     write_labels=_write_tiff_labels,

@@ -14,21 +14,21 @@ from napari_unet.errors import UserInputError
 from napari_unet.formats import Format
 
 from ._common import (
-    _NM_PER_UNIT,
-    _NO_UNIT,
-    _has_zarr_metadata,
-    _image_like,
-    _is_dask,
-    _is_zarr_group,
-    _natural_key,
-    _one_line,
-    _positive,
-    _Probe,
-    _several_arrays,
-    _stem,
-    _unit_key,
-    _voxel_to_store,
-    _zarr_major,
+    NM_PER_UNIT,
+    NO_UNIT,
+    ProbeResult,
+    has_zarr_metadata,
+    image_like,
+    is_dask,
+    is_positive,
+    is_zarr_group,
+    natural_key,
+    one_line,
+    path_stem,
+    several_arrays,
+    unit_key,
+    voxel_to_store,
+    zarr_major,
 )
 
 _MAX_CHUNK_BYTES = 64 * 2**20
@@ -42,16 +42,16 @@ def _zarr_open(p: Path) -> Any:
         return zarr.open(str(p), mode="r")
     except Exception as exc:
         raise UserInputError(
-            f"{p} is not a readable zarr store ({_one_line(exc)}); check that it is a complete .zarr folder"
+            f"{p} is not a readable zarr store ({one_line(exc)}); check that it is a complete .zarr folder"
         ) from exc
 
 
 def _zarr_arrays(group: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """All arrays under a zarr group, depth first, as (path, array)."""
     out: list[tuple[str, Any]] = []
-    for name in sorted(group.array_keys(), key=_natural_key):
+    for name in sorted(group.array_keys(), key=natural_key):
         out.append((prefix + name, group[name]))
-    for name in sorted(group.group_keys(), key=_natural_key):
+    for name in sorted(group.group_keys(), key=natural_key):
         out.extend(_zarr_arrays(group[name], prefix + name + "/"))
     return out
 
@@ -87,13 +87,13 @@ def _ome_voxel(
         for i, a in enumerate(axes)
         if a.get("type") == "space" or str(a.get("name", "")).lower() in ("z", "y", "x")
     ]
-    if len(spatial) < 2 or not all(_positive(scale[i]) for i in spatial):
+    if len(spatial) < 2 or not all(is_positive(scale[i]) for i in spatial):
         return None, None
     values = [scale[i] for i in spatial][-3:]
-    keys = [_unit_key(axes[i].get("unit")) for i in spatial][-3:]
-    if all(k in _NM_PER_UNIT for k in keys):
-        return tuple(v * _NM_PER_UNIT[k] for v, k in zip(values, keys, strict=True)), "nm"
-    if len(set(keys)) == 1 and keys[0] not in _NO_UNIT:
+    keys = [unit_key(axes[i].get("unit")) for i in spatial][-3:]
+    if all(k in NM_PER_UNIT for k in keys):
+        return tuple(v * NM_PER_UNIT[k] for v, k in zip(values, keys, strict=True)), "nm"
+    if len(set(keys)) == 1 and keys[0] not in NO_UNIT:
         return tuple(values), str(axes[spatial[-1]].get("unit"))
     return tuple(values), None
 
@@ -108,10 +108,10 @@ def _zarr_pick(
         try:
             node = node[key]
         except Exception:
-            names = ", ".join(n for n, _ in _zarr_arrays(node)[:10]) if _is_zarr_group(node) else ""
+            names = ", ".join(n for n, _ in _zarr_arrays(node)[:10]) if is_zarr_group(node) else ""
             raise UserInputError(f"{p} has no array '{key}'; available: {names or 'none'}") from None
         prefix = key + "/"
-    if not _is_zarr_group(node):
+    if not is_zarr_group(node):
         return (node, key, *_stored_voxel(node))
     ms = _ome_multiscales(dict(node.attrs))
     if ms is not None:
@@ -120,7 +120,7 @@ def _zarr_pick(
         except Exception as exc:
             raise UserInputError(
                 f"{p} has OME multiscales metadata without a readable full-resolution level "
-                f"({_one_line(exc)}); check the store"
+                f"({one_line(exc)}); check the store"
             ) from exc
         voxel, unit = _ome_voxel(ms[0], arr.shape, level)
         return arr, prefix + level, voxel, unit
@@ -131,11 +131,11 @@ def _zarr_pick(
         return arr, prefix + name, None, None
     if not arrays:
         raise UserInputError(f"{p} holds no arrays; check that it is an image zarr store")
-    images = [(n, a) for n, a in arrays if _image_like(a.shape, a.dtype)]
+    images = [(n, a) for n, a in arrays if image_like(a.shape, a.dtype)]
     if len(images) == 1:
         name, arr = images[0]
         return arr, prefix + name, None, None
-    raise _several_arrays(p, [prefix + n for n, _ in (images or arrays)])
+    raise several_arrays(p, [prefix + n for n, _ in (images or arrays)])
 
 
 def _full_resolution(node: Any, ms: dict) -> tuple[str, Any]:
@@ -159,13 +159,13 @@ def _stored_voxel(arr: Any) -> tuple[tuple[float, ...] | None, str | None]:
     try:
         attrs = dict(arr.attrs.get(ATTRS_KEY) or {})
         sizes, unit = attrs.get("voxel_size"), attrs.get("unit")
-        voxel = _voxel_to_store(sizes, unit, len(arr.shape)) if sizes else None
+        voxel = voxel_to_store(sizes, unit, len(arr.shape)) if sizes else None
     except (TypeError, ValueError, AttributeError):  # attributes someone else wrote: no calibration
         return None, None
     return (voxel[0], voxel[1]) if voxel else (None, None)
 
 
-def _probe_zarr(p: Path, key: str | None) -> _Probe:
+def _probe_zarr(p: Path, key: str | None) -> ProbeResult:
     node = _zarr_open(p)
     try:
         arr, key, voxel, unit = _zarr_pick(p, node, key)
@@ -175,17 +175,17 @@ def _probe_zarr(p: Path, key: str | None) -> _Probe:
     except UserInputError:
         raise
     except Exception as exc:
-        raise UserInputError(f"{p} is not a readable zarr array ({_one_line(exc)}); check the store") from exc
+        raise UserInputError(f"{p} is not a readable zarr array ({one_line(exc)}); check the store") from exc
     if dtype.kind not in "biuf":
         raise UserInputError(f"{p}: array '{key}' has dtype {dtype}, which is not an image")
-    return _Probe("zarr", p, key, shape, dtype, voxel, unit, chunks, files=[p])
+    return ProbeResult("zarr", p, key, shape, dtype, voxel, unit, chunks, files=[p])
 
 
 def _open_zarr(path: str, key: str | None) -> tuple[Any, Any]:
     import zarr
 
     node = zarr.open(path, mode="r")
-    return (node[key] if key and _is_zarr_group(node) else node), None
+    return (node[key] if key and is_zarr_group(node) else node), None
 
 
 def _regular_chunks(chunks: tuple[tuple[int, ...], ...]) -> bool:
@@ -195,7 +195,7 @@ def _regular_chunks(chunks: tuple[tuple[int, ...], ...]) -> bool:
 def _zarr_chunks(arr: Any) -> tuple[int, ...]:
     """Zarr chunking: the dask chunking when regular and modest, else 2-D planes up to 512 x 512."""
     itemsize = np.dtype(arr.dtype).itemsize
-    if _is_dask(arr) and _regular_chunks(arr.chunks):
+    if is_dask(arr) and _regular_chunks(arr.chunks):
         chunks = tuple(max(cs[0], 1) for cs in arr.chunks)
         if int(np.prod(chunks, dtype=np.int64)) * itemsize <= _MAX_CHUNK_BYTES:
             return chunks
@@ -235,7 +235,7 @@ def _write_zarr(tmp: Path, arr: Any, voxel: tuple[tuple[float, ...], str] | None
         "dtype": arr.dtype,
         "fill_value": 0,
     }
-    if _zarr_major() >= 3:
+    if zarr_major() >= 3:
         kwargs["zarr_format"] = 2  # readable by zarr 2 and 3 and most other tools
     z = zarr.open_array(str(tmp), **kwargs)
     from napari_unet.outputs import ATTRS_KEY
@@ -244,7 +244,7 @@ def _write_zarr(tmp: Path, arr: Any, voxel: tuple[tuple[float, ...], str] | None
     if voxel is not None:
         attrs.update(voxel_size=list(voxel[0]), unit=voxel[1])
     z.attrs[ATTRS_KEY] = attrs
-    if _is_dask(arr):
+    if is_dask(arr):
         import dask.array as da
 
         if tuple(c[0] for c in arr.chunks) != chunks or not _regular_chunks(arr.chunks):
@@ -259,7 +259,7 @@ def _write_zarr(tmp: Path, arr: Any, voxel: tuple[tuple[float, ...], str] | None
 def _list_zarr(p: Path) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype) of every array in a zarr store ("" for a store that is one array)."""
     node = _zarr_open(p)
-    if not _is_zarr_group(node):
+    if not is_zarr_group(node):
         return [("", tuple(int(s) for s in node.shape), str(node.dtype))]
     return [(n, tuple(int(s) for s in a.shape), str(a.dtype)) for n, a in _zarr_arrays(node)]
 
@@ -278,10 +278,10 @@ def _write_zarr_labels(
 
     if omezarr.is_ome_zarr(target):  # NGFF label image with scale, pyramid and class names
         omezarr.write_label_group(
-            tmp, arr, voxel_size=voxel_size, unit=unit, class_names=class_names, name=_stem(target)
+            tmp, arr, voxel_size=voxel_size, unit=unit, class_names=class_names, name=path_stem(target)
         )
     else:
-        _write_zarr(tmp, arr, _voxel_to_store(voxel_size, unit, arr.ndim))
+        _write_zarr(tmp, arr, voxel_to_store(voxel_size, unit, arr.ndim))
 
 
 FORMAT = Format(
@@ -290,7 +290,7 @@ FORMAT = Format(
     probe=lambda p, key, check_all: _probe_zarr(p, key),
     open=_open_zarr,
     folder=True,
-    claims=lambda p: p.suffix.lower() in _SUFFIXES or _has_zarr_metadata(p),
+    claims=lambda p: p.suffix.lower() in _SUFFIXES or has_zarr_metadata(p),
     list_datasets=_list_zarr,
     write_labels=_write_zarr_labels,
     write_probabilities=_write_zarr,
