@@ -1,12 +1,13 @@
 """Every example in docs/*.md runs as written: the ``napari-unet ...`` lines of its bash blocks and
 its Python blocks, one test per page, in a folder that holds the files they name (made here, tiny).
 
-As in test_readme.py, ``--steps 2`` is added to ``train``, and ``--no-check`` to ``export`` (the
-bioimage.io model test takes about 10 s a package; tests/core/test_export.py runs it); nothing
-else is changed. Two things differ from a user's machine so that a page runs in seconds: the
-shipped model is a two-level network with two base channels (with the shipped model's classes and
-normalisation), and the model library is a fresh folder (tests/conftest.py) holding the one
-library model the pages name.
+As in test_readme.py, ``--steps 2`` is added to ``train`` (and ``--base-channels 2`` to a ``train
+--from scratch``), and ``--no-check`` to ``export`` (the bioimage.io model test takes about 10 s a
+package; tests/core/test_export.py runs it); nothing else is changed. What differs from a user's
+machine, so that a page runs in seconds: the shipped model is a two-level network with two base
+channels (with the shipped model's classes and normalisation), the model library is a fresh folder
+(tests/conftest.py) holding the one library model the pages name, and ``--scheduler local`` sees
+one core (one worker process to start, not two).
 
 An example that cannot run here says why in the page: a command line ends in
 ``# not run in tests: <reason>``, a Python block follows the line ``<!-- not run in tests: <reason>
@@ -91,7 +92,7 @@ RUN = {
 #: every example that is not run, and why (the page says the same)
 NOT_RUN = {
     ("data.md", "from napari_unet.data import load_isbi2012, isbi2012_available"):
-        "downloads the ISBI 2012 files (slices 20-29 are not in a test cache)",
+        "downloads the ISBI 2012 files",
     ("distributed.md", "segment volume.zarr -o labels.zarr --probabilities probs.zarr --scheduler tcp://10.0.0.5:8786"):
         "needs a running dask cluster at that address",
     ("distributed.md", "segment /shared/volume.zarr -o /shared/labels.zarr --scheduler tcp://HOST:8786"):
@@ -187,8 +188,12 @@ def docs_folder(sample_folder, shipped_metadata, make_unet, monkeypatch):
     return sample_folder
 
 
-def _given(page: str, folder: Path, make_unet) -> None:
+def _given(page: str, folder: Path, make_unet, monkeypatch) -> None:
     """What one page takes as made before its examples run."""
+    if page == "distributed.md":  # --scheduler local as on one core: one worker process, not two
+        import napari_unet.distributed.schedulers
+
+        monkeypatch.setattr(napari_unet.distributed.schedulers, "_cores", lambda: 1)
     if page == "instances.md":  # the model docs/training.md's first command trains
         _tiny(make_unet, folder / "mito.safetensors", ["background", "mitochondrion"])
     if page == "training.md":  # its labels are classes (1 = membrane, 2 = cell), not ISBI's values
@@ -205,7 +210,10 @@ def _installed(module: str) -> bool:
 
 def _run(argv: list[str], capsys) -> str | None:
     """Run one command line; None when it ran, the reason when an optional package is missing."""
-    code = main(argv + SHORTER.get(argv[0], []))
+    if any(a.endswith(".ome.zarr") for a in argv) and not _installed("ome_zarr"):
+        return f"napari-unet {shlex.join(argv)}: OME-Zarr needs the optional extra 'export' (ome_zarr)"
+    scratch = ["--base-channels", "2"] if "scratch" in argv and "--base-channels" not in argv else []
+    code = main(argv + SHORTER.get(argv[0], []) + scratch)
     err = capsys.readouterr().err
     missing = re.search(r"needs the optional extra '\w+' \((\S+) is not installed\)", err)
     if code == 2 and missing and not _installed(missing.group(1)):
@@ -301,9 +309,9 @@ CHECKS = {
 
 
 @pytest.mark.parametrize("page", sorted(RUN))
-def test_page_examples_run_as_written(page, docs_folder, make_unet, capsys):
+def test_page_examples_run_as_written(page, docs_folder, make_unet, monkeypatch, capsys):
     folder = docs_folder
-    _given(page, folder, make_unet)
+    _given(page, folder, make_unet, monkeypatch)
     commands, snippets, _ = _examples(DOCS / page)
     missing = [reason for argv in commands if (reason := _run(argv, capsys))]
     scopes = []
