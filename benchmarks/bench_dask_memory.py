@@ -131,7 +131,8 @@ def compare(model, src: Path, size: int, chunk: int, precision: str, workdir: Pa
     import dask.array as da
     import torch
 
-    from napari_unet.distributed import _cores, segment_volume, tile_for_chunk
+    from napari_unet.distributed import segment_volume, tile_for_chunk
+    from napari_unet.distributed.block import cpu_cores
     from napari_unet.inference import predict_tiles
 
     crop = da.from_zarr(str(src))[:size, :size]
@@ -144,7 +145,7 @@ def compare(model, src: Path, size: int, chunk: int, precision: str, workdir: Pa
     shutil.rmtree(out, ignore_errors=True)
     results = {}
     for name, kwargs in (
-        (f"threads ({_cores()} x 1 torch thread)", {"scheduler": "threads"}),
+        (f"threads ({cpu_cores()} x 1 torch thread)", {"scheduler": "threads"}),
         (f"sync ({threads} torch threads, as predict)", {"scheduler": "sync"}),
     ):
         shutil.rmtree(out, ignore_errors=True)

@@ -1,7 +1,7 @@
 """What the resume content check costs: re-reading and hashing the input of finished blocks.
 
 Segments a zarr stack block by block with :func:`napari_unet.distributed.segment_volume`, then
-times :func:`napari_unet.distributed.stores._verify_done` over every block (what a resume of a fully
+times :func:`napari_unet.distributed.stores.verify_done` over every block (what a resume of a fully
 finished run would do before skipping them) and prints the ratio of the two. A second ratio
 compares the hashing alone with the blocks' network time.
 
@@ -61,10 +61,10 @@ def main() -> None:
     blocks = list(plan.blocks())
     t0 = time.perf_counter()
     for b in blocks:  # what each block stores at completion
-        (markers / b.key).write_text(dist.block._window_digest(dist.block._read_block_input(src, plan, b)))
+        (markers / b.key).write_text(dist.block.window_digest(dist.block.read_block_input(src, plan, b)))
     hash_only = time.perf_counter() - t0
     t0 = time.perf_counter()
-    kept = dist.stores._verify_done(src, plan, markers, {b.key for b in blocks}, workers=1)
+    kept = dist.stores.verify_done(src, plan, markers, {b.key for b in blocks}, workers=1)
     check = time.perf_counter() - t0
     assert len(kept) == len(blocks)
     print(f"machine: {platform.processor() or platform.machine()}, torch threads 1")

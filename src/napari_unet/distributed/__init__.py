@@ -52,29 +52,29 @@ from ..inference import check_image
 from ..model import UNet
 from ..normalize import Normalizer, compute_normalizer
 from ..tileplan import DEFAULT_CHUNK, default_chunks, tile_for_chunk
-from .block import _cores, _Done, _host, _Job, _run_block, _Shipped
+from .block import Done, Job, Shipped, address_host, cpu_cores, run_block
 from .geometry import Block, BlockPlan, plan_blocks
-from .payload import ModelPayload, _forget_model
+from .payload import ModelPayload, forget_model
 from .schedulers import (
-    _SCHEDULER_HELP,
     CONNECT_TIMEOUT_S,
     GRAPH_BLOCKS,
-    _is_address,
-    _run_client,
-    _run_inline,
-    _run_threads,
+    SCHEDULER_HELP,
     dask_client,
+    is_address,
+    run_client,
+    run_inline,
+    run_threads,
 )
 from .stores import (
     ATTRS_KEY,
     MARKER_DIR,
-    _create_store,
-    _image_identity,
-    _remove,
-    _store_attrs,
-    _swap_into_place,
-    _verify_done,
+    create_store,
+    image_identity,
     partial_path,
+    remove_store,
+    store_attrs,
+    swap_into_place,
+    verify_done,
 )
 
 __all__ = [
@@ -325,8 +325,8 @@ def _check_options(
         raise UserInputError(f"batch size must be >= 1, got {batch_size}")
     check_tta(tta)
     if isinstance(scheduler, str) and scheduler.lower() not in ("threads", "sync", "local"):
-        if not _is_address(scheduler):
-            raise UserInputError(f"unknown scheduler {scheduler!r}; {_SCHEDULER_HELP}")
+        if not is_address(scheduler):
+            raise UserInputError(f"unknown scheduler {scheduler!r}; {SCHEDULER_HELP}")
     if workers is not None and workers < 1:
         raise UserInputError(f"workers must be >= 1, got {workers}")
     if torch_threads is not None and torch_threads < 1:
@@ -354,7 +354,7 @@ def _fingerprint(
     """What a run computes, hashed: a partial store is resumed only by a run with the same one."""
     settings = {
         "model": payload.digest,
-        "image": _image_identity(image),
+        "image": image_identity(image),
         "shape": tuple(int(s) for s in image.shape),
         "dtype": str(np.dtype(image.dtype)),
         "chunks": plan.chunks,
@@ -389,8 +389,8 @@ def _prepare_stores(
     tmp = partial_path(out)
     tmp_p = partial_path(prob_out) if prob_out is not None else None
     markers = tmp / MARKER_DIR
-    old = _store_attrs(tmp) if tmp.exists() else None
-    old_p = _store_attrs(tmp_p) if tmp_p is not None and tmp_p.exists() else None
+    old = store_attrs(tmp) if tmp.exists() else None
+    old_p = store_attrs(tmp_p) if tmp_p is not None and tmp_p.exists() else None
     resumable = (
         old is not None
         and old.get("fingerprint") == fingerprint
@@ -417,11 +417,11 @@ def _create_stores(model: UNet, image: Any, plan: BlockPlan, stores: _Stores, fi
     }
     for p in (stores.labels, stores.probabilities):
         if p is not None and (p.exists() or p.is_symlink()):
-            _remove(p)
+            remove_store(p)
     try:
-        _create_store(stores.labels, shape, plan.output_chunks, np.uint8, {**info, "kind": "labels"})
+        create_store(stores.labels, shape, plan.output_chunks, np.uint8, {**info, "kind": "labels"})
         if stores.probabilities is not None:
-            _create_store(
+            create_store(
                 stores.probabilities,
                 (k, *shape),
                 (k, *plan.output_chunks),
@@ -445,7 +445,7 @@ def _blocks_done(image: Any, plan: BlockPlan, stores: _Stores, workers: int | No
     recorded = {p.name for p in stores.markers.iterdir()}
     if not recorded:
         return set(), 0
-    done = _verify_done(image, plan, stores.markers, recorded, int(workers or min(4, _cores())))
+    done = verify_done(image, plan, stores.markers, recorded, int(workers or min(4, cpu_cores())))
     return done, len(recorded) - len(done)
 
 
@@ -462,21 +462,21 @@ def _job(
     workers: int | None,
     torch_threads: int | None,
     **settings: Any,
-) -> tuple[_Job, tuple[str, int]]:
+) -> tuple[Job, tuple[str, int]]:
     """A block's settings, and how blocks run: ("client" | "threads" | "inline", threads).
 
     CPU threads per block default to a host's cores shared among the blocks running on it.
     """
     host_threads: dict[str, int] | None = None
     in_process = client is None and not (isinstance(scheduler, str) and scheduler.lower() == "sync")
-    n_threads = int(workers or min(4, _cores()))
+    n_threads = int(workers or min(4, cpu_cores()))
     if torch_threads is None and client is not None:
         host_threads = {}
         for addr, nt in client.nthreads().items():
-            host_threads[_host(addr)] = host_threads.get(_host(addr), 0) + int(nt)
+            host_threads[address_host(addr)] = host_threads.get(address_host(addr), 0) + int(nt)
     elif torch_threads is None and in_process:
-        torch_threads = max(1, _cores() // n_threads)
-    job = _Job(
+        torch_threads = max(1, cpu_cores() // n_threads)
+    job = Job(
         plan=plan,
         normalizer=normalizer,
         n_classes=n_classes,
@@ -497,7 +497,7 @@ def _run(
     todo: Iterator[Block],
     payload: ModelPayload,
     image: Any,
-    job: _Job,
+    job: Job,
     completed: int,
     stores: _Stores,
 ) -> Generator[BlockEvent, None, set[str]]:
@@ -507,16 +507,16 @@ def _run(
     are restored whatever happens.
     """
     mode, n_threads = run_mode
-    shipped = _Shipped(image)
+    shipped = Shipped(image)
     main_threads = torch.get_num_threads()
     if mode == "client":
-        finished = _run_client(client, todo, payload, shipped, job)
+        finished = run_client(client, todo, payload, shipped, job)
     else:
 
-        def fn(block: Block) -> _Done:
-            return _run_block(block, payload, shipped, job)
+        def fn(block: Block) -> Done:
+            return run_block(block, payload, shipped, job)
 
-        finished = _run_threads(fn, todo, n_threads) if mode == "threads" else _run_inline(fn, todo)
+        finished = run_threads(fn, todo, n_threads) if mode == "threads" else run_inline(fn, todo)
     devices: set[str] = set()
     total = job.plan.n_blocks
     try:
@@ -532,7 +532,7 @@ def _run(
     finally:
         finished.close()
         if client is None:
-            _forget_model(payload.digest)
+            forget_model(payload.digest)
             torch.set_num_threads(main_threads)  # tasks changed the process-wide default
     return devices
 
@@ -558,9 +558,9 @@ def _finish(plan: BlockPlan, stores: _Stores, out: Path, prob_out: Path | None, 
             f"output {out} appeared while segmenting; the result stays in {stores.labels}. "
             "Remove or rename the new output and rerun to finish"
         )
-    _swap_into_place(stores.labels, out)
+    swap_into_place(stores.labels, out)
     if stores.probabilities is not None and prob_out is not None:
-        _swap_into_place(stores.probabilities, prob_out)
+        swap_into_place(stores.probabilities, prob_out)
 
 
 def segment_volume(
@@ -645,5 +645,5 @@ def finish_ome_zarr(
         target, labels, overwrite=overwrite, voxel_size=voxel, unit=unit,
         class_names=model.metadata.get("classes"),
     )  # fmt: skip
-    _remove(blocks)
+    remove_store(blocks)
     return written

@@ -22,10 +22,10 @@ from ..sinks import ZarrChunk
 from ..tileplan import default_batch
 from ..tiling import read_mirrored
 from .geometry import Block, BlockPlan
-from .payload import ModelPayload, _model_for
+from .payload import ModelPayload, model_for
 
 
-def _cores() -> int:
+def cpu_cores() -> int:
     """CPU cores this process may use."""
     try:
         return len(os.sched_getaffinity(0))
@@ -33,12 +33,12 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _host(address: str) -> str:
+def address_host(address: str) -> str:
     """The host part of a dask address such as ``tcp://10.0.0.5:40123``."""
     return address.split("://", 1)[-1].rsplit(":", 1)[0]
 
 
-def _set_task_threads(job: _Job) -> None:
+def _set_task_threads(job: Job) -> None:
     """Give this task's torch a fair share of the cores, so concurrent blocks do not oversubscribe.
 
     Torch's thread count is per calling thread, so it is set inside every task. In a dask worker
@@ -53,14 +53,14 @@ def _set_task_threads(job: _Job) -> None:
         except (ImportError, ValueError):
             worker = None
         if worker is not None:
-            total = job.host_threads.get(_host(worker.address), worker.state.nthreads)
-            n = max(1, _cores() // max(1, int(total)))
+            total = job.host_threads.get(address_host(worker.address), worker.state.nthreads)
+            n = max(1, cpu_cores() // max(1, int(total)))
     if n and torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
 
 @dataclass(frozen=True)
-class _Job:
+class Job:
     """What every block of one run shares, apart from the model and the image."""
 
     plan: BlockPlan
@@ -80,7 +80,7 @@ class _Job:
 
 
 @dataclass(frozen=True)
-class _Done:
+class Done:
     """What a finished block reports back (small: it crosses the network)."""
 
     index: int
@@ -89,7 +89,7 @@ class _Done:
     device: str
 
 
-class _Shipped:
+class Shipped:
     """Holds the image so that dask ships it as one opaque object, not as a collection."""
 
     def __init__(self, array: Any) -> None:
@@ -118,7 +118,7 @@ def _block_window(plan: BlockPlan, block: Block) -> tuple[int, int, int, int]:
     return min(sy) - c, min(sx) - c, max(sy) - min(sy) + th, max(sx) - min(sx) + tw
 
 
-def _window_digest(raw: np.ndarray) -> str:
+def window_digest(raw: np.ndarray) -> str:
     """Content hash of the input pixels a block read, stored in its completion marker."""
     raw = np.ascontiguousarray(raw)
     h = hashlib.sha256(f"{raw.dtype.str}{raw.shape}".encode())
@@ -126,13 +126,13 @@ def _window_digest(raw: np.ndarray) -> str:
     return h.hexdigest()[:32]
 
 
-def _read_block_input(image: Any, plan: BlockPlan, block: Block) -> np.ndarray:
+def read_block_input(image: Any, plan: BlockPlan, block: Block) -> np.ndarray:
     """The raw (not normalised) input window of one block."""
     wy0, wx0, h, w = _block_window(plan, block)
     return _read_window(image, block.z, wy0, wx0, h, w)
 
 
-def _block_source(job: _Job, block: Block, window: np.ndarray) -> Source:
+def _block_source(job: Job, block: Block, window: np.ndarray) -> Source:
     """The tiles of one block, read from its normalised input ``window``; each keeps its part of
     the block, in the block's own coordinates."""
     tp = job.plan.tiles
@@ -159,7 +159,7 @@ def _block_source(job: _Job, block: Block, window: np.ndarray) -> Source:
 
 
 def _segment_block(
-    model: UNet, dev: torch.device, dtype: torch.dtype, image: Any, job: _Job, block: Block
+    model: UNet, dev: torch.device, dtype: torch.dtype, image: Any, job: Job, block: Block
 ) -> str:
     """Segment one block into its chunk of the output stores; the hash of the input it read.
 
@@ -167,21 +167,21 @@ def _segment_block(
     same batch layout), so the block's values equal the in-process result bit for bit. Without a
     probabilities store the labels are taken on the device: one byte a pixel comes back.
     """
-    raw = _read_block_input(image, job.plan, block)
+    raw = read_block_input(image, job.plan, block)
     source = _block_source(job, block, job.normalizer(raw))
     sink = ZarrChunk(job.n_classes, source.shape, block.region, job.labels, job.probabilities)
     batch = job.batch_size or default_batch(dev, source.tile_shape)
     drain(run(model, source, sink, Settings(dev, dtype, batch, job.tta)))
-    return _window_digest(raw)
+    return window_digest(raw)
 
 
-def _run_block(block: Block, payload: ModelPayload, shipped: _Shipped, job: _Job) -> _Done:
+def run_block(block: Block, payload: ModelPayload, shipped: Shipped, job: Job) -> Done:
     """Task body: segment one block into its chunk(s), then leave its completion marker."""
     t0 = time.perf_counter()
     _set_task_threads(job)
-    model, dev, dtype = _model_for(payload, job.device, job.precision)
+    model, dev, dtype = model_for(payload, job.device, job.precision)
     digest = _segment_block(model, dev, dtype, shipped.array, job, block)
     Path(job.markers, block.key).write_text(digest)  # what the block read, checked on resume
     iy, ix = job.plan.tiles_of(block)
     device = f"{dev.type}:{torch.cuda.current_device()}" if dev.type == "cuda" else dev.type
-    return _Done(block.index, time.perf_counter() - t0, len(iy) * len(ix), device)
+    return Done(block.index, time.perf_counter() - t0, len(iy) * len(ix), device)

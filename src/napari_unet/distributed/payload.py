@@ -56,7 +56,7 @@ _MODELS: OrderedDict[tuple, tuple[UNet, torch.device, torch.dtype]] = OrderedDic
 _MODELS_LOCK = threading.Lock()
 
 
-def _model_for(payload: ModelPayload, device: str, precision: str) -> tuple[UNet, torch.device, torch.dtype]:
+def model_for(payload: ModelPayload, device: str, precision: str) -> tuple[UNet, torch.device, torch.dtype]:
     """The payload's model on this process's device (cuda > mps > cpu for "auto"), built once."""
     key = (payload.digest, device, precision)
     with _MODELS_LOCK:
@@ -73,7 +73,7 @@ def _model_for(payload: ModelPayload, device: str, precision: str) -> tuple[UNet
         return _MODELS[key]
 
 
-def _forget_model(digest: str) -> None:
+def forget_model(digest: str) -> None:
     with _MODELS_LOCK:
         for key in [k for k in _MODELS if k[0] == digest]:
             del _MODELS[key]

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import UserInputError
-from .block import _cores, _Done, _Job, _run_block, _Shipped
+from .block import Done, Job, Shipped, cpu_cores, run_block
 from .geometry import Block
 from .payload import ModelPayload
 
@@ -31,10 +31,15 @@ GRAPH_BLOCKS = 1024
 _TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 
 
-_SCHEDULER_HELP = "use 'threads', 'sync', 'local' or a scheduler address such as tcp://host:8786"
+SCHEDULER_HELP = "use 'threads', 'sync', 'local' or a scheduler address such as tcp://host:8786"
 
 
-def _is_address(text: str) -> bool:
+def _cores() -> int:
+    """CPU cores here: a ``"local"`` cluster starts one worker process per core by default."""
+    return cpu_cores()
+
+
+def is_address(text: str) -> bool:
     return "://" in text or re.fullmatch(r"[\w.\-\[\]:]+:\d+", text) is not None
 
 
@@ -54,7 +59,7 @@ def dask_client(scheduler: Any, *, workers: int | None = None, timeout: float | 
         if hasattr(scheduler, "submit") and hasattr(scheduler, "scatter"):
             yield scheduler
             return
-        raise UserInputError(f"scheduler {scheduler!r} is not understood; {_SCHEDULER_HELP}")
+        raise UserInputError(f"scheduler {scheduler!r} is not understood; {SCHEDULER_HELP}")
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -89,8 +94,8 @@ def dask_client(scheduler: Any, *, workers: int | None = None, timeout: float | 
             client.close()
             cluster.close()
         return
-    if not _is_address(scheduler):
-        raise UserInputError(f"unknown scheduler {scheduler!r}; {_SCHEDULER_HELP}")
+    if not is_address(scheduler):
+        raise UserInputError(f"unknown scheduler {scheduler!r}; {SCHEDULER_HELP}")
     address = scheduler if "://" in scheduler else f"tcp://{scheduler}"
     quiet = logging.getLogger("distributed")
     level = quiet.level
@@ -110,12 +115,12 @@ def dask_client(scheduler: Any, *, workers: int | None = None, timeout: float | 
         client.close()
 
 
-def _run_inline(fn: Callable[[Block], _Done], blocks: Iterator[Block]) -> Iterator[_Done]:
+def run_inline(fn: Callable[[Block], Done], blocks: Iterator[Block]) -> Iterator[Done]:
     for b in blocks:
         yield fn(b)
 
 
-def _run_threads(fn: Callable[[Block], _Done], blocks: Iterator[Block], workers: int) -> Iterator[_Done]:
+def run_threads(fn: Callable[[Block], Done], blocks: Iterator[Block], workers: int) -> Iterator[Done]:
     """Blocks on dask's threaded scheduler, yielded as they finish; stops cleanly when closed.
 
     Blocks go to dask in graphs of at most :data:`GRAPH_BLOCKS`, so a stack with millions of
@@ -167,9 +172,9 @@ def _run_threads(fn: Callable[[Block], _Done], blocks: Iterator[Block], workers:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_client(
-    client: Any, blocks: Iterator[Block], payload: ModelPayload, shipped: _Shipped, job: _Job
-) -> Iterator[_Done]:
+def run_client(
+    client: Any, blocks: Iterator[Block], payload: ModelPayload, shipped: Shipped, job: Job
+) -> Iterator[Done]:
     """Blocks on a dask.distributed cluster; the model, the image and the run's settings go to
     each worker once, and each task carries only its block.
 
@@ -184,7 +189,7 @@ def _run_client(
     window = max(GRAPH_BLOCKS, 8 * sum(client.nthreads().values()))
 
     def submit(block: Block) -> Any:
-        return client.submit(_run_block, block, payload=model_f, shipped=image_f, job=job_f, pure=False)
+        return client.submit(run_block, block, payload=model_f, shipped=image_f, job=job_f, pure=False)
 
     pending = as_completed([submit(b) for b in itertools.islice(blocks, window)], loop=client.loop)
     try:

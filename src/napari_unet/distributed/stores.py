@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .block import _read_block_input, _window_digest
+from .block import read_block_input, window_digest
 from .geometry import Block, BlockPlan
 
 #: Folder inside the partial labels store that holds one empty file per finished block.
@@ -26,7 +26,7 @@ def partial_path(path: str | os.PathLike) -> Path:
     return p.parent / f".{p.name}.partial"
 
 
-def _store_attrs(path: Path) -> dict | None:
+def store_attrs(path: Path) -> dict | None:
     import zarr
 
     try:
@@ -35,7 +35,7 @@ def _store_attrs(path: Path) -> dict | None:
         return None
 
 
-def _create_store(
+def create_store(
     path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any, attrs: dict
 ) -> None:
     import zarr
@@ -49,14 +49,14 @@ def _create_store(
     arr.attrs[ATTRS_KEY] = attrs
 
 
-def _remove(path: Path) -> None:
+def remove_store(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
+def swap_into_place(tmp: Path, target: Path) -> None:
     """Put a finished store at ``target`` (an atomic exchange where the system can); an old output
     napari-unet wrote is deleted only after the swap, anything else is never replaced."""
     from ..atomic import commit
@@ -66,7 +66,7 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     commit(tmp, target)
 
 
-def _verify_done(image: Any, plan: BlockPlan, markers: Path, done: set[str], workers: int) -> set[str]:
+def verify_done(image: Any, plan: BlockPlan, markers: Path, done: set[str], workers: int) -> set[str]:
     """The finished blocks whose input is unchanged: each one's window is read again and its hash
     compared with the one stored at completion; a changed (or unrecorded) block loses its marker."""
 
@@ -75,7 +75,7 @@ def _verify_done(image: Any, plan: BlockPlan, markers: Path, done: set[str], wor
             stored = (markers / block.key).read_text().strip()
         except OSError:
             stored = ""
-        return block.key, bool(stored) and stored == _window_digest(_read_block_input(image, plan, block))
+        return block.key, bool(stored) and stored == window_digest(read_block_input(image, plan, block))
 
     blocks = [b for b in plan.blocks() if b.key in done]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -87,7 +87,7 @@ def _verify_done(image: Any, plan: BlockPlan, markers: Path, done: set[str], wor
     return {k for k, ok in results.items() if ok}
 
 
-def _image_identity(image: Any) -> str:
+def image_identity(image: Any) -> str:
     """A name for the input that is stable across runs (file path, dask name or content hash)."""
     name = getattr(image, "name", None)
     if hasattr(image, "dask") and isinstance(name, str):
