@@ -10,9 +10,11 @@ channels (with the shipped model's classes and normalisation), the model library
 one core (one worker process to start, not two).
 
 An example that cannot run here says why in the page: a command line ends in
-``# not run in tests: <reason>``, a Python block follows the line ``<!-- not run in tests: <reason>
--->``. ``NOT_RUN`` lists exactly those, so none goes unrun unnoticed; a command that needs an
-optional package that is not installed is skipped with the product's own message.
+``# not run in tests: <reason>``; a Python block comes right after the line
+``<!-- not run in tests: <reason> -->``; a command not meant to be run sits in a ```text block.
+``NOT_RUN`` lists exactly the marked ones, so none goes unrun unnoticed. A command that needs an
+optional package that is not installed is skipped with the product's own message. The Python
+blocks of a page run in order, each in a namespace of its own, after the page's commands.
 """
 
 from __future__ import annotations
