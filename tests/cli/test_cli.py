@@ -246,6 +246,26 @@ def test_train_then_evaluate(tmp_path, stack_tif, capsys):
     assert doc["mean"]["pixel_error"] == 0
 
 
+def test_resume_goes_on_with_the_recipe_of_the_run_it_resumes(tmp_path, stack_tif, make_unet, capsys):
+    """A new class made "auto" choose "fast" (Adam, frozen contracting path, distillation); the
+    checkpoint now has that class, and --resume must not choose "paper" (SGD) from it."""
+    from napari_unet import load_model
+
+    start = save_model(make_unet(depth=2, base_channels=2), tmp_path / "start.safetensors")
+    out = tmp_path / "mito.safetensors"
+    common = ["train", "--images", stack_tif, "--labels", tmp_path / "truth.tif", "-o", out,
+              "--validation", "none", "--precision", "fp32"]  # fmt: skip
+    first = ["--from", start, "--classes", "membrane,mitochondrion", "--steps", "2"]
+    code, _, err = run([*common, *first], capsys)
+    assert code == 0, err
+    code, _, err = run([*common, "--from", out, "--resume", "--steps", "3"], capsys)
+    assert code == 0, err
+    assert "recipe: fast (as the run it resumes)" in err
+    record = load_model(out).metadata["training"]
+    assert (record["optimizer"], record["freeze_encoder"], record["distill"]) == ("adam", 0.3, 1.0)
+    assert record["steps"] == 3 and len(record["history"]) == 1
+
+
 def test_train_errors(tmp_path, stack_tif, capsys):
     empty = tmp_path / "empty.tif"
     tifffile.imwrite(empty, np.zeros((2, 150, 130), np.uint8))
