@@ -3,214 +3,138 @@
 Paper defaults: batch 1, large tiles, SGD with momentum 0.99, weighted cross-entropy with the border
 weight map, elastic deformation. ``Trainer.run`` is a generator, so the napari dock runs it in a
 QThread, the CLI under a progress bar and the tests directly, through one code path.
+
+The trainer's parts have a module each: its settings and events (:mod:`.train_config`), the
+training slices and what validation holds out (:mod:`.train_data`), the tiles it draws
+(:mod:`.train_sampling`), the loss (:mod:`.train_loss`), validation and the verdict's unit counts
+(:mod:`.train_validation`), and the optimiser and checkpoint state (:mod:`.train_state`). Their
+public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .augment import AugmentConfig, augment_with_targets
+from .augment import augment_with_targets
 from .checkpoint import load_training_state, save_model
 from .device import autocast, preferred_memory_format, resolve_precision, select_device
 from .errors import UserInputError
-from .inference import predict
 from .model import UNet, build_model, model_header
 from .model import class_names as model_class_names
-from .normalize import DEFAULT_NORMALIZATION, Normalizer, compute_normalizer
-from .sinks import class_labels
+from .normalize import DEFAULT_NORMALIZATION
 from .tileplan import training_tile
-from .tiling import mirror_indices
+from .train_config import (
+    DENSE_SHARE,
+    OPTIMIZERS,
+    RARE_SHARE,
+    SAMPLINGS,
+    VALIDATIONS,
+    TrainConfig,
+    TrainEvent,
+)
+from .train_data import PROBE_BLOCKS, TrainingData, annotated_slices, normalizers, split_data
+from .train_data import hold_out_blocks as _hold_out_blocks  # noqa: F401  (its name when it was here)
+from .train_loss import distillation_loss, loss_weights, soft_dice_loss, start_targets, training_loss
+from .train_sampling import TileSampler
+from .train_state import (
+    as_start_model,
+    earlier_runs,
+    make_optimizer,
+    match_optimizer_layout,
+    restore_buffers,
+    start_weights_of,
+    state_buffers,
+)
+from .train_validation import BEST_MARGIN, UNIT_CELL, figures, held_out_probabilities, score, tally
+from .train_validation import paint_units as _paint_units  # noqa: F401  (its name when it was here)
 from .verdict import UnitCounts, Verdict, judge
-from .weightmap import center_crop, class_balance_weights, weight_map, weighted_cross_entropy
 
-OPTIMIZERS = ("sgd", "adam")
-SAMPLINGS = ("auto", "classes", "annotated")
-#: "auto" draws tiles by class when at least this share of the annotated slices' pixels is painted
-#: (dense labels), and from any annotated pixel otherwise (scribbles: drawing a sparsely painted
-#: class as often as the background teaches it a prior far above its true share, measured in
-#: docs/training.md as objects painted 1.4x too large)
-DENSE_SHARE = 0.5
-VALIDATIONS = ("auto", "none")
-#: balance_classes="rare" weighs classes when one has less than this share of dense paint
-RARE_SHARE = 0.01
-#: blocks nobody painted, held out of training on each annotated slice, where validation compares
-#: the tuned model's kept classes with the start model's (at most this many in all)
-PROBE_BLOCKS = 4
-#: a later validation must score this much lower than the best one for the best weights to be
-#: restored at the end of a run (validation on a few hundred pixels is noisy)
-BEST_MARGIN = 0.02
+__all__ = [
+    "BEST_MARGIN",
+    "DENSE_SHARE",
+    "OPTIMIZERS",
+    "PROBE_BLOCKS",
+    "RARE_SHARE",
+    "SAMPLINGS",
+    "UNIT_CELL",
+    "VALIDATIONS",
+    "TrainConfig",
+    "TrainEvent",
+    "Trainer",
+    "distillation_loss",
+    "soft_dice_loss",
+]
 
 
-@dataclass
-class TrainConfig:
-    """Training settings. :mod:`napari_unet.recipes` names the tested combinations ("fast", "paper").
-
-    ``steps`` and ``max_minutes`` both limit the run; whichever comes first ends it (None: no limit
-    of that kind, but one of them must be set).
-    """
-
-    steps: int | None = 200
-    max_minutes: float | None = None
-    learning_rate: float = 0.001
-    momentum: float = 0.99
-    optimizer: str = "sgd"
-    #: "constant" (the paper) or "cosine" (decays to 0 over the run, by steps or by time)
-    lr_schedule: str = "constant"
-    #: input tile in px (None: 412 on a CPU, 572 on a GPU); output is tile - margin
-    tile_size: int | None = None
-    batch_size: int = 1
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
-    #: border weight map (w0 = 0 switches it off) and class balancing
-    w0: float = 10.0
-    sigma: float = 5.0
-    #: True: class-balancing loss weights; "rare": only for dense labels with a class under
-    #: RARE_SHARE of the paint (where an unweighted loss never learns it); False: none
-    balance_classes: bool | str = True
-    #: how far class balancing goes: 1 gives every class the same total weight, 0.5 the square
-    #: root of those weights (rare classes count more, without the full inverse frequency)
-    balance_power: float = 1.0
-    #: class whose connected components are the instances of the border term; "auto": "cell"
-    border_class: int | str | None = "auto"
-    #: tile centres: "classes" (each class equally often, so a rare new class is seen early),
-    #: "annotated" (any annotated pixel, so classes in proportion to the paint) or "auto" (classes
-    #: for dense labels, annotated for scribbles; see DENSE_SHARE)
-    sampling: str = "classes"
-    #: share of the run (0..1, by steps or time) during which the contracting path is frozen and
-    #: only the expanding path and the head learn; 1.0 freezes it for the whole run
-    freeze_encoder: float = 0.0
-    #: weight of a soft Dice term added to the cross-entropy (0 = the paper's loss alone)
-    dice_weight: float = 0.0
-    #: weight of distillation on the pixels nobody painted: there the start model's own
-    #: probabilities of the classes it already had are the targets, so a new class painted with a
-    #: few strokes does not grow at the expense of the old ones (0 = off; new classes only take
-    #: the pixels the strokes teach them)
-    distill: float = 0.0
-    #: end the run with the weights that validated best (when clearly better than the last ones)
-    keep_best: bool = True
-    #: "auto": hold out whole annotated slices when there are >= 3, else about 10 % of the annotated
-    #: pixels in square blocks, and report validation figures from step 0; "none": no validation
-    validation: str = "auto"
-    #: share of annotated slices held out (overrides the automatic choice when > 0)
-    val_fraction: float = 0.0
-    val_every: int = 50
-    #: seconds between "snapshot" events that carry a copy of the current model (0 = none)
-    snapshot_every_s: float = 0.0
-    checkpoint_every: int = 0
-    checkpoint_path: str | None = None
-    seed: int | None = 0
-    device: str = "auto"
-    precision: str = "auto"
-
-    def check(self) -> None:
-        """Raise UserInputError for settings that cannot train (NaN, out of range, unknown names)."""
-
-        def finite(name: str, value: float, low: float | None = None, high: float | None = None) -> None:
-            ok = isinstance(value, int | float) and math.isfinite(value)
-            ok = ok and (low is None or value >= low) and (high is None or value <= high)
-            if not ok:
-                rng = f" between {low} and {high}" if high is not None else f" of at least {low}"
-                raise UserInputError(
-                    f"{name} must be a finite number{rng if low is not None else ''}, got {value}"
-                )
-
-        if self.steps is None and self.max_minutes is None:
-            raise UserInputError("set a number of steps, a time limit in minutes, or both")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            raise UserInputError(f"steps must be at least 1, got {self.steps}")
-        if self.max_minutes is not None:
-            finite("the time limit (minutes)", self.max_minutes, 0.0)
-            if self.max_minutes <= 0:
-                raise UserInputError(f"the time limit must be more than 0 minutes, got {self.max_minutes}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserInputError(f"unknown optimiser {self.optimizer!r}; choose one of {OPTIMIZERS}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise UserInputError(f"unknown learning-rate schedule {self.lr_schedule!r}")
-        finite("the learning rate", self.learning_rate, 0.0, 10.0)
-        if self.learning_rate <= 0:
-            raise UserInputError(f"the learning rate must be positive, got {self.learning_rate}")
-        finite("the momentum", self.momentum, 0.0, 0.9999)
-        finite("w0", self.w0, 0.0, 1000.0)
-        finite("sigma", self.sigma, 0.1, 1000.0)
-        finite("the validation fraction", self.val_fraction, 0.0, 0.9)
-        finite("freeze_encoder", self.freeze_encoder, 0.0, 1.0)
-        finite("the Dice weight", self.dice_weight, 0.0, 100.0)
-        finite("the distillation weight", self.distill, 0.0, 100.0)
-        finite("the class-balance power", self.balance_power, 0.0, 1.0)
-        finite("snapshot_every_s", self.snapshot_every_s, 0.0)
-        if not 1 <= self.batch_size <= 64:
-            raise UserInputError(f"batch size must be between 1 and 64, got {self.batch_size}")
-        if self.balance_classes not in (True, False, "rare"):
-            raise UserInputError(
-                f"balance_classes must be true, false or 'rare', got {self.balance_classes!r}"
-            )
-        if self.sampling not in SAMPLINGS:
-            raise UserInputError(f"unknown sampling {self.sampling!r}; choose one of {SAMPLINGS}")
-        if self.validation not in VALIDATIONS:
-            raise UserInputError(f"unknown validation {self.validation!r}; choose one of {VALIDATIONS}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise UserInputError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+def _resume_state(model: UNet, resume_from: str | Path | None) -> dict[str, Any] | None:
+    """The training state of the checkpoint a run resumes from (None for a fresh run); the
+    classes the interrupted run was learning from paint alone stay new ones in ``model``."""
+    if resume_from is None:
+        return None
+    state = load_training_state(resume_from)
+    if state is None:
+        raise UserInputError(f"{resume_from} holds no training state to resume from")
+    model.added_classes = list(state.get("added_classes", model.added_classes))
+    return state
 
 
-@dataclass
-class TrainEvent:
-    """Progress of a training run; ``kind`` says what happened at ``step``."""
-
-    kind: str  # "step" | "validation" | "snapshot" | "checkpoint" | "done"
-    step: int
-    total_steps: int
-    loss: float | None
-    learning_rate: float
-    elapsed: float
-    metrics: dict[str, float] | None = None
-    checkpoint: str | None = None
-    #: share of the run done (0..1, by steps or by time, whichever is further along)
-    progress: float = 0.0
-    #: estimated seconds left, or None before the first step
-    remaining: float | None = None
-    #: "snapshot" events: a CPU float32 copy of the current model in eval mode, safe in another thread
-    model: UNet | None = None
+def _tile_size(model: UNet, tile_size: int | None, device: torch.device) -> int:
+    """The training tile: the configured one, checked, or the device's default."""
+    if tile_size is None:
+        return training_tile(model, device)
+    try:
+        model.output_size(tile_size)
+    except ValueError:
+        raise UserInputError(
+            f"training tile {tile_size} is not a valid input size; try "
+            f"{model.valid_input_size(tile_size)}"
+        ) from None
+    return tile_size
 
 
-def _as_slices(data, what: str) -> list[np.ndarray]:
-    """2-D slices from a 2-D array, a (Z, H, W) stack or a list of 2-D arrays."""
-    if isinstance(data, list | tuple):
-        out = [np.asarray(d) for d in data]
-    else:
-        arr = np.asarray(data)
-        if arr.ndim == 2:
-            out = [arr]
-        elif arr.ndim == 3:
-            out = list(arr)
-        else:
-            raise UserInputError(f"{what} have shape {arr.shape}; expected (H, W) or (Z, H, W)")
-    for s in out:
-        if s.ndim != 2:
-            raise UserInputError(f"{what} must be 2-D slices, got shape {s.shape}")
-    return out
+class _Clock:
+    """A run's time: elapsed (with that of the interrupted run it resumes), the share of the run
+    done and the time left; and the events, which carry them."""
 
+    def __init__(self, total: int, limit_s: float, before: float, first_step: int) -> None:
+        self.total, self.limit_s, self.before, self.first_step = total, limit_s, before, first_step
+        self.start = time.perf_counter()
 
-def _read_window(arr: np.ndarray, y0: int, x0: int, h: int, w: int, mirror: bool) -> np.ndarray:
-    """A window of ``arr``; outside the array it is mirrored (images) or 0 = not annotated (labels)."""
-    rows = mirror_indices(y0, h, arr.shape[0])
-    cols = mirror_indices(x0, w, arr.shape[1])
-    out = arr[np.ix_(rows, cols)]
-    if not mirror:
-        ys = np.arange(y0, y0 + h)
-        xs = np.arange(x0, x0 + w)
-        inside = ((ys >= 0) & (ys < arr.shape[0]))[:, None] & ((xs >= 0) & (xs < arr.shape[1]))[None, :]
-        out = np.where(inside, out, 0).astype(arr.dtype)
-    return out
+    def restart(self) -> None:
+        """Count time from now (what came before, the start's validation, is not training time)."""
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def progress(self, step: int) -> float:
+        by_steps = step / self.total if self.total else 0.0
+        return min(1.0, max(by_steps, self.elapsed() / self.limit_s))
+
+    def remaining(self, step: int) -> float | None:
+        done = step - self.first_step
+        if done <= 0:
+            return None
+        spent = time.perf_counter() - self.start
+        left = [self.limit_s - self.elapsed()]
+        if self.total:
+            left.append((self.total - step) * spent / done)
+        return max(0.0, min(left))
+
+    def event(self, kind: str, step: int, loss: float | None, lr: float, **kw) -> TrainEvent:
+        return TrainEvent(
+            kind, step, self.total, loss, lr, self.elapsed(),
+            progress=self.progress(step), remaining=self.remaining(step), **kw,
+        )
 
 
 class Trainer:
@@ -234,78 +158,27 @@ class Trainer:
         self.config = cfg = config or TrainConfig()
         cfg.check()
         self.model = model
-        state = None
-        if resume_from is not None:
-            state = load_training_state(resume_from)
-            if state is None:
-                raise UserInputError(f"{resume_from} holds no training state to resume from")
-            # classes the interrupted run was learning from paint alone stay new ones
-            model.added_classes = list(state.get("added_classes", model.added_classes))
-        prev = model.metadata.get("training")
-        history = list(prev.get("history", [])) if isinstance(prev, dict) else []
-        if resume_from is not None and history:
-            history = history[:-1]  # the interrupted run goes on; it stays one entry
+        state = _resume_state(model, resume_from)
         #: earlier training runs of this model, one entry each; this run is appended when saving
-        self._history_before: list[dict[str, Any]] = history
+        self._history_before = earlier_runs(model, resuming=resume_from is not None)
         k = model.n_classes
         names = list(class_names) if class_names else model_class_names(model)
         if len(names) != k:
             raise UserInputError(f"{len(names)} class names given for a model with {k} classes")
         self.class_names = names
-
-        is_stack = not isinstance(images, list | tuple) and np.ndim(images) == 3
-        imgs = _as_slices(images, "images")
-        labs = _as_slices(labels, "labels")
-        if len(imgs) != len(labs):
-            raise UserInputError(f"{len(imgs)} image slices but {len(labs)} label slices")
-        for i, (im, lb) in enumerate(zip(imgs, labs, strict=True)):
-            if im.shape != lb.shape:
-                raise UserInputError(
-                    f"slice {i}: image shape {im.shape} differs from annotation shape {lb.shape}"
-                )
-            if lb.dtype.kind not in "iub":
-                raise UserInputError(f"annotations must be integer labels, got {lb.dtype}")
-            if im.dtype.kind not in "iufb":
-                raise UserInputError(f"images must hold numbers, got {im.dtype}")
-        high = max(int(lb.max()) for lb in labs)
-        low = min(int(lb.min()) for lb in labs)
-        if low < 0 or high > k:
-            raise UserInputError(
-                f"annotations hold values {low}..{high}, but the model has classes 1..{k} "
-                f"({', '.join(names)}; 0 = not annotated): name every class"
-            )
-        annotated = [i for i, lb in enumerate(labs) if np.any(lb > 0)]
-        if not annotated:
-            raise UserInputError("the annotations have no labelled pixel; paint some labels first")
-
+        imgs, labs, annotated = annotated_slices(images, labels, names)
         # One normalisation per volume, as at prediction time.
-        spec = model.metadata.get("normalization", DEFAULT_NORMALIZATION)
-        if is_stack:
-            stack_norm = compute_normalizer(np.asarray(images), spec)
-            norms = [stack_norm] * len(imgs)
-        else:
-            norms = [compute_normalizer(im, spec) for im in imgs]
-        self._spec = spec
-
-        # Validation: whole annotated slices, or square blocks of annotated pixels, held out.
-        self._rng = np.random.default_rng(cfg.seed)
-        labs = [lb.astype(np.int64) for lb in labs]
-        val_idx, train_idx = self._split_slices(annotated, cfg)
-        self.val_slices = [(imgs[i], labs[i], norms[i]) for i in val_idx]
-        self.val_blocks: list[tuple[int, int, int, int]] = []  # (slice, y, x, size) in train_idx order
-        train_labs = [labs[i] for i in train_idx]
-        if not val_idx and cfg.validation == "auto" and cfg.val_fraction == 0:
-            train_labs, self.val_blocks = _hold_out_blocks(train_labs, 0.1, self._rng)
-        self.train_slices = [(norms[i](imgs[i]), lb) for i, lb in zip(train_idx, train_labs, strict=True)]
-        self._val_block_labels = [labs[train_idx[j]][y : y + b, x : x + b] for j, y, x, b in self.val_blocks]
-        self.train_indices, self.val_indices = train_idx, val_idx
+        self._spec = model.metadata.get("normalization", DEFAULT_NORMALIZATION)
+        norms = normalizers(images, imgs, self._spec)
         # The start model's classes ("kept"): a class that with_classes just added is new.
         added = {str(n).lower() for n in getattr(model, "added_classes", ())}
         self.kept = [n.lower() not in added for n in names]
-        validates = cfg.validation == "auto" or cfg.val_fraction > 0
-        self.probe_blocks = _probe_blocks(train_labs, self.val_blocks, self._rng) if (
-            validates and any(self.kept)
-        ) else []
+        self._kept_channels = [c for c, keep in enumerate(self.kept) if keep]
+        # Validation: whole annotated slices, or square blocks of annotated pixels, held out.
+        self._rng = np.random.default_rng(cfg.seed)
+        probes = (cfg.validation == "auto" or cfg.val_fraction > 0) and any(self.kept)
+        #: the training slices and what validation holds out
+        self.data: TrainingData = split_data(imgs, labs, norms, annotated, cfg, probes, self._rng)
         if self.val_slices or self.val_blocks:
             # imported with the rest of the setup (scikit-image: about 1 s of Python holding the
             # GIL), not at the first validation, which a viewer runs at low priority
@@ -313,38 +186,12 @@ class Trainer:
         #: validation figures of the model as it was before this run (None without validation)
         self.start_metrics: dict[str, float] | None = None
         self.last_metrics: dict[str, float] | None = None
-
         # Loss weights, computed once per training slice.
-        if cfg.border_class == "auto":
-            lowered = [n.lower() for n in names]
-            border = lowered.index("cell") + 1 if "cell" in lowered else None
-        else:
-            border = cfg.border_class  # type: ignore[assignment]
-        self.border_class = border
-        all_train = np.concatenate([lb.reshape(-1) for _, lb in self.train_slices])
-        self.balanced = bool(cfg.balance_classes)
-        if cfg.balance_classes == "rare":
-            counts = np.bincount(all_train, minlength=k + 1)[1 : k + 1]
-            dense = counts.sum() >= DENSE_SHARE * all_train.size
-            present = counts[counts > 0]
-            self.balanced = bool(dense and present.size > 1 and present.min() < RARE_SHARE * counts.sum())
-        cw = class_balance_weights(all_train, k, cfg.balance_power) if self.balanced else None
-        if cw is None:
-            cw = np.ones(k + 1)
-            cw[0] = 0
-        self._class_weights = cw
-        self.weights = [
-            weight_map(
-                lb,
-                n_classes=k,
-                border_class=border if cfg.w0 else None,
-                w0=cfg.w0,
-                sigma=cfg.sigma,
-                class_weights=cw,
-            )
-            for _, lb in self.train_slices
-        ]
-        self._prepare_sampling(k)
+        weights = loss_weights([lb for _, lb in self.train_slices], names, cfg)
+        self.border_class, self.balanced = weights.border_class, weights.balanced
+        self._class_weights, self.weights = weights.class_weights, weights.maps
+        self._sampler = TileSampler(self.train_slices, self.weights, k, cfg.sampling)
+        self.sampling = self._sampler.sampling
         #: per unit of validation: the start model's predicted classes, its counts, the last counts
         self._start_pred: list[np.ndarray] | None = None
         self.start_units: list[UnitCounts] = []
@@ -353,20 +200,9 @@ class Trainer:
         self._best: tuple[float, int, dict[str, torch.Tensor], dict[str, float], list] | None = None
         #: the step whose weights the run ended with (differs from ``step`` when the best were kept)
         self.kept_step: int | None = None
-
         self.device = select_device(cfg.device)
         self.dtype = resolve_precision(cfg.precision, self.device)
-        if cfg.tile_size is None:
-            self.tile = training_tile(model, self.device)
-        else:
-            try:
-                model.output_size(cfg.tile_size)
-            except ValueError:
-                raise UserInputError(
-                    f"training tile {cfg.tile_size} is not a valid input size; try "
-                    f"{model.valid_input_size(cfg.tile_size)}"
-                ) from None
-            self.tile = cfg.tile_size
+        self.tile = _tile_size(model, cfg.tile_size, self.device)
         self.step = 0
         self.elapsed_before = 0.0
         self._stop = threading.Event()
@@ -375,96 +211,64 @@ class Trainer:
             self._generator.manual_seed(int(cfg.seed))
             torch.manual_seed(int(cfg.seed))
         model.to(self.device)
-        #: the weights this run started from (CPU copies), kept in every checkpoint's training
-        #: state, so a resumed run distils from and is judged against them, not the interrupted model
-        self._start_weights = _start_weights_of(model, state)
-        #: distillation targets per training slice: the start model's probabilities of its kept
-        #: classes (float16, (kept, H, W)), 0 in held-out and probe blocks; None when not distilling
-        self.targets: list[np.ndarray] | None = None
-        self._kept_channels = [c for c, keep in enumerate(self.kept) if keep]
-        unpainted = any(not np.all(lb > 0) for _, lb in self.train_slices)
-        if cfg.distill > 0 and self._kept_channels and unpainted:
-            with self._as_start_model():
-                self.targets = self._start_targets()
-        self.optimizer = self._make_optimizer()
+        self._start_distillation(state)
+        self.optimizer = make_optimizer(model, cfg)
         if state is not None:
             self._restore(state)
 
     # ----------------------------------------------------------------- setup helpers
-    def _split_slices(self, annotated: list[int], cfg: TrainConfig) -> tuple[list[int], list[int]]:
-        """(validation, training) slice indices: ``val_fraction`` of the annotated slices, or one
-        in five when validation is "auto" and at least three slices are annotated."""
-        fraction = cfg.val_fraction
-        if fraction == 0 and cfg.validation == "auto" and len(annotated) >= 3:
-            fraction = 0.2
-        if fraction <= 0 or len(annotated) < 2:
-            return [], list(annotated)
-        n_val = min(max(int(round(fraction * len(annotated))), 1), len(annotated) - 1)
-        order = list(self._rng.permutation(annotated))
-        return sorted(int(i) for i in order[:n_val]), sorted(int(i) for i in order[n_val:])
+    def _start_distillation(self, state: dict[str, Any] | None) -> None:
+        """Keep the weights the run starts from and, when distilling, the start model's targets."""
+        #: the weights this run started from (CPU copies), kept in every checkpoint's training
+        #: state, so a resumed run distils from and is judged against them, not the interrupted model
+        self._start_weights = start_weights_of(self.model, state)
+        #: distillation targets per training slice: the start model's probabilities of its kept
+        #: classes (float16, (kept, H, W)), 0 in held-out and probe blocks; None when not distilling
+        self.targets: list[np.ndarray] | None = None
+        unpainted = any(not np.all(lb > 0) for _, lb in self.train_slices)
+        if self.config.distill > 0 and self._kept_channels and unpainted:
+            with self._as_start_model():
+                self.targets = start_targets(
+                    self.model,
+                    [img for img, _ in self.train_slices],
+                    self._kept_channels,
+                    [*self.val_blocks, *self.probe_blocks],
+                    self.device,
+                    self.dtype,
+                )
 
-    @contextlib.contextmanager
-    def _as_start_model(self) -> Iterator[None]:
-        """Within the block the model holds the weights the run started from; the current ones
-        come back after it (a fresh run's weights are the start's, so nothing moves)."""
-        current = self.model.state_dict()
-        if all(torch.equal(current[k].cpu(), v) for k, v in self._start_weights.items()):
-            yield
-            return
-        kept = {k: v.detach().clone() for k, v in current.items()}
-        self.model.load_state_dict(self._start_weights)
-        try:
-            yield
-        finally:
-            self.model.load_state_dict(kept)
+    @property
+    def train_slices(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(normalised image, labels) per training slice; held-out blocks are 0 in the labels."""
+        return self.data.train_slices
 
-    def _start_targets(self) -> list[np.ndarray]:
-        """The model's probabilities of its kept classes on each training slice, before training
-        (renormalised over the kept classes), blanked where validation looks."""
-        precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
-        identity = Normalizer(0.0, 1.0)  # the training slices are normalised already
-        out = []
-        self.model.eval()
-        for img, _lab in self.train_slices:
-            p = predict(self.model, img, device=self.device, precision=precision, normalizer=identity)
-            p = p[self._kept_channels]
-            p /= np.maximum(p.sum(axis=0, keepdims=True), 1e-6)
-            out.append(p.astype(np.float16))
-        for j, y, x, b in [*self.val_blocks, *self.probe_blocks]:
-            out[j][:, y : y + b, x : x + b] = 0
-        return out
+    @property
+    def val_slices(self) -> list[tuple[np.ndarray, np.ndarray, Any]]:
+        """(image, labels, normaliser) per held-out slice."""
+        return self.data.val_slices
 
-    def _prepare_sampling(self, k: int) -> None:
-        """Where tile centres are drawn from: annotated pixels, per class when sampling by class."""
-        counts = np.array([np.count_nonzero(lb) for _, lb in self.train_slices], dtype=np.float64)
-        if counts.sum() == 0:
-            raise UserInputError("every annotated pixel was held out for validation; annotate more")
-        self._slice_p = counts / counts.sum()
-        painted = counts.sum() / max(1, sum(lb.size for _, lb in self.train_slices if np.any(lb)))
-        self.sampling = self.config.sampling
-        if self.sampling == "auto":
-            self.sampling = "classes" if painted >= DENSE_SHARE else "annotated"
-        self._annotated_px = [np.flatnonzero(lb) for _, lb in self.train_slices]
-        # per class: the slices that have it (with their share) and its pixels in each
-        self._class_px: dict[int, list[np.ndarray]] = {}
-        for c in range(1, k + 1):
-            per = [np.flatnonzero(lb == c) for _, lb in self.train_slices]
-            if sum(len(p) for p in per):
-                self._class_px[c] = per
+    @property
+    def val_blocks(self) -> list[tuple[int, int, int, int]]:
+        """Held-out blocks of paint: (slice, y, x, size), the slice in ``train_indices`` order."""
+        return self.data.val_blocks
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        """The configured optimiser, with its fused kernel where this torch has one for the device
-        (one pass over each weight instead of about ten: a few percent of a CPU step)."""
-        cfg = self.config
-        params = list(self.model.parameters())
-        if cfg.optimizer == "adam":
-            kind, extra = torch.optim.Adam, {}
-        else:
-            kind, extra = torch.optim.SGD, {"momentum": cfg.momentum}
-        try:
-            return kind(params, lr=cfg.learning_rate, fused=True, **extra)
-        except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or torch
-            return kind(params, lr=cfg.learning_rate, **extra)
+    @property
+    def probe_blocks(self) -> list[tuple[int, int, int, int]]:
+        """Blocks nobody painted where validation compares with the start model."""
+        return self.data.probe_blocks
+
+    @property
+    def train_indices(self) -> list[int]:
+        return self.data.train_indices
+
+    @property
+    def val_indices(self) -> list[int]:
+        return self.data.val_indices
+
+    def _as_start_model(self):
+        """Within the block the model holds the weights the run started from (see
+        :func:`napari_unet.train_state.as_start_model`)."""
+        return as_start_model(self.model, self._start_weights)
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Continue a run: step count, elapsed time, optimiser buffers and random states."""
@@ -474,31 +278,10 @@ class Trainer:
             )
         self.step = int(state["step"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
-        buffers: dict[str, torch.Tensor] = state["buffers"]
-        params = list(self.model.parameters())
-        for key, value in buffers.items():
-            idx, _, name = key.partition(".")
-            if key == _AUGMENT_RNG_KEY:
-                self._generator.set_state(value.to(torch.uint8))
-            elif idx.isdigit() and int(idx) < len(params):
-                st = self.optimizer.state[params[int(idx)]]
-                fused = bool(self.optimizer.defaults.get("fused"))
-                st[name] = value.to(self.device) if name != "step" or fused else value
+        restore_buffers(state["buffers"], self.model, self.optimizer, self._generator, self.device)
         if "rng" in state:
             self._rng = np.random.default_rng()
             self._rng.bit_generator.state = state["rng"]
-
-    def _match_optimizer_layout(self) -> None:
-        """Give every optimiser buffer its weight's device and memory layout.
-
-        Restored buffers load contiguous, and the weights change layout when a run starts
-        (channels_last on a GPU); the fused optimiser kernels need both alike (on CUDA they fail).
-        """
-        for p in self.model.parameters():
-            st = self.optimizer.state.get(p, {})
-            for name, value in list(st.items()):
-                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
-                    st[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
     # ----------------------------------------------------------------- state
     def stop(self) -> None:
@@ -519,20 +302,12 @@ class Trainer:
 
     def training_state(self, elapsed: float) -> dict[str, Any]:
         """What a resume needs: step, optimiser buffers, random states (tiles and augmentation)."""
-        buffers = {}
-        for i, p in enumerate(self.model.parameters()):
-            for name, value in self.optimizer.state.get(p, {}).items():
-                if torch.is_tensor(value):
-                    buffers[f"{i}.{name}"] = value
-        buffers[_AUGMENT_RNG_KEY] = self._generator.get_state()
-        for name, value in self._start_weights.items():
-            buffers[_START_PREFIX + name] = value
         return {
             "step": self.step,
             "elapsed": elapsed,
             "optimizer": self.config.optimizer,
             "added_classes": list(getattr(self.model, "added_classes", [])),
-            "buffers": buffers,
+            "buffers": state_buffers(self.model, self.optimizer, self._generator, self._start_weights),
             "rng": self._rng.bit_generator.state,
         }
 
@@ -612,148 +387,33 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def _sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """A batch of input tiles centred near annotated pixels, with their labels, weights and
-        (when distilling) the start model's probabilities.
-
-        With ``sampling="classes"`` the class is drawn first (each present class equally often), so
-        a new structure painted on a few objects is in most tiles from the first step on.
-        """
-        t = self.tile
-        xs, ys, ws, ss = [], [], [], []
-        for _ in range(self.config.batch_size):
-            if self.sampling == "classes" and self._class_px:
-                c = list(self._class_px)[int(self._rng.integers(len(self._class_px)))]
-                per = self._class_px[c]
-                sizes = np.array([len(p) for p in per], dtype=np.float64)
-                i = int(self._rng.choice(len(per), p=sizes / sizes.sum()))
-                flat = int(self._rng.choice(per[i]))
-            else:
-                i = int(self._rng.choice(len(self.train_slices), p=self._slice_p))
-                flat = int(self._rng.choice(self._annotated_px[i]))
-            img, lab = self.train_slices[i]
-            cy, cx = divmod(flat, lab.shape[1])
-            # jitter so the chosen pixel is anywhere inside the output window
-            out = t - self.model.margin
-            cy += int(self._rng.integers(-out // 2, out // 2 + 1))
-            cx += int(self._rng.integers(-out // 2, out // 2 + 1))
-            y0, x0 = cy - t // 2, cx - t // 2
-            xs.append(_read_window(img, y0, x0, t, t, mirror=True))
-            ys.append(_read_window(lab, y0, x0, t, t, mirror=False))
-            ws.append(_read_window(self.weights[i], y0, x0, t, t, mirror=False))
-            if self.targets is not None:
-                ss.append(np.stack([_read_window(p, y0, x0, t, t, mirror=True) for p in self.targets[i]]))
-        x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))
-        y = torch.from_numpy(np.stack(ys))
-        w = torch.from_numpy(np.stack(ws).astype(np.float32))
-        s = torch.from_numpy(np.stack(ss).astype(np.float32)) if ss else None
-        return x, y, w, s
-
-    def _block_probabilities(self, j: int, y: int, x: int, b: int) -> np.ndarray:
-        """The model's probabilities (K, b, b) of a square block of training slice ``j``: one tile
-        through the tile pipeline (:mod:`napari_unet.pipeline`) into a probabilities sink."""
-        from .engine import Settings
-        from .pipeline import Placed, Source, drain, run
-        from .sinks import Collect
-
-        model = self.model
-        size = model.input_size_for_output(b)
-        off, c = (size - b) // 2, (model.output_size(size) - b) // 2
-        win = _read_window(self.train_slices[j][0], y - off, x - off, size, size, mirror=True)
-        tile = Placed(None, (slice(0, b), slice(0, b)), (slice(c, c + b), slice(c, c + b)))
-        source = Source([tile], lambda _: win, (size, size), (b, b))
-        sink = Collect(model.n_classes, (b, b), labels=False, probabilities=True)
-        return drain(run(model, source, sink, Settings(self.device, self.dtype, 1))).probabilities
-
-    def _val_probabilities(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """(probabilities (K, h, w), labels (h, w)) for each held-out slice or block, then
-        (probabilities, None) for each probe block nobody painted."""
-        precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
-        for img, lab, norm in self.val_slices:
-            p = predict(self.model, img, device=self.device, precision=precision, normalizer=norm)
-            yield p, lab
-        for (j, y, x, b), lab in zip(self.val_blocks, self._val_block_labels, strict=True):
-            yield self._block_probabilities(j, y, x, b), lab
-        for j, y, x, b in self.probe_blocks:
-            yield self._block_probabilities(j, y, x, b), None
-
-    def _start_classes(self, p: np.ndarray) -> np.ndarray:
-        """The start model's classes (1..K) from probabilities: its kept channels only (a new
-        channel holds random weights before training); the plain argmax when none is kept."""
-        if not any(self.kept) or all(self.kept):
-            return class_labels(p)
-        channels = np.array(self._kept_channels)
-        return channels[np.argmax(p[channels], axis=0)] + 1
+        (when distilling) the start model's probabilities (:class:`.train_sampling.TileSampler`)."""
+        cfg = self.config
+        return self._sampler.draw(self._rng, cfg.batch_size, self.tile, self.model.margin, self.targets)
 
     def validate(self) -> dict[str, float]:
         """Figures on the held-out annotations: weighted loss and pixel error on annotated pixels,
         IoU per class, the adapted Rand error of the cell class where a slice is dense, and for the
         start model's classes the agreement with it on pixels nobody painted. The first call (step
         0) measures the start model, predicting only its own classes."""
-        from . import metrics
-
         if not self.val_slices and not self.val_blocks:
             return {}
         was_training = self.model.training
         self.model.eval()
-        k = self.model.n_classes
         first = self._start_pred is None
-        start_pred: list[np.ndarray] = [] if first else self._start_pred  # type: ignore[assignment]
-        units: list[UnitCounts] = []
-        loss_sum = weight_sum = 0.0
-        wrong = total = 0
-        rands = []
         try:
-            for idx, (p, lab) in enumerate(self._val_probabilities()):
-                pred = self._start_classes(p) if first else class_labels(p)
-                if first:
-                    start_pred.append(pred.astype(np.uint8))
-                before = start_pred[idx]
-                unit = UnitCounts(*(np.zeros(k + 1) for _ in range(4)))
-                mask = lab > 0 if lab is not None else np.zeros(pred.shape, bool)
-                for c in range(1, k + 1):
-                    if self.kept[c - 1]:
-                        mine, theirs = (pred == c) & ~mask, (before == c) & ~mask
-                        unit.agree_inter[c] = np.count_nonzero(mine & theirs)
-                        unit.agree_union[c] = np.count_nonzero(mine | theirs)
-                units.append(unit)
-                if lab is None or not mask.any():
-                    continue
-                truth = lab[mask]
-                guess = pred[mask]
-                units.extend(_paint_units(mask, truth, guess, k))
-                w = self._class_weights[truth]
-                picked = np.take_along_axis(p[:, mask], (truth - 1)[None], axis=0)[0]
-                loss_sum += float(np.sum(w * -np.log(np.clip(picked, 1e-7, 1.0))))
-                weight_sum += float(w.sum())
-                wrong += int(np.count_nonzero(guess != truth))
-                total += int(truth.size)
-                if self.border_class is not None and mask.all() and lab.shape[0] >= 64:
-                    r = metrics.evaluate_membrane(p[self.border_class - 1], lab == self.border_class)
-                    rands.append(r["adapted_rand_error"])
+            probabilities = held_out_probabilities(self.model, self.data, self.device, self.dtype)
+            counts, start_pred = tally(
+                probabilities, self.kept, self._class_weights, self.border_class, self._start_pred
+            )
         finally:
             self.model.train(was_training)
-        if not total:
+        if not counts.total:
             return {}
         if first:
-            self._start_pred, self.start_units = start_pred, units
-        self.last_units = units
-        inter = np.sum([u.inter for u in units], axis=0)  # pooled: the IoU of all held-out paint
-        union = np.sum([u.union for u in units], axis=0)
-        agree_i = np.sum([u.agree_inter for u in units], axis=0)
-        agree_u = np.sum([u.agree_union for u in units], axis=0)
-        out = {
-            "val_loss": loss_sum / max(weight_sum, 1e-12),
-            "val_pixel_error": wrong / total,
-        }
-        for c in range(1, k + 1):
-            if union[c]:
-                out[f"val_iou_{self.class_names[c - 1]}"] = float(inter[c] / union[c])
-        if not first:
-            for c in range(1, k + 1):
-                if agree_u[c]:
-                    out[f"val_agreement_{self.class_names[c - 1]}"] = float(agree_i[c] / agree_u[c])
-        if rands:
-            out["val_rand_error"] = float(np.mean(rands))
-        return out
+            self._start_pred, self.start_units = start_pred, counts.units
+        self.last_units = counts.units
+        return figures(counts, self.class_names, agreement=not first)
 
     def verdict(self) -> Verdict:
         """Better than the start model, worse, or cannot tell yet: see :mod:`napari_unet.verdict`."""
@@ -762,9 +422,8 @@ class Trainer:
 
     @staticmethod
     def _score(metrics: dict[str, float]) -> float:
-        """One figure to choose weights by: the mean of held-out IoUs and kept-class agreements."""
-        values = [v for key, v in metrics.items() if key.startswith(("val_iou_", "val_agreement_"))]
-        return float(np.mean(values)) if values else -math.inf
+        """One figure to choose weights by (:func:`napari_unet.train_validation.score`)."""
+        return score(metrics)
 
     def _remember(self, metrics: dict[str, float]) -> None:
         """Keep a copy of the weights when this validation is the best so far."""
@@ -794,85 +453,37 @@ class Trainer:
     def _loss(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None = None
     ) -> torch.Tensor:
-        loss = weighted_cross_entropy(logits, y, w)
-        if self.config.dice_weight:
-            loss = loss + self.config.dice_weight * soft_dice_loss(logits, y)
-        if s is not None:
-            loss = loss + self.config.distill * distillation_loss(logits, y, s, self._kept_channels)
-        return loss
+        return training_loss(logits, y, w, s, self.config, self._kept_channels)
 
     def run(self) -> Iterator[TrainEvent]:
         """Train, yielding "step" events plus "validation" (from step 0), "snapshot", "checkpoint"
         and a final "done"; stops after ``steps`` or ``max_minutes``, whichever comes first."""
         cfg = self.config
         model = self.model
-        total = cfg.steps if cfg.steps is not None else 0
         limit_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-        start = time.perf_counter()
-        first_step = self.step
+        clock = _Clock(cfg.steps if cfg.steps is not None else 0, limit_s, self.elapsed_before, self.step)
         fmt = preferred_memory_format(self.device, self.dtype, training=True)
         model.to(self.device, memory_format=fmt)
-        self._match_optimizer_layout()
-        lr = self.optimizer.param_groups[0]["lr"]
+        match_optimizer_layout(model, self.optimizer)
         validating = bool(self.val_slices or self.val_blocks)
         last_snapshot = -math.inf  # the first snapshot comes with the first step, then every few s
 
-        def elapsed() -> float:
-            return self.elapsed_before + time.perf_counter() - start
-
-        def progress() -> float:
-            by_steps = self.step / total if total else 0.0
-            return min(1.0, max(by_steps, elapsed() / limit_s))
-
-        def remaining() -> float | None:
-            done = self.step - first_step
-            if done <= 0:
-                return None
-            spent = time.perf_counter() - start
-            left = [limit_s - elapsed()]
-            if total:
-                left.append((total - self.step) * spent / done)
-            return max(0.0, min(left))
-
         def event(kind: str, loss: float | None, **kw) -> TrainEvent:
-            return TrainEvent(
-                kind, self.step, total, loss, lr, elapsed(), progress=progress(), remaining=remaining(), **kw
-            )
+            return clock.event(kind, self.step, loss, self.optimizer.param_groups[0]["lr"], **kw)
 
         if validating and self.start_metrics is None:
             with self._as_start_model():  # a resumed run: the start, not where it was interrupted
                 self.start_metrics = self.validate()
             self.last_metrics = self.start_metrics
             yield event("validation", None, metrics=self.start_metrics)
-            start = time.perf_counter()  # the start's validation is not training time
+            clock.restart()  # the start's validation is not training time
         try:
-            while (not total or self.step < total) and not self._stop.is_set() and elapsed() < limit_s:
-                model.train()
-                frac = progress()
-                self._set_frozen(frac < cfg.freeze_encoder)
-                if cfg.lr_schedule == "cosine":
-                    lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                x, y, w, s = self._sample()
-                x = x.to(self.device).contiguous(memory_format=fmt)
-                y, w = y.to(self.device), w.to(self.device)
-                s = None if s is None else s.to(self.device)
-                if cfg.augment is not None:
-                    x, y, w, s = augment_with_targets(x, y, w, s, cfg.augment, generator=self._generator)
-                    x = x.contiguous(memory_format=fmt)
-                with autocast(self.device, self.dtype):
-                    logits = model(x)
-                loss = self._loss(logits, y, w, s)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise UserInputError(
-                        f"training diverged at step {self.step} (loss {value}); lower the learning rate"
-                    )
+            while (
+                (not clock.total or self.step < clock.total)
+                and not self._stop.is_set()
+                and clock.elapsed() < limit_s
+            ):
+                value = self._train_step(fmt, clock)
                 yield event("step", value)
                 if validating and cfg.val_every and self.step % cfg.val_every == 0:
                     self.last_metrics = self.validate()
@@ -883,13 +494,52 @@ class Trainer:
                     last_snapshot = now
                     yield event("snapshot", value, model=self.snapshot())
                 if cfg.checkpoint_path and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    p = self.save_checkpoint(cfg.checkpoint_path, elapsed())
+                    p = self.save_checkpoint(cfg.checkpoint_path, clock.elapsed())
                     yield event("checkpoint", value, checkpoint=str(p))
         finally:
             self._set_frozen(False)
             model.eval()
             model.to(memory_format=torch.contiguous_format)
-            self.model.metadata.update(self.metadata(elapsed()))
+            self.model.metadata.update(self.metadata(clock.elapsed()))
+        metrics_, ckpt = self._finish(validating, clock)
+        yield event("done", None, metrics=metrics_, checkpoint=ckpt)
+
+    def _train_step(self, fmt: torch.memory_format, clock: _Clock) -> float:
+        """One optimiser step on a sampled, augmented batch; returns its loss."""
+        cfg = self.config
+        self.model.train()
+        frac = clock.progress(self.step)
+        self._set_frozen(frac < cfg.freeze_encoder)
+        if cfg.lr_schedule == "cosine":
+            lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        x, y, w, s = self._sample()
+        x = x.to(self.device).contiguous(memory_format=fmt)
+        y, w = y.to(self.device), w.to(self.device)
+        s = None if s is None else s.to(self.device)
+        if cfg.augment is not None:
+            x, y, w, s = augment_with_targets(x, y, w, s, cfg.augment, generator=self._generator)
+            x = x.contiguous(memory_format=fmt)
+        with autocast(self.device, self.dtype):
+            logits = self.model(x)
+        loss = self._loss(logits, y, w, s)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise UserInputError(
+                f"training diverged at step {self.step} (loss {value}); lower the learning rate"
+            )
+        return value
+
+    def _finish(self, validating: bool, clock: _Clock) -> tuple[dict[str, float] | None, str | None]:
+        """After the last step: refuse diverged weights, validate the last weights (unless the
+        last step just did), keep the best ones, and write the checkpoint. Returns (the final
+        figures, the checkpoint's path)."""
+        cfg = self.config
         self._check_finite()
         metrics_ = None
         if validating:
@@ -897,154 +547,8 @@ class Trainer:
                 self.last_metrics = self.validate()
             self._restore_best()
             metrics_ = self.last_metrics
-            self.model.metadata.update(self.metadata(elapsed()))
+            self.model.metadata.update(self.metadata(clock.elapsed()))
         ckpt = None
         if cfg.checkpoint_path:
-            ckpt = str(self.save_checkpoint(cfg.checkpoint_path, elapsed()))
-        yield event("done", None, metrics=metrics_, checkpoint=ckpt)
-
-
-_AUGMENT_RNG_KEY = "augment.rng"
-#: training-state buffers that hold the weights a run started from
-_START_PREFIX = "start."
-
-
-def _start_weights_of(model: UNet, state: dict[str, Any] | None) -> dict[str, torch.Tensor]:
-    """The weights a run started from: those a resumed checkpoint kept, else the model's own
-    (a checkpoint written before they were kept resumes with the interrupted model as its start)."""
-    own = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-    if state is None:
-        return own
-    kept = {
-        k[len(_START_PREFIX) :]: v for k, v in state["buffers"].items() if k.startswith(_START_PREFIX)
-    }
-    if set(kept) != set(own) or any(kept[k].shape != own[k].shape for k in own):
-        return own
-    return {k: v.to(own[k].dtype) for k, v in kept.items()}
-
-
-def _hold_out_blocks(
-    labels: list[np.ndarray], fraction: float, rng: np.random.Generator
-) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
-    """Hold out square blocks holding about ``fraction`` of the annotated pixels for validation.
-
-    Returns the training labels (held-out blocks set to 0) and the blocks (slice, y, x, size). A
-    block is skipped when taking it would leave a class with less than half of its pixels, so every
-    class keeps most of its paint for training; too little paint (under 2000 pixels) holds out nothing.
-    """
-    total = sum(int(np.count_nonzero(lb)) for lb in labels)
-    if total < 2000:
-        return labels, []
-    k = max(int(lb.max()) for lb in labels)
-    class_total = sum(np.bincount(lb.ravel(), minlength=k + 1)[: k + 1] for lb in labels)
-    side = min(min(lb.shape) for lb in labels)
-    # strokes (under 5 % painted): smaller blocks, so the held-out paint comes from more places
-    sparse = total < 0.05 * sum(lb.size for lb in labels)
-    b = int(min(64 if sparse else 128, max(32, side // 4)))
-    candidates = []
-    for j, lb in enumerate(labels):
-        for y in range(0, lb.shape[0] - b + 1, b):
-            for x in range(0, lb.shape[1] - b + 1, b):
-                if np.any(lb[y : y + b, x : x + b]):
-                    candidates.append((j, y, x))
-    out = [lb.copy() for lb in labels]
-    taken_px = 0
-    taken_class = np.zeros(k + 1)
-    blocks = []
-    for idx in rng.permutation(len(candidates)):
-        if taken_px >= fraction * total:
-            break
-        j, y, x = candidates[int(idx)]
-        block = out[j][y : y + b, x : x + b]
-        counts = np.bincount(block.ravel(), minlength=k + 1)[: k + 1]
-        if np.any((taken_class + counts)[1:] > 0.5 * class_total[1:]):
-            continue
-        taken_class += counts
-        taken_px += int(counts[1:].sum())
-        blocks.append((j, y, x, b))
-        block[...] = 0
-    return out, blocks
-
-
-def distillation_loss(
-    logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, channels: Sequence[int]
-) -> torch.Tensor:
-    """Mean KL divergence from the start model's probabilities to the model's, on unpainted pixels.
-
-    logits (B, K, h, w); labels (B, H, W), 0 = not annotated; targets (B, len(channels), H, W): the
-    start model's probabilities of its kept classes, which are output channels ``channels`` now
-    (all 0 where validation looks: those pixels are left out). A new class's probability counts
-    against the kept ones there, so it grows only where painted strokes teach it to.
-    """
-    _, _, h, w = logits.shape
-    labels = center_crop(labels, (h, w))
-    targets = center_crop(targets, (h, w)).float()
-    mask = (labels == 0) & (targets.sum(dim=1) > 0.5)
-    if not bool(mask.any()):
-        return logits.sum() * 0.0
-    log_q = F.log_softmax(logits.float(), dim=1)[:, list(channels)]
-    kl = (targets * (torch.log(targets.clamp_min(1e-6)) - log_q)).sum(dim=1)
-    return torch.where(mask, kl, 0.0).sum() / mask.sum()
-
-
-#: side of the grid that cuts held-out paint into units for the verdict's bootstrap
-UNIT_CELL = 128
-
-
-def _paint_units(mask: np.ndarray, truth: np.ndarray, guess: np.ndarray, k: int) -> list[UnitCounts]:
-    """Counts per unit of held-out paint: each stroke (8-connected piece of paint) within each
-    UNIT_CELL square, so a few held-out strokes give several units and a dense slice many."""
-    from scipy import ndimage
-
-    pieces, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    ys, xs = np.nonzero(mask)
-    cells = (ys // UNIT_CELL) * (mask.shape[1] // UNIT_CELL + 1) + xs // UNIT_CELL
-    keys = pieces[mask].astype(np.int64) * (cells.max() + 1) + cells
-    _, unit = np.unique(keys, return_inverse=True)
-    n = int(unit.max()) + 1
-    out = [UnitCounts(*(np.zeros(k + 1) for _ in range(4))) for _ in range(n)]
-    for c in range(1, k + 1):
-        inter = np.bincount(unit, weights=(truth == c) & (guess == c), minlength=n)
-        union = np.bincount(unit, weights=(truth == c) | (guess == c), minlength=n)
-        for i in range(n):
-            out[i].inter[c], out[i].union[c] = inter[i], union[i]
-    return out
-
-
-def _probe_blocks(
-    labels: list[np.ndarray], taken: list[tuple[int, int, int, int]], rng: np.random.Generator
-) -> list[tuple[int, int, int, int]]:
-    """Up to PROBE_BLOCKS square blocks (slice, y, x, size) with no paint and away from ``taken``
-    blocks, spread over the slices: where validation compares the tuned model with the start model
-    on pixels nobody painted. They are left out of distillation, so the comparison is honest."""
-    if not labels:
-        return []
-    side = min(min(lb.shape) for lb in labels)
-    b = int(min(128, max(32, side // 4)))
-    candidates = []
-    for j, lb in enumerate(labels):
-        for y in range(0, lb.shape[0] - b + 1, b):
-            for x in range(0, lb.shape[1] - b + 1, b):
-                clash = any(t[0] == j and abs(t[1] - y) < b and abs(t[2] - x) < b for t in taken)
-                if not clash and not np.any(lb[y : y + b, x : x + b]):
-                    candidates.append((j, y, x, b))
-    if not candidates:
-        return []
-    order = rng.permutation(len(candidates))[:PROBE_BLOCKS]
-    return sorted(candidates[int(i)] for i in order)
-
-
-def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """1 - mean soft Dice over the classes present, on annotated pixels only (labels 0 ignored)."""
-    _, k, h, w = logits.shape
-    labels = center_crop(labels, (h, w)).long()
-    annotated = (labels > 0).unsqueeze(1).float()
-    p = torch.softmax(logits.float(), dim=1) * annotated
-    onehot = F.one_hot((labels - 1).clamp_min(0), k).permute(0, 3, 1, 2).float() * annotated
-    inter = (p * onehot).sum(dim=(0, 2, 3))
-    denom = p.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    present = onehot.sum(dim=(0, 2, 3)) > 0
-    if not bool(present.any()):
-        return logits.sum() * 0.0
-    dice = (2 * inter + 1.0) / (denom + 1.0)
-    return 1.0 - dice[present].mean()
+            ckpt = str(self.save_checkpoint(cfg.checkpoint_path, clock.elapsed()))
+        return metrics_, ckpt
