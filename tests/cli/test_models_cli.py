@@ -151,12 +151,13 @@ def test_export_takes_a_library_name_and_never_writes_over_it(tmp_path, stack, m
     code, _, err = train(stack, model_file, capsys, "--steps", "1", "--name", "for sharing")
     assert code == 0, err
     [entry] = Library().models()
-    code, _, err = run(["export", "for sharing", "-o", tmp_path / "shared.pt", "--format", "torchscript"], capsys)
+    shared = tmp_path / "shared.pt"
+    code, _, err = run(["export", "for sharing", "-o", shared, "--format", "torchscript"], capsys)
     assert code == 0, err
     assert (tmp_path / "shared.pt").stat().st_size > 10_000
     before = entry.path.read_bytes()
     code, _, err = run(["export", "for sharing", "-o", entry.path, "--format", "onnx", "--overwrite"], capsys)
     assert code == 2 and "also an input" in err
     assert entry.path.read_bytes() == before
-    code, _, err = run(["export", "no such model", "-o", tmp_path / "x.pt", "--format", "torchscript"], capsys)
+    code, _, err = run(["export", "no such model", "-o", tmp_path / "x.pt", "--format", "onnx"], capsys)
     assert code == 2 and "neither a file nor a model of the model library" in err
