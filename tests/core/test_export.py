@@ -211,9 +211,9 @@ def test_missing_extra_names_it(tmp_path, tiny_file, monkeypatch, capsys):
 
 def test_model_choosers_load_the_package(package):
     pytest.importorskip("qtpy", reason="needs the napari extra")
-    from napari_unet._widgets import MODEL_FILTER, _load_file
+    from napari_unet._widgets import MODEL_FILTER, load_model_file
 
     cache: dict = {}
-    model = _load_file(package, cache)  # what "Model file…" in the Segment and Fine-tune docks runs
+    model = load_model_file(package, cache)  # what "Model file…" in the Segment and Fine-tune docks runs
     assert model.metadata["classes"] == ["membrane", "cell", "mito chondria"] and len(cache) == 1
     assert "*.zip" in MODEL_FILTER and "*.safetensors" in MODEL_FILTER

@@ -35,7 +35,7 @@ from napari_unet import layers as roles
 from napari_unet.errors import UserInputError
 from napari_unet.uncertainty import UNCERTAINTY
 
-from ._qtobject import _alive
+from ._qtobject import is_alive
 from ._session import Session, session_for
 
 __all__ = [
@@ -147,7 +147,7 @@ class LayerComboBox(QComboBox):
         self.refresh()
 
     def _on_layers_changed(self, event: Any = None) -> None:
-        if not _alive(self):
+        if not is_alive(self):
             return
         value = getattr(event, "value", None)
         if getattr(event, "type", "") == "inserted" and value is not None:
@@ -409,7 +409,7 @@ def _cache_key(path: Path) -> tuple[str, float, int] | None:
     return (str(path.resolve()), st.st_mtime, st.st_size)
 
 
-def _load_file(path: Path, cache: dict) -> Any:
+def load_model_file(path: Path, cache: dict) -> Any:
     """Load a model file, reusing an earlier load of the same unchanged file from ``cache``."""
     from napari_unet.checkpoint import load_model
 
@@ -489,7 +489,7 @@ class ModelChooser(QWidget):
         self._on_choice()
 
     def _on_session_changed(self) -> None:
-        if _alive(self):
+        if is_alive(self):
             self.refresh()
 
     def _on_choice(self, *_: Any) -> None:
@@ -548,7 +548,7 @@ class ModelChooser(QWidget):
         def quietly(path: Path) -> None:
             lower_thread_priority()
             try:
-                _load_file(path, cache)
+                load_model_file(path, cache)
             except UserInputError:
                 pass  # a broken file is reported when the user clicks
 
@@ -559,7 +559,7 @@ class ModelChooser(QWidget):
         """The chosen model and a short name for it; UserInputError if there is none to load."""
         kind, value = self.choice() or (self.NO_DEFAULT, "")
         if kind == self.DEFAULT and self._default is not None:
-            return _load_file(self._default, self._session.file_models), self._default.stem
+            return load_model_file(self._default, self._session.file_models), self._default.stem
         if kind == self.SESSION:
             entry = self._session.get(value)
             if entry is None:
@@ -573,4 +573,4 @@ class ModelChooser(QWidget):
                 )
             raise UserInputError("choose a model file (.safetensors) first")
         path = Path(text).expanduser()
-        return _load_file(path, self._session.file_models), path.stem
+        return load_model_file(path, self._session.file_models), path.stem

@@ -16,11 +16,11 @@ from napari_unet import annotation as core
 from napari_unet import layers as roles
 from napari_unet.errors import UserInputError
 
-from . import _alive
+from . import is_alive
 from ._annotation_layers import (
-    _swatch,
     class_names,
     default_classes,
+    swatch_icon,
 )
 from ._notify import notify_error, user_errors
 
@@ -56,7 +56,7 @@ class ClassPalette:
         try:
             self.class_list.clear()
             for i, name in enumerate(names, start=1):
-                item = QListWidgetItem(_swatch(core.class_color(i)), name)
+                item = QListWidgetItem(swatch_icon(core.class_color(i)), name)
                 item.setData(Qt.ItemDataRole.UserRole, i)
                 item.setToolTip(f"label {i}")
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
@@ -166,10 +166,10 @@ class ClassPalette:
     def _on_item_edited(self, item: QListWidgetItem) -> None:
         index, text = self._row_label(item), item.text()
         # rebuilding the list inside its own itemChanged signal is unsafe: do it right after
-        QTimer.singleShot(0, lambda: _alive(self) and self.rename_class(index, text))
+        QTimer.singleShot(0, lambda: is_alive(self) and self.rename_class(index, text))
 
     def _on_selected_label(self, event: Any) -> None:
-        if not _alive(self) or event.source is not self.labels_combo.layer():
+        if not is_alive(self) or event.source is not self.labels_combo.layer():
             return
         label = int(event.source.selected_label)
         self.class_list.blockSignals(True)

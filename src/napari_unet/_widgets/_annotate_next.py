@@ -22,7 +22,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QPushBu
 from napari_unet import uncertainty as core
 from napari_unet.errors import UserInputError
 
-from . import _alive, grey_image, image_key_of, layer_data, linked_layer
+from . import grey_image, image_key_of, is_alive, layer_data, linked_layer
 from ._library import LibraryModelChooser
 from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel
@@ -154,7 +154,7 @@ class PaintNext:
                 self.next_model.select_session(names[-1])
 
     def _on_session_models(self) -> None:
-        if _alive(self) and not self.closed:
+        if is_alive(self) and not self.closed:
             self._select_newest_model()
 
     def _bind_next_shortcut(self) -> None:
@@ -162,7 +162,7 @@ class PaintNext:
 
         def paint_next(_viewer: Any) -> None:
             dock = me()
-            if dock is not None and _alive(dock) and not dock.closed:
+            if dock is not None and is_alive(dock) and not dock.closed:
                 dock.where_to_paint_next()
 
         self.viewer.bind_key(NEXT_SHORTCUT, paint_next, overwrite=True)

@@ -15,8 +15,8 @@ from napari_unet.errors import UserInputError
 
 from . import layer_data
 from ._annotation_layers import (
-    _local,
     class_names,
+    previous_indices,
 )
 from ._notify import user_errors
 
@@ -179,7 +179,7 @@ class PredictionCopy:
         with layer.block_history():  # undoable too (Ctrl+Z brings the copy back)
             for r in reversed(results):
                 if r.changed:
-                    layer.data_setitem(r.indices, r.previous[_local(r)], refresh=False)
+                    layer.data_setitem(r.indices, r.previous[previous_indices(r)], refresh=False)
         layer.refresh()
         self.autosaver.mark(layer, self._slices_of(results, layer))
         self._say_until_edited("undid the copy from the prediction")

@@ -28,7 +28,7 @@ def image_source(layer: Any) -> core.ImageSource:
     return core.ImageSource.from_metadata(layer.name, layer_data(layer).shape, layer.metadata)
 
 
-def _source_of_annotations(layer: Any) -> core.ImageSource | None:
+def source_of_annotations(layer: Any) -> core.ImageSource | None:
     doc = (layer.metadata or {}).get(META_KEY)
     if not isinstance(doc, dict):
         return None
@@ -66,7 +66,7 @@ def find_annotations(viewer: Any, image: Any) -> Any | None:
         return linked
     source = image_source(image)
     for layer in reversed(list(viewer.layers)):
-        tied = _source_of_annotations(layer) if isinstance(layer, Labels) else None
+        tied = source_of_annotations(layer) if isinstance(layer, Labels) else None
         if tied is not None and tied.key() == source.key() and tied.name == source.name:
             return layer
     return None
@@ -95,7 +95,7 @@ def bind_class_keys(layer: Any) -> None:
         layer.bind_key(str(n), choose(n), overwrite=True)
 
 
-def _local(result: core.CopyResult) -> tuple[np.ndarray, ...]:
+def previous_indices(result: core.CopyResult) -> tuple[np.ndarray, ...]:
     """Indices into ``result.previous`` of the pixels the copy changed."""
     assert result.indices is not None
     out = []
@@ -106,7 +106,7 @@ def _local(result: core.CopyResult) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def _swatch(color: str) -> QIcon:
+def swatch_icon(color: str) -> QIcon:
     pix = QPixmap(14, 14)
     pix.fill(QColor(0, 0, 0, 0) if color == "transparent" else QColor(color))
     return QIcon(pix)

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 from napari_unet import annotation as core
 from napari_unet.errors import UserInputError
 
-from . import _alive, unwrap
+from . import is_alive, unwrap
 from ._annotation_layers import class_names
 from ._notify import notify_error, notify_info
 from ._worker import DONE, start_worker
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Entry:
+class AutosaveEntry:
     """One annotation layer being autosaved."""
 
     ref: weakref.ref
@@ -73,7 +73,7 @@ class AnnotationAutosaver(QObject):
 
     def __init__(self, viewer: Any) -> None:
         super().__init__()
-        self.entries: dict[int, _Entry] = {}
+        self.entries: dict[int, AutosaveEntry] = {}
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.setInterval(self.DELAY_MS)
@@ -85,22 +85,22 @@ class AnnotationAutosaver(QObject):
             app.aboutToQuit.connect(self.flush)
 
     # -- which layers
-    def get(self, layer: Any) -> _Entry | None:
+    def get(self, layer: Any) -> AutosaveEntry | None:
         """The entry of ``layer`` if it is autosaved."""
         entry = self.entries.get(id(layer))
         return entry if entry is not None and entry.ref() is layer else None
 
-    def track(self, layer: Any, source: core.ImageSource) -> _Entry:
+    def track(self, layer: Any, source: core.ImageSource) -> AutosaveEntry:
         """Autosave ``layer`` as annotations of ``source`` from its next edit on."""
         entry = self.get(layer)
         if entry is None:
-            entry = self.entries[id(layer)] = _Entry(weakref.ref(layer), source)
+            entry = self.entries[id(layer)] = AutosaveEntry(weakref.ref(layer), source)
             layer.events.paint.connect(self._on_paint)
             layer.events.data.connect(self._on_data)
             layer.events.set_data.connect(self._on_set_data)
         return entry
 
-    def live(self) -> list[tuple[Any, _Entry]]:
+    def live(self) -> list[tuple[Any, AutosaveEntry]]:
         """(layer, entry) of every autosaved layer that still exists."""
         out = []
         for key, entry in list(self.entries.items()):
@@ -118,7 +118,7 @@ class AnnotationAutosaver(QObject):
         old = self.watched_window
         if old is window:
             return
-        if old is not None and _alive(old):
+        if old is not None and is_alive(old):
             old.removeEventFilter(self)
         window.installEventFilter(self)
         self._watched = weakref.ref(window)
@@ -196,7 +196,7 @@ class AnnotationAutosaver(QObject):
                 on_finish=self._finish_callback(entry),
             )
 
-    def _done_callback(self, layer: Any, entry: _Entry, only_check: bool) -> Any:
+    def _done_callback(self, layer: Any, entry: AutosaveEntry, only_check: bool) -> Any:
         ref = weakref.ref(layer)
 
         def done(result: core.SavedSidecar | UserInputError) -> None:
@@ -223,7 +223,7 @@ class AnnotationAutosaver(QObject):
         return done
 
     @staticmethod
-    def _finish_callback(entry: _Entry) -> Any:
+    def _finish_callback(entry: AutosaveEntry) -> Any:
         def finished(outcome: str) -> None:
             entry.saving = False
             if outcome != DONE:
@@ -231,7 +231,7 @@ class AnnotationAutosaver(QObject):
 
         return finished
 
-    def save_now(self, layer: Any, entry: _Entry) -> core.SavedSidecar | None:
+    def save_now(self, layer: Any, entry: AutosaveEntry) -> core.SavedSidecar | None:
         """Save one layer synchronously (window closing, layer removed); failures are logged."""
         try:
             saved = core.autosave(

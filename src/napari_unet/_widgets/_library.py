@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 from napari_unet.errors import UserInputError
 from napari_unet.library import CLEAN_AFTER_DAYS, RUNNING, Library, LibraryModel
 
-from . import MODEL_FILTER, ModelChooser, _alive, _load_file
+from . import MODEL_FILTER, ModelChooser, is_alive, load_model_file
 from ._notify import notify_info, user_errors
 
 __all__ = ["LibraryModelChooser", "LibraryPanel"]
@@ -115,7 +115,7 @@ class LibraryModelChooser(ModelChooser):
         entry = Library().find_exact(value)
         if entry is None or not entry.loadable:
             raise UserInputError(f"the library model {value!r} is no longer in the model library")
-        return _load_file(entry.path, self._session.file_models), entry.name
+        return load_model_file(entry.path, self._session.file_models), entry.name
 
 
 class LibraryPanel(QWidget):
@@ -160,7 +160,7 @@ class LibraryPanel(QWidget):
 
     def update_view(self) -> None:
         """Enable the buttons that apply to the chosen model; show the library's size."""
-        if not _alive(self):
+        if not is_alive(self):
             return
         entry = self.chooser.library_entry()
         for button in (self.rename_button, self.delete_button):

@@ -17,7 +17,7 @@ import numpy as np
 
 from napari_unet import layers as roles
 
-from . import _alive, current_slice, layer_data
+from . import current_slice, is_alive, layer_data
 from ._worker import lower_thread_priority, start_worker
 
 __all__ = ["LivePreview", "live_preview"]
@@ -97,7 +97,7 @@ class LivePreview:
         dock = weakref.ref(owner)
 
         def show(result: tuple[Any, ...]) -> None:
-            if dock() is not None and _alive(dock()):
+            if dock() is not None and is_alive(dock()):
                 self.show(image, result)
 
         self.worker = start_worker(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def _alive(obj: Any) -> bool:
+def is_alive(obj: Any) -> bool:
     """False once the C++ side of a Qt object is gone (its dock was closed)."""
     try:
         obj.objectName()

@@ -34,7 +34,7 @@ from superqt.utils import create_worker
 from napari_unet.lazy import own_reads
 
 from ._notify import notify_error
-from ._qtobject import _alive
+from ._qtobject import is_alive
 
 __all__ = ["DONE", "CANCELLED", "FAILED", "TaskPanel", "start_worker", "wait_for_workers"]
 
@@ -417,7 +417,7 @@ class TaskPanel(QWidget):
             raise RuntimeError("a task is already running in this panel")
 
         def yielded(item: Any) -> None:
-            if not _alive(self):  # the dock was closed; the work is being stopped
+            if not is_alive(self):  # the dock was closed; the work is being stopped
                 return
             if on_yield is not None:
                 on_yield(item)
@@ -432,7 +432,7 @@ class TaskPanel(QWidget):
                 return None
 
             def call(value: Any) -> None:
-                if _alive(self):
+                if is_alive(self):
                     callback(value)
 
             return call
@@ -469,7 +469,7 @@ class TaskPanel(QWidget):
 
     def _finished(self, outcome: str) -> None:
         self._state.worker = self._state.cancel = None
-        if not _alive(self):
+        if not is_alive(self):
             return
         self._show_running(False)
         self.finished.emit(outcome)

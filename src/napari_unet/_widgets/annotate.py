@@ -54,7 +54,7 @@ from napari_unet import layers as roles
 from napari_unet.errors import UserInputError
 from napari_unet.uncertainty import UNCERTAINTY
 
-from . import Dock, LayerComboBox, _alive, image_key_of, is_derived, layer_data, unwrap
+from . import Dock, LayerComboBox, image_key_of, is_alive, is_derived, layer_data, unwrap
 from ._annotate_classes import ClassPalette
 from ._annotate_files import AnnotationFiles
 from ._annotate_history import watch_history
@@ -62,8 +62,6 @@ from ._annotate_next import PaintNext
 from ._annotate_regions import REGION_BOXES, REGION_SLICE, PredictionCopy
 from ._annotation_layers import (
     META_KEY,
-    _source_of_annotations,
-    _swatch,
     bind_class_keys,
     class_names,
     default_classes,
@@ -72,8 +70,10 @@ from ._annotation_layers import (
     image_source,
     is_annotation_layer,
     looks_like_prediction,
+    source_of_annotations,
+    swatch_icon,
 )
-from ._autosave import AnnotationAutosaver, _Entry, autosaver_for
+from ._autosave import AnnotationAutosaver, AutosaveEntry, autosaver_for
 from ._notify import notify_info, user_errors
 from ._session import session_for
 from ._worker import DONE, TaskPanel, start_worker
@@ -362,12 +362,12 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         self.session.image_chosen.emit(self.image_combo.layer())
 
     def _follow_image(self, layer: Any) -> None:
-        if _alive(self) and not self.closed and layer in self.image_combo.layers():
+        if is_alive(self) and not self.closed and layer in self.image_combo.layers():
             if layer is not self.image_combo.layer():
                 self.image_combo.set_layer(layer, by_hand=False)
 
     def _on_image_changed(self, *_: Any) -> None:
-        if not _alive(self):
+        if not is_alive(self):
             return
         self.labels_combo.follow()
         self.prediction_combo.follow()
@@ -375,7 +375,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         self._on_labels_changed()
 
     def _on_labels_changed(self, *_: Any) -> None:
-        if not _alive(self):
+        if not is_alive(self):
             return
         layer = self.labels_combo.layer()
         image = self.image_combo.layer()
@@ -401,7 +401,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         self._recount(all_slices=True)
 
     def _on_inserted(self, event: Any) -> None:
-        if not _alive(self):
+        if not is_alive(self):
             return
         layer = event.value
         if isinstance(layer, Image) and _annotatable(layer):
@@ -410,16 +410,16 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
             self._check_sidecar()
 
     def _on_removed(self, _event: Any) -> None:
-        if _alive(self):
+        if is_alive(self):
             self._check_sidecar()
 
-    def _track(self, layer: Any, image: Any, tie: bool = False) -> _Entry:
+    def _track(self, layer: Any, image: Any, tie: bool = False) -> AutosaveEntry:
         """Autosave ``layer`` as the annotations of ``image`` and follow its edits.
 
         ``tie`` also records the image in the layer's metadata (the layer is then an annotation
         layer for good: it is offered first and never as a segmentation to copy from).
         """
-        source = _source_of_annotations(layer) or image_source(image)
+        source = source_of_annotations(layer) or image_source(image)
         if tie and META_KEY not in layer.metadata:
             layer.metadata = {**layer.metadata, META_KEY: source.to_dict()}
         if tie and roles.role_of(layer.metadata) != roles.ANNOTATIONS:
@@ -444,20 +444,20 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         self._action_note = None
 
     def _on_edited(self, layer: Any, slices: set[int] | None) -> None:
-        if _alive(self) and layer is self.labels_combo.layer():
+        if is_alive(self) and layer is self.labels_combo.layer():
             self._forget_action_note()
             self._recount(slices)
 
     def _on_undo_redo(self, layer: Any, slices: set[int] | None) -> None:
         """Ctrl+Z / Ctrl+Shift+Z changed the annotations: recount, and autosave the result."""
-        if not _alive(self) or self.closed or layer is not self.labels_combo.layer():
+        if not is_alive(self) or self.closed or layer is not self.labels_combo.layer():
             return
         self._forget_action_note()
         self._recount(slices)
         self.autosaver.mark(layer, slices)  # an undone stroke must not live on in the sidecar
 
     def _on_saved(self, layer: Any, result: Any) -> None:
-        if not _alive(self):
+        if not is_alive(self):
             return
         if isinstance(result, UserInputError):
             self.autosave_label.setText(f"autosave failed: {result}")
@@ -490,7 +490,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
 
     def _count(self) -> None:
         layer = self._counted_layer() if self._counted_layer is not None else None
-        if layer is None or not _alive(self):
+        if layer is None or not is_alive(self):
             return
         if self._counting:
             self.count_timer.start()
@@ -504,7 +504,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
 
         def done(result: dict[int, np.ndarray]) -> None:
             counted = self._counted_layer() if self._counted_layer is not None else None
-            if not _alive(self) or counted is None or counted is not ref():
+            if not is_alive(self) or counted is None or counted is not ref():
                 return
             if zs is None:
                 self._counts = dict(result)
@@ -534,7 +534,7 @@ class AnnotateWidget(Dock, ClassPalette, PredictionCopy, AnnotationFiles, PaintN
         for i, row in enumerate(rows):
             item = QTableWidgetItem(f"{row.index} {row.name}")
             item.setToolTip(item.text())  # the whole name where the column is too narrow for it
-            item.setIcon(_swatch(core.class_color(row.index)))
+            item.setIcon(swatch_icon(core.class_color(row.index)))
             self.counts_table.setItem(i, 0, item)
             self.counts_table.setItem(i, 1, QTableWidgetItem(f"{row.pixels:,}"))
             self.counts_table.setItem(i, 2, QTableWidgetItem(core.format_slices(row.slices)))

@@ -46,7 +46,7 @@ from napari_unet.finetuning import annotated_slices, augmentation_preview
 from napari_unet.library import UNFINISHED, Library, readable_name, train_into_library
 from napari_unet.recipes import RECIPE_CHOICES, resolve_recipe
 
-from . import Dock, LayerComboBox, _alive, grey_image, layer_data, unwrap
+from . import Dock, LayerComboBox, grey_image, is_alive, layer_data, unwrap
 from ._library import LibraryModelChooser, LibraryPanel
 from ._live_preview import LivePreview
 from ._loss_curve import LossCurve
@@ -297,7 +297,7 @@ class FineTuneWidget(Dock):
     def _apply_theme(self, *_: Any) -> None:
         from napari.utils.theme import get_theme
 
-        if not _alive(self):
+        if not is_alive(self):
             return
         try:
             theme = get_theme(self.viewer.theme)
@@ -317,19 +317,19 @@ class FineTuneWidget(Dock):
         return find_annotations(self.viewer, image) if image is not None else None
 
     def _on_image_changed(self, *_: Any) -> None:
-        if _alive(self):
+        if is_alive(self):
             self.labels_combo.follow()
 
     def _on_image_chosen(self, _index: int) -> None:
         self.session.image_chosen.emit(self.image_combo.layer())
 
     def _follow_image(self, layer: Any) -> None:
-        if _alive(self) and not self.closed and layer in self.image_combo.layers():
+        if is_alive(self) and not self.closed and layer in self.image_combo.layers():
             if layer is not self.image_combo.layer():
                 self.image_combo.set_layer(layer, by_hand=False)
 
     def _on_classes_changed(self, _names: Any = None) -> None:
-        if _alive(self) and not self.closed:
+        if is_alive(self) and not self.closed:
             self._show_classes()
 
     def target_classes(self) -> list[str] | None:
@@ -346,7 +346,7 @@ class FineTuneWidget(Dock):
             return None
 
     def _show_classes(self, *_: Any) -> None:
-        if not _alive(self):
+        if not is_alive(self):
             return
         names = self.target_classes()
         if names is None:
@@ -544,7 +544,7 @@ class FineTuneWidget(Dock):
 
     def _show_resume(self, *_: Any) -> None:
         """An unfinished run chosen: Train resumes it with its recipe and its planned length."""
-        if not _alive(self):
+        if not is_alive(self):
             return
         entry = self._unfinished()
         self.train_button.setText("Resume" if entry is not None else "Train")

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 from napari_unet import formats, loading
 from napari_unet.errors import UserInputError
 
-from . import Dock, _alive, unwrap
+from . import Dock, is_alive, unwrap
 from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel, start_worker
 
@@ -220,12 +220,12 @@ class LoadStackWidget(Dock):
         self.info_label.setText("reading metadata…" if text else "")
 
         def done(result: loading.Preview) -> None:
-            if _alive(self) and token == self._preview_token:
+            if is_alive(self) and token == self._preview_token:
                 self._previewing = False
                 self._show_preview(result, keep_datasets)
 
         def finish(_outcome: str) -> None:
-            if _alive(self) and token == self._preview_token:
+            if is_alive(self) and token == self._preview_token:
                 self._previewing = False
 
         start_worker(loading.preview, text, dataset, on_done=done, on_finish=finish)

@@ -45,10 +45,10 @@ from napari_unet.stream import PaintTile, segmentation_tiles, slice_order
 from . import (
     Dock,
     LayerComboBox,
-    _alive,
     current_slice,
     grey_image,
     image_key_of,
+    is_alive,
     layer_data,
     linked_layer,
     unwrap,
@@ -291,12 +291,12 @@ class SegmentWidget(Dock):
 
     def _offer_model(self, name: str) -> None:
         """A fine-tuned model that validated well: choose it for the next run."""
-        if _alive(self) and not self.closed and not self.task.running:
+        if is_alive(self) and not self.closed and not self.task.running:
             with contextlib.suppress(ValueError):
                 self.model_chooser.select_session(name)
 
     def _follow_image(self, layer: Any) -> None:
-        if _alive(self) and layer is not None and layer in self.image_combo.layers():
+        if is_alive(self) and layer is not None and layer in self.image_combo.layers():
             if layer is not self.image_combo.layer():
                 self.image_combo.set_layer(layer, by_hand=False)
 
@@ -377,7 +377,7 @@ class SegmentWidget(Dock):
 
         def done(rate: float | None) -> None:
             dock = me()
-            if rate is None or dock is None or not _alive(dock) or dock.task.running:
+            if rate is None or dock is None or not is_alive(dock) or dock.task.running:
                 return  # a run shared the CPU with the timing: its own rate comes soon anyway
             dock._timed[key] = rate
             dock._show_plan()
@@ -393,7 +393,7 @@ class SegmentWidget(Dock):
         """Say the tile used, the number of tiles and about how long, before anything runs."""
         from napari_unet.tileplan import format_seconds
 
-        if not _alive(self):
+        if not is_alive(self):
             return
         layer = self.image_combo.layer()
         try:
@@ -572,7 +572,7 @@ class SegmentWidget(Dock):
     def _on_slice_changed(self, *_: Any) -> None:
         """Move the slice on screen to the front of the running segmentation's queue."""
         run = self._run
-        if run is None or not run.is_stack or not _alive(self):
+        if run is None or not run.is_stack or not is_alive(self):
             return
         image = run.image_layer()
         if image is not None and image in self.viewer.layers:
@@ -581,7 +581,7 @@ class SegmentWidget(Dock):
     def _on_layer_removed(self, event: Any) -> None:
         """The output layer was deleted mid-run: stop, and say so."""
         run = self._run
-        if run is None or not _alive(self):
+        if run is None or not is_alive(self):
             return
         if event.value is run.live:
             run.deleted = True
