@@ -8,6 +8,8 @@
 - The core never imports the docks (``_widgets``) or the command line (``cli``); nothing imports
   ``cli`` but its entry points (``python -m napari_unet`` and the console script).
 - Every third-party module the package imports is declared in pyproject.toml.
+- No underscore name crosses a module: what another module needs is part of its module's public
+  face (a private *module* such as ``io/_common.py`` may still be imported by name).
 """
 
 from __future__ import annotations
@@ -43,22 +45,25 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _from_module(node: ast.ImportFrom, path: Path) -> str:
+    """The absolute name of the module a ``from ... import`` in ``path`` imports from."""
+    if not node.level:
+        return node.module or ""
+    name = _module_name(path)
+    base = (name if path.name == "__init__.py" else name.rpartition(".")[0]).split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in ``path``."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
+            mod = _from_module(node, path)
             if node.module is None or (node.level and not node.module):
                 found += [(node.lineno, f"{mod}.{a.name}") for a in node.names]
             else:
@@ -100,6 +105,97 @@ def test_layers_and_no_cycles(capsys):
     report = capsys.readouterr().out
     assert code == 0, report
     assert "0 broken" in report
+
+
+def _private(name: str) -> bool:
+    """An underscore name; a dunder such as ``__version__`` and ``_`` itself are not."""
+    return name.startswith("_") and name != "_" and not (name.startswith("__") and name.endswith("__"))
+
+
+def _underscore_names_from_other_modules(path: Path) -> list[str]:
+    """Each underscore name ``path`` takes from another module of the package: ``from M import _x``,
+    and ``m._x`` where ``m`` is a module of the package it imported (imports inside functions
+    included). Importing a private *module* (``from . import _common``) is not one of them."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = _module_name(path)
+    where = _where(path)
+    found = []
+    bound: dict[str, str] = {}  # a name in this file -> the package module it stands for
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "napari_unet":
+                    bound[a.asname or "napari_unet"] = a.name if a.asname else "napari_unet"
+        elif isinstance(node, ast.ImportFrom):
+            mod = _from_module(node, path)
+            if mod.split(".")[0] != "napari_unet":
+                continue
+            for a in node.names:
+                if f"{mod}.{a.name}" in MODULE_NAMES:
+                    bound[a.asname or a.name] = f"{mod}.{a.name}"
+                elif _private(a.name) and mod != here:
+                    found.append(f"{where}:{node.lineno} imports {a.name} from {mod}")
+
+    def module_of(expr: ast.expr) -> str | None:
+        if isinstance(expr, ast.Name):
+            return bound.get(expr.id)
+        if isinstance(expr, ast.Attribute):
+            outer = module_of(expr.value)
+            if outer is not None and f"{outer}.{expr.attr}" in MODULE_NAMES:
+                return f"{outer}.{expr.attr}"
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            mod = module_of(node.value)
+            if mod is not None and mod != here and f"{mod}.{node.attr}" not in MODULE_NAMES:
+                found.append(f"{where}:{node.lineno} uses {mod}.{node.attr}")
+    return found
+
+
+MODULE_NAMES = {_module_name(p) for p in MODULES}
+
+
+def test_no_underscore_name_crosses_a_module():
+    """A name another module needs is part of its module's interface, so it has a public name (or
+    the code moves to where it is used)."""
+    crossing = [line for path in MODULES for line in _underscore_names_from_other_modules(path)]
+    assert not crossing, "give these names a public name in their module:\n" + "\n".join(crossing)
+
+
+def test_the_underscore_check_finds_what_it_should(tmp_path, monkeypatch):
+    """The check above sees ``from M import _x`` (at the top and inside a function) and ``m._x``
+    of an imported package module, and lets private modules, dunders and a module's own names by."""
+    package = tmp_path / "napari_unet"
+    (package / "io").mkdir(parents=True)
+    for name in ("__init__.py", "io/__init__.py", "io/_common.py", "other.py"):
+        (package / name).write_text("")
+    (package / "io" / "tiff.py").write_text(
+        "from ._common import _one_line, helper\n"
+        "from . import _common\n"
+        "from napari_unet import __version__\n"
+        "import napari_unet.other\n"
+        "def f():\n"
+        "    from napari_unet.io import _detect\n"
+        "    from napari_unet import io as files\n"
+        "    _common.fine = files._target_kind, napari_unet.other._hidden\n"
+        "    return _common._helper, _common.__name__, _detect._, _private_here\n"
+        "def _private_here():\n"
+        "    pass\n"
+    )
+    this = sys.modules[__name__]
+    monkeypatch.setattr(this, "PACKAGE", package)
+    monkeypatch.setattr(this, "MODULE_NAMES", {_module_name(p) for p in package.rglob("*.py")})
+    found = _underscore_names_from_other_modules(package / "io" / "tiff.py")
+    assert sorted(found) == sorted(
+        [
+            "io/tiff.py:1 imports _one_line from napari_unet.io._common",
+            "io/tiff.py:6 imports _detect from napari_unet.io",
+            "io/tiff.py:8 uses napari_unet.io._target_kind",
+            "io/tiff.py:8 uses napari_unet.other._hidden",
+            "io/tiff.py:9 uses napari_unet.io._common._helper",
+        ]
+    )
 
 
 def _declared() -> set[str]:
