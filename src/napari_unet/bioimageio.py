@@ -21,6 +21,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ from .package import RDF_NAMES as RDF_NAMES  # re-exported: reading a package ba
 
 #: Output tile size (y and x) of the test input, rounded up to a valid size.
 TEST_OUTPUT_SIZE = 256
+
+#: The tags every package carries.
+PACKAGE_TAGS = ["unet", "electron-microscopy", "segmentation", "semantic-segmentation", "2d", "napari-unet"]
 
 #: Citations every package carries (the method).
 UNET_CITATION = (
@@ -265,6 +269,34 @@ def documentation(model: UNet, name: str, shipped: bool, min_size: int, step: in
     return "\n".join(parts)
 
 
+@dataclass(frozen=True)
+class PackageFacts:
+    """What a package states about its model, worked out once: the name, the valid input sizes
+    (``min_size + n * step``), the normalisation its preprocessing repeats and the class names."""
+
+    name: str
+    min_size: int
+    step: int
+    norm: dict[str, Any]
+    classes: list[str]
+
+    @classmethod
+    def of(cls, model: UNet) -> PackageFacts:
+        """The facts of ``model`` (percentile 1-99.8 when it records no normalisation)."""
+        return cls(
+            name=str(model.metadata.get("name") or "napari-unet model"),
+            min_size=model.valid_input_size(1),
+            step=model.stride_multiple,
+            norm=dict(
+                model.metadata.get("normalization") or {"method": "percentile", "lower": 1.0, "upper": 99.8}
+            ),
+            classes=[str(c) for c in (model.metadata.get("classes") or [])],
+        )
+
+
+# The parameters are the public API of export (``napari-unet export`` and export.py call it by
+# keyword); the six options after ``work`` are independent switches of one call, so they stay
+# keywords rather than a settings object every caller would have to build.
 def write_package(
     model: UNet,
     output: Path,
@@ -283,68 +315,160 @@ def write_package(
     pass ``bioimageio.core``'s model test, else UserInputError with its first failure.
     """
     require("bioimageio.spec", "bioimage.io export")
-    from bioimageio.spec import ValidationContext, save_bioimageio_package, save_bioimageio_package_as_folder
-    from bioimageio.spec.model import v0_5 as bio
+    facts = PackageFacts.of(model)
+    model_sha = _write_package_files(model, work, facts, sample=sample, shipped=shipped)
+    descr = _validated_description(
+        model, work, facts, model_sha, shipped=shipped, author=author, license_id=license_id
+    )
+    _save_package(descr, output, zipped=zipped, check=check)
+    return output
 
+
+def _write_package_files(
+    model: UNet, work: Path, facts: PackageFacts, *, sample: str | None, shipped: bool
+) -> str:
+    """Write the package's files into ``work``: the test input and the output napari-unet computes
+    for it, the cover, the documentation page, the model file and the weights three ways. Returns
+    the model file's SHA-256, which the package's config records."""
     from .checkpoint import save_model
-    from .portable import ONNX_OPSET, probability_network, write_onnx, write_torchscript
+    from .portable import probability_network, write_onnx, write_torchscript
 
     net = probability_network(model)
-    name = str(model.metadata.get("name") or "napari-unet model")
-    step = model.stride_multiple
-    min_size = model.valid_input_size(1)
-    norm = dict(model.metadata.get("normalization") or {"method": "percentile", "lower": 1.0, "upper": 99.8})
-
     raw = test_tile(model, sample)
-    x = _percentile_normalise(raw, norm)
+    x = _percentile_normalise(raw, facts.norm)
     with torch.no_grad():
         probs = net(torch.from_numpy(x)[None, None]).numpy()
     np.save(work / "test_input.npy", raw[None, None])
     np.save(work / "test_output.npy", probs)
     _cover(raw, probs[0], model.margin, work / "cover.png")
-    (work / "README.md").write_text(documentation(model, name, shipped, min_size, step))
+    (work / "README.md").write_text(documentation(model, facts.name, shipped, facts.min_size, facts.step))
     save_model(model, work / MODEL_FILE)
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, work / "weights.pt")
     write_torchscript(model, work / "weights_torchscript.pt")
     write_onnx(model, work / "weights.onnx")
-    model_sha = hashlib.sha256((work / MODEL_FILE).read_bytes()).hexdigest()
+    return hashlib.sha256((work / MODEL_FILE).read_bytes()).hexdigest()
 
-    raw_id, out_id = bio.TensorId("raw"), bio.TensorId("probabilities")
+
+def _preprocessing(norm: dict[str, Any]) -> list[Any]:
+    """The model's normalisation as bioimage.io preprocessing: a fixed range becomes a linear
+    scale, percentiles a scale_range over y and x."""
+    from bioimageio.spec.model import v0_5 as bio
+
     if norm.get("method") == "fixed":
         lo, hi = float(norm["low"]), float(norm["high"])
         gain = 1.0 / (hi - lo) if hi > lo else 1.0
-        pre = [bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=gain, offset=-lo * gain))]
-    else:
-        pre = [
-            bio.ScaleRangeDescr(
-                kwargs=bio.ScaleRangeKwargs(
-                    axes=[bio.AxisId("y"), bio.AxisId("x")],
-                    min_percentile=float(norm["lower"]),
-                    max_percentile=float(norm["upper"]),
-                )
+        return [bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=gain, offset=-lo * gain))]
+    return [
+        bio.ScaleRangeDescr(
+            kwargs=bio.ScaleRangeKwargs(
+                axes=[bio.AxisId("y"), bio.AxisId("x")],
+                min_percentile=float(norm["lower"]),
+                max_percentile=float(norm["upper"]),
             )
-        ]
-    size = bio.ParameterizedSize(min=min_size, step=step)
+        )
+    ]
+
+
+def _input_tensor(work: Path, facts: PackageFacts) -> Any:
+    """The raw input: batch, one channel, y and x of any valid tile size."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    size = bio.ParameterizedSize(min=facts.min_size, step=facts.step)
+    return bio.InputTensorDescr(
+        id=bio.TensorId("raw"),
+        description="greyscale EM tile, raw intensities",
+        axes=[
+            bio.BatchAxis(),
+            bio.ChannelAxis(channel_names=[bio.Identifier("em")]),
+            bio.SpaceInputAxis(id=bio.AxisId("y"), size=size),
+            bio.SpaceInputAxis(id=bio.AxisId("x"), size=size),
+        ],
+        test_tensor=bio.FileDescr(source=work / "test_input.npy"),
+        data=bio.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=_preprocessing(facts.norm),
+    )
+
+
+def _output_tensor(model: UNet, work: Path) -> Any:
+    """The probabilities: one channel per class, y and x ``margin`` px smaller than the input."""
+    from bioimageio.spec.model import v0_5 as bio
+
     half = model.margin // 2
     out_axes = [
         bio.SpaceOutputAxis(
             id=bio.AxisId(a),
-            size=bio.SizeReference(tensor_id=raw_id, axis_id=bio.AxisId(a), offset=-model.margin),
+            size=bio.SizeReference(
+                tensor_id=bio.TensorId("raw"), axis_id=bio.AxisId(a), offset=-model.margin
+            ),
             description=f"input {a} minus {half} px per side (unpadded convolutions)",
         )
         for a in ("y", "x")
     ]
-    classes = [str(c) for c in (model.metadata.get("classes") or [])]
+    return bio.OutputTensorDescr(
+        id=bio.TensorId("probabilities"),
+        description="softmax class probabilities; the label is the argmax, 1-based",
+        axes=[
+            bio.BatchAxis(),
+            bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in _channel_names(model)]),
+            *out_axes,
+        ],
+        test_tensor=bio.FileDescr(source=work / "test_output.npy"),
+        data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+    )
+
+
+def _weights(model: UNet, work: Path) -> Any:
+    """The weights three ways: the state dict rebuilt by ProbabilityUNet, TorchScript and ONNX."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    from .portable import ONNX_OPSET
+
+    torch_version = bio.Version(torch.__version__.split("+")[0])
+    return bio.WeightsDescr(
+        pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
+            source=work / "weights.pt",
+            architecture=bio.ArchitectureFromLibraryDescr(
+                callable=bio.Identifier("ProbabilityUNet"),
+                import_from="napari_unet.export",
+                kwargs=dict(model.config),
+            ),
+            pytorch_version=torch_version,
+        ),
+        torchscript=bio.TorchscriptWeightsDescr(
+            source=work / "weights_torchscript.pt",
+            parent="pytorch_state_dict",
+            pytorch_version=torch_version,
+        ),
+        onnx=bio.OnnxWeightsDescr(
+            source=work / "weights.onnx", parent="pytorch_state_dict", opset_version=ONNX_OPSET
+        ),
+    )
+
+
+def _validated_description(
+    model: UNet,
+    work: Path,
+    facts: PackageFacts,
+    model_sha: str,
+    *,
+    shipped: bool,
+    author: str,
+    license_id: str,
+) -> Any:
+    """The package's description (its RDF), validated with the files in ``work`` read and hashed;
+    a validation error becomes one UserInputError line."""
+    from bioimageio.spec import ValidationContext
+    from bioimageio.spec.model import v0_5 as bio
+
     cite = [bio.CiteEntry(text=UNET_CITATION[0], doi=bio.Doi(UNET_CITATION[1]))]
     if shipped:
         cite += [bio.CiteEntry(text=t, doi=bio.Doi(d)) for t, d in SHIPPED_CARD["citations"]]
-    torch_version = bio.Version(torch.__version__.split("+")[0])
     try:
         with ValidationContext(perform_io_checks=True):
-            descr = bio.ModelDescr(
-                name=_package_name(name),
+            return bio.ModelDescr(
+                name=_package_name(facts.name),
                 description=(
-                    f"U-Net (Ronneberger et al. 2015) for EM: {', '.join(classes) or 'classes'} per "
+                    f"U-Net (Ronneberger et al. 2015) for EM: {', '.join(facts.classes) or 'classes'} per "
                     "pixel, exported by napari-unet"
                 ),
                 authors=[bio.Author(name=author)],
@@ -352,71 +476,20 @@ def write_package(
                 license=bio.LicenseId(license_id),
                 documentation=bio.FileDescr(source=work / "README.md"),
                 covers=[bio.FileDescr(source=work / "cover.png")],
-                tags=[
-                    "unet",
-                    "electron-microscopy",
-                    "segmentation",
-                    "semantic-segmentation",
-                    "2d",
-                    "napari-unet",
-                ],
+                tags=PACKAGE_TAGS,
                 attachments=[bio.FileDescr(source=work / MODEL_FILE)],
-                inputs=[
-                    bio.InputTensorDescr(
-                        id=raw_id,
-                        description="greyscale EM tile, raw intensities",
-                        axes=[
-                            bio.BatchAxis(),
-                            bio.ChannelAxis(channel_names=[bio.Identifier("em")]),
-                            bio.SpaceInputAxis(id=bio.AxisId("y"), size=size),
-                            bio.SpaceInputAxis(id=bio.AxisId("x"), size=size),
-                        ],
-                        test_tensor=bio.FileDescr(source=work / "test_input.npy"),
-                        data=bio.IntervalOrRatioDataDescr(type="float32"),
-                        preprocessing=pre,
-                    )
-                ],
-                outputs=[
-                    bio.OutputTensorDescr(
-                        id=out_id,
-                        description="softmax class probabilities; the label is the argmax, 1-based",
-                        axes=[
-                            bio.BatchAxis(),
-                            bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in _channel_names(model)]),
-                            *out_axes,
-                        ],
-                        test_tensor=bio.FileDescr(source=work / "test_output.npy"),
-                        data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
-                    )
-                ],
-                weights=bio.WeightsDescr(
-                    pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
-                        source=work / "weights.pt",
-                        architecture=bio.ArchitectureFromLibraryDescr(
-                            callable=bio.Identifier("ProbabilityUNet"),
-                            import_from="napari_unet.export",
-                            kwargs=dict(model.config),
-                        ),
-                        pytorch_version=torch_version,
-                    ),
-                    torchscript=bio.TorchscriptWeightsDescr(
-                        source=work / "weights_torchscript.pt",
-                        parent="pytorch_state_dict",
-                        pytorch_version=torch_version,
-                    ),
-                    onnx=bio.OnnxWeightsDescr(
-                        source=work / "weights.onnx", parent="pytorch_state_dict", opset_version=ONNX_OPSET
-                    ),
-                ),
+                inputs=[_input_tensor(work, facts)],
+                outputs=[_output_tensor(model, work)],
+                weights=_weights(model, work),
                 config=bio.Config(
                     **{
                         CONFIG_KEY: {
                             "model": MODEL_FILE,
                             "sha256": model_sha,
-                            "classes": classes,
-                            "normalization": norm,
+                            "classes": facts.classes,
+                            "normalization": facts.norm,
                             "margin": model.margin,
-                            "tile_step": step,
+                            "tile_step": facts.step,
                         }
                     }
                 ),
@@ -426,6 +499,12 @@ def write_package(
         raise UserInputError(
             f"the bioimage.io description did not validate: {' '.join(first[:12])}"
         ) from None
+
+
+def _save_package(descr: Any, output: Path, *, zipped: bool, check: bool) -> None:
+    """Save the package as a zip or a folder; with ``check`` it must pass bioimage.io's model test."""
+    from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
+
     if zipped:
         save_bioimageio_package(descr, output_path=output)
     else:
@@ -434,7 +513,6 @@ def write_package(
         failure = check_package(output)
         if failure:
             raise UserInputError(f"the exported package failed bioimage.io's model test: {failure}")
-    return output
 
 
 def _package_name(name: str) -> str:
