@@ -12,8 +12,9 @@ or probabilities to it. The error line that names what is readable, the napari r
 patterns (in ``napari.yaml``, checked against :func:`reader_patterns` by a test), the Load dock's
 file-dialog filter and the writers' list of targets derive from the same entries.
 
-Adding a format: a module in ``io/`` that declares its ``FORMAT``, its name in the registration
-list of ``io/__init__.py``, the new patterns in ``napari.yaml`` and a row in docs/formats.md.
+Adding a format: a module in ``io/`` that declares its ``FORMAT`` (with ``save_as`` when the Save
+masks dock should offer it), its name in the registration list of ``io/__init__.py``, the new
+patterns in ``napari.yaml`` and a row in docs/formats.md.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "readable_text",
     "reader_patterns",
     "register",
+    "save_choices",
     "target_format",
     "targets_text",
     "unregister",
@@ -82,6 +84,9 @@ class Format:
     write_probabilities: ProbabilityWriter | None = None
     #: suffixes of output paths ("" for a name without suffix); default: ``suffixes``
     target_suffixes: tuple[str, ...] | None = None
+    #: what the Save masks dock offers for it: (choice shown, output suffix; "" = a folder named
+    #: without suffix) pairs, in the order shown; none when the dock does not offer it
+    save_as: tuple[tuple[str, str], ...] = ()
     #: how messages name the format: as a readable folder, and as a labels / probabilities target
     description: str = ""
     labels_text: str = ""
@@ -147,6 +152,11 @@ def unregister(name: str) -> None:
 def all_formats() -> tuple[Format, ...]:
     """Every registered format, in the order error messages and dialogs list them."""
     return tuple(_REGISTRY.values())
+
+
+def save_choices() -> dict[str, str]:
+    """What the Save masks dock offers: choice shown -> output suffix, in registration order."""
+    return {text: suffix for fmt in _REGISTRY.values() for text, suffix in fmt.save_as}
 
 
 def by_name(name: str) -> Format:

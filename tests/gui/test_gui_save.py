@@ -7,7 +7,7 @@ import pytest
 from qtpy.QtWidgets import QMessageBox
 
 from napari_unet import io
-from napari_unet._widgets.save import target_path
+from napari_unet._widgets.save import save_formats, target_path
 
 pytestmark = pytest.mark.gui
 
@@ -156,3 +156,31 @@ def test_a_refusal_is_not_shown_once_the_path_changes(qtbot, dock, labels, tmp_p
     assert widget.task.status.text() == f"saved 'seg' to {tmp_path / 'other.tif'}"
     widget.format_combo.setCurrentText("zarr (.zarr)")
     assert widget.task.status.text() == ""
+
+
+def test_a_registered_format_is_offered_and_written_by_the_dock(qtbot, make_napari_viewer, labels, tmp_path):
+    """A writable format declares what the dock offers (``save_as``); nothing in the dock names it."""
+    from napari_unet import formats
+
+    def write(tmp, arr, target, **_):
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(arr))
+
+    io.detect_format  # noqa: B018 - the built-in formats are registered before the throwaway one
+    formats.register(
+        formats.Format("savetest", (".savetest",), probe=lambda p, k, c: None, write_labels=write,
+                       labels_text=".savetest (test)", save_as=(("Test (.savetest)", ".savetest"),))
+    )  # fmt: skip
+    try:
+        viewer = make_napari_viewer()
+        _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Save masks")
+        offered = [widget.format_combo.itemText(i) for i in range(widget.format_combo.count())]
+        assert offered == ["TIFF (.tif)", "PNG slices (folder)", "zarr (.zarr)", "OME-Zarr (.ome.zarr)",
+                           "Test (.savetest)"]  # fmt: skip
+        viewer.add_labels(labels, name="em segmentation")
+        widget.labels_combo.set_layer(viewer.layers["em segmentation"])
+        save(qtbot, widget, tmp_path / "masks.tif", "Test (.savetest)")
+        np.testing.assert_array_equal(np.load(tmp_path / "masks.savetest"), labels)
+    finally:
+        formats.unregister("savetest")
+    assert "Test (.savetest)" not in save_formats()

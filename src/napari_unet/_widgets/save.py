@@ -33,16 +33,23 @@ from . import Dock, LayerComboBox, unwrap
 from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel
 
-__all__ = ["FORMATS", "SaveMasksWidget", "target_path"]
+__all__ = ["SaveMasksWidget", "save_formats", "target_path"]
 
-#: format shown in the dock -> suffix of the output ("" = a folder of PNG slices)
-FORMATS = {
-    "TIFF (.tif)": ".tif",
-    "zarr (.zarr)": ".zarr",
-    "OME-Zarr (.ome.zarr)": ".ome.zarr",
-    "PNG slices (folder)": "",
-}
-_KNOWN_SUFFIXES = (".tif", ".tiff", ".zarr", ".png")
+def save_formats() -> dict[str, str]:
+    """The formats the dock offers, as each format declares them in the registry (its ``save_as``):
+    choice shown -> output suffix ("" = a folder of PNG slices)."""
+    import napari_unet.io  # noqa: F401 - registers the built-in formats
+    from napari_unet import formats
+
+    return formats.save_choices()
+
+
+def _known_suffixes() -> tuple[str, ...]:
+    """Suffixes a typed path may carry that the chosen format's suffix replaces."""
+    from napari_unet import formats
+
+    save_formats()
+    return tuple(s for fmt in formats.all_formats() if fmt.save_as for s in fmt.suffixes)
 
 
 def target_path(text: str, suffix: str) -> Path:
@@ -57,7 +64,7 @@ def target_path(text: str, suffix: str) -> Path:
         return p
     if p.name.lower().endswith(".ome.zarr"):
         p = p.with_name(p.name[: -len(".ome.zarr")])
-    elif current in _KNOWN_SUFFIXES:
+    elif current in _known_suffixes():
         p = p.with_suffix("")
     return p.with_name(p.name + suffix) if suffix else p
 
@@ -105,7 +112,7 @@ class SaveMasksWidget(Dock):
         self.browse_button = QPushButton("Browse…")
         self.browse_button.clicked.connect(self._browse)
         self.format_combo = QComboBox()
-        self.format_combo.addItems(list(FORMATS))
+        self.format_combo.addItems(list(save_formats()))
         self.target_label = QLabel("")
         self.target_label.setWordWrap(True)
         self.save_button = QPushButton("Save")
@@ -139,7 +146,7 @@ class SaveMasksWidget(Dock):
 
     # ------------------------------------------------------------------ inputs
     def _suffix(self) -> str:
-        return FORMATS[self.format_combo.currentText()]
+        return save_formats()[self.format_combo.currentText()]
 
     def target(self) -> Path | None:
         """Where the chosen layer will be written, or None without a path."""

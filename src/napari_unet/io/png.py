@@ -130,4 +130,5 @@ FORMAT = Format(
     ),
     target_suffixes=("",),  # labels go to a folder of slices named without suffix
     labels_text="a name without suffix (PNG slices)",
+    save_as=(("PNG slices (folder)", ""),),
 )

@@ -185,4 +185,5 @@ FORMAT = Format(
     write_probabilities=_write_tiff_probabilities,
     labels_text=".tif/.tiff (one TIFF)",
     probabilities_text=".tif/.tiff (one float32 TIFF)",
+    save_as=(("TIFF (.tif)", ".tif"),),
 )

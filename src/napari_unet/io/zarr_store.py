@@ -296,4 +296,5 @@ FORMAT = Format(
     write_probabilities=_write_zarr,
     labels_text=".zarr (chunked), .ome.zarr (OME-Zarr labels)",
     probabilities_text=".zarr (chunked)",
+    save_as=(("zarr (.zarr)", ".zarr"), ("OME-Zarr (.ome.zarr)", ".ome.zarr")),
 )
