@@ -224,6 +224,28 @@ def augment_with_targets(
     equals the input exactly.
     """
     config = AugmentConfig() if config is None else config
+    _check_batch(image, labels, weights, targets, config)
+    batch, _, height, width = image.shape
+    device = image.device
+
+    rows, cols = _discrete_coordinates(batch, (height, width), config, generator, device)
+    displacement = _elastic_or_skipped(batch, (height, width), config, generator, device)
+    image, labels, weights, targets = _move(
+        (image, labels, weights, targets), rows, cols, displacement, config.interpolation
+    )
+
+    image = _grey_values(image, config, generator)
+    return image, labels, weights, targets
+
+
+def _check_batch(
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None,
+    targets: torch.Tensor | None,
+    config: AugmentConfig,
+) -> None:
+    """Refuse an unknown interpolation and tensors whose shapes or dtypes do not go together."""
     if config.interpolation not in _INTERPOLATIONS:
         raise ValueError(
             f"interpolation must be one of {_INTERPOLATIONS}, got {config.interpolation!r}"
@@ -249,48 +271,67 @@ def augment_with_targets(
         raise ValueError(
             f"targets must be a float (B, C, H, W) tensor matching the image, got {tuple(targets.shape)}"
         )
-    device = image.device
 
-    rows, cols = _discrete_coordinates(batch, (height, width), config, generator, device)
+
+def _elastic_or_skipped(
+    batch: int,
+    shape: tuple[int, int],
+    config: AugmentConfig,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """The elastic displacement (B, 2, H, W), or None when the warp is off; the lattice is drawn
+    either way, so the grey values that follow get the same random numbers."""
     if config.elastic and config.sigma != 0:
-        displacement = elastic_displacement(
-            batch, (height, width), config.grid, config.sigma, generator, device=device
-        )
-    else:  # draw the lattice anyway, so the grey values get the same numbers either way
-        torch.randn(
-            (batch, 2, max(config.grid, 1), max(config.grid, 1)),
-            generator=generator,
-            device=_rand_device(generator),
-        )
-        displacement = None
+        return elastic_displacement(batch, shape, config.grid, config.sigma, generator, device=device)
+    torch.randn(
+        (batch, 2, max(config.grid, 1), max(config.grid, 1)),
+        generator=generator,
+        device=_rand_device(generator),
+    )
+    return None
 
+
+def _move(
+    tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    displacement: torch.Tensor | None,
+    interpolation: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(image, labels, weights, targets) read at the source rows and columns, plus the elastic
+    displacement if any: an exact gather without a warp (nothing at all for the identity),
+    ``grid_sample`` with one: the image by ``interpolation``, labels nearest, the rest bilinear."""
+    image, labels, weights, targets = tensors
+    batch, _, height, width = image.shape
     if displacement is None:
         identity = bool(
             (rows == torch.arange(height, device=rows.device).view(1, -1, 1)).all()
             and (cols == torch.arange(width, device=cols.device).view(1, 1, -1)).all()
         )
-        if not identity:
-            flat = (_reflect(rows, height) * width + _reflect(cols, width)).reshape(batch, -1)
-            image = _gather(image, flat)
-            labels = _gather(labels, flat)
-            weights = None if weights is None else _gather(weights, flat)
-            targets = None if targets is None else _gather(targets, flat)
-    else:
-        work = torch.float64 if image.dtype == torch.float64 else torch.float32
-        source_rows = rows.to(work) + displacement[:, 0].to(work)
-        source_cols = cols.to(work) + displacement[:, 1].to(work)
-        # grid_sample wants (x, y) normalised to [-1, 1], -1 and 1 being the end pixel centres
-        grid = torch.stack(
-            (
-                source_cols * (2.0 / max(width - 1, 1)) - 1.0,
-                source_rows * (2.0 / max(height - 1, 1)) - 1.0,
-            ),
-            dim=-1,
+        if identity:
+            return tensors
+        flat = (_reflect(rows, height) * width + _reflect(cols, width)).reshape(batch, -1)
+        return (
+            _gather(image, flat),
+            _gather(labels, flat),
+            None if weights is None else _gather(weights, flat),
+            None if targets is None else _gather(targets, flat),
         )
-        image = _sample(image, grid, config.interpolation)
-        labels = _sample(labels, grid, "nearest")
-        weights = None if weights is None else _sample(weights, grid, "bilinear")
-        targets = None if targets is None else _sample(targets, grid, "bilinear")
-
-    image = _grey_values(image, config, generator)
-    return image, labels, weights, targets
+    work = torch.float64 if image.dtype == torch.float64 else torch.float32
+    source_rows = rows.to(work) + displacement[:, 0].to(work)
+    source_cols = cols.to(work) + displacement[:, 1].to(work)
+    # grid_sample wants (x, y) normalised to [-1, 1], -1 and 1 being the end pixel centres
+    grid = torch.stack(
+        (
+            source_cols * (2.0 / max(width - 1, 1)) - 1.0,
+            source_rows * (2.0 / max(height - 1, 1)) - 1.0,
+        ),
+        dim=-1,
+    )
+    return (
+        _sample(image, grid, interpolation),
+        _sample(labels, grid, "nearest"),
+        None if weights is None else _sample(weights, grid, "bilinear"),
+        None if targets is None else _sample(targets, grid, "bilinear"),
+    )
