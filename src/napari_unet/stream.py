@@ -1,23 +1,116 @@
 """Segmentation as a stream of pieces ready to paint: what the Segment dock's worker runs.
 
-:func:`segmentation_tiles` runs :func:`napari_unet.inference.predict_tiles` slice by slice (the
-slice on screen first, even when the user moves while it runs), optionally on the visible region
-only, and yields class labels per tile or, for instances, one slice of object ids when the slice is
-complete. It is Qt-free, so tests and scripts iterate it directly.
+A Segment run differs from :func:`napari_unet.inference.predict` and the command line only in its
+source and its sink. :class:`SegmentRequest` says what was asked (tile, device, precision,
+test-time augmentation, classes or instances, the visible region); :func:`layer_sinks` makes the
+sink of each slice, :class:`~napari_unet.sinks.Paint` (class labels per tile, in the layer's data
+type) or :class:`~napari_unet.sinks.Sections` (a slice's objects once it is complete); and
+:func:`segment_slices` keeps only the order of the slices: the slice on screen first, even when the
+user moves while it runs, and a first glance at the centre of the view. It is Qt-free, so tests and
+scripts iterate it directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from .pipeline import Sink
 from .sinks import Paint, Sections
 from .sinks import PaintTile as PaintTile  # re-exported: the dock imports it from here
 
-__all__ = ["GLANCE_WINDOW", "PaintTile", "segmentation_tiles", "slice_order"]
+__all__ = [
+    "GLANCE_WINDOW",
+    "PaintTile",
+    "SegmentRequest",
+    "SliceTarget",
+    "layer_sinks",
+    "segment_slices",
+    "segmentation_tiles",
+    "slice_order",
+]
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """What a Segment run asks for, apart from the image and where its labels go."""
+
+    #: the network's input tile (None: the automatic tile)
+    tile_shape: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    #: test-time augmentation: "none", "flips" or "d4"
+    tta: str = "none"
+    #: "classes" (labels 1..K per tile) or "instances" (a slice's objects once it is complete)
+    output: str = "classes"
+    #: the class whose objects are wanted (a name or id; None: the cells)
+    instance_class: str | None = None
+    #: the registered instance method, by name
+    instance_method: str = "auto"
+    #: (y0, y1, x0, x1): segment only this part of each slice (the visible region)
+    crop: tuple[int, int, int, int] | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~napari_unet.inference.predict_into` it sets."""
+        return {
+            "tile_shape": self.tile_shape,
+            "device": self.device,
+            "precision": self.precision,
+            "tta": self.tta,
+        }
+
+    def glances(self) -> bool:
+        """True when a first look at the centre of the view is worth it and equals what the run
+        paints there later: the automatic tile, classes, no test-time augmentation, no crop."""
+        return (
+            self.tile_shape is None and self.output == "classes" and self.tta == "none" and self.crop is None
+        )
+
+    def window(self, model: Any, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) of each slice that is read: the crop and the network's context around
+        it, or the whole slice."""
+        h, w = shape[-2:]
+        if self.crop is None:
+            return 0, h, 0, w
+        c, (y0, y1, x0, x1) = model.margin // 2, self.crop
+        return max(0, y0 - c), min(h, y1 + c), max(0, x0 - c), min(w, x1 + c)
+
+
+@dataclass(frozen=True)
+class SliceTarget:
+    """Where one slice's run lands in the layer: what its sink is made for."""
+
+    #: the slice (0 for a single image)
+    z: int
+    #: (z,) for a stack, () for an image: the region's leading index in the layer
+    lead: tuple[int, ...]
+    #: the read window's corner in the slice, (y0, x0)
+    offset: tuple[int, int]
+    #: the part of the slice that is kept, (y0, y1, x0, x1), or None: all of it
+    bounds: tuple[int, int, int, int] | None
+    #: the shape of the window that is read, (h, w)
+    shape: tuple[int, int]
+
+
+#: makes the sink of one slice
+SinkFactory = Callable[[SliceTarget], Sink]
+
+
+def layer_sinks(model: Any, request: SegmentRequest, dtype: np.dtype) -> SinkFactory:
+    """The sink of each slice for a Labels layer of ``dtype``: :class:`~napari_unet.sinks.Paint`
+    for classes, :class:`~napari_unet.sinks.Sections` with the request's instance class and method
+    for instances (an unknown class or method is refused here, before anything runs)."""
+
+    def where(t: SliceTarget) -> dict[str, Any]:
+        return {"dtype": dtype, "lead": t.lead, "offset": t.offset, "bounds": t.bounds}
+
+    if request.output != "instances":
+        return lambda t: Paint(**where(t))
+    objects = section_objects(model, request.instance_class, request.instance_method)
+    return lambda t: Sections(objects, model.n_classes, t.shape, t.z, **where(t))
 
 
 def slice_order(n_slices: int, first: int) -> list[int]:
@@ -46,56 +139,40 @@ def _next_slice(remaining: list[int], control: dict[str, Any] | None) -> int:
 GLANCE_WINDOW = 512
 
 
-def _glance(model: Any, plane: Any, centre: tuple[float, float], lead: tuple, dtype: np.dtype, **kw: Any):
-    """The first PaintTile of a large slice: the centre of a small window around ``centre``, or None."""
-    from .inference import predict_labels
-
-    h, w = plane.shape[-2:]
+def _glance(
+    model: Any, shape: tuple[int, ...], centre: tuple[float, float], z: int, lead: tuple
+) -> SliceTarget | None:
+    """Where the first look at a large slice lands: a small window around ``centre``, of which only
+    the centre is kept; None for a slice small enough that its first full tile comes soon enough."""
+    h, w = shape[-2:]
     if min(h, w) < 2 * GLANCE_WINDOW:
-        return None  # the first full tile comes soon enough
+        return None
     c, m = model.margin // 2, model.stride_multiple
     y, x = (
         min(max(int(v) - GLANCE_WINDOW // 2, 0), n - GLANCE_WINDOW) // m * m
         for v, n in zip(centre, (h, w), strict=True)
     )
-    window = plane[y : y + GLANCE_WINDOW, x : x + GLANCE_WINDOW]
     keep = GLANCE_WINDOW - 2 * c
-    labels = predict_labels(model, window, **kw)[c : c + keep, c : c + keep].astype(dtype)
-    region = lead + (slice(y + c, y + c + keep), slice(x + c, x + c + keep))
-    return PaintTile(region, labels, -1, 0)
+    return SliceTarget(z, lead, (y, x), (y + c, y + c + keep, x + c, x + c + keep), (GLANCE_WINDOW,) * 2)
 
 
-def segmentation_tiles(
+def segment_slices(
     model: Any,
     image: Any,
-    *,
-    tile_shape: int | None,
-    device: str,
-    precision: str,
-    z_order: list[int] | None,
-    dtype: np.dtype,
-    output: str = "classes",
-    tta: str = "none",
-    instance_class: str | None = None,
-    instance_method: str = "auto",
+    request: SegmentRequest,
+    sinks: SinkFactory,
+    z_order: list[int] | None = None,
     control: dict[str, Any] | None = None,
-    crop: tuple[int, int, int, int] | None = None,
 ) -> Iterator[PaintTile]:
-    """Run in the worker: predict tile by tile and hand over labels ready to paint.
+    """Run in the worker: each slice through :func:`~napari_unet.inference.predict_into` into the
+    sink ``sinks`` makes for it, yielding what the sink hands over per tile (``index`` counts over
+    the whole run, ``total`` is the run's).
 
-    (Thirteen parameters: the Segment dock's call, kept as it is until the dock builds its sink.)
-
-    ``classes``: every tile becomes class labels 1..K at once. ``instances``: objects need their
-    whole slice, so tiles only report progress (``labels`` None) until a slice is complete; then the
-    slice's objects of ``instance_class`` (a name or id; None: the cells; ids unique across the
-    stack, as on the command line) come as one item, from
-    :func:`napari_unet.instances.linked_objects` with the registered method ``instance_method``.
-
-    A stack goes slice by slice in ``z_order``, except that the slice on screen
+    A stack goes slice by slice in ``z_order`` (None: 0, 1, ...), except that the slice on screen
     (``control["front"]``, set by the dock when the user changes slice) moves to the front of the
-    queue. ``crop`` = (y0, y1, x0, x1) segments only that part of each slice (the visible region),
-    with the network's context read around it. With the automatic tile and ``control["glance"]``
-    = (y, x), the view centre, a small window there comes first (index -1, total 0).
+    queue. With the automatic tile, classes, no test-time augmentation, no crop and
+    ``control["glance"]`` = (y, x), the view centre, the centre of a small window there comes first
+    (index -1, total 0), through the same sink.
     """
     from napari_unet.inference import predict_into
     from napari_unet.normalize import compute_normalizer
@@ -105,52 +182,48 @@ def segmentation_tiles(
     remaining = (
         list(z_order)
         if (is_stack and z_order is not None)
-        else (list(range(image.shape[0])) if is_stack else [0])
+        else list(range(image.shape[0]) if is_stack else [0])
     )
     n_slices = len(remaining)
-    h, w = image.shape[-2:]
-    cy0, cy1, cx0, cx1 = 0, h, 0, w
-    if crop is not None:
-        c = model.margin // 2  # the network's context around the visible region
-        cy0, cy1 = max(0, crop[0] - c), min(h, crop[1] + c)
-        cx0, cx1 = max(0, crop[2] - c), min(w, crop[3] + c)
-    objects = None
-    if output == "instances":
-        objects = _section_objects(model, instance_class, instance_method)
-    done = 0
+    y0, y1, x0, x1 = request.window(model, image.shape)
     centre = control.get("glance") if control is not None else None
-    if centre is not None and tile_shape is None and output == "classes" and tta == "none" and crop is None:
+    if centre is not None and request.glances():
         z = _next_slice(remaining, control)
-        first = _glance(
-            model,
-            image[z] if is_stack else image,
-            centre,
-            (z,) if is_stack else (),
-            dtype,
-            device=device,
-            precision=precision,
-            normalizer=normalizer,
-        )
-        if first is not None:
-            yield first
-    run = {"tile_shape": tile_shape, "device": device, "precision": precision, "tta": tta}
+        first = _glance(model, image.shape, centre, z, (z,) if is_stack else ())
+        if first is not None:  # the same sink over a window: the labels full tiles paint there later
+            (gy, gx), g = first.offset, GLANCE_WINDOW
+            window = (image[z] if is_stack else image)[gy : gy + g, gx : gx + g]
+            run = predict_into(model, window, sinks(first), normalizer=normalizer, **request.settings())
+            yield from (replace(item, index=-1, total=0) for item in run)
+    done = 0
     while remaining:
         z = _next_slice(remaining, control)
         remaining.remove(z)
-        plane = image[z] if is_stack else image
-        if crop is not None:
-            plane = plane[cy0:cy1, cx0:cx1]  # the visible region and its context
-        where = {"dtype": dtype, "lead": (z,) if is_stack else (), "offset": (cy0, cx0), "bounds": crop}
-        if objects is None:
-            sink = Paint(**where)
-        else:
-            sink = Sections(objects, model.n_classes, plane.shape[-2:], z, **where)
-        for item in predict_into(model, plane, sink, normalizer=normalizer, **run):
+        plane = (image[z] if is_stack else image)[y0:y1, x0:x1]  # the region read, with its context
+        sink = sinks(SliceTarget(z, (z,) if is_stack else (), (y0, x0), request.crop, plane.shape[-2:]))
+        for item in predict_into(model, plane, sink, normalizer=normalizer, **request.settings()):
             done += 1
             yield replace(item, index=done - 1, total=item.total * n_slices)
 
 
-def _section_objects(
+def segmentation_tiles(
+    model: Any,
+    image: Any,
+    *,
+    dtype: np.dtype,
+    z_order: list[int] | None = None,
+    control: dict[str, Any] | None = None,
+    **request: Any,
+) -> Iterator[PaintTile]:
+    """:func:`segment_slices` into :func:`layer_sinks` of ``dtype``; ``request`` holds the fields
+    of :class:`SegmentRequest` by name (tile_shape, device, precision, tta, output,
+    instance_class, instance_method, crop), as the Segment dock called it before it built its own
+    sink; scripts and tests still call it so."""
+    wanted = SegmentRequest(**request)
+    yield from segment_slices(model, image, wanted, layer_sinks(model, wanted, dtype), z_order, control)
+
+
+def section_objects(
     model: Any, instance_class: str | None, method: str
 ) -> Callable[[int, np.ndarray], np.ndarray]:
     """``objects(z, probabilities)``: a finished slice's objects of ``instance_class`` by ``method``,

@@ -40,7 +40,14 @@ from napari_unet.device import DEVICES, PRECISIONS, select_device
 from napari_unet.errors import UserInputError
 from napari_unet.instances import model_class_names
 from napari_unet.layers import class_names_of
-from napari_unet.stream import PaintTile, segmentation_tiles, slice_order
+from napari_unet.stream import (
+    PaintTile,
+    SegmentRequest,
+    layer_sinks,
+    segment_slices,
+    segmentation_tiles,
+    slice_order,
+)
 
 from . import (
     Dock,
@@ -522,20 +529,24 @@ class SegmentWidget(Dock):
         )
         self.segment_button.setEnabled(False)
         # The worker starts first, so the network computes while napari builds the layer.
-        self.task.start(
-            segmentation_tiles,
-            model,
-            data,
+        request = SegmentRequest(
             tile_shape=tile,
             device=device,
             precision=self.precision_combo.currentText(),
-            z_order=z_order,
-            dtype=dtype,
-            output=output,
             tta=TTA_CHOICES[self.tta_combo.currentText()],
+            output=output,
             instance_class=self._instance_class(model) if output == "instances" else None,
-            control=control,
             crop=crop,
+        )
+        sinks = layer_sinks(model, request, dtype)  # Paint, or Sections for instances
+        self.task.start(
+            segment_slices,
+            model,
+            data,
+            request,
+            sinks,
+            z_order,
+            control,
             on_yield=self._paint,
             progress=lambda t: (
                 t.index + 1,
