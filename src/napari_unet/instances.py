@@ -152,28 +152,59 @@ def merge_regions(
     labels numbered 1..N (0 stays 0).
     """
     labels = np.asarray(labels)
-    n = int(labels.max()) + 1
-    if n <= 2:
+    if int(labels.max()) + 1 <= 2:
         return labels.astype(np.int32)
-    lo, hi, total, count, low, low_total = _boundary_edges(labels, np.asarray(boundary, dtype=np.float32))
-    neighbours: list[dict[int, list[float]]] = [{} for _ in range(n)]
-    size = np.bincount(labels.ravel(), minlength=n).astype(np.int64)
+    graph = _RegionGraph(
+        labels, np.asarray(boundary, dtype=np.float32), _EdgeRule(gap, gap_fraction, confident)
+    )
+    graph.merge_weak(threshold)
+    if min_size > 0:
+        graph.absorb_small(min_size)
+    return graph.dense_labels()[labels]
 
-    def priority(edge: list[float]) -> float:
+
+@dataclass(frozen=True)
+class _EdgeRule:
+    """When a boundary counts as open (see :func:`merge_regions`): an opening of ``gap`` pixels
+    below 0.5, unless it is under ``gap_fraction`` of the boundary and the rest averages
+    ``confident`` or more."""
+
+    gap: int
+    gap_fraction: float
+    confident: float
+
+    def priority(self, edge: list[float]) -> float:
+        """The edge's mean boundary value, less 1 for an open boundary: lower merges first."""
         total, count, low, low_total = edge
-        faint_stretch = low < gap_fraction * count and (total - low_total) >= confident * (count - low)
-        opened = low >= gap and not faint_stretch
+        faint_stretch = low < self.gap_fraction * count and (total - low_total) >= self.confident * (
+            count - low
+        )
+        opened = low >= self.gap and not faint_stretch
         return total / count - (1.0 if opened else 0.0)
 
-    heap = []
-    rows = zip(*(x.tolist() for x in (lo, hi, total, count, low, low_total)), strict=True)
-    for a, b, *edge in rows:
-        neighbours[a][b] = neighbours[b][a] = edge
-        heap.append((priority(edge), a, b))
-    heapq.heapify(heap)
-    parent = np.arange(n)
 
-    def merge(a: int, b: int) -> None:
+class _RegionGraph:
+    """The regions of a label image, their sizes and touching neighbours (each edge's boundary
+    sums, :func:`_boundary_edges`), a heap of edges by priority, and the merges made so far."""
+
+    def __init__(self, labels: np.ndarray, boundary: np.ndarray, rule: _EdgeRule) -> None:
+        n = int(labels.max()) + 1
+        lo, hi, total, count, low, low_total = _boundary_edges(labels, boundary)
+        self.rule = rule
+        self.neighbours: list[dict[int, list[float]]] = [{} for _ in range(n)]
+        self.size = np.bincount(labels.ravel(), minlength=n).astype(np.int64)
+        self.heap: list[tuple[float, int, int]] = []
+        rows = zip(*(x.tolist() for x in (lo, hi, total, count, low, low_total)), strict=True)
+        for a, b, *edge in rows:
+            self.neighbours[a][b] = self.neighbours[b][a] = edge
+            self.heap.append((rule.priority(edge), a, b))
+        heapq.heapify(self.heap)
+        self.parent = np.arange(n)
+
+    def merge(self, a: int, b: int) -> None:
+        """Join regions ``a`` and ``b`` (the one with fewer neighbours into the other), summing
+        the edges they share with a third region and queueing those edges again."""
+        neighbours, heap = self.neighbours, self.heap
         if len(neighbours[b]) > len(neighbours[a]):
             a, b = b, a
         del neighbours[a][b], neighbours[b][a]
@@ -185,37 +216,45 @@ def merge_regions(
             else:
                 for i, x in enumerate(eb):
                     ea[i] += x
-            heapq.heappush(heap, (priority(ea), min(a, c), max(a, c)))
+            heapq.heappush(heap, (self.rule.priority(ea), min(a, c), max(a, c)))
         neighbours[b] = {}
-        parent[b] = a
-        size[a] += size[b]
-        size[b] = 0
+        self.parent[b] = a
+        self.size[a] += self.size[b]
+        self.size[b] = 0
 
-    while heap:
-        w, a, b = heapq.heappop(heap)
-        if w >= threshold:
-            break
-        edge = neighbours[a].get(b)
-        if edge is None or priority(edge) != w:
-            continue  # stale entry: the edge changed or one side was merged away
-        merge(a, b)
-    if min_size > 0:
-        for r in np.argsort(size).tolist():
-            if r == 0 or size[r] == 0 or size[r] >= min_size or not neighbours[r]:
+    def merge_weak(self, threshold: float) -> None:
+        """Merge across edges weakest first while their priority is below ``threshold``."""
+        while self.heap:
+            w, a, b = heapq.heappop(self.heap)
+            if w >= threshold:
+                break
+            edge = self.neighbours[a].get(b)
+            if edge is None or self.rule.priority(edge) != w:
+                continue  # stale entry: the edge changed or one side was merged away
+            self.merge(a, b)
+
+    def absorb_small(self, min_size: int) -> None:
+        """Regions under ``min_size`` pixels, smallest first, join the neighbour with the weakest
+        mean boundary."""
+        for r in np.argsort(self.size).tolist():
+            if r == 0 or self.size[r] == 0 or self.size[r] >= min_size or not self.neighbours[r]:
                 continue
-            best = min(neighbours[r].items(), key=lambda kv: kv[1][0] / kv[1][1])[0]
-            merge(best, r)
-    roots = parent.copy()
-    while True:
-        nxt = roots[roots]
-        if np.array_equal(nxt, roots):
-            break
-        roots = nxt
-    _, dense = np.unique(roots, return_inverse=True)
-    dense = dense.astype(np.int32)
-    if dense[0] != 0:  # label 0 is its own root and the smallest, so it maps to 0
-        raise AssertionError("background label was merged")  # pragma: no cover
-    return dense[labels]
+            best = min(self.neighbours[r].items(), key=lambda kv: kv[1][0] / kv[1][1])[0]
+            self.merge(best, r)
+
+    def dense_labels(self) -> np.ndarray:
+        """Old label -> new label (int32, 1..N in order of the roots; 0 stays 0)."""
+        roots = self.parent.copy()
+        while True:
+            nxt = roots[roots]
+            if np.array_equal(nxt, roots):
+                break
+            roots = nxt
+        _, dense = np.unique(roots, return_inverse=True)
+        dense = dense.astype(np.int32)
+        if dense[0] != 0:  # label 0 is its own root and the smallest, so it maps to 0
+            raise AssertionError("background label was merged")  # pragma: no cover
+        return dense
 
 
 def cells_2d(p_cell: np.ndarray, config: CellConfig | None = None) -> np.ndarray:
