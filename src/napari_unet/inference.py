@@ -55,6 +55,8 @@ def check_image(image) -> None:
         raise UserInputError(f"image has data type {image.dtype}; expected integers or floats")
 
 
+# Public API (napari_unet.predict_tiles, positional up to ``precision``): every option of
+# prediction is one parameter here, as in predict, predict_labels and plan; kept for its users.
 def predict_tiles(
     model: UNet,
     image,
@@ -112,6 +114,8 @@ def predict_tiles(
     )  # fmt: skip
 
 
+# predict_into passes its caller's arguments here as they came (positionally or by keyword), so
+# plan binds predict_tiles' public parameter list itself; a settings object would only repeat it.
 def plan(
     model: UNet, image, tile_shape: Sequence[int] | int | None = None, batch_size: int | None = None,
     device: str | torch.device | None = None, precision: str = "auto", *,

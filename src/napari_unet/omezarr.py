@@ -110,6 +110,9 @@ def label_metadata(class_names: Sequence[str] | None, n_values: int | None = Non
     return meta
 
 
+# Public API (io's zarr writer, write_into_image and tests call it by keyword): the geometry comes
+# one of two ways (``voxel_size`` and ``unit`` as the readers report them, or an image's own
+# ``axes`` and ``scale``) and the rest are independent metadata entries, so all stay keywords.
 def write_label_group(
     path: str | os.PathLike,
     labels: Any,

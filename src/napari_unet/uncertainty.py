@@ -270,6 +270,9 @@ class UncertainSlice:
     total: int
 
 
+# Public API (the Annotate dock runs it through TaskPanel.start, which passes its keywords on):
+# the search's own settings (annotations, known, shown, size, flips, stride) and, in
+# ``predict_kw``, those of prediction, each named at the call.
 def suggest_window(
     model: Any,
     image: Any,
