@@ -6,7 +6,9 @@ image, classes, recipe, steps, seconds, the verdict and its figures, and whether
 A model file put there without a record is listed under its file name. The Fine-tune dock and the
 ``train`` command write here; the model choosers and ``--model NAME`` read here. A run killed
 mid-way leaves its last checkpoint as "unfinished", which a later run can resume. Nothing here
-imports Qt.
+imports Qt. This module keeps the folder (:class:`Library`); one model and its record are in
+:mod:`.library_record`, training into the library in :mod:`.library_training`, and every name of
+both is importable from here.
 """
 
 from __future__ import annotations
@@ -18,13 +20,25 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
+from .library_record import FINISHED as FINISHED
+from .library_record import IMPORTED as IMPORTED
+from .library_record import LIBRARY_ENV as LIBRARY_ENV
+from .library_record import MODEL_SUFFIX, RECORD_SUFFIX
+from .library_record import RUNNING as RUNNING
+from .library_record import UNFINISHED as UNFINISHED
+from .library_record import LibraryModel as LibraryModel
+from .library_record import library_dir as library_dir
+from .library_record import readable_name as readable_name
+from .library_training import CHECKPOINT_EVERY_S as CHECKPOINT_EVERY_S
+from .library_training import TrainingInputs as TrainingInputs
+from .library_training import keep_training as keep_training
+from .library_training import train_into_library as train_into_library
+from .library_training import train_run as train_run
 
 __all__ = [
     "CHECKPOINT_EVERY_S",
@@ -32,43 +46,20 @@ __all__ = [
     "LIBRARY_ENV",
     "Library",
     "LibraryModel",
+    "TrainingInputs",
     "keep_training",
     "library_dir",
     "readable_name",
     "train_into_library",
+    "train_run",
 ]
 
-#: environment variable that moves the library (a folder path)
-LIBRARY_ENV = "NAPARI_UNET_MODELS"
 #: version of the record written beside each model
 RECORD_VERSION = 1
-#: a run in the library writes a checkpoint at least this often (seconds of training), so a crash
-#: loses at most this much work
-CHECKPOINT_EVERY_S = 60.0
 #: unfinished runs older than this are what "clean" removes
 CLEAN_AFTER_DAYS = 7.0
-#: what a record's status says: trained to the end (or stopped by hand), cut short, still training,
-#: or brought in from a file
-FINISHED, UNFINISHED, RUNNING, IMPORTED = "finished", "unfinished", "running", "imported"
-_MODEL_SUFFIX, _RECORD_SUFFIX = ".safetensors", ".json"
 _RECORD_KEY = "napari_unet"  # the key outputs.is_ours recognises in a JSON document
 _MAX_FILE_STEM = 120
-
-
-def library_dir() -> Path:
-    """The library folder: ``$NAPARI_UNET_MODELS``, else ``<user data folder>/napari-unet/models``."""
-    env = os.environ.get(LIBRARY_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("napari-unet", appauthor=False)) / "models"
-
-
-def readable_name(start: str, image: str, when: datetime | None = None) -> str:
-    """"<start model> tuned on <image> <date time>": what a library model is called by default."""
-    when = when or datetime.now()
-    return f"{start} tuned on {image} {when:%Y-%m-%d %H:%M}"
 
 
 def _file_stem(name: str) -> str:
@@ -79,87 +70,6 @@ def _file_stem(name: str) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass
-class LibraryModel:
-    """One model in the library: its name, file, record and status ("finished", "unfinished", ...)."""
-
-    name: str
-    path: Path
-    record: dict[str, Any]
-    status: str
-
-    @property
-    def record_path(self) -> Path:
-        """The JSON record beside the model file."""
-        return self.path.with_suffix(_RECORD_SUFFIX)
-
-    @property
-    def created(self) -> datetime:
-        """When the run started (or the file was imported), in local time."""
-        try:
-            return datetime.fromisoformat(self.record["created"]).astimezone()
-        except (KeyError, TypeError, ValueError):
-            with contextlib.suppress(OSError):
-                return datetime.fromtimestamp(self.path.stat().st_mtime).astimezone()
-            return datetime.fromtimestamp(0).astimezone()
-
-    @property
-    def verdict(self) -> str | None:
-        """"better", "unclear" or "worse" when the run was validated; None otherwise."""
-        verdict = self.record.get("verdict")
-        return verdict.get("kind") if isinstance(verdict, dict) else None
-
-    @property
-    def steps(self) -> int:
-        """Training steps behind the model (0 when unknown)."""
-        steps = self.record.get("steps")
-        return steps if isinstance(steps, int) else 0
-
-    @property
-    def loadable(self) -> bool:
-        """Whether there is a model file to load (a run that crashed before its first checkpoint has none)."""
-        return self.path.is_file()
-
-    @property
-    def size(self) -> int:
-        """Bytes on disk of the model file and its record."""
-        total = 0
-        for p in (self.path, self.record_path):
-            with contextlib.suppress(OSError):
-                total += p.stat().st_size
-        return total
-
-    def label(self) -> str:
-        """One line for a model chooser: the name and the verdict (or that the run is unfinished)."""
-        if self.status == UNFINISHED:
-            return f"{self.name} (unfinished at step {self.steps}: resume in Fine-tune)"
-        if self.status == RUNNING:
-            return f"{self.name} (training, step {self.steps})"
-        if self.verdict is not None:
-            return f"{self.name} ({self.verdict})"
-        return self.name
-
-    def describe(self) -> str:
-        """A few lines for a tooltip or ``models list``: where from, classes, steps, time, verdict."""
-        r = self.record
-        lines = [f"{self.name} — {self.status}, {self.created:%Y-%m-%d %H:%M}"]
-        if r.get("start_model") or r.get("image"):
-            lines.append(f"from {r.get('start_model', '?')} on '{r.get('image', '?')}'")
-        if r.get("source_file"):
-            lines.append(f"imported from {r['source_file']}")
-        if r.get("classes"):
-            lines.append("classes: " + ", ".join(map(str, r["classes"])))
-        if self.steps:
-            seconds = r.get("seconds")
-            took = f" in {seconds:.0f} s" if isinstance(seconds, int | float) else ""
-            recipe = f" ({r['recipe']} recipe)" if r.get("recipe") else ""
-            lines.append(f"{self.steps} steps{took}{recipe}")
-        verdict = r.get("verdict")
-        if isinstance(verdict, dict) and verdict.get("text"):
-            lines.append(f"verdict: {verdict['text']}")
-        return "\n".join(lines)
 
 
 def _alive_here(record: dict[str, Any]) -> bool | None:
@@ -192,9 +102,9 @@ class Library:
             if file.startswith("."):
                 continue  # temporary files of writes in progress, locks
             p = self.root / file
-            if file.endswith(_RECORD_SUFFIX):
+            if file.endswith(RECORD_SUFFIX):
                 entry = self._from_record(p)
-            elif file.endswith(_MODEL_SUFFIX) and not p.with_suffix(_RECORD_SUFFIX).exists():
+            elif file.endswith(MODEL_SUFFIX) and not p.with_suffix(RECORD_SUFFIX).exists():
                 entry = LibraryModel(p.stem, p, {"source": "file"}, IMPORTED)
             else:
                 continue
@@ -214,7 +124,7 @@ class Library:
         status = record.get("status", FINISHED)
         if status == RUNNING and _alive_here(record) is False:
             status = UNFINISHED  # its process is gone: a crash or a killed window
-        model = p.with_suffix(_MODEL_SUFFIX)
+        model = p.with_suffix(MODEL_SUFFIX)
         if not model.is_file() and status != RUNNING:
             status = UNFINISHED  # a run that ended before its first checkpoint
         return LibraryModel(name, model, record, status)
@@ -289,7 +199,7 @@ class Library:
         lowered = name.lower()
         if any(e.name.lower() == lowered for e in self.models()):
             return True
-        return any((self.root / f"{stem}{s}").exists() for s in (_MODEL_SUFFIX, _RECORD_SUFFIX))
+        return any((self.root / f"{stem}{s}").exists() for s in (MODEL_SUFFIX, RECORD_SUFFIX))
 
     def _claim(self, base: str) -> tuple[str, Path]:
         """A name not taken yet (``base``, ``base (2)``, ...) and its record file, created empty
@@ -300,7 +210,7 @@ class Library:
         while True:
             name = base if n == 1 else f"{base} ({n})"
             stem = _file_stem(name)
-            record = self.root / f"{stem}{_RECORD_SUFFIX}"
+            record = self.root / f"{stem}{RECORD_SUFFIX}"
             if not self._taken(name, stem):
                 try:
                     os.close(os.open(record, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
@@ -336,7 +246,7 @@ class Library:
             **record,
         }
         self._write_record(record_path, full)
-        return LibraryModel(name, record_path.with_suffix(_MODEL_SUFFIX), full, RUNNING)
+        return LibraryModel(name, record_path.with_suffix(MODEL_SUFFIX), full, RUNNING)
 
     def update(self, entry: LibraryModel, **changes: Any) -> LibraryModel:
         """Write ``changes`` into the record of ``entry``; returns the entry as it is now."""
@@ -390,7 +300,7 @@ class Library:
         source = Path(source)
         doc = read_header(source)  # a clear line for a file that is not a napari-unet model
         name, record_path = self._claim(name)
-        target = record_path.with_suffix(_MODEL_SUFFIX)
+        target = record_path.with_suffix(MODEL_SUFFIX)
         try:
             with atomic_write(target) as tmp:
                 try:
@@ -423,7 +333,7 @@ class Library:
         name = name or (source.parent.name if source.name in ("rdf.yaml", "bioimageio.yaml") else source.stem)
         record = {"status": IMPORTED, "source": "import", "source_file": str(source.resolve())}
         if not is_package(source):
-            if source.suffix.lower() != _MODEL_SUFFIX:
+            if source.suffix.lower() != MODEL_SUFFIX:
                 raise UserInputError(
                     f"{source} is neither a .safetensors model nor a bioimage.io package "
                     "(.zip, folder, rdf.yaml)"
@@ -433,7 +343,7 @@ class Library:
 
         model = load_model(source)  # refuses a package from another tool with one line
         claimed, record_path = self._claim(name)
-        target = record_path.with_suffix(_MODEL_SUFFIX)
+        target = record_path.with_suffix(MODEL_SUFFIX)
         try:
             save_model(model, target)
         except BaseException:
@@ -465,8 +375,8 @@ class Library:
         if other is not None and new_name.lower() != entry.name.lower():
             raise UserInputError(f"the library already has a model called '{other.name}'")
         stem = _file_stem(new_name)
-        model = self.root / f"{stem}{_MODEL_SUFFIX}"
-        record_path = model.with_suffix(_RECORD_SUFFIX)
+        model = self.root / f"{stem}{MODEL_SUFFIX}"
+        record_path = model.with_suffix(RECORD_SUFFIX)
         if stem != entry.path.stem and (model.exists() or record_path.exists()):
             raise UserInputError(f"the library already has a file {model.name}; choose another name")
         record = {**entry.record, "name": new_name}
@@ -559,114 +469,3 @@ def _from_training(training: Any) -> dict[str, Any]:
         "training": {k: v for k, v in training.items() if k not in ("history", "verdict")},
     }
     return {k: v for k, v in out.items() if v not in (None, {})}
-
-
-def keep_training(
-    events: Iterable[Any],
-    control: dict[str, Any],
-    library: Library,
-    entry: LibraryModel,
-    every_s: float = CHECKPOINT_EVERY_S,
-) -> Generator[Any, None, Any]:
-    """Yield a training run's events unchanged while the library keeps its checkpoint and record.
-
-    A checkpoint is written at least every ``every_s`` seconds of training (the trainer's own
-    step-count checkpoints count too). The record ends "finished" when the run ends by itself or by
-    Stop, and "unfinished" when it is cut short: ``control["closed"]`` (the window was closed), an
-    error, or the generator being closed. A run that made no step leaves nothing behind. Returns
-    what ``events`` returns (the trainer).
-    """
-    status = UNFINISHED
-    result = None
-    last_saved: float | None = None
-    event = None
-    iterator: Iterator[Any] = iter(events)
-    try:
-        while True:
-            try:
-                event = next(iterator)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            trainer = control.get("trainer")
-            if last_saved is None:
-                last_saved = event.elapsed  # a resumed run counts from where it went on
-            if event.kind == "checkpoint":
-                last_saved = event.elapsed
-                library.update(entry, steps=event.step, seconds=round(event.elapsed, 1))
-            elif event.kind == "step" and trainer is not None and event.elapsed - last_saved >= every_s:
-                if trainer.config.checkpoint_path:
-                    trainer.save_checkpoint(trainer.config.checkpoint_path, event.elapsed)
-                    last_saved = event.elapsed
-                    library.update(entry, steps=event.step, seconds=round(event.elapsed, 1))
-            elif event.kind == "done":
-                status = UNFINISHED if control.get("closed") else FINISHED
-            yield event
-    except GeneratorExit:  # the worker was told to quit (its window closed): keep the last step
-        _save_last(iterator, control.get("trainer"), event)
-        raise
-    finally:
-        library.finish(entry, control.get("trainer"), status)
-    return result
-
-
-def _save_last(iterator: Iterator[Any], trainer: Any, event: Any) -> None:
-    """Write the checkpoint of a run stopped between two steps, so it resumes from its last one."""
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()  # the trainer's own clean-up first (eval mode, unfrozen, metadata)
-    if trainer is None or trainer.step == 0 or not trainer.config.checkpoint_path or event is None:
-        return
-    with contextlib.suppress(UserInputError, OSError):  # diverged or a full disk: the last one stays
-        trainer.save_checkpoint(trainer.config.checkpoint_path, event.elapsed)
-
-
-def train_into_library(
-    library: Library,
-    entry: LibraryModel,
-    model: Any,
-    image: Any,
-    labels: Any,
-    config: Any,
-    control: dict[str, Any],
-    before_training: Any = None,
-    resume: bool = False,
-) -> Generator[Any, None, Any]:
-    """Worker: train a copy of ``model`` on the annotated slices into the library model ``entry``.
-
-    ``config.checkpoint_path`` is set to the entry's file. With ``resume`` the run goes on from the
-    entry's checkpoint (its step count, optimiser state and random state). Returns the trainer.
-    """
-    from .finetuning import train_events
-
-    config.checkpoint_path = str(entry.path)
-    if not resume:
-        events = train_events(model, image, labels, config, control, before_training)
-    else:
-        events = _resumed_events(model, image, labels, config, control, entry.path, before_training)
-    return (yield from keep_training(events, control, library, entry))
-
-
-def _resumed_events(model, image, labels, config, control, checkpoint, before_training):
-    """The events of a run that goes on from ``checkpoint`` (what train_events does, resumed)."""
-    import copy
-
-    import numpy as np
-
-    from .finetuning import annotated_slices
-    from .layers import class_names_of
-    from .train import Trainer
-
-    images, labs, _zs = annotated_slices(image, labels)
-    if labs.shape[0] == 0 or not np.any(labs):
-        raise UserInputError("the annotations have no labelled pixel; paint some labels first")
-    trainer = Trainer(
-        copy.deepcopy(model), images, labs, config, class_names=class_names_of(model), resume_from=checkpoint
-    )
-    control["trainer"] = trainer
-    if control.get("stop"):
-        trainer.stop()
-    if before_training is not None:
-        before_training()
-    yield from trainer.run()
-    return trainer
