@@ -23,12 +23,21 @@ INSTANCES_DEFAULT = "auto"
 
 
 def add_parser(sub: Any) -> None:
-    """The ``segment`` subcommand and its options."""
+    """The ``segment`` subcommand and its options, in the order ``--help`` lists them."""
     seg = sub.add_parser(
         "segment",
         help="segment an image or stack",
         description="Segment a 2-D image or a stack with overlap-tile prediction.",
     )
+    _add_source_arguments(seg)
+    _add_prediction_arguments(seg)
+    _add_instance_arguments(seg)
+    _add_run_arguments(seg)
+    seg.set_defaults(func=cmd_segment)
+
+
+def _add_source_arguments(seg: argparse.ArgumentParser) -> None:
+    """What is segmented, where the labels go, and the model."""
     seg.add_argument(
         "input",
         help="multi-page TIFF, folder of PNG/TIFF slices, zarr, HDF5 or MRC; name one array of an "
@@ -60,6 +69,11 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="model .safetensors or a bioimage.io package exported by napari-unet (default: shipped)",
     )
+
+
+def _add_prediction_arguments(seg: argparse.ArgumentParser) -> None:
+    """How the network runs (device, tile, batch, precision, test-time augmentation) and whether
+    probabilities are kept."""
     seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     seg.add_argument("--tile", type=int, default=None, help="input tile size in px (default: auto)")
     seg.add_argument("--batch", type=int, default=None, help="tiles per forward pass (default: auto)")
@@ -77,6 +91,10 @@ def add_parser(sub: Any) -> None:
         metavar="PATH",
         help="also write float32 probabilities (K, [Z,] H, W) to .tif or .zarr",
     )
+
+
+def _add_instance_arguments(seg: argparse.ArgumentParser) -> None:
+    """``--instances`` and the options that shape the objects it writes."""
     seg.add_argument(
         "--instances",
         nargs="?",
@@ -112,6 +130,10 @@ def add_parser(sub: Any) -> None:
         help="with --instances: how objects are made: auto (default: cells for the cell class, "
         "components split at thin necks for others), cells, objects, components or watershed",
     )
+
+
+def _add_run_arguments(seg: argparse.ArgumentParser) -> None:
+    """Replacing outputs, and where block-by-block segmentation runs."""
     seg.add_argument(
         "--overwrite",
         action="store_true",
@@ -125,7 +147,6 @@ def add_parser(sub: Any) -> None:
         "processes on this machine) or a scheduler address tcp://HOST:PORT; zarr outputs and "
         "inputs too big for memory use 'threads' unless told otherwise",
     )
-    seg.set_defaults(func=cmd_segment)
 
 
 def _check_segment_args(args: argparse.Namespace) -> tuple[Path, str | None]:
@@ -326,6 +347,8 @@ def _instances_from_probabilities(args: argparse.Namespace, model, probs: np.nda
     return result if probs.ndim == 4 else result[0]
 
 
+# The keywords are inference.predict_into's, passed on one to one (``segment`` and ``demo`` name
+# them as their options do); a settings object would only be unpacked again here.
 def predict_with_progress(
     model: UNet,
     data: Any,
@@ -358,14 +381,37 @@ def predict_with_progress(
 
 def run_blockwise(args: argparse.Namespace, model: UNet, data: Any) -> int:
     """``napari-unet segment`` on the block-by-block path, with a progress bar on stderr."""
-    from ..distributed import (
-        MARKER_DIR,
-        SegmentResult,
-        blocks_path,
-        finish_ome_zarr,
-        partial_path,
-        segment_blocks,
+    from ..distributed import finish_ome_zarr, segment_blocks
+
+    out, probs, final = _blockwise_outputs(args)
+    gen = segment_blocks(
+        model,
+        data,
+        out,
+        probabilities=probs,
+        scheduler=getattr(args, "scheduler", None) or "threads",
+        tile_shape=args.tile,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch,
+        overwrite=args.overwrite or final is not None,
+        tta=getattr(args, "tta", "none"),
     )
+    result = _follow_blocks(gen, out, Path(args.input).name)
+    if result is None:
+        return 130
+    written = result.labels
+    if final is not None:
+        written = finish_ome_zarr(out, final, args.input, model, overwrite=args.overwrite)
+    _report_blocks(result, written, model.n_classes)
+    return 0
+
+
+def _blockwise_outputs(args: argparse.Namespace) -> tuple[Path, Path | None, Path | None]:
+    """(labels store, probabilities store, final OME-Zarr) of a block-by-block run, checked first:
+    blocks are written to zarr stores only, and an OME-Zarr output is first a plain zarr store of
+    blocks whose NGFF levels and metadata come at the end (``final``, else None)."""
+    from ..distributed import blocks_path
     from ..omezarr import is_ome_zarr
 
     out = Path(args.output)
@@ -388,25 +434,20 @@ def run_blockwise(args: argparse.Namespace, model: UNet, data: Any) -> int:
         if probs is not None and probs.exists() and not args.overwrite:
             raise UserInputError(f"probabilities output {probs} exists; pass --overwrite to replace it")
         final, out = out, blocks_path(out)
-    gen = segment_blocks(
-        model,
-        data,
-        out,
-        probabilities=probs,
-        scheduler=getattr(args, "scheduler", None) or "threads",
-        tile_shape=args.tile,
-        device=args.device,
-        precision=args.precision,
-        batch_size=args.batch,
-        overwrite=args.overwrite or final is not None,
-        tta=getattr(args, "tta", "none"),
-    )
+    return out, probs, final
+
+
+def _follow_blocks(gen: Any, out: Path, name: str) -> Any:
+    """Run the blocks of ``gen`` under a progress bar; its SegmentResult, or None after Ctrl-C
+    (the finished blocks are kept, and the line printed says how to resume)."""
+    from ..distributed import MARKER_DIR, SegmentResult, partial_path
+
     done = 0
     try:
         first = next(gen)  # set-up errors (scheduler, outputs) surface before the progress bar
         done = first.completed
         with progress() as bar:
-            task = bar.add_task("segment", total=first.total, completed=done, info=f"{Path(args.input).name}")
+            task = bar.add_task("segment", total=first.total, completed=done, info=f"{name}")
             while True:
                 try:
                     event = next(gen)
@@ -424,11 +465,13 @@ def run_blockwise(args: argparse.Namespace, model: UNet, data: Any) -> int:
             "Run the same command again to resume",
             file=sys.stderr,
         )
-        return 130
-    k = model.n_classes
-    written = result.labels
-    if final is not None:
-        written = finish_ome_zarr(out, final, args.input, model, overwrite=args.overwrite)
+        return None
+    return result
+
+
+def _report_blocks(result: Any, written: Any, k: int) -> None:
+    """The closing lines of a block-by-block run: where the labels went, how many blocks were
+    computed, resumed and recomputed, the tile and the devices; where the probabilities went."""
     print(
         f"labels {result.shape} (classes 1..{k}) -> {written} "
         f"[{result.blocks - result.skipped} blocks computed, {result.skipped} resumed, "
@@ -439,4 +482,3 @@ def run_blockwise(args: argparse.Namespace, model: UNet, data: Any) -> int:
     )
     if result.probabilities is not None:
         print(f"probabilities {(k, *result.shape)} -> {result.probabilities}", file=sys.stderr)
-    return 0
