@@ -30,13 +30,22 @@ DEFAULT_TRAIN_MINUTES = 5.0
 
 
 def add_parser(sub: Any) -> None:
-    """The ``train`` subcommand and its options."""
+    """The ``train`` subcommand and its options, in the order ``--help`` lists them."""
     tr = sub.add_parser(
         "train",
         help="train or fine-tune a model on annotated images",
         description="Fine-tune the shipped model (or train from scratch) on images with sparse labels: "
         "0 = not annotated, 1..K = classes (or stored values mapped with --label-map).",
     )
+    _add_data_arguments(tr)
+    _add_length_arguments(tr)
+    _add_class_arguments(tr)
+    _add_setting_arguments(tr)
+    tr.set_defaults(func=cmd_train)
+
+
+def _add_data_arguments(tr: argparse.ArgumentParser) -> None:
+    """What is trained on, the model it starts from and where the trained model goes."""
     tr.add_argument(
         "--images",
         required=True,
@@ -69,6 +78,10 @@ def add_parser(sub: Any) -> None:
         help="continue the step count and optimiser state stored in --from (an unfinished library "
         "model goes on in the library)",
     )
+
+
+def _add_length_arguments(tr: argparse.ArgumentParser) -> None:
+    """The recipe, how long it runs and what is held out for validation."""
     tr.add_argument(
         "--recipe",
         default="auto",
@@ -92,6 +105,10 @@ def add_parser(sub: Any) -> None:
         "and a verdict against the start model at the end; none: train on every annotated pixel",
     )
     tr.add_argument("--val-fraction", type=float, default=None, help="share of annotated slices held out")
+
+
+def _add_class_arguments(tr: argparse.ArgumentParser) -> None:
+    """How stored label values become classes, the trained model's class names and width."""
     tr.add_argument(
         "--label-map",
         default=None,
@@ -107,6 +124,10 @@ def add_parser(sub: Any) -> None:
     tr.add_argument(
         "--base-channels", type=int, default=16, help="width of a --from scratch network (the paper used 64)"
     )
+
+
+def _add_setting_arguments(tr: argparse.ArgumentParser) -> None:
+    """Single settings that override the recipe's, the device, the seed and --overwrite."""
     tr.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="override the recipe's")
     tr.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     tr.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.99)")
@@ -118,7 +139,6 @@ def add_parser(sub: Any) -> None:
     tr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--overwrite", action="store_true", help="replace an existing output model")
-    tr.set_defaults(func=cmd_train)
 
 
 def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
@@ -221,87 +241,35 @@ def _check_writable(out: Path) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune or train a model; Ctrl-C stops after the current step and keeps a checkpoint."""
-    import signal
-
     from ..library import Library
 
     library = Library()
     resume_entry = _resumed_library_model(args, library)
     start_path = None if args.start in ("default", "scratch") else model_path(args.start)
-    out = Path(args.output) if args.output is not None else None
-    if out is not None:
-        if out.suffix != ".safetensors":
-            raise UserInputError(f"model output {out} must end in .safetensors")
-        resume_same = args.resume and start_path is not None and start_path.resolve() == out.resolve()
-        if not resume_same:
-            check_output(out, args.overwrite, "model output")
-        _check_writable(out)
-    elif args.overwrite:
-        raise UserInputError("--overwrite needs -o/--output: the model library never replaces a model")
-    if args.resume and start_path is None:
-        raise UserInputError("--resume needs --from with the model file or library model to go on from")
+    out = _model_output(args, start_path)
     # paths before torch (seconds to import): a missing input is answered at once
     input_spec(args.images, "images")
     input_spec(args.labels, "labels")
     parse_label_map(args.label_map)
-    from ..library import keep_training, readable_name
-    from ..recipes import AUTO_RECIPE, recipe_config, resolve_recipe
-    from ..train import TrainConfig, Trainer
-
-    steps, minutes = args.steps, args.max_minutes
-    if steps is None and minutes is None:
-        minutes = DEFAULT_TRAIN_MINUTES
-    lr = args.lr
-    if lr is None and args.optimizer is not None:
-        lr = 1e-4 if args.optimizer == "adam" else 0.001
-
-    def config(new_classes: bool, pretrained: bool = args.start != "scratch") -> TrainConfig:
-        cfg = recipe_config(
-            args.recipe,
-            new_classes=new_classes,
-            pretrained=pretrained,
-            steps=steps,
-            max_minutes=minutes,
-            learning_rate=lr,
-            momentum=args.momentum,
-            optimizer=args.optimizer,
-            tile_size=args.tile,
-            batch_size=args.batch,
-            validation=args.validation,
-            val_fraction=args.val_fraction,
-            checkpoint_every=args.checkpoint_every,
-            checkpoint_path=None if out is None else str(out),
-            seed=args.seed,
-            device=args.device,
-            precision=args.precision,
-        )
-        if steps is None:
-            cfg.steps = None
-        if args.no_augment:
-            cfg.augment = None
-        return cfg
+    from ..library import readable_name
+    from ..recipes import AUTO_RECIPE, resolve_recipe
+    from ..train import Trainer
 
     # numbers first: a bad option is reported before the data is read (for either recipe of "auto")
     for new_classes in (True, False):
-        config(new_classes).check()
-    images = read_array(args.images, "images")
-    labels = apply_label_map(read_array(args.labels, "labels"), parse_label_map(args.label_map))
-    if images.ndim not in (2, 3):
-        raise UserInputError(f"images have shape {images.shape}; expected one grey image or a stack")
-    if images.shape != labels.shape:
-        raise UserInputError(f"images have shape {images.shape} but labels have shape {labels.shape}")
-    if labels.dtype.kind == "f":
-        labels = labels.astype(np.int64)
+        _train_config(args, out, new_classes).check()
+    images, labels = _training_data(args)
     model, new_classes = _train_start_model(args, labels)
     pretrained = args.start != "scratch"
     resumed = _interrupted_run(model) if args.resume else None
     if resumed is not None:  # the run goes on as it started, not as its checkpoint would start one
         new_classes, pretrained = resumed
-    cfg = config(new_classes, pretrained)
+    cfg = _train_config(args, out, new_classes, pretrained)
     if args.recipe == AUTO_RECIPE:
         why = "a class is new" if new_classes else "no class is new"
         why = "as the run it resumes" if resumed is not None else why
         print(f"recipe: {resolve_recipe(args.recipe, new_classes)} ({why})", file=sys.stderr)
+    steps, minutes = _run_length(args)
     record = {
         "source": "command line",
         "start_model": _start_label(args.start, library),
@@ -320,6 +288,96 @@ def cmd_train(args: argparse.Namespace) -> int:
         if entry is not None:
             library.finish(entry, None)  # a new entry goes, a resumed one stays unfinished
         raise
+    interrupted = _run_with_progress(trainer, library, entry)
+    _report_training(trainer, "stopped" if interrupted else "finished", out, library, entry, (name, record))
+    return 0
+
+
+def _model_output(args: argparse.Namespace, start_path: Path | None) -> Path | None:
+    """The checked ``-o`` model file (None: the model library keeps the model), and ``--resume``
+    checked against ``--from``; all before any data is read."""
+    out = Path(args.output) if args.output is not None else None
+    if out is not None:
+        if out.suffix != ".safetensors":
+            raise UserInputError(f"model output {out} must end in .safetensors")
+        resume_same = args.resume and start_path is not None and start_path.resolve() == out.resolve()
+        if not resume_same:
+            check_output(out, args.overwrite, "model output")
+        _check_writable(out)
+    elif args.overwrite:
+        raise UserInputError("--overwrite needs -o/--output: the model library never replaces a model")
+    if args.resume and start_path is None:
+        raise UserInputError("--resume needs --from with the model file or library model to go on from")
+    return out
+
+
+def _run_length(args: argparse.Namespace) -> tuple[int | None, float | None]:
+    """(steps, minutes) the run is planned for: --steps and --max-minutes, or the default minutes."""
+    steps, minutes = args.steps, args.max_minutes
+    if steps is None and minutes is None:
+        minutes = DEFAULT_TRAIN_MINUTES
+    return steps, minutes
+
+
+def _train_config(
+    args: argparse.Namespace, out: Path | None, new_classes: bool, pretrained: bool | None = None
+) -> Any:
+    """The TrainConfig of the recipe ``--recipe`` resolves to for ``new_classes``, with the single
+    settings the options override; ``pretrained`` defaults to "not --from scratch"."""
+    from ..recipes import recipe_config
+
+    if pretrained is None:
+        pretrained = args.start != "scratch"
+    steps, minutes = _run_length(args)
+    lr = args.lr
+    if lr is None and args.optimizer is not None:
+        lr = 1e-4 if args.optimizer == "adam" else 0.001
+    cfg = recipe_config(
+        args.recipe,
+        new_classes=new_classes,
+        pretrained=pretrained,
+        steps=steps,
+        max_minutes=minutes,
+        learning_rate=lr,
+        momentum=args.momentum,
+        optimizer=args.optimizer,
+        tile_size=args.tile,
+        batch_size=args.batch,
+        validation=args.validation,
+        val_fraction=args.val_fraction,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_path=None if out is None else str(out),
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+    )
+    if steps is None:
+        cfg.steps = None
+    if args.no_augment:
+        cfg.augment = None
+    return cfg
+
+
+def _training_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) read, the labels mapped with --label-map; shapes checked against each other."""
+    images = read_array(args.images, "images")
+    labels = apply_label_map(read_array(args.labels, "labels"), parse_label_map(args.label_map))
+    if images.ndim not in (2, 3):
+        raise UserInputError(f"images have shape {images.shape}; expected one grey image or a stack")
+    if images.shape != labels.shape:
+        raise UserInputError(f"images have shape {images.shape} but labels have shape {labels.shape}")
+    if labels.dtype.kind == "f":
+        labels = labels.astype(np.int64)
+    return images, labels
+
+
+def _run_with_progress(trainer: Any, library: Any, entry: Any) -> bool:
+    """Run ``trainer`` under a progress bar (into the library ``entry`` when there is one); the
+    first Ctrl-C stops after the current step, a second aborts. True when it was stopped."""
+    import signal
+
+    from ..library import keep_training
+
     interrupted = []
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop after this step; second: abort
@@ -346,11 +404,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                     )
     finally:
         signal.signal(signal.SIGINT, previous)
-    how = "stopped" if interrupted else "finished"
+    return bool(interrupted)
+
+
+def _report_training(
+    trainer: Any, how: str, out: Path | None, library: Any, entry: Any, named: tuple[str, dict]
+) -> None:
+    """The closing lines: where the model went (a -o file is added to the library under ``named``,
+    its name and record), which step's weights were kept, and the verdict against the start model."""
     kept = "kept in the model library as '{}' ('napari-unet models' lists it)"
     if out is not None:
         print(f"{how} after {trainer.step} steps; model -> {out}", file=sys.stderr)
         if trainer.step > 0:
+            name, record = named
             print(kept.format(library.add_file(out, name, **record).name), file=sys.stderr)
     elif entry is not None and entry.path.is_file():
         print(f"{how} after {trainer.step} steps; " + kept.format(entry.name), file=sys.stderr)
@@ -362,4 +428,3 @@ def cmd_train(args: argparse.Namespace) -> int:
         verdict = trainer.verdict()
         prefix = "verdict" if verdict.kind == "better" else "warning"
         print(f"{prefix}: {verdict.text}", file=sys.stderr)
-    return 0
