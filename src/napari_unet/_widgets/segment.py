@@ -1,30 +1,27 @@
 """The "Segment" dock: overlap-tile prediction streamed into a live Labels layer.
 
-Clicking **Segment** checks the inputs, loads the model and starts
-:func:`napari_unet.inference.predict_tiles` in a worker thread, the slice on screen first. Each
-finished tile is turned into class labels in the worker and copied into the output array on the main
-thread, so the labels appear tile by tile while the viewer stays interactive.
+Clicking **Segment** checks the inputs, loads the model, describes the run
+(:class:`napari_unet.stream.SegmentRequest`), chooses its sink (:func:`napari_unet.stream.layer_sinks`:
+class labels per tile, or a slice's objects) and starts :func:`napari_unet.stream.segment_slices` in
+a worker thread, the slice on screen first. Each finished tile is turned into labels in the worker
+and copied into the output array on the main thread, so the labels appear tile by tile while the
+viewer stays interactive.
 
 The output is the Labels layer "<image> segmentation": classes 1..K (0 = not segmented yet), or
-objects of one class (default: cells), which need a whole slice and so appear slice by slice. The first
-run paints straight into it. A later run paints into a temporary "<image> segmentation
-(running)" layer above it, with the previous result hidden so that the new tiles show, and replaces
-the previous result only when it finishes; if it is cancelled, the previous result is shown again and
-the finished tiles are kept as "... (partial)", which the next finished run removes.
+objects of one class (default: cells), which need a whole slice and so appear slice by slice. This
+module is the form (inputs, the plan line, the click); the output layers of a run, how a rerun
+replaces the previous result and what a cancelled one keeps, are :class:`._segment_output.LiveOutput`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -54,16 +51,15 @@ from . import (
     LayerComboBox,
     current_slice,
     grey_image,
-    image_key_of,
     is_alive,
     layer_data,
-    linked_layer,
     unwrap,
 )
 from ._library import LibraryModelChooser
-from ._notify import notify_info, notify_warning, user_errors
+from ._notify import user_errors
+from ._segment_output import LiveOutput, SegmentRun, count
 from ._session import session_for
-from ._worker import CANCELLED, DONE, TaskPanel, start_worker
+from ._worker import TaskPanel, start_worker
 
 __all__ = ["SegmentWidget", "class_features", "segmentation_tiles", "slice_order"]
 
@@ -74,51 +70,9 @@ CELLS = "cells (default)"
 TTA_CHOICES = {"off": "none", "4 flips (4x time)": "flips", "8 turns and flips (8x time)": "d4"}
 
 
-@dataclass
-class SegmentRun:
-    """What the dock knows about the segmentation it is running (main thread only)."""
-
-    #: the Labels layer painted into (None until napari has built it)
-    live: Any
-    #: the earlier result that a finished run replaces, or None
-    previous: Any
-    #: the array the tiles are copied into
-    buffer: np.ndarray
-    #: name of the output layer, and the keyword arguments it is built with
-    name: str
-    kwargs: dict[str, Any]
-    is_stack: bool
-    #: names of the model and the image, for the messages
-    model: str
-    image: str
-    image_layer: weakref.ref
-    #: shared with the worker: ``control["front"]`` is the slice on screen
-    control: dict[str, Any]
-    #: what is segmented: the slice on screen, the visible region or the whole stack
-    scope: str
-    #: megapixels of network input, for the throughput the next estimate uses
-    mpx: float
-    painted: int = 0
-    total: int = 0
-    t0: float = field(default_factory=time.perf_counter)
-    #: seconds from the click to the first painted tile
-    first_tile: float | None = None
-    #: the output layer was deleted mid-run
-    deleted: bool = False
-    #: the previous result, hidden while the rerun paints above it, shown again when it ends
-    hidden: Any = None
-    #: the image's key, which marks the partial results of its runs
-    key: str | None = None
-
-
 def class_features(model: Any) -> dict[str, list]:
     """A Labels ``features`` table naming each class of ``model`` (shown when hovering)."""
     return layer_roles.segmentation_features(class_names_of(model))
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 tile``, ``2 tiles``, ``1,024 tiles``: a count with its noun in the right number."""
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _instances_available() -> bool:
@@ -130,23 +84,12 @@ def _instances_available() -> bool:
     return hasattr(postprocess, "instances")
 
 
-#: largest share of the free memory the output layer may take
-MEMORY_SHARE = 0.5
-
-
-def _check_memory(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """Refuse a stack whose segmentation would not fit in memory, and say what to do instead."""
-    import psutil
-
-    need = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    free = psutil.virtual_memory().available
-    if need > MEMORY_SHARE * free:
-        raise UserInputError(
-            f"the segmentation of '{name}' would take {need / 2**30:.1f} GiB of memory and "
-            f"{free / 2**30:.1f} GiB are free; open part of the stack (Load EM stack: z-range) "
-            "or segment it block by block into zarr: napari-unet segment STACK -o OUT.zarr "
-            "--scheduler local"
-        )
+def _combo(items: Any, tip: str) -> QComboBox:
+    """A chooser of ``items`` (their text) with its tooltip."""
+    combo = QComboBox()
+    combo.addItems(list(items))
+    combo.setToolTip(tip)
+    return combo
 
 
 def _warm_up() -> None:
@@ -161,8 +104,6 @@ def _warm_up() -> None:
 
 #: what a run covers
 SCOPES = ("whole stack", "this slice", "visible region")
-#: painted tiles are shown together, at most this often (ms)
-REFRESH_MS = 60
 #: the viewer shortcut that segments the slice on screen
 SHORTCUT = "Alt-S"
 
@@ -174,21 +115,44 @@ class SegmentWidget(Dock):
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
         self.session = session_for(napari_viewer)
-        self.image_combo = LayerComboBox(napari_viewer, Image)
-        self.model_chooser = LibraryModelChooser(napari_viewer)  # the library too: earlier sessions' models
-        self.scope_combo = QComboBox()
-        self.scope_combo.addItems(list(SCOPES))
-        self.scope_combo.setToolTip(
-            f"What to segment; {SHORTCUT.replace('-', '+')} segments the slice on screen"
+        self._build_inputs()
+        self.segment_button = QPushButton("Segment")
+        self.segment_button.setToolTip(
+            "Fill '<image> segmentation' tile by tile, the slice on screen first; Cancel keeps the "
+            "finished tiles"
         )
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
-        self.device_combo.setToolTip(
-            "Where the network runs: auto takes a GPU (CUDA or Apple MPS) when there is one, else the CPU"
+        self.segment_button.clicked.connect(self.segment)
+        self.task = TaskPanel("Cancel")
+        self.task.finished.connect(self._on_finished)
+        self._lay_out()
+        #: the output layers of the runs, and the run painting now
+        self.output = LiveOutput(napari_viewer, self)
+        #: measured seconds per input megapixel of the last run, per model name
+        self._rates: dict[str, float] = {}
+        #: seconds per input megapixel of one tile timed before any run, per (model, device,
+        #: precision); a measured run's rate replaces it
+        self._timed: dict[tuple[str, str, str], float] = {}
+        self._timing: set[tuple[str, str, str]] = set()
+        #: answer for the next run when a slow tile size needs confirming (tests set it)
+        self.confirm_slow: Callable[[str], bool] | None = None
+        self._connect()
+        self._bind_shortcut()
+        _warm_up()
+        self.model_chooser.preload()
+        self._show_plan()
+
+    def _build_inputs(self) -> None:
+        """The form's fields: image, model, scope, device, precision, tile, tta, output, class."""
+        self.image_combo = LayerComboBox(self.viewer, Image)
+        self.model_chooser = LibraryModelChooser(self.viewer)  # the library too: earlier sessions' models
+        self.scope_combo = _combo(
+            SCOPES, f"What to segment; {SHORTCUT.replace('-', '+')} segments the slice on screen"
         )
-        self.precision_combo = QComboBox()
-        self.precision_combo.addItems(list(PRECISIONS))
-        self.precision_combo.setToolTip("bf16 is faster where the hardware computes it natively")
+        self.device_combo = _combo(
+            DEVICES,
+            "Where the network runs: auto takes a GPU (CUDA or Apple MPS) when there is one, else the CPU",
+        )
+        self.precision_combo = _combo(PRECISIONS, "bf16 is faster where the hardware computes it natively")
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 8192)
         self.tile_spin.setSingleStep(16)
@@ -200,38 +164,28 @@ class SegmentWidget(Dock):
         )
         self.plan_label = QLabel("")
         self.plan_label.setWordWrap(True)
-        self.tta_combo = QComboBox()
-        self.tta_combo.addItems(list(TTA_CHOICES))
-        self.tta_combo.setToolTip(
+        self.tta_combo = _combo(
+            TTA_CHOICES,
             "Average the network over flipped and turned copies of each tile: slower, but fewer "
-            "gaps in membranes and so fewer merged cells"
+            "gaps in membranes and so fewer merged cells",
         )
-        self.output_combo = QComboBox()
-        self.output_combo.addItems(list(OUTPUTS))
-        self.output_combo.setToolTip(
+        self.output_combo = _combo(
+            OUTPUTS,
             "classes: one label per class (membrane, cell, ...); instances: one id per object of "
-            "the class below, for counting and measuring"
+            "the class below, for counting and measuring",
         )
         if not _instances_available():
             item = self.output_combo.model().item(OUTPUTS.index("instances"))
             item.setEnabled(False)
             item.setToolTip("instance labels are not available in this version")
-        self.instance_combo = QComboBox()
-        self.instance_combo.setEditable(True)
-        self.instance_combo.addItems([CELLS, *model_class_names()])
-        self.instance_combo.setToolTip(
+        self.instance_combo = _combo(
+            (CELLS, *model_class_names()),
             "Objects of which class: cells are split along the membranes between them, other "
-            "classes are connected components split at thin necks"
+            "classes are connected components split at thin necks",
         )
-        self.segment_button = QPushButton("Segment")
-        self.segment_button.setToolTip(
-            "Fill '<image> segmentation' tile by tile, the slice on screen first; Cancel keeps the "
-            "finished tiles"
-        )
-        self.segment_button.clicked.connect(self.segment)
-        self.task = TaskPanel("Cancel")
-        self.task.finished.connect(self._on_finished)
+        self.instance_combo.setEditable(True)
 
+    def _lay_out(self) -> None:
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_chooser)
@@ -247,34 +201,19 @@ class SegmentWidget(Dock):
         layout.addLayout(form)
         layout.addStretch(1)
         self.pin(self.segment_button, self.task)
-        self._run: SegmentRun | None = None
-        self._refresh_timer = QTimer(self)
-        self._refresh_timer.setSingleShot(True)
-        self._refresh_timer.setInterval(REFRESH_MS)
-        self._refresh_timer.timeout.connect(self._refresh_live)
-        #: measured seconds per input megapixel of the last run, per model name
-        self._rates: dict[str, float] = {}
-        #: seconds per input megapixel of one tile timed before any run, per (model, device,
-        #: precision); a measured run's rate replaces it
-        self._timed: dict[tuple[str, str, str], float] = {}
-        self._timing: set[tuple[str, str, str]] = set()
-        #: answer for the next run when a slow tile size needs confirming (tests set it)
-        self.confirm_slow: Callable[[str], bool] | None = None
 
-        for widget in (self.tile_spin,):
-            widget.valueChanged.connect(self._show_plan)
+    def _connect(self) -> None:
+        """The plan follows the form; the docks of this viewer follow each other's image; a run
+        follows the slice on screen and stops when its layer is deleted."""
+        self.tile_spin.valueChanged.connect(self._show_plan)
         for combo in (self.image_combo, self.scope_combo, self.tta_combo, self.device_combo):
             combo.currentIndexChanged.connect(self._show_plan)
         self.model_chooser.changed.connect(self._show_plan)
         self.image_combo.activated.connect(self._on_image_chosen)
         self.session.image_chosen.connect(self._follow_image)
         self.session.model_offered.connect(self._offer_model)
-        napari_viewer.dims.events.current_step.connect(self._on_slice_changed)
-        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
-        self._bind_shortcut()
-        _warm_up()
-        self.model_chooser.preload()
-        self._show_plan()
+        self.viewer.dims.events.current_step.connect(self._on_slice_changed)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ the dock's life
     def _bind_shortcut(self) -> None:
@@ -421,7 +360,7 @@ class SegmentWidget(Dock):
         used = f"{est.tile[0]} x {est.tile[1]} px"
         if typed and est.tile[0] != typed and est.tile[1] != typed:
             used += f" (the network takes {est.tile[0]}, not {typed})"
-        text = f"{used}: {_count(est.tiles, 'tile')}, about {format_seconds(est.seconds)}"
+        text = f"{used}: {count(est.tiles, 'tile')}, about {format_seconds(est.seconds)}"
         if typed and est.ratio > 1.5:
             text += f", {est.ratio:.0f}x the auto tile's {format_seconds(est.auto_seconds)}"
         self.plan_label.setText(text)
@@ -456,8 +395,7 @@ class SegmentWidget(Dock):
             self._start(scope)
 
     def _start(self, scope: str | None = None) -> None:
-        from napari_unet.tileplan import format_seconds
-
+        """Check the inputs, confirm a slow tile, then start the worker and show the output."""
         output = self.output_combo.currentText()
         if output == "instances" and not _instances_available():
             raise UserInputError("instance labels are not available in this version; use classes")
@@ -468,67 +406,9 @@ class SegmentWidget(Dock):
         tile = self._tile_size(model)
         scope = self._scope(scope, data)
         est = self._estimate(model, model_name, data, scope)
-        if tile is not None and est.needs_confirming:
-            question = (
-                f"Tile {tile} px makes {est.tiles:,} tiles, about {format_seconds(est.seconds)}: "
-                f"{est.ratio:.0f}x the {format_seconds(est.auto_seconds)} of the automatic tile. "
-                "Segment anyway?"
-            )
-            if not self._confirm(question):
-                self.task.status.setText("not started: choose a larger tile size, or auto")
-                return
-        is_stack = data.ndim == 3
-        here = self._current_slice(image_layer) if is_stack else 0
-        if not is_stack:
-            z_order = None
-        elif scope == "whole stack":
-            z_order = slice_order(data.shape[0], here)
-        else:
-            z_order = [here]
-        crop = self._visible_crop(image_layer) if scope == "visible region" else None
-        if output == "instances":
-            dtype = np.dtype(np.uint32)
-        else:
-            dtype = np.dtype(np.uint8 if model.n_classes < 255 else np.uint16)
-
-        key = image_key_of(image_layer)
-        names = class_names_of(model)
-        kwargs = layer_roles.segmentation_layer(
-            image_layer.name, names, key=key, instances=output == "instances"
-        )
-        name = kwargs["name"]
-        previous = self._previous_output(image_layer, data.shape)
-        in_place = scope != "whole stack" and previous is not None
-        if in_place and previous.data.dtype != dtype:
-            in_place = False
-        if in_place:
-            buffer = previous.data
-        else:
-            _check_memory(image_layer.name, data.shape, dtype)
-            buffer = np.zeros(data.shape, dtype=dtype)
-            if previous is not None and scope != "whole stack":
-                buffer[...] = np.asarray(previous.data, dtype=dtype)
-        control: dict[str, Any] = {"front": None, "glance": None}
-        if crop is None:
-            seen = self._visible_crop(image_layer) or (0, data.shape[-2], 0, data.shape[-1])
-            control["glance"] = ((seen[0] + seen[1]) / 2, (seen[2] + seen[3]) / 2)
-        self._run = SegmentRun(
-            live=previous if in_place else None,
-            previous=None if in_place else previous,
-            buffer=buffer,
-            name=name,
-            kwargs=kwargs,
-            is_stack=is_stack,
-            model=model_name,
-            image=image_layer.name,
-            image_layer=weakref.ref(image_layer),
-            control=control,
-            scope=scope,
-            mpx=est.input_mpx,
-            key=key,
-        )
-        self.segment_button.setEnabled(False)
-        # The worker starts first, so the network computes while napari builds the layer.
+        if tile is not None and est.needs_confirming and not self._confirm_tile(tile, est):
+            self.task.status.setText("not started: choose a larger tile size, or auto")
+            return
         request = SegmentRequest(
             tile_shape=tile,
             device=device,
@@ -536,16 +416,20 @@ class SegmentWidget(Dock):
             tta=TTA_CHOICES[self.tta_combo.currentText()],
             output=output,
             instance_class=self._instance_class(model) if output == "instances" else None,
-            crop=crop,
+            crop=self._visible_crop(image_layer) if scope == "visible region" else None,
         )
-        sinks = layer_sinks(model, request, dtype)  # Paint, or Sections for instances
+        control = self._control(image_layer, request)
+        run = self.output.begin(image_layer, model, model_name, request, scope, est.input_mpx, control)
+        sinks = layer_sinks(model, request, run.buffer.dtype)  # Paint, or Sections for instances
+        self.segment_button.setEnabled(False)
+        # The worker starts first, so the network computes while napari builds the layer.
         self.task.start(
             segment_slices,
             model,
             data,
             request,
             sinks,
-            z_order,
+            self._z_order(image_layer, data, scope),
             control,
             on_yield=self._paint,
             progress=lambda t: (
@@ -555,152 +439,62 @@ class SegmentWidget(Dock):
             ),
             message=f"segmenting '{image_layer.name}' ({scope}) with {model_name}…",
         )
-        if not in_place:
-            live_kwargs = dict(kwargs)
-            if previous is not None:
-                live_kwargs["name"] = f"{name} (running)"
-                # a segmentation, linked to the image only once it replaces the previous result
-                live_kwargs["metadata"] = layer_roles.role_metadata(layer_roles.SEGMENTATION, None)
-            self._run.live = self.viewer.add_labels(
-                buffer,
-                scale=image_layer.scale,
-                translate=image_layer.translate,
-                units=image_layer.units,
-                **live_kwargs,
-            )
-            if previous is not None and previous.visible:
-                previous.visible = False  # else the old labels show through where no tile is yet
-                self._run.hidden = previous
+        self.output.show()
 
-    def _previous_output(self, image_layer: Any, shape: tuple[int, ...]) -> Any | None:
-        """The image's current segmentation layer (linked to it by role), if it fits the image."""
-        found = linked_layer(self.viewer, image_layer, layer_roles.SEGMENTATION)
-        if isinstance(found, Labels) and tuple(found.data.shape) == tuple(shape):
-            if isinstance(found.data, np.ndarray):
-                return found
-        return None
+    def _confirm_tile(self, tile: int, est: Any) -> bool:
+        """Ask whether to go on with a tile that makes the run much slower than the automatic one."""
+        from napari_unet.tileplan import format_seconds
+
+        return self._confirm(
+            f"Tile {tile} px makes {est.tiles:,} tiles, about {format_seconds(est.seconds)}: "
+            f"{est.ratio:.0f}x the {format_seconds(est.auto_seconds)} of the automatic tile. "
+            "Segment anyway?"
+        )
+
+    def _z_order(self, image_layer: Any, data: Any, scope: str) -> list[int] | None:
+        """The slices to segment, the one on screen first (None for a single image)."""
+        if data.ndim != 3:
+            return None
+        here = self._current_slice(image_layer)
+        return slice_order(data.shape[0], here) if scope == "whole stack" else [here]
+
+    def _control(self, image_layer: Any, request: SegmentRequest) -> dict[str, Any]:
+        """What the dock tells the worker while it runs: the slice on screen (``front``, set as
+        the user moves) and, without a crop, the centre of the view to look at first."""
+        control: dict[str, Any] = {"front": None, "glance": None}
+        if request.crop is None:
+            data = layer_data(image_layer)
+            seen = self._visible_crop(image_layer) or (0, data.shape[-2], 0, data.shape[-1])
+            control["glance"] = ((seen[0] + seen[1]) / 2, (seen[2] + seen[3]) / 2)
+        return control
+
+    @property
+    def _run(self) -> SegmentRun | None:
+        """The run painting now (the output's), or None."""
+        return self.output.run
 
     def _on_slice_changed(self, *_: Any) -> None:
         """Move the slice on screen to the front of the running segmentation's queue."""
-        run = self._run
-        if run is None or not run.is_stack or not is_alive(self):
-            return
-        image = run.image_layer()
-        if image is not None and image in self.viewer.layers:
-            run.control["front"] = self._current_slice(image)
+        if is_alive(self):
+            self.output.follow_slice()
 
     def _on_layer_removed(self, event: Any) -> None:
         """The output layer was deleted mid-run: stop, and say so."""
-        run = self._run
-        if run is None or not is_alive(self):
-            return
-        if event.value is run.live:
-            run.deleted = True
+        if is_alive(self) and self.output.removed(event.value):
             self.task.cancel()
 
     def _paint(self, tile: PaintTile) -> None:
         """Main thread: copy one finished tile into the output and show it if it is on screen."""
-        run = self._run
-        if run is None or tile.labels is None:
-            return
-        run.buffer[tile.region] = tile.labels
-        run.painted += 1
-        run.total = tile.total
-        if run.first_tile is None:
-            run.first_tile = time.perf_counter() - run.t0
-        live = run.live
-        if live is None or live not in self.viewer.layers:
-            return
-        if run.is_stack and self.viewer.dims.ndisplay == 2:
-            if self._current_slice(live) != tile.region[0]:
-                return  # painted into the array; napari shows it when that slice comes up
-        # one redraw for the tiles that arrive within REFRESH_MS: redrawing a large slice per tile
-        # would hold up the event loop while the user scrolls
-        if not self._refresh_timer.isActive():
-            self._refresh_timer.start()
-
-    def _refresh_live(self) -> None:
-        run = self._run
-        live = run.live if run is not None else None
-        if live is not None and live in self.viewer.layers:
-            live.refresh()
+        self.output.paint(tile)
 
     def _on_finished(self, outcome: str) -> None:
-        if self._refresh_timer.isActive():
-            self._refresh_timer.stop()
-            self._refresh_live()
-        run, self._run = self._run, None
+        ended = self.output.finish(outcome)
         self.segment_button.setEnabled(True)
-        if run is None:
+        if ended is None:
             return
-        live, previous, layers = run.live, run.previous, self.viewer.layers
-        if run.hidden is not None and run.hidden in layers:
-            run.hidden.visible = True
-        seconds = time.perf_counter() - run.t0
-        if live is None:  # the output layer could not be made; the run had nowhere to show
-            return
-        if run.deleted:
-            self.task.status.setText(f"stopped: the output layer '{live.name}' was deleted; nothing was kept")
-            notify_warning(f"segmentation of '{run.image}' stopped: its output layer was deleted")
-            return
-        if outcome == DONE:
-            if run.mpx > 0 and seconds > 0:
-                self._rates[run.model] = seconds / run.mpx
-            if previous is not None:
-                if previous in layers:
-                    previous.data = run.buffer
-                    previous.features = live.features
-                    previous.colormap = live.colormap
-                    previous.opacity = live.opacity
-                    previous.metadata = {**previous.metadata, **run.kwargs["metadata"]}
-                else:
-                    previous = None
-                if live in layers:
-                    layers.remove(live)
-                if previous is None:
-                    kwargs = dict(run.kwargs)
-                    self.viewer.add_labels(
-                        run.buffer,
-                        scale=live.scale,
-                        translate=live.translate,
-                        units=live.units,
-                        **kwargs,
-                    )
-            self._remove_stale_partials(run.name, run.key)
-            self.task.status.setText(
-                f"segmented '{run.image}' ({run.scope}) with {run.model}: "
-                f"{_count(run.total, 'tile')} in {seconds:.1f} s"
-            )
-            notify_info(f"segmented '{run.image}' in {seconds:.1f} s")
+        line, run = ended
+        self.task.status.setText(line)
+        if run.seconds is not None:  # finished, and kept whole
+            if run.mpx > 0 and run.seconds > 0:
+                self._rates[run.model] = run.seconds / run.mpx
             self._show_plan()
-            return
-        kept = run.painted
-        if previous is not None or live.name.endswith("(running)"):
-            if kept == 0 and live in layers:
-                layers.remove(live)  # nothing finished: leave the viewer as it was
-            elif live in layers:
-                self._remove_stale_partials(run.name, run.key)
-                live.name = f"{run.name} (partial)"
-                live.metadata = {
-                    **live.metadata,
-                    **layer_roles.role_metadata(layer_roles.SEGMENTATION, None, partial_of=run.key),
-                }
-        elif kept == 0 and live in layers and run.scope == "whole stack":
-            layers.remove(live)
-        what = "cancelled" if outcome == CANCELLED else "stopped by an error"
-        self.task.status.setText(f"{what}: kept {kept} of {run.total or '?'} tiles")
-        if outcome == CANCELLED:
-            notify_warning(f"segmentation {what}; {kept} finished tiles kept")
-
-    def _remove_stale_partials(self, name: str, key: str | None) -> None:
-        """Drop the partial results of earlier runs on this image, renamed or not: a newer result
-        is there now."""
-        layers = self.viewer.layers
-
-        def stale(layer: Any) -> bool:
-            entry = (getattr(layer, "metadata", None) or {}).get(layer_roles.ROLE_KEY) or {}
-            marked = key is not None and isinstance(entry, dict) and entry.get("partial_of") == key
-            return marked or layer.name.startswith(f"{name} (partial")
-
-        for layer in [ly for ly in layers if stale(ly)]:
-            layers.remove(layer)
