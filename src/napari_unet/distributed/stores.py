@@ -1,4 +1,5 @@
-"""The partial output stores: creation, completion markers, resume checks, and the swap into place."""
+"""The partial output stores: creation, completion markers, resume checks, and the swap into place;
+a run's stores are prepared (created, or an earlier run's resumed) by :func:`prepare_stores`."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import contextlib
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .block import read_block_input, window_digest
+import numpy as np
+
+from ..errors import UserInputError
+from ..model import UNet
+from .block import cpu_cores, read_block_input, window_digest
 from .geometry import Block, BlockPlan
 
 #: Folder inside the partial labels store that holds one empty file per finished block.
@@ -98,3 +104,87 @@ def image_identity(image: Any) -> str:
     from dask.base import tokenize
 
     return f"token:{tokenize(image)}"
+
+
+# ------------------------------------------------------------------- a run's partial stores, resume
+
+
+@dataclass(frozen=True)
+class PartialStores:
+    """The hidden partial stores of a run and the folder of its blocks' completion markers."""
+
+    labels: Path
+    probabilities: Path | None
+    markers: Path
+    #: the stores are an earlier run's with the same fingerprint, kept with their markers
+    resumed: bool
+
+
+def prepare_stores(
+    model: UNet, image: Any, plan: BlockPlan, out: Path, prob_out: Path | None, fingerprint: str
+) -> PartialStores:
+    """Reuse the partial stores of an earlier run with the same fingerprint, else create them."""
+    tmp = partial_path(out)
+    tmp_p = partial_path(prob_out) if prob_out is not None else None
+    markers = tmp / MARKER_DIR
+    old = store_attrs(tmp) if tmp.exists() else None
+    old_p = store_attrs(tmp_p) if tmp_p is not None and tmp_p.exists() else None
+    resumable = (
+        old is not None
+        and old.get("fingerprint") == fingerprint
+        and markers.is_dir()
+        and (tmp_p is None or (old_p is not None and old_p.get("fingerprint") == fingerprint))
+    )
+    stores = PartialStores(tmp, tmp_p, markers, resumable)
+    if not resumable:
+        _create_stores(model, image, plan, stores, fingerprint)
+    return stores
+
+
+def _create_stores(model: UNet, image: Any, plan: BlockPlan, stores: PartialStores, fingerprint: str) -> None:
+    """Fresh, empty partial stores (removing any earlier ones) and an empty marker folder."""
+    k = model.n_classes
+    shape = tuple(int(s) for s in image.shape)
+    info = {
+        "fingerprint": fingerprint,
+        "complete": False,
+        "tile_shape": list(plan.tiles.tile_shape),
+        "chunks": list(plan.chunks),
+        "n_classes": k,
+        "class_names": [str(c) for c in (model.metadata.get("classes") or [])],
+    }
+    for p in (stores.labels, stores.probabilities):
+        if p is not None and (p.exists() or p.is_symlink()):
+            remove_store(p)
+    try:
+        create_store(stores.labels, shape, plan.output_chunks, np.uint8, {**info, "kind": "labels"})
+        if stores.probabilities is not None:
+            create_store(
+                stores.probabilities,
+                (k, *shape),
+                (k, *plan.output_chunks),
+                np.float32,
+                {**info, "kind": "probabilities"},
+            )
+        stores.markers.mkdir()
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot create {stores.labels} ({exc.strerror or exc}); check the folder and free space"
+        ) from None
+
+
+def blocks_done(
+    image: Any, plan: BlockPlan, stores: PartialStores, workers: int | None
+) -> tuple[set[str], int]:
+    """Keys of the blocks an earlier run finished on the same input, and how many changed since.
+
+    Only blocks whose input is unchanged are resumed; the others are computed again.
+    """
+    if not stores.resumed:
+        return set(), 0
+    recorded = {p.name for p in stores.markers.iterdir()}
+    if not recorded:
+        return set(), 0
+    done = verify_done(image, plan, stores.markers, recorded, int(workers or min(4, cpu_cores())))
+    return done, len(recorded) - len(done)
+
