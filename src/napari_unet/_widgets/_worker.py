@@ -212,6 +212,9 @@ def wait_for_workers(timeout_s: float = EXIT_WAIT_S) -> bool:
 atexit.register(wait_for_workers)
 
 
+# ``*args`` and ``**kwargs`` are ``func``'s own arguments, passed on untouched; the keywords are
+# the callbacks and switches every dock names at its call, so they stay keywords (a settings
+# object would have to be built at each of the docks' calls for nothing).
 def start_worker(
     func: Callable[..., Any],
     *args: Any,
@@ -246,30 +249,47 @@ def start_worker(
     """
     args = tuple(own_reads(a) for a in args)
     kwargs = {k: own_reads(v) for k, v in kwargs.items()}
+    worker = _create(func, args, kwargs, lower_priority)
+    if on_yield is not None and isinstance(worker, GeneratorWorker):
+        worker.yielded.connect(on_yield)
+    _connect_outcome(worker, on_done, on_error, on_finish)
+    worker._track()
+    if start:
+        worker.start()
+    return worker
+
+
+def _create(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any], lower_priority: bool) -> Worker:
+    """An unstarted worker for ``func``: a generator worker that closes its generator in its
+    thread, or a function worker; either way an exception of the work comes back as a
+    :class:`_Failure` result."""
+    if inspect.isgeneratorfunction(func):
+        guarded: Callable[..., Any] = _guarded_generator
+        worker_class: type = _ClosingGeneratorWorker
+    else:
+        guarded, worker_class = _guarded_function, _QuietFunctionWorker
+    return create_worker(
+        guarded,
+        func,
+        lower_priority,
+        *args,
+        _worker_class=worker_class,
+        _ignore_errors=True,
+        **kwargs,
+    )
+
+
+def _connect_outcome(
+    worker: Worker,
+    on_done: Callable[[Any], None] | None,
+    on_error: Callable[[BaseException], None] | None,
+    on_finish: Callable[[str], None] | None,
+) -> None:
+    """Connect the worker's end to the callbacks (a failure is notified first; ``on_finish``
+    comes last with DONE, CANCELLED or FAILED), and hold the garbage collector's freeze while it
+    runs (:func:`_hold_collector`). The slots are closures, so the worker's signals keep them."""
     # set by returned/errored; a run that ends with neither was cancelled
     outcome: dict[str, str | None] = {"value": None}
-    if inspect.isgeneratorfunction(func):
-        worker: Worker = create_worker(
-            _guarded_generator,
-            func,
-            lower_priority,
-            *args,
-            _worker_class=_ClosingGeneratorWorker,
-            _ignore_errors=True,
-            **kwargs,
-        )
-        if on_yield is not None:
-            worker.yielded.connect(on_yield)
-    else:
-        worker = create_worker(
-            _guarded_function,
-            func,
-            lower_priority,
-            *args,
-            _worker_class=_QuietFunctionWorker,
-            _ignore_errors=True,
-            **kwargs,
-        )
 
     def returned(result: Any) -> None:
         outcome["value"] = FAILED if isinstance(result, _Failure) else DONE
@@ -316,10 +336,6 @@ def start_worker(
     if isinstance(worker, GeneratorWorker):
         worker.yielded.connect(settled)
     worker.finished.connect(finished)
-    worker._track()
-    if start:
-        worker.start()
-    return worker
 
 
 @dataclass
@@ -394,6 +410,8 @@ class TaskPanel(QWidget):
         if text is not None:
             self.status.setText(text)
 
+    # start_worker's parameters (its reason applies) and what this panel shows: ``progress``,
+    # ``cancel``, ``cancellable`` and ``message``; the docks name each at their call.
     def start(
         self,
         func: Callable[..., Any],
