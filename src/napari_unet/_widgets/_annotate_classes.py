@@ -1,56 +1,118 @@
-"""The class palette of the Annotate dock: list, select, add, rename and remove classes."""
+"""The Annotate dock's class palette: list, select, add, rename and remove classes.
+
+:class:`ClassesPanel` owns the class list and its buttons. It edits the annotation layer the
+layer panel hands it (:meth:`~._annotate_layers.LayersPanel.layer_to_edit`); a change of classes
+reaches the counts and the Fine-tune dock through the session's ``classes_changed``, and a removed
+class's paint through the autosaver's ``edited``. It follows the chosen layer through the session's
+``annotations_chosen``.
+"""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
-from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QListWidget,
     QListWidgetItem,
     QMessageBox,
+    QPushButton,
+    QVBoxLayout,
 )
 
 from napari_unet import annotation as core
-from napari_unet import layers as roles
 from napari_unet.errors import UserInputError
 
 from . import is_alive
-from ._annotation_layers import (
-    class_names,
-    default_classes,
-    swatch_icon,
-)
+from ._annotation_layers import apply_classes, class_names, swatch_icon
 from ._notify import notify_error, user_errors
 
+__all__ = ["ClassesPanel"]
 
-class ClassPalette:
-    """Part of :class:`~napari_unet._widgets.annotate.AnnotateWidget`.
 
-    A mixin: it uses the dock's widgets, viewer and layers, and is never used alone.
-    """
+def _row_label(item: QListWidgetItem) -> int:
+    """The label (1-based class index) a row of the class list stands for."""
+    return int(item.data(Qt.ItemDataRole.UserRole))
 
-    def classes(self) -> list[str]:
-        """Class names of the chosen annotation layer (or those a new layer would get)."""
-        layer = self.labels_combo.layer()
-        names = class_names(layer) if layer is not None else None
-        if names:
-            return names
-        image = self.image_combo.layer()
-        return self._default_classes(image)
 
-    def _default_classes(self, image: Any | None) -> list[str]:
-        if image is not None:
-            seg = self._segmentation_for(image)
-            names = class_names(seg) if seg is not None else None
-            if names:
-                return names
-        return default_classes()
+class ClassesPanel(QGroupBox):
+    """The classes of the chosen annotation layer: click to paint, add, rename, remove."""
 
-    def _show_classes(self) -> None:
-        layer = self.labels_combo.layer()
-        names = self.classes()
+    def __init__(self, viewer: Any, layers: Any) -> None:
+        super().__init__("Classes (click to paint, double-click to rename)")
+        self.viewer = viewer
+        #: the layer panel: the chosen image and annotation layer, asked through its methods
+        self.layers = layers
+        self.session = layers.session
+        self.autosaver = layers.autosaver
+        self.closed = False
+        #: answer for removing a class that has paint (tests set it); None asks in a dialog
+        self.confirm_remove: Any = None
+        self._label_events: weakref.ref | None = None
+
+        self.class_list = QListWidget()
+        self.class_list.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked)
+        self.class_list.setMaximumHeight(120)
+        self.class_list.itemClicked.connect(lambda item: self.select_class(_row_label(item)))
+        self.class_list.itemChanged.connect(self._on_item_edited)
+        self.class_name_edit = QLineEdit()
+        self.class_name_edit.setPlaceholderText("class name")
+        self.add_class_button = QPushButton("Add")
+        self.add_class_button.clicked.connect(lambda: self.add_class(self.class_name_edit.text()))
+        self.rename_class_button = QPushButton("Rename")
+        self.rename_class_button.setToolTip("Rename the selected class (or double-click it)")
+        self.rename_class_button.clicked.connect(self._rename_selected)
+        self.remove_class_button = QPushButton("Remove")
+        self.remove_class_button.setToolTip(
+            "Remove the selected class: Fine-tune then drops its output channel; its painted "
+            "pixels become 'not annotated' (asked first)"
+        )
+        self.remove_class_button.clicked.connect(self._remove_selected)
+
+        name_row = QHBoxLayout()
+        name_row.setContentsMargins(0, 0, 0, 0)
+        name_row.addWidget(self.class_name_edit, 1)
+        name_row.addWidget(self.add_class_button)
+        name_row.addWidget(self.rename_class_button)
+        name_row.addWidget(self.remove_class_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.class_list)
+        layout.addLayout(name_row)
+        self.session.annotations_chosen.connect(self._on_chosen)
+
+    def dock_closed(self) -> None:
+        """Stop following the session and the annotation layer's selected label."""
+        self.closed = True
+        self.session.annotations_chosen.disconnect(self._on_chosen)
+        self._listen_to(None)
+
+    def _listen_to(self, layer: Any | None) -> None:
+        """Follow the selected label of ``layer`` (and no other layer's)."""
+        old = self._label_events() if self._label_events is not None else None
+        if old is layer:
+            return
+        if old is not None:
+            old.events.selected_label.disconnect(self._on_selected_label)
+        if layer is not None:
+            layer.events.selected_label.connect(self._on_selected_label)
+        self._label_events = weakref.ref(layer) if layer is not None else None
+
+    def _on_chosen(self, _image: Any, layer: Any) -> None:
+        if not is_alive(self) or self.closed:
+            return
+        self._listen_to(layer)
+        self.show_classes()
+
+    def show_classes(self) -> None:
+        """List the classes of the chosen annotation layer, the brush's class selected."""
+        layer = self.layers.annotations()
+        names = self.layers.classes()
         current = int(layer.selected_label) if layer is not None else -1
         self.class_list.blockSignals(True)
         try:
@@ -66,34 +128,10 @@ class ClassPalette:
         finally:
             self.class_list.blockSignals(False)
 
-    @staticmethod
-    def _row_label(item: QListWidgetItem) -> int:
-        return int(item.data(Qt.ItemDataRole.UserRole))
-
-    def _apply_classes(self, layer: Any, names: list[str]) -> None:
-        """Store class names on the layer and colour each class with its fixed colour."""
-        layer.features = core.class_features(names)
-        layer.colormap = DirectLabelColormap(color_dict=roles.class_palette(names))
-        if roles.role_of(layer.metadata) == roles.ANNOTATIONS:
-            self.session.classes_changed.emit(list(names))
-
-    def _layer_for_classes(self) -> Any:
-        """The chosen annotation layer, checked against the image (shape) and tied to it."""
-        image = self.image_combo.layer()
-        layer = self.labels_combo.layer()
-        if layer is None:
-            raise UserInputError("no annotation layer; click 'New annotation layer' first")
-        if image is not None:
-            self._check_shape(layer, image)
-            self._track(layer, image, tie=True)
-        if class_names(layer) is None:
-            self._apply_classes(layer, self.classes())
-        return layer
-
     def select_class(self, index: int) -> None:
         """Paint with class ``index`` (1-based): the brush's label becomes ``index``."""
         with user_errors():
-            layer = self._layer_for_classes()
+            layer = self.layers.layer_to_edit()
             layer.selected_label = int(index)
             if layer.mode in ("pan_zoom", "transform", "pick"):
                 layer.mode = "paint"
@@ -102,28 +140,26 @@ class ClassPalette:
     def add_class(self, name: str) -> None:
         """Add a class called ``name`` (the next label) and select it for painting."""
         with user_errors():
-            layer = self._layer_for_classes()
+            layer = self.layers.layer_to_edit()
             names = core.add_class(class_names(layer) or [], name)
-            self._apply_classes(layer, names)
+            apply_classes(layer, names, self.session)
             self.class_name_edit.clear()
-            self._show_classes()
-            self._show_counts()
+            self.show_classes()
             self.select_class(len(names))
 
     def rename_class(self, index: int, name: str) -> None:
         """Call class ``index`` (1-based) ``name``."""
         with user_errors():
-            layer = self._layer_for_classes()
+            layer = self.layers.layer_to_edit()
             names = core.rename_class(class_names(layer) or [], int(index), name)
-            self._apply_classes(layer, names)
+            apply_classes(layer, names, self.session)
             self.class_name_edit.clear()
-        self._show_classes()
-        self._show_counts()
+        self.show_classes()
 
     def remove_class(self, index: int) -> None:
         """Remove class ``index`` (1-based); its painted pixels become 'not annotated'."""
         with user_errors():
-            layer = self._layer_for_classes()
+            layer = self.layers.layer_to_edit()
             names = class_names(layer) or []
             if not 1 <= int(index) <= len(names):
                 raise UserInputError(f"there is no class {index}; classes are 1..{len(names)}")
@@ -131,11 +167,10 @@ class ClassPalette:
             if painted and not self._confirm_remove(names[int(index) - 1]):
                 return
             new = core.remove_class(names, int(index), layer.data)
-            self._apply_classes(layer, new)
+            apply_classes(layer, new, self.session)
             layer.refresh()
-            self.autosaver.mark(layer, None)
-            self._show_classes()
-            self._recount(all_slices=True)
+            self.autosaver.mark(layer, None)  # the counts recount every slice
+            self.show_classes()
 
     def _confirm_remove(self, name: str) -> bool:
         if self.confirm_remove is not None:
@@ -154,22 +189,22 @@ class ClassPalette:
         if item is None:
             notify_error("click the class to remove first")
             return
-        self.remove_class(self._row_label(item))
+        self.remove_class(_row_label(item))
 
     def _rename_selected(self) -> None:
         item = self.class_list.currentItem()
         if item is None:
             notify_error("click the class to rename first")
             return
-        self.rename_class(self._row_label(item), self.class_name_edit.text())
+        self.rename_class(_row_label(item), self.class_name_edit.text())
 
     def _on_item_edited(self, item: QListWidgetItem) -> None:
-        index, text = self._row_label(item), item.text()
+        index, text = _row_label(item), item.text()
         # rebuilding the list inside its own itemChanged signal is unsafe: do it right after
         QTimer.singleShot(0, lambda: is_alive(self) and self.rename_class(index, text))
 
     def _on_selected_label(self, event: Any) -> None:
-        if not is_alive(self) or event.source is not self.labels_combo.layer():
+        if not is_alive(self) or event.source is not self.layers.annotations():
             return
         label = int(event.source.selected_label)
         self.class_list.blockSignals(True)
@@ -177,7 +212,7 @@ class ClassPalette:
             self.class_list.clearSelection()
             for row in range(self.class_list.count()):
                 item = self.class_list.item(row)
-                if self._row_label(item) == label:
+                if _row_label(item) == label:
                     self.class_list.setCurrentItem(item)
         finally:
             self.class_list.blockSignals(False)

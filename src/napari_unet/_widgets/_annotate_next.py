@@ -23,11 +23,12 @@ from napari_unet import uncertainty as core
 from napari_unet.errors import UserInputError
 
 from . import grey_image, image_key_of, is_alive, layer_data, linked_layer
+from ._annotation_layers import check_shape
 from ._library import LibraryModelChooser
 from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel
 
-__all__ = ["NEXT_SHORTCUT", "PaintNext", "SCOPES"]
+__all__ = ["NEXT_SHORTCUT", "SCOPES", "PaintNextPanel", "Uncertainty"]
 
 #: the viewer shortcut of "Where to paint next"; napari binds Shift+V/A/L/P, not Shift+N
 NEXT_SHORTCUT = "Shift-N"
@@ -39,7 +40,7 @@ FILL = 0.8
 
 
 @dataclass
-class _Uncertainty:
+class Uncertainty:
     """The uncertainty of one image under one model: its layer, what is computed, what was shown."""
 
     image: weakref.ref
@@ -88,14 +89,20 @@ def _progress(item: core.UncertainSlice) -> tuple[int, int, str | None]:
     return item.index + 1, item.total, None if item.z is None else f"uncertainty of slice {item.z}…"
 
 
-class PaintNext:
-    """Part of :class:`~napari_unet._widgets.annotate.AnnotateWidget`: "Where to paint next".
+class PaintNextPanel(QGroupBox):
+    """"Where to paint next": model, scope, window, flips, the button and its progress.
 
-    A mixin: it uses the dock's widgets, viewer and layers, and is never used alone.
+    It asks the layer panel for the image and the annotation layer, and follows the session's
+    ``models_changed`` to offer the newest fine-tuned model.
     """
 
-    def _build_next(self) -> QGroupBox:
-        """The "Where to paint next" box: model, scope, window, flips, button, progress."""
+    def __init__(self, viewer: Any, layers: Any) -> None:
+        super().__init__("Where to paint next")
+        self.viewer = viewer
+        #: the layer panel: the chosen image and annotation layer, asked through its methods
+        self.layers = layers
+        self.session = layers.session
+        self.closed = False
         self.next_model = LibraryModelChooser(self.viewer)
         self.next_model.setToolTip(
             "The model whose uncertainty is shown; the newest fine-tuned one by default"
@@ -126,21 +133,25 @@ class PaintNext:
         self.next_button.clicked.connect(self._on_next_clicked)
         self.next_task = TaskPanel("Cancel")
         self.next_task.finished.connect(self._on_next_finished)
-        self._next: _Uncertainty | None = None
+        #: the uncertainty of the image last searched, under its model
+        self.state: Uncertainty | None = None
         #: the search running or last run: its slices, model name and image
         self._next_run: dict[str, Any] | None = None
         self._next_retry = False
         self._bind_next_shortcut()
 
-        box = QGroupBox("Where to paint next")
-        form = QFormLayout(box)
+        form = QFormLayout(self)
         form.addRow("Model", self.next_model)
         form.addRow("Look at", self.next_scope)
         form.addRow("Window", self.next_window)
         form.addRow("", self.next_flips)
         form.addRow(self.next_button)
         form.addRow(self.next_task)
-        return box
+
+    def dock_closed(self) -> None:
+        """Stop answering the shortcut and the session."""
+        self.closed = True
+        self._release_next_shortcut()
 
     # ------------------------------------------------------------------ model and shortcut
     def _on_next_model_picked(self, _index: int) -> None:
@@ -161,9 +172,9 @@ class PaintNext:
         me = weakref.ref(self)
 
         def paint_next(_viewer: Any) -> None:
-            dock = me()
-            if dock is not None and is_alive(dock) and not dock.closed:
-                dock.where_to_paint_next()
+            panel = me()
+            if panel is not None and is_alive(panel) and not panel.closed:
+                panel.where_to_paint_next()
 
         self.viewer.bind_key(NEXT_SHORTCUT, paint_next, overwrite=True)
 
@@ -205,12 +216,12 @@ class PaintNext:
             return [z for z in slice_order(n, here) if abs(z - here) <= 2]
         return [here]
 
-    def _uncertainty_for(self, image: Any, model: Any, flips: bool) -> _Uncertainty:
+    def _uncertainty_for(self, image: Any, model: Any, flips: bool) -> Uncertainty:
         """The state of ``image`` under ``model``: kept while both (and its layer) stay, else afresh.
 
         Afresh, the image's uncertainty layer (found by its role) is reused and cleared.
         """
-        state = self._next
+        state = self.state
         layer = state.layer() if state is not None and state.layer is not None else None
         if (
             state is not None
@@ -232,12 +243,12 @@ class PaintNext:
         else:
             _check_memory(image.name, shape)
             buffer = np.zeros(shape, np.uint8)
-        state = _Uncertainty(weakref.ref(image), weakref.ref(model), flips, buffer)
+        state = Uncertainty(weakref.ref(image), weakref.ref(model), flips, buffer)
         state.layer = weakref.ref(old) if old is not None else None
-        self._next = state
+        self.state = state
         return state
 
-    def _uncertainty_layer(self, image: Any, state: _Uncertainty) -> Any:
+    def _uncertainty_layer(self, image: Any, state: Uncertainty) -> Any:
         """The "<image> uncertainty" layer of ``state``, added just above the image if missing."""
         layer = state.layer() if state.layer is not None else None
         if layer is not None and layer in self.viewer.layers:
@@ -256,13 +267,13 @@ class PaintNext:
 
     def _start_next(self) -> None:
         image, data = grey_image(
-            self.image_combo.layer(), "segments", "no image layer; open the image to annotate first"
+            self.layers.image(), "segments", "no image layer; open the image to annotate first"
         )
         if self.viewer.dims.ndisplay != 2:
             raise UserInputError("'Where to paint next' moves the 2-D view; switch to 2-D (Ctrl+Y) first")
-        annotations = self.labels_combo.layer()
+        annotations = self.layers.annotations()
         if annotations is not None:
-            self._check_shape(annotations, image)
+            check_shape(annotations, image)
         model, model_name = self.next_model.load()
         flips = self.next_flips.isChecked()
         state = self._uncertainty_for(image, model, flips)
@@ -299,7 +310,7 @@ class PaintNext:
         )
 
     def _paint_uncertainty(self, item: core.UncertainSlice) -> None:
-        state = self._next
+        state = self.state
         if state is None:
             return
         z = 0 if item.z is None else item.z
@@ -313,7 +324,7 @@ class PaintNext:
             layer.refresh()
 
     def _on_window(self, window: core.Window | None) -> None:
-        state, run = self._next, self._next_run
+        state, run = self.state, self._next_run
         image = run["image"]() if run is not None else None
         if state is None or run is None or image is None or image not in self.viewer.layers:
             return

@@ -1,5 +1,10 @@
-"""Start from prediction: copy the segmentation of the slice on screen or of drawn rectangles
-into the annotations, and undo it.
+"""The Annotate dock's "Start from prediction" panel: copy the segmentation of the slice on screen
+or of drawn rectangles into the annotations, and undo it.
+
+:class:`PredictionPanel` owns the segmentation chooser, the region choice and the copy and undo
+buttons (:attr:`PredictionPanel.actions`, which the dock keeps in sight). It asks the layer panel
+for the image and annotation layer, follows the session's ``annotations_chosen`` to offer the new
+image's segmentation, and says what a copy did on the files panel's status line.
 """
 
 from __future__ import annotations
@@ -8,27 +13,109 @@ import weakref
 from typing import Any
 
 import numpy as np
-from napari.layers import Shapes
+from napari.layers import Labels, Shapes
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QWidget
 
 from napari_unet import annotation as core
 from napari_unet.errors import UserInputError
 
-from . import layer_data
+from . import LayerComboBox, is_alive, layer_data
 from ._annotation_layers import (
+    apply_classes,
+    check_shape,
     class_names,
+    is_annotation_layer,
     previous_indices,
 )
 from ._notify import user_errors
+
+__all__ = ["REGION_BOXES", "REGION_SLICE", "PredictionPanel"]
 
 #: what "Start from prediction" copies: the slice on screen, or the rectangles drawn on a region layer
 REGION_SLICE, REGION_BOXES = "slice on screen", "drawn rectangles"
 
 
-class PredictionCopy:
-    """Part of :class:`~napari_unet._widgets.annotate.AnnotateWidget`.
+def _slices_of(results: list[core.CopyResult], layer: Any) -> set[int] | None:
+    """The slices (axis 0) a copy touched."""
+    if layer.data.ndim == 2:
+        return {0}
+    zs: set[int] = set()
+    for r in results:
+        first = r.region[0]
+        if isinstance(first, slice):
+            zs.update(range(*first.indices(layer.data.shape[0])))
+        else:
+            zs.add(int(first))
+    return zs
 
-    A mixin: it uses the dock's widgets, viewer and layers, and is never used alone.
-    """
+
+class PredictionPanel(QGroupBox):
+    """Start from prediction: the segmentation to copy, where, and the copy and its undo."""
+
+    def __init__(self, viewer: Any, layers: Any, status: Any) -> None:
+        super().__init__("Start from prediction")
+        self.viewer = viewer
+        #: the layer panel: the chosen image and annotation layer, asked through its methods
+        self.layers = layers
+        #: the files panel, whose status line says what a copy did
+        self.status = status
+        self.session = layers.session
+        self.autosaver = layers.autosaver
+        self.closed = False
+        self._last_copy: tuple[weakref.ref, list[core.CopyResult]] | None = None
+        #: the image whose segmentation is offered
+        self._followed: weakref.ref | None = None
+        self.prediction_combo = LayerComboBox(
+            viewer,
+            Labels,
+            accept=lambda ly: not is_annotation_layer(ly),
+            none_text="none yet: run Segment",
+            preferred=layers.segmentation,
+        )
+        self.region_combo = QComboBox()
+        self.region_combo.addItems([REGION_SLICE, REGION_BOXES])
+        self.draw_button = QPushButton("Draw rectangle")
+        self.draw_button.clicked.connect(self.draw_rectangle)
+        self.keep_check = QCheckBox("keep pixels already annotated")
+        self.keep_check.setChecked(True)
+        self.copy_button = QPushButton("Start from prediction")
+        self.copy_button.clicked.connect(self.start_from_prediction)
+        self.undo_copy_button = QPushButton("Undo copy")
+        self.undo_copy_button.setEnabled(False)
+        self.undo_copy_button.clicked.connect(self.undo_copy)
+        self._lay_out()
+        self.session.annotations_chosen.connect(self._on_chosen)
+
+    def _lay_out(self) -> None:
+        form = QFormLayout(self)
+        form.addRow("Segmentation", self.prediction_combo)
+        region_row = QHBoxLayout()
+        region_row.setContentsMargins(0, 0, 0, 0)
+        region_row.addWidget(self.region_combo, 1)
+        region_row.addWidget(self.draw_button)
+        form.addRow("Copy", region_row)
+        form.addRow("", self.keep_check)
+        #: the copy and undo buttons: the dock's main action, pinned below its form
+        self.actions = QWidget()
+        copy_row = QHBoxLayout(self.actions)
+        copy_row.setContentsMargins(0, 0, 0, 0)
+        copy_row.addWidget(self.copy_button, 1)
+        copy_row.addWidget(self.undo_copy_button)
+
+    def dock_closed(self) -> None:
+        """Stop following the session."""
+        self.closed = True
+        self.session.annotations_chosen.disconnect(self._on_chosen)
+
+    def _on_chosen(self, image: Any, _layer: Any) -> None:
+        """Another image: offer its segmentation."""
+        if not is_alive(self) or self.closed:
+            return
+        before = self._followed() if self._followed is not None else None
+        if self._followed is None or before is not image:
+            self.prediction_combo.follow()
+        self._followed = weakref.ref(image) if image is not None else None
+
 
     def _visible_region(self, layer: Any) -> tuple[Any, ...]:
         dims = self.viewer.dims
@@ -76,7 +163,7 @@ class PredictionCopy:
         from napari_unet.layers import REGION, linked_image, role_metadata
 
         with user_errors():
-            layer = self._layer_for_classes()
+            layer = self.layers.layer_to_edit()
             shapes = self.region_layer(layer)
             if shapes is None:
                 shapes = self.viewer.add_shapes(
@@ -102,36 +189,19 @@ class PredictionCopy:
         """Copy the segmentation of the slice on screen (or the drawn rectangles) into the
         annotations; returns what was replaced, for :meth:`undo_copy`."""
         with user_errors():
-            image = self._image()
-            layer = self.labels_combo.layer()
+            layer, pred = self._copy_layers()
             if layer is None:
-                layer = self.new_annotation_layer()
-                if layer is None:
-                    return None
-            self._check_shape(layer, image)
-            self._track(layer, image, tie=True)
-            pred = self.prediction_combo.layer()
-            if pred is None or pred is layer:
-                raise UserInputError(
-                    "no segmentation to start from; run the Segment dock on this image first"
-                )
-            pred_data = layer_data(pred)
-            if tuple(pred_data.shape) != tuple(layer.data.shape):
-                raise UserInputError(
-                    f"segmentation '{pred.name}' has shape {tuple(pred_data.shape)} but the "
-                    f"annotations have {tuple(layer.data.shape)}; segment image '{image.name}'"
-                )
-            if self.region_combo.currentText() == REGION_BOXES:
-                regions = self._box_regions(layer)
-            else:
-                regions = [self._visible_region(layer)]
+                return None
+            boxes = self.region_combo.currentText() == REGION_BOXES
+            regions = self._box_regions(layer) if boxes else [self._visible_region(layer)]
             keep = self.keep_check.isChecked()
+            pred_data = layer_data(pred)
             results = [
                 core.copy_prediction(layer.data, pred_data, r, keep_annotated=keep, apply=False)
                 for r in regions
             ]
             if class_names(layer) is None:
-                self._apply_classes(layer, class_names(pred) or self.classes())
+                apply_classes(layer, class_names(pred) or self.layers.classes(), self.session)
             changed = sum(r.changed for r in results)
             # one edit on napari's undo stack: Ctrl+Z takes back the whole copy
             with layer.block_history():
@@ -141,30 +211,37 @@ class PredictionCopy:
             self._last_copy = (weakref.ref(layer), results)
             self.undo_copy_button.setEnabled(True)
             layer.refresh()
-            self.autosaver.mark(layer, self._slices_of(results, layer))
-            where = (
-                f"{len(regions)} rectangle(s)"
-                if self.region_combo.currentText() == REGION_BOXES
-                else "the slice on screen"
-            )
-            self._say_until_edited(
+            self.autosaver.mark(layer, _slices_of(results, layer))
+            where = f"{len(regions)} rectangle(s)" if boxes else "the slice on screen"
+            self.status.say_until_edited(
                 f"copied {changed:,} pixels of '{pred.name}' in {where}; correct them by painting"
             )
             return results
         return None
 
-    @staticmethod
-    def _slices_of(results: list[core.CopyResult], layer: Any) -> set[int] | None:
-        if layer.data.ndim == 2:
-            return {0}
-        zs: set[int] = set()
-        for r in results:
-            first = r.region[0]
-            if isinstance(first, slice):
-                zs.update(range(*first.indices(layer.data.shape[0])))
-            else:
-                zs.add(int(first))
-        return zs
+    def _copy_layers(self) -> tuple[Any, Any]:
+        """(annotation layer, segmentation) of a copy, checked; the layer is made if missing.
+
+        (None, None) when no layer could be made (the reason was shown).
+        """
+        image = self.layers.require_image()
+        layer = self.layers.annotations()
+        if layer is None:
+            layer = self.layers.new_annotation_layer()
+            if layer is None:
+                return None, None
+        check_shape(layer, image)
+        self.layers.track(layer, image, tie=True)
+        pred = self.prediction_combo.layer()
+        if pred is None or pred is layer:
+            raise UserInputError("no segmentation to start from; run the Segment dock on this image first")
+        pred_data = layer_data(pred)
+        if tuple(pred_data.shape) != tuple(layer.data.shape):
+            raise UserInputError(
+                f"segmentation '{pred.name}' has shape {tuple(pred_data.shape)} but the "
+                f"annotations have {tuple(layer.data.shape)}; segment image '{image.name}'"
+            )
+        return layer, pred
 
     def undo_copy(self) -> None:
         """Put back what the last 'Start from prediction' replaced."""
@@ -181,5 +258,5 @@ class PredictionCopy:
                 if r.changed:
                     layer.data_setitem(r.indices, r.previous[previous_indices(r)], refresh=False)
         layer.refresh()
-        self.autosaver.mark(layer, self._slices_of(results, layer))
-        self._say_until_edited("undid the copy from the prediction")
+        self.autosaver.mark(layer, _slices_of(results, layer))
+        self.status.say_until_edited("undid the copy from the prediction")

@@ -11,11 +11,14 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Labels
+from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtGui import QColor, QIcon, QPixmap
 
 from napari_unet import annotation as core
 from napari_unet import layers as roles
+from napari_unet.errors import UserInputError
 from napari_unet.models import default_classes as default_classes  # re-exported for the docks
+from napari_unet.uncertainty import UNCERTAINTY
 
 from . import is_derived, layer_data, linked_layer, unwrap
 
@@ -70,6 +73,39 @@ def find_annotations(viewer: Any, image: Any) -> Any | None:
         if tied is not None and tied.key() == source.key() and tied.name == source.name:
             return layer
     return None
+
+
+def annotatable(layer: Any) -> bool:
+    """An image layer to annotate: greyscale, and not an "<image> uncertainty" layer."""
+    return not layer.rgb and not is_derived(layer, UNCERTAINTY)
+
+
+def check_shape(layer: Any, image: Any) -> None:
+    """Refuse an annotation layer whose shape is not the image's, and say what to do."""
+    want = tuple(layer_data(image).shape)
+    if tuple(layer.data.shape) != want:
+        raise UserInputError(
+            f"annotation layer '{layer.name}' has shape {tuple(layer.data.shape)} but image "
+            f"'{image.name}' has shape {want}; click 'New annotation layer' for one that fits"
+        )
+
+
+def apply_classes(layer: Any, names: list[str], session: Any) -> None:
+    """Store class names on ``layer`` and colour each class with its fixed colour.
+
+    For an annotation layer, ``session.classes_changed`` tells the other docks (Fine-tune lists
+    the classes it will train) and the Annotate dock's counts.
+    """
+    layer.features = core.class_features(names)
+    layer.colormap = DirectLabelColormap(color_dict=roles.class_palette(names))
+    if roles.role_of(layer.metadata) == roles.ANNOTATIONS:
+        session.classes_changed.emit(list(names))
+
+
+def has_sidecar(image: Any) -> bool:
+    """True when ``image`` has autosaved annotations with painted pixels."""
+    info = core.find_sidecar(image_source(image))
+    return info is not None and info.pixels > 0
 
 
 def find_segmentation(viewer: Any, image: Any) -> Any | None:

@@ -49,6 +49,9 @@ class Session:
     image_chosen = Signal(object)
     #: emitted with the class names of an annotation layer whose classes changed
     classes_changed = Signal(object)
+    #: emitted with (image, annotation layer or None) whenever the Annotate dock's image or
+    #: annotation layer changes: its palette, counts and restore bar follow
+    annotations_chosen = Signal(object, object)
     #: emitted with the name of a fine-tuned model that validated no worse than its start model:
     #: the Segment dock selects it
     model_offered = Signal(str)
