@@ -8,6 +8,11 @@ viewer's session, so the Segment dock can choose it, and it can be saved to a fi
 trains into the model library (:mod:`napari_unet.library`), so the model is offered in later
 sessions too; a run cut short by a closed window or a crash stays there as "unfinished" and
 choosing it as the start model resumes it.
+
+This module is the dock: its inputs, Train and Stop, the run's events, saving. Beside it are the
+training settings (:mod:`._finetune_settings`), what a run is and the texts it shows
+(:mod:`._finetune_run`), the augmentation preview (:mod:`._augmentation_preview`), the live preview
+(:mod:`._live_preview`), the loss curve (:mod:`._loss_curve`) and the library row (:mod:`._library`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,7 @@ import importlib
 import re
 import sys
 import threading
-import time
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +30,25 @@ import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
 )
 
 from napari_unet import layers as roles
-from napari_unet.device import DEVICES, select_device
+from napari_unet.device import select_device
 from napari_unet.errors import UserInputError
 from napari_unet.finetuning import annotated_slices, augmentation_preview
 from napari_unet.library import UNFINISHED, Library, readable_name, train_into_library
-from napari_unet.recipes import RECIPE_CHOICES, resolve_recipe
+from napari_unet.recipes import resolve_recipe
 
 from . import Dock, LayerComboBox, grey_image, is_alive, layer_data, unwrap
+from ._augmentation_preview import show_augmentation, slice_on_screen
+from ._finetune_run import AugmentationRun, TrainingRun, finished_text, validation_text, verdict_text
+from ._finetune_settings import TrainingSettings
 from ._library import LibraryModelChooser, LibraryPanel
 from ._live_preview import LivePreview
 from ._loss_curve import LossCurve
@@ -88,63 +90,6 @@ def class_names_of(model: Any) -> list[str]:
     return roles.class_names_of(model)
 
 
-@dataclass
-class TrainingRun:
-    """What the dock knows about the training it is running (main thread only)."""
-
-    #: shared with the worker: the trainer, and a Stop that came before it existed
-    control: dict[str, Any]
-    #: name of the model being made, and of the model it starts from
-    name: str
-    start: str
-    image: str
-    image_layer: weakref.ref
-    classes: list[str]
-    minutes: float | None
-    checkpoint: str | None
-    #: the run's model in the model library
-    library_name: str = ""
-    #: where training runs ("cpu", "cuda", ...): the live preview computes there too
-    device: str = "cpu"
-    t0: float = field(default_factory=time.perf_counter)
-    #: the last training event, and the validation figures of the start model
-    last: Any = None
-    start_metrics: dict[str, float] | None = None
-    #: the run's live previews (None until the run starts)
-    preview: LivePreview | None = None
-    #: set when training has finished: its steps, and whether it validates worse than the start
-    steps: int | None = None
-    worse: bool = False
-
-
-@dataclass
-class AugmentationRun:
-    """The augmentation preview the dock is computing."""
-
-    image: str
-
-
-def _validation_text(step: int, metrics: dict[str, float], start: dict[str, float] | None) -> str:
-    """One line of validation figures, against the start model's once there are two."""
-    parts = []
-    if "val_loss" in metrics:
-        parts.append(f"loss {metrics['val_loss']:.3f}")
-    if "val_pixel_error" in metrics:
-        parts.append(f"pixel error {metrics['val_pixel_error']:.3f}")
-    ious = [f"{k[len('val_iou_') :]} {v:.2f}" for k, v in metrics.items() if k.startswith("val_iou_")]
-    if ious:
-        parts.append("IoU " + ", ".join(ious))
-    prefix = "val_agreement_"
-    agree = [f"{k[len(prefix) :]} {v:.0%}" for k, v in metrics.items() if k.startswith(prefix)]
-    if agree:
-        parts.append("agrees with the start model where unpainted: " + ", ".join(agree))
-    where = "start model" if step == 0 else f"step {step}"
-    text = f"Validation ({where}): " + "; ".join(parts)
-    if step > 0 and start and "val_loss" in start and "val_loss" in metrics:
-        text += f" (start {start['val_loss']:.3f})"
-    return text
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "model"
 
@@ -176,7 +121,15 @@ class FineTuneWidget(Dock):
         self.library_panel = LibraryPanel(self.model_chooser)
         self.classes_label = QLabel("")
         self.classes_label.setWordWrap(True)
-        self._build_settings()
+        #: the training settings (length, recipe, rate, augmentation, device, live preview)
+        self.settings = TrainingSettings(PREVIEW_EVERY_S)
+        # the settings' fields by their names on the dock, as before the settings had a panel
+        self.limit_combo, self.steps_spin = self.settings.limit_combo, self.settings.steps_spin
+        self.minutes_spin, self.recipe_combo = self.settings.minutes_spin, self.settings.recipe_combo
+        self.lr_spin, self.augment_check = self.settings.lr_spin, self.settings.augment_check
+        self.device_combo, self.live_check = self.settings.device_combo, self.settings.live_check
+        self.preview_button = QPushButton("Preview augmentation")
+        self.preview_button.clicked.connect(self.preview_augmentation)
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
         self.verdict_label = QLabel("")
@@ -196,60 +149,8 @@ class FineTuneWidget(Dock):
         self.verdict: Any = None
         QTimer.singleShot(WARM_DELAY_MS, lambda: warm_imports(WARM_IMPORTS))
 
-    def _build_settings(self) -> None:
-        """The training settings: length, recipe, learning rate, augmentation, device, preview."""
-        self.limit_combo = QComboBox()
-        self.limit_combo.addItems(["steps", "minutes"])
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 1_000_000)
-        self.steps_spin.setValue(200)
-        self.minutes_spin = QDoubleSpinBox()
-        self.minutes_spin.setRange(0.1, 24 * 60)
-        self.minutes_spin.setDecimals(1)
-        self.minutes_spin.setValue(5.0)
-        self.minutes_spin.setSuffix(" min")
-        from napari_unet.recipes import DEFAULT_RECIPE, RECIPES
-
-        self.recipe_combo = QComboBox()
-        self.recipe_combo.addItems(list(RECIPE_CHOICES))
-        self.recipe_combo.setCurrentText(DEFAULT_RECIPE)
-        self.recipe_combo.setToolTip(
-            "auto: fast when the palette has a class the model lacks, paper when only the model's own "
-            "classes are corrected; fast: measured to learn a new structure fastest (Adam, tiles drawn "
-            "class by class, encoder frozen for the first 30 %); paper: SGD with momentum 0.99, batch 1, "
-            "572 px tiles (docs/training.md)"
-        )
-        self.lr_spin = QDoubleSpinBox()
-        self.lr_spin.setDecimals(6)
-        self.lr_spin.setRange(1e-6, 1.0)
-        self.lr_spin.setSingleStep(1e-4)
-
-        def recipe_rate(name: str) -> float:
-            return RECIPES[resolve_recipe(name)]["learning_rate"]
-
-        self.lr_spin.setValue(recipe_rate(DEFAULT_RECIPE))
-        self.recipe_combo.currentTextChanged.connect(lambda name: self.lr_spin.setValue(recipe_rate(name)))
-        self.augment_check = QCheckBox("elastic deformation, flips, rotations, grey values")
-        self.augment_check.setChecked(True)
-        self.preview_button = QPushButton("Preview augmentation")
-        self.preview_button.clicked.connect(self.preview_augmentation)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
-        self.live_check = QCheckBox("segment the slice on screen while training")
-        self.live_check.setChecked(True)
-        self.live_check.setToolTip(
-            f"Every {PREVIEW_EVERY_S:.0f} s the current weights segment the slice on screen into "
-            "'<image> preview', in a low-priority thread (measured to cost under 20 % of the "
-            "training speed)"
-        )
-
     def _lay_out(self) -> None:
         """The form, the loss curve and the verdict; Train and its progress pinned below."""
-        limit = QHBoxLayout()
-        limit.setContentsMargins(0, 0, 0, 0)
-        limit.addWidget(self.limit_combo)
-        limit.addWidget(self.steps_spin, 1)
-        limit.addWidget(self.minutes_spin, 1)
         annot = QHBoxLayout()
         annot.setContentsMargins(0, 0, 0, 0)
         annot.addWidget(self.labels_combo, 1)
@@ -260,13 +161,7 @@ class FineTuneWidget(Dock):
         form.addRow("Start from", self.model_chooser)
         form.addRow("Library", self.library_panel)
         form.addRow("", self.classes_label)
-        form.addRow("Train for", limit)
-        form.addRow("Recipe", self.recipe_combo)
-        form.addRow("Learning rate", self.lr_spin)
-        form.addRow("Augment", self.augment_check)
-        form.addRow("", self.preview_button)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Live preview", self.live_check)
+        self.settings.add_rows(form, self.preview_button)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.loss_curve)
@@ -275,11 +170,9 @@ class FineTuneWidget(Dock):
         self.pin(self.train_button, self.task)
         layout.addStretch(1)
 
-
     def _connect(self) -> None:
         """Follow the viewer, the session and the choosers; first state of the small views."""
         napari_viewer = self.viewer
-        self.limit_combo.currentIndexChanged.connect(self._show_limit)
         self.model_chooser.changed.connect(self._show_classes)
         self.model_chooser.changed.connect(self._show_resume)
         self.labels_combo.currentIndexChanged.connect(self._show_classes)
@@ -289,7 +182,7 @@ class FineTuneWidget(Dock):
         self.session.classes_changed.connect(self._on_classes_changed)
         napari_viewer.events.theme.connect(self._apply_theme)
         self._apply_theme()
-        self._show_limit()
+        self.settings.show_limit()
         self._show_classes()
         self._show_resume()
 
@@ -304,11 +197,6 @@ class FineTuneWidget(Dock):
         except (KeyError, ValueError):
             return
         self.loss_curve.apply_theme(theme.foreground.as_hex(), theme.text.as_hex(), theme.current.as_hex())
-
-    def _show_limit(self, *_: Any) -> None:
-        by_steps = self.limit_combo.currentText() == "steps"
-        self.steps_spin.setVisible(by_steps)
-        self.minutes_spin.setVisible(not by_steps)
 
     def _preferred_annotations(self) -> Any | None:
         from .annotate import find_annotations
@@ -388,25 +276,7 @@ class FineTuneWidget(Dock):
     def _config(self, new_classes: bool = True) -> Any:
         """The training settings of the dock; ``new_classes``: the palette has a class the start
         model lacks (it picks the recipe that "auto" stands for)."""
-        from napari_unet.recipes import recipe_config
-
-        by_steps = self.limit_combo.currentText() == "steps"
-        config = recipe_config(
-            self.recipe_combo.currentText(),
-            new_classes=new_classes,
-            steps=int(self.steps_spin.value()) if by_steps else None,
-            validation="auto",
-            snapshot_every_s=PREVIEW_EVERY_S if self.live_check.isChecked() else 0.0,
-            max_minutes=None if by_steps else float(self.minutes_spin.value()),
-            learning_rate=float(self.lr_spin.value()),
-            device=self.device_combo.currentText(),
-            checkpoint_every=100,
-        )
-        if by_steps is False:
-            config.steps = None
-        if not self.augment_check.isChecked():
-            config.augment = None
-        return config
+        return self.settings.config(new_classes, PREVIEW_EVERY_S)
 
     # ------------------------------------------------------------------ buttons
     def add_annotation_layer(self) -> Labels | None:
@@ -437,6 +307,8 @@ class FineTuneWidget(Dock):
             self._start()
 
     def _start(self) -> None:
+        """Check the image, the annotations and the model, open the run in the model library
+        (or resume an unfinished one) and start training in the worker."""
         image_layer, data = self._image()
         labels_layer = self._annotations(image_layer, data)
         labels = np.array(layer_data(labels_layer))  # a snapshot: painting goes on meanwhile
@@ -445,24 +317,9 @@ class FineTuneWidget(Dock):
                 f"annotation layer '{labels_layer.name}' has no labelled pixel; paint some "
                 "labels first (0 = not annotated)"
             )
-        k_high = int(labels.max())
-        from napari_unet.model import kept_classes
-
         start_model, start_name = self.model_chooser.load()
         resume = self._unfinished()
-        matched = self._match_classes(start_model, labels_layer)
-        if resume is not None and matched is not start_model:
-            raise UserInputError(
-                f"'{resume.name}' trains the classes {', '.join(class_names_of(start_model))}; resume it "
-                f"with annotations of those classes, or start a new run from another model"
-            )
-        new_classes = bool(kept_classes(start_model, class_names_of(matched))[1])
-        start_model = matched
-        if labels.min() < 0 or k_high > start_model.n_classes:
-            raise UserInputError(
-                f"annotation layer '{labels_layer.name}' uses label {k_high}, but the model has "
-                f"classes 1..{start_model.n_classes}; repaint with those (0 = not annotated)"
-            )
+        start_model, new_classes = self._training_model(start_model, labels_layer, labels, resume)
         config = self._config(new_classes)
         device = str(select_device(config.device))
         model = start_model  # train_into_library trains a copy, made in the worker
@@ -520,6 +377,28 @@ class FineTuneWidget(Dock):
             before_training=lower_thread_priority,
         )
 
+    def _training_model(
+        self, model: Any, labels_layer: Any, labels: np.ndarray, resume: Any
+    ) -> tuple[Any, bool]:
+        """The start model with the annotations' classes, and whether it gained a class; refused
+        when a label has no class, or when a resumed run's classes would change."""
+        from napari_unet.model import kept_classes
+
+        k_high = int(labels.max())
+        matched = self._match_classes(model, labels_layer)
+        if resume is not None and matched is not model:
+            raise UserInputError(
+                f"'{resume.name}' trains the classes {', '.join(class_names_of(model))}; resume it "
+                f"with annotations of those classes, or start a new run from another model"
+            )
+        new_classes = bool(kept_classes(model, class_names_of(matched))[1])
+        if labels.min() < 0 or k_high > matched.n_classes:
+            raise UserInputError(
+                f"annotation layer '{labels_layer.name}' uses label {k_high}, but the model has "
+                f"classes 1..{matched.n_classes}; repaint with those (0 = not annotated)"
+            )
+        return matched, new_classes
+
     def _match_classes(self, model: Any, labels_layer: Any) -> Any:
         """The model with the annotation layer's classes: a class added in Annotate gets a new
         output channel, a class removed there is dropped; classes are matched by name."""
@@ -550,19 +429,7 @@ class FineTuneWidget(Dock):
         self.train_button.setText("Resume" if entry is not None else "Train")
         if entry is None:
             return
-        record = entry.record
-        if record.get("recipe") in RECIPE_CHOICES:
-            self.recipe_combo.setCurrentText(record["recipe"])
-        rate = record.get("learning_rate")
-        if isinstance(rate, int | float):
-            self.lr_spin.setValue(float(rate))
-        planned = record.get("planned") or {}
-        if isinstance(planned.get("steps"), int):
-            self.limit_combo.setCurrentText("steps")
-            self.steps_spin.setValue(max(planned["steps"], entry.steps + 1))
-        elif isinstance(planned.get("minutes"), int | float):
-            self.limit_combo.setCurrentText("minutes")
-            self.minutes_spin.setValue(float(planned["minutes"]))
+        self.settings.take_record(entry.record, entry.steps)
         self.task.status.setText(
             f"'{entry.name}' stopped at step {entry.steps}; Resume goes on from there on the same "
             "image and annotations"
@@ -597,7 +464,7 @@ class FineTuneWidget(Dock):
             if "val_loss" in event.metrics:
                 self.loss_curve.add_validation(event.step, event.metrics["val_loss"])
             start = run.start_metrics if run is not None else None
-            self.verdict_label.setText(_validation_text(event.step, event.metrics, start))
+            self.verdict_label.setText(validation_text(event.step, event.metrics, start))
             if event.step == 0 and run is not None:
                 run.start_metrics = dict(event.metrics)
         elif event.kind == "snapshot" and event.model is not None:
@@ -640,28 +507,12 @@ class FineTuneWidget(Dock):
         run.worse = verdict is not None and verdict.kind == "worse"
         self.verdict = verdict
         self.save_button.setEnabled(True)
-        kept = getattr(trainer, "kept_step", None)
-        note = ""
-        if kept not in (None, trainer.step):
-            note = f" Kept the weights of step {kept}, which validated best."
-        if verdict is None:
-            self.verdict_label.setText(
-                f"'{self.result.name}' was not validated (too little paint to hold some back); "
-                f"{run.start} stays selected in Segment.{note}"
-            )
-            return
-        if verdict.kind == "better":
-            self.verdict_label.setText(
-                f"'{self.result.name}' is {verdict.text}; Segment now offers it.{note}"
-            )
-            self.session.model_offered.emit(self.result.name)
-            return
-        if verdict.kind == "worse":
-            text = f"'{self.result.name}' is {verdict.text}.{note}"
-            notify_warning(text)
-        else:
-            text = f"'{self.result.name}': {verdict.text}; the new model is in Segment's list.{note}"
+        text = verdict_text(self.result.name, run.start, verdict, trainer)
         self.verdict_label.setText(text)
+        if verdict is not None and verdict.kind == "better":
+            self.session.model_offered.emit(self.result.name)
+        elif verdict is not None and verdict.kind == "worse":
+            notify_warning(text)
 
     def _on_finished(self, outcome: str) -> None:
         run, self._run = self._run, None
@@ -669,20 +520,9 @@ class FineTuneWidget(Dock):
         self.preview_button.setEnabled(True)
         if not isinstance(run, TrainingRun):
             return
+        self.task.status.setText(finished_text(run, outcome, self.result))
         if outcome == DONE and self.result is not None and run.steps is not None:
-            seconds = time.perf_counter() - run.t0
-            text = (
-                f"'{self.result.name}': {run.steps} steps in {seconds:.0f} s; choose it in "
-                "Segment or save it"
-            )
-            if self.result.checkpoint is not None:
-                text += f" (kept in the model library as '{run.library_name}')"
-            self.task.status.setText(text)
             notify_info(f"fine-tuned model '{self.result.name}' is ready")
-        elif outcome == DONE:
-            self.task.status.setText("training stopped before its first step; no model was made")
-        else:
-            self.task.status.setText(f"training {outcome}; no model was made")
 
     # ------------------------------------------------------------------ saving
     def save_model_to(self, path: str | Path) -> Path | None:
@@ -719,22 +559,13 @@ class FineTuneWidget(Dock):
             return
         with user_errors():
             image_layer, data = self._image()
-            z = None
-            if data.ndim == 3:
-                point = image_layer.world_to_data(self.viewer.dims.point)
-                z = int(np.clip(round(float(point[0])), 0, data.shape[0] - 1))
-            plane = data[z] if z is not None else data
-            labels_layer = self.labels_combo.layer()
-            labels = None
-            if labels_layer is not None and tuple(layer_data(labels_layer).shape) == data.shape:
-                lab = layer_data(labels_layer)
-                labels = np.asarray(lab[z] if z is not None else lab)
+            plane, labels = slice_on_screen(self.viewer, image_layer, data, self.labels_combo.layer())
             self._run = AugmentationRun(image=image_layer.name)
             self.train_button.setEnabled(False)
             self.preview_button.setEnabled(False)
             self.task.start(
                 augmentation_preview,
-                np.asarray(plane),
+                plane,
                 labels,
                 on_done=self._show_preview,
                 cancellable=False,
@@ -742,17 +573,4 @@ class FineTuneWidget(Dock):
             )
 
     def _show_preview(self, result: tuple[np.ndarray, np.ndarray]) -> None:
-        images, labels = result
-        for name, data, kind in (
-            ("augmentation preview", images, "image"),
-            ("augmentation preview labels", labels, "labels"),
-        ):
-            if name in self.viewer.layers:
-                self.viewer.layers[name].data = data
-            elif kind == "image":
-                self.viewer.add_image(data, name=name)
-            else:
-                self.viewer.add_labels(data, name=name)
-        self.task.status.setText(
-            f"{len(images)} augmented samples of the slice on screen, as the trainer sees them"
-        )
+        self.task.status.setText(show_augmentation(self.viewer, result))
