@@ -23,7 +23,7 @@ from .common import (
 from .progress import clock, progress
 
 if TYPE_CHECKING:
-    pass
+    from ..train import TrainConfig
 
 #: how long `train` runs when neither --steps nor --max-minutes is given
 DEFAULT_TRAIN_MINUTES = 5.0
@@ -321,7 +321,7 @@ def _run_length(args: argparse.Namespace) -> tuple[int | None, float | None]:
 
 def _train_config(
     args: argparse.Namespace, out: Path | None, new_classes: bool, pretrained: bool | None = None
-) -> Any:
+) -> TrainConfig:
     """The TrainConfig of the recipe ``--recipe`` resolves to for ``new_classes``, with the single
     settings the options override; ``pretrained`` defaults to "not --from scratch"."""
     from ..recipes import recipe_config
