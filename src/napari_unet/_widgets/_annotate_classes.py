@@ -10,7 +10,7 @@ class's paint through the autosaver's ``edited``. It follows the chosen layer th
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
@@ -35,6 +35,9 @@ from ._notify import notify_error, user_errors
 
 __all__ = ["ClassesPanel"]
 
+if TYPE_CHECKING:
+    from ._annotate_layers import LayersPanel
+
 
 def _row_label(item: QListWidgetItem) -> int:
     """The label (1-based class index) a row of the class list stands for."""
@@ -44,7 +47,7 @@ def _row_label(item: QListWidgetItem) -> int:
 class ClassesPanel(QGroupBox):
     """The classes of the chosen annotation layer: click to paint, add, rename, remove."""
 
-    def __init__(self, viewer: Any, layers: Any) -> None:
+    def __init__(self, viewer: Any, layers: LayersPanel) -> None:
         super().__init__("Classes (click to paint, double-click to rename)")
         self.viewer = viewer
         #: the layer panel: the chosen image and annotation layer, asked through its methods

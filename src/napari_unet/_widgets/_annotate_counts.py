@@ -9,7 +9,7 @@ says the classes changed. Counting runs in a worker thread, a short while after 
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -32,13 +32,16 @@ from ._worker import start_worker
 
 __all__ = ["CountsPanel"]
 
+if TYPE_CHECKING:
+    from ._annotate_layers import LayersPanel
+
 
 class CountsPanel(QGroupBox):
     """"Annotated so far": pixels and slices per class of the chosen annotation layer."""
 
     COUNT_DELAY_MS = 300
 
-    def __init__(self, layers: Any) -> None:
+    def __init__(self, layers: LayersPanel) -> None:
         super().__init__("Annotated so far")
         #: the layer panel: the chosen annotation layer, asked through its methods
         self.layers = layers

@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Labels
@@ -29,11 +29,14 @@ from ._worker import DONE, TaskPanel
 
 __all__ = ["FilesPanel", "RestoreBar"]
 
+if TYPE_CHECKING:
+    from ._annotate_layers import LayersPanel
+
 
 class FilesPanel(QWidget):
     """Save and load the annotations, and say what happened to them (autosaves included)."""
 
-    def __init__(self, viewer: Any, layers: Any) -> None:
+    def __init__(self, viewer: Any, layers: LayersPanel) -> None:
         super().__init__()
         self.viewer = viewer
         #: the layer panel: the chosen image and annotation layer, asked through its methods
@@ -216,7 +219,7 @@ class FilesPanel(QWidget):
 class RestoreBar(QWidget):
     """"Autosaved annotations of this image from ...: Restore", shown when there are some."""
 
-    def __init__(self, viewer: Any, layers: Any, status: FilesPanel) -> None:
+    def __init__(self, viewer: Any, layers: LayersPanel, status: FilesPanel) -> None:
         super().__init__()
         self.viewer = viewer
         #: the layer panel: the chosen image and annotation layer, asked through its methods

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QPushButton, QSpinBox
@@ -29,6 +29,9 @@ from ._notify import notify_info, user_errors
 from ._worker import DONE, TaskPanel
 
 __all__ = ["NEXT_SHORTCUT", "SCOPES", "PaintNextPanel", "Uncertainty"]
+
+if TYPE_CHECKING:
+    from ._annotate_layers import LayersPanel
 
 #: the viewer shortcut of "Where to paint next"; napari binds Shift+V/A/L/P, not Shift+N
 NEXT_SHORTCUT = "Shift-N"
@@ -96,7 +99,7 @@ class PaintNextPanel(QGroupBox):
     ``models_changed`` to offer the newest fine-tuned model.
     """
 
-    def __init__(self, viewer: Any, layers: Any) -> None:
+    def __init__(self, viewer: Any, layers: LayersPanel) -> None:
         super().__init__("Where to paint next")
         self.viewer = viewer
         #: the layer panel: the chosen image and annotation layer, asked through its methods

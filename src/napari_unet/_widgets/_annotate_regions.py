@@ -10,7 +10,7 @@ image's segmentation, and says what a copy did on the files panel's status line.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Labels, Shapes
@@ -30,6 +30,10 @@ from ._annotation_layers import (
 from ._notify import user_errors
 
 __all__ = ["REGION_BOXES", "REGION_SLICE", "PredictionPanel"]
+
+if TYPE_CHECKING:
+    from ._annotate_files import FilesPanel
+    from ._annotate_layers import LayersPanel
 
 #: what "Start from prediction" copies: the slice on screen, or the rectangles drawn on a region layer
 REGION_SLICE, REGION_BOXES = "slice on screen", "drawn rectangles"
@@ -52,7 +56,7 @@ def _slices_of(results: list[core.CopyResult], layer: Any) -> set[int] | None:
 class PredictionPanel(QGroupBox):
     """Start from prediction: the segmentation to copy, where, and the copy and its undo."""
 
-    def __init__(self, viewer: Any, layers: Any, status: Any) -> None:
+    def __init__(self, viewer: Any, layers: LayersPanel, status: FilesPanel) -> None:
         super().__init__("Start from prediction")
         self.viewer = viewer
         #: the layer panel: the chosen image and annotation layer, asked through its methods
