@@ -192,6 +192,26 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma) -> np
     return field / std if std > 0 else field
 
 
+def _organelle_spots(rng: np.random.Generator, to_border: np.ndarray, membrane_width: float) -> np.ndarray:
+    """Darkening (H, W) of small organelle-like spots inside cells, away from membranes."""
+    h, w = to_border.shape
+    n_spots = rng.poisson(h * w / 1400.0)
+    cy = rng.uniform(0, h, n_spots)
+    cx = rng.uniform(0, w, n_spots)
+    radius = rng.uniform(1.5, 4.0, n_spots)
+    depth = rng.uniform(70.0, 130.0, n_spots)
+    spots = np.zeros((h, w))
+    for y0, x0, r, d in zip(cy, cx, radius, depth, strict=True):
+        if to_border[int(y0), int(x0)] < r + membrane_width + 2.0:
+            continue
+        y1, y2 = int(max(0, y0 - 2 * r - 2)), int(min(h, y0 + 2 * r + 3))
+        x1, x2 = int(max(0, x0 - 2 * r - 2)), int(min(w, x0 + 2 * r + 3))
+        yy, xx = np.mgrid[y1:y2, x1:x2].astype(np.float64)
+        r2 = (yy - y0) ** 2 + (xx - x0) ** 2
+        spots[y1:y2, x1:x2] = np.maximum(spots[y1:y2, x1:x2], d * np.exp(-r2 / (2 * r * r)))
+    return spots
+
+
 def synthetic_em(
     n_slices: int = 3,
     shape: tuple[int, int] = (256, 256),
@@ -250,22 +270,7 @@ def synthetic_em(
         owner = idx[:, 0].reshape(h, w)
         membrane = to_border < membrane_width / 2.0
 
-        img = cell_grey[owner] + 9.0 * texture[z]
-        # Organelle-like dark spots inside cells, away from membranes.
-        n_spots = rng.poisson(h * w / 1400.0)
-        cy = rng.uniform(0, h, n_spots)
-        cx = rng.uniform(0, w, n_spots)
-        radius = rng.uniform(1.5, 4.0, n_spots)
-        depth = rng.uniform(70.0, 130.0, n_spots)
-        spots = np.zeros((h, w))
-        for y0, x0, r, d in zip(cy, cx, radius, depth, strict=True):
-            if to_border[int(y0), int(x0)] < r + membrane_width + 2.0:
-                continue
-            y1, y2 = int(max(0, y0 - 2 * r - 2)), int(min(h, y0 + 2 * r + 3))
-            x1, x2 = int(max(0, x0 - 2 * r - 2)), int(min(w, x0 + 2 * r + 3))
-            r2 = (yy[y1:y2, x1:x2] - y0) ** 2 + (xx[y1:y2, x1:x2] - x0) ** 2
-            spots[y1:y2, x1:x2] = np.maximum(spots[y1:y2, x1:x2], d * np.exp(-r2 / (2 * r * r)))
-        img = img - spots
+        img = cell_grey[owner] + 9.0 * texture[z] - _organelle_spots(rng, to_border, membrane_width)
         # Membranes: a dark band, anti-aliased over one pixel at its edges.
         # Staining varies along the membranes: some are faint, as in real sections.
         mem_grey = 48.0 + 20.0 * staining[z]
