@@ -2,12 +2,13 @@
 
 On the VNC ssTEM development set (../shared/data/vnc-dev; labels/NN.png: 191 = mitochondrion,
 0-128 = membrane, everything else cell), a simulated annotator teaches the shipped model a new class
-(membrane, cell, mitochondrion; :func:`napari_unet.model.with_classes`) by painting sections 10 and
+(membrane, cell, mitochondrion; :func:`napari_unet.network.model.with_classes`) by painting sections 10 and
 11, a few strokes per round, with a short fine-tune after each round (the "auto" recipe, i.e. "fast"
 for a new class, no validation). Strategies differ only in where the strokes go:
 
-- ``uncertain``: the window "Where to paint next" suggests (:func:`napari_unet.uncertainty.suggest_window`:
-  the margin uncertainty of the current model, unpainted and not suggested before), strokes through
+- ``uncertain``: the window "Where to paint next" suggests
+  (:func:`napari_unet.analysis.uncertainty.suggest_window`: the margin uncertainty of the current
+  model, unpainted and not suggested before), strokes through
   its most unsure unpainted pixels;
 - ``flips``: the same with the flipped views' disagreement added (4x the prediction time);
 - ``random``: a window at a uniformly random place, strokes through random unpainted pixels in it.
@@ -45,15 +46,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _speed import cpu_line, load_line  # noqa: E402
 
 from napari_unet import load_model, predict  # noqa: E402
-from napari_unet.model import with_classes  # noqa: E402
-from napari_unet.models import default_model_path  # noqa: E402
-from napari_unet.recipes import recipe_config  # noqa: E402
-from napari_unet.train import Trainer  # noqa: E402
-from napari_unet.uncertainty import (  # noqa: E402
+from napari_unet.analysis.uncertainty import (  # noqa: E402
     from_uint8,
     slice_uncertainty,
     suggest_window,
 )
+from napari_unet.models import default_model_path  # noqa: E402
+from napari_unet.network.model import with_classes  # noqa: E402
+from napari_unet.training.recipes import recipe_config  # noqa: E402
+from napari_unet.training.train import Trainer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vnc-dev"
 PAINT = (10, 11)

@@ -2,7 +2,7 @@
 
 Creates the input once, chunk by chunk (512 x 512, an EM-like texture of cells and noise; never
 whole in memory), then segments it with :func:`napari_unet.distributed.segment_volume` the way the
-CLI does (input read lazily with ``napari_unet.io``, labels written into a chunked zarr store) on
+CLI does (input read lazily with ``napari_unet.storage.io``, labels written into a chunked zarr store) on
 each scheduler asked for. A sampler thread adds up the resident memory of this process and all of
 its children (the worker processes of ``--scheduler local``) ten times a second; the peak of that
 sum is the figure to hold under 2 GB. ``ru_maxrss`` is printed beside it (this process alone, and
@@ -133,7 +133,7 @@ def compare(model, src: Path, size: int, chunk: int, precision: str, workdir: Pa
 
     from napari_unet.distributed import segment_volume, tile_for_chunk
     from napari_unet.distributed.block import cpu_cores
-    from napari_unet.inference import predict_tiles
+    from napari_unet.prediction.inference import predict_tiles
 
     crop = da.from_zarr(str(src))[:size, :size]
     tile = tile_for_chunk(model, chunk)

@@ -21,7 +21,7 @@ import torch
 
 
 def _tiles(n: int, size: int) -> tuple[str, np.ndarray]:
-    from napari_unet.data import isbi2012_available, load_isbi2012, synthetic_em
+    from napari_unet.storage.data import isbi2012_available, load_isbi2012, synthetic_em
 
     if isbi2012_available("train"):
         images, _ = load_isbi2012("train")
@@ -51,8 +51,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
 
-    from napari_unet.checkpoint import load_model
     from napari_unet.export import probability_network, write_onnx, write_torchscript
+    from napari_unet.modelfiles.checkpoint import load_model
     from napari_unet.models import default_model_path
 
     model = load_model(default_model_path())
@@ -95,7 +95,7 @@ def main() -> None:
                 f"same class {same:.6f}"
             )
 
-    from napari_unet import io
+    from napari_unet.storage import io
 
     rng = np.random.default_rng(0)
     labels = rng.integers(1, 3, (30, 512, 512)).astype(np.uint8)

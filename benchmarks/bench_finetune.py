@@ -61,11 +61,11 @@ from _strokes import (  # noqa: E402
 )
 
 from napari_unet import load_model, predict  # noqa: E402
-from napari_unet.metrics import evaluate_membrane  # noqa: E402
-from napari_unet.model import class_names, with_classes  # noqa: E402
+from napari_unet.arrays.metrics import evaluate_membrane  # noqa: E402
 from napari_unet.models import default_model_path  # noqa: E402
-from napari_unet.recipes import DEFAULT_RECIPE, recipe_config, resolve_recipe  # noqa: E402
-from napari_unet.train import TrainConfig, Trainer  # noqa: E402
+from napari_unet.network.model import class_names, with_classes  # noqa: E402
+from napari_unet.training.recipes import DEFAULT_RECIPE, recipe_config, resolve_recipe  # noqa: E402
+from napari_unet.training.train import TrainConfig, Trainer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vnc-dev"
 TRAIN = (10, 11)

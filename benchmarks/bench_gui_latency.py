@@ -341,7 +341,7 @@ def scroll_scenario(args, model_path: Path, model_note: str) -> None:
     import napari
     import torch
 
-    from napari_unet.data import synthetic_em
+    from napari_unet.storage.data import synthetic_em
 
     images, truth = synthetic_em(n_slices=args.slices, shape=(args.size, args.size))
     viewer, app = viewer_with(images)
@@ -440,7 +440,7 @@ def train_start_scenario(args, model_path: Path, model_note: str) -> None:
     trainer's setup (weight maps, imports), the start model's validation and the first steps."""
     import torch
 
-    from napari_unet.data import synthetic_em
+    from napari_unet.storage.data import synthetic_em
 
     if args.sections:
         images, labels = dense_sections(Path(args.sections))
@@ -496,7 +496,7 @@ def preview_scenario(args, model_path: Path, model_note: str) -> None:
     import torch
 
     from napari_unet._widgets import finetune
-    from napari_unet.data import synthetic_em
+    from napari_unet.storage.data import synthetic_em
 
     images, truth = synthetic_em(n_slices=4, shape=(args.size, args.size))
     viewer, app = viewer_with(images)
@@ -589,8 +589,8 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_unet import UNet, save_model
-    from napari_unet.data import synthetic_em
     from napari_unet.models import default_model_path
+    from napari_unet.storage.data import synthetic_em
 
     shipped = default_model_path()
     tmp = None

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from napari_unet import load_model, predict
-from napari_unet.instances import (
+from napari_unet.analysis.instances import (
     CellConfig,
     SectionLinker,
     cells_2d,
@@ -50,9 +50,9 @@ from napari_unet.instances import (
     instances_of_class,
     objects_2d,
 )
-from napari_unet.metrics import evaluate_instances, segment_cells
+from napari_unet.analysis.postprocess import instances as old_instances
+from napari_unet.arrays.metrics import evaluate_instances, segment_cells
 from napari_unet.models import default_model_path
-from napari_unet.postprocess import instances as old_instances
 
 ISBI_VAL = list(range(15, 20))
 VNC = list(range(10, 20))
@@ -162,7 +162,7 @@ def score_linking(mito: np.ndarray, objects: list[np.ndarray], masks: np.ndarray
 
 def mito_prediction(model_path: str, raw: np.ndarray, tta: str) -> tuple[list[np.ndarray], np.ndarray]:
     """2-D mitochondria (``--min-size 30``) and masks predicted by a model with that class."""
-    from napari_unet.instances import model_class_names
+    from napari_unet.analysis.instances import model_class_names
 
     model = load_model(model_path)
     names = model_class_names(model_path)
@@ -190,7 +190,7 @@ def main() -> int:
         )
         return 2
     os.environ.setdefault("NAPARI_UNET_DATA_DIR", str(root))
-    from napari_unet.data import load_isbi2012
+    from napari_unet.storage.data import load_isbi2012
 
     print(machine())
     images, stored = load_isbi2012("train", indices=ISBI_VAL)

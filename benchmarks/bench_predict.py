@@ -17,7 +17,7 @@ precision ``predict`` computes in; ``--profile PATH`` writes torch.profiler's ta
 ``predict`` call of the first model (where the time goes, host and device).
 
 FLOPs are counted exactly for the tiles each method runs (conv and up-conv MACs from the module
-shapes and tile geometry, :func:`napari_unet.model.forward_macs`); GFLOP/s is that count over the
+shapes and tile geometry, :func:`napari_unet.network.model.forward_macs`); GFLOP/s is that count over the
 time, and the share is against the best bare convolution of the precision the method uses.
 Usage: python benchmarks/bench_predict.py [--size 1024] [--slices 1] [--repeats 2]
        [--models shipped,paper] [--device auto] [--monai] [--profile PATH]
@@ -37,13 +37,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _speed import best_time, conv_peak, device_line, load_line, measure_peak, rate_row  # noqa: E402
 
-from napari_unet import UNet, engine, inference, predict  # noqa: E402
-from napari_unet.data import synthetic_em  # noqa: E402
-from napari_unet.device import cpu_has_fast_bf16, resolve_precision, select_device  # noqa: E402
-from napari_unet.model import forward_macs  # noqa: E402
-from napari_unet.normalize import compute_normalizer  # noqa: E402
-from napari_unet.tileplan import default_batch  # noqa: E402
-from napari_unet.tiling import plan_tiles, read_mirrored  # noqa: E402
+from napari_unet import UNet, predict  # noqa: E402
+from napari_unet.arrays.normalize import compute_normalizer  # noqa: E402
+from napari_unet.arrays.tiling import plan_tiles, read_mirrored  # noqa: E402
+from napari_unet.network.device import cpu_has_fast_bf16, resolve_precision, select_device  # noqa: E402
+from napari_unet.network.model import forward_macs  # noqa: E402
+from napari_unet.prediction import engine, inference
+from napari_unet.prediction.tileplan import default_batch  # noqa: E402
+from napari_unet.storage.data import synthetic_em  # noqa: E402
 
 
 def plain_loop(model: UNet, image: np.ndarray, device: torch.device) -> np.ndarray:

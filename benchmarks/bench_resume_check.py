@@ -23,7 +23,7 @@ import zarr
 
 from napari_unet import UNet
 from napari_unet import distributed as dist
-from napari_unet.normalize import Normalizer
+from napari_unet.arrays.normalize import Normalizer
 
 
 def main() -> None:

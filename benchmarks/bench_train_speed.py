@@ -1,6 +1,6 @@
 """Fine-tuning step speed against the machine's own peak, in one run on one machine.
 
-Runs the trainer (:class:`napari_unet.train.Trainer`) at the default recipe ("fast": Adam, auto
+Runs the trainer (:class:`napari_unet.training.train.Trainer`) at the default recipe ("fast": Adam, auto
 tile, batch 1), with the contracting path frozen for the first half of each short run (the recipe
 freezes it for the first 30 %; here both states get the same number of steps) on synthetic EM slices
 with scribble-like sparse labels, and times every step: the frozen half and the unfrozen half
@@ -32,11 +32,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _speed import device_line, load_line, measure_peak, rate_row  # noqa: E402
 from bench_predict import load_models  # noqa: E402
 
-from napari_unet import train as train_mod  # noqa: E402
-from napari_unet.data import synthetic_em  # noqa: E402
-from napari_unet.device import cpu_has_fast_bf16  # noqa: E402
-from napari_unet.model import UNet, forward_macs  # noqa: E402
-from napari_unet.recipes import recipe_config  # noqa: E402
+from napari_unet.network.device import cpu_has_fast_bf16  # noqa: E402
+from napari_unet.network.model import UNet, forward_macs  # noqa: E402
+from napari_unet.storage.data import synthetic_em  # noqa: E402
+from napari_unet.training import train as train_mod  # noqa: E402
+from napari_unet.training.recipes import recipe_config  # noqa: E402
 
 
 def scribbles(labels: np.ndarray, keep: float = 0.05, seed: int = 0) -> np.ndarray:

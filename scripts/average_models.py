@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from napari_unet import load_model, predict, save_model
-from napari_unet.data import load_isbi2012
-from napari_unet.metrics import evaluate_stack
+from napari_unet.arrays.metrics import evaluate_stack
+from napari_unet.storage.data import load_isbi2012
 
 VAL = list(range(15, 20))
 

@@ -26,11 +26,11 @@ import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from napari_unet import load_model  # noqa: E402
-from napari_unet.data import load_isbi2012  # noqa: E402
-from napari_unet.engine import forward_probabilities  # noqa: E402
+from napari_unet.arrays.normalize import compute_normalizer  # noqa: E402
+from napari_unet.arrays.tiling import plan_tiles, read_mirrored  # noqa: E402
 from napari_unet.models import default_model_path  # noqa: E402
-from napari_unet.normalize import compute_normalizer  # noqa: E402
-from napari_unet.tiling import plan_tiles, read_mirrored  # noqa: E402
+from napari_unet.prediction.engine import forward_probabilities  # noqa: E402
+from napari_unet.storage.data import load_isbi2012  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = 572  # the paper's input tile; its output is 388 px

@@ -23,8 +23,8 @@ import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from napari_unet.augment import AugmentConfig, augment  # noqa: E402
-from napari_unet.weightmap import weight_map  # noqa: E402
+from napari_unet.arrays.augment import AugmentConfig, augment  # noqa: E402
+from napari_unet.arrays.weightmap import weight_map  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "isbi2012"

@@ -38,10 +38,10 @@ def overlay(ax, image, labels, title):
 
 def before_after(data: Path, out: Path) -> None:
     from napari_unet import load_model, predict
-    from napari_unet.data import load_isbi2012
-    from napari_unet.instances import cells_2d
-    from napari_unet.metrics import adapted_rand_error, segment_cells
+    from napari_unet.analysis.instances import cells_2d
+    from napari_unet.arrays.metrics import adapted_rand_error, segment_cells
     from napari_unet.models import default_model_path
+    from napari_unet.storage.data import load_isbi2012
 
     os.environ.setdefault("NAPARI_UNET_DATA_DIR", str(data))
     images, stored = load_isbi2012("train", indices=[15])
@@ -74,7 +74,7 @@ def linked_3d(data: Path, out: Path, model: str | None = None) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_instances import MITO, degrade, mito_prediction
 
-    from napari_unet.instances import SectionLinker, objects_2d
+    from napari_unet.analysis.instances import SectionLinker, objects_2d
 
     mito = np.stack(
         [np.asarray(Image.open(data / "vnc-dev" / "mitochondria" / f"{i}.png")) > 127 for i in MITO]

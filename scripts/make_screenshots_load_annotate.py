@@ -33,7 +33,7 @@ def write_stack(folder: Path, n_slices: int) -> Path:
     """The ISBI 2012 test volume as one calibrated TIFF (4 x 4 nm pixels, 50 nm sections)."""
     import tifffile
 
-    from napari_unet.data import load_isbi2012
+    from napari_unet.storage.data import load_isbi2012
 
     images, _ = load_isbi2012("test", indices=range(n_slices))
     path = folder / "isbi2012_test.tif"

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from napari_unet import UNet, predict, save_model
-from napari_unet.augment import AugmentConfig
-from napari_unet.data import load_isbi2012
-from napari_unet.metrics import evaluate_stack
-from napari_unet.train import TrainConfig, Trainer
+from napari_unet.arrays.augment import AugmentConfig
+from napari_unet.arrays.metrics import evaluate_stack
+from napari_unet.storage.data import load_isbi2012
+from napari_unet.training.train import TrainConfig, Trainer
 
 TRAIN = list(range(0, 15))
 VAL = list(range(15, 20))

@@ -21,7 +21,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def model_library(tmp_path_factory, monkeypatch) -> Path:
     """Every test gets its own, empty model library, so none writes into the user's data folder
     (command lines started by a test inherit it through the environment)."""
-    from napari_unet.library import LIBRARY_ENV
+    from napari_unet.models.library import LIBRARY_ENV
 
     folder = tmp_path_factory.mktemp("models")
     monkeypatch.setenv(LIBRARY_ENV, str(folder))

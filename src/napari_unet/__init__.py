@@ -8,15 +8,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from napari_unet import _moved
+
+_moved.install()
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "UNet": "model",
-    "predict": "inference",
-    "predict_tiles": "inference",
-    "TileResult": "inference",
-    "save_model": "checkpoint",
-    "load_model": "checkpoint",
+    "UNet": "network.model",
+    "predict": "prediction.inference",
+    "predict_tiles": "prediction.inference",
+    "TileResult": "prediction.inference",
+    "save_model": "modelfiles.checkpoint",
+    "load_model": "modelfiles.checkpoint",
     "UserInputError": "errors",
 }
 
@@ -32,10 +35,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import load_model, save_model
-    from .errors import UserInputError
-    from .inference import TileResult, predict, predict_tiles
-    from .model import UNet
+    from napari_unet.errors import UserInputError
+    from napari_unet.modelfiles.checkpoint import load_model, save_model
+    from napari_unet.network.model import UNet
+    from napari_unet.prediction.inference import TileResult, predict, predict_tiles
 
 
 def __dir__() -> list[str]:

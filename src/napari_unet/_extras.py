@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .errors import UserInputError
+from napari_unet.errors import UserInputError
 
 #: The optional extra that installs bioimageio.core/spec, onnx, onnxruntime and ome-zarr.
 EXTRA = "export"

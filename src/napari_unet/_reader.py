@@ -1,6 +1,6 @@
 """napari reader: EM stacks from TIFF, PNG/TIFF slice folders, zarr, HDF5 and MRC, opened lazily.
 
-The reading itself is :func:`napari_unet.io.read_image`; this module only turns its result into
+The reading itself is :func:`napari_unet.storage.io.read_image`; this module only turns its result into
 napari layer data. Pixels stay a dask array, so napari reads the slice on screen and nothing more,
 and a voxel size stored in the file becomes the layer scale. Nothing here imports Qt or napari.
 """
@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_unet import io
+from napari_unet.annotations.layers import read_mask_classes
 from napari_unet.errors import UserInputError
-from napari_unet.layers import read_mask_classes
+from napari_unet.storage import io
 
 LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]
@@ -24,9 +24,9 @@ _LABEL_WORDS = ("label", "seg", "mask", "gt", "ground", "truth", "annot", "membr
 
 
 def _supported(path: str | os.PathLike) -> bool:
-    """Whether ``path`` looks like something :func:`napari_unet.io.read_image` opens: a file with
+    """Whether ``path`` looks like something :func:`napari_unet.storage.io.read_image` opens: a file with
     a registered suffix, or a folder that a registered folder format recognises."""
-    from napari_unet import formats
+    from napari_unet.storage import formats
 
     text = os.fspath(path)
     p = Path(text.rstrip("/\\") or text)
@@ -112,7 +112,7 @@ def _read_one(path: str) -> list[LayerData]:
         if len(datasets) < 2:
             raise
         return _read_datasets(path, datasets)
-    from napari_unet.omezarr import is_label_image
+    from napari_unet.storage.omezarr import is_label_image
 
     if classes is not None:
         # masks saved by napari-unet: Labels with the class names and colours they were saved with

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.data import load_isbi2012, synthetic_em
-from napari_unet.layers import GROUND_TRUTH, class_palette, role_metadata
+from napari_unet.annotations.layers import GROUND_TRUTH, class_palette, role_metadata
+from napari_unet.storage.data import load_isbi2012, synthetic_em
 
 __all__ = ["isbi2012_sample", "synthetic_sample"]
 

@@ -1,6 +1,6 @@
 """napari writer: a Labels layer to .tif/.tiff, .zarr, .ome.zarr or a folder of PNG slices.
 
-The writing is :func:`napari_unet.io.write_labels` (atomic: the output appears only when complete).
+The writing is :func:`napari_unet.storage.io.write_labels` (atomic: the output appears only when complete).
 napari's save dialog has already asked before replacing an existing file, so this writer replaces
 an output napari-unet wrote; anything else (a folder of the user's own files at ``x`` for ``x.png``,
 a TIFF from another program) is refused with one line, never deleted.
@@ -29,9 +29,9 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     Raises UserInputError for an unsupported suffix or data that cannot be stored as labels,
     TypeError for a path or data of the wrong kind; metadata of the wrong kind is ignored.
     """
-    from napari_unet.annotation import class_names_from_features
-    from napari_unet.arguments import check_image_argument, writer_metadata
-    from napari_unet.layers import save_masks
+    from napari_unet.annotations.annotation import class_names_from_features
+    from napari_unet.annotations.layers import save_masks
+    from napari_unet.prediction.arguments import check_image_argument, writer_metadata
 
     if not isinstance(path, str | os.PathLike):
         raise TypeError(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserInputError
+from napari_unet.errors import UserInputError
 
 
 def overlay_rgb(image: np.ndarray, instance_labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -27,7 +27,7 @@ def overlay_rgb(image: np.ndarray, instance_labels: np.ndarray, alpha: float = 0
 
 def load_sample(data: str = "auto") -> tuple[str, np.ndarray, np.ndarray | None]:
     """(name, stack, true classes or None): the ISBI 2012 test stack when it can be had, else synthetic."""
-    from . import data as samples
+    from napari_unet.storage import data as samples
 
     if data in ("auto", "isbi"):
         try:
@@ -47,7 +47,7 @@ DEMO_FILES = ("masks.tif", "instances.tif", "overlay.png")
 
 def check_demo_output(output: Path, slices: int | None = None) -> None:
     """Refuse a demo output that is a file, holds results napari-unet did not write, or is read-only."""
-    from .outputs import check_replaceable, check_writable_folder
+    from napari_unet.storage.outputs import check_replaceable, check_writable_folder
 
     if slices is not None and slices < 1:
         raise UserInputError(f"--slices must be at least 1, got {slices}")
@@ -62,7 +62,7 @@ def save_overlay(path: Path, rgb: np.ndarray) -> None:
     """The overlay PNG, tagged as napari-unet's and renamed into place only when complete."""
     from PIL import Image, PngImagePlugin
 
-    from .outputs import TIFF_SOFTWARE, safe_output
+    from napari_unet.storage.outputs import TIFF_SOFTWARE, safe_output
 
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", TIFF_SOFTWARE)
@@ -72,8 +72,8 @@ def save_overlay(path: Path, rgb: np.ndarray) -> None:
 
 def write_results(output: Path, classes: np.ndarray, inst: np.ndarray, overlay: np.ndarray) -> None:
     """The demo's three files, all or none; a folder made for them goes again if they could not be."""
-    from . import io
-    from .outputs import os_error_message, staged
+    from napari_unet.storage import io
+    from napari_unet.storage.outputs import os_error_message, staged
 
     created = not output.exists()
     try:

@@ -5,7 +5,7 @@ Every exported network computes softmax **probabilities** (B, K, H - margin, W -
 mapping) is the caller's part, written into the bioimage.io package as its preprocessing. Tile
 sizes are dynamic: any ``min + n * 2**depth`` (188, 204, ... at depth 4) that
 :meth:`UNet.valid_input_size` accepts. Files appear only when complete (written under a hidden
-name, then renamed) through :func:`napari_unet.outputs.safe_output`: an existing output is replaced
+name, then renamed) through :func:`napari_unet.storage.outputs.safe_output`: an existing output is replaced
 only with ``--overwrite`` and only if napari-unet exported it (a marker inside each format), never
 the input model. Nothing here imports Qt or napari; ONNX and bioimage.io need the optional extra
 ``export``.
@@ -17,19 +17,23 @@ import os
 import tempfile
 from pathlib import Path
 
-from ._extras import require
-from .errors import UserInputError
-from .model import UNet
-from .portable import INPUT_NAME as INPUT_NAME  # re-exported: the network files are portable's
-from .portable import MARKER_KEY as MARKER_KEY
-from .portable import ONNX_OPSET as ONNX_OPSET
-from .portable import OUTPUT_NAME as OUTPUT_NAME
-from .portable import ProbabilityUNet as ProbabilityUNet  # bioimage.io packages import it from here
-from .portable import example_tile as example_tile
-from .portable import is_export as is_export
-from .portable import mark_package_folder, write_onnx, write_torchscript
-from .portable import onnx_probabilities as onnx_probabilities
-from .portable import probability_network as probability_network
+from napari_unet._extras import require
+from napari_unet.errors import UserInputError
+from napari_unet.modelfiles.portable import (
+    INPUT_NAME as INPUT_NAME,  # re-exported: the network files are portable's
+)
+from napari_unet.modelfiles.portable import MARKER_KEY as MARKER_KEY
+from napari_unet.modelfiles.portable import ONNX_OPSET as ONNX_OPSET
+from napari_unet.modelfiles.portable import OUTPUT_NAME as OUTPUT_NAME
+from napari_unet.modelfiles.portable import (
+    ProbabilityUNet as ProbabilityUNet,  # bioimage.io packages import it from here
+)
+from napari_unet.modelfiles.portable import example_tile as example_tile
+from napari_unet.modelfiles.portable import is_export as is_export
+from napari_unet.modelfiles.portable import mark_package_folder, write_onnx, write_torchscript
+from napari_unet.modelfiles.portable import onnx_probabilities as onnx_probabilities
+from napari_unet.modelfiles.portable import probability_network as probability_network
+from napari_unet.network.model import UNet
 
 #: Formats of ``napari-unet export --format``.
 FORMATS = ("bioimageio", "onnx", "torchscript")
@@ -38,7 +42,7 @@ FORMATS = ("bioimageio", "onnx", "torchscript")
 def load_source_model(spec: str) -> UNet:
     """The model to export: ``default`` (the shipped model), a .safetensors file or package, or
     the name of a model in the model library."""
-    from .checkpoint import load_model
+    from napari_unet.modelfiles.checkpoint import load_model
 
     path = _source_path(spec)
     if path is None:
@@ -51,7 +55,7 @@ def load_source_model(spec: str) -> UNet:
 def _source_path(spec: str) -> Path | None:
     """The file a model spec names (the shipped model for ``default``, a library model by its
     name), to read it and to keep it from being an output."""
-    from .models import default_model_path, find_model_file
+    from napari_unet.models import default_model_path, find_model_file
 
     if spec == "default":
         return default_model_path()
@@ -73,7 +77,7 @@ def export_model(
     without it a synthetic EM image is used. ``check`` runs bioimage.io's own model test on the
     package before it is put in place. The output follows the safe-output rules (see module notes).
     """
-    from .outputs import check_not_special, check_output, safe_output
+    from napari_unet.storage.outputs import check_not_special, check_output, safe_output
 
     if fmt not in FORMATS:
         raise UserInputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -91,13 +95,13 @@ def export_model(
     model = load_source_model(spec)
     probability_network(model)  # a network export cannot hold is refused before minutes of work
     if fmt == "bioimageio":
-        from .models import default_model_path
+        from napari_unet.models import default_model_path
 
         shipped_path = default_model_path()
         shipped = spec == "default" or (
             shipped_path is not None and source is not None and source.resolve() == shipped_path.resolve()
         )
-        from .bioimageio import write_package
+        from napari_unet.modelfiles.bioimageio import write_package
 
         with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as work:
             with safe_output(target, overwrite=overwrite, inputs=inputs, what="export") as tmp:

@@ -1,10 +1,10 @@
 """Segmentation as a stream of pieces ready to paint: what the Segment dock's worker runs.
 
-A Segment run differs from :func:`napari_unet.inference.predict` and the command line only in its
+A Segment run differs from :func:`napari_unet.prediction.inference.predict` and the command line only in its
 source and its sink. :class:`SegmentRequest` says what was asked (tile, device, precision,
 test-time augmentation, classes or instances, the visible region); :func:`layer_sinks` makes the
-sink of each slice, :class:`~napari_unet.sinks.Paint` (class labels per tile, in the layer's data
-type) or :class:`~napari_unet.sinks.Sections` (a slice's objects once it is complete); and
+sink of each slice, :class:`~napari_unet.prediction.sinks.Paint` (class labels per tile, in the layer's data
+type) or :class:`~napari_unet.prediction.sinks.Sections` (a slice's objects once it is complete); and
 :func:`segment_slices` keeps only the order of the slices: the slice on screen first, even when the
 user moves while it runs, and a first glance at the centre of the view. It is Qt-free, so tests and
 scripts iterate it directly.
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline import Sink
-from .sinks import Paint, Sections
-from .sinks import PaintTile as PaintTile  # re-exported: the dock imports it from here
+from napari_unet.prediction.pipeline import Sink
+from napari_unet.prediction.sinks import Paint, Sections
+from napari_unet.prediction.sinks import PaintTile as PaintTile  # re-exported: the dock imports it from here
 
 __all__ = [
     "GLANCE_WINDOW",
@@ -54,7 +54,7 @@ class SegmentRequest:
     crop: tuple[int, int, int, int] | None = None
 
     def settings(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`~napari_unet.inference.predict_into` it sets."""
+        """The keyword arguments of :func:`~napari_unet.prediction.inference.predict_into` it sets."""
         return {
             "tile_shape": self.tile_shape,
             "device": self.device,
@@ -100,8 +100,8 @@ SinkFactory = Callable[[SliceTarget], Sink]
 
 
 def layer_sinks(model: Any, request: SegmentRequest, dtype: np.dtype) -> SinkFactory:
-    """The sink of each slice for a Labels layer of ``dtype``: :class:`~napari_unet.sinks.Paint`
-    for classes, :class:`~napari_unet.sinks.Sections` with the request's instance class and method
+    """The sink of each slice for a Labels layer of ``dtype``: :class:`~napari_unet.prediction.sinks.Paint`
+    for classes, :class:`~napari_unet.prediction.sinks.Sections` with the request's instance class and method
     for instances (an unknown class or method is refused here, before anything runs)."""
 
     def where(t: SliceTarget) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def segment_slices(
     z_order: list[int] | None = None,
     control: dict[str, Any] | None = None,
 ) -> Iterator[PaintTile]:
-    """Run in the worker: each slice through :func:`~napari_unet.inference.predict_into` into the
+    """Run in the worker: each slice through :func:`~napari_unet.prediction.inference.predict_into` into the
     sink ``sinks`` makes for it, yielding what the sink hands over per tile (``index`` counts over
     the whole run, ``total`` is the run's).
 
@@ -174,8 +174,8 @@ def segment_slices(
     ``control["glance"]`` = (y, x), the view centre, the centre of a small window there comes first
     (index -1, total 0), through the same sink.
     """
-    from napari_unet.inference import predict_into
-    from napari_unet.normalize import compute_normalizer
+    from napari_unet.arrays.normalize import compute_normalizer
+    from napari_unet.prediction.inference import predict_into
 
     is_stack = image.ndim == 3
     normalizer = compute_normalizer(image, model.metadata.get("normalization"))
@@ -228,7 +228,7 @@ def section_objects(
 ) -> Callable[[int, np.ndarray], np.ndarray]:
     """``objects(z, probabilities)``: a finished slice's objects of ``instance_class`` by ``method``,
     their ids following those of the slices finished before, as on the command line."""
-    from napari_unet.instances import class_index, linked_objects
+    from napari_unet.analysis.instances import class_index, linked_objects
 
     names = model.metadata.get("classes")
     k = class_index(instance_class, names, model.n_classes)

@@ -20,8 +20,8 @@ import zarr
 from napari_unet import UNet, UserInputError, predict, save_model
 from napari_unet import distributed as dist
 from napari_unet.cli import main
-from napari_unet.inference import labels_from_probabilities
-from napari_unet.io import read_labels
+from napari_unet.prediction.inference import labels_from_probabilities
+from napari_unet.storage.io import read_labels
 
 SHAPE = (3, 1100, 900)  # neither 1100 nor 900 is a multiple of the 512 chunk
 CHUNK = 512

@@ -35,7 +35,7 @@ def sample_folder(tmp_path, monkeypatch):
     synthetic EM stack (test_docs_commands.py adds what the pages of docs/ name)."""
     import zarr
 
-    from napari_unet.data import synthetic_em
+    from napari_unet.storage.data import synthetic_em
 
     images, labels = synthetic_em(n_slices=3, shape=(96, 96), seed=0)
     for name in ("stack.tif", "img.tif"):

@@ -13,8 +13,8 @@ import torch
 
 from napari_unet import predict, save_model
 from napari_unet.cli import main
-from napari_unet.data import synthetic_em
-from napari_unet.io import read_labels
+from napari_unet.storage.data import synthetic_em
+from napari_unet.storage.io import read_labels
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_segment_folder_and_instances(tmp_path, model_file, capsys):
 
 def test_instances_of_a_class_linked_across_sections(tmp_path, model_file, stack_tif, capsys):
     from napari_unet import load_model
-    from napari_unet.instances import instance_sections
+    from napari_unet.analysis.instances import instance_sections
 
     out = tmp_path / "objects.tif"
     code, _, err = run(["segment", stack_tif, "-o", out, "--model", model_file, "--instances",
@@ -217,7 +217,7 @@ def test_train_then_evaluate(tmp_path, stack_tif, capsys):
                         "--precision", "fp32", "--optimizer", "adam"], capsys)
     assert code == 0, err
     from napari_unet import load_model
-    from napari_unet.checkpoint import load_training_state
+    from napari_unet.modelfiles.checkpoint import load_training_state
 
     m = load_model(model)
     assert m.metadata["classes"] == ["membrane", "cell"]
@@ -361,7 +361,7 @@ def test_train_time_limit_alone(tmp_path, model_file, stack_tif, capsys):
             "--from", model_file, "--max-minutes", "0.05", "--tile", "252", "--precision", "fp32"]
     code, _, err = run(args, capsys)
     assert code == 0, err
-    from napari_unet.checkpoint import load_training_state
+    from napari_unet.modelfiles.checkpoint import load_training_state
 
     steps = load_training_state(out)["step"]
     assert steps >= 2 and f"finished after {steps} steps" in err

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_unet.cli import main
-from napari_unet.io import read_labels
 from napari_unet.models import default_model_path
+from napari_unet.storage.io import read_labels
 
 
 @pytest.mark.skipif(default_model_path() is None, reason="no shipped model in this installation")

@@ -30,7 +30,7 @@ import tifffile
 
 from napari_unet import load_model, save_model
 from napari_unet.cli import main
-from napari_unet.io import read_image, read_labels
+from napari_unet.storage.io import read_image, read_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -93,7 +93,7 @@ RUN = {
 
 #: every example that is not run, and why (the page says the same)
 NOT_RUN = {
-    ("data.md", "from napari_unet.data import load_isbi2012, isbi2012_available"):
+    ("data.md", "from napari_unet.storage.data import load_isbi2012, isbi2012_available"):
         "downloads the ISBI 2012 files",
     ("distributed.md", "segment volume.zarr -o labels.zarr --probabilities probs.zarr --scheduler tcp://10.0.0.5:8786"):
         "needs a running dask cluster at that address",
@@ -159,8 +159,8 @@ def docs_folder(sample_folder, shipped_metadata, make_unet, monkeypatch):
     import zarr
 
     import napari_unet.models
-    from napari_unet.data import synthetic_em
-    from napari_unet.library import Library
+    from napari_unet.models.library import Library
+    from napari_unet.storage.data import synthetic_em
 
     stand_in = _tiny(
         make_unet, sample_folder.parent / "shipped" / "em_membrane.safetensors",

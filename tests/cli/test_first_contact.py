@@ -12,9 +12,9 @@ import tifffile
 
 from napari_unet import save_model
 from napari_unet.cli import main
-from napari_unet.data import synthetic_em
-from napari_unet.io import read_labels
 from napari_unet.models import default_model_path
+from napari_unet.storage.data import synthetic_em
+from napari_unet.storage.io import read_labels
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_only_our_own_warnings_are_labelled_as_ours(tmp_path, stack_tif, capsys)
 
     before = warnings.formatwarning
     ours = cli_main._warning_formatter(before)
-    own_file = str(Path(cli_main.__file__).parent.parent / "io" / "__init__.py")
+    own_file = str(Path(cli_main.__file__).parent.parent / "storage" / "io" / "__init__.py")
     assert ours("grey", UserWarning, own_file, 3) == "napari-unet: warning: grey\n"
     theirs = ours("deprecated", DeprecationWarning, "/site-packages/npe2/schema.py", 197)
     assert theirs.startswith("/site-packages/npe2/schema.py:197: DeprecationWarning: deprecated")

@@ -17,10 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from napari_unet import UNet, save_model
-from napari_unet.checkpoint import HEADER_KEY
 from napari_unet.cli import main
-from napari_unet.inference import labels_from_probabilities, predict
-from napari_unet.io import read_labels, to_grey
+from napari_unet.modelfiles.checkpoint import HEADER_KEY
+from napari_unet.prediction.inference import labels_from_probabilities, predict
+from napari_unet.storage.io import read_labels, to_grey
 
 SEED = 13
 H, W = 40, 36

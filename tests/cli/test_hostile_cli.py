@@ -13,10 +13,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from napari_unet import UserInputError, load_model
-from napari_unet.checkpoint import HEADER_KEY
 from napari_unet.cli import main
-from napari_unet.inference import labels_from_probabilities, predict
-from napari_unet.io import read_labels
+from napari_unet.modelfiles.checkpoint import HEADER_KEY
+from napari_unet.prediction.inference import labels_from_probabilities, predict
+from napari_unet.storage.io import read_labels
 
 
 def run(args, capsys):
@@ -127,8 +127,8 @@ def test_demo_output_naming_a_file(tmp_path, capsys):
 
 
 def test_full_disk_is_one_line(tmp_path, model_file, image_tif, capsys, monkeypatch):
-    import napari_unet.atomic as atomic
-    import napari_unet.io.tiff as tiff
+    import napari_unet.storage.atomic as atomic
+    import napari_unet.storage.io.tiff as tiff
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
@@ -145,7 +145,7 @@ def test_full_disk_is_one_line(tmp_path, model_file, image_tif, capsys, monkeypa
 
 
 def test_out_of_memory_in_torch_is_one_line(tmp_path, model_file, image_tif, capsys, monkeypatch):
-    import napari_unet.engine as engine
+    import napari_unet.prediction.engine as engine
 
     def oom(*a, **k):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")

@@ -21,10 +21,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from napari_unet import UserInputError, save_model
-from napari_unet import outputs as outputs_mod
-from napari_unet.checkpoint import HEADER_KEY
 from napari_unet.cli import main
-from napari_unet.io import read_image, read_labels, write_labels
+from napari_unet.modelfiles.checkpoint import HEADER_KEY
+from napari_unet.storage import outputs as outputs_mod
+from napari_unet.storage.io import read_image, read_labels, write_labels
 
 SEED = 28
 
@@ -155,7 +155,7 @@ def test_lost_a_store_with_user_groups_is_not_replaced_whole(
 @pytest.fixture
 def ome_image(tmp_path):
     pytest.importorskip("ome_zarr")
-    from napari_unet import omezarr
+    from napari_unet.storage import omezarr
 
     src = tmp_path / "img.ome.zarr"
     omezarr.write_label_group(src, np.random.default_rng(SEED).integers(0, 255, (40, 36), dtype=np.uint8))
@@ -201,7 +201,7 @@ def test_lost_a_users_lock_named_file_is_kept(tmp_path, model_file, image_tif, c
 def test_lost_failed_probabilities_leave_no_labels_and_no_litter(
     tmp_path, model_file, image_tif, capsys, monkeypatch, old
 ):
-    import napari_unet.io.tiff as tiff
+    import napari_unet.storage.io.tiff as tiff
 
     out, probs = tmp_path / "o.tif", tmp_path / "p.tif"
     if old:
@@ -429,7 +429,7 @@ def test_hang_pipes_are_refused_before_work(tmp_path, model_file, image_tif, tru
 _HOLD = textwrap.dedent(
     """
     import sys, time
-    from napari_unet.outputs import OutputLock
+    from napari_unet.storage.outputs import OutputLock
     OutputLock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(60)
@@ -481,8 +481,8 @@ def _full(*a, **k):
 def test_traceback_full_disk_is_one_line_and_leaves_nothing(
     tmp_path, model_file, image_tif, truth_tif, capsys, monkeypatch, case
 ):
-    import napari_unet.atomic as atomic
-    import napari_unet.portable as portable
+    import napari_unet.modelfiles.portable as portable
+    import napari_unet.storage.atomic as atomic
 
     if case.startswith("segment"):
         pytest.importorskip("ome_zarr")
@@ -495,7 +495,7 @@ def test_traceback_full_disk_is_one_line_and_leaves_nothing(
     elif case == "train model":
         from safetensors import SafetensorError
 
-        import napari_unet.checkpoint as checkpoint
+        import napari_unet.modelfiles.checkpoint as checkpoint
 
         def wrapped(*a, **k):
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
@@ -526,7 +526,7 @@ def test_traceback_full_disk_is_one_line_and_leaves_nothing(
 
 
 def test_traceback_demo_results_all_or_none_on_a_full_disk(tmp_path, monkeypatch):
-    import napari_unet.atomic as atomic
+    import napari_unet.storage.atomic as atomic
     from napari_unet.demo import write_results
 
     classes = np.ones((1, 8, 8), np.uint8)
@@ -558,7 +558,7 @@ def test_traceback_demo_results_all_or_none_on_a_full_disk(tmp_path, monkeypatch
 def test_traceback_read_only_or_forbidden_folder_is_one_line(
     tmp_path, model_file, capsys, monkeypatch, code, words
 ):
-    import napari_unet.portable as portable
+    import napari_unet.modelfiles.portable as portable
 
     def refuse(*a, **k):
         raise OSError(code, os.strerror(code))

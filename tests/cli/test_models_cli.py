@@ -10,8 +10,8 @@ import tifffile
 
 from napari_unet import load_model, save_model
 from napari_unet.cli import main
-from napari_unet.data import synthetic_em
-from napari_unet.library import FINISHED, UNFINISHED, Library
+from napari_unet.models.library import FINISHED, UNFINISHED, Library
+from napari_unet.storage.data import synthetic_em
 
 
 @pytest.fixture
@@ -85,8 +85,8 @@ def test_train_with_output_also_keeps_a_copy(tmp_path, stack, model_file, capsys
 
 
 def test_an_unfinished_library_run_resumes_by_name(stack, model_file, capsys):
-    from napari_unet.library import train_into_library
-    from napari_unet.recipes import recipe_config
+    from napari_unet.models.library import train_into_library
+    from napari_unet.training.recipes import recipe_config
 
     images, labels = (tifffile.imread(p) for p in stack)
     library = Library()

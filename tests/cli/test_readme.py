@@ -15,8 +15,8 @@ import pytest
 from test_docs_commands import ROOT, SHORTER, code_blocks, command_lines
 
 from napari_unet.cli import main
-from napari_unet.io import read_labels
 from napari_unet.models import default_model_path
+from napari_unet.storage.io import read_labels
 
 
 def test_the_readme_has_the_examples_this_test_runs():

@@ -1,4 +1,4 @@
-"""Tests for napari_unet.annotation: classes, counts, copying a prediction, sidecar autosave."""
+"""Tests for napari_unet.annotations.annotation: classes, counts, copying a prediction, sidecar autosave."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import pytest
 import tifffile
 import zarr
 
-from napari_unet import annotation as ann
-from napari_unet import loading
-from napari_unet.annotation import (
+from napari_unet.annotations import annotation as ann
+from napari_unet.annotations.annotation import (
     ImageSource,
     add_class,
     autosave,
@@ -37,6 +36,7 @@ from napari_unet.annotation import (
     visible_region,
 )
 from napari_unet.errors import UserInputError
+from napari_unet.storage import loading
 
 
 @pytest.fixture(autouse=True)

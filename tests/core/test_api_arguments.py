@@ -10,8 +10,8 @@ import torch
 
 from napari_unet import UNet, UserInputError, load_model, predict, predict_tiles, save_model
 from napari_unet._writer import write_labels as napari_writer
-from napari_unet.inference import predict_labels
-from napari_unet.io import read_labels
+from napari_unet.prediction.inference import predict_labels
+from napari_unet.storage.io import read_labels
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for napari_unet.augment: the elastic field, exact geometry, label safety, repeatability."""
+"""Tests for napari_unet.arrays.augment: the elastic field, exact geometry, label safety, repeatability."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_unet.augment import AugmentConfig, augment, elastic_displacement
+from napari_unet.arrays.augment import AugmentConfig, augment, elastic_displacement
 
 torch.set_num_threads(1)
 
@@ -282,7 +282,7 @@ def test_runs_on_the_tensors_device():
 def test_targets_move_with_the_labels_and_leave_the_draws_alone():
     """Soft targets (one-hot of the labels here) follow the same geometry as the labels, bilinear
     so they stay probabilities; giving them does not change the image, labels or weights."""
-    from napari_unet.augment import augment_with_targets
+    from napari_unet.arrays.augment import augment_with_targets
 
     g = torch.Generator().manual_seed(5)
     image = torch.rand(2, 1, 48, 48, generator=g)

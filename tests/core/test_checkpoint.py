@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_unet import UNet, UserInputError, load_model, predict, save_model
-from napari_unet.checkpoint import read_header
+from napari_unet.modelfiles.checkpoint import read_header
 
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path, tiny_model, rng):

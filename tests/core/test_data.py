@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unet import data
 from napari_unet._sample_data import isbi2012_sample, synthetic_sample
-from napari_unet.data import (
+from napari_unet.arrays.metrics import iou
+from napari_unet.errors import UserInputError
+from napari_unet.storage import data
+from napari_unet.storage.data import (
     DATA_DIR_ENV,
     isbi2012_available,
     isbi2012_files,
     load_isbi2012,
     synthetic_em,
 )
-from napari_unet.errors import UserInputError
-from napari_unet.metrics import iou
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SHARED_ISBI = SHARED_DATA / "isbi2012"
@@ -33,7 +33,7 @@ needs_isbi = pytest.mark.skipif(
     not (SHARED_ISBI / "MANIFEST.tsv").is_file(),
     reason=f"ISBI 2012 data not found at {SHARED_ISBI} (expected beside the repository)",
 )
-PACKAGED_MANIFEST = Path(data.__file__).parent / "resources" / "isbi2012.tsv"
+PACKAGED_MANIFEST = Path(data.__file__).parents[1] / "resources" / "isbi2012.tsv"
 
 
 def _packaged_rows() -> list[dict[str, str]]:
@@ -201,7 +201,7 @@ def test_isbi2012_sample_unavailable_is_a_user_error(monkeypatch, tmp_path):
 
 def test_sample_data_module_imports_no_gui():
     code = (
-        "import sys, napari_unet._sample_data, napari_unet.data, napari_unet.metrics; "
+        "import sys, napari_unet._sample_data, napari_unet.storage.data, napari_unet.arrays.metrics; "
         "print(sorted(m for m in ('napari', 'qtpy', 'PyQt5', 'magicgui') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

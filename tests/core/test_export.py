@@ -15,8 +15,8 @@ import yaml
 
 from napari_unet import UNet, save_model
 from napari_unet.cli import main
-from napari_unet.data import synthetic_em
-from napari_unet.io import read_labels
+from napari_unet.storage.data import synthetic_em
+from napari_unet.storage.io import read_labels
 
 NORM = {"method": "percentile", "lower": 2.0, "upper": 99.5}
 
@@ -36,7 +36,7 @@ def tiny_file(work):
 
 
 def _torch_probs(path, x: np.ndarray) -> np.ndarray:
-    from napari_unet.checkpoint import load_model
+    from napari_unet.modelfiles.checkpoint import load_model
 
     model = load_model(path).eval()
     with torch.no_grad():
@@ -106,7 +106,7 @@ def no_network(monkeypatch):
 
 
 def test_bioimageio_model_test_passes_offline(package, no_network):
-    from napari_unet.bioimageio import check_package
+    from napari_unet.modelfiles.bioimageio import check_package
 
     assert check_package(package) is None
     assert no_network == []
@@ -138,7 +138,7 @@ def test_package_describes_tiles_margin_preprocessing_and_classes(package):
 
 
 def test_model_option_accepts_the_package(work, package, tiny_file, capsys):
-    from napari_unet.checkpoint import load_model
+    from napari_unet.modelfiles.checkpoint import load_model
 
     model = load_model(package)
     assert model.metadata["classes"] == ["membrane", "cell", "mito chondria"]

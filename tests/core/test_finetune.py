@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from napari_unet import UNet, UserInputError, load_model, predict, save_model
-from napari_unet.data import synthetic_em
-from napari_unet.model import with_classes
-from napari_unet.recipes import DEFAULT_RECIPE, RECIPE_CHOICES, RECIPES, recipe_config
-from napari_unet.train import TrainConfig, Trainer, _hold_out_blocks
+from napari_unet.network.model import with_classes
+from napari_unet.storage.data import synthetic_em
+from napari_unet.training.recipes import DEFAULT_RECIPE, RECIPE_CHOICES, RECIPES, recipe_config
+from napari_unet.training.train import TrainConfig, Trainer, _hold_out_blocks
 
 
 def blob_task(seed: int = 0, n: int = 2, size: int = 96):
@@ -236,7 +236,7 @@ def test_the_first_snapshot_comes_with_the_first_step():
 
 def test_train_events_trains_a_copy_and_leaves_the_start_model_as_it_was():
     """The dock hands its start model over as is; the copy is made in the worker, not at the click."""
-    from napari_unet.finetuning import train_events
+    from napari_unet.training.finetuning import train_events
 
     images, labels = synthetic_em(n_slices=2, shape=(96, 96), seed=2)
     start = shipped_like()

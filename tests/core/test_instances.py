@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet import UserInputError
-from napari_unet.instances import (
+from napari_unet.analysis.instances import (
     CellConfig,
     SectionLinker,
     cells_2d,
@@ -176,8 +176,8 @@ def test_linker_needs_enough_overlap():
 
 def test_sections_sink_gathers_tiles_into_the_objects_of_whole_sections():
     """The Segment dock's Sections sink, fed tiles in any order, gives instance_sections' ids."""
-    from napari_unet.pipeline import Placed
-    from napari_unet.sinks import Sections
+    from napari_unet.prediction.pipeline import Placed
+    from napari_unet.prediction.sinks import Sections
 
     probs = np.stack([membrane_map()] * 3)  # (Z, H, W) P(cell)
     probs[1] = np.roll(probs[1], 2, axis=1)
@@ -206,9 +206,9 @@ def test_sections_sink_gathers_tiles_into_the_objects_of_whole_sections():
 def test_isbi_validation_slices_beat_components(isbi_dir):
     """On ISBI 2012 slices 15-19 (never trained on) the default beats thresholding."""
     from napari_unet import load_model, predict
-    from napari_unet.data import load_isbi2012
-    from napari_unet.metrics import evaluate_instances, segment_cells
+    from napari_unet.arrays.metrics import evaluate_instances, segment_cells
     from napari_unet.models import default_model_path
+    from napari_unet.storage.data import load_isbi2012
 
     path = default_model_path()
     if path is None:
@@ -224,7 +224,7 @@ def test_isbi_validation_slices_beat_components(isbi_dir):
 def test_segment_dock_instances_equal_the_command_line_s(tiny_model, rng):
     """The Segment dock's stream numbers a stack's objects as instance_sections does (CLI, API)."""
     from napari_unet import predict
-    from napari_unet.normalize import compute_normalizer
+    from napari_unet.arrays.normalize import compute_normalizer
     from napari_unet.stream import segmentation_tiles
 
     tiny_model.metadata["classes"] = names = ["background", "mito"]  # objects of the argmax mask

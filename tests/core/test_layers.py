@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet import layers
-from napari_unet.annotation import PALETTE, copy_prediction, remove_class
+from napari_unet.annotations import layers
+from napari_unet.annotations.annotation import PALETTE, copy_prediction, remove_class
 from napari_unet.errors import UserInputError
 
 
@@ -87,7 +87,7 @@ def test_copy_prediction_reports_its_edit_as_whole_array_indices():
 
 def test_tile_plan_explains_the_tile_and_the_cost():
     from napari_unet import UNet
-    from napari_unet.tileplan import check_tile_size, estimate
+    from napari_unet.prediction.tileplan import check_tile_size, estimate
 
     model = UNet(base_channels=4, depth=4)
     with pytest.raises(UserInputError, match="at least 204"):
@@ -105,7 +105,7 @@ def test_timing_a_tile_runs_exactly_that_tile_once(make_unet):
     """What the Segment dock times before its first run is one pass of the tile the run uses."""
     import math
 
-    from napari_unet.inference import measure_seconds_per_mpx
+    from napari_unet.prediction.inference import measure_seconds_per_mpx
 
     model = make_unet(depth=2, dropout=0.0)
     tile = (model.valid_input_size(100), model.valid_input_size(124))

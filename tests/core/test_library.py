@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from napari_unet import UserInputError, load_model, save_model
-from napari_unet.checkpoint import load_training_state
-from napari_unet.data import synthetic_em
-from napari_unet.library import (
+from napari_unet.modelfiles.checkpoint import load_training_state
+from napari_unet.models.library import (
     FINISHED,
     IMPORTED,
     UNFINISHED,
@@ -27,8 +26,9 @@ from napari_unet.library import (
     readable_name,
     train_into_library,
 )
-from napari_unet.recipes import recipe_config
-from napari_unet.train import Trainer
+from napari_unet.storage.data import synthetic_em
+from napari_unet.training.recipes import recipe_config
+from napari_unet.training.train import Trainer
 
 
 @pytest.fixture
@@ -116,8 +116,8 @@ def test_a_killed_run_leaves_a_resumable_unfinished_checkpoint(make_unet, data, 
     child = f"""
 import numpy as np
 from napari_unet import load_model
-from napari_unet.library import Library, train_into_library
-from napari_unet.recipes import recipe_config
+from napari_unet.models.library import Library, train_into_library
+from napari_unet.training.recipes import recipe_config
 cfg = recipe_config("fast", steps=100000, tile_size=92, precision="fp32", validation="none",
                     checkpoint_every=2, seed=0)
 lib = Library()
@@ -205,7 +205,7 @@ def test_a_run_stopped_before_its_first_step_leaves_nothing(make_unet, data):
 def test_checkpoints_by_time_between_the_trainers_own(make_unet, data):
     """Besides the trainer's every-N-steps checkpoints, the library writes one after every_s
     seconds of training (every_s=0: after each step), with its step count in the record."""
-    from napari_unet.finetuning import train_events
+    from napari_unet.training.finetuning import train_events
 
     images, labels = data
     library = Library()

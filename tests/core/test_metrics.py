@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_unet.data import synthetic_em
-from napari_unet.errors import UserInputError
-from napari_unet.metrics import (
+from napari_unet.arrays.metrics import (
     adapted_rand_error,
     as_cell_mask,
     evaluate_membrane,
@@ -22,6 +20,8 @@ from napari_unet.metrics import (
     segment_cells,
     variation_of_information,
 )
+from napari_unet.errors import UserInputError
+from napari_unet.storage.data import synthetic_em
 
 
 def _are_by_pair_counting(gt: np.ndarray, seg: np.ndarray) -> float:

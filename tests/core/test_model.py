@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_unet import UNet
-from napari_unet.model import count_conv_layers, forward_macs
+from napari_unet.network.model import count_conv_layers, forward_macs
 
 
 def test_paper_network_layers_and_shape():
@@ -70,7 +70,7 @@ def test_channels_double_per_level():
 
 
 def test_with_classes_keeps_old_outputs_and_adds_new():
-    from napari_unet.model import with_classes
+    from napari_unet.network.model import with_classes
 
     torch.manual_seed(0)
     model = UNet(base_channels=2, depth=2).eval()
@@ -87,7 +87,7 @@ def test_with_classes_keeps_old_outputs_and_adds_new():
 
 def test_with_classes_by_name_keeps_new_and_drops_channels():
     """Classes are matched by name: kept channels keep their weights, new ones are fresh, others go."""
-    from napari_unet.model import kept_classes, with_classes
+    from napari_unet.network.model import kept_classes, with_classes
 
     torch.manual_seed(0)
     model = UNet(base_channels=4, depth=2, n_classes=3)

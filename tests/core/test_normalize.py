@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_unet.normalize import compute_normalizer, percentiles
+from napari_unet.arrays.normalize import compute_normalizer, percentiles
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int8, np.int16])

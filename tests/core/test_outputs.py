@@ -14,12 +14,13 @@ import tifffile
 import torch
 import zarr
 
-from napari_unet import UserInputError, atomic, outputs, save_model
+from napari_unet import UserInputError, save_model
 from napari_unet import distributed as dist
+from napari_unet.arrays.normalize import Normalizer
 from napari_unet.cli import main
-from napari_unet.inference import labels_from_probabilities, predict
-from napari_unet.io import read_labels, write_labels, write_probabilities
-from napari_unet.normalize import Normalizer
+from napari_unet.prediction.inference import labels_from_probabilities, predict
+from napari_unet.storage import atomic, outputs
+from napari_unet.storage.io import read_labels, write_labels, write_probabilities
 
 
 def one_error_line(err: str) -> bool:
@@ -162,7 +163,7 @@ def test_model_files_get_the_usual_permissions(tmp_path, small_model):
 _HOLD = textwrap.dedent(
     """
     import sys, time
-    from napari_unet.outputs import OutputLock
+    from napari_unet.storage.outputs import OutputLock
     lock = OutputLock(sys.argv[1])
     lock.acquire()
     print("held", flush=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet import UserInputError
-from napari_unet.postprocess import cell_class_index, instances
+from napari_unet.analysis.postprocess import cell_class_index, instances
 
 
 def two_cells_with_leaky_membrane():

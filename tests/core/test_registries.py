@@ -13,9 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from napari_unet import UNet, UserInputError, load_model, predict, save_model
-from napari_unet.checkpoint import HEADER_KEY, read_header
-from napari_unet.data import synthetic_em
-from napari_unet.model import (
+from napari_unet.modelfiles.checkpoint import HEADER_KEY, read_header
+from napari_unet.network.model import (
     ARCHITECTURES,
     architecture_name,
     architecture_problem,
@@ -27,7 +26,8 @@ from napari_unet.model import (
     unet_problem,
     unregister_architecture,
 )
-from napari_unet.train import TrainConfig, Trainer
+from napari_unet.storage.data import synthetic_em
+from napari_unet.training.train import TrainConfig, Trainer
 
 
 # ------------------------------------------------------------------ a throwaway architecture
@@ -192,7 +192,7 @@ def _halves(probabilities: np.ndarray, k: int, options) -> np.ndarray:
 @pytest.fixture
 def halves():
     """The throwaway instance method "halves-test", registered for one test."""
-    from napari_unet.instances import register_method, unregister_method
+    from napari_unet.analysis.instances import register_method, unregister_method
 
     register_method("halves-test", _halves)
     yield "halves-test"
@@ -200,8 +200,8 @@ def halves():
 
 
 def test_a_registered_instance_method_runs_by_name_in_the_api(halves):
-    from napari_unet.instances import instance_labels, instances_of_class, linked_objects
-    from napari_unet.postprocess import instances
+    from napari_unet.analysis.instances import instance_labels, instances_of_class, linked_objects
+    from napari_unet.analysis.postprocess import instances
 
     p_cell = np.full((3, 8, 10), 0.9, np.float32)
     p_cell[:, :, 4:6] = 0.1  # a membrane down the middle
@@ -219,8 +219,8 @@ def test_a_registered_instance_method_runs_by_name_in_the_api(halves):
 
 
 def test_an_unknown_instance_method_is_refused_with_the_known_ones():
-    from napari_unet.instances import instance_sections, instances_of_class, linked_objects
-    from napari_unet.postprocess import instances
+    from napari_unet.analysis.instances import instance_sections, instances_of_class, linked_objects
+    from napari_unet.analysis.postprocess import instances
 
     message = "unknown instance method 'nope'; choose one of auto, cells, objects, components, watershed"
     probs = np.full((2, 6, 6), 0.5, np.float32)
@@ -237,9 +237,9 @@ def test_an_unknown_instance_method_is_refused_with_the_known_ones():
 def test_segment_instances_runs_a_registered_method_by_name(tmp_path, tiny_model, halves, capsys):
     import tifffile
 
+    from napari_unet.analysis.instances import instance_labels
     from napari_unet.cli import main
-    from napari_unet.instances import instance_labels
-    from napari_unet.io import read_labels
+    from napari_unet.storage.io import read_labels
 
     image = np.random.default_rng(0).integers(0, 255, (2, 64, 60), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "in.tif", image)
@@ -261,8 +261,8 @@ def test_segment_instances_runs_a_registered_method_by_name(tmp_path, tiny_model
 
 
 def test_the_segment_dock_stream_runs_a_registered_method_by_name(tiny_model, halves):
-    from napari_unet.instances import instance_sections
-    from napari_unet.normalize import compute_normalizer
+    from napari_unet.analysis.instances import instance_sections
+    from napari_unet.arrays.normalize import compute_normalizer
     from napari_unet.stream import segmentation_tiles
 
     image = np.random.default_rng(1).integers(0, 256, (3, 64, 60), dtype=np.uint8)

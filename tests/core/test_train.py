@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_unet import UNet, UserInputError, load_model, predict
-from napari_unet.checkpoint import load_training_state
-from napari_unet.data import synthetic_em
-from napari_unet.train import TrainConfig, Trainer
+from napari_unet.modelfiles.checkpoint import load_training_state
+from napari_unet.storage.data import synthetic_em
+from napari_unet.training.train import TrainConfig, Trainer
 
 
 def small_model(seed=0):
@@ -191,7 +191,7 @@ def test_validation_metrics_and_max_minutes():
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A failure while writing leaves the previous checkpoint intact and no temporary file."""
-    import napari_unet.checkpoint as ck
+    import napari_unet.modelfiles.checkpoint as ck
 
     images, labels = synthetic_em(n_slices=1, shape=(96, 96), seed=8)
     ckpt = tmp_path / "m.safetensors"
@@ -245,7 +245,7 @@ def test_fused_optimiser_matches_the_plain_one(optimizer, monkeypatch):
 
 
 def test_distillation_loss_is_zero_on_agreement_and_ignores_paint():
-    from napari_unet.train import distillation_loss
+    from napari_unet.training.train import distillation_loss
 
     targets = torch.tensor([0.2, 0.8]).view(1, 2, 1, 1).expand(1, 2, 4, 4).clone()
     agree = torch.log(torch.tensor([0.2, 0.8, 1e-9])).view(1, 3, 1, 1).expand(1, 3, 4, 4).clone()
@@ -262,7 +262,7 @@ def test_distillation_loss_is_zero_on_agreement_and_ignores_paint():
 
 def _strokes_task():
     """Synthetic EM with a few painted strokes per class and a new class "spot" on a few dots."""
-    from napari_unet.model import with_classes
+    from napari_unet.network.model import with_classes
 
     images, labels = synthetic_em(2, (160, 160), seed=3)
     sparse = np.zeros_like(labels)
@@ -378,7 +378,7 @@ def test_rare_class_balancing_only_for_dense_labels_with_a_rare_class():
     rare = labels.copy()
     rare[:, 60:66, 60:66] = 3  # 72 of 32 768 px: about 0.2 %
     model = small_model()
-    from napari_unet.model import with_classes
+    from napari_unet.network.model import with_classes
 
     three = with_classes(model, ["membrane", "cell", "synapse"])
     cfg = TrainConfig(steps=1, balance_classes="rare", balance_power=0.5, validation="none")

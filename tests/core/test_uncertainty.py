@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.errors import UserInputError
-from napari_unet.uncertainty import (
+from napari_unet.analysis.uncertainty import (
     from_uint8,
     margin_uncertainty,
     most_uncertain_window,
@@ -15,6 +14,7 @@ from napari_unet.uncertainty import (
     to_uint8,
     view_disagreement,
 )
+from napari_unet.errors import UserInputError
 
 
 def test_margin_is_one_minus_the_gap_between_the_two_likeliest_classes():

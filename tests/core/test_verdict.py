@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.verdict import AGREEMENT_MIN, UnitCounts, judge
+from napari_unet.arrays.verdict import AGREEMENT_MIN, UnitCounts, judge
 
 NAMES = ["membrane", "cell", "mitochondrion"]
 KEPT = [True, True, False]

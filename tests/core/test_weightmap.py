@@ -1,4 +1,4 @@
-"""Tests for napari_unet.weightmap: class balance, the border weight map and the weighted loss."""
+"""Tests for napari_unet.arrays.weightmap: class balance, the border weight map and the weighted loss."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from napari_unet.errors import UserInputError
-from napari_unet.weightmap import (
+from napari_unet.arrays.weightmap import (
     center_crop,
     class_balance_weights,
     weight_map,
     weight_maps,
     weighted_cross_entropy,
 )
+from napari_unet.errors import UserInputError
 
 torch.set_num_threads(1)
 
@@ -265,7 +265,7 @@ def test_loss_refuses_labels_beyond_the_logit_channels():
 
 def test_class_balance_part_of_the_way():
     """power 1: equal total weight per class; 0.5: the square roots, still averaging 1; 0: none."""
-    from napari_unet.weightmap import class_balance_weights
+    from napari_unet.arrays.weightmap import class_balance_weights
 
     labels = np.array([1] * 900 + [2] * 90 + [3] * 10)
     full = class_balance_weights(labels, 3)

@@ -18,7 +18,7 @@ def model_file(tmp_path, make_unet):
 @pytest.fixture
 def autosave_dir(tmp_path, monkeypatch):
     """Annotation layers are autosaved: into a temporary configuration folder, not the user's."""
-    from napari_unet import loading
+    from napari_unet.storage import loading
 
     monkeypatch.setenv(loading.CONFIG_ENV, str(tmp_path / "config"))
     return tmp_path / "config"
@@ -27,6 +27,6 @@ def autosave_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def em_stack():
     """Two 64 x 64 synthetic EM slices: enough to annotate, train a few steps and segment."""
-    from napari_unet.data import synthetic_em
+    from napari_unet.storage.data import synthetic_em
 
     return synthetic_em(n_slices=2, shape=(64, 64))[0]

@@ -7,9 +7,9 @@ import pytest
 import tifffile
 from napari.layers import Labels
 
-from napari_unet import annotation as core
-from napari_unet import loading
+from napari_unet.annotations import annotation as core
 from napari_unet.models import default_classes
+from napari_unet.storage import loading
 
 pytestmark = pytest.mark.gui
 
@@ -93,7 +93,7 @@ def test_new_annotation_layer_fits_the_image(qtbot, dock):
 def _segmentation_of(image, names):
     """Layer keywords of the Segment dock's output for ``image``: its role links it to the image."""
     from napari_unet._widgets import image_key_of
-    from napari_unet.layers import segmentation_layer
+    from napari_unet.annotations.layers import segmentation_layer
 
     return segmentation_layer(image.name, names, key=image_key_of(image))
 
@@ -605,8 +605,13 @@ def wait_next(qtbot, widget):
 def test_where_to_paint_next_shows_the_uncertainty_and_moves_there(qtbot, next_dock, model_file):
     from napari_unet import load_model
     from napari_unet._widgets._annotate_next import _camera, _canvas_size
-    from napari_unet.layers import image_key, linked_image, role_of
-    from napari_unet.uncertainty import UNCERTAINTY, most_uncertain_window, slice_uncertainty, to_uint8
+    from napari_unet.analysis.uncertainty import (
+        UNCERTAINTY,
+        most_uncertain_window,
+        slice_uncertainty,
+        to_uint8,
+    )
+    from napari_unet.annotations.layers import image_key, linked_image, role_of
 
     viewer, image, widget = next_dock
     layer = widget.new_annotation_layer()
@@ -644,7 +649,7 @@ def test_where_to_paint_next_shows_the_uncertainty_and_moves_there(qtbot, next_d
 def test_clicks_walk_through_the_unsure_places_and_compute_each_slice_once(
     qtbot, next_dock, monkeypatch
 ):
-    from napari_unet import uncertainty
+    from napari_unet.analysis import uncertainty
 
     viewer, _image, widget = next_dock
     computed = []

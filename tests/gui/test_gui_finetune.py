@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.checkpoint import load_model
+from napari_unet.modelfiles.checkpoint import load_model
 
 pytestmark = pytest.mark.gui
 
@@ -16,14 +16,14 @@ TIMEOUT = 120_000
 @pytest.fixture(autouse=True)
 def config(tmp_path, monkeypatch):
     """Annotation layers are autosaved: into a temporary configuration folder here."""
-    from napari_unet import loading
+    from napari_unet.storage import loading
 
     monkeypatch.setenv(loading.CONFIG_ENV, str(tmp_path / "config"))
 
 
 @pytest.fixture
 def image():
-    from napari_unet.data import synthetic_em
+    from napari_unet.storage.data import synthetic_em
 
     images, _labels = synthetic_em(n_slices=2, shape=(64, 64))
     return images
@@ -231,7 +231,7 @@ def test_stop_before_the_first_step_makes_no_model(qtbot, dock, image, notes):
 
 def test_class_added_in_annotate_gets_its_own_output(qtbot, dock, image):
     """A class named in the layer's features beyond the model's classes is trained, not refused."""
-    from napari_unet.annotation import class_features
+    from napari_unet.annotations.annotation import class_features
 
     viewer, widget = dock
     layer = annotate(viewer, widget, image)

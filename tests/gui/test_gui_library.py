@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from napari_unet.checkpoint import load_model
-from napari_unet.library import FINISHED, UNFINISHED, Library
+from napari_unet.modelfiles.checkpoint import load_model
+from napari_unet.models.library import FINISHED, UNFINISHED, Library
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("autosave_dir")]
 
@@ -117,8 +117,8 @@ def test_a_killed_run_resumes_in_fine_tune(qtbot, make_napari_viewer, model_file
     child = f"""
 import numpy as np
 from napari_unet import load_model
-from napari_unet.library import Library, train_into_library
-from napari_unet.recipes import recipe_config
+from napari_unet.models.library import Library, train_into_library
+from napari_unet.training.recipes import recipe_config
 cfg = recipe_config("fast", steps=100000, tile_size=92, precision="fp32", validation="none",
                     checkpoint_every=2, seed=0)
 lib = Library()

@@ -11,7 +11,7 @@ import tifffile
 import zarr
 from PIL import Image
 
-from napari_unet import loading
+from napari_unet.storage import loading
 
 pytestmark = pytest.mark.gui
 

@@ -36,7 +36,7 @@ def test_save_masks_as_ome_zarr_keeps_scale(qtbot, make_napari_viewer, tmp_path)
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx([40.0, 4.0, 4.0])
     assert [a.get("unit") for a in ms["axes"]] == ["nanometer"] * 3
     assert "image-label" in attrs
-    from napari_unet import io
+    from napari_unet.storage import io
 
     np.testing.assert_array_equal(io.read_labels(out), labels)
     assert [p.name for p in tmp_path.iterdir()] == ["seg.ome.zarr"]

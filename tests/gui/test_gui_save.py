@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from qtpy.QtWidgets import QMessageBox
 
-from napari_unet import io
 from napari_unet._widgets.save import save_formats, target_path
+from napari_unet.storage import io
 
 pytestmark = pytest.mark.gui
 
@@ -108,7 +108,7 @@ def test_no_labels_layer_notifies(qtbot, dock, notes, tmp_path):
 
 
 def test_a_preview_layer_is_never_offered(qtbot, dock, labels):
-    from napari_unet.layers import SEGMENTATION, preview_layer, role_metadata
+    from napari_unet.annotations.layers import SEGMENTATION, preview_layer, role_metadata
 
     viewer, widget = dock
     viewer.add_labels(labels, name="vnc5 segmentation", metadata=role_metadata(SEGMENTATION, "k"))
@@ -160,7 +160,7 @@ def test_a_refusal_is_not_shown_once_the_path_changes(qtbot, dock, labels, tmp_p
 
 def test_a_registered_format_is_offered_and_written_by_the_dock(qtbot, make_napari_viewer, labels, tmp_path):
     """A writable format declares what the dock offers (``save_as``); nothing in the dock names it."""
-    from napari_unet import formats
+    from napari_unet.storage import formats
 
     def write(tmp, arr, target, **_):
         with open(tmp, "wb") as fh:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.checkpoint import save_model
-from napari_unet.inference import labels_from_probabilities, predict
-from napari_unet.model import UNet
+from napari_unet.modelfiles.checkpoint import save_model
+from napari_unet.network.model import UNet
+from napari_unet.prediction.inference import labels_from_probabilities, predict
 
 pytestmark = pytest.mark.gui
 
@@ -46,7 +46,7 @@ def dock(make_napari_viewer, model_file):
 
 
 def reference(model_file, image):
-    from napari_unet.checkpoint import load_model
+    from napari_unet.modelfiles.checkpoint import load_model
 
     probs = predict(load_model(model_file), image, device="cpu", precision="fp32")
     return labels_from_probabilities(probs)
@@ -80,7 +80,7 @@ def test_test_time_augmentation_choice_reaches_the_prediction(qtbot, dock, model
     widget.tta_combo.setCurrentText("8 turns and flips (8x time)")
     widget.segment()
     wait_done(qtbot, widget)
-    from napari_unet.checkpoint import load_model
+    from napari_unet.modelfiles.checkpoint import load_model
 
     probs = predict(load_model(model_file), image, device="cpu", precision="fp32", tta="d4")
     out = viewer.layers["em segmentation"].data
@@ -259,9 +259,9 @@ def test_no_image_layer_notifies(qtbot, dock, notes):
 
 
 def test_instances_output_paints_cells_slice_by_slice(qtbot, dock, model_file, image):
-    pytest.importorskip("napari_unet.postprocess")
-    from napari_unet.checkpoint import load_model
-    from napari_unet.postprocess import instances
+    pytest.importorskip("napari_unet.analysis.postprocess")
+    from napari_unet.analysis.postprocess import instances
+    from napari_unet.modelfiles.checkpoint import load_model
 
     viewer, widget = dock
     viewer.add_image(image, name="em")
@@ -356,8 +356,8 @@ def test_the_first_estimate_uses_a_tile_timed_here_and_a_run_replaces_it(
 ):
     """Before any run the time comes from one tile timed on this machine (in the background),
     not from a fixed figure; a finished run's own rate then replaces it."""
-    from napari_unet import inference, tileplan
-    from napari_unet.checkpoint import load_model
+    from napari_unet.modelfiles.checkpoint import load_model
+    from napari_unet.prediction import inference, tileplan
 
     timed = []
 

@@ -231,7 +231,7 @@ def test_a_worker_reads_a_dask_array_outside_napari_s_dask_cache(qtbot):
     import numpy as np
     from dask.callbacks import Callback
 
-    from napari_unet.lazy import OwnReads
+    from napari_unet.arrays.lazy import OwnReads
 
     calls = []
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet import loading
-from napari_unet.annotation import PALETTE, class_features
-from napari_unet.checkpoint import save_model
-from napari_unet.model import UNet
+from napari_unet.annotations.annotation import PALETTE, class_features
+from napari_unet.modelfiles.checkpoint import save_model
+from napari_unet.network.model import UNet
+from napari_unet.storage import loading
 
 pytestmark = pytest.mark.gui
 
@@ -298,7 +298,7 @@ def test_segment_smaller_frictions(qtbot, make_napari_viewer, model_file, image)
     wait_idle(qtbot, seg)
     # ... and the worker takes that slice next (driven here step by step)
     from napari_unet._widgets.segment import segmentation_tiles
-    from napari_unet.checkpoint import load_model
+    from napari_unet.modelfiles.checkpoint import load_model
 
     control = {"front": None}
     tiles = segmentation_tiles(
@@ -606,9 +606,9 @@ def test_exiting_while_a_preview_computes_does_not_crash(model_file, tmp_path):
 def em_task(tmp_path_factory):
     """Synthetic EM (membrane, cell) and a small model trained on it: a start model that knows
     something, so that damaging it shows."""
-    from napari_unet.data import synthetic_em
-    from napari_unet.recipes import recipe_config
-    from napari_unet.train import Trainer
+    from napari_unet.storage.data import synthetic_em
+    from napari_unet.training.recipes import recipe_config
+    from napari_unet.training.train import Trainer
 
     images, labels = synthetic_em(3, (128, 128), seed=4)
     torch.manual_seed(0)
@@ -690,9 +690,9 @@ def test_a_class_removed_in_annotate_is_dropped_from_the_model(qtbot, make_napar
 def test_segment_covers_this_slice_or_only_the_visible_region(qtbot, make_napari_viewer, model_file):
     """Alt+S segments only the slice on screen; "visible region" only the pixels on screen,
     each with the value the network gives for that pixel with its context read around the crop."""
-    from napari_unet.checkpoint import load_model
-    from napari_unet.inference import labels_from_probabilities, predict
-    from napari_unet.normalize import compute_normalizer
+    from napari_unet.arrays.normalize import compute_normalizer
+    from napari_unet.modelfiles.checkpoint import load_model
+    from napari_unet.prediction.inference import labels_from_probabilities, predict
 
     rng = np.random.default_rng(2)
     stack = rng.integers(0, 255, size=(3, 160, 200), dtype=np.uint8)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from napari_unet import formats, io
 from napari_unet.errors import UserInputError
+from napari_unet.storage import formats, io
 
-MANIFEST = Path(formats.__file__).with_name("napari.yaml")
+MANIFEST = Path(formats.__file__).parents[1] / "napari.yaml"
 
 
 def _manifest() -> dict:
@@ -85,7 +85,7 @@ NPY = ".npytest"
 
 
 def _probe_npy(path: Path, key: str | None, check_all: bool):
-    from napari_unet.io._common import ProbeResult
+    from napari_unet.storage.io._common import ProbeResult
 
     arr = np.load(path, mmap_mode="r")
     return ProbeResult("npytest", path, None, tuple(arr.shape), arr.dtype, files=[path])

@@ -1,4 +1,4 @@
-"""Tests for napari_unet.io: every reader and writer on tiny synthetic files in tmp_path."""
+"""Tests for napari_unet.storage.io: every reader and writer on tiny synthetic files in tmp_path."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import zarr
 from PIL import Image
 
 from napari_unet.errors import UserInputError
-from napari_unet.io import (
+from napari_unet.storage.io import (
     ImageData,
     image_info,
     list_datasets,

@@ -1,4 +1,4 @@
-"""Tests for napari_unet.loading: previews, z-range, downsampling, sampled contrast, recents."""
+"""Tests for napari_unet.storage.loading: previews, z-range, downsampling, sampled contrast, recents."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import tifffile
 import zarr
 
-from napari_unet import loading
 from napari_unet.errors import UserInputError
-from napari_unet.loading import (
+from napari_unet.storage import loading
+from napari_unet.storage.loading import (
     contrast_limits,
     crop_z,
     describe,

@@ -13,9 +13,10 @@ pytest.importorskip("ome_zarr", reason="needs the optional extra 'export' (ome-z
 from ome_zarr.io import parse_url  # noqa: E402
 from ome_zarr.reader import Reader  # noqa: E402
 
-from napari_unet import io, omezarr, save_model  # noqa: E402
+from napari_unet import save_model  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
-from napari_unet.data import synthetic_em  # noqa: E402
+from napari_unet.storage import io, omezarr
+from napari_unet.storage.data import synthetic_em  # noqa: E402
 
 
 def _nodes(path):

@@ -15,10 +15,10 @@ import tifffile
 import zarr
 from PIL import Image
 
-from napari_unet import io
 from napari_unet._reader import get_reader, read_stack
 from napari_unet._writer import output_path, write_labels
 from napari_unet.errors import UserInputError
+from napari_unet.storage import io
 
 
 def stack(z=3, y=20, x=24, dtype=np.uint16):

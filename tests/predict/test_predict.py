@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from napari_unet import UserInputError, predict, predict_tiles
-from napari_unet.inference import labels_from_probabilities
-from napari_unet.normalize import compute_normalizer
-from napari_unet.tiling import mirror_indices, plan_tiles, read_mirrored
+from napari_unet.arrays.normalize import compute_normalizer
+from napari_unet.arrays.tiling import mirror_indices, plan_tiles, read_mirrored
+from napari_unet.prediction.inference import labels_from_probabilities
 
 
 def whole_image_pass(model, image2d):
@@ -175,7 +175,7 @@ def test_labels_from_probabilities():
 
 def whole_image_tta(model, image2d, tta):
     """Reference for test-time augmentation: the views averaged over the whole padded image."""
-    from napari_unet.inference import forward_probabilities
+    from napari_unet.prediction.inference import forward_probabilities
 
     norm = compute_normalizer(image2d)
     h, w = image2d.shape
@@ -225,7 +225,7 @@ def test_unknown_tta_is_refused(tiny_model):
 def test_fast_default_path_agrees_with_plain_fp32_path(rng):
     """The defaults (channels_last, auto precision) match a plain NCHW fp32 pass within tolerance."""
     from napari_unet import UNet
-    from napari_unet.device import resolve_precision, select_device
+    from napari_unet.network.device import resolve_precision, select_device
 
     torch.manual_seed(0)
     model = UNet(base_channels=16).eval()

@@ -7,10 +7,11 @@ import pytest
 import torch
 import zarr
 
-from napari_unet import predict, predict_tiles, sinks
-from napari_unet.engine import place_model, run_tiles
-from napari_unet.inference import labels_from_probabilities, plan, predict_into, predict_labels
-from napari_unet.pipeline import Placed, Source, drain, run
+from napari_unet import predict, predict_tiles
+from napari_unet.prediction import sinks
+from napari_unet.prediction.engine import place_model, run_tiles
+from napari_unet.prediction.inference import labels_from_probabilities, plan, predict_into, predict_labels
+from napari_unet.prediction.pipeline import Placed, Source, drain, run
 
 CPU = {"device": "cpu", "precision": "fp32"}
 

@@ -31,12 +31,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import layers as roles
+from napari_unet._widgets._qtobject import is_alive
+from napari_unet._widgets._session import Session, session_for
+from napari_unet.analysis.uncertainty import UNCERTAINTY
+from napari_unet.annotations import layers as roles
 from napari_unet.errors import UserInputError
-from napari_unet.uncertainty import UNCERTAINTY
-
-from ._qtobject import is_alive
-from ._session import Session, session_for
 
 __all__ = [
     "Dock",
@@ -83,7 +82,7 @@ def grey_image(layer: Any, verb: str, missing: str) -> tuple[Any, Any]:
     message when no layer is chosen.
     """
     from napari_unet.errors import UserInputError
-    from napari_unet.inference import check_image
+    from napari_unet.prediction.inference import check_image
 
     if layer is None:
         raise UserInputError(missing)
@@ -234,7 +233,7 @@ class LayerComboBox(QComboBox):
 
 def image_key_of(layer: Any) -> str:
     """The linking key of an image layer, recorded in its metadata on first use."""
-    from napari_unet.layers import image_key, with_image_key
+    from napari_unet.annotations.layers import image_key, with_image_key
 
     key = image_key(layer.metadata)
     if key is None:
@@ -245,7 +244,7 @@ def image_key_of(layer: Any) -> str:
 
 def linked_layer(viewer: Any, image: Any | None, role: str) -> Any | None:
     """The layer with ``role`` linked to ``image`` in ``viewer`` (topmost), or None."""
-    from napari_unet.layers import find_linked, image_key
+    from napari_unet.annotations.layers import find_linked, image_key
 
     if image is None:
         return None
@@ -254,7 +253,7 @@ def linked_layer(viewer: Any, image: Any | None, role: str) -> Any | None:
 
 def is_derived(layer: Any, *roles: str) -> bool:
     """True when ``layer`` records one of ``roles`` (segmentation, preview, ground truth...)."""
-    from napari_unet.layers import role_of
+    from napari_unet.annotations.layers import role_of
 
     return role_of(getattr(layer, "metadata", None)) in roles
 
@@ -388,7 +387,7 @@ class Dock(QWidget):
 
     def dock_closed(self) -> None:
         """Stop the work this dock runs (after the current step), as its Cancel/Stop would."""
-        from ._worker import TaskPanel
+        from napari_unet._widgets._worker import TaskPanel
 
         for panel in self.findChildren(TaskPanel):
             panel.cancel()
@@ -411,7 +410,7 @@ def _cache_key(path: Path) -> tuple[str, float, int] | None:
 
 def load_model_file(path: Path, cache: dict) -> Any:
     """Load a model file, reusing an earlier load of the same unchanged file from ``cache``."""
-    from napari_unet.checkpoint import load_model
+    from napari_unet.modelfiles.checkpoint import load_model
 
     key = _cache_key(path)
     if key is None:
@@ -543,7 +542,7 @@ class ModelChooser(QWidget):
             return
         import threading
 
-        from ._worker import lower_thread_priority
+        from napari_unet._widgets._worker import lower_thread_priority
 
         def quietly(path: Path) -> None:
             lower_thread_priority()

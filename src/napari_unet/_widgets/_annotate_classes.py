@@ -26,17 +26,16 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_unet import annotation as core
+from napari_unet._widgets import is_alive
+from napari_unet._widgets._annotation_layers import apply_classes, class_names, swatch_icon
+from napari_unet._widgets._notify import notify_error, user_errors
+from napari_unet.annotations import annotation as core
 from napari_unet.errors import UserInputError
-
-from . import is_alive
-from ._annotation_layers import apply_classes, class_names, swatch_icon
-from ._notify import notify_error, user_errors
 
 __all__ = ["ClassesPanel"]
 
 if TYPE_CHECKING:
-    from ._annotate_layers import LayersPanel
+    from napari_unet._widgets._annotate_layers import LayersPanel
 
 
 def _row_label(item: QListWidgetItem) -> int:

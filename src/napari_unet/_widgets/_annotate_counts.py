@@ -23,17 +23,16 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_unet import annotation as core
-
-from . import is_alive
-from ._annotate_history import watch_history
-from ._annotation_layers import class_names, swatch_icon
-from ._worker import start_worker
+from napari_unet._widgets import is_alive
+from napari_unet._widgets._annotate_history import watch_history
+from napari_unet._widgets._annotation_layers import class_names, swatch_icon
+from napari_unet._widgets._worker import start_worker
+from napari_unet.annotations import annotation as core
 
 __all__ = ["CountsPanel"]
 
 if TYPE_CHECKING:
-    from ._annotate_layers import LayersPanel
+    from napari_unet._widgets._annotate_layers import LayersPanel
 
 
 class CountsPanel(QGroupBox):

@@ -19,18 +19,17 @@ import numpy as np
 from napari.layers import Labels
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
-from napari_unet import annotation as core
+from napari_unet._widgets import is_alive, layer_data, unwrap
+from napari_unet._widgets._annotation_layers import apply_classes, find_annotations, image_source
+from napari_unet._widgets._notify import notify_error, notify_info, user_errors
+from napari_unet._widgets._worker import DONE, TaskPanel
+from napari_unet.annotations import annotation as core
 from napari_unet.errors import UserInputError
-
-from . import is_alive, layer_data, unwrap
-from ._annotation_layers import apply_classes, find_annotations, image_source
-from ._notify import notify_error, notify_info, user_errors
-from ._worker import DONE, TaskPanel
 
 __all__ = ["FilesPanel", "RestoreBar"]
 
 if TYPE_CHECKING:
-    from ._annotate_layers import LayersPanel
+    from napari_unet._widgets._annotate_layers import LayersPanel
 
 
 class FilesPanel(QWidget):
@@ -137,7 +136,7 @@ class FilesPanel(QWidget):
             target = Path(path).expanduser()
             overwrite = False
             if target.exists():
-                from napari_unet.outputs import check_replaceable
+                from napari_unet.storage.outputs import check_replaceable
 
                 check_replaceable(target, "annotation file")  # never ask to replace a foreign file
                 if not self.confirm_overwrite(target):

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from napari_unet.annotation import touched_slices
+from napari_unet.annotations.annotation import touched_slices
 
 __all__ = ["watch_history"]
 

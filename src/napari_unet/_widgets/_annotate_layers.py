@@ -15,11 +15,8 @@ import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QWidget
 
-from napari_unet import layers as roles
-from napari_unet.errors import UserInputError
-
-from . import LayerComboBox, image_key_of, is_alive, layer_data, unwrap
-from ._annotation_layers import (
+from napari_unet._widgets import LayerComboBox, image_key_of, is_alive, layer_data, unwrap
+from napari_unet._widgets._annotation_layers import (
     META_KEY,
     annotatable,
     apply_classes,
@@ -34,9 +31,11 @@ from ._annotation_layers import (
     looks_like_prediction,
     source_of_annotations,
 )
-from ._autosave import AutosaveEntry, autosaver_for
-from ._notify import user_errors
-from ._session import session_for
+from napari_unet._widgets._autosave import AutosaveEntry, autosaver_for
+from napari_unet._widgets._notify import user_errors
+from napari_unet._widgets._session import session_for
+from napari_unet.annotations import layers as roles
+from napari_unet.errors import UserInputError
 
 __all__ = ["LayersPanel", "add_annotation_layer"]
 

@@ -2,7 +2,7 @@
 
 **Where to paint next** (or Shift+N anywhere in the viewer) segments the slice on screen (or the
 slices near it, or the whole stack) with the chosen model in a worker thread
-(:func:`napari_unet.uncertainty.suggest_window`), paints the uncertainty into the image layer
+(:func:`napari_unet.analysis.uncertainty.suggest_window`), paints the uncertainty into the image layer
 "<image> uncertainty" (linked to the image by its role) and moves the view (slice, centre, zoom)
 onto the window with the most uncertainty on pixels not annotated yet. Each click shows the next
 such place: windows already shown are skipped, and slices already computed with the same model are
@@ -19,19 +19,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QPushButton, QSpinBox
 
-from napari_unet import uncertainty as core
+from napari_unet._widgets import grey_image, image_key_of, is_alive, layer_data, linked_layer
+from napari_unet._widgets._annotation_layers import check_shape
+from napari_unet._widgets._library import LibraryModelChooser
+from napari_unet._widgets._notify import notify_info, user_errors
+from napari_unet._widgets._worker import DONE, TaskPanel
+from napari_unet.analysis import uncertainty as core
 from napari_unet.errors import UserInputError
-
-from . import grey_image, image_key_of, is_alive, layer_data, linked_layer
-from ._annotation_layers import check_shape
-from ._library import LibraryModelChooser
-from ._notify import notify_info, user_errors
-from ._worker import DONE, TaskPanel
 
 __all__ = ["NEXT_SHORTCUT", "SCOPES", "PaintNextPanel", "Uncertainty"]
 
 if TYPE_CHECKING:
-    from ._annotate_layers import LayersPanel
+    from napari_unet._widgets._annotate_layers import LayersPanel
 
 #: the viewer shortcut of "Where to paint next"; napari binds Shift+V/A/L/P, not Shift+N
 NEXT_SHORTCUT = "Shift-N"

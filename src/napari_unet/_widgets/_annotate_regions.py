@@ -16,24 +16,23 @@ import numpy as np
 from napari.layers import Labels, Shapes
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QWidget
 
-from napari_unet import annotation as core
-from napari_unet.errors import UserInputError
-
-from . import LayerComboBox, is_alive, layer_data
-from ._annotation_layers import (
+from napari_unet._widgets import LayerComboBox, is_alive, layer_data
+from napari_unet._widgets._annotation_layers import (
     apply_classes,
     check_shape,
     class_names,
     is_annotation_layer,
     previous_indices,
 )
-from ._notify import user_errors
+from napari_unet._widgets._notify import user_errors
+from napari_unet.annotations import annotation as core
+from napari_unet.errors import UserInputError
 
 __all__ = ["REGION_BOXES", "REGION_SLICE", "PredictionPanel"]
 
 if TYPE_CHECKING:
-    from ._annotate_files import FilesPanel
-    from ._annotate_layers import LayersPanel
+    from napari_unet._widgets._annotate_files import FilesPanel
+    from napari_unet._widgets._annotate_layers import LayersPanel
 
 #: what "Start from prediction" copies: the slice on screen, or the rectangles drawn on a region layer
 REGION_SLICE, REGION_BOXES = "slice on screen", "drawn rectangles"
@@ -139,7 +138,7 @@ class PredictionPanel(QGroupBox):
     def region_layer(self, layer: Any) -> Shapes | None:
         """The Shapes layer whose rectangles 'drawn rectangles' copies for ``layer``: the one whose
         metadata records it as the region layer of ``layer`` (names are never read)."""
-        from napari_unet.layers import REGION, ROLE_KEY, role_of
+        from napari_unet.annotations.layers import REGION, ROLE_KEY, role_of
 
         for other in reversed(list(self.viewer.layers)):
             entry = other.metadata.get(ROLE_KEY) if isinstance(other, Shapes) else None
@@ -164,7 +163,7 @@ class PredictionPanel(QGroupBox):
 
     def draw_rectangle(self) -> Shapes | None:
         """Make (or pick) the region layer of the annotations and start drawing a rectangle."""
-        from napari_unet.layers import REGION, linked_image, role_metadata
+        from napari_unet.annotations.layers import REGION, linked_image, role_metadata
 
         with user_errors():
             layer = self.layers.layer_to_edit()

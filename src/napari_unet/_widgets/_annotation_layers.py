@@ -1,6 +1,6 @@
 """How the Annotate dock recognises layers: an image's annotations and segmentation, their classes.
 
-A layer's role comes only from its metadata (:mod:`napari_unet.layers`), never from its name: a
+A layer's role comes only from its metadata (:mod:`napari_unet.annotations.layers`), never from its name: a
 layer without a role (made by hand, or before roles were recorded) is offered in the docks' layer
 lists but used only when a person picks it there.
 """
@@ -14,20 +14,19 @@ from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtGui import QColor, QIcon, QPixmap
 
-from napari_unet import annotation as core
-from napari_unet import layers as roles
+from napari_unet._widgets import is_derived, layer_data, linked_layer, unwrap
+from napari_unet.analysis.uncertainty import UNCERTAINTY
+from napari_unet.annotations import annotation as core
+from napari_unet.annotations import layers as roles
 from napari_unet.errors import UserInputError
 from napari_unet.models import default_classes as default_classes  # re-exported for the docks
-from napari_unet.uncertainty import UNCERTAINTY
-
-from . import is_derived, layer_data, linked_layer, unwrap
 
 #: Where the dock keeps what ties an annotation layer to its image, in ``layer.metadata``.
 META_KEY = "napari_unet_annotations"
 
 
 def image_source(layer: Any) -> core.ImageSource:
-    """The :class:`~napari_unet.annotation.ImageSource` of an image layer."""
+    """The :class:`~napari_unet.annotations.annotation.ImageSource` of an image layer."""
     return core.ImageSource.from_metadata(layer.name, layer_data(layer).shape, layer.metadata)
 
 

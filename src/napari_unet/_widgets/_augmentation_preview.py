@@ -1,7 +1,7 @@
 """The Fine-tune dock's augmentation preview: a few augmented copies of the slice on screen and
 its annotations, as the trainer sees them, shown as two layers.
 
-The dock runs :func:`napari_unet.finetuning.augmentation_preview` in its worker on what
+The dock runs :func:`napari_unet.training.finetuning.augmentation_preview` in its worker on what
 :func:`slice_on_screen` reads, and hands the result to :func:`show_augmentation`.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import layer_data
+from napari_unet._widgets import layer_data
 
 __all__ = ["PREVIEW_LAYERS", "show_augmentation", "slice_on_screen"]
 

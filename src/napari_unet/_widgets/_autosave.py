@@ -2,7 +2,7 @@
 
 A few seconds after the last edit, when a layer is removed and when the window closes, each changed
 annotation layer is written to its image's sidecar file in a worker thread
-(:func:`napari_unet.annotation.autosave`); a failure is reported once.
+(:func:`napari_unet.annotations.annotation.autosave`); a failure is reported once.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from qtpy.QtWidgets import (
     QApplication,
 )
 
-from napari_unet import annotation as core
+from napari_unet._widgets import is_alive, unwrap
+from napari_unet._widgets._annotation_layers import class_names
+from napari_unet._widgets._notify import notify_error, notify_info
+from napari_unet._widgets._worker import DONE, start_worker
+from napari_unet.annotations import annotation as core
 from napari_unet.errors import UserInputError
-
-from . import is_alive, unwrap
-from ._annotation_layers import class_names
-from ._notify import notify_error, notify_info
-from ._worker import DONE, start_worker
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._live_preview import LivePreview
-from ._worker import DONE
+from napari_unet._widgets._live_preview import LivePreview
+from napari_unet._widgets._worker import DONE
 
 __all__ = ["AugmentationRun", "TrainingRun", "finished_text", "validation_text", "verdict_text"]
 

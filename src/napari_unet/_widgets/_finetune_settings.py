@@ -21,15 +21,15 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from napari_unet.device import DEVICES
-from napari_unet.recipes import RECIPE_CHOICES, resolve_recipe
+from napari_unet.network.device import DEVICES
+from napari_unet.training.recipes import RECIPE_CHOICES, resolve_recipe
 
 __all__ = ["TrainingSettings"]
 
 
 def _recipe_rate(name: str) -> float:
     """The learning rate of the recipe ``name`` ("auto" stands for the default's)."""
-    from napari_unet.recipes import RECIPES
+    from napari_unet.training.recipes import RECIPES
 
     return RECIPES[resolve_recipe(name)]["learning_rate"]
 
@@ -38,7 +38,7 @@ class TrainingSettings:
     """The settings' fields; ``preview_every_s`` is what the live preview's tooltip promises."""
 
     def __init__(self, preview_every_s: float) -> None:
-        from napari_unet.recipes import DEFAULT_RECIPE
+        from napari_unet.training.recipes import DEFAULT_RECIPE
 
         self.limit_combo = QComboBox()
         self.limit_combo.addItems(["steps", "minutes"])
@@ -103,7 +103,7 @@ class TrainingSettings:
         """The trainer's configuration; ``new_classes``: the palette has a class the start model
         lacks (it picks the recipe that "auto" stands for); snapshots for the live preview every
         ``preview_every_s`` when it is on."""
-        from napari_unet.recipes import recipe_config
+        from napari_unet.training.recipes import recipe_config
 
         by_steps = self.limit_combo.currentText() == "steps"
         config = recipe_config(

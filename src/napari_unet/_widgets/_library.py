@@ -3,7 +3,7 @@
 :class:`LibraryModelChooser` adds the library's models (newest first, with their verdict; an
 unfinished run says so) to the shipped model, this viewer's fine-tuned models and "Model file…".
 :class:`LibraryPanel` renames, deletes, shows in the file manager, imports and cleans up, and shows
-the library's disk use. The work is :mod:`napari_unet.library`'s; these are thin Qt shells.
+the library's disk use. The work is :mod:`napari_unet.models.library`'s; these are thin Qt shells.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet._widgets import MODEL_FILTER, ModelChooser, is_alive, load_model_file
+from napari_unet._widgets._notify import notify_info, user_errors
 from napari_unet.errors import UserInputError
-from napari_unet.library import CLEAN_AFTER_DAYS, RUNNING, Library, LibraryModel
-
-from . import MODEL_FILTER, ModelChooser, is_alive, load_model_file
-from ._notify import notify_info, user_errors
+from napari_unet.models.library import CLEAN_AFTER_DAYS, RUNNING, Library, LibraryModel
 
 __all__ = ["LibraryModelChooser", "LibraryPanel"]
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet import layers as roles
-
-from . import current_slice, is_alive, layer_data
-from ._worker import lower_thread_priority, start_worker
+from napari_unet._widgets import current_slice, is_alive, layer_data
+from napari_unet._widgets._worker import lower_thread_priority, start_worker
+from napari_unet.annotations import layers as roles
 
 __all__ = ["LivePreview", "live_preview"]
 
@@ -46,8 +45,8 @@ def live_preview(
     """
     import torch
 
-    from napari_unet.inference import predict_into
-    from napari_unet.sinks import Collect
+    from napari_unet.prediction.inference import predict_into
+    from napari_unet.prediction.sinks import Collect
 
     lower_thread_priority(PREVIEW_NICENESS)
     torch.set_num_threads(PREVIEW_THREADS)  # this thread's own setting; training keeps its threads
@@ -111,7 +110,7 @@ class LivePreview:
 
     def show(self, image: Any, result: tuple[Any, ...]) -> None:
         """Main thread: paint a preview into "<image> preview" (linked to the image by role)."""
-        from . import image_key_of, linked_layer
+        from napari_unet._widgets import image_key_of, linked_layer
 
         if image not in self.viewer.layers:
             return

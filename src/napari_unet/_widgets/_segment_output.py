@@ -18,14 +18,13 @@ import numpy as np
 from napari.layers import Labels
 from qtpy.QtCore import QObject, QTimer
 
-from napari_unet import layers as layer_roles
+from napari_unet._widgets import current_slice, image_key_of, layer_data, linked_layer
+from napari_unet._widgets._notify import notify_info, notify_warning
+from napari_unet._widgets._worker import CANCELLED, DONE
+from napari_unet.annotations import layers as layer_roles
+from napari_unet.annotations.layers import class_names_of
 from napari_unet.errors import UserInputError
-from napari_unet.layers import class_names_of
 from napari_unet.stream import PaintTile, SegmentRequest
-
-from . import current_slice, image_key_of, layer_data, linked_layer
-from ._notify import notify_info, notify_warning
-from ._worker import CANCELLED, DONE
 
 __all__ = ["MEMORY_SHARE", "REFRESH_MS", "LiveOutput", "SegmentRun", "check_memory", "count", "label_dtype"]
 

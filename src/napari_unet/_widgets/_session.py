@@ -3,7 +3,7 @@
 A :class:`Session` belongs to one napari viewer and lives as long as it; :func:`session_for` finds
 it (the registry holds viewers weakly, so closing a viewer frees its models). The Fine-tune dock
 adds a model when training ends and the Segment dock lists it at once, through ``models_changed``.
-The files of those models are in the model library (:mod:`napari_unet.library`), which outlives
+The files of those models are in the model library (:mod:`napari_unet.models.library`), which outlives
 the session; nothing is written to a temporary folder. Nothing here imports Qt.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from psygnal import Signal
 
-from napari_unet.model import UNet
+from napari_unet.network.model import UNet
 
 __all__ = ["Session", "SessionModel", "session_for"]
 

@@ -31,10 +31,9 @@ from qtpy.QtCore import QThreadPool, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import create_worker
 
-from napari_unet.lazy import own_reads
-
-from ._notify import notify_error
-from ._qtobject import is_alive
+from napari_unet._widgets._notify import notify_error
+from napari_unet._widgets._qtobject import is_alive
+from napari_unet.arrays.lazy import own_reads
 
 __all__ = ["DONE", "CANCELLED", "FAILED", "TaskPanel", "start_worker", "wait_for_workers"]
 
@@ -244,7 +243,7 @@ def start_worker(
     and the event loop waits for it, for seconds.
 
     A dask array among ``args`` and ``kwargs`` reaches ``func`` wrapped by
-    :func:`napari_unet.lazy.own_reads`: its reads in the thread keep out of napari's dask cache,
+    :func:`napari_unet.arrays.lazy.own_reads`: its reads in the thread keep out of napari's dask cache,
     which napari's slicing uses on the main thread and which is not thread-safe.
     """
     args = tuple(own_reads(a) for a in args)

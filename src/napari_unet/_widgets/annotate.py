@@ -7,7 +7,7 @@ shows how many pixels and which slices are annotated per class.
 
 **Where to paint next** (Shift+N) shows how unsure the model is, as the image layer
 "<image> uncertainty", and moves the view to the most unsure place not painted yet; each click the
-next such place (:mod:`._annotate_next`, over :mod:`napari_unet.uncertainty`).
+next such place (:mod:`._annotate_next`, over :mod:`napari_unet.analysis.uncertainty`).
 
 **Start from prediction** copies the segmentation (the Segment dock's "<image> segmentation") of
 the slice on screen, or of rectangles drawn on a region layer, into the annotations, so the user
@@ -16,7 +16,7 @@ replaced. Annotations are saved and loaded as TIFF or zarr (atomic writes), and 
 sidecar file a few seconds after the last edit, when a layer is removed and when the viewer closes.
 When an image with an autosave is opened again, a **Restore** button appears.
 
-All of the logic lives in :mod:`napari_unet.annotation`; this dock connects it to layers and runs
+All of the logic lives in :mod:`napari_unet.annotations.annotation`; this dock connects it to layers and runs
 the counting in worker threads. Autosaving belongs to the viewer (:class:`AnnotationAutosaver`,
 one per viewer), so it goes on when the dock is closed.
 
@@ -40,24 +40,23 @@ from napari.layers import Labels, Shapes
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QVBoxLayout
 
-from napari_unet import annotation as core
-
-from . import Dock, unwrap
-from ._annotate_classes import ClassesPanel
-from ._annotate_counts import CountsPanel
-from ._annotate_files import FilesPanel, RestoreBar
-from ._annotate_layers import LayersPanel, add_annotation_layer
-from ._annotate_next import PaintNextPanel, Uncertainty
-from ._annotate_regions import PredictionPanel
-from ._annotation_layers import (
+from napari_unet._widgets import Dock, unwrap
+from napari_unet._widgets._annotate_classes import ClassesPanel
+from napari_unet._widgets._annotate_counts import CountsPanel
+from napari_unet._widgets._annotate_files import FilesPanel, RestoreBar
+from napari_unet._widgets._annotate_layers import LayersPanel, add_annotation_layer
+from napari_unet._widgets._annotate_next import PaintNextPanel, Uncertainty
+from napari_unet._widgets._annotate_regions import PredictionPanel
+from napari_unet._widgets._annotation_layers import (
     default_classes,
     find_annotations,
     find_segmentation,
     is_annotation_layer,
     looks_like_prediction,
 )
-from ._autosave import AnnotationAutosaver, autosaver_for
-from ._session import session_for
+from napari_unet._widgets._autosave import AnnotationAutosaver, autosaver_for
+from napari_unet._widgets._session import session_for
+from napari_unet.annotations import annotation as core
 
 __all__ = [
     "AnnotateWidget",

@@ -1,11 +1,11 @@
 """The "Fine-tune" dock: train a model on the user's sparse annotations, with a live loss curve.
 
 Annotations are a Labels layer over the image: 0 = not annotated, 1..K = the model's classes.
-Clicking **Train** runs :class:`napari_unet.train.Trainer` in a worker thread (only the annotated
+Clicking **Train** runs :class:`napari_unet.training.train.Trainer` in a worker thread (only the annotated
 slices of a stack are handed over) and plots each step's loss in the dock. **Stop** ends the run
 after the current step; the trainer then writes its checkpoint. The fine-tuned model joins this
 viewer's session, so the Segment dock can choose it, and it can be saved to a file. Every run
-trains into the model library (:mod:`napari_unet.library`), so the model is offered in later
+trains into the model library (:mod:`napari_unet.models.library`), so the model is offered in later
 sessions too; a run cut short by a closed window or a crash stays there as "unfinished" and
 choosing it as the start model resumes it.
 
@@ -38,23 +38,28 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_unet import layers as roles
-from napari_unet.device import select_device
+from napari_unet._widgets import Dock, LayerComboBox, grey_image, is_alive, layer_data, unwrap
+from napari_unet._widgets._augmentation_preview import show_augmentation, slice_on_screen
+from napari_unet._widgets._finetune_run import (
+    AugmentationRun,
+    TrainingRun,
+    finished_text,
+    validation_text,
+    verdict_text,
+)
+from napari_unet._widgets._finetune_settings import TrainingSettings
+from napari_unet._widgets._library import LibraryModelChooser, LibraryPanel
+from napari_unet._widgets._live_preview import LivePreview
+from napari_unet._widgets._loss_curve import LossCurve
+from napari_unet._widgets._notify import notify_info, notify_warning, user_errors
+from napari_unet._widgets._session import SessionModel, session_for
+from napari_unet._widgets._worker import DONE, TaskPanel, lower_thread_priority
+from napari_unet.annotations import layers as roles
 from napari_unet.errors import UserInputError
-from napari_unet.finetuning import annotated_slices, augmentation_preview
-from napari_unet.library import UNFINISHED, Library, readable_name, train_into_library
-from napari_unet.recipes import resolve_recipe
-
-from . import Dock, LayerComboBox, grey_image, is_alive, layer_data, unwrap
-from ._augmentation_preview import show_augmentation, slice_on_screen
-from ._finetune_run import AugmentationRun, TrainingRun, finished_text, validation_text, verdict_text
-from ._finetune_settings import TrainingSettings
-from ._library import LibraryModelChooser, LibraryPanel
-from ._live_preview import LivePreview
-from ._loss_curve import LossCurve
-from ._notify import notify_info, notify_warning, user_errors
-from ._session import SessionModel, session_for
-from ._worker import DONE, TaskPanel, lower_thread_priority
+from napari_unet.models.library import UNFINISHED, Library, readable_name, train_into_library
+from napari_unet.network.device import select_device
+from napari_unet.training.finetuning import annotated_slices, augmentation_preview
+from napari_unet.training.recipes import resolve_recipe
 
 __all__ = ["FineTuneWidget", "LossCurve", "annotated_slices", "augmentation_preview"]
 
@@ -98,7 +103,7 @@ class FineTuneWidget(Dock):
     """Fine-tune a U-Net on annotations painted in the viewer; the result joins the session."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        from .annotate import looks_like_prediction
+        from napari_unet._widgets.annotate import looks_like_prediction
 
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
@@ -199,7 +204,7 @@ class FineTuneWidget(Dock):
         self.loss_curve.apply_theme(theme.foreground.as_hex(), theme.text.as_hex(), theme.current.as_hex())
 
     def _preferred_annotations(self) -> Any | None:
-        from .annotate import find_annotations
+        from napari_unet._widgets.annotate import find_annotations
 
         image = self.image_combo.layer()
         return find_annotations(self.viewer, image) if image is not None else None
@@ -222,7 +227,7 @@ class FineTuneWidget(Dock):
 
     def target_classes(self) -> list[str] | None:
         """The classes to train: the annotation layer's palette (Annotate), else the model's."""
-        from napari_unet.annotation import class_names_from_features
+        from napari_unet.annotations.annotation import class_names_from_features
 
         layer = self.labels_combo.layer()
         names = class_names_from_features(getattr(layer, "features", None)) if layer else None
@@ -281,7 +286,7 @@ class FineTuneWidget(Dock):
     # ------------------------------------------------------------------ buttons
     def add_annotation_layer(self) -> Labels | None:
         """Add the image's annotation layer (as Annotate makes it) and select it for painting."""
-        from .annotate import add_annotation_layer, default_classes
+        from napari_unet._widgets.annotate import add_annotation_layer, default_classes
 
         with user_errors():
             image_layer, _data = self._image()
@@ -382,7 +387,7 @@ class FineTuneWidget(Dock):
     ) -> tuple[Any, bool]:
         """The start model with the annotations' classes, and whether it gained a class; refused
         when a label has no class, or when a resumed run's classes would change."""
-        from napari_unet.model import kept_classes
+        from napari_unet.network.model import kept_classes
 
         k_high = int(labels.max())
         matched = self._match_classes(model, labels_layer)
@@ -402,8 +407,8 @@ class FineTuneWidget(Dock):
     def _match_classes(self, model: Any, labels_layer: Any) -> Any:
         """The model with the annotation layer's classes: a class added in Annotate gets a new
         output channel, a class removed there is dropped; classes are matched by name."""
-        from napari_unet.annotation import class_names_from_features
-        from napari_unet.model import with_classes
+        from napari_unet.annotations.annotation import class_names_from_features
+        from napari_unet.network.model import with_classes
 
         names = class_names_from_features(getattr(labels_layer, "features", None))
         if not names or names == class_names_of(model):
@@ -527,7 +532,7 @@ class FineTuneWidget(Dock):
     # ------------------------------------------------------------------ saving
     def save_model_to(self, path: str | Path) -> Path | None:
         """Save the last fine-tuned model to ``path`` (.safetensors, written atomically)."""
-        from napari_unet.checkpoint import save_model
+        from napari_unet.modelfiles.checkpoint import save_model
 
         if self.result is None:
             notify_warning("train a model first")

@@ -1,8 +1,8 @@
 """The "Load EM stack" dock: pick a file or folder, see what it holds, open it lazily.
 
 Typing or choosing a path shows its shape, dtype, voxel size and size on disk, read from metadata
-in a worker (:func:`napari_unet.loading.preview`); an HDF5 file or zarr group with several arrays
-gets a dataset chooser. **Load** runs :func:`napari_unet.loading.open_stack` in a worker: the stack
+in a worker (:func:`napari_unet.storage.loading.preview`); an HDF5 file or zarr group with several arrays
+gets a dataset chooser. **Load** runs :func:`napari_unet.storage.loading.open_stack` in a worker: the stack
 stays a dask array (a stack larger than memory opens at once), with the chosen slice range, an
 in-plane downsampling factor, the voxel size as layer scale and contrast limits from a sample of
 slices. Opened paths join the recent list. When the stack has autosaved annotations, a
@@ -30,12 +30,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import formats, loading
+from napari_unet._widgets import Dock, is_alive, unwrap
+from napari_unet._widgets._notify import notify_info, user_errors
+from napari_unet._widgets._worker import DONE, TaskPanel, start_worker
 from napari_unet.errors import UserInputError
-
-from . import Dock, is_alive, unwrap
-from ._notify import notify_info, user_errors
-from ._worker import DONE, TaskPanel, start_worker
+from napari_unet.storage import formats, loading
 
 __all__ = ["LoadStackWidget", "restore_offer"]
 
@@ -55,7 +54,7 @@ def restore_offer(viewer: Any, layer: Any) -> Notification | None:
 
     The action opens the Annotate dock and restores them there.
     """
-    from napari_unet.annotation import ImageSource, find_sidecar, format_slices
+    from napari_unet.annotations.annotation import ImageSource, find_sidecar, format_slices
 
     try:
         source = ImageSource.from_metadata(layer.name, layer.data.shape, layer.metadata)

@@ -1,9 +1,9 @@
 """The "Save masks" dock: write a Labels layer to TIFF, zarr or a folder of PNG slices.
 
-The write is :func:`napari_unet.io.write_labels`, run in a worker thread: the file (or folder)
+The write is :func:`napari_unet.storage.io.write_labels`, run in a worker thread: the file (or folder)
 appears only once complete, and an existing one is replaced only after the user confirmed it. The
 layer's class names and colours go to a ``<masks>.classes.json`` beside it, so the masks reopen as
-Labels with those names (:func:`napari_unet.layers.save_masks`).
+Labels with those names (:func:`napari_unet.annotations.layers.save_masks`).
 """
 
 from __future__ import annotations
@@ -27,26 +27,25 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_unet._widgets import Dock, LayerComboBox, unwrap
+from napari_unet._widgets._notify import notify_info, user_errors
+from napari_unet._widgets._worker import DONE, TaskPanel
 from napari_unet.errors import UserInputError
-
-from . import Dock, LayerComboBox, unwrap
-from ._notify import notify_info, user_errors
-from ._worker import DONE, TaskPanel
 
 __all__ = ["SaveMasksWidget", "save_formats", "target_path"]
 
 def save_formats() -> dict[str, str]:
     """The formats the dock offers, as each format declares them in the registry (its ``save_as``):
     choice shown -> output suffix ("" = a folder of PNG slices)."""
-    import napari_unet.io  # noqa: F401 - registers the built-in formats
-    from napari_unet import formats
+    import napari_unet.storage.io  # noqa: F401 - registers the built-in formats
+    from napari_unet.storage import formats
 
     return formats.save_choices()
 
 
 def _known_suffixes() -> tuple[str, ...]:
     """Suffixes a typed path may carry that the chosen format's suffix replaces."""
-    from napari_unet import formats
+    from napari_unet.storage import formats
 
     save_formats()
     return tuple(s for fmt in formats.all_formats() if fmt.save_as for s in fmt.suffixes)
@@ -79,7 +78,7 @@ def layer_classes(layer: Any) -> tuple[list[str] | None, dict[int | None, str] |
     from napari.utils.colormaps import DirectLabelColormap
     from napari.utils.colormaps.standardize_color import rgb_to_hex
 
-    from napari_unet.annotation import class_names_from_features
+    from napari_unet.annotations.annotation import class_names_from_features
 
     names = class_names_from_features(getattr(layer, "features", None))
     colors = None
@@ -95,7 +94,7 @@ def layer_classes(layer: Any) -> tuple[list[str] | None, dict[int | None, str] |
 
 def _worth_saving(layer: Any) -> bool:
     """Every Labels layer but a fine-tuning preview, a live view that is replaced at every step."""
-    from napari_unet.layers import PREVIEW, role_of
+    from napari_unet.annotations.layers import PREVIEW, role_of
 
     return role_of(getattr(layer, "metadata", None)) != PREVIEW
 
@@ -203,7 +202,7 @@ class SaveMasksWidget(Dock):
             self._start()
 
     def _start(self) -> None:
-        from napari_unet.layers import save_masks
+        from napari_unet.annotations.layers import save_masks
 
         layer = self.labels_combo.layer()
         if layer is None:
@@ -213,7 +212,7 @@ class SaveMasksWidget(Dock):
             raise UserInputError("choose where to save the masks first")
         overwrite = False
         if target.exists() or target.is_symlink():
-            from napari_unet.outputs import check_replaceable
+            from napari_unet.storage.outputs import check_replaceable
 
             check_replaceable(target, "output")  # a file or folder napari-unet did not write: never
             if not self._confirm_overwrite(target):

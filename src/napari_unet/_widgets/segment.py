@@ -32,21 +32,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_unet import layers as layer_roles
-from napari_unet.device import DEVICES, PRECISIONS, select_device
-from napari_unet.errors import UserInputError
-from napari_unet.instances import model_class_names
-from napari_unet.layers import class_names_of
-from napari_unet.stream import (
-    PaintTile,
-    SegmentRequest,
-    layer_sinks,
-    segment_slices,
-    segmentation_tiles,
-    slice_order,
-)
-
-from . import (
+from napari_unet._widgets import (
     Dock,
     LayerComboBox,
     current_slice,
@@ -55,11 +41,24 @@ from . import (
     layer_data,
     unwrap,
 )
-from ._library import LibraryModelChooser
-from ._notify import user_errors
-from ._segment_output import LiveOutput, SegmentRun, count
-from ._session import session_for
-from ._worker import TaskPanel, start_worker
+from napari_unet._widgets._library import LibraryModelChooser
+from napari_unet._widgets._notify import user_errors
+from napari_unet._widgets._segment_output import LiveOutput, SegmentRun, count
+from napari_unet._widgets._session import session_for
+from napari_unet._widgets._worker import TaskPanel, start_worker
+from napari_unet.analysis.instances import model_class_names
+from napari_unet.annotations import layers as layer_roles
+from napari_unet.annotations.layers import class_names_of
+from napari_unet.errors import UserInputError
+from napari_unet.network.device import DEVICES, PRECISIONS, select_device
+from napari_unet.stream import (
+    PaintTile,
+    SegmentRequest,
+    layer_sinks,
+    segment_slices,
+    segmentation_tiles,
+    slice_order,
+)
 
 __all__ = ["SegmentWidget", "class_features", "segmentation_tiles", "slice_order"]
 
@@ -78,7 +77,7 @@ def class_features(model: Any) -> dict[str, list]:
 def _instances_available() -> bool:
     """True once the core offers instance post-processing."""
     try:
-        from napari_unet import postprocess  # noqa: F401
+        from napari_unet.analysis import postprocess  # noqa: F401
     except ImportError:
         return False
     return hasattr(postprocess, "instances")
@@ -97,7 +96,7 @@ def _warm_up() -> None:
 
     Opening the dock takes the cost once, so the click itself returns quickly.
     """
-    from napari_unet import inference  # noqa: F401
+    from napari_unet.prediction import inference  # noqa: F401
 
     Labels(np.zeros((1, 1), np.uint8), features={"index": [0], "class": ["x"]})
 
@@ -254,14 +253,14 @@ class SegmentWidget(Dock):
 
     def _tile_size(self, model: Any) -> int | None:
         """The tile typed (None = auto), as the network takes it; too small is refused."""
-        from napari_unet.tileplan import check_tile_size
+        from napari_unet.prediction.tileplan import check_tile_size
 
         tile = int(self.tile_spin.value())
         return None if tile == 0 else check_tile_size(model, tile)
 
     def _instance_class(self, model: Any) -> str | None:
         """The class chosen for instances (None: the cells); an unknown one is refused now."""
-        from napari_unet.instances import class_index
+        from napari_unet.analysis.instances import class_index
 
         text = self.instance_combo.currentText().strip()
         spec = None if text in ("", CELLS) else text
@@ -289,7 +288,7 @@ class SegmentWidget(Dock):
         return scope
 
     def _estimate(self, model: Any, model_name: str, data: Any, scope: str) -> Any:
-        from napari_unet.tileplan import estimate
+        from napari_unet.prediction.tileplan import estimate
 
         n_slices = 1 if scope != "whole stack" or data.ndim == 2 else int(data.shape[0])
         return estimate(
@@ -307,7 +306,7 @@ class SegmentWidget(Dock):
     def _time_one_tile(self, model: Any, model_name: str, tile: tuple[int, int]) -> None:
         """Time one tile in the background, once per model and device, so that the estimate
         before the first run is this machine's, not a fixed figure (2-3x off on an idle CPU)."""
-        from napari_unet.inference import measure_seconds_per_mpx
+        from napari_unet.prediction.inference import measure_seconds_per_mpx
 
         key = self._timing_key(model_name)
         if model_name in self._rates or key in self._timed or key in self._timing or self.closed:
@@ -337,7 +336,7 @@ class SegmentWidget(Dock):
 
     def _show_plan(self, *_: Any) -> None:
         """Say the tile used, the number of tiles and about how long, before anything runs."""
-        from napari_unet.tileplan import format_seconds
+        from napari_unet.prediction.tileplan import format_seconds
 
         if not is_alive(self):
             return
@@ -443,7 +442,7 @@ class SegmentWidget(Dock):
 
     def _confirm_tile(self, tile: int, est: Any) -> bool:
         """Ask whether to go on with a tile that makes the run much slower than the automatic one."""
-        from napari_unet.tileplan import format_seconds
+        from napari_unet.prediction.tileplan import format_seconds
 
         return self._confirm(
             f"Tile {tile} px makes {est.tiles:,} tiles, about {format_seconds(est.seconds)}: "

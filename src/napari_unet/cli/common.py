@@ -8,25 +8,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import UserInputError
+from napari_unet.errors import UserInputError
 
 if TYPE_CHECKING:
-    from ..model import UNet
+    from napari_unet.network.model import UNet
 
 PROG = "napari-unet"
 
 
 def model_path(spec: str) -> Path:
     """The file of the model named on the command line: a path, or a model library name."""
-    from ..models import find_model_file
+    from napari_unet.models import find_model_file
 
     return find_model_file(spec)
 
 
 def resolve_model(spec: str | None) -> UNet:
     """Load the model named on the command line: a file, a library model's name, or the shipped default."""
-    from ..checkpoint import load_model
-    from ..models import default_model_path
+    from napari_unet.modelfiles.checkpoint import load_model
+    from napari_unet.models import default_model_path
 
     if spec in (None, "default"):
         path = default_model_path()
@@ -40,7 +40,7 @@ def resolve_model(spec: str | None) -> UNet:
 
 def check_output(path: Path, overwrite: bool, what: str = "output", inputs: Sequence = ()) -> None:
     """Refuse an output before any work: exists without --overwrite, not ours, an input, unwritable."""
-    from ..outputs import check_output
+    from napari_unet.storage.outputs import check_output
 
     check_output(path, overwrite=overwrite, inputs=inputs, what=what)
 
@@ -52,7 +52,7 @@ def input_spec(text: str, what: str, dataset: str | None = None) -> tuple[Path, 
     """
     if ":" not in text and dataset is None and not (Path(text).exists() or Path(text).is_symlink()):
         raise UserInputError(f"{what} {text} does not exist")
-    from .. import formats, io
+    from napari_unet.storage import formats, io
 
     path, key = io.split_dataset(text)
     if dataset is not None:
@@ -72,7 +72,7 @@ def parse_label_map(text: str | None) -> dict[int, int] | None:
     """``"0:1,255:2"`` -> {0: 1, 255: 2}; None stays None."""
     if not text:
         return None
-    from ..arguments import check_label_map
+    from napari_unet.prediction.arguments import check_label_map
 
     check_label_map(text)  # one stored value, one class: 0:1,0:2 is refused
     mapping: dict[int, int] = {}
@@ -102,7 +102,7 @@ def apply_label_map(labels: np.ndarray, mapping: dict[int, int] | None) -> np.nd
 
 def read_array(path: str, what: str, dataset: str | None = None) -> np.ndarray:
     """Read ``PATH`` or ``PATH:DATASET`` into grey numpy, one clear line for anything wrong."""
-    from .. import io
+    from napari_unet.storage import io
 
     src, key = input_spec(path, what, dataset)
     return np.asarray(io.to_grey(io.read_image(src, dataset=key).data, name=f"{what} {path}"))

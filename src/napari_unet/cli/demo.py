@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserInputError
-from .segment import predict_with_progress
+from napari_unet.cli.segment import predict_with_progress
+from napari_unet.errors import UserInputError
 
 
 def add_parser(sub: Any) -> None:
@@ -39,11 +39,11 @@ def run_demo(
     output: Path, data: str = "auto", slices: int | None = None, device: str = "auto", tta: str = "none"
 ) -> dict:
     """Segment the sample with the shipped model; write masks.tif, instances.tif, overlay.png."""
-    from .. import metrics
-    from ..checkpoint import load_model
-    from ..demo import check_demo_output, load_sample, overlay_rgb
-    from ..models import default_model_path
-    from ..postprocess import cell_class_index, instances
+    from napari_unet.analysis.postprocess import cell_class_index, instances
+    from napari_unet.arrays import metrics
+    from napari_unet.demo import check_demo_output, load_sample, overlay_rgb
+    from napari_unet.modelfiles.checkpoint import load_model
+    from napari_unet.models import default_model_path
 
     check_demo_output(output, slices)
     path = default_model_path()
@@ -60,7 +60,7 @@ def run_demo(
     )
     cell = cell_class_index(model.metadata.get("classes"), k)
     inst = instances(probs[cell - 1])
-    from ..demo import write_results
+    from napari_unet.demo import write_results
 
     write_results(output, classes, inst, overlay_rgb(images[0], inst[0]))
     summary = {"data": name, "shape": list(images.shape), "instances": int(inst.max())}

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserInputError
-from .common import apply_label_map, check_output, input_spec, parse_label_map, read_array
+from napari_unet.cli.common import apply_label_map, check_output, input_spec, parse_label_map, read_array
+from napari_unet.errors import UserInputError
 
 
 def add_parser(sub: Any) -> None:
@@ -40,7 +40,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print ISBI-style metrics per slice and overall."""
     import json
 
-    from ..outputs import ATTRS_KEY, write_text
+    from napari_unet.storage.outputs import ATTRS_KEY, write_text
 
     mapping = parse_label_map(args.label_map)
     if not 1 <= args.cell_class <= 255:
@@ -51,7 +51,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_output(Path(args.json), args.overwrite, "metrics file", inputs=[pred_src, gt_src])
         if Path(args.json).suffix.lower() != ".json":
             raise UserInputError(f"--json {args.json} must end in .json")
-    from .. import metrics  # scikit-image: imported once the inputs are known to exist
+    from napari_unet.arrays import metrics  # scikit-image: imported once the inputs are known to exist
 
     pred = metrics.check_class_labels(read_array(args.pred, "prediction"), f"prediction {args.pred}")
     gt = read_array(args.gt, "ground truth")

@@ -35,7 +35,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a model as a bioimage.io package, ONNX or TorchScript for other tools."""
-    from ..export import export_model
+    from napari_unet.export import export_model
 
     written = export_model(
         args.model, args.output, args.format, overwrite=args.overwrite, sample=args.sample,

@@ -15,9 +15,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import UserInputError
-from . import demo, evaluate, export, models, segment, train
-from .common import PROG
+from napari_unet.cli import demo, evaluate, export, models, segment, train
+from napari_unet.cli.common import PROG
+from napari_unet.errors import UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def _warning_formatter(fallback: Callable[..., str]) -> Callable[..., str]:
 
 def _output_locks(args: argparse.Namespace):
     """Hold a command's output locks for the whole run: a second run to one output is refused early."""
-    from ..outputs import locked
+    from napari_unet.storage.outputs import locked
 
     targets: list[str | None] = []
     if args.command == "segment":

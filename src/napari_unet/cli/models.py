@@ -7,12 +7,12 @@ import json
 import sys
 from typing import Any
 
-from ..errors import UserInputError
+from napari_unet.errors import UserInputError
 
 
 def add_parser(sub: Any) -> None:
     """The ``models`` subcommand and its actions (``list`` when none is given)."""
-    from ..library import CLEAN_AFTER_DAYS, LIBRARY_ENV
+    from napari_unet.models.library import CLEAN_AFTER_DAYS, LIBRARY_ENV
 
     mo = sub.add_parser(
         "models",
@@ -56,7 +56,7 @@ def _list(library: Any, as_json: bool) -> int:
         ]
         print(json.dumps(doc, indent=1, default=str))
         return 0
-    from ..outputs import human_bytes
+    from napari_unet.storage.outputs import human_bytes
 
     if not models:
         print(f"no models yet in {library.root}; train one in the Fine-tune dock or with 'napari-unet train'")
@@ -82,7 +82,7 @@ def _list(library: Any, as_json: bool) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the library (the default), print a path, remove, rename, import or clean up models."""
-    from ..library import Library
+    from napari_unet.models.library import Library
 
     library = Library()
     action = args.action or "list"

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import UserInputError
-from .common import check_output, input_spec, resolve_model
-from .progress import progress
+from napari_unet.cli.common import check_output, input_spec, resolve_model
+from napari_unet.cli.progress import progress
+from napari_unet.errors import UserInputError
 
 if TYPE_CHECKING:
-    from ..model import UNet
+    from napari_unet.network.model import UNet
 
 #: what a bare ``--instances`` stands for: the model's cell class
 INSTANCES_DEFAULT = "auto"
@@ -151,7 +151,7 @@ def _add_run_arguments(seg: argparse.ArgumentParser) -> None:
 
 def _check_segment_args(args: argparse.Namespace) -> tuple[Path, str | None]:
     """Every option and output of ``segment`` checked before the model or any pixel is read."""
-    from .. import io
+    from napari_unet.storage import io
 
     src, key = input_spec(args.input, "input", getattr(args, "dataset", None))
     if args.tile is not None and args.tile < 1:
@@ -159,7 +159,9 @@ def _check_segment_args(args: argparse.Namespace) -> tuple[Path, str | None]:
     if args.batch is not None and args.batch < 1:
         raise UserInputError(f"--batch must be a positive number of tiles, got {args.batch}")
     if args.batch is not None:
-        from ..tileplan import MAX_BATCH  # imports torch: only for a batch that is otherwise valid
+        from napari_unet.prediction.tileplan import (
+            MAX_BATCH,  # imports torch: only for a batch that is otherwise valid
+        )
 
         if not 1 <= args.batch <= MAX_BATCH:
             raise UserInputError(f"--batch must be from 1 to {MAX_BATCH} tiles, got {args.batch}")
@@ -177,7 +179,7 @@ def _check_segment_args(args: argparse.Namespace) -> tuple[Path, str | None]:
 
 def _check_segment_space(args: argparse.Namespace, shape: tuple[int, ...], n_classes: int) -> None:
     """Refuse a probabilities TIFF (its size is exact: float32, uncompressed) the disk cannot hold."""
-    from ..outputs import check_free_space
+    from napari_unet.storage.outputs import check_free_space
 
     probs = getattr(args, "probabilities", None)
     if probs and Path(probs).suffix.lower() in (".tif", ".tiff"):
@@ -190,7 +192,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     Options, input and outputs are checked before torch is imported, so bad input is answered at once.
     """
-    from .. import io, omezarr
+    from napari_unet.storage import io, omezarr
 
     if getattr(args, "into_input", None) is not None or args.output is None:
         return _segment_into_input(args)  # labels/ group of an OME-Zarr input
@@ -198,8 +200,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         omezarr.require_library()  # a missing extra is said before any work, not after
     out = Path(args.output)
     src, dataset = _check_segment_args(args)
-    from ..arguments import check_finite_image
-    from ..inference import check_image
+    from napari_unet.prediction.arguments import check_finite_image
+    from napari_unet.prediction.inference import check_image
 
     model = resolve_model(args.model)
     img = io.read_image(src, dataset=dataset)
@@ -208,7 +210,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     check_finite_image(data, f"input {args.input}")  # an all-NaN image has nothing to segment
     _check_instance_options(args, model, data)
     _check_segment_space(args, tuple(data.shape), model.n_classes)
-    from ..distributed import needs_blockwise
+    from napari_unet.distributed import needs_blockwise
 
     blockwise = needs_blockwise(
         args.output, data, model.n_classes, scheduler=args.scheduler, instances=args.instances,
@@ -221,7 +223,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         model, data, src.name, tile=args.tile, batch=args.batch, device=args.device,
         precision=args.precision, tta=args.tta, keep_probabilities=bool(args.probabilities or args.instances),
     )  # fmt: skip
-    from ..outputs import staged
+    from napari_unet.storage.outputs import staged
 
     # both outputs or neither: a failed --probabilities leaves no new labels and no litter
     with staged([out, args.probabilities]) as (out_tmp, probs_tmp):
@@ -249,13 +251,13 @@ def _segment_into_input(args: argparse.Namespace) -> int:
     """``segment IMAGE.ome.zarr --into-input [NAME]``: the labels become IMAGE/labels/NAME."""
     import shutil
 
-    from .. import io, omezarr
+    from napari_unet.storage import io, omezarr
 
     if args.into_input is None:
         raise UserInputError("segment needs -o/--output, or --into-input for an OME-Zarr input")
     if args.output is not None:
         raise UserInputError("give either -o/--output or --into-input, not both")
-    from ..outputs import check_name, exists, is_ours
+    from napari_unet.storage.outputs import check_name, exists, is_ours
 
     check_name(args.into_input, "--into-input")  # a name, not a path: before anything is touched
     src = Path(args.input)
@@ -287,7 +289,7 @@ def _segment_into_input(args: argparse.Namespace) -> int:
 
 def _check_instance_options(args: argparse.Namespace, model, data) -> None:
     """Refuse instance options that cannot work, before any prediction runs."""
-    from ..instances import class_index, instance_method
+    from napari_unet.analysis.instances import class_index, instance_method
 
     method = getattr(args, "instance_method", None)
     if args.instances is None:
@@ -322,7 +324,7 @@ def _instance_class(args: argparse.Namespace) -> str | None:
 
 def _instances_from_probabilities(args: argparse.Namespace, model, probs: np.ndarray) -> np.ndarray:
     """Objects of the class ``--instances`` names, section by section, linked with --link-sections."""
-    from ..instances import class_index, instance_sections
+    from napari_unet.analysis.instances import class_index, instance_sections
 
     names = model.metadata.get("classes")
     k = class_index(_instance_class(args), names, model.n_classes)
@@ -363,9 +365,9 @@ def predict_with_progress(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class labels (uint8, 1..K) of ``data`` by in-process overlap-tile prediction under a progress bar,
     and its probabilities (K, ...) when ``keep_probabilities``; ``segment`` and ``demo`` both use it.
-    Labels alone are taken on the device (:class:`napari_unet.sinks.Collect`)."""
-    from ..inference import predict_into
-    from ..sinks import Collect
+    Labels alone are taken on the device (:class:`napari_unet.prediction.sinks.Collect`)."""
+    from napari_unet.prediction.inference import predict_into
+    from napari_unet.prediction.sinks import Collect
 
     sink = Collect(model.n_classes, data.shape, probabilities=keep_probabilities)
     steps = predict_into(
@@ -381,7 +383,7 @@ def predict_with_progress(
 
 def run_blockwise(args: argparse.Namespace, model: UNet, data: Any) -> int:
     """``napari-unet segment`` on the block-by-block path, with a progress bar on stderr."""
-    from ..distributed import finish_ome_zarr, segment_blocks
+    from napari_unet.distributed import finish_ome_zarr, segment_blocks
 
     out, probs, final = _blockwise_outputs(args)
     gen = segment_blocks(
@@ -411,8 +413,8 @@ def _blockwise_outputs(args: argparse.Namespace) -> tuple[Path, Path | None, Pat
     """(labels store, probabilities store, final OME-Zarr) of a block-by-block run, checked first:
     blocks are written to zarr stores only, and an OME-Zarr output is first a plain zarr store of
     blocks whose NGFF levels and metadata come at the end (``final``, else None)."""
-    from ..distributed import blocks_path
-    from ..omezarr import is_ome_zarr
+    from napari_unet.distributed import blocks_path
+    from napari_unet.storage.omezarr import is_ome_zarr
 
     out = Path(args.output)
     probs = Path(args.probabilities) if getattr(args, "probabilities", None) else None
@@ -440,7 +442,7 @@ def _blockwise_outputs(args: argparse.Namespace) -> tuple[Path, Path | None, Pat
 def _follow_blocks(gen: Any, out: Path, name: str) -> Any:
     """Run the blocks of ``gen`` under a progress bar; its SegmentResult, or None after Ctrl-C
     (the finished blocks are kept, and the line printed says how to resume)."""
-    from ..distributed import MARKER_DIR, SegmentResult, partial_path
+    from napari_unet.distributed import MARKER_DIR, SegmentResult, partial_path
 
     done = 0
     try:

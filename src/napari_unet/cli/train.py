@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..classes import default_class_names
-from ..errors import UserInputError
-from .common import (
+from napari_unet.arrays.classes import default_class_names
+from napari_unet.cli.common import (
     apply_label_map,
     check_output,
     input_spec,
@@ -20,10 +19,11 @@ from .common import (
     read_array,
     resolve_model,
 )
-from .progress import clock, progress
+from napari_unet.cli.progress import clock, progress
+from napari_unet.errors import UserInputError
 
 if TYPE_CHECKING:
-    from ..train import TrainConfig
+    from napari_unet.training.train import TrainConfig
 
 #: how long `train` runs when neither --steps nor --max-minutes is given
 DEFAULT_TRAIN_MINUTES = 5.0
@@ -144,7 +144,7 @@ def _add_setting_arguments(tr: argparse.ArgumentParser) -> None:
 def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
     """(model, new): the start model given the classes of ``--classes`` (or its own), and whether
     it now has a class the start model lacked (always from scratch)."""
-    from ..model import build_model, kept_classes, with_classes
+    from napari_unet.network.model import build_model, kept_classes, with_classes
 
     names = None
     new = args.start == "scratch"
@@ -177,7 +177,7 @@ def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
                 file=sys.stderr,
             )
     if high > model.n_classes:
-        from ..model import class_names
+        from napari_unet.network.model import class_names
 
         raise UserInputError(
             f"the labels go up to {high}, but the model has {model.n_classes} classes "
@@ -199,7 +199,7 @@ def _interrupted_run(model: Any) -> tuple[bool, bool] | None:
 def _start_label(spec: str, library: Any) -> str:
     """How the library records the start model: the shipped model's or a file's stem, a library
     model's name, or "scratch"."""
-    from ..models import default_model_path
+    from napari_unet.models import default_model_path
 
     if spec == "default":
         shipped = default_model_path()
@@ -241,7 +241,7 @@ def _check_writable(out: Path) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune or train a model; Ctrl-C stops after the current step and keeps a checkpoint."""
-    from ..library import Library
+    from napari_unet.models.library import Library
 
     library = Library()
     resume_entry = _resumed_library_model(args, library)
@@ -251,9 +251,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     input_spec(args.images, "images")
     input_spec(args.labels, "labels")
     parse_label_map(args.label_map)
-    from ..library import readable_name
-    from ..recipes import AUTO_RECIPE, resolve_recipe
-    from ..train import Trainer
+    from napari_unet.models.library import readable_name
+    from napari_unet.training.recipes import AUTO_RECIPE, resolve_recipe
+    from napari_unet.training.train import Trainer
 
     # numbers first: a bad option is reported before the data is read (for either recipe of "auto")
     for new_classes in (True, False):
@@ -324,7 +324,7 @@ def _train_config(
 ) -> TrainConfig:
     """The TrainConfig of the recipe ``--recipe`` resolves to for ``new_classes``, with the single
     settings the options override; ``pretrained`` defaults to "not --from scratch"."""
-    from ..recipes import recipe_config
+    from napari_unet.training.recipes import recipe_config
 
     if pretrained is None:
         pretrained = args.start != "scratch"
@@ -376,7 +376,7 @@ def _run_with_progress(trainer: Any, library: Any, entry: Any) -> bool:
     first Ctrl-C stops after the current step, a second aborts. True when it was stopped."""
     import signal
 
-    from ..library import keep_training
+    from napari_unet.models.library import keep_training
 
     interrupted = []
 

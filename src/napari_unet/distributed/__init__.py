@@ -5,12 +5,12 @@ Strategy
 The output is cut into blocks that are exactly the chunks of the output zarr store (``(1, cy, cx)``
 for a stack, ``(cy, cx)`` for an image), so every block is written by one task and no two tasks
 touch the same chunk. The overlap tiles come from one plan for the *whole* image, the same plan
-:func:`napari_unet.inference.predict_tiles` uses: output tiles start at multiples of ``2**depth`` in
-image coordinates. The tile is chosen so that its stride divides the chunk size, so a block owns
-whole tiles; only the last tile along an axis (shifted to end at the border) may straddle two
+:func:`napari_unet.prediction.inference.predict_tiles` uses: output tiles start at multiples of
+``2**depth`` in image coordinates. The tile is chosen so that its stride divides the chunk size, so a
+block owns whole tiles; only the last tile along an axis (shifted to end at the border) may straddle two
 blocks, and both compute it. Each block reads one input window (its tiles plus the
 ``margin / 2`` context, mirrored at the image border) from the source with
-:func:`~napari_unet.tiling.read_mirrored`, runs the network on its tiles exactly as
+:func:`~napari_unet.arrays.tiling.read_mirrored`, runs the network on its tiles exactly as
 ``predict_tiles`` does and writes labels (and optionally probabilities) into its chunk. The result
 therefore equals in-process ``predict`` with the same tile shape bit for bit in fp32.
 
@@ -36,15 +36,14 @@ OME-Zarr output (:mod:`.ome`).
 
 from __future__ import annotations
 
-from ..tileplan import DEFAULT_CHUNK, default_chunks, tile_for_chunk
-from .block import Done, Job, Shipped, address_host, cpu_cores, run_block
-from .choice import needs_blockwise
-from .geometry import Block, BlockPlan, plan_blocks
-from .ome import blocks_path, finish_ome_zarr
-from .payload import ModelPayload, forget_model
-from .request import BlockEvent, BlockRun, SegmentResult
-from .runner import run_blocks, segment_blocks, segment_volume
-from .schedulers import (
+from napari_unet.distributed.block import Done, Job, Shipped, address_host, cpu_cores, run_block
+from napari_unet.distributed.choice import needs_blockwise
+from napari_unet.distributed.geometry import Block, BlockPlan, plan_blocks
+from napari_unet.distributed.ome import blocks_path, finish_ome_zarr
+from napari_unet.distributed.payload import ModelPayload, forget_model
+from napari_unet.distributed.request import BlockEvent, BlockRun, SegmentResult
+from napari_unet.distributed.runner import run_blocks, segment_blocks, segment_volume
+from napari_unet.distributed.schedulers import (
     CONNECT_TIMEOUT_S,
     GRAPH_BLOCKS,
     SCHEDULER_HELP,
@@ -54,7 +53,7 @@ from .schedulers import (
     run_inline,
     run_threads,
 )
-from .stores import (
+from napari_unet.distributed.stores import (
     ATTRS_KEY,
     MARKER_DIR,
     PartialStores,
@@ -67,6 +66,7 @@ from .stores import (
     swap_into_place,
     verify_done,
 )
+from napari_unet.prediction.tileplan import DEFAULT_CHUNK, default_chunks, tile_for_chunk
 
 __all__ = [
     "ATTRS_KEY",

@@ -1,5 +1,5 @@
 """One block: read its mirrored input window (the source), run its tiles through the tile engine
-into a zarr chunk (the sink, :class:`napari_unet.sinks.ZarrChunk`), then leave its marker.
+into a zarr chunk (the sink, :class:`napari_unet.prediction.sinks.ZarrChunk`), then leave its marker.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine import Settings
-from ..model import UNet
-from ..normalize import Normalizer
-from ..pipeline import Placed, Source, drain, run
-from ..sinks import ZarrChunk
-from ..tileplan import default_batch
-from ..tiling import read_mirrored
-from .geometry import Block, BlockPlan
-from .payload import ModelPayload, model_for
+from napari_unet.arrays.normalize import Normalizer
+from napari_unet.arrays.tiling import read_mirrored
+from napari_unet.distributed.geometry import Block, BlockPlan
+from napari_unet.distributed.payload import ModelPayload, model_for
+from napari_unet.network.model import UNet
+from napari_unet.prediction.engine import Settings
+from napari_unet.prediction.pipeline import Placed, Source, drain, run
+from napari_unet.prediction.sinks import ZarrChunk
+from napari_unet.prediction.tileplan import default_batch
 
 
 def cpu_cores() -> int:

@@ -11,22 +11,22 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import check_tta
-from ..errors import UserInputError
-from ..inference import check_image
-from ..model import UNet
-from ..normalize import Normalizer, compute_normalizer
-from .geometry import BlockPlan
-from .payload import ModelPayload
-from .request import BlockRun
-from .schedulers import SCHEDULER_HELP, is_address
-from .stores import image_identity
+from napari_unet.arrays.normalize import Normalizer, compute_normalizer
+from napari_unet.distributed.geometry import BlockPlan
+from napari_unet.distributed.payload import ModelPayload
+from napari_unet.distributed.request import BlockRun
+from napari_unet.distributed.schedulers import SCHEDULER_HELP, is_address
+from napari_unet.distributed.stores import image_identity
+from napari_unet.errors import UserInputError
+from napari_unet.network.model import UNet
+from napari_unet.prediction.engine import check_tta
+from napari_unet.prediction.inference import check_image
 
 
 def as_image(image: Any) -> Any:
-    """The input as a 2-D or 3-D array: a path is read lazily with napari_unet.io."""
+    """The input as a 2-D or 3-D array: a path is read lazily with napari_unet.storage.io."""
     if isinstance(image, str | os.PathLike):
-        from .. import io
+        from napari_unet.storage import io
 
         img = io.read_image(image)
         image = io.to_grey(img.data, name=str(image))
@@ -45,7 +45,7 @@ def check_outputs(out: Path, prob_out: Path | None, overwrite: bool) -> None:
         if target is not None and target.exists() and not overwrite:
             raise UserInputError(f"{what} {target} exists; pass --overwrite to replace it")
         if target is not None and overwrite:
-            from ..outputs import check_replaceable
+            from napari_unet.storage.outputs import check_replaceable
 
             check_replaceable(target, what)
     if prob_out is not None and prob_out == out:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserInputError
-from ..model import UNet
-from ..tileplan import DEFAULT_CHUNK, check_tile_shape, tile_for_chunk
-from ..tiling import TilePlan, plan_tiles
+from napari_unet.arrays.tiling import TilePlan, plan_tiles
+from napari_unet.errors import UserInputError
+from napari_unet.network.model import UNet
+from napari_unet.prediction.tileplan import DEFAULT_CHUNK, check_tile_shape, tile_for_chunk
 
 
 @dataclass(frozen=True)

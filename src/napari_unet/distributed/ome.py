@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import UserInputError
-from ..model import UNet
-from .stores import remove_store
+from napari_unet.distributed.stores import remove_store
+from napari_unet.errors import UserInputError
+from napari_unet.network.model import UNet
 
 
 def blocks_path(target: str | os.PathLike) -> Path:
@@ -24,7 +24,7 @@ def finish_ome_zarr(
     import dask.array as da
     import zarr
 
-    from .. import io
+    from napari_unet.storage import io
 
     try:
         info = io.image_info(source)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..device import resolve_precision, select_device
-from ..engine import place_model
-from ..model import UNet, build_model, model_header
+from napari_unet.network.device import resolve_precision, select_device
+from napari_unet.network.model import UNet, build_model, model_header
+from napari_unet.prediction.engine import place_model
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..normalize import Normalizer
+from napari_unet.arrays.normalize import Normalizer
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class BlockRun:
     chunks: int | Sequence[int] | None = None
     #: network input tile; default: the largest whose stride divides the chunk (700 for 512)
     tile_shape: int | Sequence[int] | None = None
-    #: device, precision and batch size as for :func:`~napari_unet.inference.predict_tiles`,
+    #: device, precision and batch size as for :func:`~napari_unet.prediction.inference.predict_tiles`,
     #: resolved on each worker ("auto" uses a worker's GPU when it has one)
     device: str = "auto"
     precision: str = "auto"
@@ -48,7 +48,7 @@ class BlockRun:
     #: (no oversubscription). Convolutions round differently with different thread counts (about
     #: 1e-7), so bit-for-bit equality with ``predict`` needs the same count on both sides.
     torch_threads: int | None = None
-    #: test-time augmentation, as for :func:`~napari_unet.inference.predict_tiles`
+    #: test-time augmentation, as for :func:`~napari_unet.prediction.inference.predict_tiles`
     tta: str = "none"
 
 

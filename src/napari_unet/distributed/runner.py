@@ -16,17 +16,29 @@ from typing import Any
 
 import torch
 
-from ..errors import UserInputError
-from ..model import UNet
-from ..normalize import Normalizer
-from ..tileplan import default_chunks
-from .block import Done, Job, Shipped, address_host, cpu_cores, run_block
-from .checks import as_image, check_options, check_outputs, fingerprint, whole_volume_normalizer
-from .geometry import Block, BlockPlan, plan_blocks
-from .payload import ModelPayload, forget_model
-from .request import BlockEvent, BlockRun, SegmentResult
-from .schedulers import dask_client, run_client, run_inline, run_threads
-from .stores import ATTRS_KEY, PartialStores, blocks_done, prepare_stores, swap_into_place
+from napari_unet.arrays.normalize import Normalizer
+from napari_unet.distributed.block import Done, Job, Shipped, address_host, cpu_cores, run_block
+from napari_unet.distributed.checks import (
+    as_image,
+    check_options,
+    check_outputs,
+    fingerprint,
+    whole_volume_normalizer,
+)
+from napari_unet.distributed.geometry import Block, BlockPlan, plan_blocks
+from napari_unet.distributed.payload import ModelPayload, forget_model
+from napari_unet.distributed.request import BlockEvent, BlockRun, SegmentResult
+from napari_unet.distributed.schedulers import dask_client, run_client, run_inline, run_threads
+from napari_unet.distributed.stores import (
+    ATTRS_KEY,
+    PartialStores,
+    blocks_done,
+    prepare_stores,
+    swap_into_place,
+)
+from napari_unet.errors import UserInputError
+from napari_unet.network.model import UNet
+from napari_unet.prediction.tileplan import default_chunks
 
 
 def segment_blocks(
@@ -41,18 +53,18 @@ def segment_blocks(
 
     ``kwargs`` are the other fields of :class:`BlockRun` (scheduler, chunks, tile_shape, device,
     precision, batch_size, overwrite, workers, connect_timeout, normalizer, torch_threads, tta).
-    The outputs' locks (:class:`napari_unet.outputs.OutputLock`) are held for the whole run, so a
+    The outputs' locks (:class:`napari_unet.storage.outputs.OutputLock`) are held for the whole run, so a
     second run to the same output is refused instead of sharing its partial store. See
     :func:`run_blocks` for the rest.
     """
-    from ..outputs import clean_stale, locked
+    from napari_unet.storage.outputs import clean_stale, locked
 
     out = Path(output).absolute()
     prob_out = Path(probabilities).absolute() if probabilities is not None else None
     request = BlockRun(out, prob_out, **kwargs)
     if isinstance(image, str | os.PathLike):
-        from .. import io
-        from ..outputs import check_not_input
+        from napari_unet.storage import io
+        from napari_unet.storage.outputs import check_not_input
 
         src, _ = io.split_dataset(image)
         for target, what in ((out, "output"), (prob_out, "probabilities output")):
@@ -70,7 +82,7 @@ def run_blocks(model: UNet, image: Any, request: BlockRun) -> Generator[BlockEve
 
     ``model`` is serialised once and rebuilt once per worker (the caller's model is not moved or
     changed). ``image`` is a 2-D (H, W) or 3-D (Z, H, W) zarr, dask or numpy array, or the path of
-    an image that :func:`napari_unet.io.read_image` reads lazily; only each block's window is read.
+    an image that :func:`napari_unet.storage.io.read_image` reads lazily; only each block's window is read.
 
     The first event comes once the run is set up (scheduler reached, stores created or resumed)
     and counts the blocks an earlier run finished; then one event per finished block. The

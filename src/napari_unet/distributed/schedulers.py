@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import UserInputError
-from .block import Done, Job, Shipped, cpu_cores, run_block
-from .geometry import Block
-from .payload import ModelPayload
+from napari_unet.distributed.block import Done, Job, Shipped, cpu_cores, run_block
+from napari_unet.distributed.geometry import Block
+from napari_unet.distributed.payload import ModelPayload
+from napari_unet.errors import UserInputError
 
 #: Seconds to wait for a dask scheduler to answer before giving up with a clear error.
 CONNECT_TIMEOUT_S = 10.0

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserInputError
-from ..model import UNet
-from .block import cpu_cores, read_block_input, window_digest
-from .geometry import Block, BlockPlan
+from napari_unet.distributed.block import cpu_cores, read_block_input, window_digest
+from napari_unet.distributed.geometry import Block, BlockPlan
+from napari_unet.errors import UserInputError
+from napari_unet.network.model import UNet
 
 #: Folder inside the partial labels store that holds one empty file per finished block.
 MARKER_DIR = ".napari-unet-blocks"
@@ -65,8 +65,8 @@ def remove_store(path: Path) -> None:
 def swap_into_place(tmp: Path, target: Path) -> None:
     """Put a finished store at ``target`` (an atomic exchange where the system can); an old output
     napari-unet wrote is deleted only after the swap, anything else is never replaced."""
-    from ..atomic import commit
-    from ..outputs import check_replaceable
+    from napari_unet.storage.atomic import commit
+    from napari_unet.storage.outputs import check_replaceable
 
     check_replaceable(target)
     commit(tmp, target)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import UserInputError
+from napari_unet.errors import UserInputError
 
 #: File name of the default EM membrane model shipped with the package.
 DEFAULT_MODEL_NAME = "em_membrane.safetensors"
@@ -24,8 +24,8 @@ _model_classes: dict[tuple[str, int], list[str]] = {}
 def default_classes() -> list[str]:
     """The shipped model's class names (read from its header once), or membrane and cell: what a
     new annotation starts with."""
-    from ..annotation import DEFAULT_CLASSES
-    from ..checkpoint import read_header
+    from napari_unet.annotations.annotation import DEFAULT_CLASSES
+    from napari_unet.modelfiles.checkpoint import read_header
 
     path = default_model_path()
     if path is None:
@@ -53,7 +53,7 @@ def find_model_file(spec: str) -> Path:
     path = Path(spec).expanduser()
     if path.exists() or path.is_symlink():
         return path
-    from ..library import Library
+    from napari_unet.models.library import Library
 
     entry = Library().find(spec) if spec.strip() else None
     if entry is not None:
