@@ -50,13 +50,18 @@ class UNet(nn.Module):
         depth: int = 4,
         base_channels: int = 64,
         dropout: float = 0.5,
+        context: int = 0,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if n_classes < 2:
             raise ValueError(f"n_classes must be >= 2 for a softmax output, got {n_classes}")
+        if context < 0:
+            raise ValueError(f"context must be >= 0, got {context}")
         self.in_channels = in_channels
+        #: neighbouring sections on each side given to the network with the section itself (2.5-D)
+        self.context = context
         self.n_classes = n_classes
         self.depth = depth
         self.base_channels = base_channels
@@ -67,7 +72,7 @@ class UNet(nn.Module):
 
         chans = [base_channels * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
-        prev = in_channels
+        prev = self.input_channels
         for c in chans[:-1]:
             self.down.append(self.level(prev, c))
             prev = c
@@ -104,13 +109,22 @@ class UNet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments, enough to rebuild the architecture."""
-        return {
+        config = {
             "in_channels": self.in_channels,
             "n_classes": self.n_classes,
             "depth": self.depth,
             "base_channels": self.base_channels,
             "dropout": self.dropout_p,
         }
+        if self.context:  # a section alone writes no entry, so its files read as before
+            config["context"] = self.context
+        return config
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network's input: each section's channels, for the section and its
+        ``context`` neighbours on each side (``in_channels * (2 * context + 1)``)."""
+        return self.in_channels * (2 * self.context + 1)
 
     @property
     def margin(self) -> int:
@@ -302,6 +316,8 @@ DEFAULT_ARCHITECTURE = "unet2d"
 MAX_CLASSES = 255
 MAX_DEPTH = 8
 MAX_BASE_CHANNELS = 1024
+#: most neighbouring sections on each side a header may ask the network to see
+MAX_CONTEXT = 8
 
 
 @dataclass(frozen=True)
@@ -421,9 +437,11 @@ def unet_problem(arch: dict[str, Any]) -> str | None:
     dropout = arch.get("dropout", 0.5)
     if not (isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1):
         return f"dropout {dropout!r} is not a number from 0 to below 1"
+    if not _whole(arch.get("context", 0), 0, MAX_CONTEXT):
+        return f"context {arch.get('context')!r} is not a whole number from 0 to {MAX_CONTEXT}"
     return None
 
 
 #: the header entries of :class:`UNet` (its constructor's arguments)
-UNET_KEYS = ("in_channels", "n_classes", "depth", "base_channels", "dropout")
+UNET_KEYS = ("in_channels", "n_classes", "depth", "base_channels", "dropout", "context")
 register_architecture(DEFAULT_ARCHITECTURE, UNet, UNET_KEYS, unet_problem)
