@@ -32,7 +32,13 @@ of scenario (a) after 0, 1, 2 and 5 minutes of the default recipe.
 
 Usage: python benchmarks/bench_finetune.py [--minutes 5] [--scenarios abc|def|...] [--draws 3]
        [--recipes fast,paper,forest] [--set key=value ...] [--steps N] [--eval-sections 12 13]
-       [--figure docs/images/finetune-progress.png]
+       [--figure docs/images/finetune-progress.png] [--context K] [--first-draw N]
+
+``--context K`` trains with K neighbouring sections on each side (2.5-D): the trainer is given the
+stack of sections 10-19 with the annotations on 10 and 11 (the shipped model widened, its new
+neighbour weights at zero), and every U-Net is scored section by section with its neighbours read
+from that stack; one normalisation for the stack, as the trainer's. ``--context 0`` takes the same
+path with the section alone, the baseline to compare with. With it, (a) runs ``--draws`` seeds too.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from napari_unet.models import default_model_path  # noqa: E402
 from napari_unet.network.model import class_names, with_classes  # noqa: E402
 from napari_unet.training.recipes import DEFAULT_RECIPE, recipe_config, resolve_recipe  # noqa: E402
 from napari_unet.training.train import TrainConfig, Trainer  # noqa: E402
+from napari_unet.training.train_data import slice_probabilities  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vnc-dev"
 TRAIN = (10, 11)
@@ -158,6 +165,46 @@ def unet_probabilities(model, raw, sections, channel: int, tta: str = "none") ->
     return {z: predict(model, raw[z], tta=tta)[channel] for z in sections}
 
 
+#: ``--context``: None trains on the two sections alone (as before); K trains on the stack
+CONTEXT: dict[str, int | None] = {"k": None}
+
+
+def stack_of(raw: dict[int, np.ndarray]) -> tuple[np.ndarray, int]:
+    """The sections as one (Z, H, W) stack, and the number of its first section."""
+    first = min(raw)
+    return np.stack([raw[z] for z in range(first, first + len(raw))]), first
+
+
+def training_input(raw: dict[int, np.ndarray], labels: list[np.ndarray]) -> tuple[object, object]:
+    """What the trainer is given: the two sections and their labels, or with ``--context`` the
+    whole stack with the labels on sections 10 and 11 (nothing painted elsewhere)."""
+    if CONTEXT["k"] is None:
+        return [raw[z] for z in TRAIN], labels
+    stack, first = stack_of(raw)
+    out = np.zeros(stack.shape, np.uint8)
+    for z, lab in zip(TRAIN, labels, strict=True):
+        out[z - first] = lab
+    return stack, out
+
+
+def tuned_probabilities(model, raw: dict[int, np.ndarray], sections) -> dict[int, np.ndarray]:
+    """Probabilities (K, H, W) of a fine-tuned U-Net on ``sections``: predicted section by section,
+    or with ``--context`` each with its neighbours read from the stack."""
+    model.eval()
+    if CONTEXT["k"] is None:
+        return {z: predict(model, raw[z]) for z in sections}
+    from napari_unet.arrays.context import read_context
+    from napari_unet.arrays.normalize import compute_normalizer
+
+    stack, first = stack_of(raw)
+    norm = compute_normalizer(stack, model.metadata.get("normalization"))
+    cpu = torch.device("cpu")
+    return {
+        z: slice_probabilities(model, read_context(stack, z - first, model.context), cpu, torch.float32, norm)
+        for z in sections
+    }
+
+
 def scenario_data(name: str, raw, membranes, mito, rng) -> tuple[list, list, list[str] | None]:
     """Training images, labels and class names (None: the shipped model's) of a scenario."""
     images = [raw[z] for z in TRAIN]
@@ -208,6 +255,7 @@ def run_unet(
     figure_times=(),
     steps=None,
     tta="none",
+    seed=0,
 ):
     """Fine-tune a recipe on a scenario: (score, score with ``tta`` or None, steps, seconds, snapshots)."""
     images, labels, classes = labels_cache[name]
@@ -215,19 +263,24 @@ def run_unet(
     if classes:
         model = with_classes(model, classes)
     cfg = make_config(recipe, name in "ab", minutes, steps, overrides, validation="none")
+    if CONTEXT["k"] is not None:
+        cfg.context, cfg.seed = CONTEXT["k"], seed
+    images, labels = training_input(raw, labels)
     trainer = Trainer(model, images, labels, cfg)
+    model = trainer.model  # widened when trained with context
     snaps = {0: trainer.snapshot()} if 0 in figure_times else {}
     pending = sorted(t for t in figure_times if t > 0)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for ev in trainer.run():
         if ev.kind == "step" and pending and ev.elapsed >= pending[0] * 60:
             snaps[pending.pop(0)] = trainer.snapshot()
     spent = time.perf_counter() - t0
+    print(f"    {trainer.step} steps: {spent:.0f} s, {time.process_time() - cpu0:.0f} CPU-s, load {load()}")
     for t in pending:  # the run ended at the budget, just before this mark
         snaps[t] = trainer.snapshot()
     channel = 1
     sections = EVAL_MITO if name in "ab" else EVAL_CELLS
-    probs = unet_probabilities(model, raw, sections, channel)
+    probs = {z: p[channel] for z, p in tuned_probabilities(model, raw, sections).items()}
     plain = score(name, probs, membranes, mito)
     with_tta = None
     if tta != "none":  # the same model segmented with test-time augmentation (segment --tta)
@@ -459,11 +512,15 @@ class PersonBench:
         cfg = make_config(recipe, new, self.args.minutes, self.args.steps, self.overrides, "auto")
         if "seed" not in self.overrides:
             cfg.seed = seed
-        trainer = Trainer(model, [self.raw[z] for z in TRAIN], labels, cfg)
-        spent = 0.0
+        if CONTEXT["k"] is not None:
+            cfg.context = CONTEXT["k"]
+        trainer = Trainer(model, *training_input(self.raw, labels), cfg)
+        spent, cpu0 = 0.0, time.process_time()
         for ev in trainer.run():
             spent = ev.elapsed
-        probs = {z: predict(model.eval(), self.raw[z]) for z in self.eval}
+        cpu = time.process_time() - cpu0
+        print(f"    {trainer.step} steps: {spent:.0f} s, {cpu:.0f} CPU-s, load {load()}")
+        probs = tuned_probabilities(trainer.model, self.raw, self.eval)
         pred = {z: (np.argmax(p, axis=0) + 1).astype(np.uint8) for z, p in probs.items()}
         out = self.figures(s, pred, {z: p[names.index("cell")] for z, p in probs.items()})
         out.update(steps=trainer.step, seconds=spent, verdict=verdict_of(trainer))
@@ -529,7 +586,7 @@ def run_person_scenarios(
         start = bench.score_start(s)
         results: dict[str, list[dict]] = {r: [] for r in recipes}
         shares = []
-        for seed in range(args.draws):
+        for seed in range(args.first_draw, args.first_draw + args.draws):
             labels, who = bench.labels(s, seed)
             share = np.mean([np.count_nonzero(lb) / lb.size for lb in labels])
             per_class = ", ".join(
@@ -721,6 +778,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="train with K neighbouring sections on each side from the stack (0: the same path alone)",
+    )
+    ap.add_argument("--first-draw", type=int, default=0, help="the first draw's seed (draws N..N+draws-1)")
+    ap.add_argument(
         "--steps",
         type=int,
         default=None,
@@ -741,9 +805,10 @@ def main() -> None:
     if args.draws < 1:
         raise SystemExit("--draws must be at least 1")
     torch.set_num_threads(args.threads)
+    CONTEXT["k"] = args.context
     overrides = parse_sets(args.set)
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
-    print(f"{machine_line()}; budget {budget}")
+    print(f"{machine_line()}; budget {budget}; context {args.context}")
     if overrides:
         print(f"overrides: {overrides}")
     raw, membranes, mito = load_vnc(args.data)
@@ -766,22 +831,17 @@ def main() -> None:
                 rows.append((s, recipe, measure, value, None, "-", spent))
             else:
                 times = (0, 1, 2, 5) if (args.figure and s == "a" and recipe == "fast") else ()
-                value, with_tta, steps, spent, snaps = run_unet(
-                    s,
-                    recipe,
-                    args.minutes,
-                    overrides,
-                    raw,
-                    membranes,
-                    mito,
-                    cache,
-                    times,
-                    args.steps,
-                    args.tta,
-                )
-                rows.append((s, recipe, measure, value, with_tta, steps, spent))
-                if snaps:
-                    draw_figure(args.figure, snaps, raw, mito)
+                seeds = [0] if args.context is None else range(args.first_draw, args.first_draw + args.draws)
+                for seed in seeds:
+                    value, with_tta, steps, spent, snaps = run_unet(
+                        s, recipe, args.minutes, overrides, raw, membranes, mito, cache, times,
+                        args.steps, args.tta, seed,
+                    )  # fmt: skip
+                    rows.append((s, recipe, measure, value, with_tta, steps, spent))
+                    if snaps:
+                        draw_figure(args.figure, snaps, raw, mito)
+                    if args.context is not None:
+                        print(f"  {s} {recipe} seed {seed} context {args.context}: {measure} {value:.4f}")
             extra = f"  with tta {rows[-1][4]:.4f}" if rows[-1][4] is not None else ""
             steps = rows[-1][5]
             print(
@@ -814,6 +874,11 @@ def main() -> None:
             print("| " + " | ".join(row) + " |")
         print("\nTargets:")
         print("\n".join(targets))
+
+
+def load() -> str:
+    """The load averages over 1, 5 and 15 minutes."""
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def machine_line() -> str:

@@ -250,6 +250,49 @@ def with_classes(model: UNet, names: Sequence[str]) -> UNet:
     return new
 
 
+def with_context(model: UNet, context: int) -> UNet:
+    """A copy of ``model`` that sees ``context`` neighbouring sections on each side (2.5-D).
+
+    Only the first convolution widens: the channels of the sections ``model`` already saw keep
+    their weights, the new neighbours' start at zero, so the copy predicts exactly what ``model``
+    did until training teaches it to use them. Narrowing is refused (it would drop trained weights).
+    """
+    import copy
+
+    if not isinstance(context, int) or isinstance(context, bool) or not 0 <= context <= MAX_CONTEXT:
+        raise ValueError(f"context must be a whole number from 0 to {MAX_CONTEXT}, got {context!r}")
+    old_k = int(getattr(model, "context", 0))
+    if context < old_k:
+        raise ValueError(f"the model sees {old_k} sections on each side; it cannot be narrowed to {context}")
+    new = copy.deepcopy(model)
+    if context == old_k:
+        return new
+    parent, name, old = _first_conv(new)
+    per = new.in_channels
+    conv = nn.Conv2d(
+        per * (2 * context + 1), old.out_channels, old.kernel_size, old.stride, old.padding,
+        bias=old.bias is not None,
+    ).to(old.weight.device, old.weight.dtype)  # fmt: skip
+    with torch.no_grad():
+        conv.weight.zero_()
+        first = (context - old_k) * per  # the old sections sit in the middle of the new ones
+        conv.weight[:, first : first + old.in_channels] = old.weight
+        if old.bias is not None:
+            conv.bias.copy_(old.bias)
+    setattr(parent, name, conv)
+    new.context = context
+    return new
+
+
+def _first_conv(model: UNet) -> tuple[nn.Module, str, nn.Conv2d]:
+    """(parent module, attribute name, convolution) of the convolution that reads the input."""
+    for parent in model.down[0].modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                return parent, name, child
+    raise ValueError("the model's first level has no convolution to widen")
+
+
 def class_names(model: UNet) -> list[str]:
     """The model's class names (class k = output channel k - 1), "class k" where none is stored."""
     from napari_unet.arrays.classes import class_names_or_default

@@ -30,7 +30,7 @@ from napari_unet.arrays.verdict import UnitCounts, Verdict, judge
 from napari_unet.errors import UserInputError
 from napari_unet.modelfiles.checkpoint import load_training_state, save_model
 from napari_unet.network.device import autocast, preferred_memory_format, resolve_precision, select_device
-from napari_unet.network.model import UNet, build_model, model_header
+from napari_unet.network.model import UNet, build_model, model_header, with_context
 from napari_unet.network.model import class_names as model_class_names
 from napari_unet.prediction.tileplan import training_tile
 from napari_unet.training.train_config import (
@@ -46,6 +46,7 @@ from napari_unet.training.train_data import (
     PROBE_BLOCKS,
     TrainingData,
     annotated_slices,
+    context_slices,
     normalizers,
     split_data,
 )
@@ -104,6 +105,21 @@ def _resume_state(model: UNet, resume_from: str | Path | None) -> dict[str, Any]
         raise UserInputError(f"{resume_from} holds no training state to resume from")
     model.added_classes = list(state.get("added_classes", model.added_classes))
     return state
+
+
+def context_model(model: UNet, context: int) -> UNet:
+    """``model``, or a copy widened to see ``context`` sections on each side
+    (:func:`napari_unet.network.model.with_context`); 0 keeps the model's own context. Narrowing
+    is refused: it would throw trained weights away."""
+    own = int(getattr(model, "context", 0))
+    if not context or context == own:
+        return model
+    if context < own:
+        raise UserInputError(
+            f"the model sees {own} neighbouring sections on each side; it cannot be narrowed to {context} "
+            f"(train with context {own}, or start from a model without context)"
+        )
+    return with_context(model, context)
 
 
 def _tile_size(model: UNet, tile_size: int | None, device: torch.device) -> int:
@@ -176,7 +192,9 @@ class Trainer:
     ) -> None:
         self.config = cfg = config or TrainConfig()
         cfg.check()
-        self.model = model
+        #: the model trained: ``model`` itself, or a widened copy when ``config.context`` asks for
+        #: more neighbouring sections than it sees (:func:`context_model`)
+        self.model = model = context_model(model, cfg.context)
         state = _resume_state(model, resume_from)
         #: earlier training runs of this model, one entry each; this run is appended when saving
         self._history_before = earlier_runs(model, resuming=resume_from is not None)
@@ -189,6 +207,9 @@ class Trainer:
         # One normalisation per volume, as at prediction time.
         self._spec = model.metadata.get("normalization", DEFAULT_NORMALIZATION)
         norms = normalizers(images, imgs, self._spec)
+        # 2.5-D: each annotated slice with its neighbours, from the stack (or standing in for them)
+        stack = not isinstance(images, list | tuple) and np.ndim(images) == 3
+        imgs = context_slices(imgs, annotated, model.context, stack)
         # The start model's classes ("kept"): a class that with_classes just added is new.
         added = {str(n).lower() for n in getattr(model, "added_classes", ())}
         self.kept = [n.lower() not in added for n in names]
@@ -364,6 +385,8 @@ class Trainer:
             run["kept_step"] = self.kept_step
         if cfg.distill:
             run["distill"] = cfg.distill
+        if self.model.context:
+            run["context"] = self.model.context
         if self.start_units and self.last_units:
             run["verdict"] = self.verdict().as_dict()
         return {

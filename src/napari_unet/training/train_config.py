@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from napari_unet.arrays.augment import AugmentConfig
 from napari_unet.errors import UserInputError
-from napari_unet.network.model import UNet
+from napari_unet.network.model import MAX_CONTEXT, UNet
 
 OPTIMIZERS = ("sgd", "adam")
 SAMPLINGS = ("auto", "classes", "annotated")
@@ -79,6 +79,10 @@ class TrainConfig:
     checkpoint_every: int = 0
     checkpoint_path: str | None = None
     seed: int | None = 0
+    #: neighbouring sections on each side the network sees with each annotated section (2.5-D,
+    #: read from the image stack, mirrored at its ends; a 2-D image stands in for its neighbours);
+    #: 0: the section alone, or as many as the model already sees
+    context: int = 0
     device: str = "auto"
     precision: str = "auto"
 
@@ -128,6 +132,12 @@ class TrainConfig:
             raise UserInputError(f"unknown sampling {self.sampling!r}; choose one of {SAMPLINGS}")
         if self.validation not in VALIDATIONS:
             raise UserInputError(f"unknown validation {self.validation!r}; choose one of {VALIDATIONS}")
+        whole = isinstance(self.context, int) and not isinstance(self.context, bool)
+        if not whole or not 0 <= self.context <= MAX_CONTEXT:
+            raise UserInputError(
+                f"context must be a whole number of sections from 0 to {MAX_CONTEXT} on each side, "
+                f"got {self.context!r}"
+            )
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise UserInputError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
 

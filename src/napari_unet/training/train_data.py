@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_unet.arrays.normalize import compute_normalizer
 from napari_unet.errors import UserInputError
 from napari_unet.training.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_unet.network.model import UNet
 
 #: blocks nobody painted, held out of training on each annotated slice, where validation compares
 #: the tuned model's kept classes with the start model's (at most this many in all)
@@ -83,6 +89,23 @@ def normalizers(images, slices: list[np.ndarray], spec) -> list[Callable[[np.nda
     if is_stack:
         return [compute_normalizer(np.asarray(images), spec)] * len(slices)
     return [compute_normalizer(im, spec) for im in slices]
+
+
+def context_slices(
+    imgs: list[np.ndarray], annotated: Sequence[int], context: int, stack: bool
+) -> list[np.ndarray]:
+    """``imgs`` with each annotated slice read with its ``context`` neighbours on each side as
+    (2 * context + 1, H, W): from the stack when ``stack`` (mirrored at its ends), else the slice
+    standing in for its own neighbours (a 2-D image, or a list of unrelated slices)."""
+    if context <= 0:
+        return imgs
+    from napari_unet.arrays.context import context_indices
+
+    out = list(imgs)
+    for z in annotated:
+        zs = context_indices(z, len(imgs), context) if stack else [z] * (2 * context + 1)
+        out[z] = np.stack([np.asarray(imgs[int(i)]) for i in zs])
+    return out
 
 
 @dataclass
@@ -208,3 +231,48 @@ def probe_blocks(labels: list[np.ndarray], taken: list[Block], rng: np.random.Ge
         return []
     order = rng.permutation(len(candidates))[:PROBE_BLOCKS]
     return sorted(candidates[int(i)] for i in order)
+
+
+def context_probabilities(
+    model: UNet, sections: np.ndarray, device: torch.device, dtype: torch.dtype, normalizer
+) -> np.ndarray:
+    """The model's probabilities (K, H, W) of the centre of ``sections`` ((C, H, W): a section and
+    its neighbours, raw), overlap-tiled as :func:`napari_unet.prediction.inference.predict` tiles
+    one section: the same tile plan, mirrored reads and network pass, each tile (C, h, w)."""
+    import torch
+
+    from napari_unet.arrays.tiling import read_mirrored
+    from napari_unet.prediction.engine import forward_probabilities, place_model
+    from napari_unet.prediction.inference import plan
+
+    centre = sections[len(sections) // 2]
+    source, settings = plan(model, centre, None, 1, device, precision_of(dtype), normalizer=normalizer)
+    out = np.zeros((model.n_classes, *centre.shape), np.float32)
+    place_model(model, settings.device, settings.dtype)
+    for placed in source.tiles:
+        t = placed.key
+        x = np.stack([normalizer(read_mirrored(s, t.in_y, t.in_x, *source.tile_shape)) for s in sections])
+        x_ = torch.from_numpy(x)[None].to(settings.device)
+        p = forward_probabilities(model, x_, settings.device, settings.dtype)[0]
+        out[(slice(None), *placed.region)] = p[(slice(None), *placed.crop)].cpu().numpy()
+    return out
+
+
+def slice_probabilities(
+    model: UNet, image: np.ndarray, device: torch.device, dtype: torch.dtype, normalizer
+) -> np.ndarray:
+    """The model's probabilities (K, H, W) of a slice: ``image`` (H, W), or (C, H, W) with the
+    neighbouring sections of a model that sees them (:func:`context_probabilities`)."""
+    from napari_unet.prediction.inference import predict
+
+    if image.ndim == 3 and getattr(model, "context", 0):
+        return context_probabilities(model, image, device, dtype, normalizer)
+    centre = image[image.shape[0] // 2] if image.ndim == 3 else image
+    return predict(model, centre, device=device, precision=precision_of(dtype), normalizer=normalizer)
+
+
+def precision_of(dtype: torch.dtype) -> str:
+    """The prediction API's name of a compute dtype: "bf16" or "fp32"."""
+    import torch
+
+    return "bf16" if dtype == torch.bfloat16 else "fp32"

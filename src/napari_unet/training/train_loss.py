@@ -19,8 +19,8 @@ from napari_unet.arrays.weightmap import (
     weighted_cross_entropy,
 )
 from napari_unet.network.model import UNet
-from napari_unet.prediction.inference import predict
 from napari_unet.training.train_config import DENSE_SHARE, RARE_SHARE, TrainConfig
+from napari_unet.training.train_data import slice_probabilities
 
 
 @dataclass
@@ -97,15 +97,16 @@ def start_targets(
     device: torch.device,
     dtype: torch.dtype,
 ) -> list[np.ndarray]:
-    """The model's probabilities of its kept ``channels`` on each (normalised) training image,
+    """The model's probabilities of its kept ``channels`` on each (normalised) training image
+    ((H, W), or (C, H, W) with its neighbouring sections),
     renormalised over those channels, float16, and 0 in the ``blank`` blocks (where validation
     looks). Call it with the start model's weights in place."""
-    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
     identity = Normalizer(0.0, 1.0)  # the training slices are normalised already
     out = []
     model.eval()
     for img in train_images:
-        p = predict(model, img, device=device, precision=precision, normalizer=identity)
+        # with context: a widened start model's new neighbours weigh 0, so this is its centre's answer
+        p = slice_probabilities(model, img, device, dtype, identity)
         p = p[list(channels)]
         p /= np.maximum(p.sum(axis=0, keepdims=True), 1e-6)
         out.append(p.astype(np.float16))

@@ -12,10 +12,11 @@ from napari_unet.training.train_config import DENSE_SHARE
 
 
 def read_window(arr: np.ndarray, y0: int, x0: int, h: int, w: int, mirror: bool) -> np.ndarray:
-    """A window of ``arr``; outside the array it is mirrored (images) or 0 = not annotated (labels)."""
-    rows = mirror_indices(y0, h, arr.shape[0])
-    cols = mirror_indices(x0, w, arr.shape[1])
-    out = arr[np.ix_(rows, cols)]
+    """A window of the last two axes of ``arr`` ((H, W), or (C, H, W): a section and its neighbours);
+    outside the array it is mirrored (images) or 0 = not annotated (labels)."""
+    rows = mirror_indices(y0, h, arr.shape[-2])
+    cols = mirror_indices(x0, w, arr.shape[-1])
+    out = arr[..., rows[:, None], cols[None, :]]
     if not mirror:
         ys = np.arange(y0, y0 + h)
         xs = np.arange(x0, x0 + w)
@@ -95,7 +96,9 @@ class TileSampler:
             ws.append(read_window(self.weights[i], y0, x0, t, t, mirror=False))
             if targets is not None:
                 ss.append(np.stack([read_window(p, y0, x0, t, t, mirror=True) for p in targets[i]]))
-        x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))
+        x = np.stack(xs)
+        # a 2-D slice is one input channel; a (C, H, W) slice is the section and its neighbours
+        x = torch.from_numpy((x[:, None] if x.ndim == 3 else x).astype(np.float32))
         y = torch.from_numpy(np.stack(ys))
         w = torch.from_numpy(np.stack(ws).astype(np.float32))
         s = torch.from_numpy(np.stack(ss).astype(np.float32)) if ss else None

@@ -14,9 +14,8 @@ import torch
 
 from napari_unet.arrays.verdict import UnitCounts
 from napari_unet.network.model import UNet
-from napari_unet.prediction.inference import predict
 from napari_unet.prediction.sinks import class_labels
-from napari_unet.training.train_data import TrainingData
+from napari_unet.training.train_data import TrainingData, slice_probabilities
 from napari_unet.training.train_sampling import read_window
 
 #: side of the grid that cuts held-out paint into units for the verdict's bootstrap
@@ -30,9 +29,10 @@ def block_probabilities(
     model: UNet, image: np.ndarray, block: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype
 ) -> np.ndarray:
     """The model's probabilities (K, b, b) of a square block (y, x, b) of a normalised training
-    ``image`` (the block's first entry, its slice, is not used): one tile through the tile
-    pipeline (:mod:`napari_unet.prediction.pipeline`) into a probabilities sink."""
-    from napari_unet.prediction.engine import Settings
+    ``image`` ((H, W), or (C, H, W) with its neighbouring sections; the block's first entry, its
+    slice, is not used): one tile through the tile pipeline (:mod:`napari_unet.prediction.pipeline`)
+    into a probabilities sink."""
+    from napari_unet.prediction.engine import Settings, forward_probabilities, place_model
     from napari_unet.prediction.pipeline import Placed, Source, drain, run
     from napari_unet.prediction.sinks import Collect
 
@@ -40,6 +40,11 @@ def block_probabilities(
     size = model.input_size_for_output(b)
     off, c = (size - b) // 2, (model.output_size(size) - b) // 2
     win = read_window(image, y - off, x - off, size, size, mirror=True)
+    if win.ndim == 3:  # a section and its neighbours: the network's input channels
+        place_model(model, device, dtype)
+        x_ = torch.from_numpy(np.ascontiguousarray(win, dtype=np.float32))[None].to(device)
+        p = forward_probabilities(model, x_, device, dtype)[0]
+        return p[:, c : c + b, c : c + b].cpu().numpy()
     tile = Placed(None, (slice(0, b), slice(0, b)), (slice(c, c + b), slice(c, c + b)))
     source = Source([tile], lambda _: win, (size, size), (b, b))
     sink = Collect(model.n_classes, (b, b), labels=False, probabilities=True)
@@ -51,10 +56,8 @@ def held_out_probabilities(
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """(probabilities (K, h, w), labels (h, w)) for each held-out slice or block, then
     (probabilities, None) for each probe block nobody painted."""
-    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
     for img, lab, norm in data.val_slices:
-        p = predict(model, img, device=device, precision=precision, normalizer=norm)
-        yield p, lab
+        yield slice_probabilities(model, img, device, dtype, norm), lab
     for block, lab in zip(data.val_blocks, data.val_block_labels, strict=True):
         yield block_probabilities(model, data.train_slices[block[0]][0], block, device, dtype), lab
     for block in data.probe_blocks:
