@@ -18,8 +18,9 @@ probability followed by merging of neighbouring regions across weak boundaries:
 
 Objects of other classes (e.g. mitochondria) are the connected components of ``P(class) > 0.5``,
 split at thin necks the same way and with small objects removed. A stack is treated section by
-section; :class:`SectionLinker` joins the 2-D objects of neighbouring sections into 3-D objects by
-overlap, one finished section at a time, so the CLI and the napari dock share one code path.
+section; :class:`~napari_unet.analysis.linking.SectionLinker` joins the 2-D objects of neighbouring
+sections into 3-D objects by overlap or by shared probability mass (``link_by``), one finished
+section at a time, so the CLI and the napari dock share one code path.
 
 Methods are registered by name (:func:`register_method`): "auto" (the default: cells for the cell
 class, objects for any other), "cells", "objects", "components" and "watershed". Every face asks for
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_unet.analysis.linking import SectionLinker, check_link
 from napari_unet.arrays.classes import class_names_or_default
 from napari_unet.errors import UserInputError
 
@@ -447,84 +449,28 @@ def instances_of_class(
     return instance_method(method)(np.asarray(probabilities), int(k), InstanceOptions(**options))
 
 
-class SectionLinker:
-    """Give the 2-D objects of finished sections ids unique in the stack, linked across sections.
-
-    Sections may arrive in any order (the dock segments the slice on screen first). With linking,
-    each object of a new section takes the id of the object of an already finished neighbouring
-    section (z - 1 or z + 1) it overlaps most, when that overlap is at least ``min_overlap`` of the
-    smaller of the two; objects without such a partner get new ids. A finished section is never
-    relabelled, so every yielded section is final. Without linking, the objects of each section
-    simply follow those of the sections before it (ids 1..n, then n+1..n+m, ...): the one place
-    where per-section ids are made unique in a stack.
-    """
-
-    def __init__(self, link: bool = True, min_overlap: float = 0.3) -> None:
-        if not 0.0 < min_overlap <= 1.0:
-            raise UserInputError(f"minimum overlap must be in (0, 1], got {min_overlap}")
-        self.link = link
-        self.min_overlap = float(min_overlap)
-        self.next_id = 1
-        self.done: dict[int, np.ndarray] = {}
-
-    def _candidates(self, labels: np.ndarray, other: np.ndarray, sizes: np.ndarray):
-        """(overlap share, object, id in the neighbour) for every overlapping pair."""
-        both = (labels > 0) & (other > 0)
-        if not both.any():
-            return []
-        a, b = labels[both].astype(np.int64), other[both].astype(np.int64)
-        keys, counts = np.unique(a * (int(other.max()) + 1) + b, return_counts=True)
-        objs, ids = keys // (int(other.max()) + 1), keys % (int(other.max()) + 1)
-        id_sizes = dict(zip(*np.unique(other[other > 0], return_counts=True), strict=True))
-        out = []
-        for o, i, c in zip(objs.tolist(), ids.tolist(), counts.tolist(), strict=True):
-            share = c / min(sizes[o], id_sizes[i])
-            out.append((share, c, o, i))
-        return out
-
-    def add(self, z: int, labels: np.ndarray) -> np.ndarray:
-        """Ids (uint32) for section ``z`` whose 2-D objects are ``labels`` (0 = none)."""
-        labels = np.asarray(labels)
-        n = int(labels.max())
-        mapping = np.zeros(n + 1, dtype=np.uint32)
-        if n:
-            sizes = np.bincount(labels.ravel(), minlength=n + 1)
-            best: dict[int, tuple[int, int]] = {}
-            if self.link:
-                for dz in (-1, 1):
-                    other = self.done.get(z + dz)
-                    if other is None:
-                        continue
-                    for share, count, o, i in self._candidates(labels, other, sizes):
-                        if share >= self.min_overlap and count > best.get(o, (0, 0))[0]:
-                            best[o] = (count, i)
-            present = np.unique(labels[labels > 0])
-            for o in present.tolist():
-                if o in best:
-                    mapping[o] = best[o][1]
-                else:
-                    mapping[o] = self.next_id
-                    self.next_id += 1
-        out = mapping[labels]
-        if self.link:  # only linking looks at finished sections again
-            self.done[z] = out
-        return out
-
-
 def linked_objects(
-    k: int, *, method: str = "auto", link: bool = False, min_overlap: float = 0.3, **options: Any
+    k: int,
+    *,
+    method: str = "auto",
+    link: bool = False,
+    min_overlap: float = 0.3,
+    link_by: str = "overlap",
+    **options: Any,
 ) -> Callable[[int, np.ndarray], np.ndarray]:
     """``objects(z, probabilities (K, H, W))``: a finished section's objects of class ``k`` by
     ``method``, their ids (uint32) unique across the stack in the order sections finish and, with
-    ``link``, shared with overlapping objects of neighbouring sections (:class:`SectionLinker`).
+    ``link``, shared with the objects of neighbouring sections they overlap (``link_by``
+    "overlap") or share probability mass with ("probabilities"; :mod:`~napari_unet.analysis.linking`).
 
     The one numbering of the command line, the Segment dock's ``Sections`` sink and the API.
     """
     instance_method(method)  # an unknown name is refused before any section is predicted
-    linker = SectionLinker(link=link, min_overlap=min_overlap)
+    linker = SectionLinker(link=link, min_overlap=min_overlap, by=check_link(link_by))
 
     def objects(z: int, probabilities: np.ndarray) -> np.ndarray:
-        return linker.add(z, instances_of_class(probabilities, k, method=method, **options))
+        ids = instances_of_class(probabilities, k, method=method, **options)
+        return linker.add(z, ids, np.asarray(probabilities)[k - 1])
 
     return objects
 
@@ -536,14 +482,16 @@ def instance_sections(
     method: str = "auto",
     link: bool = False,
     min_overlap: float = 0.3,
+    link_by: str = "overlap",
     **options: Any,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """For each finished section ``(z, probabilities (K, H, W))``, yield ``(z, ids)``.
 
     Ids are uint32, unique across the stack, and with ``link`` shared by the objects of
-    neighbouring sections that overlap (see :func:`linked_objects`). The CLI iterates this generator.
+    neighbouring sections that overlap or share probability (``link_by``, see :func:`linked_objects`).
+    The CLI iterates this generator.
     """
-    objects = linked_objects(k, method=method, link=link, min_overlap=min_overlap, **options)
+    objects = linked_objects(k, method=method, link=link, min_overlap=min_overlap, link_by=link_by, **options)
     for z, probs in sections:
         yield z, objects(z, probs)
 
@@ -555,19 +503,21 @@ def instance_labels(
     method: str = "auto",
     link: bool = False,
     min_overlap: float = 0.3,
+    link_by: str = "overlap",
     **options: Any,
 ) -> np.ndarray:
     """Objects (uint32) of class ``k`` in a whole probability map (K, H, W) or (K, Z, H, W).
 
     A stack goes section by section, ids unique across it (linked with ``link``); a 2-D map gives
-    the method's own ids. ``method`` and ``options`` as for :func:`instances_of_class`.
+    the method's own ids. ``method`` and ``options`` as for :func:`instances_of_class`, ``link_by``
+    as for :func:`linked_objects`.
     """
     probs = np.asarray(probabilities)
     if probs.ndim == 3:
         return instances_of_class(probs, k, method=method, **options).astype(np.uint32)
     if probs.ndim != 4:
         raise UserInputError(f"probabilities have shape {probs.shape}; expected (K, H, W) or (K, Z, H, W)")
-    objects = linked_objects(k, method=method, link=link, min_overlap=min_overlap, **options)
+    objects = linked_objects(k, method=method, link=link, min_overlap=min_overlap, link_by=link_by, **options)
     out = np.zeros(probs.shape[1:], dtype=np.uint32)
     for z in range(probs.shape[1]):
         out[z] = objects(z, probs[:, z])

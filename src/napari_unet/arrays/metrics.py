@@ -24,8 +24,10 @@ __all__ = [
     "evaluate_membrane",
     "evaluate_instances",
     "evaluate_stack",
+    "evaluate_volume",
     "iou",
     "iou_per_class",
+    "objects_3d",
     "pixel_error",
     "segment_cells",
     "variation_of_information",
@@ -227,6 +229,38 @@ def evaluate_instances(instances, gt_cell_mask) -> dict[str, float]:
         rows.append((adapted_rand_error(cells, grown), split, merge))
     mean = np.nanmean(np.array(rows, dtype=float), axis=0)
     return {"adapted_rand_error": float(mean[0]), "vi_split": float(mean[1]), "vi_merge": float(mean[2])}
+
+
+def objects_3d(mask) -> np.ndarray:
+    """3-D connected components (6-connectivity, int32) of a boolean (Z, H, W) mask: the true
+    objects of a class when a volume's labels give classes, not object ids."""
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 3:
+        raise UserInputError(f"objects_3d takes a (Z, H, W) mask, got {m.ndim}-D.")
+    return _label(m, connectivity=1).astype(np.int32)
+
+
+def evaluate_volume(instances, truth) -> dict[str, float]:
+    """Adapted Rand error and VI (split, merge) of 3-D objects ``instances`` (Z, H, W) against the
+    true objects ``truth``: ids, or a boolean mask whose 3-D components (:func:`objects_3d`) are
+    taken. The volume is scored as one, so an object split between two sections counts as split,
+    which a mean over sections cannot see. True 0 is ignored; predicted 0 is one "no object"
+    segment, so a true voxel left out merges the true objects it touches. Also returns the number
+    of predicted and true objects."""
+    inst = _int_labels(instances)
+    gt = np.asarray(truth)
+    gt = objects_3d(gt) if gt.dtype == bool else _int_labels(gt)
+    _same_shape(gt, inst, "evaluate_volume")
+    if gt.ndim != 3:
+        raise UserInputError(f"evaluate_volume takes (Z, H, W) label volumes, got {gt.ndim}-D.")
+    split, merge = variation_of_information(gt, inst)
+    return {
+        "adapted_rand_error": adapted_rand_error(gt, inst),
+        "vi_split": split,
+        "vi_merge": merge,
+        "objects": float(np.count_nonzero(np.unique(inst))),
+        "true_objects": float(np.count_nonzero(np.unique(gt))),
+    }
 
 
 def check_class_labels(labels: np.ndarray, what: str) -> np.ndarray:

@@ -1,0 +1,84 @@
+"""Linking objects through the stack by shared probability mass beside linking by overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet import UserInputError
+from napari_unet.analysis.instances import instance_labels, instance_sections, linked_objects
+from napari_unet.analysis.linking import SectionLinker
+
+
+def fringe_pair():
+    """Two 10 x 10 objects in neighbouring sections overlapping on 4 of 10 columns (40 px); the
+    second section is unsure there (P 0.1), sure elsewhere (P 0.9); the first is sure (P 0.9)."""
+    a = np.zeros((10, 16), np.int32)
+    b = np.zeros((10, 16), np.int32)
+    a[:, 0:10] = 1
+    b[:, 6:16] = 1
+    pa = np.where(a > 0, 0.9, 0.0).astype(np.float32)
+    pb = np.where(b > 0, 0.9, 0.0).astype(np.float32)
+    pb[:, 6:10] = 0.1
+    return (a, pa), (b, pb)
+
+
+def test_shared_mass_links_only_where_both_sections_are_sure():
+    """Overlap: 40 px of the smaller 100 = 0.4, linked at 0.3. Shared mass: min(0.9, 0.1) * 40 = 4
+    of the smaller mass 0.1 * 40 + 0.9 * 60 = 58, 0.069: not linked."""
+    (a, pa), (b, pb) = fringe_pair()
+    by_overlap = SectionLinker(min_overlap=0.3)
+    assert by_overlap.add(0, a, pa).max() == by_overlap.add(1, b, pb).max()
+    by_mass = SectionLinker(min_overlap=0.3, by="probabilities")
+    assert by_mass.add(0, a, pa).max() != by_mass.add(1, b, pb).max()
+    low = SectionLinker(min_overlap=0.06, by="probabilities")
+    assert low.add(0, a, pa).max() == low.add(1, b, pb).max()
+    # sure on both sides, the two scores agree: 0.9 * 40 / 90 = 0.4
+    sure = SectionLinker(min_overlap=0.3, by="probabilities")
+    assert sure.add(0, a, pa).max() == sure.add(1, b, np.where(b > 0, 0.9, 0.0)).max()
+
+
+def test_partner_with_the_most_shared_mass_wins():
+    """One object over two of the finished neighbour's: it joins the one it shares more mass with
+    (7 sure columns: 63) although it shares more pixels with the other (9 unsure columns: 27)."""
+    a = np.zeros((10, 20), np.int32)
+    a[:, 2:18] = 1
+    pa = np.where(a > 0, 0.9, 0.0).astype(np.float32)
+    b = np.zeros((10, 20), np.int32)
+    b[:, 0:11] = 1  # 9 columns shared, unsure
+    b[:, 11:20] = 2  # 7 columns shared, sure
+    pb = np.where(b == 1, 0.3, 0.9).astype(np.float32)
+    linker = SectionLinker(min_overlap=0.3, by="probabilities")
+    second = linker.add(1, b, pb)
+    first = linker.add(0, a, pa)
+    assert first[0, 5] == second[0, 15] != second[0, 5]
+    overlap = SectionLinker(min_overlap=0.3)
+    second = overlap.add(1, b)
+    assert overlap.add(0, a)[0, 5] == second[0, 5]
+    # the other way round both pieces of the neighbour join the one object
+    linker = SectionLinker(min_overlap=0.3, by="probabilities")
+    first = linker.add(0, a, pa)
+    assert set(np.unique(linker.add(1, b, pb)).tolist()) == {int(first[0, 5])}
+
+
+def test_every_face_of_the_api_links_by_probabilities():
+    (a, pa), (b, pb) = fringe_pair()
+    probs = np.stack([np.stack([1 - pa, pa]), np.stack([1 - pb, pb])], axis=1)  # (K, Z, H, W)
+    options = {"method": "components", "threshold": 0.05, "link": True}
+    vol = instance_labels(probs, 2, **options)
+    assert len(np.unique(vol)) == 2  # overlap (the default) links them
+    vol = instance_labels(probs, 2, link_by="probabilities", **options)
+    assert len(np.unique(vol)) == 3
+    steps = dict(instance_sections(((z, probs[:, z]) for z in (1, 0)), 2, link_by="probabilities", **options))
+    np.testing.assert_array_equal(np.stack([steps[0], steps[1]]) > 0, vol > 0)
+    assert len(np.unique(np.stack([steps[0], steps[1]]))) == 3
+
+
+def test_bad_link_is_refused():
+    with pytest.raises(UserInputError, match="overlap, probabilities"):
+        linked_objects(2, link=True, link_by="mass")
+    linker = SectionLinker(by="probabilities")
+    with pytest.raises(UserInputError, match="needs each section's P"):
+        linker.add(0, np.ones((4, 4), np.int32))
+    # without linking the probabilities are not needed
+    assert SectionLinker(link=False, by="probabilities").add(0, np.ones((4, 4), np.int32)).max() == 1
