@@ -442,9 +442,21 @@ class PersonBench:
         self.start = load_model(default_model_path())
         self.start_names = tuple(n.lower() for n in class_names(self.start))
         # the start model on the training and evaluation sections: probabilities by section
-        self.start_probs = {z: predict(self.start.eval(), raw[z]) for z in (*TRAIN, *self.eval)}
+        self.start_probs = {z: self.start_probabilities(z) for z in (*TRAIN, *self.eval)}
         self._features: dict[int, np.ndarray] = {}
         self._feature_s: dict[int, float] = {}
+
+    def start_probabilities(self, z: int) -> np.ndarray:
+        """The shipped model's probabilities of section ``z``; kept in ``--cache`` when given, so
+        runs one after another predict them once."""
+        cache = self.args.cache / f"start-{z}.npy" if self.args.cache else None
+        if cache is not None and cache.is_file():
+            return np.load(cache)
+        p = predict(self.start.eval(), self.raw[z])
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, p)
+        return p
 
     def features(self, z: int) -> np.ndarray:
         """Forest features of section ``z``, flattened (H * W, F); computed once."""
@@ -784,6 +796,7 @@ def main() -> None:
         help="train with K neighbouring sections on each side from the stack (0: the same path alone)",
     )
     ap.add_argument("--first-draw", type=int, default=0, help="the first draw's seed (draws N..N+draws-1)")
+    ap.add_argument("--cache", type=Path, default=None, help="folder keeping the shipped model's predictions")
     ap.add_argument(
         "--steps",
         type=int,

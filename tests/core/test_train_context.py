@@ -156,3 +156,23 @@ def test_a_context_run_resumes_from_its_checkpoint(tmp_path):
     tr = Trainer(resumed, images, labels, TrainConfig(steps=4, **base), resume_from=ckpt)
     assert tr.step == 2
     assert [e.step for e in tr.run() if e.kind == "step"] == [3, 4]
+
+
+def test_fine_tuning_reads_annotated_sections_with_their_neighbours():
+    """What the Fine-tune dock hands the trainer: the annotated sections and their neighbours, so
+    that each annotated section's neighbours are those of the whole stack (mirrored at its ends)."""
+    from napari_unet.training.finetuning import annotated_slices, run_context
+
+    stack = stack_with_section_values(n=10)
+    labels = np.zeros(stack.shape, np.uint8)
+    labels[0, 5, 5] = labels[6, 5, 5] = 1
+    images, labs, zs = annotated_slices(stack, labels, context=1)
+    assert zs == [0, 1, 5, 6, 7]
+    assert [float(im[0, 0]) for im in images] == [0, 10, 50, 60, 70]
+    assert [bool(lb.any()) for lb in labs] == [True, False, False, True, False]
+    out = context_slices(list(images), [0, 3], 1, stack=True)
+    assert [float(s[0, 0]) for s in out[0]] == [10, 0, 10]
+    assert [float(s[0, 0]) for s in out[3]] == [50, 60, 70]
+    assert annotated_slices(stack, labels)[2] == [0, 6]
+    assert run_context(tiny(context=2), TrainConfig()) == 2
+    assert run_context(tiny(), TrainConfig(context=1)) == 1

@@ -313,3 +313,26 @@ def test_live_preview_on_a_gpu_agrees_with_the_cpu(model_file, image):
     cpu, gpu = labels("cpu"), labels("cuda")
     assert cpu.shape == gpu.shape == image.shape[1:]
     assert np.mean(cpu != gpu) <= 0.01
+
+
+def test_context_trains_with_the_neighbouring_sections(qtbot, dock, image):
+    """The Context spin box reaches the trainer: the model trained sees one section on each side
+    (widened from the start model), and its library record says so."""
+    viewer, widget = dock
+    annotate(viewer, widget, image)
+    assert widget.context_spin.value() == 0 and widget.context_spin.maximum() == 4
+    assert "stack" in widget.context_spin.toolTip()
+    widget.live_check.setChecked(False)
+    widget.context_spin.setValue(1)
+    widget.steps_spin.setValue(2)
+    widget.train()
+    wait_done(qtbot, widget)
+    result = widget.result
+    assert result is not None and result.model.context == 1
+    assert result.model.metadata["training"]["context"] == 1
+    assert load_model(result.checkpoint).context == 1
+    from napari_unet.models.library import Library
+
+    records = [m.record for m in Library().models() if m.path == result.checkpoint]
+    assert records and records[0]["context"] == 1
+    assert "1 neighbouring section on each side" in Library().models()[0].describe()

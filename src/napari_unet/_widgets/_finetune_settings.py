@@ -1,5 +1,5 @@
-"""The Fine-tune dock's training settings: how long, which recipe, learning rate, augmentation,
-device and live preview, turned into the trainer's configuration.
+"""The Fine-tune dock's training settings: how long, which recipe, learning rate, neighbouring
+sections, augmentation, device and live preview, turned into the trainer's configuration.
 
 :class:`TrainingSettings` owns these fields and nothing else: the dock lays its rows out in its
 form, asks it for :meth:`TrainingSettings.config` when Train is clicked, and hands it the record of
@@ -24,7 +24,13 @@ from qtpy.QtWidgets import (
 from napari_unet.network.device import DEVICES
 from napari_unet.training.recipes import RECIPE_CHOICES, resolve_recipe
 
-__all__ = ["TrainingSettings"]
+__all__ = ["DEFAULT_CONTEXT", "MAX_DOCK_CONTEXT", "TrainingSettings"]
+
+#: sections on each side the dock offers (the model allows more; beyond 4 a section far away
+#: rarely tells about this one, and each costs a read per tile)
+MAX_DOCK_CONTEXT = 4
+#: the dock's default context: 0 until a measurement shows neighbours help (docs/training.md)
+DEFAULT_CONTEXT = 0
 
 
 def _recipe_rate(name: str) -> float:
@@ -65,6 +71,17 @@ class TrainingSettings:
         self.lr_spin.setSingleStep(1e-4)
         self.lr_spin.setValue(_recipe_rate(DEFAULT_RECIPE))
         self.recipe_combo.currentTextChanged.connect(lambda name: self.lr_spin.setValue(_recipe_rate(name)))
+        self.context_spin = QSpinBox()
+        self.context_spin.setRange(0, MAX_DOCK_CONTEXT)
+        self.context_spin.setValue(DEFAULT_CONTEXT)
+        self.context_spin.setSuffix(" each side")
+        self.context_spin.setToolTip(
+            "Sections above and below each annotated section that the network sees with it (2.5-D): "
+            "they come from the image stack, mirrored at its ends, as extra input channels. It needs "
+            "a stack; on a 2-D image the section stands in for its own neighbours. A model without "
+            "context is widened (the neighbours start with no weight, so it predicts as before); a "
+            "model trained with context keeps its own (0 = as many as the model already sees)"
+        )
         self.augment_check = QCheckBox("elastic deformation, flips, rotations, grey values")
         self.augment_check.setChecked(True)
         self.device_combo = QComboBox()
@@ -88,6 +105,7 @@ class TrainingSettings:
         form.addRow("Train for", limit)
         form.addRow("Recipe", self.recipe_combo)
         form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Context", self.context_spin)
         form.addRow("Augment", self.augment_check)
         form.addRow("", preview_button)
         form.addRow("Device", self.device_combo)
@@ -116,6 +134,7 @@ class TrainingSettings:
             learning_rate=float(self.lr_spin.value()),
             device=self.device_combo.currentText(),
             checkpoint_every=100,
+            context=int(self.context_spin.value()),
         )
         if by_steps is False:
             config.steps = None
@@ -128,6 +147,9 @@ class TrainingSettings:
         than the ``steps_done``), so that resuming it goes on as it started."""
         if record.get("recipe") in RECIPE_CHOICES:
             self.recipe_combo.setCurrentText(record["recipe"])
+        context = record.get("context")
+        if isinstance(context, int) and 0 <= context <= MAX_DOCK_CONTEXT:
+            self.context_spin.setValue(context)
         rate = record.get("learning_rate")
         if isinstance(rate, int | float):
             self.lr_spin.setValue(float(rate))

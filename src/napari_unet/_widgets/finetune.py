@@ -132,6 +132,7 @@ class FineTuneWidget(Dock):
         self.limit_combo, self.steps_spin = self.settings.limit_combo, self.settings.steps_spin
         self.minutes_spin, self.recipe_combo = self.settings.minutes_spin, self.settings.recipe_combo
         self.lr_spin, self.augment_check = self.settings.lr_spin, self.settings.augment_check
+        self.context_spin = self.settings.context_spin
         self.device_combo, self.live_check = self.settings.device_combo, self.settings.live_check
         self.preview_button = QPushButton("Preview augmentation")
         self.preview_button.clicked.connect(self.preview_augmentation)
@@ -343,6 +344,7 @@ class FineTuneWidget(Dock):
                 recipe=resolve_recipe(self.recipe_combo.currentText(), new_classes),
                 planned={"steps": config.steps, "minutes": config.max_minutes},
                 learning_rate=config.learning_rate,
+                context=max(config.context, int(getattr(model, "context", 0))),
             )
         config.checkpoint_path = str(entry.path)
         control: dict[str, Any] = {}

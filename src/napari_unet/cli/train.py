@@ -124,6 +124,16 @@ def _add_class_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument(
         "--base-channels", type=int, default=16, help="width of a --from scratch network (the paper used 64)"
     )
+    tr.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        metavar="K",
+        help="neighbouring sections on each side the network sees with each section (2.5-D, 0-8; "
+        "read from the --images stack, mirrored at its ends; a 2-D image stands in for its own "
+        "neighbours); a --from model that sees fewer is widened (the new neighbours start at zero, "
+        "so it predicts as before until trained); default: the start model's own (0 for the shipped one)",
+    )
 
 
 def _add_setting_arguments(tr: argparse.ArgumentParser) -> None:
@@ -163,7 +173,8 @@ def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
         names = names or default_class_names(max(high, 2))
         if args.base_channels < 1 or args.base_channels > 512:
             raise UserInputError(f"--base-channels must be between 1 and 512, got {args.base_channels}")
-        model = build_model({"architecture": {"n_classes": len(names), "base_channels": args.base_channels}})
+        arch = {"n_classes": len(names), "base_channels": args.base_channels, "context": args.context or 0}
+        model = build_model({"architecture": arch})
         model.metadata["classes"] = names
     else:
         model = resolve_model(args.start)
@@ -176,6 +187,7 @@ def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
                 f"new: {', '.join(added) or 'none'}; dropped: {', '.join(dropped) or 'none'})",
                 file=sys.stderr,
             )
+    model = _with_context_of(args, model)
     if high > model.n_classes:
         from napari_unet.network.model import class_names
 
@@ -184,6 +196,37 @@ def _train_start_model(args: argparse.Namespace, labels: np.ndarray):
             f"({', '.join(class_names(model))}); name one class per label with --classes"
         )
     return model, new
+
+
+def _check_context(args: argparse.Namespace) -> None:
+    """Refuse a --context outside 0-8 before anything is read."""
+    from napari_unet.network.model import MAX_CONTEXT
+
+    if args.context is not None and not 0 <= args.context <= MAX_CONTEXT:
+        raise UserInputError(
+            f"--context must be a number of sections from 0 to {MAX_CONTEXT} on each side, got {args.context}"
+        )
+
+
+def _with_context_of(args: argparse.Namespace, model: Any) -> Any:
+    """The start model seeing --context sections on each side: widened when it sees fewer; a
+    narrower --context, or another one for a --resume, is refused."""
+    from napari_unet.network.model import with_context
+
+    own = int(getattr(model, "context", 0))
+    if args.context is None or args.context == own:
+        return model
+    if args.resume:
+        raise UserInputError(
+            f"--resume goes on with the model's own context ({own}); leave --context out or give {own}"
+        )
+    if args.context < own:
+        raise UserInputError(
+            f"the start model sees {own} neighbouring sections on each side; --context {args.context} "
+            f"would narrow it (give --context {own} or more, or start from a model without context)"
+        )
+    print(f"context: {args.context} sections on each side (widened from {own})", file=sys.stderr)
+    return with_context(model, args.context)
 
 
 def _interrupted_run(model: Any) -> tuple[bool, bool] | None:
@@ -251,6 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     input_spec(args.images, "images")
     input_spec(args.labels, "labels")
     parse_label_map(args.label_map)
+    _check_context(args)
     from napari_unet.models.library import readable_name
     from napari_unet.training.recipes import AUTO_RECIPE, resolve_recipe
     from napari_unet.training.train import Trainer
@@ -348,6 +392,7 @@ def _train_config(
         checkpoint_every=args.checkpoint_every,
         checkpoint_path=None if out is None else str(out),
         seed=args.seed,
+        context=args.context,
         device=args.device,
         precision=args.precision,
     )

@@ -108,6 +108,9 @@ class LibraryModel:
             lines.append(f"imported from {r['source_file']}")
         if r.get("classes"):
             lines.append("classes: " + ", ".join(map(str, r["classes"])))
+        if isinstance(r.get("context"), int) and r["context"] > 0:
+            k = r["context"]
+            lines.append(f"sees {k} neighbouring section{'' if k == 1 else 's'} on each side (2.5-D)")
         if self.steps:
             seconds = r.get("seconds")
             took = f" in {seconds:.0f} s" if isinstance(seconds, int | float) else ""

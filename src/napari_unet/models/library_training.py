@@ -141,11 +141,11 @@ def _resumed_events(inputs: TrainingInputs, checkpoint: Any) -> Generator[Any, N
     import numpy as np
 
     from napari_unet.annotations.layers import class_names_of
-    from napari_unet.training.finetuning import annotated_slices
+    from napari_unet.training.finetuning import annotated_slices, run_context
     from napari_unet.training.train import Trainer
 
     model, control = inputs.model, inputs.control
-    images, labs, _zs = annotated_slices(inputs.image, inputs.labels)
+    images, labs, _zs = annotated_slices(inputs.image, inputs.labels, run_context(model, inputs.config))
     if labs.shape[0] == 0 or not np.any(labs):
         raise UserInputError("the annotations have no labelled pixel; paint some labels first")
     trainer = Trainer(

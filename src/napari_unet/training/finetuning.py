@@ -16,18 +16,20 @@ import numpy as np
 from napari_unet.annotations.layers import class_names_of
 from napari_unet.errors import UserInputError
 
-__all__ = ["PREVIEW_SAMPLES", "annotated_slices", "augmentation_preview", "train_events"]
+__all__ = ["PREVIEW_SAMPLES", "annotated_slices", "augmentation_preview", "run_context", "train_events"]
 
 #: augmented copies the preview shows, and the largest side of the crop they are made from
 PREVIEW_SAMPLES = 4
 PREVIEW_MAX_SIDE = 512
 
 
-def annotated_slices(image: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, list[int]]:
+def annotated_slices(image: Any, labels: np.ndarray, context: int = 0) -> tuple[Any, np.ndarray, list[int]]:
     """The slices of a stack that hold annotations, as (images, labels, slice indices).
 
     A 2-D image is returned as it is. For a stack only annotated slices are read, so a large lazy
-    stack with a few painted slices costs a few slices of memory.
+    stack with a few painted slices costs a few slices of memory; with ``context`` their
+    neighbours too (up to ``context`` on each side, with no labels of their own), in stack order,
+    so that each annotated slice's neighbours in what is returned are those of the whole stack.
     """
     labels = np.asarray(labels)
     if labels.ndim == 2:
@@ -35,8 +37,18 @@ def annotated_slices(image: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, l
     zs = [z for z in range(labels.shape[0]) if labels[z].any()]
     if not zs:
         return np.asarray(image[:0]), labels[:0], []
+    if context > 0:
+        from napari_unet.arrays.context import context_indices
+
+        n = labels.shape[0]
+        zs = sorted({int(i) for z in zs for i in context_indices(z, n, context)})
     images = np.stack([np.asarray(image[z]) for z in zs])
     return images, labels[zs], zs
+
+
+def run_context(model: Any, config: Any) -> int:
+    """Neighbouring sections on each side a run reads: the configured ones, else the model's own."""
+    return int(getattr(config, "context", 0) or getattr(model, "context", 0))
 
 
 def train_events(
@@ -61,7 +73,7 @@ def train_events(
     from napari_unet.training.train import Trainer
 
     model = copy.deepcopy(model)
-    images, labs, _zs = annotated_slices(image, labels)
+    images, labs, _zs = annotated_slices(image, labels, run_context(model, config))
     if labs.shape[0] == 0 or not labs.any():
         raise UserInputError("the annotations have no labelled pixel; paint some labels first")
     trainer = Trainer(model, images, labs, config, class_names=class_names_of(model))
