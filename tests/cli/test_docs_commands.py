@@ -87,7 +87,7 @@ RUN = {
     "instances.md": (3, 1),
     "metrics.md": (0, 1),
     "sharing.md": (9, 0),
-    "training.md": (5, 0),
+    "training.md": (6, 0),
     "user-guide-load-annotate.md": (0, 1),
 }
 
@@ -247,6 +247,7 @@ def _check_training(folder: Path, scopes: list[dict]) -> None:
     }  # fmt: skip
     for stem, classes in expected.items():
         assert load_model(folder / f"{stem}.safetensors").metadata["classes"] == classes, stem
+    assert load_model(folder / "mito-context.safetensors").context == 1
     # the resumed run from scratch goes on as it started: Adam ("fast"), nothing frozen or distilled
     run = load_model(folder / "new.safetensors").metadata["training"]
     assert (run["optimizer"], run["freeze_encoder"], run.get("distill")) == ("adam", 0.0, None)

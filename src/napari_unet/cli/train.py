@@ -321,6 +321,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "recipe": resolve_recipe(args.recipe, new_classes),
         "planned": {"steps": steps, "minutes": minutes},
     }
+    if model.context:
+        record["context"] = model.context
     name = args.name or readable_name(record["start_model"], record["image"])
     entry = None
     if out is None:  # the library's file is the checkpoint: a killed run stays there as unfinished
