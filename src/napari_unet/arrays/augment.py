@@ -211,11 +211,13 @@ def augment_with_targets(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Randomly transform a training batch, moving image, labels and weights together.
 
-    image: float (B, C, H, W); labels: integer (B, H, W), 0 = not annotated; weights: optional
-    float (B, H, W). Each sample gets its own random flips, rotation (quarter turns when H == W,
-    else half turns), integer shift up to ``config.shift`` px and elastic warp, applied to all
-    three with one resampling each (image: ``config.interpolation``, labels: nearest so they keep
-    only their own values, weights: bilinear; mirrored borders). ``targets``, optional float
+    image: float (B, C, H, W) (C > 1: a section and its neighbouring sections, which all get the
+    sample's one displacement field and grey-value change); labels: integer (B, H, W), 0 = not
+    annotated; weights: optional float (B, H, W). Each sample gets its own random flips,
+    rotation (quarter turns when H == W, else half turns), integer shift up to ``config.shift`` px
+    and elastic warp, applied to all three with one resampling each (image:
+    ``config.interpolation``, labels: nearest so they keep only their own values, weights:
+    bilinear; mirrored borders). ``targets``, optional float
     (B, C, H, W) soft targets (the start model's probabilities, for distillation), move with them
     (bilinear, so they stay probabilities). Then brightness, contrast and gamma change the image
     only. Returns (image, labels, weights or None, targets or None) with the input shapes and
