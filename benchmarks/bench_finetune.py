@@ -255,7 +255,6 @@ def run_unet(
     figure_times=(),
     steps=None,
     tta="none",
-    seed=0,
 ):
     """Fine-tune a recipe on a scenario: (score, score with ``tta`` or None, steps, seconds, snapshots)."""
     images, labels, classes = labels_cache[name]
@@ -264,7 +263,7 @@ def run_unet(
         model = with_classes(model, classes)
     cfg = make_config(recipe, name in "ab", minutes, steps, overrides, validation="none")
     if CONTEXT["k"] is not None:
-        cfg.context, cfg.seed = CONTEXT["k"], seed
+        cfg.context = CONTEXT["k"]
     images, labels = training_input(raw, labels)
     trainer = Trainer(model, images, labels, cfg)
     model = trainer.model  # widened when trained with context
@@ -846,9 +845,10 @@ def main() -> None:
                 times = (0, 1, 2, 5) if (args.figure and s == "a" and recipe == "fast") else ()
                 seeds = [0] if args.context is None else range(args.first_draw, args.first_draw + args.draws)
                 for seed in seeds:
+                    seeded = overrides if args.context is None else {**overrides, "seed": seed}
                     value, with_tta, steps, spent, snaps = run_unet(
-                        s, recipe, args.minutes, overrides, raw, membranes, mito, cache, times,
-                        args.steps, args.tta, seed,
+                        s, recipe, args.minutes, seeded, raw, membranes, mito, cache, times,
+                        args.steps, args.tta,
                     )  # fmt: skip
                     rows.append((s, recipe, measure, value, with_tta, steps, spent))
                     if snaps:

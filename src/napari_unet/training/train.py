@@ -30,7 +30,7 @@ from napari_unet.arrays.verdict import UnitCounts, Verdict, judge
 from napari_unet.errors import UserInputError
 from napari_unet.modelfiles.checkpoint import load_training_state, save_model
 from napari_unet.network.device import autocast, preferred_memory_format, resolve_precision, select_device
-from napari_unet.network.model import UNet, build_model, model_header, with_context
+from napari_unet.network.model import UNet, build_model, model_header
 from napari_unet.network.model import class_names as model_class_names
 from napari_unet.prediction.tileplan import training_tile
 from napari_unet.training.train_config import (
@@ -61,6 +61,7 @@ from napari_unet.training.train_loss import (
 from napari_unet.training.train_sampling import TileSampler
 from napari_unet.training.train_state import (
     as_start_model,
+    context_model,
     earlier_runs,
     make_optimizer,
     match_optimizer_layout,
@@ -105,21 +106,6 @@ def _resume_state(model: UNet, resume_from: str | Path | None) -> dict[str, Any]
         raise UserInputError(f"{resume_from} holds no training state to resume from")
     model.added_classes = list(state.get("added_classes", model.added_classes))
     return state
-
-
-def context_model(model: UNet, context: int) -> UNet:
-    """``model``, or a copy widened to see ``context`` sections on each side
-    (:func:`napari_unet.network.model.with_context`); 0 keeps the model's own context. Narrowing
-    is refused: it would throw trained weights away."""
-    own = int(getattr(model, "context", 0))
-    if not context or context == own:
-        return model
-    if context < own:
-        raise UserInputError(
-            f"the model sees {own} neighbouring sections on each side; it cannot be narrowed to {context} "
-            f"(train with context {own}, or start from a model without context)"
-        )
-    return with_context(model, context)
 
 
 def _tile_size(model: UNet, tile_size: int | None, device: torch.device) -> int:
@@ -177,7 +163,10 @@ class Trainer:
 
     Bad annotations (no labelled pixel, a shape mismatch, a label above K) and bad settings raise
     UserInputError here, before any training starts. The model is trained in place; give it new
-    classes first with :func:`napari_unet.network.model.with_classes`.
+    classes first with :func:`napari_unet.network.model.with_classes`. With ``config.context``
+    above the model's own, a widened copy is trained instead (:attr:`model`): each annotated slice
+    is read with its neighbours from the ``images`` stack (a 2-D image or a list of slices stands
+    in for its own neighbours).
     """
 
     def __init__(

@@ -1,6 +1,7 @@
-"""The trainer's state beside the weights: the optimiser (:func:`make_optimizer`), the weights a
-run started from (:func:`start_weights_of`, :func:`as_start_model`) and what a checkpoint keeps so
-that a run resumes exactly (:func:`state_buffers`, :func:`restore_buffers`)."""
+"""The trainer's state beside the weights: the model a run trains (:func:`context_model`), the
+optimiser (:func:`make_optimizer`), the weights a run started from (:func:`start_weights_of`,
+:func:`as_start_model`) and what a checkpoint keeps so that a run resumes exactly
+(:func:`state_buffers`, :func:`restore_buffers`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,29 @@ from typing import Any
 
 import torch
 
-from napari_unet.network.model import UNet
+from napari_unet.errors import UserInputError
+from napari_unet.network.model import UNet, with_context
 from napari_unet.training.train_config import TrainConfig
 
 #: the training-state buffer that holds the augmentation generator's state
 AUGMENT_RNG_KEY = "augment.rng"
 #: training-state buffers that hold the weights a run started from
 START_PREFIX = "start."
+
+
+def context_model(model: UNet, context: int) -> UNet:
+    """``model``, or a copy widened to see ``context`` sections on each side
+    (:func:`napari_unet.network.model.with_context`); 0 keeps the model's own context. Narrowing
+    is refused: it would throw trained weights away."""
+    own = int(getattr(model, "context", 0))
+    if not context or context == own:
+        return model
+    if context < own:
+        raise UserInputError(
+            f"the model sees {own} neighbouring sections on each side; it cannot be narrowed to {context} "
+            f"(train with context {own}, or start from a model without context)"
+        )
+    return with_context(model, context)
 
 
 def earlier_runs(model: UNet, resuming: bool) -> list[dict[str, Any]]:
