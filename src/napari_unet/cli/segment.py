@@ -91,6 +91,14 @@ def _add_prediction_arguments(seg: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="also write float32 probabilities (K, [Z,] H, W) to .tif or .zarr",
     )
+    seg.add_argument(
+        "--planes",
+        default="auto",
+        choices=["auto", "xy", "ortho"],
+        help="a volume in its sections (xy), or along its XY, XZ and YZ planes averaged (ortho: 3x "
+        "the time, in memory); auto (default): ortho when the file's z spacing is within 1.5x of "
+        "its pixel size (isotropic, e.g. FIB-SEM), else xy",
+    )
 
 
 def _add_instance_arguments(seg: argparse.ArgumentParser) -> None:
@@ -122,6 +130,14 @@ def _add_instance_arguments(seg: argparse.ArgumentParser) -> None:
         metavar="OVERLAP",
         help="with --instances on a stack: one id for the objects of neighbouring sections that "
         "overlap by at least OVERLAP of the smaller one (default 0.3)",
+    )
+    seg.add_argument(
+        "--link-by",
+        default=None,
+        choices=["overlap", "probabilities"],
+        help="with --link-sections: what OVERLAP measures: the pixels two objects share (overlap, "
+        "the default) or the class probability they share, min(p, p') summed over those pixels "
+        "(probabilities)",
     )
     seg.add_argument(
         "--instance-method",
@@ -216,10 +232,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         args.output, data, model.n_classes, scheduler=args.scheduler, instances=args.instances,
         probabilities=args.probabilities,
     )  # fmt: skip
+    planes = _planes(args, img.voxel_size, data, blockwise)
     if blockwise:  # --scheduler, zarr output, or too big for memory
         return run_blockwise(args, model, data)
     k = model.n_classes
-    labels, probs = predict_with_progress(
+    labels, probs = (_predict_ortho if planes == "ortho" else predict_with_progress)(
         model, data, src.name, tile=args.tile, batch=args.batch, device=args.device,
         precision=args.precision, tta=args.tta, keep_probabilities=bool(args.probabilities or args.instances),
     )  # fmt: skip
@@ -295,6 +312,7 @@ def _check_instance_options(args: argparse.Namespace, model, data) -> None:
     if args.instances is None:
         flags = (
             ("--link-sections", args.link_sections),
+            ("--link-by", getattr(args, "link_by", None)),
             ("--min-size", args.min_size),
             ("--instance-method", method),
         )
@@ -314,6 +332,8 @@ def _check_instance_options(args: argparse.Namespace, model, data) -> None:
             raise UserInputError(
                 f"--link-sections takes a minimum overlap between 0 and 1, got {args.link_sections}"
             )
+    if getattr(args, "link_by", None) is not None and args.link_sections is None:
+        raise UserInputError("--link-by says how sections are linked; add --link-sections [OVERLAP]")
     if args.min_size is not None and args.min_size < 0:
         raise UserInputError(f"--min-size must be 0 or more pixels, got {args.min_size}")
 
@@ -340,6 +360,7 @@ def _instances_from_probabilities(args: argparse.Namespace, model, probs: np.nda
         min_size=args.min_size or 0,
         link=link,
         min_overlap=args.link_sections if link else 0.3,
+        link_by=getattr(args, "link_by", None) or "overlap",
     )
     with progress() as bar:
         task = bar.add_task("instances", total=stack.shape[1], info=f"class {k}")
@@ -347,6 +368,52 @@ def _instances_from_probabilities(args: argparse.Namespace, model, probs: np.nda
             result[z] = ids
             bar.update(task, advance=1)
     return result if probs.ndim == 4 else result[0]
+
+
+def _planes(args: argparse.Namespace, voxel_size: Any, data: Any, blockwise: bool) -> str:
+    """"xy" or "ortho": what ``--planes`` asks for on this input (auto: from its voxel size);
+    three planes need a volume in memory, so a 2-D image or a block-by-block run refuses them."""
+    from napari_unet.prediction.ortho import choose_planes
+
+    asked = getattr(args, "planes", None) or "auto"
+    if asked == "ortho" and data.ndim != 3:
+        raise UserInputError(
+            f"--planes ortho predicts a volume along three planes; {args.input} is one 2-D image"
+        )
+    if asked == "ortho" and blockwise:
+        raise UserInputError(
+            "--planes ortho needs the whole volume in memory and does not run block by block "
+            "(--scheduler, a zarr output or an input larger than memory); use --planes xy"
+        )
+    planes = "xy" if blockwise else choose_planes(asked, voxel_size, data.ndim)
+    if asked == "auto" and planes == "ortho":
+        print(
+            f"planes: XY, XZ and YZ averaged (isotropic voxels {voxel_size}); --planes xy for sections only",
+            file=sys.stderr,
+        )
+    return planes
+
+
+def _predict_ortho(
+    model: UNet, data: Any, name: str, *, keep_probabilities: bool = False, **settings: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class labels and probabilities of a volume predicted along three planes and averaged
+    (:func:`napari_unet.prediction.ortho.predict_ortho`) under a progress bar; keywords as
+    :func:`predict_with_progress`'s (the probabilities are always made)."""
+    from napari_unet.prediction.inference import labels_from_probabilities
+    from napari_unet.prediction.ortho import predict_ortho
+
+    with progress() as bar:
+        task = bar.add_task("segment", total=None, info=f"{name} (xy)")
+
+        def step(plane: str, index: int, total: int) -> None:
+            bar.update(task, total=total, completed=index + 1, info=f"{name} ({plane})")
+
+        probs = predict_ortho(
+            model, data, settings.get("tile"), settings.get("batch"), settings.get("device", "auto"),
+            settings.get("precision", "auto"), tta=settings.get("tta", "none"), progress=step,
+        )  # fmt: skip
+    return labels_from_probabilities(probs), probs
 
 
 # The keywords are inference.predict_into's, passed on one to one (``segment`` and ``demo`` name
