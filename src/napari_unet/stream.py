@@ -28,6 +28,7 @@ __all__ = [
     "SegmentRequest",
     "SliceTarget",
     "layer_sinks",
+    "ortho_slices",
     "segment_slices",
     "segmentation_tiles",
     "slice_order",
@@ -52,6 +53,10 @@ class SegmentRequest:
     instance_method: str = "auto"
     #: (y0, y1, x0, x1): segment only this part of each slice (the visible region)
     crop: tuple[int, int, int, int] | None = None
+    #: instances: link the objects of neighbouring sections by "overlap" or "probabilities" (None: not)
+    link_by: str | None = None
+    #: "xy" (each section) or "ortho" (the stack along three planes, averaged: :func:`ortho_slices`)
+    planes: str = "xy"
 
     def settings(self) -> dict[str, Any]:
         """The keyword arguments of :func:`~napari_unet.prediction.inference.predict_into` it sets."""
@@ -109,7 +114,7 @@ def layer_sinks(model: Any, request: SegmentRequest, dtype: np.dtype) -> SinkFac
 
     if request.output != "instances":
         return lambda t: Paint(**where(t))
-    objects = section_objects(model, request.instance_class, request.instance_method)
+    objects = section_objects(model, request.instance_class, request.instance_method, request.link_by)
     return lambda t: Sections(objects, model.n_classes, t.shape, t.z, **where(t))
 
 
@@ -224,12 +229,35 @@ def segmentation_tiles(
 
 
 def section_objects(
-    model: Any, instance_class: str | None, method: str
+    model: Any, instance_class: str | None, method: str, link_by: str | None = None
 ) -> Callable[[int, np.ndarray], np.ndarray]:
     """``objects(z, probabilities)``: a finished slice's objects of ``instance_class`` by ``method``,
-    their ids following those of the slices finished before, as on the command line."""
+    their ids following those of the slices finished before (linked ``link_by`` "overlap" or
+    "probabilities" to those of neighbouring slices), as on the command line."""
     from napari_unet.analysis.instances import class_index, linked_objects
 
     names = model.metadata.get("classes")
     k = class_index(instance_class, names, model.n_classes)
-    return linked_objects(k, method=method, class_names=names)
+    link = {"link": True, "link_by": link_by} if link_by is not None else {}
+    return linked_objects(k, method=method, class_names=names, **link)
+
+
+def ortho_slices(
+    model: Any,
+    image: Any,
+    request: SegmentRequest,
+    sinks: SinkFactory,
+    z_order: list[int] | None = None,
+    control: dict[str, Any] | None = None,
+) -> Iterator[PaintTile]:
+    """:func:`segment_slices` for ``request.planes == "ortho"``: the whole stack predicted along its
+    three planes and averaged (:func:`napari_unet.prediction.ortho.ortho_sections`, progress only),
+    then each slice in ``z_order`` through its sink, whole. ``control`` is not followed."""
+    from napari_unet.prediction.ortho import ortho_sections
+
+    shape = tuple(image.shape[-2:])
+
+    def sink_for(z: int) -> Sink:
+        return sinks(SliceTarget(z, (z,), (0, 0), None, shape))
+
+    yield from ortho_sections(model, image, sink_for, z_order, **request.settings())

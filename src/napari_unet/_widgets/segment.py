@@ -55,6 +55,7 @@ from napari_unet.stream import (
     PaintTile,
     SegmentRequest,
     layer_sinks,
+    ortho_slices,
     segment_slices,
     segmentation_tiles,
     slice_order,
@@ -67,6 +68,10 @@ OUTPUTS = ("classes", "instances")
 CELLS = "cells (default)"
 #: the dock's names for the test-time augmentation modes of ``predict_tiles``
 TTA_CHOICES = {"off": "none", "4 flips (4x time)": "flips", "8 turns and flips (8x time)": "d4"}
+#: the dock's names for the planes a stack is predicted along (``segment --planes``)
+PLANES = {"auto": "auto", "sections only": "xy", "three planes": "ortho"}
+#: the dock's names for linking instances through the stack (``segment --link-sections --link-by``)
+LINKS = {"off": None, "by overlap": "overlap", "by probabilities": "probabilities"}
 
 
 def class_features(model: Any) -> dict[str, list]:
@@ -183,6 +188,15 @@ class SegmentWidget(Dock):
             "classes are connected components split at thin necks",
         )
         self.instance_combo.setEditable(True)
+        self.planes_combo = _combo(
+            PLANES,
+            "Three planes: predict the stack along XY, XZ and YZ and average (3x the time; the layer "
+            "fills when the three passes are done); auto takes them for isotropic voxels (z within "
+            "1.5x of the pixel size, from the file)",
+        )
+        self.link_combo = _combo(
+            LINKS, "Instances: one id for the objects of neighbouring slices that overlap (in pixels or in P)"
+        )
 
     def _lay_out(self) -> None:
         form = QFormLayout()
@@ -196,6 +210,8 @@ class SegmentWidget(Dock):
         form.addRow("Test-time aug.", self.tta_combo)
         form.addRow("Output", self.output_combo)
         form.addRow("Objects of", self.instance_combo)
+        form.addRow("Link slices", self.link_combo)
+        form.addRow("Planes", self.planes_combo)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addStretch(1)
@@ -416,6 +432,8 @@ class SegmentWidget(Dock):
             output=output,
             instance_class=self._instance_class(model) if output == "instances" else None,
             crop=self._visible_crop(image_layer) if scope == "visible region" else None,
+            link_by=LINKS[self.link_combo.currentText()],
+            planes=self._planes(image_layer, data, scope),
         )
         control = self._control(image_layer, request)
         run = self.output.begin(image_layer, model, model_name, request, scope, est.input_mpx, control)
@@ -423,7 +441,7 @@ class SegmentWidget(Dock):
         self.segment_button.setEnabled(False)
         # The worker starts first, so the network computes while napari builds the layer.
         self.task.start(
-            segment_slices,
+            ortho_slices if request.planes == "ortho" else segment_slices,
             model,
             data,
             request,
@@ -449,6 +467,19 @@ class SegmentWidget(Dock):
             f"{est.ratio:.0f}x the {format_seconds(est.auto_seconds)} of the automatic tile. "
             "Segment anyway?"
         )
+
+    def _planes(self, image_layer: Any, data: Any, scope: str) -> str:
+        """"xy" or "ortho" for the planes chosen; auto reads the layer's scale (the file's voxel
+        size; 1, 1, 1 is taken for none). Three planes need the whole stack."""
+        from napari_unet.prediction.ortho import choose_planes
+
+        asked = PLANES[self.planes_combo.currentText()]
+        scale = tuple(float(s) for s in image_layer.scale)
+        known = scale if data.ndim == 3 and any(s != 1.0 for s in scale) else None
+        if asked == "ortho" and data.ndim == 3 and scope != "whole stack":
+            raise UserInputError("three planes segment the whole stack; choose 'whole stack'")
+        planes = choose_planes(asked, known, data.ndim)
+        return planes if scope == "whole stack" else "xy"
 
     def _z_order(self, image_layer: Any, data: Any, scope: str) -> list[int] | None:
         """The slices to segment, the one on screen first (None for a single image)."""
