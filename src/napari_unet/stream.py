@@ -180,7 +180,7 @@ def segment_slices(
     (index -1, total 0), through the same sink.
     """
     from napari_unet.arrays.normalize import compute_normalizer
-    from napari_unet.prediction.inference import predict_into
+    from napari_unet.prediction.inference import predict_into, section
 
     is_stack = image.ndim == 3
     normalizer = compute_normalizer(image, model.metadata.get("normalization"))
@@ -197,14 +197,15 @@ def segment_slices(
         first = _glance(model, image.shape, centre, z, (z,) if is_stack else ())
         if first is not None:  # the same sink over a window: the labels full tiles paint there later
             (gy, gx), g = first.offset, GLANCE_WINDOW
-            window = (image[z] if is_stack else image)[gy : gy + g, gx : gx + g]
+            window = section(image, z, (gy, gy + g, gx, gx + g))  # a context model sees its neighbours
             run = predict_into(model, window, sinks(first), normalizer=normalizer, **request.settings())
             yield from (replace(item, index=-1, total=0) for item in run)
     done = 0
     while remaining:
         z = _next_slice(remaining, control)
         remaining.remove(z)
-        plane = (image[z] if is_stack else image)[y0:y1, x0:x1]  # the region read, with its context
+        # the region read, with its context; a context model reads the same region of the neighbours
+        plane = section(image, z, (y0, y1, x0, x1))
         sink = sinks(SliceTarget(z, (z,) if is_stack else (), (y0, x0), request.crop, plane.shape[-2:]))
         for item in predict_into(model, plane, sink, normalizer=normalizer, **request.settings()):
             done += 1

@@ -217,3 +217,116 @@ def test_model_choosers_load_the_package(package):
     model = load_model_file(package, cache)  # what "Model file…" in the Segment and Fine-tune docks runs
     assert model.metadata["classes"] == ["membrane", "cell", "mito chondria"] and len(cache) == 1
     assert "*.zip" in MODEL_FILTER and "*.safetensors" in MODEL_FILTER
+
+
+# ------------------------------------------------------------------ a context network (2.5-D)
+@pytest.fixture(scope="module")
+def context_file(work):
+    """A depth-2 network that sees one section on each side: three input channels."""
+    torch.manual_seed(1)
+    m = UNet(n_classes=3, depth=2, base_channels=4, context=1)
+    m.metadata.update(classes=["membrane", "cell", "mito chondria"], normalization=NORM)
+    return save_model(m, work / "context.safetensors")
+
+
+def test_a_context_model_file_keeps_its_context(context_file, rng):
+    from napari_unet.modelfiles.checkpoint import load_model, read_header
+
+    assert read_header(context_file)["architecture"]["context"] == 1
+    model = load_model(context_file)
+    assert (model.context, model.input_channels, model.down[0][0].in_channels) == (1, 3, 3)
+    alone = save_model(UNet(depth=2, base_channels=4), context_file.with_name("alone.safetensors"))
+    assert "context" not in read_header(alone)["architecture"]  # files of a section alone as before
+    x = rng.random((1, 3, 92, 92), np.float32)
+    assert _torch_probs(context_file, x).shape == (1, 3, 52, 52)
+
+
+def test_context_exports_take_the_sections_as_channels(work, context_file, rng, capsys):
+    pytest.importorskip("onnxruntime", reason="needs the optional extra 'export'")
+    from napari_unet.export import example_tile, onnx_probabilities
+    from napari_unet.modelfiles.checkpoint import load_model
+
+    assert example_tile(load_model(context_file)).shape[:2] == (1, 3)
+    onnx_out, ts_out = work / "context.onnx", work / "context.pt"
+    for out, fmt in ((onnx_out, "onnx"), (ts_out, "torchscript")):
+        code, err = run(["export", context_file, "-o", out, "--format", fmt], capsys)
+        assert code == 0, err
+    scripted = torch.jit.load(str(ts_out))
+    for x in (rng.random((1, 3, 92, 92), np.float32), rng.random((2, 3, 124, 100), np.float32)):
+        want = _torch_probs(context_file, x)
+        with torch.no_grad():
+            traced = scripted(torch.from_numpy(x)).numpy()
+        assert want.shape == (x.shape[0], 3, x.shape[2] - 40, x.shape[3] - 40)
+        assert np.abs(onnx_probabilities(onnx_out, x) - want).max() < 1e-4
+        assert np.abs(traced - want).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def context_package(work, context_file):
+    pytest.importorskip("bioimageio.core", reason="needs the optional extra 'export'")
+    images, _ = synthetic_em(n_slices=5, shape=(200, 200), seed=5)
+    sample = work / "stack.tif"
+    tifffile.imwrite(sample, images)
+    out = work / "context.zip"
+    code = main(["export", str(context_file), "-o", str(out), "--sample", str(sample), "--no-check"])
+    assert code == 0
+    return out
+
+
+def test_context_package_passes_the_model_test_offline(context_package, no_network):
+    from napari_unet.modelfiles.bioimageio import check_package
+
+    assert check_package(context_package) is None
+    assert no_network == []
+
+
+def test_context_package_describes_the_sections_as_channels(work, context_package, context_file, capsys):
+    from napari_unet.modelfiles.checkpoint import load_model
+
+    with zipfile.ZipFile(context_package) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        doc = zf.read("README.md").decode()
+        test_in = np.load(zf.open("test_input.npy"))
+        test_out = np.load(zf.open("test_output.npy"))
+    (inp,) = rdf["inputs"]
+    assert inp["axes"][1]["channel_names"] == ["z_minus_1", "z", "z_plus_1"]
+    scale = [p for p in inp["preprocessing"] if p["id"] == "scale_range"][0]["kwargs"]
+    assert scale["axes"] == ["channel", "y", "x"]  # one mapping for every section, as napari-unet's
+    assert rdf["config"]["napari_unet"]["context"] == 1
+    assert test_in.shape[:2] == (1, 3) and test_out.shape[:2] == (1, 3)
+    images, _ = synthetic_em(n_slices=5, shape=(200, 200), seed=5)
+    s = test_in.shape[-1]
+    y0 = (200 - s) // 2
+    assert np.array_equal(test_in[0], images[1:4, y0 : y0 + s, y0 : y0 + s])  # the middle section's halo
+    assert "sections z-1 .. z+1" in doc
+    assert load_model(context_package).context == 1
+    common = ["--precision", "fp32", "--tile", "92", "--overwrite"]
+    src = work / "stack.tif"
+    assert run(["segment", src, "-o", work / "ca.tif", "--model", context_file, *common], capsys)[0] == 0
+    assert run(["segment", src, "-o", work / "cb.tif", "--model", context_package, *common], capsys)[0] == 0
+    np.testing.assert_array_equal(read_labels(work / "ca.tif"), read_labels(work / "cb.tif"))
+
+
+@pytest.mark.parametrize("value", [-1, 9, "1", True, 1.5, None])
+def test_a_hostile_context_entry_is_refused_in_one_line(context_file, tmp_path, capsys, value):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from napari_unet import UserInputError
+    from napari_unet.modelfiles.checkpoint import HEADER_KEY, load_model
+
+    with safe_open(str(context_file), framework="pt") as fh:
+        doc = json.loads(fh.metadata()[HEADER_KEY])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    doc["architecture"]["context"] = value
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={HEADER_KEY: json.dumps(doc)})
+    with pytest.raises(UserInputError, match="context"):
+        load_model(bad)
+    image = tmp_path / "in.tif"
+    tifffile.imwrite(image, synthetic_em(n_slices=2, shape=(64, 64), seed=1)[0])
+    code, err = run(["segment", image, "-o", tmp_path / "o.tif", "--model", bad], capsys)
+    assert code == 2 and "context" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.tif").exists()

@@ -45,7 +45,9 @@ def live_preview(
     """
     import torch
 
-    from napari_unet.prediction.inference import predict_into
+    from napari_unet.arrays.context import read_context
+    from napari_unet.arrays.normalize import compute_normalizer
+    from napari_unet.prediction.inference import Section, predict_into
     from napari_unet.prediction.sinks import Collect
 
     lower_thread_priority(PREVIEW_NICENESS)
@@ -55,7 +57,13 @@ def live_preview(
     on_cpu = torch.device(device).type == "cpu"
     precision, batch = ("fp32", 1) if on_cpu else ("auto", None)
     sink = Collect(model.n_classes, plane.shape)  # labels only: the argmax where the network ran
-    tiles = predict_into(model, plane, sink, device=device, precision=precision, batch_size=batch)
+    source, normalizer, k = plane, None, model.context
+    if z is not None and k:  # a context model sees the slice's neighbours, with the slice's mapping
+        source = Section(read_context(image, z, k), k)
+        normalizer = compute_normalizer(plane, model.metadata.get("normalization"))
+    tiles = predict_into(
+        model, source, sink, device=device, precision=precision, batch_size=batch, normalizer=normalizer
+    )
     for _ in tiles:
         yield
     return z, sink.finish().labels, time.thread_time() - t0

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_unet.arrays.context import context_indices
 from napari_unet.arrays.normalize import Normalizer
 from napari_unet.arrays.tiling import read_mirrored
 from napari_unet.distributed.geometry import Block, BlockPlan
@@ -127,9 +128,17 @@ def window_digest(raw: np.ndarray) -> str:
 
 
 def read_block_input(image: Any, plan: BlockPlan, block: Block) -> np.ndarray:
-    """The raw (not normalised) input window of one block."""
+    """The raw (not normalised) input window of one block: (h, w), or (2k + 1, h, w) for a model
+    with context k, the block's section and its k neighbours on each side (a z-halo mirrored at the
+    stack's ends; a 2-D image stands in for all of them)."""
     wy0, wx0, h, w = _block_window(plan, block)
-    return _read_window(image, block.z, wy0, wx0, h, w)
+    if not plan.context:
+        return _read_window(image, block.z, wy0, wx0, h, w)
+    if block.z is None:
+        return np.stack([_read_window(image, None, wy0, wx0, h, w)] * (2 * plan.context + 1))
+    indices = context_indices(block.z, int(plan.image_shape[0]), plan.context)
+    unique, order = np.unique(indices, return_inverse=True)
+    return np.stack([_read_window(image, int(i), wy0, wx0, h, w) for i in unique])[order]
 
 
 def _block_source(job: Job, block: Block, window: np.ndarray) -> Source:
@@ -153,9 +162,9 @@ def _block_source(job: Job, block: Block, window: np.ndarray) -> Source:
 
     def read(ij: tuple[int, int]) -> np.ndarray:
         ty, tx = tp.starts[0][ij[0]] - c - wy0, tp.starts[1][ij[1]] - c - wx0
-        return window[ty : ty + th, tx : tx + tw]
+        return window[..., ty : ty + th, tx : tx + tw]
 
-    return Source(tiles, read, (th, tw), (by1 - by0, bx1 - bx0))
+    return Source(tiles, read, (th, tw), (by1 - by0, bx1 - bx0), channels=2 * job.plan.context + 1)
 
 
 def _segment_block(

@@ -46,6 +46,8 @@ class BlockPlan:
     #: output chunk size along y and x
     chunks: tuple[int, int]
     tiles: TilePlan
+    #: neighbouring sections on each side a block reads with its own (the model's context, a z-halo)
+    context: int = 0
 
     @property
     def output_chunks(self) -> tuple[int, ...]:
@@ -127,4 +129,5 @@ def plan_blocks(
         multiple=m,
         output_size_fn=model.input_size_for_output,
     )
-    return BlockPlan(image_shape=shape, chunks=(cy, cx), tiles=tiles)
+    context = int(getattr(model, "context", 0))  # a block reads this many sections on each side
+    return BlockPlan(image_shape=shape, chunks=(cy, cx), tiles=tiles, context=context)

@@ -113,9 +113,23 @@ def _channel_names(model: UNet) -> list[str]:
     return out
 
 
+def input_channel_names(model: UNet) -> list[str]:
+    """The input's channel names: "em" for a section alone, else the sections z-k .. z+k that a
+    model with context k sees ("z_minus_1", "z", "z_plus_1" for k = 1)."""
+    k = model.context
+    if not k:
+        return ["em"]
+    return [f"z_minus_{-d}" if d < 0 else (f"z_plus_{d}" if d else "z") for d in range(-k, k + 1)]
+
+
 def test_tile(model: UNet, sample: str | None) -> np.ndarray:
-    """A (S, S) float32 raw tile for the package's test: the centre of ``sample`` or synthetic EM."""
+    """A (S, S) float32 raw tile for the package's test: the centre of ``sample`` or synthetic EM;
+    (2k + 1, S, S) for a model with context k, the middle section and its neighbours (mirrored at
+    the stack's ends, a 2-D sample standing in for all of them)."""
+    from napari_unet.arrays.context import read_context
+
     s = model.input_size_for_output(TEST_OUTPUT_SIZE)
+    k = model.context
     if sample is not None:
         from napari_unet.storage import io
 
@@ -123,8 +137,9 @@ def test_tile(model: UNet, sample: str | None) -> np.ndarray:
         if not src.exists():
             raise UserInputError(f"sample image {src} does not exist")
         data = io.to_grey(io.read_image(src).data)
-        plane = data[data.shape[0] // 2] if data.ndim == 3 else data
-        h, w = plane.shape
+        middle = data.shape[0] // 2 if data.ndim == 3 else 0
+        plane = read_context(data, middle, k) if k else (data[middle] if data.ndim == 3 else data)
+        h, w = plane.shape[-2:]
         if min(h, w) < s:
             s = model.valid_input_size(1)
             while model.valid_input_size(s + 1) <= min(h, w):
@@ -132,11 +147,11 @@ def test_tile(model: UNet, sample: str | None) -> np.ndarray:
             if s > min(h, w):
                 raise UserInputError(f"sample image {src} is smaller than the smallest tile ({s} px)")
         y0, x0 = (h - s) // 2, (w - s) // 2
-        return np.asarray(plane[y0 : y0 + s, x0 : x0 + s], dtype=np.float32)
+        return np.asarray(plane[..., y0 : y0 + s, x0 : x0 + s], dtype=np.float32)
     from napari_unet.storage.data import synthetic_em
 
-    images, _ = synthetic_em(n_slices=1, shape=(s, s), seed=3)
-    return images[0].astype(np.float32)
+    images, _ = synthetic_em(n_slices=2 * k + 1, shape=(s, s), seed=3)
+    return (images if k else images[0]).astype(np.float32)
 
 
 def _percentile_normalise(tile: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
@@ -202,6 +217,15 @@ def documentation(model: UNet, name: str, shipped: bool, min_size: int, step: in
     else:
         norm_text = f"the {norm['lower']}th..{norm['upper']}th percentile of each input mapped to 0..1"
     margin = model.margin
+    k = model.context
+    if k:
+        inputs = (
+            f"- Input `raw`: {2 * k + 1} channels, the sections z-{k} .. z+{k} of a greyscale stack "
+            f"(the section segmented in the middle, {k} neighbour(s) on each side, mirrored at the "
+            f"stack's ends); preprocessing: {norm_text}, one mapping for all of them."
+        )
+    else:
+        inputs = f"- Input `raw`: one greyscale channel; preprocessing: {norm_text}."
     parts = [
         f"# {name}",
         "",
@@ -212,7 +236,7 @@ def documentation(model: UNet, name: str, shipped: bool, min_size: int, step: in
         "",
         "## Input and output",
         "",
-        f"- Input `raw`: one greyscale channel; preprocessing: {norm_text}.",
+        inputs,
         f"- Tile sizes: {min_size} + n x {step} px per axis (every pooled map must be even).",
         f"- Output `probabilities`: softmax over the classes, {margin} px smaller than the input per "
         f"axis ({margin // 2} px per side lost to the unpadded 3x3 convolutions; no padding is "
@@ -281,6 +305,9 @@ class PackageFacts:
     step: int
     norm: dict[str, Any]
     classes: list[str]
+    #: neighbouring sections on each side the network sees, and the input's channel names
+    context: int = 0
+    channels: tuple[str, ...] = ("em",)
 
     @classmethod
     def of(cls, model: UNet) -> PackageFacts:
@@ -293,6 +320,8 @@ class PackageFacts:
                 model.metadata.get("normalization") or {"method": "percentile", "lower": 1.0, "upper": 99.8}
             ),
             classes=[str(c) for c in (model.metadata.get("classes") or [])],
+            context=model.context,
+            channels=tuple(input_channel_names(model)),
         )
 
 
@@ -337,12 +366,13 @@ def _write_package_files(
 
     net = probability_network(model)
     raw = test_tile(model, sample)
-    x = _percentile_normalise(raw, facts.norm)
+    raw = raw[None] if raw.ndim == 2 else raw  # (channels, S, S): the section and its neighbours
+    x = _percentile_normalise(raw, facts.norm)  # one mapping for every section, as napari-unet's
     with torch.no_grad():
-        probs = net(torch.from_numpy(x)[None, None]).numpy()
-    np.save(work / "test_input.npy", raw[None, None])
+        probs = net(torch.from_numpy(x)[None]).numpy()
+    np.save(work / "test_input.npy", raw[None])
     np.save(work / "test_output.npy", probs)
-    _cover(raw, probs[0], model.margin, work / "cover.png")
+    _cover(raw[model.context], probs[0], model.margin, work / "cover.png")
     (work / "README.md").write_text(documentation(model, facts.name, shipped, facts.min_size, facts.step))
     save_model(model, work / MODEL_FILE)
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, work / "weights.pt")
@@ -351,11 +381,13 @@ def _write_package_files(
     return hashlib.sha256((work / MODEL_FILE).read_bytes()).hexdigest()
 
 
-def _preprocessing(norm: dict[str, Any]) -> list[Any]:
+def _preprocessing(norm: dict[str, Any], context: int = 0) -> list[Any]:
     """The model's normalisation as bioimage.io preprocessing: a fixed range becomes a linear
-    scale, percentiles a scale_range over y and x."""
+    scale, percentiles a scale_range over y and x (and over the sections of a context model,
+    which napari-unet maps alike)."""
     from bioimageio.spec.model import v0_5 as bio
 
+    over = ["channel", "y", "x"] if context else ["y", "x"]
     if norm.get("method") == "fixed":
         lo, hi = float(norm["low"]), float(norm["high"])
         gain = 1.0 / (hi - lo) if hi > lo else 1.0
@@ -363,7 +395,7 @@ def _preprocessing(norm: dict[str, Any]) -> list[Any]:
     return [
         bio.ScaleRangeDescr(
             kwargs=bio.ScaleRangeKwargs(
-                axes=[bio.AxisId("y"), bio.AxisId("x")],
+                axes=[bio.AxisId(a) for a in over],
                 min_percentile=float(norm["lower"]),
                 max_percentile=float(norm["upper"]),
             )
@@ -372,22 +404,26 @@ def _preprocessing(norm: dict[str, Any]) -> list[Any]:
 
 
 def _input_tensor(work: Path, facts: PackageFacts) -> Any:
-    """The raw input: batch, one channel, y and x of any valid tile size."""
+    """The raw input: batch, one channel (or the sections z-k .. z+k of a model with context k),
+    y and x of any valid tile size."""
     from bioimageio.spec.model import v0_5 as bio
 
     size = bio.ParameterizedSize(min=facts.min_size, step=facts.step)
+    k = facts.context
+    what = f"sections z-{k} .. z+{k} of a greyscale EM stack" if k else "greyscale EM tile"
+    about = {"description": f"the section segmented in the middle, {k} on each side"} if k else {}
     return bio.InputTensorDescr(
         id=bio.TensorId("raw"),
-        description="greyscale EM tile, raw intensities",
+        description=f"{what}, raw intensities",
         axes=[
             bio.BatchAxis(),
-            bio.ChannelAxis(channel_names=[bio.Identifier("em")]),
+            bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in facts.channels], **about),
             bio.SpaceInputAxis(id=bio.AxisId("y"), size=size),
             bio.SpaceInputAxis(id=bio.AxisId("x"), size=size),
         ],
         test_tensor=bio.FileDescr(source=work / "test_input.npy"),
         data=bio.IntervalOrRatioDataDescr(type="float32"),
-        preprocessing=_preprocessing(facts.norm),
+        preprocessing=_preprocessing(facts.norm, k),
     )
 
 
@@ -492,6 +528,7 @@ def _validated_description(
                             "normalization": facts.norm,
                             "margin": model.margin,
                             "tile_step": facts.step,
+                            "context": facts.context,
                         }
                     }
                 ),

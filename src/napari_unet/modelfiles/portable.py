@@ -65,10 +65,11 @@ def probability_network(model: UNet) -> ProbabilityUNet:
 
 
 def example_tile(model: UNet, size: int = 0) -> torch.Tensor:
-    """A valid input tile (1, 1, S, S) of normalised noise, S the smallest valid size >= ``size``."""
+    """A valid input tile (1, C, S, S) of normalised noise, S the smallest valid size >= ``size``,
+    C the network's input channels (2k + 1 sections for a model with context k)."""
     s = model.valid_input_size(max(size, 1))
     g = torch.Generator().manual_seed(0)
-    return torch.rand((1, model.in_channels, s, s), generator=g)
+    return torch.rand((1, model.input_channels, s, s), generator=g)
 
 
 #: Name of napari-unet's marker inside an exported file (ONNX metadata, TorchScript extra file).
@@ -77,7 +78,10 @@ _TS_EXTRA = "napari_unet.json"
 
 
 def _marker(model: UNet) -> str:
-    return json.dumps({"written_by": "napari-unet", "n_classes": model.n_classes})
+    marker = {"written_by": "napari-unet", "n_classes": model.n_classes}
+    if model.context:  # the input's channels are the sections z-k .. z+k
+        marker["context"] = model.context
+    return json.dumps(marker)
 
 
 def _write_bytes(data: bytes, path: str | os.PathLike) -> None:
@@ -188,7 +192,8 @@ def mark_package_folder(folder: Path) -> None:
 
 
 def onnx_probabilities(path: str | os.PathLike, tile: np.ndarray) -> np.ndarray:
-    """Run an exported ONNX file on a normalised tile (B, 1, H, W) with onnxruntime."""
+    """Run an exported ONNX file on a normalised tile (B, C, H, W) with onnxruntime (C: 1, or the
+    2k + 1 sections of a model with context k)."""
     ort = require("onnxruntime", "running ONNX models")
     session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     return session.run(None, {INPUT_NAME: np.ascontiguousarray(tile, dtype=np.float32)})[0]

@@ -127,12 +127,14 @@ def run_tiles(
     *,
     prefetch: bool = False,
     keep: Keep | None = None,
+    channels: int = 1,
 ) -> Iterator[tuple[T, np.ndarray]]:
     """Yield ``(tile, kept)`` for every tile in order: ``keep(tile, probabilities)`` on the host.
 
     ``keep`` runs where the network ran, on the tile's float32 probabilities (K, h, w); without it
     the whole probabilities come back. ``read(tile)`` returns the tile's normalised network input,
-    shape ``tile_shape``. The model must already be placed (:func:`place_model`) and in eval mode.
+    shape ``tile_shape``, or ``(channels, *tile_shape)`` (a section and its neighbours). The model
+    must already be placed (:func:`place_model`) and in eval mode.
     With ``prefetch`` the next batch is read in a helper thread while the network computes the
     current one (worth it when reading is slow: a lazy array, a slice of a big stack). On CUDA,
     batches are read into pinned memory and copied both ways asynchronously, and the next batch is
@@ -147,10 +149,10 @@ def run_tiles(
     def load(batch: list[T]) -> torch.Tensor:
         # pinned from the start on CUDA: the copy to the GPU is then asynchronous and there is no
         # second host copy to pin it
-        x = torch.empty((len(batch), 1, th, tw), dtype=torch.float32, pin_memory=cuda)
+        x = torch.empty((len(batch), channels, th, tw), dtype=torch.float32, pin_memory=cuda)
         arr = x.numpy()
         for i, t in enumerate(batch):
-            arr[i, 0] = read(t)
+            arr[i] = read(t)  # (th, tw) fills the one channel
         return x
 
     def launch(batch: list[T], x: torch.Tensor) -> tuple[list[T], list[torch.Tensor], object]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_unet.arrays.context import context_indices
 from napari_unet.arrays.normalize import Normalizer, compute_normalizer
 from napari_unet.arrays.tiling import Tile, TilePlan, plan_tiles, read_mirrored
 from napari_unet.errors import UserInputError
@@ -61,6 +62,68 @@ def check_image(image) -> None:
 
 # Public API (napari_unet.predict_tiles, positional up to ``precision``): every option of
 # prediction is one parameter here, as in predict, predict_labels and plan; kept for its users.
+class Section:
+    """Section ``z`` of a (Z, H, W) stack, or its window ``(y0, y1, x0, x1)``, as a 2-D image that
+    knows its neighbours: a context model reads them from the stack, and its tiles land in 2-D.
+
+    Only the pixels asked for are read (numpy, zarr or dask), so a slice of a big stack stays lazy.
+    """
+
+    ndim = 2
+
+    def __init__(self, stack: Any, z: int, window: tuple[int, int, int, int] | None = None) -> None:
+        if len(getattr(stack, "shape", ())) != 3:
+            raise UserInputError(f"a section is cut from a (Z, H, W) stack, not shape {stack.shape}")
+        self.stack, self.z = stack, int(z)
+        h, w = (int(s) for s in stack.shape[-2:])
+        self.window = (0, h, 0, w) if window is None else tuple(int(v) for v in window)
+        y0, y1, x0, x1 = self.window
+        self.shape = (y1 - y0, x1 - x0)
+        self.dtype = stack.dtype
+
+    def neighbours(self, context: int) -> tuple[list[Section], np.ndarray]:
+        """The distinct sections ``z - context .. z + context`` (mirrored at the stack's ends) over
+        the same window, and which of them each of the ``2 * context + 1`` channels is."""
+        indices = context_indices(self.z, int(self.stack.shape[0]), context)
+        unique, order = np.unique(indices, return_inverse=True)
+        return [Section(self.stack, int(i), self.window) for i in unique], order
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """The pixels ``key`` (slices of y and x) of the section's window, read from the stack."""
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 2 or not all(isinstance(k, slice) and k.step in (None, 1) for k in key):
+            return np.asarray(self)[key]
+        key = key + (slice(None),) * (2 - len(key))
+        part = []
+        for k, n, start in zip(key, self.shape, self.window[::2], strict=True):
+            r = range(*k.indices(n))
+            part.append(slice(start + r.start, start + max(r.stop, r.start)))
+        return np.asarray(self.stack[(self.z, *part)])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        whole = self[:, :]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
+def section(image: Any, z: int, window: tuple[int, int, int, int] | None = None) -> Any:
+    """Slice ``z`` of a stack (a :class:`Section`, so a context model sees its neighbours) or a 2-D
+    image, cut to ``window`` (y0, y1, x0, x1): what segments one slice alone."""
+    if getattr(image, "ndim", 2) == 3:
+        return Section(image, z, window)
+    return image if window is None else image[window[0] : window[1], window[2] : window[3]]
+
+
+def _section_planes(image: Any, z: int, context: int) -> tuple[list[Any], np.ndarray]:
+    """The distinct 2-D planes a context model reads for slice ``z`` of ``image`` and which of them
+    each input channel is: a :class:`Section`'s neighbours, a stack's sections (mirrored at its
+    ends), or a 2-D image standing in for all of them."""
+    if isinstance(image, Section):
+        return image.neighbours(context)
+    if image.ndim == 3:
+        return Section(image, z).neighbours(context)
+    return [image], np.zeros(2 * context + 1, np.intp)
+
+
 def predict_tiles(
     model: UNet,
     image,
@@ -153,12 +216,18 @@ def plan(
             raise UserInputError(f"slice {z} is outside the stack of {n_slices} slices")
     lead = (lambda t: (t.z,)) if is_stack else (lambda t: ())
     tiles = [Placed(t, lead(t) + t.out, t.crop) for z in zs for t in tp.tiles(z)]
+    context = int(getattr(model, "context", 0))
 
     def read(t: Tile) -> np.ndarray:
-        plane = image[t.z] if is_stack else image
-        return normalizer(read_mirrored(plane, t.in_y, t.in_x, *tp.tile_shape))
+        if not context:
+            plane = image[t.z] if is_stack else image
+            return normalizer(read_mirrored(plane, t.in_y, t.in_x, *tp.tile_shape))
+        # a z-halo: the section and its neighbours, each read and normalised once, as channels
+        planes, order = _section_planes(image, t.z, context)
+        return np.stack([normalizer(read_mirrored(p, t.in_y, t.in_x, *tp.tile_shape)) for p in planes])[order]
 
-    source = Source(tiles, read, tp.tile_shape, tuple(int(s) for s in image.shape), prefetch=True)
+    shape = tuple(int(s) for s in image.shape)
+    source = Source(tiles, read, tp.tile_shape, shape, prefetch=True, channels=2 * context + 1)
     return source, Settings(dev, dtype, batch_size, tta)
 
 

@@ -48,13 +48,16 @@ class Source:
     """The tiles of a run, how to read one tile's normalised input, and the destination's shape."""
 
     tiles: Sequence[Placed]
-    #: ``read(placed.key)`` -> the tile's normalised network input, shape ``tile_shape``
+    #: ``read(placed.key)`` -> the tile's normalised network input, shape ``tile_shape``, or
+    #: ``(channels, *tile_shape)`` for a network that sees neighbouring sections (a z-halo)
     read: Callable[[Any], np.ndarray]
     tile_shape: tuple[int, int]
     #: shape of what the tiles fill, without the class axis: (H, W) or (Z, H, W)
     shape: tuple[int, ...]
     #: read the next batch in a helper thread while the network computes (slow or lazy reads)
     prefetch: bool = False
+    #: input channels of a tile: 1, or ``2 * context + 1`` sections for a context network
+    channels: int = 1
 
 
 class Sink(Protocol):
@@ -85,6 +88,7 @@ def run(model: UNet, source: Source, sink: Sink, settings: Settings) -> Generato
         settings,
         prefetch=source.prefetch,
         keep=sink.on_device,
+        channels=source.channels,
     )
     try:
         for index, (tile, kept) in enumerate(results):
