@@ -14,18 +14,24 @@ membrane ignored):
 Time per slice is the post-processing alone, median over the ISBI slices (512 x 512), wall
 time: run it at normal priority on a quiet machine, or it measures waiting.
 
-Linking across sections: VNC mitochondria masks of sections 10-17 (consecutive; 18 has no mask),
-truth = 3-D connected components of the true masks. The instance step runs on the true masks
-degraded per section (Gaussian noise, smoothing, threshold, a random shift of up to 1 px: the
-kind of boundary noise and misalignment a prediction has), so the figure measures the linking,
-not a mitochondria model. With ``--mito-model PATH`` (a model with a mitochondrion class, e.g.
-fine-tuned on sections 10 and 11) the same rows are added for that model's real prediction of
-sections 10-17. Reported: 3-D adapted Rand error and the split and merge counts.
+Linking across sections: VNC mitochondria of sections 10-19 (value 191 of labels/, which also
+labels section 18), truth = 3-D connected components (6-connectivity) of the true mask
+(``metrics.objects_3d``). The instance step runs on the true masks degraded per section
+(Gaussian noise, smoothing, a random shift of up to 1 px: the kind of boundary noise and
+misalignment a prediction has); the smoothed noisy mask, clipped to 0..1, is the probability
+that the probability linking reads, and its values above 0.5 are the mask. So the figure
+measures the linking, not a mitochondria model. With ``--mito-model PATH`` (a model with a
+mitochondrion class, e.g. fine-tuned on sections 10 and 11) the same rows are added for that
+model's real probabilities. Reported per linking (overlap and probabilities, each at minimum
+shares 0.1, 0.3, 0.5): 3-D adapted Rand error and VI (``metrics.evaluate_volume``, the volume
+scored as one) and the split and merge counts. Cells have no 3-D truth here: labels/ give classes,
+and the 3-D components of its cell mask are one object of almost every cell voxel.
 
 ``--cache NPZ`` keeps the probability maps: a later run with the same file skips the prediction.
+``--linking-only`` skips the cells (and so the shipped model's prediction).
 
 Usage: python benchmarks/bench_instances.py [--tta none|flips] [--data DIR] [--mito-model PATH]
-       [--cache NPZ]
+       [--cache NPZ] [--linking-only]
 """
 
 from __future__ import annotations
@@ -51,12 +57,14 @@ from napari_unet.analysis.instances import (
     objects_2d,
 )
 from napari_unet.analysis.postprocess import instances as old_instances
-from napari_unet.arrays.metrics import evaluate_instances, segment_cells
+from napari_unet.arrays.metrics import evaluate_instances, evaluate_volume, objects_3d, segment_cells
 from napari_unet.models import default_model_path
 
 ISBI_VAL = list(range(15, 20))
 VNC = list(range(10, 20))
-MITO = list(range(10, 18))
+#: mitochondria from labels/ (value 191): all ten sections, 18 included
+MITO = VNC
+MITO_VALUE = 191
 
 
 def machine() -> str:
@@ -78,7 +86,7 @@ def read_vnc(root: Path):
 
     raw = np.stack([np.asarray(Image.open(root / "raw" / f"{i}.tif")) for i in VNC])
     membranes = np.stack([np.asarray(Image.open(root / "membranes" / f"{i}.png")) > 0 for i in VNC])
-    mito = np.stack([np.asarray(Image.open(root / "mitochondria" / f"{i}.png")) > 127 for i in MITO])
+    mito = np.stack([np.asarray(Image.open(root / "labels" / f"{i}.png")) == MITO_VALUE for i in MITO])
     return raw, membranes, mito
 
 
@@ -112,15 +120,16 @@ def score_cells(p_isbi, truth_isbi, p_vnc, truth_vnc) -> None:
 
 
 def degrade(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A true mask with prediction-like boundary noise and up to 1 px misalignment per section."""
+    """A prediction-like probability of a true mask: noise, smoothing, up to 1 px misalignment per
+    section, clipped to 0..1 (its values above 0.5 are the degraded mask)."""
     from scipy import ndimage as ndi
 
     out = []
     for section in mask:
         noisy = section.astype(np.float32) + rng.normal(0.0, 0.35, section.shape)
-        smooth = ndi.gaussian_filter(noisy, 1.5) > 0.5
+        smooth = np.clip(ndi.gaussian_filter(noisy, 1.5), 0.0, 1.0)
         out.append(np.roll(smooth, tuple(rng.integers(-1, 2, size=2)), axis=(0, 1)))
-    return np.stack(out)
+    return np.stack(out).astype(np.float32)
 
 
 def split_merge_counts(truth: np.ndarray, pred: np.ndarray, min_px: int = 50) -> tuple[int, int]:
@@ -134,34 +143,43 @@ def split_merge_counts(truth: np.ndarray, pred: np.ndarray, min_px: int = 50) ->
     return int(splits), int(merges)
 
 
-def score_linking(mito: np.ndarray, objects: list[np.ndarray], masks: np.ndarray, source: str) -> None:
-    """Link the 2-D ``objects`` of sections 10-17 and score them against 3-D components of ``mito``."""
-    from scipy import ndimage as ndi
-    from skimage.metrics import adapted_rand_error
+LINKINGS = [
+    ("2-D objects, not linked", False, 0.3, "overlap"),
+    *((f"overlap, min share {v}" + (" (default)" * (v == 0.3)), True, v, "overlap") for v in (0.1, 0.3, 0.5)),
+    *((f"probabilities, min share {v}", True, v, "probabilities") for v in (0.1, 0.3, 0.5)),
+]
 
-    truth, n_true = ndi.label(mito)  # 6-connectivity in 3-D
+
+def score_linking(mito: np.ndarray, objects: list[np.ndarray], probs: np.ndarray, source: str) -> None:
+    """Link the 2-D ``objects`` of the sections by overlap and by probabilities (``probs``, P(mito)
+    per section) and score them in 3-D against the 3-D components of ``mito``."""
+    truth = objects_3d(mito)
     print(
-        f"\nlinking: VNC mitochondria, sections {MITO[0]}-{MITO[-1]}, {n_true} true 3-D objects "
-        f"(3-D components of the true masks); instances from {source}"
+        f"\nlinking: VNC mitochondria, sections {MITO[0]}-{MITO[-1]}, {truth.max()} true 3-D objects "
+        f"(3-D components of labels == {MITO_VALUE}); instances from {source}"
     )
-    print(f"{'method':34s} {'3-D adapted Rand':>16s} {'objects':>8s} {'splits':>7s} {'merges':>7s}")
-    rows = {"3-D components of the masks": ndi.label(masks)[0]}
-    for name, link, overlap in [
-        ("2-D objects, not linked", False, 0.3),
-        ("linked, min overlap 0.1", True, 0.1),
-        ("linked, min overlap 0.3 (default)", True, 0.3),
-        ("linked, min overlap 0.5", True, 0.5),
-    ]:
-        linker = SectionLinker(link=link, min_overlap=overlap)
-        rows[name] = np.stack([linker.add(z, o) for z, o in enumerate(objects)])
-    for name, pred in rows.items():
-        are = adapted_rand_error(truth, pred.astype(np.int64), ignore_labels=(0,))[0]
+    print(
+        f"{'linking':34s} {'3-D adapted Rand':>16s} {'VI split':>8s} {'VI merge':>8s} {'objects':>8s} "
+        f"{'splits':>7s} {'merges':>7s} {'s':>6s}"
+    )
+    rows = {}
+    for name, link, share, by in LINKINGS:
+        t0 = time.perf_counter()
+        linker = SectionLinker(link=link, min_overlap=share, by=by)
+        linked = np.stack([linker.add(z, o, probs[z]) for z, o in enumerate(objects)])
+        rows[name] = (linked, time.perf_counter() - t0)
+    rows["3-D components of the masks (reference)"] = (objects_3d(probs > 0.5), float("nan"))
+    for name, (pred, seconds) in rows.items():
+        got = evaluate_volume(pred, truth)
         splits, merges = split_merge_counts(truth, pred)
-        print(f"{name:34s} {are:16.4f} {len(np.unique(pred)) - 1:8d} {splits:7d} {merges:7d}")
+        print(
+            f"{name:34s} {got['adapted_rand_error']:16.4f} {got['vi_split']:8.3f} {got['vi_merge']:8.3f} "
+            f"{int(got['objects']):8d} {splits:7d} {merges:7d} {seconds:6.2f}"
+        )
 
 
 def mito_prediction(model_path: str, raw: np.ndarray, tta: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """2-D mitochondria (``--min-size 30``) and masks predicted by a model with that class."""
+    """2-D mitochondria (``--min-size 30``) and P(mitochondrion) predicted by a model with that class."""
     from napari_unet.analysis.instances import model_class_names
 
     model = load_model(model_path)
@@ -171,7 +189,7 @@ def mito_prediction(model_path: str, raw: np.ndarray, tta: str) -> tuple[list[np
     probs = predict(model, raw[: len(MITO)], tta=tta)
     print(f"\nmitochondria model {model_path}: prediction {time.perf_counter() - t0:.1f} s")
     objects = [instances_of_class(probs[:, z], k, class_names=names, min_size=30) for z in range(len(MITO))]
-    return objects, np.argmax(probs, axis=0) == k - 1
+    return objects, probs[k - 1]
 
 
 def main() -> int:
@@ -181,6 +199,7 @@ def main() -> int:
     ap.add_argument("--data", default=None, help="folder holding isbi2012/ and vnc-dev/")
     ap.add_argument("--mito-model", default=None, help="model with a mitochondrion class")
     ap.add_argument("--cache", default=None, help="npz of probabilities (read or written)")
+    ap.add_argument("--linking-only", action="store_true", help="only the linking figures (no cells)")
     args = ap.parse_args()
     root = Path(args.data) if args.data else Path(__file__).resolve().parents[2] / "shared" / "data"
     if not (root / "isbi2012" / "train").is_dir() or not (root / "vnc-dev" / "raw").is_dir():
@@ -198,7 +217,9 @@ def main() -> int:
     if args.mito_model and not Path(args.mito_model).is_file():
         print(f"bench_instances: no model file {args.mito_model}", file=sys.stderr)
         return 2
-    if args.cache and Path(args.cache).is_file():
+    if args.linking_only:
+        pass
+    elif args.cache and Path(args.cache).is_file():
         with np.load(args.cache) as cached:
             p_isbi, p_vnc = cached["p_isbi"], cached["p_vnc"]
         print(f"probabilities read from {args.cache}")
@@ -213,12 +234,14 @@ def main() -> int:
         )
         if args.cache:
             np.savez_compressed(args.cache, p_isbi=p_isbi, p_vnc=p_vnc)
-    score_cells(p_isbi, stored > 127, p_vnc, ~membranes)
+    if not args.linking_only:
+        score_cells(p_isbi, stored > 127, p_vnc, ~membranes)
     degraded = degrade(mito, np.random.default_rng(0))
-    score_linking(mito, [objects_2d(s, min_size=30) for s in degraded], degraded, "the degraded true masks")
+    objects = [objects_2d(s > 0.5, min_size=30) for s in degraded]
+    score_linking(mito, objects, degraded, "the degraded true masks")
     if args.mito_model:
-        objects, masks = mito_prediction(args.mito_model, raw, args.tta)
-        score_linking(mito, objects, masks, "the model's prediction")
+        objects, p_mito = mito_prediction(args.mito_model, raw, args.tta)
+        score_linking(mito, objects, p_mito, "the model's prediction")
     return 0
 
 

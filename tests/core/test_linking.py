@@ -82,3 +82,33 @@ def test_bad_link_is_refused():
         linker.add(0, np.ones((4, 4), np.int32))
     # without linking the probabilities are not needed
     assert SectionLinker(link=False, by="probabilities").add(0, np.ones((4, 4), np.int32)).max() == 1
+
+
+def test_segment_links_by_probabilities_and_refuses_link_by_alone(tmp_path, make_unet, capsys):
+    """``segment --instances --link-sections --link-by probabilities`` writes instance_sections'
+    ids; --link-by without --link-sections (or without --instances) is one line, exit 2."""
+    import tifffile
+
+    from napari_unet import load_model, predict, save_model
+    from napari_unet.cli import main
+    from napari_unet.storage.data import synthetic_em
+    from napari_unet.storage.io import read_labels
+
+    model = save_model(make_unet(depth=2), tmp_path / "m.safetensors")
+    images, _ = synthetic_em(n_slices=3, shape=(60, 64), seed=0)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, images)
+    out = tmp_path / "o.tif"
+    args = ["segment", str(stack), "-o", str(out), "--model", str(model), "--instances", "membrane"]
+    assert main([*args, "--link-sections", "0.2", "--link-by", "probabilities"]) == 0
+    probs = predict(load_model(model), tifffile.imread(stack))
+    steps = instance_sections(((z, probs[:, z]) for z in range(3)), 1, link=True, min_overlap=0.2,
+                              link_by="probabilities", class_names=["membrane", "cell"])  # fmt: skip
+    np.testing.assert_array_equal(read_labels(out), np.stack([ids for _, ids in steps]))
+    capsys.readouterr()
+    out.unlink()
+    for extra in (["--link-by", "probabilities"], ["--link-sections", "--link-by", "overlap"]):
+        given = args[:-2] + extra if "--link-sections" in extra else [*args, *extra]
+        assert main(given) == 2
+        err = capsys.readouterr().err.strip()
+        assert "add --" in err and len(err.splitlines()) == 1 and not out.exists()
