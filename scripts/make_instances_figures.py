@@ -72,18 +72,18 @@ def linked_3d(data: Path, out: Path, model: str | None = None) -> None:
     from skimage.measure import marching_cubes
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_instances import MITO, degrade, mito_prediction
+    from bench_instances import MITO, MITO_VALUE, degrade, mito_prediction
 
     from napari_unet.analysis.instances import SectionLinker, objects_2d
 
     mito = np.stack(
-        [np.asarray(Image.open(data / "vnc-dev" / "mitochondria" / f"{i}.png")) > 127 for i in MITO]
+        [np.asarray(Image.open(data / "vnc-dev" / "labels" / f"{i}.png")) == MITO_VALUE for i in MITO]
     )
     if model:  # a model with a mitochondrion class predicts the raw sections
         raw = np.stack([np.asarray(Image.open(data / "vnc-dev" / "raw" / f"{i}.tif")) for i in MITO])
         objects, _ = mito_prediction(model, raw, "none")
     else:  # the true masks, degraded like a prediction
-        objects = [objects_2d(s, min_size=30) for s in degrade(mito, np.random.default_rng(0))]
+        objects = [objects_2d(s > 0.5, min_size=30) for s in degrade(mito, np.random.default_rng(0))]
     linker = SectionLinker(link=True, min_overlap=0.3)
     vol = np.stack([linker.add(z, o) for z, o in enumerate(objects)])
     step, z_scale = 4, 3 * 50.0 / 4.6  # px per sample in x-y; section thickness in px, 3x
