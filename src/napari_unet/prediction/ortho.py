@@ -87,7 +87,8 @@ def _checked_volume(model: UNet, volume: Any, normalizer: Any) -> tuple[np.ndarr
     return np.asarray(grey), norm
 
 
-# The keywords are inference.predict's, passed on one to one, so the two calls read alike.
+# The keywords are inference.predict's (but its normaliser: the volume's own, taken once), so the
+# two calls read alike.
 def predict_ortho(
     model: UNet,
     volume: Any,
@@ -96,7 +97,6 @@ def predict_ortho(
     device: Any = None,
     precision: str = "auto",
     *,
-    normalizer: Any = None,
     tta: str = "none",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> np.ndarray:
@@ -106,7 +106,7 @@ def predict_ortho(
     values and the XY pass equals :func:`~inference.predict`."""
     from napari_unet.prediction.arguments import check_predict
 
-    arr, norm = _checked_volume(model, volume, normalizer)
+    arr, norm = _checked_volume(model, volume, None)
     check_predict(model, arr, "predict_ortho", tile_shape, batch_size, device, precision, tta)
     settings = {"tile_shape": tile_shape, "batch_size": batch_size, "device": device,
                 "precision": precision, "tta": tta}  # fmt: skip
