@@ -144,7 +144,9 @@ def predict_tiles(
         A :class:`UNet`. It is moved to ``device`` and put in eval mode for the run (its training
         flag is restored afterwards).
     image
-        2-D (H, W) or 3-D (Z, H, W) array: numpy, zarr or dask. A stack is segmented slice by slice.
+        2-D (H, W) or 3-D (Z, H, W) array: numpy, zarr or dask. A stack is segmented slice by slice;
+        a model with context k (``model.context``) sees each slice with its k neighbours on each
+        side as input channels (mirrored at the stack's ends; a 2-D image stands in for them).
         Only the pixels a tile needs are read, so lazy arrays are never loaded whole.
     tile_shape
         The network's input tile (an int or (h, w)), e.g. 572 for the paper's tiles. None chooses the
