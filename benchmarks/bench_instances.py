@@ -23,7 +23,7 @@ that the probability linking reads, and its values above 0.5 are the mask. So th
 measures the linking, not a mitochondria model. With ``--mito-model PATH`` (a model with a
 mitochondrion class, e.g. fine-tuned on sections 10 and 11) the same rows are added for that
 model's real probabilities. Reported per linking (overlap and probabilities, each at minimum
-shares 0.1, 0.3, 0.5): 3-D adapted Rand error and VI (``metrics.evaluate_volume``, the volume
+shares 0.001, 0.1, 0.3, 0.5): 3-D adapted Rand error and VI (``metrics.evaluate_volume``, the volume
 scored as one) and the split and merge counts. Cells have no 3-D truth here: labels/ give classes,
 and the 3-D components of its cell mask are one object of almost every cell voxel.
 
@@ -143,10 +143,12 @@ def split_merge_counts(truth: np.ndarray, pred: np.ndarray, min_px: int = 50) ->
     return int(splits), int(merges)
 
 
+#: minimum shares tried; 0.001 links on almost any contact
+SHARES = (0.001, 0.1, 0.3, 0.5)
 LINKINGS = [
     ("2-D objects, not linked", False, 0.3, "overlap"),
-    *((f"overlap, min share {v}" + (" (default)" * (v == 0.3)), True, v, "overlap") for v in (0.1, 0.3, 0.5)),
-    *((f"probabilities, min share {v}", True, v, "probabilities") for v in (0.1, 0.3, 0.5)),
+    *((f"overlap, min share {v}" + (" (default)" * (v == 0.3)), True, v, "overlap") for v in SHARES),
+    *((f"probabilities, min share {v}", True, v, "probabilities") for v in SHARES),
 ]
 
 
