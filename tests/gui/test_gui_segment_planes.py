@@ -56,6 +56,8 @@ def test_three_planes_fill_the_layer_with_the_consensus(qtbot, dock, model_file,
     viewer.add_image(volume, name="fib", scale=(5.0, 5.0, 5.0))
     viewer.dims.set_current_step(0, 4)
     widget.tile_spin.setValue(60)
+    assert widget.planes_combo.currentText() == "sections only"  # the default
+    widget.planes_combo.setCurrentText("auto")
     painted = run(qtbot, widget)  # auto: isotropic scale, so three planes
     assert painted[:3] == [4, 5, 3] and sorted(painted) == list(range(12))
     probs = predict_ortho(load_model(model_file), volume, 60, device="cpu", precision="fp32")
@@ -70,6 +72,7 @@ def test_auto_keeps_sections_for_an_uncalibrated_or_anisotropic_stack(qtbot, doc
     expected = labels_from_probabilities(predict(load_model(model_file), volume, 60, device="cpu",
                                                  precision="fp32"))  # fmt: skip
     widget.tile_spin.setValue(60)
+    widget.planes_combo.setCurrentText("auto")
     for scale in ((1.0, 1.0, 1.0), (50.0, 4.6, 4.6)):
         layer = viewer.add_image(volume, name=f"em{scale[0]:.0f}", scale=scale)
         widget.image_combo.set_layer(layer)

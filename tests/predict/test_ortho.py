@@ -100,14 +100,17 @@ def test_segment_planes_auto_follows_the_voxel_size(tmp_path, small_model, volum
 
     iso = write_volume(tmp_path / "iso.tif", volume, (5.0, 5.0, 5.0))
     read = io.read_image(iso).data  # as the command line reads it (its normaliser samples it so)
-    probs, err = segment(iso, "a")
+    probs, err = segment(iso, "a", "--planes", "auto")
     assert "XY, XZ and YZ" in err
     np.testing.assert_allclose(probs, predict_ortho(loaded, read, precision="fp32"), atol=1e-5)
     in_plane = predict(loaded, read, precision="fp32")
-    probs, err = segment(write_volume(tmp_path / "an.tif", volume, (50.0, 4.6, 4.6)), "b")
+    probs, err = segment(write_volume(tmp_path / "an.tif", volume, (50.0, 4.6, 4.6)), "b", "--planes", "auto")
     assert "XZ" not in err
     np.testing.assert_allclose(probs, in_plane, atol=1e-5)
     np.testing.assert_allclose(segment(iso, "c", "--planes", "xy")[0], in_plane, atol=1e-5)
+    probs, err = segment(iso, "d")  # the default is the sections, whatever the voxel size
+    assert "XZ" not in err
+    np.testing.assert_allclose(probs, in_plane, atol=1e-5)
 
 
 def test_segment_refuses_three_planes_of_an_image_or_block_by_block(tmp_path, small_model, volume, capsys):

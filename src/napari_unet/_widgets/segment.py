@@ -69,7 +69,7 @@ CELLS = "cells (default)"
 #: the dock's names for the test-time augmentation modes of ``predict_tiles``
 TTA_CHOICES = {"off": "none", "4 flips (4x time)": "flips", "8 turns and flips (8x time)": "d4"}
 #: the dock's names for the planes a stack is predicted along (``segment --planes``)
-PLANES = {"auto": "auto", "sections only": "xy", "three planes": "ortho"}
+PLANES = {"sections only": "xy", "auto": "auto", "three planes": "ortho"}  # the first is the default
 #: the dock's names for linking instances through the stack (``segment --link-sections --link-by``)
 LINKS = {"off": None, "by overlap": "overlap", "by probabilities": "probabilities"}
 
@@ -192,7 +192,8 @@ class SegmentWidget(Dock):
             PLANES,
             "Three planes: predict the stack along XY, XZ and YZ and average (3x the time; the layer "
             "fills when the three passes are done); auto takes them for isotropic voxels (z within "
-            "1.5x of the pixel size, from the file)",
+            "1.5x of the pixel size, from the file; a file that states no z spacing gets z = its pixel "
+            "size and so looks isotropic)",
         )
         self.link_combo = _combo(
             LINKS, "Instances: one id for the objects of neighbouring slices that overlap (in pixels or in P)"

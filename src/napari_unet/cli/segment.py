@@ -93,11 +93,11 @@ def _add_prediction_arguments(seg: argparse.ArgumentParser) -> None:
     )
     seg.add_argument(
         "--planes",
-        default="auto",
+        default="xy",
         choices=["auto", "xy", "ortho"],
         help="a volume in its sections (xy), or along its XY, XZ and YZ planes averaged (ortho: 3x "
-        "the time, in memory); auto (default): ortho when the file's z spacing is within 1.5x of "
-        "its pixel size (isotropic, e.g. FIB-SEM), else xy",
+        "the time, in memory); auto: ortho when the file's z spacing is within 1.5x of its pixel "
+        "size (isotropic, e.g. FIB-SEM), else xy (default: xy)",
     )
 
 
@@ -375,7 +375,7 @@ def _planes(args: argparse.Namespace, voxel_size: Any, data: Any, blockwise: boo
     three planes need a volume in memory, so a 2-D image or a block-by-block run refuses them."""
     from napari_unet.prediction.ortho import choose_planes
 
-    asked = getattr(args, "planes", None) or "auto"
+    asked = getattr(args, "planes", None) or "xy"
     if asked == "ortho" and data.ndim != 3:
         raise UserInputError(
             f"--planes ortho predicts a volume along three planes; {args.input} is one 2-D image"
