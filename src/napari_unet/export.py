@@ -1,7 +1,8 @@
 """Export a model for other tools: ONNX, TorchScript, or a bioimage.io model package.
 
 Every exported network computes softmax **probabilities** (B, K, H - margin, W - margin) from a
-**normalised** greyscale tile (B, 1, H, W); the normalisation (the model's stored percentile
+**normalised** greyscale tile (B, 1, H, W), or (B, 2k + 1, H, W) for a model with context k (the
+sections z-k .. z+k, the one to segment in the middle); the normalisation (the model's stored percentile
 mapping) is the caller's part, written into the bioimage.io package as its preprocessing. Tile
 sizes are dynamic: any ``min + n * 2**depth`` (188, 204, ... at depth 4) that
 :meth:`UNet.valid_input_size` accepts. Files appear only when complete (written under a hidden

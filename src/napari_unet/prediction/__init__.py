@@ -13,6 +13,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "predict_tiles": "inference",
         "predict_labels": "inference",
         "predict_into": "inference",
+        "Section": "inference",
+        "section": "inference",
         "TileResult": "sinks",
         "run": "pipeline",
         "Source": "pipeline",

@@ -60,8 +60,6 @@ def check_image(image) -> None:
         raise UserInputError(f"image has data type {image.dtype}; expected integers or floats")
 
 
-# Public API (napari_unet.predict_tiles, positional up to ``precision``): every option of
-# prediction is one parameter here, as in predict, predict_labels and plan; kept for its users.
 class Section:
     """Section ``z`` of a (Z, H, W) stack, or its window ``(y0, y1, x0, x1)``, as a 2-D image that
     knows its neighbours: a context model reads them from the stack, and its tiles land in 2-D.
@@ -124,6 +122,8 @@ def _section_planes(image: Any, z: int, context: int) -> tuple[list[Any], np.nda
     return [image], np.zeros(2 * context + 1, np.intp)
 
 
+# Public API (napari_unet.predict_tiles, positional up to ``precision``): every option of
+# prediction is one parameter here, as in predict, predict_labels and plan; kept for its users.
 def predict_tiles(
     model: UNet,
     image,
