@@ -84,3 +84,24 @@ def test_a_changed_neighbour_recomputes_the_blocks_that_read_it(model, volume, t
     assert (res.skipped, res.changed) == (0, 9)
     expected = in_process(model, zarr.open_array(str(volume), mode="r"), res.tile_shape)
     assert np.array_equal(zarr.open_array(str(out), mode="r")[:], labels_from_probabilities(expected))
+
+
+def test_segment_into_zarr_needs_no_option_for_a_context_model(model, volume, tmp_path, capsys):
+    import os
+
+    from napari_unet import save_model
+    from napari_unet.cli import main
+
+    path = save_model(model, tmp_path / "context.safetensors")
+    out = tmp_path / "seg.zarr"
+    args = ["segment", volume, "-o", out, "--model", path, "--precision", "fp32", "--tile", "172"]
+    code = main([str(a) for a in args])
+    assert code == 0, capsys.readouterr().err
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, cores // min(4, cores)))  # the threads each block of the CLI gets
+    try:
+        expected = predict(model, zarr.open_array(str(volume), mode="r"), tile_shape=172, precision="fp32")
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(zarr.open_array(str(out), mode="r")[:], labels_from_probabilities(expected))
