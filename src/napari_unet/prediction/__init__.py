@@ -1,6 +1,7 @@
 """Prediction by the overlap-tile strategy: a plan of tiles, the engine that runs the network on them,
 the pipeline that joins a source of tiles to a sink (probabilities, labels, a zarr chunk, a layer, whole
-sections), and the public ``predict`` / ``predict_tiles``."""
+sections), the public ``predict`` / ``predict_tiles``, and three planes of an isotropic volume
+(``predict_ortho``)."""
 
 from __future__ import annotations
 
@@ -21,5 +22,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "Sink": "pipeline",
         "run_tiles": "engine",
         "auto_tile_shape": "tileplan",
+        "predict_ortho": "ortho",
+        "choose_planes": "ortho",
     },
 )
