@@ -233,42 +233,18 @@ def probe_blocks(labels: list[np.ndarray], taken: list[Block], rng: np.random.Ge
     return sorted(candidates[int(i)] for i in order)
 
 
-def context_probabilities(
-    model: UNet, sections: np.ndarray, device: torch.device, dtype: torch.dtype, normalizer
-) -> np.ndarray:
-    """The model's probabilities (K, H, W) of the centre of ``sections`` ((C, H, W): a section and
-    its neighbours, raw), overlap-tiled as :func:`napari_unet.prediction.inference.predict` tiles
-    one section: the same tile plan, mirrored reads and network pass, each tile (C, h, w)."""
-    import torch
-
-    from napari_unet.arrays.tiling import read_mirrored
-    from napari_unet.prediction.engine import forward_probabilities, place_model
-    from napari_unet.prediction.inference import plan
-
-    centre = sections[len(sections) // 2]
-    source, settings = plan(model, centre, None, 1, device, precision_of(dtype), normalizer=normalizer)
-    out = np.zeros((model.n_classes, *centre.shape), np.float32)
-    place_model(model, settings.device, settings.dtype)
-    for placed in source.tiles:
-        t = placed.key
-        x = np.stack([normalizer(read_mirrored(s, t.in_y, t.in_x, *source.tile_shape)) for s in sections])
-        x_ = torch.from_numpy(x)[None].to(settings.device)
-        p = forward_probabilities(model, x_, settings.device, settings.dtype)[0]
-        out[(slice(None), *placed.region)] = p[(slice(None), *placed.crop)].cpu().numpy()
-    return out
-
-
 def slice_probabilities(
     model: UNet, image: np.ndarray, device: torch.device, dtype: torch.dtype, normalizer
 ) -> np.ndarray:
-    """The model's probabilities (K, H, W) of a slice: ``image`` (H, W), or (C, H, W) with the
-    neighbouring sections of a model that sees them (:func:`context_probabilities`)."""
-    from napari_unet.prediction.inference import predict
+    """The model's probabilities (K, H, W) of a slice: ``image`` (H, W), or (C, H, W) with its
+    neighbouring sections, whose centre a model with context is asked with them as its stack
+    (:func:`napari_unet.prediction.inference.section`) and a model without with the centre alone."""
+    from napari_unet.prediction.inference import predict, section
 
-    if image.ndim == 3 and getattr(model, "context", 0):
-        return context_probabilities(model, image, device, dtype, normalizer)
-    centre = image[image.shape[0] // 2] if image.ndim == 3 else image
-    return predict(model, centre, device=device, precision=precision_of(dtype), normalizer=normalizer)
+    centre = image.shape[0] // 2 if image.ndim == 3 else 0
+    if image.ndim == 3:
+        image = section(image, centre) if getattr(model, "context", 0) else image[centre]
+    return predict(model, image, device=device, precision=precision_of(dtype), normalizer=normalizer)
 
 
 def precision_of(dtype: torch.dtype) -> str:

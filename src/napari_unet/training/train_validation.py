@@ -32,7 +32,7 @@ def block_probabilities(
     ``image`` ((H, W), or (C, H, W) with its neighbouring sections; the block's first entry, its
     slice, is not used): one tile through the tile pipeline (:mod:`napari_unet.prediction.pipeline`)
     into a probabilities sink."""
-    from napari_unet.prediction.engine import Settings, forward_probabilities, place_model
+    from napari_unet.prediction.engine import Settings
     from napari_unet.prediction.pipeline import Placed, Source, drain, run
     from napari_unet.prediction.sinks import Collect
 
@@ -40,13 +40,9 @@ def block_probabilities(
     size = model.input_size_for_output(b)
     off, c = (size - b) // 2, (model.output_size(size) - b) // 2
     win = read_window(image, y - off, x - off, size, size, mirror=True)
-    if win.ndim == 3:  # a section and its neighbours: the network's input channels
-        place_model(model, device, dtype)
-        x_ = torch.from_numpy(np.ascontiguousarray(win, dtype=np.float32))[None].to(device)
-        p = forward_probabilities(model, x_, device, dtype)[0]
-        return p[:, c : c + b, c : c + b].cpu().numpy()
     tile = Placed(None, (slice(0, b), slice(0, b)), (slice(c, c + b), slice(c, c + b)))
-    source = Source([tile], lambda _: win, (size, size), (b, b))
+    channels = win.shape[0] if win.ndim == 3 else 1  # a section and its neighbours: input channels
+    source = Source([tile], lambda _: win, (size, size), (b, b), channels=channels)
     sink = Collect(model.n_classes, (b, b), labels=False, probabilities=True)
     return drain(run(model, source, sink, Settings(device, dtype, 1))).probabilities
 
