@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
+from qtpy.QtCore import Qt
 
 from napari_unet.modelfiles.checkpoint import save_model
 from napari_unet.network.model import UNet
@@ -107,14 +110,20 @@ def test_cancel_keeps_only_whole_finished_tiles(qtbot, dock, model_file, image):
     viewer.add_image(image, name="em")
     widget.tile_spin.setValue(60)
     regions = []
+    handled = threading.Semaphore(0)
 
     def on_tile(tile):
         regions.append(tile.region)
         if len(regions) == 2:
             widget.task.cancel()
+        handled.release()
+
+    def in_step(_item):  # in the worker thread: the next tile waits until the dock handled this one
+        handled.acquire(timeout=10)
 
     widget.task.yielded.connect(on_tile)
     widget.segment()
+    widget.task._state.worker.yielded.connect(in_step, Qt.DirectConnection)
     wait_done(qtbot, widget)
     out = viewer.layers["em segmentation"].data
     painted = np.zeros(image.shape, bool)
