@@ -39,3 +39,12 @@ def test_a_context_network_takes_the_neighbours_as_channels_and_says_so_in_its_h
     assert "context" not in UNet(base_channels=4, depth=2).config  # files of a section alone as before
     assert "context" in unet_problem({"context": 99})
     assert "context" in unet_problem({"context": -1})
+
+
+def test_the_multiply_accumulates_count_the_wider_first_convolution():
+    from napari_unet.network.model import forward_macs
+
+    s = 92
+    wider = forward_macs(UNet(base_channels=4, depth=2, context=1), (s, s))
+    alone = forward_macs(UNet(base_channels=4, depth=2), (s, s))
+    assert wider - alone == 2 * 4 * 3 * 3 * (s - 2) ** 2  # two more input channels, 3x3, 4 outputs

@@ -332,7 +332,7 @@ def forward_macs(model: UNet, shape: Sequence[int], part: str = "all") -> int:
         return conv(c_in, c_out, 3) + conv(c_out, c_out, 3)
 
     chans = [model.base_channels * 2**i for i in range(model.depth + 1)]
-    down, prev = 0, model.in_channels
+    down, prev = 0, model.input_channels
     for c in chans[:-1]:
         down += double(prev, c)
         h, w, prev = h // 2, w // 2, c
