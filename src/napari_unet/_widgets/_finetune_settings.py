@@ -29,7 +29,8 @@ __all__ = ["DEFAULT_CONTEXT", "MAX_DOCK_CONTEXT", "TrainingSettings"]
 #: sections on each side the dock offers (the model allows more; beyond 4 a section far away
 #: rarely tells about this one, and each costs a read per tile)
 MAX_DOCK_CONTEXT = 4
-#: the dock's default context: 0 until a measurement shows neighbours help (docs/training.md)
+#: the dock's default context: 0; on VNC at five CPU-minutes neither dense labels nor strokes
+#: showed a win of 1 or 2 that the draws' spread does not cover (docs/training.md)
 DEFAULT_CONTEXT = 0
 
 
