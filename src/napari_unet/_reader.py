@@ -66,6 +66,7 @@ def _layer(img: io.ImageData, kind: str, name: str) -> LayerData:
             "dataset": img.dataset,
             "voxel_size": img.voxel_size,
             "unit": img.unit,
+            "z_stated": img.z_stated,  # the file's own z spacing (else z = the pixel size)
         },
     }
     spatial = img.data.ndim

@@ -49,34 +49,48 @@ def run(qtbot, widget):
     return painted
 
 
-def test_three_planes_fill_the_layer_with_the_consensus(qtbot, dock, model_file, volume):
+def test_three_planes_fill_the_layer_with_the_consensus(qtbot, dock, model_file, volume, tmp_path):
+    import tifffile
+
+    from napari_unet._reader import read_stack
     from napari_unet.prediction.ortho import predict_ortho
 
     viewer, widget = dock
-    viewer.add_image(volume, name="fib", scale=(5.0, 5.0, 5.0))
+    path = tmp_path / "fib.tif"  # ImageJ: 5 nm pixels and a stated 5 nm z spacing
+    tifffile.imwrite(path, volume, imagej=True, resolution=(200, 200),
+                     metadata={"unit": "um", "spacing": 0.005})  # fmt: skip
+    data, meta, _ = read_stack(str(path))[0]  # what the napari reader gives, in memory
+    layer = viewer.add_image(np.asarray(data), **meta)
+    assert layer.metadata["z_stated"] and tuple(layer.scale) == pytest.approx((5.0, 5.0, 5.0))
+    widget.image_combo.set_layer(layer)
     viewer.dims.set_current_step(0, 4)
     widget.tile_spin.setValue(60)
-    assert widget.planes_combo.currentText() == "sections only"  # the default
-    widget.planes_combo.setCurrentText("auto")
-    painted = run(qtbot, widget)  # auto: isotropic scale, so three planes
+    assert widget.planes_combo.currentText() == "auto"  # the default
+    painted = run(qtbot, widget)  # auto: a stated isotropic voxel size, so three planes
     assert painted[:3] == [4, 5, 3] and sorted(painted) == list(range(12))
+    assert "(planes: ortho, z spacing 5 nm is 1x the pixel size 5 nm: isotropic)" in widget.task.status.text()
     probs = predict_ortho(load_model(model_file), volume, 60, device="cpu", precision="fp32")
     expected = np.argmax(probs, axis=0) + 1
     np.testing.assert_array_equal(viewer.layers["fib segmentation"].data, expected)
 
 
-def test_auto_keeps_sections_for_an_uncalibrated_or_anisotropic_stack(qtbot, dock, model_file, volume):
+def test_auto_keeps_sections_for_an_unstated_or_anisotropic_stack(qtbot, dock, model_file, volume):
     from napari_unet.prediction.inference import labels_from_probabilities, predict
 
     viewer, widget = dock
     expected = labels_from_probabilities(predict(load_model(model_file), volume, 60, device="cpu",
                                                  precision="fp32"))  # fmt: skip
     widget.tile_spin.setValue(60)
-    widget.planes_combo.setCurrentText("auto")
-    for scale in ((1.0, 1.0, 1.0), (50.0, 4.6, 4.6)):
-        layer = viewer.add_image(volume, name=f"em{scale[0]:.0f}", scale=scale)
+    cases = [
+        ((1.0, 1.0, 1.0), {}, "the file states no voxel size"),
+        ((5.0, 5.0, 5.0), {}, "the file states no z spacing"),  # an isotropic scale no file stated
+        ((50.0, 4.6, 4.6), {"z_stated": True, "unit": "nm"}, "z spacing 50 nm is 10.9x the pixel size"),
+    ]
+    for scale, metadata, why in cases:
+        layer = viewer.add_image(volume, name=f"em{scale[0]:.0f}", scale=scale, metadata=metadata)
         widget.image_combo.set_layer(layer)
         run(qtbot, widget)
+        assert f"(planes: xy, {why}" in widget.task.status.text()
         np.testing.assert_array_equal(viewer.layers[f"{layer.name} segmentation"].data, expected)
 
 

@@ -9,7 +9,7 @@ import tifffile
 
 from napari_unet import UserInputError, predict, save_model
 from napari_unet.cli import main
-from napari_unet.prediction.ortho import choose_planes, ortho_sections, predict_ortho
+from napari_unet.prediction.ortho import choose_planes, ortho_sections, planes_reason, predict_ortho
 from napari_unet.prediction.sinks import Paint
 
 
@@ -63,8 +63,21 @@ def test_sections_painted_after_three_planes_are_the_consensus_labels(small_mode
     ],
 )
 def test_auto_chooses_three_planes_only_for_isotropic_voxels(voxel, ndim, want):
-    assert choose_planes("auto", voxel, ndim) == want
-    assert choose_planes("xy", voxel, ndim) == "xy"
+    assert choose_planes("auto", voxel, ndim, z_stated=True) == want
+    assert choose_planes("auto", voxel, ndim) == "xy"  # z not stated by the file: never three planes
+    assert choose_planes("xy", voxel, ndim, z_stated=True) == "xy"
+
+
+def test_the_reason_names_the_spacing_and_the_factor():
+    assert planes_reason((50.0, 4.6, 4.6), z_stated=True, unit="nm") == (
+        "z spacing 50 nm is 10.9x the pixel size 4.6 nm, more than 1.5x from it"
+    )
+    assert planes_reason((5.0, 5.0, 5.0), z_stated=True, unit="nm") == (
+        "z spacing 5 nm is 1x the pixel size 5 nm: isotropic"
+    )
+    assert planes_reason((5.0, 5.0, 5.0)) == "the file states no z spacing"
+    assert planes_reason(None) == "the file states no voxel size"
+    assert planes_reason((5.0, 5.0), 2, z_stated=True) == "a 2-D image"
 
 
 def test_bad_planes_are_refused(small_model):
@@ -100,16 +113,20 @@ def test_segment_planes_auto_follows_the_voxel_size(tmp_path, small_model, volum
 
     iso = write_volume(tmp_path / "iso.tif", volume, (5.0, 5.0, 5.0))
     read = io.read_image(iso).data  # as the command line reads it (its normaliser samples it so)
-    probs, err = segment(iso, "a", "--planes", "auto")
-    assert "XY, XZ and YZ" in err
+    probs, err = segment(iso, "a")  # the default is auto: a stated isotropic volume gets three planes
+    said = "planes: ortho, XY, XZ and YZ averaged (z spacing 5 nm is 1x the pixel size 5 nm: isotropic)"
+    assert said in err
     np.testing.assert_allclose(probs, predict_ortho(loaded, read, precision="fp32"), atol=1e-5)
     in_plane = predict(loaded, read, precision="fp32")
     probs, err = segment(write_volume(tmp_path / "an.tif", volume, (50.0, 4.6, 4.6)), "b", "--planes", "auto")
-    assert "XZ" not in err
+    assert "planes: xy, sections only (z spacing 50 nm is 10.9x the pixel size 4.6 nm" in err
     np.testing.assert_allclose(probs, in_plane, atol=1e-5)
     np.testing.assert_allclose(segment(iso, "c", "--planes", "xy")[0], in_plane, atol=1e-5)
-    probs, err = segment(iso, "d")  # the default is the sections, whatever the voxel size
-    assert "XZ" not in err
+    unstated = tmp_path / "unstated.tif"  # ImageJ pixel size 5 nm, no spacing: z is read as 5 nm too
+    tifffile.imwrite(unstated, volume, imagej=True, resolution=(0.2, 0.2), metadata={"unit": "nm"})
+    assert io.read_image(unstated).voxel_size == pytest.approx((5.0, 5.0, 5.0))
+    probs, err = segment(unstated, "d")  # looks isotropic, but the file never said so: sections
+    assert "planes: xy, sections only (the file states no z spacing)" in err and "XZ" not in err
     np.testing.assert_allclose(probs, in_plane, atol=1e-5)
 
 

@@ -69,7 +69,7 @@ CELLS = "cells (default)"
 #: the dock's names for the test-time augmentation modes of ``predict_tiles``
 TTA_CHOICES = {"off": "none", "4 flips (4x time)": "flips", "8 turns and flips (8x time)": "d4"}
 #: the dock's names for the planes a stack is predicted along (``segment --planes``)
-PLANES = {"sections only": "xy", "auto": "auto", "three planes": "ortho"}  # the first is the default
+PLANES = {"auto": "auto", "sections only": "xy", "three planes": "ortho"}  # the first is the default
 #: the dock's names for linking instances through the stack (``segment --link-sections --link-by``)
 LINKS = {"off": None, "by overlap": "overlap", "by probabilities": "probabilities"}
 
@@ -133,6 +133,8 @@ class SegmentWidget(Dock):
         self.output = LiveOutput(napari_viewer, self)
         #: measured seconds per input megapixel of the last run, per model name
         self._rates: dict[str, float] = {}
+        #: what auto chose for the planes of the run, for the status text ("" when nothing to say)
+        self._planes_said = ""
         #: seconds per input megapixel of one tile timed before any run, per (model, device,
         #: precision); a measured run's rate replaces it
         self._timed: dict[tuple[str, str, str], float] = {}
@@ -190,10 +192,9 @@ class SegmentWidget(Dock):
         self.instance_combo.setEditable(True)
         self.planes_combo = _combo(
             PLANES,
-            "Three planes: predict the stack along XY, XZ and YZ and average (3x the time; the layer "
-            "fills when the three passes are done); auto takes them for isotropic voxels (z within "
-            "1.5x of the pixel size, from the file; a file that states no z spacing gets z = its pixel "
-            "size and so looks isotropic)",
+            "auto: three planes for an isotropic volume whose file states its voxel size (z within "
+            "1.5x of the pixel size), else sections only. Three planes: predict the stack along XY, "
+            "XZ and YZ and average (3x the time; the layer fills when the three passes are done)",
         )
         self.link_combo = _combo(
             LINKS, "Instances: one id for the objects of neighbouring slices that overlap (in pixels or in P)"
@@ -455,7 +456,7 @@ class SegmentWidget(Dock):
                 t.total,
                 f"tile {t.index + 1} of {t.total}" if t.total else "first look at the centre of the view",
             ),
-            message=f"segmenting '{image_layer.name}' ({scope}) with {model_name}…",
+            message=f"segmenting '{image_layer.name}' ({scope}) with {model_name}…{self._planes_said}",
         )
         self.output.show()
 
@@ -470,16 +471,23 @@ class SegmentWidget(Dock):
         )
 
     def _planes(self, image_layer: Any, data: Any, scope: str) -> str:
-        """"xy" or "ortho" for the planes chosen; auto reads the layer's scale (the file's voxel
-        size; 1, 1, 1 is taken for none). Three planes need the whole stack."""
-        from napari_unet.prediction.ortho import choose_planes
+        """"xy" or "ortho" for the planes chosen; auto reads the layer's scale and whether its file
+        stated the z spacing (the reader's ``z_stated``; 1, 1, 1 unstated is taken for no voxel
+        size), and what it chose goes into the status text. Three planes need the whole stack."""
+        from napari_unet.prediction.ortho import choose_planes, planes_reason
 
         asked = PLANES[self.planes_combo.currentText()]
         scale = tuple(float(s) for s in image_layer.scale)
-        known = scale if data.ndim == 3 and any(s != 1.0 for s in scale) else None
+        meta = dict(getattr(image_layer, "metadata", None) or {})
+        stated = bool(meta.get("z_stated"))
+        known = scale if data.ndim == 3 and (stated or any(s != 1.0 for s in scale)) else None
         if asked == "ortho" and data.ndim == 3 and scope != "whole stack":
             raise UserInputError("three planes segment the whole stack; choose 'whole stack'")
-        planes = choose_planes(asked, known, data.ndim)
+        planes = choose_planes(asked, known, data.ndim, z_stated=stated)
+        self._planes_said = ""
+        if asked == "auto" and data.ndim == 3 and scope == "whole stack":
+            why = planes_reason(known, data.ndim, z_stated=stated, unit=meta.get("unit"))
+            self._planes_said = f" (planes: {planes}, {why})"
         return planes if scope == "whole stack" else "xy"
 
     def _z_order(self, image_layer: Any, data: Any, scope: str) -> list[int] | None:
@@ -524,7 +532,7 @@ class SegmentWidget(Dock):
         if ended is None:
             return
         line, run = ended
-        self.task.status.setText(line)
+        self.task.status.setText(line + self._planes_said)
         if run.seconds is not None:  # finished, and kept whole
             if run.mpx > 0 and run.seconds > 0:
                 self._rates[run.model] = run.seconds / run.mpx

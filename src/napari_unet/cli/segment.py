@@ -93,11 +93,11 @@ def _add_prediction_arguments(seg: argparse.ArgumentParser) -> None:
     )
     seg.add_argument(
         "--planes",
-        default="xy",
+        default="auto",
         choices=["auto", "xy", "ortho"],
         help="a volume in its sections (xy), or along its XY, XZ and YZ planes averaged (ortho: 3x "
-        "the time, in memory); auto: ortho when the file's z spacing is within 1.5x of its pixel "
-        "size (isotropic, e.g. FIB-SEM), else xy (default: xy)",
+        "the time, in memory); auto (the default): ortho when the file states a z spacing within "
+        "1.5x of its pixel size (isotropic, e.g. FIB-SEM), else xy (ssTEM, or no z spacing stated)",
     )
 
 
@@ -232,7 +232,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         args.output, data, model.n_classes, scheduler=args.scheduler, instances=args.instances,
         probabilities=args.probabilities,
     )  # fmt: skip
-    planes = _planes(args, img.voxel_size, data, blockwise)
+    planes = _planes(args, img, data, blockwise)
     if blockwise:  # --scheduler, zarr output, or too big for memory
         return run_blockwise(args, model, data)
     k = model.n_classes
@@ -370,12 +370,13 @@ def _instances_from_probabilities(args: argparse.Namespace, model, probs: np.nda
     return result if probs.ndim == 4 else result[0]
 
 
-def _planes(args: argparse.Namespace, voxel_size: Any, data: Any, blockwise: bool) -> str:
-    """"xy" or "ortho": what ``--planes`` asks for on this input (auto: from its voxel size);
-    three planes need a volume in memory, so a 2-D image or a block-by-block run refuses them."""
-    from napari_unet.prediction.ortho import choose_planes
+def _planes(args: argparse.Namespace, img: Any, data: Any, blockwise: bool) -> str:
+    """"xy" or "ortho": what ``--planes`` asks for on this input (auto: from the voxel size its
+    file states, said in one line for a volume); three planes need a volume in memory, so a 2-D
+    image or a block-by-block run refuses them."""
+    from napari_unet.prediction.ortho import choose_planes, planes_reason
 
-    asked = getattr(args, "planes", None) or "xy"
+    asked = getattr(args, "planes", None) or "auto"
     if asked == "ortho" and data.ndim != 3:
         raise UserInputError(
             f"--planes ortho predicts a volume along three planes; {args.input} is one 2-D image"
@@ -385,13 +386,15 @@ def _planes(args: argparse.Namespace, voxel_size: Any, data: Any, blockwise: boo
             "--planes ortho needs the whole volume in memory and does not run block by block "
             "(--scheduler, a zarr output or an input larger than memory); use --planes xy"
         )
-    planes = "xy" if blockwise else choose_planes(asked, voxel_size, data.ndim)
-    if asked == "auto" and planes == "ortho":
-        print(
-            f"planes: XY, XZ and YZ averaged (isotropic voxels {voxel_size}); --planes xy for sections only",
-            file=sys.stderr,
-        )
-    return planes
+    chosen = choose_planes(asked, img.voxel_size, data.ndim, z_stated=img.z_stated)
+    why = planes_reason(img.voxel_size, data.ndim, z_stated=img.z_stated, unit=img.unit)
+    if asked == "auto" and data.ndim == 3 and not blockwise:
+        said = "ortho, XY, XZ and YZ averaged" if chosen == "ortho" else "xy, sections only"
+        hint = "; --planes xy for sections only" if chosen == "ortho" else ""
+        print(f"planes: {said} ({why}){hint}", file=sys.stderr)
+    elif asked == "auto" and chosen == "ortho":  # block by block: said only when it costs the choice
+        print(f"planes: xy, sections only ({why}, but this run goes block by block)", file=sys.stderr)
+    return "xy" if blockwise else chosen
 
 
 def _predict_ortho(

@@ -140,7 +140,10 @@ def describe(info: dict[str, Any]) -> str:
     voxel = info.get("voxel_size")
     if voxel:
         unit = info.get("unit") or ""
-        parts.append("voxel " + " x ".join(_format_number(v) for v in voxel) + f" {unit}".rstrip())
+        text = "voxel " + " x ".join(_format_number(v) for v in voxel) + f" {unit}".rstrip()
+        if len(voxel) == 3 and info.get("z_stated") is False:
+            text += " (z not stated: taken as the pixel size)"
+        parts.append(text)
     else:
         parts.append("no voxel size")
     disk = f"{format_bytes(info['size_bytes'])} on disk"
@@ -407,6 +410,7 @@ def open_stack(
         "dataset": img.dataset,
         "voxel_size": img.voxel_size,
         "unit": img.unit,
+        "z_stated": img.z_stated,
         "z_range": z_range,
         "downsample": int(factor),
         "source_shape": tuple(int(s) for s in img.data.shape),

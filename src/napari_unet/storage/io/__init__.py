@@ -84,6 +84,7 @@ class ImageData:
 
     ``voxel_size`` holds one value per spatial axis, ordered (z, y, x) or (y, x), in ``unit``
     (nanometres when the file's unit is a known length); ``None`` when the file has no calibration.
+    ``z_stated`` says whether the file states the z spacing; when it does not, z is the pixel size.
     """
 
     data: Any
@@ -92,6 +93,7 @@ class ImageData:
     path: str
     name: str
     dataset: str | None = field(default=None)
+    z_stated: bool = field(default=False)
 
     @property
     def is_lazy(self) -> bool:
@@ -102,8 +104,9 @@ class ImageData:
         """Return a copy whose data went through :func:`to_grey`, with voxel_size matched to it."""
         data = to_grey(self.data, name=self.name)
         voxel = fit_voxel(self.voxel_size, data.ndim)
+        stated = self.z_stated and voxel is not None and len(voxel) == 3
         return ImageData(data, voxel, self.unit if voxel else None, self.path, self.name,
-                         self.dataset)
+                         self.dataset, stated)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +265,7 @@ def read_image(
     probe = _probe(path, dataset, check_slices=True)
     data = _load(probe, lazy)
     return ImageData(data, probe.voxel_size, probe.unit, str(probe.path), path_stem(probe.path),
-                     probe.key)
+                     probe.key, probe.z_stated)
 
 
 def list_datasets(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
@@ -277,8 +280,9 @@ def list_datasets(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], s
 def image_info(path: str | os.PathLike, dataset: str | None = None) -> dict:
     """Shape, dtype, calibration and size on disk, from metadata only (no pixels are read).
 
-    Keys: path, name, format, dataset, shape, dtype, voxel_size, unit, size_bytes (on disk),
-    nbytes (in memory), n_files. A slice folder is described from its first slice and its count.
+    Keys: path, name, format, dataset, shape, dtype, voxel_size, unit, z_stated (the file states
+    the z spacing), size_bytes (on disk), nbytes (in memory), n_files. A slice folder is described
+    from its first slice and its count.
     """
     probe = _probe(path, dataset, check_slices=False)
     return {
@@ -290,6 +294,7 @@ def image_info(path: str | os.PathLike, dataset: str | None = None) -> dict:
         "dtype": str(probe.dtype),
         "voxel_size": probe.voxel_size,
         "unit": probe.unit,
+        "z_stated": probe.z_stated,
         "size_bytes": disk_size(probe.files),
         "nbytes": int(np.prod(probe.shape, dtype=np.int64)) * probe.dtype.itemsize,
         "n_files": len(probe.files),

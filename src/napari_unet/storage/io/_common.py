@@ -89,11 +89,40 @@ def calibration(
     A missing or invalid z spacing falls back to the in-plane (y) size. No usable in-plane size,
     or a unit such as "pixel", means the image is uncalibrated: (None, None).
     """
+    voxel, unit, _ = calibration_z(zyx, units, ndim)
+    return voxel, unit
+
+
+def calibration_z(
+    zyx: Sequence[Any], units: Sequence[Any], ndim: int
+) -> tuple[tuple[float, ...] | None, str | None, bool]:
+    """:func:`calibration` and whether its z spacing is the file's own (True) or the in-plane
+    size standing in for a missing one (False; always False for a 2-D result)."""
+    voxel, unit = _calibration(zyx, units, ndim)
+    stated = voxel is not None and len(voxel) == 3 and z_given(zyx[0], units[0])
+    return voxel, unit, stated
+
+
+def z_given(z: Any, unit: Any) -> bool:
+    """True for a z spacing a file states: a positive number whose unit is not "pixel" or empty."""
+    return is_positive(z) and unit_key(unit) not in NO_UNIT
+
+
+def states_z(sizes: Sequence[Any] | None, ndim: int) -> bool:
+    """True when stored voxel ``sizes`` hold a z value of their own for an array of ``ndim``
+    spatial axes (three values for a volume; two would be padded with y by :func:`fit_voxel`)."""
+    return ndim >= 3 and sizes is not None and len(sizes) >= 3 and is_positive(sizes[-3])
+
+
+def _calibration(
+    zyx: Sequence[Any], units: Sequence[Any], ndim: int
+) -> tuple[tuple[float, ...] | None, str | None]:
+    """:func:`calibration`'s work: z falls back to y where the file gives no z spacing."""
     z, y, x = zyx
     uz, uy, ux = (unit_key(u) for u in units)
     if not (is_positive(y) and is_positive(x)) or uy in NO_UNIT or ux in NO_UNIT:
         return None, None
-    if not is_positive(z) or uz in NO_UNIT:
+    if not z_given(z, uz):
         z, uz = y, uy
     values = [float(z), float(y), float(x)]
     keys = [uz, uy, ux]
@@ -173,6 +202,8 @@ class ProbeResult:
     unit: str | None = None
     chunks: tuple[int, ...] | None = None
     files: list[Path] = field(default_factory=list)
+    #: the file states the z spacing of ``voxel_size`` (False: none, or z = the pixel size)
+    z_stated: bool = False
 
 
 def image_like(shape: Sequence[int], dtype: Any) -> bool:

@@ -12,7 +12,7 @@ from napari_unet.errors import UserInputError
 from napari_unet.storage.formats import Format
 from napari_unet.storage.io._common import (
     ProbeResult,
-    calibration,
+    calibration_z,
     image_like,
     one_line,
     several_arrays,
@@ -76,12 +76,13 @@ def _probe_hdf5(p: Path, key: str | None) -> ProbeResult:
             ) from exc
     if dtype.kind not in "biuf":
         raise UserInputError(f"{p}: dataset '{name}' has dtype {dtype}, which is not an image")
-    voxel, unit = _h5_voxel(attrs, shape)
-    return ProbeResult("hdf5", p, name, shape, dtype, voxel, unit, chunks, files=[p])
+    voxel, unit, stated = _h5_voxel(attrs, shape)
+    return ProbeResult("hdf5", p, name, shape, dtype, voxel, unit, chunks, files=[p], z_stated=stated)
 
 
-def _h5_voxel(attrs: dict, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None]:
-    """Voxel size from ``element_size_um`` (micrometres) or ``resolution`` (nanometres)."""
+def _h5_voxel(attrs: dict, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None, bool]:
+    """Voxel size from ``element_size_um`` (micrometres) or ``resolution`` (nanometres), and whether
+    the attribute states z (three values)."""
     for attr, unit in (("element_size_um", "um"), ("resolution", "nm")):
         if attr in attrs:
             try:
@@ -91,10 +92,10 @@ def _h5_voxel(attrs: dict, shape: Sequence[int]) -> tuple[tuple[float, ...] | No
             if len(values) < 2:
                 continue
             zyx = [values[-3] if len(values) >= 3 else None, values[-2], values[-1]]
-            voxel, u = calibration(zyx, [unit] * 3, spatial_ndim(shape))
+            voxel, u, stated = calibration_z(zyx, [unit] * 3, spatial_ndim(shape))
             if voxel is not None:
-                return voxel, u
-    return None, None
+                return voxel, u, stated
+    return None, None, False
 
 
 def _open_hdf5(path: str, key: str | None) -> tuple[Any, Any]:

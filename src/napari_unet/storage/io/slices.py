@@ -17,6 +17,7 @@ from napari_unet.storage.io._common import (
     fit_voxel,
     natural_key,
     one_line,
+    states_z,
     voxel_to_store,
 )
 from napari_unet.storage.io.png import png_header, read_png
@@ -87,28 +88,31 @@ def _probe_slices(p: Path, *, check_all: bool) -> ProbeResult:
                     f"{f} has dtype {d} but {files[0].name} has {dtype}; "
                     "all slices in a folder must have the same bit depth"
                 )
-    voxel, unit = None, None
+    voxel, unit, stated = None, None, False  # a slice's own calibration is 2-D: z never stated
     if files[0].suffix.lower() in tiff.FORMAT.suffixes:
         first = probe_tiff(files[0])
         voxel = fit_voxel(first.voxel_size, 3 if len(files) > 1 else 2)
         unit = first.unit if voxel is not None else None
     stored = _sidecar_voxel(p, 3 if len(files) > 1 else 2)
     if stored is not None:
-        voxel, unit = stored
+        voxel, unit, stated = stored
     full = shape if len(files) == 1 else (len(files), *shape)
-    return ProbeResult("slices", p, None, full, dtype, voxel, unit, files=files)
+    return ProbeResult("slices", p, None, full, dtype, voxel, unit, files=files, z_stated=stated)
 
 
-def _sidecar_voxel(folder: Path, ndim: int) -> tuple[tuple[float, ...], str] | None:
-    """The voxel size in a slice folder's sidecar (written with PNG masks); None when there is none
-    or it cannot be read, so a damaged sidecar costs the calibration, never the pixels."""
+def _sidecar_voxel(folder: Path, ndim: int) -> tuple[tuple[float, ...], str, bool] | None:
+    """The voxel size in a slice folder's sidecar (written with PNG masks) and whether it states z
+    (three values); None when there is none or it cannot be read, so a damaged sidecar costs the
+    calibration, never the pixels."""
     import json
 
     from napari_unet.storage.outputs import VOXEL_SIDECAR
 
     try:
         doc = json.loads((folder / VOXEL_SIDECAR).read_text())
-        return voxel_to_store(doc.get("voxel_size"), doc.get("unit"), ndim)
+        sizes = doc.get("voxel_size")
+        voxel = voxel_to_store(sizes, doc.get("unit"), ndim)
+        return None if voxel is None else (*voxel, states_z(list(sizes), ndim))
     except (OSError, ValueError, TypeError, AttributeError):
         return None
 

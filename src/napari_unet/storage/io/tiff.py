@@ -14,7 +14,7 @@ from napari_unet.errors import UserInputError
 from napari_unet.storage.formats import Format
 from napari_unet.storage.io._common import (
     ProbeResult,
-    calibration,
+    calibration_z,
     computed,
     is_positive,
     one_line,
@@ -24,8 +24,9 @@ from napari_unet.storage.io._common import (
 )
 
 
-def _tiff_voxel(tif: Any, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None]:
-    """Voxel size from OME-XML, ImageJ metadata or the resolution tags (cm/mm/um units only)."""
+def _tiff_voxel(tif: Any, shape: Sequence[int]) -> tuple[tuple[float, ...] | None, str | None, bool]:
+    """Voxel size from OME-XML, ImageJ metadata or the resolution tags (cm/mm/um units only), and
+    whether the file states its z spacing (OME PhysicalSizeZ or ImageJ spacing; never the tags)."""
     ndim = spatial_ndim(shape)
     page = tif.pages[0]
     if tif.is_ome and tif.ome_metadata:
@@ -40,7 +41,7 @@ def _tiff_voxel(tif: Any, shape: Sequence[int]) -> tuple[tuple[float, ...] | Non
         )
         if pixels is not None:
             a = pixels.attrib
-            return calibration(
+            return calibration_z(
                 [a.get(f"PhysicalSize{ax}") for ax in "ZYX"],
                 [a.get(f"PhysicalSize{ax}Unit", "µm") for ax in "ZYX"],
                 ndim,
@@ -51,13 +52,13 @@ def _tiff_voxel(tif: Any, shape: Sequence[int]) -> tuple[tuple[float, ...] | Non
     if tif.is_imagej:
         meta = tif.imagej_metadata or {}
         unit = meta.get("unit")
-        return calibration([meta.get("spacing"), y, x], [unit] * 3, ndim)
+        return calibration_z([meta.get("spacing"), y, x], [unit] * 3, ndim)
     # Plain TIFF: only metric resolution units; dots-per-inch are print settings, not pixel sizes.
     resunit = int(getattr(page, "resolutionunit", 1) or 1)
     unit = {3: "cm", 4: "mm", 5: "um"}.get(resunit)
     if unit is None:
-        return None, None
-    return calibration([None, y, x], [unit] * 3, ndim)
+        return None, None, False
+    return calibration_z([None, y, x], [unit] * 3, ndim)
 
 
 def _check_declared_data(p: Path, tif: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -102,14 +103,14 @@ def probe_tiff(p: Path) -> ProbeResult:
             shape = tuple(int(s) for s in level.shape)
             dtype = np.dtype(level.dtype)
             _check_declared_data(p, tif, shape, dtype)
-            voxel, unit = _tiff_voxel(tif, shape)
+            voxel, unit, stated = _tiff_voxel(tif, shape)
     except UserInputError:
         raise
     except Exception as exc:
         raise UserInputError(
             f"{p} is not a readable TIFF ({one_line(exc)}); check that it is a complete TIFF image"
         ) from exc
-    return ProbeResult("tiff", p, None, shape, dtype, voxel, unit, files=[p])
+    return ProbeResult("tiff", p, None, shape, dtype, voxel, unit, files=[p], z_stated=stated)
 
 
 def _open_tiff(path: str, key: str | None) -> tuple[Any, Any]:

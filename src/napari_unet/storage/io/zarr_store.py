@@ -25,6 +25,7 @@ from napari_unet.storage.io._common import (
     one_line,
     path_stem,
     several_arrays,
+    states_z,
     unit_key,
     voxel_to_store,
     zarr_major,
@@ -65,7 +66,8 @@ def _ome_multiscales(attrs: dict) -> list | None:
 def _ome_voxel(
     ms: dict, shape: Sequence[int], level: str | None = None
 ) -> tuple[tuple[float, ...] | None, str | None]:
-    """Voxel size of the level ``level`` (default: the first) from OME-Zarr multiscales metadata."""
+    """Voxel size of the level ``level`` (default: the first) from OME-Zarr multiscales metadata:
+    one value per spatial axis, so three (z stated) for a volume whose axes include z."""
     axes = ms.get("axes") or []
     axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
     if len(axes) != len(shape):
@@ -99,8 +101,9 @@ def _ome_voxel(
 
 def _zarr_pick(
     p: Path, node: Any, key: str | None
-) -> tuple[Any, str | None, tuple[float, ...] | None, str | None]:
-    """Choose the array to read from a zarr node: the node itself, OME level "0", or the only one."""
+) -> tuple[Any, str | None, tuple[float, ...] | None, str | None, bool]:
+    """Choose the array to read from a zarr node: the node itself, OME level "0", or the only one;
+    with its voxel size, unit and whether its attributes state z."""
     prefix = ""
     if key:
         key = key.strip("/")
@@ -122,18 +125,18 @@ def _zarr_pick(
                 f"({one_line(exc)}); check the store"
             ) from exc
         voxel, unit = _ome_voxel(ms[0], arr.shape, level)
-        return arr, prefix + level, voxel, unit
+        return arr, prefix + level, voxel, unit, states_z(voxel, len(arr.shape))
     # no OME metadata: an array named "0" is not a pyramid level by its name alone (HDF5's rule)
     arrays = _zarr_arrays(node)
     if len(arrays) == 1:
         name, arr = arrays[0]
-        return arr, prefix + name, None, None
+        return arr, prefix + name, None, None, False
     if not arrays:
         raise UserInputError(f"{p} holds no arrays; check that it is an image zarr store")
     images = [(n, a) for n, a in arrays if image_like(a.shape, a.dtype)]
     if len(images) == 1:
         name, arr = images[0]
-        return arr, prefix + name, None, None
+        return arr, prefix + name, None, None, False
     raise several_arrays(p, [prefix + n for n, _ in (images or arrays)])
 
 
@@ -151,23 +154,25 @@ def _full_resolution(node: Any, ms: dict) -> tuple[str, Any]:
     return path, arr
 
 
-def _stored_voxel(arr: Any) -> tuple[tuple[float, ...] | None, str | None]:
-    """The voxel size and unit napari-unet stored in a plain zarr array's attributes, if any."""
+def _stored_voxel(arr: Any) -> tuple[tuple[float, ...] | None, str | None, bool]:
+    """The voxel size and unit napari-unet stored in a plain zarr array's attributes, if any, and
+    whether they state z (three values for a volume)."""
     from napari_unet.storage.outputs import ATTRS_KEY
 
     try:
         attrs = dict(arr.attrs.get(ATTRS_KEY) or {})
         sizes, unit = attrs.get("voxel_size"), attrs.get("unit")
         voxel = voxel_to_store(sizes, unit, len(arr.shape)) if sizes else None
+        stated = voxel is not None and states_z(list(sizes), len(arr.shape))
     except (TypeError, ValueError, AttributeError):  # attributes someone else wrote: no calibration
-        return None, None
-    return (voxel[0], voxel[1]) if voxel else (None, None)
+        return None, None, False
+    return (voxel[0], voxel[1], stated) if voxel else (None, None, False)
 
 
 def _probe_zarr(p: Path, key: str | None) -> ProbeResult:
     node = _zarr_open(p)
     try:
-        arr, key, voxel, unit = _zarr_pick(p, node, key)
+        arr, key, voxel, unit, stated = _zarr_pick(p, node, key)
         shape = tuple(int(s) for s in arr.shape)
         dtype = np.dtype(arr.dtype)
         chunks = tuple(int(c) for c in arr.chunks)
@@ -177,7 +182,7 @@ def _probe_zarr(p: Path, key: str | None) -> ProbeResult:
         raise UserInputError(f"{p} is not a readable zarr array ({one_line(exc)}); check the store") from exc
     if dtype.kind not in "biuf":
         raise UserInputError(f"{p}: array '{key}' has dtype {dtype}, which is not an image")
-    return ProbeResult("zarr", p, key, shape, dtype, voxel, unit, chunks, files=[p])
+    return ProbeResult("zarr", p, key, shape, dtype, voxel, unit, chunks, files=[p], z_stated=stated)
 
 
 def _open_zarr(path: str, key: str | None) -> tuple[Any, Any]:
