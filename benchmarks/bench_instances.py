@@ -27,11 +27,18 @@ shares 0.001, 0.1, 0.3, 0.5): 3-D adapted Rand error and VI (``metrics.evaluate_
 scored as one) and the split and merge counts. Cells have no 3-D truth here: labels/ give classes,
 and the 3-D components of its cell mask are one object of almost every cell voxel.
 
-``--cache NPZ`` keeps the probability maps: a later run with the same file skips the prediction.
-``--linking-only`` skips the cells (and so the shipped model's prediction).
+``--finetuned`` adds the linking figures of a real model's probabilities: the shipped model
+fine-tuned on the dense mitochondria of sections 10 and 11 as ``bench_finetune.py`` scenario (a)
+does (its functions, recipe "auto", 650 steps, one thread), then sections 12-19 predicted and their
+3-D mitochondria (truth: the 3-D components of labels/ value 191 on 12-19) scored as above.
+
+``--cache DIR`` keeps the probability maps in a folder (``cells.npz``: the shipped model's;
+``finetuned-mito.npz``: the fine-tuned model's on 12-19): a later run with the same folder skips the
+prediction and the fine-tuning. A path ending in ``.npz`` is the shipped model's file alone, as
+before. ``--linking-only`` skips the cells (and so the shipped model's prediction).
 
 Usage: python benchmarks/bench_instances.py [--tta none|flips] [--data DIR] [--mito-model PATH]
-       [--cache NPZ] [--linking-only]
+       [--cache DIR] [--linking-only] [--finetuned]
 """
 
 from __future__ import annotations
@@ -145,37 +152,45 @@ def split_merge_counts(truth: np.ndarray, pred: np.ndarray, min_px: int = 50) ->
 
 #: minimum shares tried; 0.001 links on almost any contact
 SHARES = (0.001, 0.1, 0.3, 0.5)
+#: (row, link, minimum share, by, join_above): probabilities as linked by default (objects joined
+#: through P > 0.3, one group per partner) and by the shared-mass score alone (join_above None)
 LINKINGS = [
-    ("2-D objects, not linked", False, 0.3, "overlap"),
-    *((f"overlap, min share {v}" + (" (default)" * (v == 0.3)), True, v, "overlap") for v in SHARES),
-    *((f"probabilities, min share {v}", True, v, "probabilities") for v in SHARES),
+    ("2-D objects, not linked", False, 0.3, "overlap", None),
+    *((f"overlap, min share {v}" + (" (default)" * (v == 0.3)), True, v, "overlap", None) for v in SHARES),
+    *((f"probabilities, min share {v}", True, v, "probabilities", 0.3) for v in SHARES),
+    *((f"shared mass alone, min share {v}", True, v, "probabilities", None) for v in SHARES),
+    *((f"probabilities, join above {j}, share 0.3", True, 0.3, "probabilities", j) for j in (0.1, 0.2, 0.4)),
 ]
 
 
-def score_linking(mito: np.ndarray, objects: list[np.ndarray], probs: np.ndarray, source: str) -> None:
+def score_linking(
+    mito: np.ndarray, objects: list[np.ndarray], probs: np.ndarray, source: str, sections=MITO
+) -> None:
     """Link the 2-D ``objects`` of the sections by overlap and by probabilities (``probs``, P(mito)
     per section) and score them in 3-D against the 3-D components of ``mito``."""
     truth = objects_3d(mito)
     print(
-        f"\nlinking: VNC mitochondria, sections {MITO[0]}-{MITO[-1]}, {truth.max()} true 3-D objects "
-        f"(3-D components of labels == {MITO_VALUE}); instances from {source}"
+        f"\nlinking: VNC mitochondria, sections {sections[0]}-{sections[-1]}, {truth.max()} true 3-D "
+        f"objects (3-D components of labels == {MITO_VALUE}); instances from {source}"
     )
     print(
-        f"{'linking':34s} {'3-D adapted Rand':>16s} {'VI split':>8s} {'VI merge':>8s} {'objects':>8s} "
+        f"{'linking':40s} {'3-D adapted Rand':>16s} {'VI split':>8s} {'VI merge':>8s} {'objects':>8s} "
         f"{'splits':>7s} {'merges':>7s} {'s':>6s}"
     )
     rows = {}
-    for name, link, share, by in LINKINGS:
+    for name, link, share, by, join in LINKINGS:
         t0 = time.perf_counter()
-        linker = SectionLinker(link=link, min_overlap=share, by=by)
+        linker = SectionLinker(link=link, min_overlap=share, by=by, join_above=join)
         linked = np.stack([linker.add(z, o, probs[z]) for z, o in enumerate(objects)])
         rows[name] = (linked, time.perf_counter() - t0)
     rows["3-D components of the masks (reference)"] = (objects_3d(probs > 0.5), float("nan"))
+    # the true 3-D ids on the 2-D objects' pixels: what a linking could reach (no object cut in 2-D)
+    rows["true ids on the objects' pixels (bound)"] = (truth * (np.stack(objects) > 0), float("nan"))
     for name, (pred, seconds) in rows.items():
         got = evaluate_volume(pred, truth)
         splits, merges = split_merge_counts(truth, pred)
         print(
-            f"{name:34s} {got['adapted_rand_error']:16.4f} {got['vi_split']:8.3f} {got['vi_merge']:8.3f} "
+            f"{name:40s} {got['adapted_rand_error']:16.4f} {got['vi_split']:8.3f} {got['vi_merge']:8.3f} "
             f"{int(got['objects']):8d} {splits:7d} {merges:7d} {seconds:6.2f}"
         )
 
@@ -194,15 +209,74 @@ def mito_prediction(model_path: str, raw: np.ndarray, tta: str) -> tuple[list[np
     return objects, probs[k - 1]
 
 
+#: ``--finetuned``: trained on 10 and 11 (bench_finetune's TRAIN), scored on the sections after them
+TUNED_EVAL = list(range(12, 20))
+TUNED_STEPS = 650
+
+
+def finetuned_mito(root: Path, cache: Path | None) -> np.ndarray:
+    """P(mitochondrion) (Z, H, W) on sections 12-19 of the shipped model fine-tuned as bench_finetune's
+    scenario (a): dense mitochondria of 10 and 11, recipe "auto", 650 steps; read from ``cache``
+    (``finetuned-mito.npz``) when there, else trained, predicted and written there."""
+    path = cache / "finetuned-mito.npz" if cache else None
+    if path is not None and path.is_file():
+        with np.load(path) as cached:
+            print(f"fine-tuned P(mitochondrion) read from {path}")
+            return cached["p_mito"].astype(np.float32)
+    from bench_finetune import load_vnc, make_config, scenario_data, tuned_probabilities
+
+    from napari_unet.network.model import with_classes
+    from napari_unet.training.train import Trainer
+
+    raw, membranes, mito = load_vnc(root / "vnc-dev")
+    images, labels, classes = scenario_data("a", raw, membranes, mito, np.random.default_rng(0))
+    model = with_classes(load_model(default_model_path()), classes)
+    trainer = Trainer(model, images, labels, make_config("auto", True, 5.0, TUNED_STEPS, {}, "none"))
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for _ in trainer.run():
+        pass
+    print(
+        f"fine-tuned on dense mitochondria of 10, 11: {trainer.step} steps, {time.perf_counter() - t0:.0f} s,"
+        f" {time.process_time() - cpu0:.0f} CPU-s; {machine()}",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    probs = tuned_probabilities(trainer.model, raw, TUNED_EVAL)
+    print(f"prediction of sections 12-19: {time.perf_counter() - t0:.0f} s; {machine()}", flush=True)
+    p_mito = np.stack([probs[z][classes.index("mitochondrion")] for z in TUNED_EVAL]).astype(np.float32)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, p_mito=p_mito)
+    return p_mito
+
+
+def score_finetuned(root: Path, cache: Path | None, mito: np.ndarray) -> None:
+    """The linking figures on sections 12-19 with the fine-tuned model's P(mitochondrion): 2-D
+    objects of P > 0.5 (``--min-size 30``, as ``segment --instances mitochondrion`` makes them)."""
+    p_mito = finetuned_mito(root, cache)
+    objects = [
+        instances_of_class(
+            np.stack([1.0 - p, p]), 2, class_names=["background", "mitochondrion"], min_size=30
+        )
+        for p in p_mito
+    ]
+    first = MITO.index(TUNED_EVAL[0])
+    score_linking(mito[first:], objects, p_mito, "the fine-tuned model (real probabilities)", TUNED_EVAL)
+
+
 def main() -> int:
     """Predict once, then score every method on the same probabilities."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tta", default="none", choices=["none", "flips", "d4"], help="prediction mode")
     ap.add_argument("--data", default=None, help="folder holding isbi2012/ and vnc-dev/")
     ap.add_argument("--mito-model", default=None, help="model with a mitochondrion class")
-    ap.add_argument("--cache", default=None, help="npz of probabilities (read or written)")
+    ap.add_argument("--cache", default=None, help="folder of probabilities (read or written); .npz: cells")
     ap.add_argument("--linking-only", action="store_true", help="only the linking figures (no cells)")
+    ap.add_argument(
+        "--finetuned", action="store_true", help="linking with a fine-tuned model's probabilities"
+    )
     args = ap.parse_args()
+    torch.set_num_threads(1)
     root = Path(args.data) if args.data else Path(__file__).resolve().parents[2] / "shared" / "data"
     if not (root / "isbi2012" / "train").is_dir() or not (root / "vnc-dev" / "raw").is_dir():
         print(
@@ -219,12 +293,14 @@ def main() -> int:
     if args.mito_model and not Path(args.mito_model).is_file():
         print(f"bench_instances: no model file {args.mito_model}", file=sys.stderr)
         return 2
+    cache = Path(args.cache) if args.cache and not args.cache.endswith(".npz") else None
+    cells_file = (cache / "cells.npz") if cache else (Path(args.cache) if args.cache else None)
     if args.linking_only:
         pass
-    elif args.cache and Path(args.cache).is_file():
-        with np.load(args.cache) as cached:
+    elif cells_file and cells_file.is_file():
+        with np.load(cells_file) as cached:
             p_isbi, p_vnc = cached["p_isbi"], cached["p_vnc"]
-        print(f"probabilities read from {args.cache}")
+        print(f"probabilities read from {cells_file}")
     else:
         model = load_model(default_model_path())
         t0 = time.perf_counter()
@@ -234,8 +310,9 @@ def main() -> int:
             f"prediction (shipped model, tta {args.tta}): {time.perf_counter() - t0:.1f} s for "
             f"{len(images)} ISBI + {len(raw)} VNC sections"
         )
-        if args.cache:
-            np.savez_compressed(args.cache, p_isbi=p_isbi, p_vnc=p_vnc)
+        if cells_file:
+            cells_file.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(cells_file, p_isbi=p_isbi, p_vnc=p_vnc)
     if not args.linking_only:
         score_cells(p_isbi, stored > 127, p_vnc, ~membranes)
     degraded = degrade(mito, np.random.default_rng(0))
@@ -244,6 +321,8 @@ def main() -> int:
     if args.mito_model:
         objects, p_mito = mito_prediction(args.mito_model, raw, args.tta)
         score_linking(mito, objects, p_mito, "the model's prediction")
+    if args.finetuned:
+        score_finetuned(root, cache, mito)
     return 0
 
 

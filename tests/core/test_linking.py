@@ -112,3 +112,70 @@ def test_segment_links_by_probabilities_and_refuses_link_by_alone(tmp_path, make
         assert main(given) == 2
         err = capsys.readouterr().err.strip()
         assert "add --" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def cut_object():
+    """Section 0: one 10 x 20 object cut in two by a faint column (P 0.4, below the 0.5 of the
+    mask); section 1: the same object whole and sure (P 0.9)."""
+    p0 = np.zeros((10, 24), np.float32)
+    p0[:, 2:22] = 0.9
+    p0[:, 11:13] = 0.4
+    a = np.zeros(p0.shape, np.int32)
+    a[:, 2:11] = 1
+    a[:, 13:22] = 2
+    b = np.zeros(p0.shape, np.int32)
+    b[:, 2:22] = 1
+    return (a, p0), (b, np.where(b > 0, 0.9, 0.0).astype(np.float32))
+
+
+def test_objects_cut_by_a_faint_stretch_take_one_id():
+    """Overlap: the two pieces of section 0 keep two ids and section 1 joins one of them (2 ids in
+    the stack). Probabilities: the 0.4 column joins the pieces (above 0.3), so the stack is one object;
+    not with the shared-mass score alone, nor when the column is fainter than ``join_above``."""
+    (a, pa), (b, pb) = cut_object()
+    overlap = SectionLinker(min_overlap=0.3)
+    ids = np.stack([overlap.add(0, a, pa), overlap.add(1, b, pb)])
+    assert np.unique(ids[ids > 0]).tolist() == [1, 2]
+    soft = SectionLinker(min_overlap=0.3, by="probabilities")
+    first = soft.add(0, a, pa)
+    assert np.unique(first[first > 0]).tolist() == [1]
+    assert np.unique(soft.add(1, b, pb)[b > 0]).tolist() == [1]
+    alone = SectionLinker(min_overlap=0.3, by="probabilities", join_above=None)
+    assert np.unique(alone.add(0, a, pa)[a > 0]).tolist() == [1, 2]
+    strict = SectionLinker(min_overlap=0.3, by="probabilities", join_above=0.45)
+    assert np.unique(strict.add(0, a, pa)[a > 0]).tolist() == [1, 2]
+    # the other order: the whole object first, then both pieces join it (one group)
+    soft = SectionLinker(min_overlap=0.3, by="probabilities")
+    soft.add(1, b, pb)
+    assert np.unique(soft.add(0, a, pa)[a > 0]).tolist() == [1]
+
+
+def test_a_finished_object_gives_its_id_to_one_group():
+    """Section 0 joined two objects in 2-D (one 10 x 20 object); section 1 has them apart (P 0 between
+    them), the left one bigger. Overlap gives both the one id; probabilities only the left one, whose
+    shared mass is larger (90 px * 0.9 against 50 px * 0.9); the right one takes a new id."""
+    a = np.zeros((10, 24), np.int32)
+    a[:, 2:22] = 1
+    pa = np.where(a > 0, 0.9, 0.0).astype(np.float32)
+    b = np.zeros(a.shape, np.int32)
+    b[:, 2:11] = 1
+    b[:, 17:22] = 2
+    pb = np.where(b > 0, 0.9, 0.0).astype(np.float32)
+    overlap = SectionLinker(min_overlap=0.3)
+    first = overlap.add(0, a, pa)
+    assert np.unique(overlap.add(1, b, pb)[b > 0]).tolist() == [int(first.max())]
+    soft = SectionLinker(min_overlap=0.3, by="probabilities")
+    first = soft.add(0, a, pa)
+    second = soft.add(1, b, pb)
+    assert second[0, 5] == first[0, 5] == 1 and second[0, 19] == 2
+    # a faint bridge (P 0.35) between them in section 1: one group, both take the id
+    pb[:, 11:17] = 0.35
+    soft = SectionLinker(min_overlap=0.3, by="probabilities")
+    soft.add(0, a, pa)
+    assert np.unique(soft.add(1, b, pb)[b > 0]).tolist() == [1]
+
+
+def test_bad_join_probability_is_refused():
+    for bad in (-0.1, 1.0, 2.0):
+        with pytest.raises(UserInputError, match="joins objects"):
+            SectionLinker(by="probabilities", join_above=bad)
