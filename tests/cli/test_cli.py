@@ -262,7 +262,7 @@ def test_resume_goes_on_with_the_recipe_of_the_run_it_resumes(tmp_path, stack_ti
     assert code == 0, err
     assert "recipe: fast (as the run it resumes)" in err
     record = load_model(out).metadata["training"]
-    assert (record["optimizer"], record["freeze_encoder"], record["distill"]) == ("adam", 0.3, 1.0)
+    assert (record["optimizer"], record["freeze_encoder"], record["distill"]) == ("adam", 0.3, 2.0)
     assert record["steps"] == 3 and len(record["history"]) == 1
 
 
