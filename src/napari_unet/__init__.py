@@ -19,7 +19,7 @@ _EXPORTS = {
     "predict_tiles": "prediction.inference",
     "TileResult": "prediction.inference",
     "save_model": "modelfiles.checkpoint",
-    "load_model": "modelfiles.checkpoint",
+    "load_model": "models",
     "UserInputError": "errors",
 }
 
@@ -36,7 +36,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.errors import UserInputError
-    from napari_unet.modelfiles.checkpoint import load_model, save_model
+    from napari_unet.modelfiles.checkpoint import save_model
+    from napari_unet.models import load_model
     from napari_unet.network.model import UNet
     from napari_unet.prediction.inference import TileResult, predict, predict_tiles
 

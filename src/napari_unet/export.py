@@ -96,12 +96,9 @@ def export_model(
     model = load_source_model(spec)
     probability_network(model)  # a network export cannot hold is refused before minutes of work
     if fmt == "bioimageio":
-        from napari_unet.models import default_model_path
+        from napari_unet.models import shipped_model_of
 
-        shipped_path = default_model_path()
-        shipped = spec == "default" or (
-            shipped_path is not None and source is not None and source.resolve() == shipped_path.resolve()
-        )
+        shipped = source is not None and shipped_model_of(source) is not None
         from napari_unet.modelfiles.bioimageio import write_package
 
         with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as work:

@@ -161,3 +161,23 @@ def test_export_takes_a_library_name_and_never_writes_over_it(tmp_path, stack, m
     assert entry.path.read_bytes() == before
     code, _, err = run(["export", "no such model", "-o", tmp_path / "x.pt", "--format", "onnx"], capsys)
     assert code == 2 and "neither a file nor a model of the model library" in err
+
+
+def test_shipped_models_are_listed_and_named_on_the_command_line(tmp_path, stack, capsys):
+    from napari_unet.models import default_model_path, shipped_models
+
+    if default_model_path() is None:
+        pytest.skip("this installation ships no model")
+    code, _, err = run(["models"], capsys)
+    assert code == 0 and "shipped models: em_membrane (fast: the default; --model default or fast)" in err
+    code, out, _ = run(["models", "path", "default"], capsys)
+    assert code == 0 and out.strip() == str(default_model_path())
+    images, _ = stack
+    outputs = {}
+    for shipped in shipped_models():
+        outputs[shipped.name] = tmp_path / f"{shipped.name}.tif"
+        code, _, err = run(["segment", images, "-o", outputs[shipped.name], "--model", shipped.kind], capsys)
+        assert code == 0, err
+    by_default = tmp_path / "default.tif"
+    assert run(["segment", images, "-o", by_default], capsys)[0] == 0
+    np.testing.assert_array_equal(tifffile.imread(by_default), tifffile.imread(outputs["em_membrane"]))

@@ -397,3 +397,29 @@ def test_one_tile_is_said_in_the_singular_and_the_main_controls_explain_themselv
     assert "with tiny: 1 tile in" in widget.task.status.text()
     for control in (widget.device_combo, widget.output_combo, widget.segment_button):
         assert len(control.toolTip()) > 30
+
+
+def test_every_shipped_model_is_offered_and_loads(make_napari_viewer, monkeypatch, tmp_path):
+    from napari_unet import models
+
+    if models.default_model_path() is None:
+        pytest.skip("this installation ships no model")
+    # a second shipped model, wider than the default (the accurate one, wherever it is installed)
+    wide = UNet(base_channels=4, depth=2, dropout=0.0)
+    wide.metadata["classes"] = ["membrane", "cell"]
+    save_model(wide, tmp_path / "wide.safetensors")
+    file = str(tmp_path / "wide.safetensors")
+    accurate = models.ShippedModel("em_membrane_accurate", "accurate", "accurate", file)
+    monkeypatch.setattr(models, "SHIPPED", (models.SHIPPED[0], accurate))
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    combo = widget.model_chooser.combo
+    texts = [combo.itemText(i) for i in range(combo.count())]
+    assert texts[:2] == ["Shipped model: em_membrane", "Shipped model: em_membrane_accurate"]
+    assert "accurate" in combo.itemData(1, Qt.ItemDataRole.ToolTipRole)
+    combo.setCurrentIndex(1)
+    model, name = widget.model_chooser.load()
+    assert name == "em_membrane_accurate" and model.base_channels == 4 and model.depth == 2
+    widget.model_chooser.select_default()
+    model, name = widget.model_chooser.load()
+    assert name == "em_membrane" and model.base_channels == 16

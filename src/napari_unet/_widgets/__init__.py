@@ -475,7 +475,16 @@ class ModelChooser(QWidget):
         try:
             self.combo.clear()
             if self._default is not None:
-                self.combo.addItem(f"Shipped model: {self._default.stem}", f"{self.DEFAULT}:")
+                from napari_unet.models import shipped_models
+
+                for i, shipped in enumerate(shipped_models()):
+                    # the default's entry keeps an empty value: ("default", "") means the default
+                    value = "" if i == 0 else shipped.name
+                    self.combo.addItem(f"Shipped model: {shipped.name}", f"{self.DEFAULT}:{value}")
+                    self.combo.setItemData(
+                        self.combo.count() - 1, f"{shipped.summary} (docs/model-card.md)",
+                        Qt.ItemDataRole.ToolTipRole,
+                    )
             else:
                 self.combo.addItem("No default model installed: choose a model file", f"{self.NO_DEFAULT}:")
             for name in self._session.models:
@@ -558,6 +567,11 @@ class ModelChooser(QWidget):
         """The chosen model and a short name for it; UserInputError if there is none to load."""
         kind, value = self.choice() or (self.NO_DEFAULT, "")
         if kind == self.DEFAULT and self._default is not None:
+            from napari_unet.models import shipped_model
+
+            shipped = shipped_model(value) if value else None
+            if shipped is not None and shipped.path is not None:
+                return load_model_file(shipped.path, self._session.file_models), shipped.name
             return load_model_file(self._default, self._session.file_models), self._default.stem
         if kind == self.SESSION:
             entry = self._session.get(value)

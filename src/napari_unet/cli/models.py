@@ -19,7 +19,8 @@ def add_parser(sub: Any) -> None:
         help="the model library: models trained in napari or with 'train' (list, path, remove, ...)",
         description="Every model trained in the Fine-tune dock or with 'train' is kept in the model "
         f"library, in the user's data folder (${LIBRARY_ENV} moves it). Any command's --model (and "
-        "train's --from) takes a library model's name, or the start of it.",
+        "train's --from) takes a library model's name, or the start of it, or a shipped model: "
+        "default (= fast, em_membrane) or accurate (em_membrane_accurate).",
     )
     actions = mo.add_subparsers(dest="action", metavar="ACTION")
     ls = actions.add_parser("list", help="the library's models, newest first (the default action)")
@@ -47,8 +48,21 @@ def add_parser(sub: Any) -> None:
     mo.set_defaults(func=cmd_models, action=None)
 
 
+def _shipped_line() -> str:
+    """One line naming the shipped models and how --model reaches them."""
+    from napari_unet.models import SHIPPED_ALIASES, shipped_models
+
+    parts = []
+    for m in shipped_models():
+        aliases = [a for a, n in SHIPPED_ALIASES.items() if n == m.name]
+        parts.append(f"{m.name} ({m.summary}; --model {' or '.join(aliases or [m.name])})")
+    return "shipped models: " + (", ".join(parts) if parts else "none in this installation")
+
+
 def _list(library: Any, as_json: bool) -> int:
     models = library.models()
+    if not as_json:
+        print(_shipped_line(), file=sys.stderr)
     if as_json:
         doc = [
             {**m.record, "name": m.name, "status": m.status, "path": str(m.path), "bytes": m.size}
@@ -89,7 +103,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     if action == "list":
         return _list(library, getattr(args, "json", False))
     if action == "path":
-        print(library.root if args.name is None else library.get(args.name).path)
+        if args.name is None:
+            print(library.root)
+            return 0
+        from napari_unet.models import shipped_model
+
+        shipped = shipped_model(args.name) if library.find_exact(args.name) is None else None
+        found = shipped.path if shipped is not None else None
+        print(found if found is not None else library.get(args.name).path)
         return 0
     if action == "remove":
         entries = [library.exact(name) for name in args.names]  # every name checked before any goes

@@ -242,14 +242,14 @@ def _interrupted_run(model: Any) -> tuple[bool, bool] | None:
 def _start_label(spec: str, library: Any) -> str:
     """How the library records the start model: the shipped model's or a file's stem, a library
     model's name, or "scratch"."""
-    from napari_unet.models import default_model_path
+    from napari_unet.models import shipped_model
 
-    if spec == "default":
-        shipped = default_model_path()
-        return shipped.stem if shipped is not None else spec
     path = Path(spec).expanduser()
     if spec == "scratch" or path.exists():
         return spec if spec == "scratch" else path.stem
+    shipped = shipped_model(spec)
+    if shipped is not None:
+        return shipped.name
     entry = library.find(spec)
     return entry.name if entry is not None else path.stem
 
