@@ -1,7 +1,7 @@
 """Trains one stage of a shipped model on every annotated membrane image the project has.
 
 Data and split (scripts/default_model_data.py): ISBI 2012 slices 0-14 and VNC sections 10, 11, 13,
-15 to train; ISBI 15-19 and VNC 17, 19 to choose (printed at the end of each stage); ISBI 20-29 and
+15 to train; VNC 17, 19 to choose (printed at the end of each stage); ISBI 15-19 (and 20-29) and
 VNC 12, 14, 16, 18 are only ever read by ``benchmarks/bench_models.py``. Runs on the GPU when there
 is one (``--device``), else on the CPU.
 
@@ -33,12 +33,9 @@ from napari_unet.training.train import TrainConfig, Trainer  # noqa: E402
 
 
 def choosing_figures(model: UNet) -> dict[str, dict[str, float]]:
-    """The figures models are chosen by: ISBI 15-19 and VNC 17, 19 (never the reported slices)."""
+    """The figures models are chosen by: VNC 17 and 19 (never the reported slices)."""
     model.eval()
-    return {
-        "isbi_choose": score(model, *load_isbi("choose"), instances=True),
-        "vnc_choose": score(model, *load_vnc("choose"), instances=True),
-    }
+    return {"vnc_choose": score(model, *load_vnc("choose"), instances=True)}
 
 
 def main() -> None:
@@ -160,7 +157,7 @@ def main() -> None:
         "choosing": figures,
     }
     model.metadata["stages"] = [*model.metadata.get("stages", []), stage]
-    model.metadata["validation"] = {"slices": "ISBI 2012 train 15-19, VNC 17 and 19", **figures}
+    model.metadata["validation"] = {"slices": "VNC sections 17 and 19", **figures}
     out = save_model(model, args.output)
     Path(args.output).with_suffix(".json").write_text(json.dumps(stage, indent=1))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")

@@ -145,3 +145,10 @@ def test_segment_refuses_three_planes_of_an_image_or_block_by_block(tmp_path, sm
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.zarr").exists()
+
+
+def test_the_choice_and_its_reason_are_in_predictions_public_face():
+    import napari_unet.prediction as prediction
+
+    assert {"choose_planes", "planes_reason", "predict_ortho"} <= set(prediction.__all__)
+    assert prediction.planes_reason is planes_reason and prediction.choose_planes is choose_planes

@@ -24,5 +24,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "auto_tile_shape": "tileplan",
         "predict_ortho": "ortho",
         "choose_planes": "ortho",
+        "planes_reason": "ortho",
     },
 )
