@@ -59,14 +59,26 @@ def test_a_shipped_model_missing_from_the_installation_is_one_clear_error(monkey
 @pytest.mark.parametrize("shipped", [m for m in SHIPPED if m.path is not None], ids=lambda m: m.name)
 def test_every_installed_shipped_model_segments(shipped):
     from napari_unet import predict
+    from napari_unet.analysis.instances import cells_2d
     from napari_unet.storage.data import synthetic_em
+    from napari_unet.training.train import TrainConfig, Trainer
 
     model = napari_unet.load_model(shipped.name)
     assert model.metadata["classes"] == ["membrane", "cell"]
-    image = synthetic_em(n_slices=1, shape=(96, 96), seed=1)[0][0]
-    probs = predict(model, image)
+    images, truth = synthetic_em(n_slices=1, shape=(96, 96), seed=1)
+    probs = predict(model, images[0])
     assert probs.shape == (2, 96, 96)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+    cells = cells_2d(probs[1])
+    assert cells.shape == (96, 96) and cells.max() >= 1
+    # fine-tuning starts from it: two steps change the weights and keep the classes
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(steps=2, tile_size=252, validation="none", precision="fp32")
+    trainer = Trainer(model, [images[0]], [truth[0].astype(np.uint8)], cfg)  # 1 membrane, 2 cell
+    for _ in trainer.run():
+        pass
+    assert trainer.step == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_widening_keeps_the_function_and_doubles_the_width():
@@ -98,3 +110,8 @@ def test_widening_a_2_5d_model_and_refusing_a_bad_factor():
         torch.testing.assert_close(wide(x), narrow(x), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="whole number"):
         widen(narrow, 0)
+
+
+def test_the_shipped_models_keep_the_wheel_small():
+    total = sum(m.path.stat().st_size for m in shipped_models())
+    assert total <= 45 * 2**20  # the wheel stays under 50 MB with the code and docs
