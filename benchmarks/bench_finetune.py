@@ -69,6 +69,9 @@ from _strokes import (  # noqa: E402
 from napari_unet import load_model, predict  # noqa: E402
 from napari_unet.arrays.metrics import evaluate_membrane  # noqa: E402
 from napari_unet.models import default_model_path  # noqa: E402
+
+#: the model every run starts from (--start): the shipped default unless another is named
+START_MODEL: list = [default_model_path()]
 from napari_unet.network.model import class_names, with_classes  # noqa: E402
 from napari_unet.training.recipes import DEFAULT_RECIPE, recipe_config, resolve_recipe  # noqa: E402
 from napari_unet.training.train import TrainConfig, Trainer  # noqa: E402
@@ -258,7 +261,7 @@ def run_unet(
 ):
     """Fine-tune a recipe on a scenario: (score, score with ``tta`` or None, steps, seconds, snapshots)."""
     images, labels, classes = labels_cache[name]
-    model = load_model(default_model_path())
+    model = load_model(START_MODEL[0])
     if classes:
         model = with_classes(model, classes)
     cfg = make_config(recipe, name in "ab", minutes, steps, overrides, validation="none")
@@ -438,7 +441,7 @@ class PersonBench:
         self.args, self.raw, self.overrides = args, raw, overrides
         self.grey = load_labels(args.data)
         self.eval = tuple(args.eval_sections) if args.eval_sections else EVAL_LABELS
-        self.start = load_model(default_model_path())
+        self.start = load_model(START_MODEL[0])
         self.start_names = tuple(n.lower() for n in class_names(self.start))
         # the start model on the training and evaluation sections: probabilities by section
         self.start_probs = {z: self.start_probabilities(z) for z in (*TRAIN, *self.eval)}
@@ -515,7 +518,7 @@ class PersonBench:
         """Fine-tune the start model on ``labels`` with ``recipe`` (validation "auto", as the dock
         does), then score it; scoring is not counted in the training time."""
         names = TASKS[s]
-        model = load_model(default_model_path())
+        model = load_model(START_MODEL[0])
         new = any(n not in self.start_names for n in names)
         if tuple(names) != self.start_names:
             torch.manual_seed(seed)  # the new channels' initial weights: the same in every run of a draw
@@ -795,7 +798,9 @@ def main() -> None:
         help="train with K neighbouring sections on each side from the stack (0: the same path alone)",
     )
     ap.add_argument("--first-draw", type=int, default=0, help="the first draw's seed (draws N..N+draws-1)")
-    ap.add_argument("--cache", type=Path, default=None, help="folder keeping the shipped model's predictions")
+    ap.add_argument("--cache", type=Path, default=None, help="folder keeping the start model's predictions")
+    ap.add_argument("--start", default="default",
+                    help="the model to fine-tune: default (shipped), accurate, a file or a library name")
     ap.add_argument(
         "--steps",
         type=int,
@@ -809,6 +814,7 @@ def main() -> None:
         help="also score each fine-tuned network segmented with this test-time augmentation",
     )
     args = ap.parse_args()
+    START_MODEL[0] = args.start
     if not (args.data / "raw" / "10.tif").is_file():
         raise SystemExit(f"VNC development data not found at {args.data}")
     unknown = set(args.scenarios) - set("abcdef")
@@ -831,7 +837,7 @@ def main() -> None:
         share = np.mean([np.count_nonzero(lb) / lb.size for lb in cache[s][1]])
         print(f"scenario {s}: {share:.1%} of the training pixels annotated")
     if "c" in old:
-        base = load_model(default_model_path())
+        base = load_model(START_MODEL[0])
         before = cell_rand(unet_probabilities(base, raw, EVAL_CELLS, 1), membranes)
         print(f"c, shipped model before fine-tuning: cell rand error {before:.4f}")
     rows = []
