@@ -144,6 +144,27 @@ def test_saved_masks_reopen_at_the_image_scale(qtbot, dock, labels, tmp_path, fm
     np.testing.assert_array_equal(np.asarray(reopened.data), labels)
 
 
+def test_masks_of_a_stack_without_a_z_spacing_do_not_gain_one(qtbot, dock, labels, tmp_path):
+    """An image whose file states no z spacing: its segmentation's masks state none either."""
+    import tifffile
+
+    from napari_unet._widgets import image_key_of
+    from napari_unet.annotations.layers import SEGMENTATION, role_metadata
+
+    viewer, widget = dock
+    image = tmp_path / "sstem.tif"
+    tifffile.imwrite(image, np.zeros(labels.shape, np.uint8), imagej=True, resolution=(250.0, 250.0),
+                     metadata={"unit": "um"})  # fmt: skip
+    (em,) = viewer.open(str(image), plugin="napari-unet")
+    assert em.metadata["z_stated"] is False
+    meta = role_metadata(SEGMENTATION, image_key_of(em))
+    viewer.add_labels(labels, name="em segmentation", scale=em.scale, units=em.units, metadata=meta)
+    widget.labels_combo.set_layer(viewer.layers["em segmentation"])
+    save(qtbot, widget, tmp_path / "masks", "TIFF (.tif)")
+    masks = io.read_image(tmp_path / "masks.tif")
+    assert masks.voxel_size == pytest.approx((4.0, 4.0, 4.0)) and not masks.z_stated
+
+
 def test_a_refusal_is_not_shown_once_the_path_changes(qtbot, dock, labels, tmp_path, monkeypatch):
     viewer, widget = dock
     viewer.add_labels(labels, name="seg")

@@ -88,6 +88,39 @@ def test_masks_written_with_a_voxel_size_read_back_stated(tmp_path):
         assert auto(tmp_path / name) == "ortho"
 
 
+def test_masks_of_an_image_whose_z_was_not_stated_read_back_not_stated(tmp_path):
+    """z_stated=False keeps the in-plane size only, so the masks say what their image said."""
+    for name in ("m.tif", "m.zarr", "m"):
+        io.write_labels(tmp_path / name, vol(), voxel_size=(4.6, 4.6, 4.6), unit="nm", z_stated=False)
+        img = io.read_image(tmp_path / name)
+        assert img.voxel_size == pytest.approx((4.6, 4.6, 4.6)) and not img.z_stated, name
+        assert auto(tmp_path / name) == "xy"
+    # a 2-D image has no z to state: the same in-plane size either way
+    io.write_labels(tmp_path / "flat.tif", vol()[0], voxel_size=(4.6, 4.6), unit="nm", z_stated=False)
+    assert io.read_image(tmp_path / "flat.tif").voxel_size == pytest.approx((4.6, 4.6))
+    # NGFF gives every axis a scale: an OME-Zarr keeps the z it was given
+    io.write_labels(tmp_path / "m.ome.zarr", vol(), voxel_size=(4.6, 4.6, 4.6), unit="nm", z_stated=False)
+    assert io.read_image(tmp_path / "m.ome.zarr").voxel_size == pytest.approx((4.6, 4.6, 4.6))
+
+
+def test_segment_writes_masks_that_state_what_the_image_stated(tmp_path):
+    from napari_unet import save_model
+    from napari_unet.cli import main
+    from napari_unet.network.model import UNet
+
+    model = UNet(base_channels=2, depth=1, dropout=0.0)
+    model.metadata["classes"] = ["membrane", "cell"]
+    save_model(model, tmp_path / "tiny.safetensors")
+    plain, fib = imagej(tmp_path / "plain.tif"), imagej(tmp_path / "fib.tif", spacing=0.005)
+    for image, stated in ((plain, False), (fib, True)):
+        out = tmp_path / f"{image.stem}-masks.tif"
+        code = main(["segment", str(image), "-o", str(out), "--model", str(tmp_path / "tiny.safetensors"),
+                     "--planes", "xy"])  # fmt: skip
+        assert code == 0
+        masks = io.read_image(out)
+        assert masks.z_stated is stated and masks.voxel_size == pytest.approx((5.0, 5.0, 5.0))
+
+
 def test_zarr_voxel_size_attributes_of_three_axes_are_stated(tmp_path):
     from napari_unet.storage.outputs import ATTRS_KEY
 

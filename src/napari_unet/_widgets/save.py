@@ -234,6 +234,7 @@ class SaveMasksWidget(Dock):
             overwrite=overwrite,
             voxel_size=tuple(float(v) for v in layer.scale),  # OME-Zarr keeps the layer's scale
             unit=str(layer.units[-1]) if getattr(layer, "units", None) else None,
+            z_stated=z_stated_for(self.viewer, layer),
             cancellable=False,
             message=f"saving '{layer.name}' to {target}…",
         )
@@ -249,3 +250,21 @@ class SaveMasksWidget(Dock):
             notify_info(text)
         else:
             self.task.status.setText(f"not saved: writing {pending['target']} failed")
+
+
+def z_stated_for(viewer: Any, layer: Any) -> bool:
+    """Whether the z spacing of ``layer``'s scale was stated by a file: its own record, else that of
+    the image it was segmented or painted on; True when nothing says otherwise (a scale the user
+    set is theirs)."""
+    from napari_unet.annotations.layers import image_key, linked_image
+
+    meta = getattr(layer, "metadata", None) or {}
+    if "z_stated" in meta:
+        return bool(meta["z_stated"])
+    key = linked_image(meta)
+    for other in viewer.layers if key else ():
+        other_meta = getattr(other, "metadata", None) or {}
+        if image_key(other_meta) == key and "z_stated" in other_meta:
+            return bool(other_meta["z_stated"])
+    return True
+

@@ -243,6 +243,7 @@ def save_masks(
     overwrite: bool = False,
     voxel_size: Sequence[float] | None = None,
     unit: str | None = None,
+    z_stated: bool = True,
 ) -> Path:
     """Write masks atomically (:func:`napari_unet.storage.io.write_labels`) and their classes beside them.
 
@@ -251,7 +252,9 @@ def save_masks(
     """
     from napari_unet.storage import io
 
-    written = io.write_labels(path, labels, overwrite=overwrite, voxel_size=voxel_size, unit=unit)
+    written = io.write_labels(
+        path, labels, overwrite=overwrite, voxel_size=voxel_size, unit=unit, z_stated=z_stated
+    )
     if names:
         write_mask_classes(written, names, colors)
     else:

@@ -247,14 +247,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if args.instances:
             result = _instances_from_probabilities(args, model, probs)
             io.write_labels(
-                out_tmp, result, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit
+                out_tmp, result, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit,
+                z_stated=img.z_stated,
             )
             count = int(np.count_nonzero(np.unique(result)))  # cells tile the image: there may be no 0
             done = [f"{count} objects {result.shape} -> {out}"]
         else:
             io.write_labels(
                 out_tmp, labels, overwrite=args.overwrite, voxel_size=img.voxel_size, unit=img.unit,
-                class_names=model.metadata.get("classes"),
+                class_names=model.metadata.get("classes"), z_stated=img.z_stated,
             )  # fmt: skip
             done = [f"labels {labels.shape} (classes 1..{k}) -> {out}"]
         if probs_tmp is not None:

@@ -401,6 +401,7 @@ def write_labels(
     voxel_size: Sequence[float] | None = None,
     unit: str | None = None,
     class_names: Sequence[str] | None = None,
+    z_stated: bool = True,
 ) -> Path:
     """Write integer labels atomically to .tif/.tiff, .zarr, .ome.zarr, or a folder of PNG slices.
 
@@ -408,7 +409,9 @@ def write_labels(
     ``overwrite`` is true, and survives any failure during the write. Returns the final path.
     ``voxel_size`` and ``unit`` are kept by every format (TIFF tags, zarr attributes, a sidecar in
     a PNG folder, OME-Zarr metadata), so the masks reopen at the image's scale; ``class_names`` go
-    into OME-Zarr label metadata.
+    into OME-Zarr label metadata. ``z_stated=False`` (the image's file stated no z spacing, so its
+    z is the pixel size standing in) keeps only the in-plane size where the format allows, so the
+    masks read back as "z not stated" like their image.
     """
     target = Path(os.fspath(path))
     fmt = output_format(target, what="labels")
@@ -423,7 +426,9 @@ def write_labels(
         raise UserInputError(f"{target}: labels of shape {tuple(arr.shape)} are not an image")
     assert fmt.write_labels is not None
     with _atomic_output(target, overwrite, "labels") as tmp:
-        fmt.write_labels(tmp, arr, target, voxel_size=voxel_size, unit=unit, class_names=class_names)
+        fmt.write_labels(
+            tmp, arr, target, voxel_size=voxel_size, unit=unit, class_names=class_names, z_stated=z_stated
+        )
     return target
 
 

@@ -135,13 +135,16 @@ def _calibration(
 
 
 def voxel_to_store(
-    voxel_size: Sequence[float] | None, unit: Any, ndim: int
+    voxel_size: Sequence[float] | None, unit: Any, ndim: int, z_stated: bool = True
 ) -> tuple[tuple[float, ...], str] | None:
     """The voxel size labels should carry, in nm when the unit is a known length, one value per
     spatial axis; None when there is nothing worth keeping (no size, a non-positive one, or a unit
-    such as "pixel", which says the image was never calibrated)."""
+    such as "pixel", which says the image was never calibrated). Without ``z_stated`` a volume's
+    z (the pixel size standing in for a spacing nobody stated) is left out: only (y, x) are kept,
+    so the file reads back as "z not stated" instead of claiming isotropic voxels."""
     key = unit_key(unit)
-    voxel = fit_voxel(tuple(float(v) for v in voxel_size), min(ndim, 3)) if voxel_size else None
+    axes = min(ndim, 3) if z_stated else min(ndim, 2)
+    voxel = fit_voxel(tuple(float(v) for v in voxel_size), axes) if voxel_size else None
     if voxel is None or key in NO_UNIT or not all(is_positive(v) for v in voxel):
         return None
     if key in NM_PER_UNIT:

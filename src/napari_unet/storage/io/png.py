@@ -124,8 +124,8 @@ FORMAT = Format(
     (".png",),
     probe=lambda p, key, check_all: _probe_png(p),
     read=lambda probe, lazy: read_png(probe.path),  # decoded whole: PNG has no partial reads
-    write_labels=lambda tmp, arr, target, voxel_size=None, unit=None, **_: _write_png_slices(
-        tmp, arr, target, voxel_to_store(voxel_size, unit, arr.ndim)
+    write_labels=lambda tmp, arr, target, voxel_size=None, unit=None, z_stated=True, **_: _write_png_slices(
+        tmp, arr, target, voxel_to_store(voxel_size, unit, arr.ndim, z_stated)
     ),
     target_suffixes=("",),  # labels go to a folder of slices named without suffix
     labels_text="a name without suffix (PNG slices)",

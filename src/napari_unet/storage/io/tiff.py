@@ -163,11 +163,11 @@ def _calibration_tags(voxel: tuple[tuple[float, ...], str], ndim: int) -> dict[s
 
 def _write_tiff_labels(
     tmp: Path, arr: Any, target: Path, *, voxel_size: Sequence[float] | None = None, unit: str | None = None,
-    **_: Any,
+    z_stated: bool = True, **_: Any,
 ) -> None:
     """Labels as one zlib-compressed TIFF with the voxel size and unit, when given (class names go
-    to a sidecar the dock writes)."""
-    _write_tiff(tmp, arr, compress=True, voxel=voxel_to_store(voxel_size, unit, arr.ndim))
+    to a sidecar the dock writes); the z spacing only where it was stated."""
+    _write_tiff(tmp, arr, compress=True, voxel=voxel_to_store(voxel_size, unit, arr.ndim, z_stated))
 
 
 def _write_tiff_probabilities(tmp: Path, arr: Any) -> None:

@@ -276,8 +276,12 @@ def _write_zarr_labels(
     voxel_size: Sequence[float] | None = None,
     unit: str | None = None,
     class_names: Sequence[str] | None = None,
+    z_stated: bool = True,
 ) -> None:
-    """Labels as a chunked zarr array, or for ``.ome.zarr`` an NGFF label image with its metadata."""
+    """Labels as a chunked zarr array, or for ``.ome.zarr`` an NGFF label image with its metadata.
+
+    A plain array keeps the z spacing only where it was stated; NGFF needs a scale on every axis,
+    so an OME-Zarr keeps the z it was given."""
     from napari_unet.storage import omezarr
 
     if omezarr.is_ome_zarr(target):  # NGFF label image with scale, pyramid and class names
@@ -285,7 +289,7 @@ def _write_zarr_labels(
             tmp, arr, voxel_size=voxel_size, unit=unit, class_names=class_names, name=path_stem(target)
         )
     else:
-        _write_zarr(tmp, arr, voxel_to_store(voxel_size, unit, arr.ndim))
+        _write_zarr(tmp, arr, voxel_to_store(voxel_size, unit, arr.ndim, z_stated))
 
 
 FORMAT = Format(
