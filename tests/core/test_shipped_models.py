@@ -115,3 +115,26 @@ def test_widening_a_2_5d_model_and_refusing_a_bad_factor():
 def test_the_shipped_models_keep_the_wheel_small():
     total = sum(m.path.stat().st_size for m in shipped_models())
     assert total <= 45 * 2**20  # the wheel stays under 50 MB with the code and docs
+
+
+def test_a_shipped_models_package_card_comes_from_its_own_header():
+    from napari_unet.modelfiles.bioimageio import SHIPPED_CARD, documentation, shipped_card
+
+    model = UNet(base_channels=2, depth=1, dropout=0.0)
+    model.metadata["classes"] = ["membrane", "cell"]
+    assert shipped_card(model) is SHIPPED_CARD  # the first shipped model records no stages
+    model.metadata["stages"] = [{
+        "name": "stage 4", "data": {"isbi": list(range(15)), "vnc": [10, 11, 13, 15]}, "steps": 9000,
+        "optimizer": "adam", "learning_rate": 1e-4, "schedule": "constant", "tile": 412, "device": "cpu",
+        "precision": "float32", "wall_seconds": 5220.0, "machine": "AMD EPYC (avx2), 2 cores",
+    }]
+    model.metadata["report"] = {"isbi": "ISBI 2012 slices 15-19: adapted Rand error 0.04"}
+    card = shipped_card(model)
+    assert "sections 10-11, 13, 15 for training" in card["data"] and "slices 0-14" in card["data"]
+    stage = "stage 4: 9000 steps of adam lr 0.0001 (constant), 412 px tiles, cpu float32, 87 min"
+    assert stage in card["training"]
+    assert card["quality"] == "ISBI 2012 slices 15-19: adapted Rand error 0.04"
+    assert [doi for _, doi in card["citations"]][-1] == "10.6084/m9.figshare.856713"
+    assert "CC BY-NC-SA 3.0" in card["terms"]
+    text = documentation(model, "em_membrane", True, 92, 16)
+    assert "Gerhard S" in text and "adapted Rand error 0.04" in text

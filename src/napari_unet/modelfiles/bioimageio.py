@@ -80,6 +80,82 @@ SHIPPED_CARD = {
     "the challenge's test set.",
 }
 
+#: The data sets a shipped model can be trained on: what each is, its terms and its citations.
+SHIPPED_DATA = {
+    "isbi": {
+        "name": "ISBI 2012 EM segmentation challenge training volume (Drosophila first-instar larva "
+        "ventral nerve cord, serial-section TEM, about 4 x 4 nm per pixel)",
+        "unit": "slices",
+        "terms": SHIPPED_CARD["terms"],
+        "citations": SHIPPED_CARD["citations"],
+    },
+    "vnc": {
+        "name": "segmented anisotropic ssTEM data set of neural tissue (Drosophila third-instar larva "
+        "ventral nerve cord, stack 1, 4.6 x 4.6 nm per pixel, 45-50 nm sections)",
+        "unit": "sections",
+        "terms": "The VNC ssTEM data is licensed CC BY-NC-SA 3.0 (non-commercial use); publications "
+        "must cite Gerhard et al. (2013).",
+        "citations": [
+            (
+                "Gerhard S, Funke J, Martel J, Cardona A, Fetter R (2013) Segmented anisotropic ssTEM "
+                "dataset of neural tissue. figshare",
+                "10.6084/m9.figshare.856713",
+            )
+        ],
+    },
+}
+
+
+def shipped_card(model: UNet) -> dict[str, Any]:
+    """The card of a shipped model: data, training, quality, terms and citations.
+
+    A model trained in stages by scripts/train_default_model.py records them (``stages``: data,
+    steps, machine, time) and its held-out figures (``validation``, ``report``), so its card is
+    written from its own header; the first shipped model, which records neither, has the fixed card.
+    """
+    stages = model.metadata.get("stages")
+    if not stages:
+        return SHIPPED_CARD
+    used: dict[str, set[int]] = {"isbi": set(range(15))}  # the first shipped model's slices 0-14
+    for stage in stages:
+        for key, items in (stage.get("data") or {}).items():
+            used.setdefault(key, set()).update(int(i) for i in items)
+    data = "; ".join(
+        f"{SHIPPED_DATA[k]['name']}: {SHIPPED_DATA[k]['unit']} {_ranges(sorted(v))} for training"
+        for k, v in used.items() if k in SHIPPED_DATA
+    )
+    lines = [
+        f"{st.get('name', 'stage')}: {st.get('steps')} steps of {st.get('optimizer')} lr "
+        f"{st.get('learning_rate')} ({st.get('schedule')}), {st.get('tile')} px tiles, "
+        f"{st.get('device')} {st.get('precision')}, {st.get('wall_seconds', 0) / 60:.0f} min on "
+        f"{st.get('machine')}"
+        for st in stages
+    ]
+    training = (
+        "Continued from the first shipped model (ISBI 2012 slices 0-14, about 3.4 CPU core-hours) in "
+        f"{len(stages)} stage(s): " + "; ".join(lines) + ". Batch 1, the paper's weighted "
+        "cross-entropy (class balance plus border term w0 = 10), elastic deformation, flips, turns "
+        "and intensity changes (docs/model-card.md)."
+    )
+    quality = "; ".join(str(v) for v in (model.metadata.get("report") or {}).values()) or (
+        "Not stated in the model's header; see docs/model-card.md."
+    )
+    terms = " ".join(SHIPPED_DATA[k]["terms"] for k in used if k in SHIPPED_DATA)
+    citations = [c for k in used if k in SHIPPED_DATA for c in SHIPPED_DATA[k]["citations"]]
+    return {"data": data + ".", "training": training, "quality": quality, "terms": terms,
+            "citations": citations}
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
+    parts: list[str] = []
+    for v in values:
+        if parts and parts[-1][1] == v - 1:
+            parts[-1][1] = v
+        else:
+            parts.append([v, v])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in parts)
+
 
 # ------------------------------------------------------------------------------ reading back
 def load_package(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
@@ -255,8 +331,9 @@ def documentation(model: UNet, name: str, shipped: bool, min_size: int, step: in
         "## Training",
         "",
     ]
-    if shipped:
-        parts += [SHIPPED_CARD["data"], "", SHIPPED_CARD["training"]]
+    card = shipped_card(model) if shipped else None
+    if card is not None:
+        parts += [card["data"], "", card["training"]]
     else:
         lines = _training_lines(model)
         parts += (
@@ -265,8 +342,8 @@ def documentation(model: UNet, name: str, shipped: bool, min_size: int, step: in
             else ["No training record is stored with this model."]
         )
     parts += ["", "## Validation", ""]
-    if shipped:
-        parts += [SHIPPED_CARD["quality"]]
+    if card is not None:
+        parts += [card["quality"]]
     else:
         parts += [
             "Not measured at export. Measure it on annotated images of your own with "
@@ -277,12 +354,12 @@ def documentation(model: UNet, name: str, shipped: bool, min_size: int, step: in
         "## Licence and citations",
         "",
         "Code and weights: BSD-3-Clause (napari-unet)."
-        + (" " + SHIPPED_CARD["terms"] if shipped else " Training data: as stated by whoever trained it."),
+        + (" " + card["terms"] if card is not None else " Training data: as stated by whoever trained it."),
         "",
         f"- {UNET_CITATION[0]} (doi {UNET_CITATION[1]})",
     ]
-    if shipped:
-        parts += [f"- {text} (doi {doi})" for text, doi in SHIPPED_CARD["citations"]]
+    if card is not None:
+        parts += [f"- {text} (doi {doi})" for text, doi in card["citations"]]
     parts += [
         "",
         "## Using it",
@@ -500,7 +577,7 @@ def _validated_description(
 
     cite = [bio.CiteEntry(text=UNET_CITATION[0], doi=bio.Doi(UNET_CITATION[1]))]
     if shipped:
-        cite += [bio.CiteEntry(text=t, doi=bio.Doi(d)) for t, d in SHIPPED_CARD["citations"]]
+        cite += [bio.CiteEntry(text=t, doi=bio.Doi(d)) for t, d in shipped_card(model)["citations"]]
     try:
         with ValidationContext(perform_io_checks=True):
             return bio.ModelDescr(
