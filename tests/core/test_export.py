@@ -330,3 +330,19 @@ def test_a_hostile_context_entry_is_refused_in_one_line(context_file, tmp_path, 
     code, err = run(["segment", image, "-o", tmp_path / "o.tif", "--model", bad], capsys)
     assert code == 2 and "context" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.parametrize("shipped", ["default", "accurate"])
+def test_each_shipped_model_exports_by_name(work, shipped, capsys):
+    from napari_unet.models import shipped_model
+
+    path = shipped_model(shipped).path
+    if path is None:
+        pytest.skip(f"this installation does not ship the {shipped} model")
+    out = work / f"{shipped}.pt"
+    code, err = run(["export", shipped, "-o", out, "--format", "torchscript"], capsys)
+    assert code == 0, err
+    x = np.random.default_rng(0).random((1, 1, 188, 188), dtype=np.float32)
+    with torch.no_grad():
+        got = torch.jit.load(str(out))(torch.from_numpy(x)).numpy()
+    assert np.abs(got - _torch_probs(path, x)).max() < 1e-4
