@@ -22,7 +22,7 @@ from napari_unet.storage.io import read_labels
 def test_the_readme_has_the_examples_this_test_runs():
     lines = command_lines(ROOT / "README.md")
     assert [argv[0] for argv in lines] == [
-        "segment", "segment", "segment", "train", "train", "segment", "evaluate", "demo",
+        "segment", "models", "segment", "segment", "train", "train", "segment", "evaluate", "demo",
     ]  # fmt: skip
     assert len(code_blocks(ROOT / "README.md", "python")) == 1
 

@@ -217,8 +217,10 @@ def test_isbi_validation_slices_beat_components(isbi_dir):
     p_cell = predict(load_model(path), images, precision="fp32")[1]
     new = evaluate_instances(np.stack([cells_2d(p, CellConfig()) for p in p_cell]), stored > 127)
     old = evaluate_instances(segment_cells(p_cell), stored > 127)
-    assert new["adapted_rand_error"] < old["adapted_rand_error"]
-    assert new["adapted_rand_error"] <= 0.035
+    # a third fewer errors than thresholding with either shipped model so far (0.0284 vs 0.0431,
+    # 0.0368 vs 0.0548: docs/model-card.md)
+    assert new["adapted_rand_error"] <= 0.8 * old["adapted_rand_error"]
+    assert new["adapted_rand_error"] <= 0.040
 
 
 def test_segment_dock_instances_equal_the_command_line_s(tiny_model, rng):

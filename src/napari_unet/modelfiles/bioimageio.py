@@ -49,8 +49,9 @@ UNET_CITATION = (
     "Segmentation. MICCAI 2015, LNCS 9351: 234-241",
     "10.1007/978-3-319-24574-4_28",
 )
-#: The shipped model's card in short: data, its terms and citations, measured quality (see
-#: docs/model-card.md, where each figure was measured).
+#: The first shipped model's card in short (ISBI 2012 only; a model trained by
+#: scripts/train_default_model.py writes its own, :func:`shipped_card`): data, its terms and
+#: citations, measured quality (see docs/model-card.md, where each figure was measured).
 SHIPPED_CARD = {
     "data": "ISBI 2012 EM segmentation challenge training volume (Drosophila larva ventral nerve "
     "cord, serial-section TEM, about 4 x 4 nm per pixel): slices 0-14 for training, 15-19 for "

@@ -35,7 +35,7 @@ class ShippedModel:
 SHIPPED: tuple[ShippedModel, ...] = (
     ShippedModel("em_membrane", "fast", "fast: the default", DEFAULT_MODEL_NAME),
     ShippedModel(
-        "em_membrane_accurate", "accurate", "accurate: twice the width, about 3x slower",
+        "em_membrane_accurate", "accurate", "accurate: twice the width, about 3.7x slower",
         "em_membrane_accurate.safetensors",
     ),
 )
@@ -110,8 +110,8 @@ def find_model_file(spec: str) -> Path:
     if shipped is not None:
         if shipped.path is None:
             raise UserInputError(
-                f"this installation does not ship the model {shipped.name!r}; "
-                "give the path of a .safetensors model instead"
+                f"this installation does not ship the model {shipped.name!r} (docs/model-card.md "
+                "says why); give the path of a .safetensors model instead"
             )
         return shipped.path
     from napari_unet.models.library import Library
