@@ -171,14 +171,23 @@ def test_a_header_without_network_is_the_paper_unet(tmp_path, make_unet):
     assert build_model({"architecture": {"depth": 1, "base_channels": 2}}).depth == 1
 
 
-def test_the_shipped_model_file_has_no_network_entry_and_loads():
+def test_a_file_without_a_network_entry_loads_as_the_papers_unet(tmp_path, make_unet):
+    """Files written before the registry (the first shipped model among them) name no network."""
     from napari_unet.models import default_model_path
 
-    path = default_model_path()
-    if path is None:
-        pytest.skip("no shipped model")
-    assert "network" not in read_header(path)
-    assert type(load_model(path)) is UNet
+    path = save_model(make_unet(depth=2, dropout=0.0), tmp_path / "new.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    doc = json.loads(meta[HEADER_KEY])
+    assert doc.pop("network") == "unet2d"
+    meta[HEADER_KEY] = json.dumps(doc)
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    assert "network" not in read_header(tmp_path / "old.safetensors")
+    assert type(load_model(tmp_path / "old.safetensors")) is UNet
+    shipped = default_model_path()
+    if shipped is not None:
+        assert type(load_model(shipped)) is UNet
 
 
 # ------------------------------------------------------------------ a throwaway instance method
