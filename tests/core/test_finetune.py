@@ -82,6 +82,29 @@ def test_auto_sampling_draws_by_class_for_dense_labels_and_by_paint_for_scribble
     assert Trainer(with_classes(shipped_like(), ["bg", "o"]), images, scribbles, cfg).sampling == "classes"
 
 
+def test_auto_sampling_favours_a_rare_class_of_dense_labels():
+    """Dense labels with a class under 1 % of the paint: "rare" sampling, which centres tiles on
+    that class more often than on the others (count^-0.25), yet not on it alone."""
+    from napari_unet.training.train_sampling import TileSampler
+
+    images, dense = blob_task(seed=3)
+    rare = [lab.copy() for lab in dense]
+    rare[0][10:14, 10:14] = 3  # 16 px: far under 1 %
+    cfg = recipe_config("fast", steps=1, tile_size=124, precision="fp32", validation="none")
+    trainer = Trainer(with_classes(shipped_like(), ["bg", "o", "rare"]), images, rare, cfg)
+    assert trainer.sampling == "rare" and trainer.dice_weight == 1.0
+    sampler = TileSampler([(im, lb) for im, lb in zip(images, rare, strict=True)], [], 3, "auto")
+    counts = [sum(int(np.count_nonzero(lb == c)) for lb in rare) for c in (1, 2, 3)]
+    expected = np.array(counts, dtype=float) ** -0.25
+    assert np.allclose(sampler.class_p, expected / expected.sum())
+    rng = np.random.default_rng(1)
+    centres = [sampler._centre(rng) for _ in range(2000)]
+    on_rare = np.mean([rare[i].flat[f] == 3 for i, f in centres])
+    assert abs(on_rare - sampler.class_p[2]) < 0.04 and sampler.class_p[2] > 0.34
+    # without the rare class: each class equally often, as before
+    assert Trainer(with_classes(shipped_like(), ["bg", "o"]), images, dense, cfg).sampling == "classes"
+
+
 def test_time_limit_alone_steps_alone_and_both():
     images, labels = synthetic_em(n_slices=1, shape=(96, 96), seed=2)
     base = dict(tile_size=124, precision="fp32", validation="none")
@@ -217,6 +240,8 @@ def test_auto_recipe_is_fast_for_a_new_class_and_the_papers_for_corrections():
     new = recipe_config("auto", new_classes=True, steps=7)
     same = recipe_config("auto", new_classes=False, steps=7)
     assert (new.optimizer, new.freeze_encoder, new.steps) == ("adam", 0.3, 7)
+    # the Dice term only where a rare class is weighted (docs/training.md, scenario (f))
+    assert (new.dice_weight, new.dice_when, new.balance_classes) == (1.0, "rare", "rare")
     assert (same.optimizer, same.momentum, same.tile_size, same.steps) == ("sgd", 0.99, 572, 7)
     assert recipe_config("fast", new_classes=False).optimizer == "adam"  # a named recipe stays itself
     assert recipe_config("auto", new_classes=False, learning_rate=0.01).learning_rate == 0.01

@@ -391,3 +391,49 @@ def test_rare_class_balancing_only_for_dense_labels_with_a_rare_class():
     assert not Trainer(three, images, strokes, cfg).balanced  # sparse paint: not dense
     with pytest.raises(UserInputError, match="balance_classes"):
         TrainConfig(balance_classes="sometimes").check()
+
+
+def test_dice_term_only_where_a_rare_class_is_balanced():
+    """dice_when="rare": the Dice term joins the loss for dense labels with a rare class (recorded
+    in the header), and stays out for dense labels without one and for strokes."""
+    images, labels = synthetic_em(2, (128, 128), seed=5)
+    rare = labels.copy()
+    rare[:, 60:66, 60:66] = 3
+    strokes = np.zeros_like(rare)
+    strokes[:, 40:44, :] = rare[:, 40:44, :]
+    strokes[:, 60:62, 60:66] = 3
+    from napari_unet.network.model import with_classes
+
+    model = small_model()
+    three = with_classes(model, ["membrane", "cell", "synapse"])
+    cfg = TrainConfig(steps=1, balance_classes="rare", dice_weight=1.5, dice_when="rare", validation="none")
+    tr = Trainer(three, images, rare, cfg)
+    assert tr.dice_weight == 1.5 and tr.metadata(0.0)["training"]["dice_weight"] == 1.5
+    assert Trainer(model, images, labels, cfg).dice_weight == 0.0  # no rare class
+    assert Trainer(three, images, strokes, cfg).dice_weight == 0.0  # strokes
+    always = TrainConfig(steps=1, balance_classes="rare", dice_weight=1.5, validation="none")
+    assert Trainer(model, images, labels, always).dice_weight == 1.5
+    with pytest.raises(UserInputError, match="dice_when"):
+        TrainConfig(dice_when="often").check()
+
+
+def test_soft_dice_loss_counts_annotated_pixels_and_present_classes_only():
+    """1 - mean Dice over the classes present: 0 for a confident right answer, near 1 for a
+    confident wrong one; unannotated pixels and absent classes change nothing."""
+    from napari_unet.training.train_loss import soft_dice_loss
+
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :4] = 1
+    labels[0, 4:6] = 2  # rows 6-7 not annotated; class 3 absent
+    right = torch.full((1, 3, 8, 8), -20.0)
+    right[0, 0, :4] = 20.0
+    right[0, 1, 4:] = 20.0  # rows 6-7 "class 2" too: not annotated, so not counted
+    assert float(soft_dice_loss(right, labels)) == pytest.approx(0.0, abs=1e-3)
+    wrong = torch.full((1, 3, 8, 8), -20.0)
+    wrong[0, 2] = 20.0  # everything the absent class 3
+    assert float(soft_dice_loss(wrong, labels)) > 0.95
+    half = right.clone()
+    half[0, :, 4:6] = 0.0  # class 2 pixels at 1/3 each: Dice of class 2 drops, class 1 barely
+    value = float(soft_dice_loss(half, labels))
+    assert 0.1 < value < 0.5
+    assert float(soft_dice_loss(right, torch.zeros_like(labels))) == 0.0  # nothing annotated

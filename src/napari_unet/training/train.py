@@ -218,6 +218,8 @@ class Trainer:
         # Loss weights, computed once per training slice.
         weights = loss_weights([lb for _, lb in self.train_slices], names, cfg)
         self.border_class, self.balanced = weights.border_class, weights.balanced
+        #: weight of the soft Dice term in this run (0 where ``dice_when`` rules it out)
+        self.dice_weight = weights.dice
         self._class_weights, self.weights = weights.class_weights, weights.maps
         self._sampler = TileSampler(self.train_slices, self.weights, k, cfg.sampling)
         self.sampling = self._sampler.sampling
@@ -357,7 +359,7 @@ class Trainer:
             "sampling": self.sampling,
             "class_weights": self.balanced,
             "freeze_encoder": cfg.freeze_encoder,
-            "dice_weight": cfg.dice_weight,
+            "dice_weight": self.dice_weight,
             "seed": cfg.seed,
             "device": self.device.type,
             "precision": str(self.dtype).replace("torch.", ""),
@@ -484,7 +486,7 @@ class Trainer:
     def _loss(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return training_loss(logits, y, w, s, self.config, self._kept_channels)
+        return training_loss(logits, y, w, s, self.config, self._kept_channels, self.dice_weight)
 
     def run(self) -> Iterator[TrainEvent]:
         """Train, yielding "step" events plus "validation" (from step 0), "snapshot", "checkpoint"

@@ -11,13 +11,17 @@ from napari_unet.errors import UserInputError
 from napari_unet.network.model import MAX_CONTEXT, UNet
 
 OPTIMIZERS = ("sgd", "adam")
-SAMPLINGS = ("auto", "classes", "annotated")
+SAMPLINGS = ("auto", "classes", "rare", "annotated")
+#: "rare" sampling draws a class's tile centres with probability proportional to its pixel count
+#: to this power's negative: 0 would be "classes", 1 every pixel of every class equally often
+RARE_SAMPLING_POWER = 0.25
 #: "auto" draws tiles by class when at least this share of the annotated slices' pixels is painted
 #: (dense labels), and from any annotated pixel otherwise (scribbles: drawing a sparsely painted
 #: class as often as the background teaches it a prior far above its true share, measured in
 #: docs/training.md as objects painted 1.4x too large)
 DENSE_SHARE = 0.5
 VALIDATIONS = ("auto", "none")
+DICE_WHEN = ("always", "rare")
 #: balance_classes="rare" weighs classes when one has less than this share of dense paint
 RARE_SHARE = 0.01
 
@@ -53,14 +57,20 @@ class TrainConfig:
     #: class whose connected components are the instances of the border term; "auto": "cell"
     border_class: int | str | None = "auto"
     #: tile centres: "classes" (each class equally often, so a rare new class is seen early),
-    #: "annotated" (any annotated pixel, so classes in proportion to the paint) or "auto" (classes
-    #: for dense labels, annotated for scribbles; see DENSE_SHARE)
+    #: "rare" (as "classes", but classes with fewer pixels more often: see RARE_SAMPLING_POWER),
+    #: "annotated" (any annotated pixel, so classes in proportion to the paint) or "auto" ("rare"
+    #: for dense labels with a class under RARE_SHARE of the paint, "classes" for other dense
+    #: labels, "annotated" for scribbles; see DENSE_SHARE)
     sampling: str = "classes"
     #: share of the run (0..1, by steps or time) during which the contracting path is frozen and
     #: only the expanding path and the head learn; 1.0 freezes it for the whole run
     freeze_encoder: float = 0.0
     #: weight of a soft Dice term added to the cross-entropy (0 = the paper's loss alone)
     dice_weight: float = 0.0
+    #: when the Dice term applies: "always", or "rare": only where the classes are balanced
+    #: because of a rare class (balance_classes="rare" found dense labels with a class under
+    #: RARE_SHARE of the paint; with True, whenever classes are balanced)
+    dice_when: str = "always"
     #: weight of distillation on the pixels nobody painted: there the start model's own
     #: probabilities of the classes it already had are the targets, so a new class painted with a
     #: few strokes does not grow at the expense of the old ones (0 = off; new classes only take
@@ -128,6 +138,8 @@ class TrainConfig:
             raise UserInputError(
                 f"balance_classes must be true, false or 'rare', got {self.balance_classes!r}"
             )
+        if self.dice_when not in DICE_WHEN:
+            raise UserInputError(f"dice_when must be one of {DICE_WHEN}, got {self.dice_when!r}")
         if self.sampling not in SAMPLINGS:
             raise UserInputError(f"unknown sampling {self.sampling!r}; choose one of {SAMPLINGS}")
         if self.validation not in VALIDATIONS:

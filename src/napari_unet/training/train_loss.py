@@ -35,6 +35,9 @@ class LossWeights:
     class_weights: np.ndarray
     #: weight map per training slice
     maps: list[np.ndarray]
+    #: weight of the soft Dice term in this run (``cfg.dice_weight``, or 0 where ``cfg.dice_when``
+    #: rules it out)
+    dice: float = 0.0
 
 
 def loss_weights(train_labels: list[np.ndarray], names: Sequence[str], cfg: TrainConfig) -> LossWeights:
@@ -68,7 +71,8 @@ def loss_weights(train_labels: list[np.ndarray], names: Sequence[str], cfg: Trai
         )
         for lb in train_labels
     ]
-    return LossWeights(border, balanced, cw, maps)
+    dice = cfg.dice_weight if cfg.dice_when == "always" or balanced else 0.0
+    return LossWeights(border, balanced, cw, maps, dice)
 
 
 def training_loss(
@@ -78,12 +82,15 @@ def training_loss(
     s: torch.Tensor | None,
     cfg: TrainConfig,
     channels: Sequence[int],
+    dice: float | None = None,
 ) -> torch.Tensor:
-    """The weighted cross-entropy, plus ``cfg.dice_weight`` x soft Dice, plus ``cfg.distill`` x
-    distillation towards the start model's probabilities ``s`` of its kept ``channels``."""
+    """The weighted cross-entropy, plus ``dice`` (default ``cfg.dice_weight``) x soft Dice, plus
+    ``cfg.distill`` x distillation towards the start model's probabilities ``s`` of its kept
+    ``channels``."""
     loss = weighted_cross_entropy(logits, y, w)
-    if cfg.dice_weight:
-        loss = loss + cfg.dice_weight * soft_dice_loss(logits, y)
+    dice = cfg.dice_weight if dice is None else dice
+    if dice:
+        loss = loss + dice * soft_dice_loss(logits, y)
     if s is not None:
         loss = loss + cfg.distill * distillation_loss(logits, y, s, channels)
     return loss

@@ -8,7 +8,7 @@ import torch
 
 from napari_unet.arrays.tiling import mirror_indices
 from napari_unet.errors import UserInputError
-from napari_unet.training.train_config import DENSE_SHARE
+from napari_unet.training.train_config import DENSE_SHARE, RARE_SAMPLING_POWER, RARE_SHARE
 
 
 def read_window(arr: np.ndarray, y0: int, x0: int, h: int, w: int, mirror: bool) -> np.ndarray:
@@ -29,9 +29,10 @@ class TileSampler:
     """Draws batches of training tiles from the training slices and their loss weight maps.
 
     ``sampling`` is the configured one: "classes" (each present class equally often, so a new
-    structure painted on a few objects is in most tiles from the first step on), "annotated" (any
-    annotated pixel) or "auto" (classes for dense labels, annotated for scribbles; see DENSE_SHARE);
-    the attribute ``sampling`` is the one chosen.
+    structure painted on a few objects is in most tiles from the first step on), "rare" (classes
+    with fewer pixels more often, so a class under 1 % of dense labels gets enough steps),
+    "annotated" (any annotated pixel) or "auto" (rare or classes for dense labels, annotated for
+    scribbles; see DENSE_SHARE and RARE_SHARE); the attribute ``sampling`` is the one chosen.
     """
 
     def __init__(
@@ -48,9 +49,6 @@ class TileSampler:
             raise UserInputError("every annotated pixel was held out for validation; annotate more")
         self.slice_p = counts / counts.sum()
         painted = counts.sum() / max(1, sum(lb.size for _, lb in train_slices if np.any(lb)))
-        self.sampling = sampling
-        if self.sampling == "auto":
-            self.sampling = "classes" if painted >= DENSE_SHARE else "annotated"
         self.annotated_px = [np.flatnonzero(lb) for _, lb in train_slices]
         # per class: the slices that have it (with their share) and its pixels in each
         self.class_px: dict[int, list[np.ndarray]] = {}
@@ -58,11 +56,21 @@ class TileSampler:
             per = [np.flatnonzero(lb == c) for _, lb in train_slices]
             if sum(len(p) for p in per):
                 self.class_px[c] = per
+        sizes = np.array([sum(len(p) for p in per) for per in self.class_px.values()], dtype=np.float64)
+        self.sampling = sampling
+        if self.sampling == "auto":
+            rare = sizes.size > 1 and sizes.min() < RARE_SHARE * sizes.sum()
+            self.sampling = ("rare" if rare else "classes") if painted >= DENSE_SHARE else "annotated"
+        #: probability of each class in ``class_px`` (in its order) to centre a tile
+        power = RARE_SAMPLING_POWER if self.sampling == "rare" else 0.0
+        self.class_p = sizes**-power / (sizes**-power).sum() if sizes.size else sizes
 
     def _centre(self, rng: np.random.Generator) -> tuple[int, int]:
         """(training slice, flat pixel index) of a tile's centre before its jitter."""
-        if self.sampling == "classes" and self.class_px:
-            c = list(self.class_px)[int(rng.integers(len(self.class_px)))]
+        if self.sampling in ("classes", "rare") and self.class_px:
+            n = len(self.class_px)
+            pick = rng.integers(n) if self.sampling == "classes" else rng.choice(n, p=self.class_p)
+            c = list(self.class_px)[int(pick)]
             per = self.class_px[c]
             sizes = np.array([len(p) for p in per], dtype=np.float64)
             i = int(rng.choice(len(per), p=sizes / sizes.sum()))
